@@ -1,0 +1,83 @@
+"""The `gpu-watch` command: `doctor`, `report` and `demo`.
+
+Each subcommand imports its module only when it runs, so `gpu-watch --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from gpu_watch._version import __version__
+
+EXIT_OK = 0
+EXIT_NO_GPU = 1
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for `gpu-watch` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="gpu-watch",
+        description="Is my Keras training actually using the GPU? Diagnose, watch, report.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpu-watch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="explain why the GPU would not be used (exit 0: usable GPU, 1: none, 2: error)",
+        description="Check the installation, the driver, GPU memory and the environment, and "
+        "say why TensorFlow would not use the GPU, with a remedy for each finding. Exit code: "
+        "0 a usable GPU was found, 1 none was, 2 the doctor itself could not run.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="limit for the framework probe, which runs in a child process (default: 30)",
+    )
+
+    report = commands.add_parser(
+        "report",
+        help="summarise a run folder (and redraw its plots), or list the runs in a log folder",
+        description="Given a run folder: redraw utilization.png, epochs.png and report.html "
+        "and print the verdict, causes and per-epoch table. Given a log folder: list its runs, "
+        "newest first, with their verdicts. Exit code 2 when the folder is not a run.",
+    )
+    report.add_argument("path", help="a run folder or a folder of runs (e.g. gpu_watch_logs)")
+    report.add_argument("--no-plots", action="store_true", help="print the summary only")
+
+    demo = commands.add_parser(
+        "demo",
+        help="train a small CNN with GPUWatch and print what it found",
+        description="Train a small Keras CNN on images generated in-process (no download) with "
+        "GPUWatch, then print the verdict, causes with remedies, the per-epoch table and the "
+        "run folder.",
+    )
+    demo.add_argument("--epochs", type=int, default=3, help="epochs to train (default: 3)")
+    demo.add_argument("--log-dir", default="gpu_watch_logs", help="default: gpu_watch_logs")
+    return parser
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line with `argv` (default: ``sys.argv[1:]``), writing to `out`."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        from gpu_watch.doctor import run_doctor_command
+
+        return run_doctor_command(as_json=args.json, timeout_s=args.timeout, out=out)
+    if args.command == "report":
+        from gpu_watch.report import run_report_command
+
+        return run_report_command(args.path, plots=not args.no_plots, out=out)
+    if args.command == "demo":
+        from gpu_watch.demo import run_demo
+
+        return run_demo(epochs=args.epochs, log_dir=args.log_dir, out=out)
+    build_parser().print_help(out)
+    return EXIT_OK

@@ -1,0 +1,437 @@
+"""The one seam to NVML.
+
+Every NVML call in gpu-watch goes through :meth:`NVML.query`, which turns an ``NVMLError`` into
+``None`` for that field, switches a metric off for a device after ``NotSupported`` and marks a
+device lost after ``GpuIsLost``. NVML is initialised lazily: importing this module never touches
+the driver, and a machine without one gives an "unavailable" state that names the error.
+
+The library behind the seam is injected: the real ``pynvml`` module (from ``nvidia-ml-py``) by
+default, or a :class:`gpu_watch.testing.FakeNVML` that serves the same functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+MIB = 1024 * 1024
+
+# NVML constants, spelled out so a stand-in library does not have to provide them.
+_TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
+_CLOCK_SM = 1  # NVML_CLOCK_SM
+_CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
+_MAX_FAULTS = 200
+
+READING_FIELDS = (
+    "util_pct",
+    "mem_util_pct",
+    "mem_used_mib",
+    "mem_total_mib",
+    "proc_mem_mib",
+    "proc_util_pct",
+    "procs",
+    "power_w",
+    "temp_c",
+    "sm_clock_mhz",
+    "idle_clock_event",
+)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A GPU the training process can see.
+
+    Attributes:
+        nvml_index: NVML's index (as `nvidia-smi` numbers GPUs; PCI bus order).
+        cuda_index: The framework's ordinal for it (`GPU:0` is the first visible device).
+        uuid: `GPU-...` or, for a MIG instance, `MIG-...`.
+        name: Product name, e.g. "NVIDIA H100 80GB HBM3".
+        mem_total_mib: Total memory in MiB, or None when NVML could not say.
+    """
+
+    nvml_index: int
+    cuda_index: int
+    uuid: str
+    name: str
+    mem_total_mib: float | None
+    handle: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The JSON-ready record written to `run.json`."""
+        return {
+            "nvml_index": self.nvml_index,
+            "cuda_index": self.cuda_index,
+            "uuid": self.uuid,
+            "name": self.name,
+            "mem_total_mib": self.mem_total_mib,
+        }
+
+
+@dataclass
+class Reading:
+    """One device's readings at one sampler tick. `None` means "not measured".
+
+    Units are in the names: percent (0-100), MiB, watts, degrees Celsius, MHz.
+    `idle_clock_event` is True when the driver reports the GPU-idle clock event.
+    `procs` is the number of compute processes NVML lists on the device.
+    """
+
+    time_s: float
+    gpu: int
+    util_pct: float | None = None
+    mem_util_pct: float | None = None
+    mem_used_mib: float | None = None
+    mem_total_mib: float | None = None
+    proc_mem_mib: float | None = None
+    proc_util_pct: float | None = None
+    procs: int | None = None
+    power_w: float | None = None
+    temp_c: float | None = None
+    sm_clock_mhz: float | None = None
+    idle_clock_event: bool | None = None
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An NVML error seen while sampling: what, when (Unix time, seconds), which GPU."""
+
+    metric: str
+    error: str
+    gpu: int | None
+    unix_time: float
+
+
+@dataclass(frozen=True)
+class GPUProcess:
+    """A compute process on a GPU, as NVML lists it (`nvidia-smi --query-compute-apps`)."""
+
+    pid: int
+    used_mib: float | None
+
+
+def error_name(exc: BaseException) -> str:
+    """A readable name for an NVML error: ``NVMLError_LibraryNotFound: NVML Shared Library ...``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+class NVML:
+    """A session with NVML: lazy init, fault containment, device discovery and readings.
+
+    Args:
+        lib: The NVML bindings to use. Default: the ``pynvml`` module from ``nvidia-ml-py``.
+            Pass a :class:`gpu_watch.testing.FakeNVML` to simulate GPUs.
+
+    Example:
+        >>> nvml = NVML()
+        >>> if nvml.available:
+        ...     for device in nvml.devices():
+        ...         print(device.name, nvml.read(device, 0.0).util_pct)
+        ... else:
+        ...     print("NVML unavailable:", nvml.error)
+    """
+
+    def __init__(self, lib: Any = None) -> None:
+        self._lib = lib if lib is not None else pynvml
+        self._lock = threading.Lock()
+        self._initialised = False
+        self._error: str | None = None
+        self._disabled: set[tuple[str, int | None]] = set()
+        self._lost: set[int] = set()
+        self._faults: list[Fault] = []
+        self._fault_keys: set[tuple[str, str, int | None]] = set()
+        self._proc_util_seen_us: dict[int, int] = {}
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether NVML could be initialised (initialises it on first use)."""
+        self._ensure_init()
+        return self._error is None
+
+    @property
+    def error(self) -> str | None:
+        """Why NVML is unavailable (e.g. ``NVMLError_LibraryNotFound: ...``), else None."""
+        self._ensure_init()
+        return self._error
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The first occurrence of each (metric, error, GPU) seen so far."""
+        with self._lock:
+            return list(self._faults)
+
+    def is_lost(self, device: Device) -> bool:
+        """Whether NVML reported the device as lost (``GpuIsLost``)."""
+        return device.nvml_index in self._lost
+
+    def _ensure_init(self) -> None:
+        if self._initialised:
+            return
+        with self._lock:
+            if self._initialised:
+                return
+            try:
+                self._lib.nvmlInit()
+            except pynvml.NVMLError as exc:
+                self._error = error_name(exc)
+            except OSError as exc:  # a broken libnvidia-ml.so can fail to load this way
+                self._error = f"{type(exc).__name__}: {exc}"
+            self._initialised = True
+
+    def shutdown(self) -> None:
+        """Release NVML. The session can be initialised again afterwards."""
+        with self._lock:
+            if self._initialised and self._error is None:
+                with contextlib.suppress(pynvml.NVMLError):
+                    self._lib.nvmlShutdown()
+            self._initialised = False
+            self._error = None
+
+    # -- the one function every query goes through ------------------------------------------------
+
+    def query(self, metric: str, gpu: int | None, func: str | tuple[str, ...], *args: Any,
+              not_found: Any = None) -> Any:
+        """Call ``lib.<func>(*args)``; return its value, or None on any ``NVMLError``.
+
+        `func` may name several versioned calls, newest first: a driver or binding without one
+        (``FunctionNotFound``) moves on to the next, as drivers differ in what they export.
+        ``NotFound`` returns `not_found` (NVML's way of saying "nothing to report").
+        ``NotSupported`` switches `metric` off for `gpu` for the rest of the session, and
+        ``GpuIsLost`` marks `gpu` lost; any other error leaves the next call free to succeed.
+        """
+        if not self.available:
+            return None
+        key = (metric, gpu)
+        if key in self._disabled or (gpu is not None and gpu in self._lost):
+            return None
+        names = (func,) if isinstance(func, str) else func
+        present = [name for name in names if hasattr(self._lib, name)]
+        for position, name in enumerate(present):
+            try:
+                return getattr(self._lib, name)(*args)
+            except pynvml.NVMLError_FunctionNotFound as exc:
+                if position + 1 < len(present):
+                    continue
+                self._record_fault(metric, gpu, exc)
+                self._disabled.add(key)
+            except pynvml.NVMLError_NotFound:
+                return not_found
+            except pynvml.NVMLError as exc:
+                self._record_fault(metric, gpu, exc)
+                if isinstance(exc, pynvml.NVMLError_NotSupported):
+                    self._disabled.add(key)
+                elif isinstance(exc, pynvml.NVMLError_GpuIsLost) and gpu is not None:
+                    self._lost.add(gpu)
+            return None
+        return None
+
+    def _record_fault(self, metric: str, gpu: int | None, exc: BaseException) -> None:
+        name = type(exc).__name__
+        with self._lock:
+            if (metric, name, gpu) in self._fault_keys or len(self._faults) >= _MAX_FAULTS:
+                return
+            self._fault_keys.add((metric, name, gpu))
+            self._faults.append(Fault(metric, name, gpu, time.time()))
+
+    # -- system ----------------------------------------------------------------------------------
+
+    def driver_version(self) -> str | None:
+        """The driver version, e.g. "550.54.15" (`nvidia-smi --query-gpu=driver_version`)."""
+        return _text(self.query("driver_version", None, "nvmlSystemGetDriverVersion"))
+
+    def cuda_driver_version(self) -> str | None:
+        """The highest CUDA version the driver supports, e.g. "12.4" (12040 in NVML)."""
+        raw = self.query("cuda_driver_version", None, "nvmlSystemGetCudaDriverVersion")
+        if raw is None:
+            return None
+        return f"{int(raw) // 1000}.{(int(raw) % 1000) // 10}"
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def all_devices(self) -> list[Device]:
+        """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says."""
+        count = self.query("device_count", None, "nvmlDeviceGetCount") or 0
+        devices = []
+        for index in range(count):
+            handle = self.query("handle", index, "nvmlDeviceGetHandleByIndex", index)
+            if handle is None:
+                continue
+            devices.append(self._describe(index, index, handle))
+        return devices
+
+    def devices(self, visible: str | None = None) -> list[Device]:
+        """The GPUs the training process can see, in the framework's order.
+
+        Args:
+            visible: A ``CUDA_VISIBLE_DEVICES`` value. Default: this process's environment.
+                Devices are matched by UUID, so NVML's order never leaks into the mapping.
+        """
+        if visible is None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        physical = self.all_devices()
+        if visible is None:
+            return physical
+        selected: list[Device] = []
+        for cuda_index, token in enumerate(parse_visible_devices(visible)):
+            match = self._match(token, physical)
+            if match is None or any(d.uuid == match.uuid for d in selected):
+                break  # CUDA ignores the invalid entry and everything after it
+            selected.append(_with_cuda_index(match, cuda_index))
+        return selected
+
+    def _match(self, token: str, physical: list[Device]) -> Device | None:
+        if token.isdigit():
+            index = int(token)
+            return physical[index] if index < len(physical) else None
+        wanted = token.upper()
+        if wanted.startswith("MIG-"):
+            return self._match_mig(wanted, physical)
+        if not wanted.startswith("GPU-"):
+            wanted = "GPU-" + wanted
+        candidates = [d for d in physical if d.uuid.upper().startswith(wanted)]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _match_mig(self, wanted: str, physical: list[Device]) -> Device | None:
+        for parent in physical:
+            count = self.query("mig_count", parent.nvml_index, "nvmlDeviceGetMaxMigDeviceCount",
+                               parent.handle) or 0
+            for slot in range(count):
+                handle = self.query("mig_handle", parent.nvml_index,
+                                    "nvmlDeviceGetMigDeviceHandleByIndex", parent.handle, slot)
+                if handle is None:
+                    continue
+                uuid = _text(self.query("uuid", parent.nvml_index, "nvmlDeviceGetUUID", handle))
+                if uuid and uuid.upper().startswith(wanted):
+                    return self._describe(parent.nvml_index, parent.cuda_index, handle)
+        return None
+
+    def _describe(self, nvml_index: int, cuda_index: int, handle: Any) -> Device:
+        uuid = _text(self.query("uuid", nvml_index, "nvmlDeviceGetUUID", handle)) or ""
+        name = _text(self.query("name", nvml_index, "nvmlDeviceGetName", handle)) or "unknown GPU"
+        memory = self.query("memory", nvml_index, "nvmlDeviceGetMemoryInfo", handle)
+        total = memory.total / MIB if memory is not None else None
+        return Device(nvml_index, cuda_index, uuid, name, total, handle)
+
+    def processes(self, device: Device) -> list[GPUProcess] | None:
+        """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None."""
+        listed = self.query(
+            "processes",
+            device.nvml_index,
+            ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+             "nvmlDeviceGetComputeRunningProcesses"),
+            device.handle,
+        )
+        if listed is None:
+            return None
+        return [
+            GPUProcess(int(p.pid), _mib(getattr(p, "usedGpuMemory", None))) for p in listed
+        ]
+
+    # -- readings --------------------------------------------------------------------------------
+
+    def read(self, device: Device, time_s: float) -> Reading:
+        """Everything this session can read from `device` now. Failed fields are None."""
+        gpu = device.nvml_index
+        reading = Reading(time_s=time_s, gpu=gpu)
+        if gpu in self._lost:
+            reading.lost = True
+            return reading
+        h = device.handle
+        rates = self.query("util", gpu, "nvmlDeviceGetUtilizationRates", h)
+        if rates is not None:
+            reading.util_pct = float(rates.gpu)
+            reading.mem_util_pct = float(rates.memory)
+        memory = self.query("memory", gpu, "nvmlDeviceGetMemoryInfo", h)
+        if memory is not None:
+            reading.mem_used_mib = memory.used / MIB
+            reading.mem_total_mib = memory.total / MIB
+        procs = self.processes(device)
+        on_device = False
+        if procs is not None:
+            reading.procs = len(procs)
+            mine = [p for p in procs if p.pid == os.getpid()]
+            on_device = bool(mine)
+            if mine:
+                used = [p.used_mib for p in mine if p.used_mib is not None]
+                reading.proc_mem_mib = sum(used) if used else None
+            else:
+                reading.proc_mem_mib = 0.0
+        reading.proc_util_pct = self._proc_util(device, on_device)
+        power_mw = self.query("power", gpu, "nvmlDeviceGetPowerUsage", h)
+        reading.power_w = power_mw / 1000.0 if power_mw is not None else None
+        temp = self.query("temperature", gpu, "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
+        reading.temp_c = float(temp) if temp is not None else None
+        clock = self.query("sm_clock", gpu, "nvmlDeviceGetClockInfo", h, _CLOCK_SM)
+        reading.sm_clock_mhz = float(clock) if clock is not None else None
+        reasons = self.query(
+            "clock_events",
+            gpu,
+            ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
+            h,
+        )
+        if reasons is not None:
+            reading.idle_clock_event = bool(int(reasons) & _CLOCK_EVENT_GPU_IDLE)
+        reading.lost = gpu in self._lost
+        return reading
+
+    def _proc_util(self, device: Device, on_device: bool) -> float | None:
+        """This process's SM utilization on `device`, in percent.
+
+        NVML keeps a buffer of per-process samples; passing back the newest timestamp seen asks
+        only for samples taken since. ``NotFound`` means no process ran kernels since then, which
+        is 0 % for a process known to be on the device and unknown otherwise.
+        """
+        since = self._proc_util_seen_us.get(device.nvml_index, 0)
+        samples = self.query("proc_util", device.nvml_index, "nvmlDeviceGetProcessUtilization",
+                             device.handle, since, not_found=())
+        if samples is None:
+            return None
+        if samples:
+            self._proc_util_seen_us[device.nvml_index] = max(int(s.timeStamp) for s in samples)
+        mine = [float(s.smUtil) for s in samples if int(s.pid) == os.getpid()]
+        if mine:
+            return max(mine)
+        return 0.0 if on_device else None
+
+
+def parse_visible_devices(value: str) -> list[str]:
+    """Split a ``CUDA_VISIBLE_DEVICES`` value into device tokens, as CUDA reads it.
+
+    Tokens are indices, ``GPU-`` UUIDs (full or a unique prefix) or ``MIG-`` UUIDs. An empty value
+    hides every device, and a negative index hides itself and everything after it.
+
+    >>> parse_visible_devices("2,0")
+    ['2', '0']
+    >>> parse_visible_devices("0,-1,1")
+    ['0']
+    """
+    tokens = []
+    for raw in value.split(","):
+        token = raw.strip()
+        if not token or token.startswith("-"):
+            break
+        tokens.append(token)
+    return tokens
+
+
+def _with_cuda_index(device: Device, cuda_index: int) -> Device:
+    return Device(device.nvml_index, cuda_index, device.uuid, device.name,
+                  device.mem_total_mib, device.handle)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _mib(value: Any) -> float | None:
+    return None if value is None else int(value) / MIB

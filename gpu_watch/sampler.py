@@ -1,0 +1,137 @@
+"""The background thread that reads NVML on a fixed schedule.
+
+The training thread never calls NVML per batch: this thread does, every `interval_s` seconds, and
+hands each tick's readings to a sink as it goes, keeping nothing itself, so memory stays flat on a
+run of days.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+
+from gpu_watch.nvml import NVML, Device, Reading
+
+DEFAULT_INTERVAL_S = 0.2
+MIN_INTERVAL_S = 0.02
+MAX_INTERVAL_S = 60.0
+_MAX_ERRORS = 20
+
+_running: weakref.WeakSet[Sampler] = weakref.WeakSet()
+
+
+def check_interval(interval_s: float, name: str = "interval_s") -> float:
+    """Validate a sampling interval in seconds; raise ValueError naming the bad value."""
+    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {interval_s!r}")
+    if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+        raise ValueError(
+            f"{name} must be between {MIN_INTERVAL_S} and {MAX_INTERVAL_S} seconds, "
+            f"got {interval_s!r}"
+        )
+    return float(interval_s)
+
+
+class Sampler:
+    """Reads `devices` through `nvml` every `interval_s` seconds on a daemon thread.
+
+    The schedule does not drift (tick k is due at ``start + k * interval_s``), and a slow read
+    skips the ticks it overran instead of firing them back to back.
+
+    Args:
+        nvml: The NVML session to read through.
+        devices: The GPUs to read. May be empty: the sampler then still ticks, with no readings.
+        sink: Called on the sampler thread with each tick's readings (one per device).
+            An exception from it is recorded in `errors` and the sampler carries on.
+        interval_s: Seconds between ticks. Default 0.2 (NVML refreshes utilization every 1/6 s
+            to 1 s, so faster polling adds nothing). Allowed: 0.02 to 60.
+        clock: Monotonic clock in seconds. Default `time.perf_counter`.
+        t0: Clock value that reading timestamps are relative to. Default: when `start` is called.
+
+    Example:
+        >>> sampler = Sampler(NVML(), [], sink=print, interval_s=0.5)
+        >>> sampler.start(); sampler.stop()
+    """
+
+    def __init__(
+        self,
+        nvml: NVML,
+        devices: Sequence[Device],
+        sink: Callable[[list[Reading]], None],
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.perf_counter,
+        t0: float | None = None,
+    ) -> None:
+        self.interval_s = check_interval(interval_s)
+        self._nvml = nvml
+        self._devices = list(devices)
+        self._sink = sink
+        self._clock = clock
+        self._t0 = t0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.ticks = 0
+        self.skipped_ticks = 0
+        self.errors: list[str] = []
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampler thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread. Calling it while running does nothing."""
+        with self._lock:
+            if self.running:
+                return
+            if self._t0 is None:
+                self._t0 = self._clock()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="gpu-watch-sampler", daemon=True)
+            self._thread.start()
+            _running.add(self)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and wait for it (at most `timeout_s`). Idempotent."""
+        with self._lock:
+            thread = self._thread
+            self._stop.set()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout_s)
+            self._thread = None
+            _running.discard(self)
+
+    def tick(self) -> list[Reading]:
+        """Read every device once, now, and hand the readings to the sink."""
+        now = self._clock() - (self._t0 or 0.0)
+        readings = [self._nvml.read(device, now) for device in self._devices]
+        self._sink(readings)
+        self.ticks += 1
+        return readings
+
+    def _run(self) -> None:
+        due = self._clock()
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the monitor must never take training down with it
+                if len(self.errors) < _MAX_ERRORS:
+                    self.errors.append(traceback.format_exc(limit=3).strip())
+            due += self.interval_s
+            now = self._clock()
+            if now > due:
+                missed = int((now - due) // self.interval_s) + 1
+                self.skipped_ticks += missed
+                due += missed * self.interval_s
+            self._stop.wait(due - now)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for sampler in list(_running):
+        sampler.stop(timeout_s=1.0)

@@ -1,0 +1,339 @@
+"""`FakeNVML`: a stand-in for NVML that serves scripted GPUs, for tests and demos without a GPU.
+
+It offers the functions of ``pynvml`` that gpu-watch uses, with NVML's documented behaviour:
+memory in bytes, power in milliwatts, utilization in percent of the last sample period, process
+utilization samples with microsecond timestamps (``NVMLError_NotFound`` when there are none since
+the timestamp passed in), ``NVMLError_Uninitialized`` before ``nvmlInit``, real
+``pynvml.NVMLError_*`` exceptions, and utilization ``NotSupported`` on MIG instances.
+
+Pass it wherever gpu-watch accepts an NVML library::
+
+    from gpu_watch import GPUWatch
+    from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+    fake = FakeNVML([FakeGPU(util_pct=[90, 95, 0, 0], processes=[FakeProcess(used_mib=2048)])])
+    model.fit(x, y, callbacks=[GPUWatch(nvml=fake)])
+
+Timelines (``util_pct``, ``mem_used_mib``, ...) are a constant, a list (one value per
+`step_s` seconds since ``nvmlInit``, the last value held), or a function of those seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import uuid as uuid_module
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pynvml
+
+Timeline = float | int | None | Sequence[float] | Callable[[float], float]
+
+_MIB = 1024 * 1024
+
+# The functions each fault "field" covers, so a test can fail one reading without naming NVML.
+FIELDS = {
+    "uuid": ("nvmlDeviceGetUUID",),
+    "name": ("nvmlDeviceGetName",),
+    "memory": ("nvmlDeviceGetMemoryInfo",),
+    "utilization": ("nvmlDeviceGetUtilizationRates",),
+    "processes": ("nvmlDeviceGetComputeRunningProcesses",),
+    "process_utilization": ("nvmlDeviceGetProcessUtilization",),
+    "power": ("nvmlDeviceGetPowerUsage",),
+    "temperature": ("nvmlDeviceGetTemperature",),
+    "clock": ("nvmlDeviceGetClockInfo",),
+    "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",),
+}
+
+
+@dataclass
+class FakeProcess:
+    """A compute process on a fake GPU.
+
+    Attributes:
+        pid: Its PID. Default None: this process (resolved at each call, so it survives forks).
+        used_mib: GPU memory it holds, MiB (a timeline). None: NVML cannot say (as under
+            some Windows driver models).
+        sm_util_pct: Its SM utilization, percent (a timeline). Samples are reported only while
+            it is above 0, as NVML reports only processes that ran kernels.
+    """
+
+    pid: int | None = None
+    used_mib: Timeline = 0.0
+    sm_util_pct: Timeline = 0.0
+
+
+@dataclass
+class FakeGPU:
+    """A scripted GPU.
+
+    Attributes:
+        name: Product name.
+        uuid: ``GPU-...`` UUID. Default: a fresh random one.
+        mem_total_mib: Total memory, MiB.
+        util_pct: GPU utilization, percent (timeline).
+        mem_util_pct: Memory-controller utilization, percent (timeline).
+        mem_used_mib: Memory used on the device by everyone, MiB (timeline). Default: the sum of
+            the processes' memory plus 300 MiB the driver keeps.
+        processes: Compute processes on the device.
+        power_w, temp_c, sm_clock_mhz: Power (W), temperature (C), SM clock (MHz) (timelines).
+        mig_devices: MIG instances carved from this GPU (each a FakeGPU with a ``MIG-`` UUID).
+    """
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = field(default_factory=lambda: f"GPU-{uuid_module.uuid4()}")
+    mem_total_mib: float = 81559.0
+    util_pct: Timeline = 0.0
+    mem_util_pct: Timeline = 0.0
+    mem_used_mib: Timeline = None
+    processes: list[FakeProcess] = field(default_factory=list)
+    power_w: Timeline = 70.0
+    temp_c: Timeline = 35.0
+    sm_clock_mhz: Timeline = 1980.0
+    mig_devices: list[FakeGPU] = field(default_factory=list)
+    is_mig: bool = field(default=False, init=False)
+    _faults: list[tuple[str, type, float, float]] = field(default_factory=list, init=False,
+                                                           repr=False)
+
+    def fail(self, field_name: str, error: type[pynvml.NVMLError], from_s: float = 0.0,
+             until_s: float = math.inf) -> FakeGPU:
+        """Make `field_name` raise `error` (a ``pynvml.NVMLError_*`` class) in [from_s, until_s).
+
+        `field_name` is one of :data:`FIELDS` or ``"*"`` for every query on this GPU (use
+        ``"*"`` with ``NVMLError_GpuIsLost`` for a GPU that falls off the bus). Returns self.
+        """
+        if field_name != "*" and field_name not in FIELDS:
+            raise ValueError(
+                f"field_name must be '*' or one of {sorted(FIELDS)}, got {field_name!r}"
+            )
+        if not (isinstance(error, type) and issubclass(error, pynvml.NVMLError)):
+            raise ValueError(f"error must be a pynvml.NVMLError subclass, got {error!r}")
+        self._faults.append((field_name, error, from_s, until_s))
+        return self
+
+
+@dataclass(frozen=True)
+class _Memory:  # c_nvmlMemory_t: bytes
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class _Utilization:  # c_nvmlUtilization_t: percent
+    gpu: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class _ProcessInfo:  # c_nvmlProcessInfo_t: usedGpuMemory in bytes, None when not available
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 (NVML's field name)
+    gpuInstanceId: int = 0xFFFFFFFF  # noqa: N815
+    computeInstanceId: int = 0xFFFFFFFF  # noqa: N815
+
+
+@dataclass(frozen=True)
+class _ProcessUtilizationSample:  # c_nvmlProcessUtilizationSample_t: timeStamp in microseconds
+    pid: int
+    timeStamp: int  # noqa: N815
+    smUtil: int  # noqa: N815
+    memUtil: int  # noqa: N815
+    encUtil: int = 0  # noqa: N815
+    decUtil: int = 0  # noqa: N815
+
+
+@dataclass(frozen=True)
+class _Handle:
+    gpu: FakeGPU
+    index: int
+
+
+class FakeNVML:
+    """Scripted NVML: serves `gpus` through the same functions as ``pynvml``.
+
+    Args:
+        gpus: The devices, in NVML (PCI bus) order.
+        init_error: A ``pynvml.NVMLError_*`` class that ``nvmlInit`` raises, e.g.
+            ``pynvml.NVMLError_DriverNotLoaded``. Default None: init succeeds.
+        driver_version: What ``nvmlSystemGetDriverVersion`` returns.
+        cuda_driver_version: What ``nvmlSystemGetCudaDriverVersion`` returns (12040 is 12.4).
+        step_s: Seconds per element of list timelines. Default 1.0.
+        clock: Monotonic clock in seconds. Default `time.monotonic`; tests may pass a fake one.
+
+    Attributes:
+        calls: How often each function was called, by (function name, thread name).
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[FakeGPU] = (),
+        init_error: type[pynvml.NVMLError] | None = None,
+        driver_version: str = "550.54.15",
+        cuda_driver_version: int = 12040,
+        step_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gpus = list(gpus)
+        self.init_error = init_error
+        self.driver_version = driver_version
+        self.cuda_driver_version = cuda_driver_version
+        self.step_s = step_s
+        self.clock = clock
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._initialised = 0
+        self._t0: float | None = None
+        self._lock = threading.Lock()
+
+    def elapsed_s(self) -> float:
+        """Seconds since the first successful ``nvmlInit``: the time axis of every timeline."""
+        return 0.0 if self._t0 is None else self.clock() - self._t0
+
+    def value(self, timeline: Timeline, at_s: float | None = None) -> float | None:
+        """A timeline's value at `at_s` seconds (default: now)."""
+        t = self.elapsed_s() if at_s is None else at_s
+        if timeline is None or isinstance(timeline, (int, float)):
+            return timeline
+        if callable(timeline):
+            return timeline(t)
+        if not timeline:
+            return None
+        return timeline[min(int(t // self.step_s), len(timeline) - 1)]
+
+    # -- the pynvml surface ----------------------------------------------------------------------
+
+    def _enter(self, func: str, handle: _Handle | None = None, field_name: str | None = None):
+        with self._lock:
+            self.calls[(func, threading.current_thread().name)] += 1
+        if not self._initialised:
+            raise pynvml.NVMLError_Uninitialized()
+        if handle is not None and field_name is not None:
+            now = self.elapsed_s()
+            for name, error, start, end in handle.gpu._faults:
+                if name in ("*", field_name) and start <= now < end:
+                    raise error()
+
+    def nvmlInit(self) -> None:  # noqa: N802 (NVML's names)
+        with self._lock:
+            self.calls[("nvmlInit", threading.current_thread().name)] += 1
+        if self.init_error is not None:
+            raise self.init_error()
+        if self._t0 is None:
+            self._t0 = self.clock()
+        self._initialised += 1
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self._enter("nvmlShutdown")
+        self._initialised -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        self._enter("nvmlSystemGetDriverVersion")
+        return self.driver_version
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+        self._enter("nvmlSystemGetCudaDriverVersion")
+        return self.cuda_driver_version
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.gpus):
+            raise pynvml.NVMLError_InvalidArgument()
+        return _Handle(self.gpus[index], index)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetMaxMigDeviceCount", handle)
+        return len(handle.gpu.mig_devices)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, slot: int) -> _Handle:  # noqa: N802
+        self._enter("nvmlDeviceGetMigDeviceHandleByIndex", handle)
+        if not 0 <= slot < len(handle.gpu.mig_devices):
+            raise pynvml.NVMLError_NotFound()
+        mig = handle.gpu.mig_devices[slot]
+        mig.is_mig = True
+        return _Handle(mig, handle.index)
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
+        self._enter("nvmlDeviceGetUUID", handle, "uuid")
+        return handle.gpu.uuid
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+        self._enter("nvmlDeviceGetName", handle, "name")
+        return handle.gpu.name
+
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:  # noqa: N802
+        self._enter("nvmlDeviceGetMemoryInfo", handle, "memory")
+        gpu = handle.gpu
+        used_mib = self.value(gpu.mem_used_mib)
+        if used_mib is None:
+            used_mib = 300.0 + sum(self.value(p.used_mib) or 0.0 for p in gpu.processes)
+        total = int(gpu.mem_total_mib * _MIB)
+        used = min(int(used_mib * _MIB), total)
+        return _Memory(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:  # noqa: N802
+        self._enter("nvmlDeviceGetUtilizationRates", handle, "utilization")
+        if handle.gpu.is_mig:
+            raise pynvml.NVMLError_NotSupported()
+        gpu = handle.gpu
+        return _Utilization(gpu=int(round(self.value(gpu.util_pct) or 0)),
+                            memory=int(round(self.value(gpu.mem_util_pct) or 0)))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_ProcessInfo]:  # noqa: N802
+        self._enter("nvmlDeviceGetComputeRunningProcesses", handle, "processes")
+        listed = []
+        for proc in handle.gpu.processes:
+            used = self.value(proc.used_mib)
+            listed.append(_ProcessInfo(pid=_pid(proc),
+                                       usedGpuMemory=None if used is None else int(used * _MIB)))
+        return listed
+
+    def nvmlDeviceGetProcessUtilization(  # noqa: N802
+        self, handle: _Handle, last_seen_us: int
+    ) -> list[_ProcessUtilizationSample]:
+        self._enter("nvmlDeviceGetProcessUtilization", handle, "process_utilization")
+        now_us = int(self.elapsed_s() * 1e6) + 1
+        samples = []
+        if now_us > last_seen_us:
+            for proc in handle.gpu.processes:
+                util = self.value(proc.sm_util_pct) or 0.0
+                if util > 0:
+                    samples.append(_ProcessUtilizationSample(_pid(proc), now_us, int(util), 0))
+        if not samples:
+            raise pynvml.NVMLError_NotFound()
+        return samples
+
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetPowerUsage", handle, "power")
+        return int((self.value(handle.gpu.power_w) or 0.0) * 1000)  # milliwatts
+
+    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetTemperature", handle, "temperature")
+        if sensor != 0:
+            raise pynvml.NVMLError_InvalidArgument()
+        return int(self.value(handle.gpu.temp_c) or 0)
+
+    def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetClockInfo", handle, "clock")
+        return int(self.value(handle.gpu.sm_clock_mhz) or 0)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle, "clock_events")
+        idle = (self.value(handle.gpu.util_pct) or 0.0) == 0.0
+        return 0x1 if idle else 0x0
+
+    def calls_from(self, thread_name: str) -> int:
+        """How many calls came from the thread called `thread_name` (e.g. "MainThread")."""
+        return sum(n for (_, thread), n in self.calls.items() if thread == thread_name)
+
+
+def _pid(proc: FakeProcess) -> int:
+    return os.getpid() if proc.pid is None else proc.pid
+

@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests run on a machine with no GPU: real TensorFlow on the CPU, and
+`FakeNVML` for everything only a GPU would show."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+
+class ManualClock:
+    """A clock tests move by hand, for timelines that must not depend on the machine's speed."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()

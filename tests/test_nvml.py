@@ -1,0 +1,229 @@
+"""The NVML seam: the real library on this machine (no driver) and FakeNVML for the rest."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pynvml
+import pytest
+
+from gpu_watch.nvml import NVML, parse_visible_devices
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+UUIDS = [
+    "GPU-11111111-aaaa-4000-8000-000000000000",
+    "GPU-22222222-bbbb-4000-8000-000000000000",
+    "GPU-33333333-cccc-4000-8000-000000000000",
+    "GPU-44444444-dddd-4000-8000-000000000000",
+]
+
+
+def four_gpus(clock=None) -> FakeNVML:
+    kwargs = {"clock": clock} if clock else {}
+    return FakeNVML([FakeGPU(uuid=u, util_pct=10 * (i + 1)) for i, u in enumerate(UUIDS)],
+                    **kwargs)
+
+
+def test_real_nvml_without_driver_is_unavailable_and_names_the_error():
+    nvml = NVML()
+    assert nvml.available is False
+    assert nvml.error.startswith("NVMLError_LibraryNotFound")
+    assert nvml.devices() == []
+    assert nvml.driver_version() is None
+
+
+@pytest.mark.parametrize(
+    "error", [pynvml.NVMLError_DriverNotLoaded, pynvml.NVMLError_NoPermission,
+              pynvml.NVMLError_LibRmVersionMismatch]
+)
+def test_init_failure_is_a_state_not_an_exception(error):
+    nvml = NVML(FakeNVML([FakeGPU()], init_error=error))
+    assert not nvml.available
+    assert nvml.error.startswith(error.__name__)
+    assert nvml.devices() == []
+
+
+def test_readings_have_nvml_units(clock):
+    mine = FakeProcess(used_mib=2048, sm_util_pct=80)
+    other = FakeProcess(pid=1, used_mib=1000)
+    fake = FakeNVML([FakeGPU(util_pct=93, mem_util_pct=40, mem_total_mib=16384,
+                             processes=[mine, other], power_w=250.5, temp_c=61,
+                             sm_clock_mhz=1410)], clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    assert device.mem_total_mib == 16384
+    r = nvml.read(device, 1.5)
+    assert (r.time_s, r.gpu, r.util_pct, r.mem_util_pct) == (1.5, 0, 93.0, 40.0)
+    assert r.mem_used_mib == pytest.approx(300 + 2048 + 1000)
+    assert r.proc_mem_mib == 2048  # only this PID, not the other process
+    assert r.procs == 2
+    assert r.proc_util_pct == 80
+    assert r.power_w == pytest.approx(250.5, abs=1e-3)
+    assert (r.temp_c, r.sm_clock_mhz, r.idle_clock_event) == (61, 1410, False)
+
+
+def test_process_utilization_not_found_means_zero_for_a_process_on_the_device(clock):
+    fake = FakeNVML([FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=0)]),
+                     FakeGPU(processes=[FakeProcess(pid=1, used_mib=500, sm_util_pct=50)])],
+                    clock=clock)
+    nvml = NVML(fake)
+    on_it, not_on_it = nvml.devices()
+    assert nvml.read(on_it, 0).proc_util_pct == 0.0
+    assert nvml.read(not_on_it, 0).proc_util_pct is None  # unknown, not idle
+    assert nvml.faults == []  # NotFound is NVML's "no samples", not a fault
+
+
+def test_process_utilization_passes_back_the_last_seen_timestamp(clock):
+    seen = []
+    fake = FakeNVML([FakeGPU(processes=[FakeProcess(used_mib=1, sm_util_pct=30)])], clock=clock)
+    original = fake.nvmlDeviceGetProcessUtilization
+
+    def spy(handle, last_seen):
+        seen.append(last_seen)
+        return original(handle, last_seen)
+
+    fake.nvmlDeviceGetProcessUtilization = spy
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    nvml.read(device, 0)
+    clock.advance(0.5)
+    nvml.read(device, 0.5)
+    assert seen[0] == 0 and seen[1] > 0
+
+
+def test_one_failing_field_is_none_and_the_others_are_recorded(clock):
+    gpu = FakeGPU(util_pct=70, processes=[FakeProcess(used_mib=100)])
+    gpu.fail("memory", pynvml.NVMLError_Timeout, from_s=0, until_s=1)
+    nvml = NVML(FakeNVML([gpu], clock=clock))
+    (device,) = nvml.devices()  # total memory unknown: the failure is live at t=0
+    r = nvml.read(device, 0)
+    assert r.mem_used_mib is None and r.mem_total_mib is None
+    assert r.util_pct == 70 and r.proc_mem_mib == 100
+    assert [(f.metric, f.error, f.gpu) for f in nvml.faults] == [
+        ("memory", "NVMLError_Timeout", 0)
+    ]
+    clock.advance(2)
+    assert nvml.read(device, 2).mem_used_mib == pytest.approx(400)  # a timeout is not permanent
+
+
+def test_not_supported_switches_a_metric_off_for_the_session(clock):
+    gpu = FakeGPU(util_pct=50).fail("power", pynvml.NVMLError_NotSupported, until_s=0.5)
+    fake = FakeNVML([gpu], clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    assert nvml.read(device, 0).power_w is None
+    clock.advance(1)  # the fake would answer now, but NVML said the metric does not exist
+    assert nvml.read(device, 1).power_w is None
+    assert fake.calls[("nvmlDeviceGetPowerUsage", "MainThread")] == 1
+
+
+def test_a_lost_gpu_is_flagged_while_the_other_keeps_reporting(clock):
+    lost = FakeGPU(util_pct=90).fail("*", pynvml.NVMLError_GpuIsLost, from_s=1)
+    fine = FakeGPU(util_pct=60)
+    nvml = NVML(FakeNVML([lost, fine], clock=clock))
+    a, b = nvml.devices()
+    assert nvml.read(a, 0).util_pct == 90
+    clock.advance(1)
+    r_lost, r_fine = nvml.read(a, 1), nvml.read(b, 1)
+    assert r_lost.lost and r_lost.util_pct is None and nvml.is_lost(a)
+    assert not r_fine.lost and r_fine.util_pct == 60
+    clock.advance(5)
+    assert nvml.read(a, 6).lost  # stays lost
+
+
+def test_versioned_calls_fall_back_when_the_driver_lacks_the_newest(clock):
+    fake = FakeNVML([FakeGPU(processes=[FakeProcess(used_mib=64)])], clock=clock)
+
+    def missing(handle):
+        raise pynvml.NVMLError_FunctionNotFound()
+
+    fake.nvmlDeviceGetComputeRunningProcesses_v3 = missing
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    assert nvml.read(device, 0).proc_mem_mib == 64
+    assert nvml.faults == []
+
+
+def test_mig_utilization_is_not_supported():
+    mig = FakeGPU(name="MIG 1g.10gb", uuid="MIG-aaaaaaaa-1111-5000-8000-000000000000")
+    nvml = NVML(FakeNVML([FakeGPU(uuid=UUIDS[0], mig_devices=[mig])]))
+    (device,) = nvml.devices(visible="MIG-aaaaaaaa-1111-5000-8000-000000000000")
+    assert device.uuid.startswith("MIG-")
+    r = nvml.read(device, 0)
+    assert r.util_pct is None and r.mem_used_mib is not None
+
+
+def test_driver_versions():
+    nvml = NVML(FakeNVML([FakeGPU()], driver_version="535.104.05", cuda_driver_version=12020))
+    assert nvml.driver_version() == "535.104.05"
+    assert nvml.cuda_driver_version() == "12.2"
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, [0, 1, 2, 3]),
+        ("", []),
+        ("-1", []),
+        ("2,0", [2, 0]),
+        ("1,-1,0", [1]),
+        ("0,7,1", [0]),  # an index that does not exist hides the rest
+        ("3, 1", [3, 1]),
+        (UUIDS[2], [2]),
+        ("GPU-4444", [3]),  # a unique prefix
+        ("GPU-4444,GPU-1111", [3, 0]),
+        ("33333333-cccc", [2]),  # without the GPU- prefix
+        ("GPU-", []),  # ambiguous prefix
+        ("1,1", [1]),  # a repeated device ends the list
+        ("GPU-99999999", []),
+    ],
+)
+def test_cuda_visible_devices_map_by_uuid(visible, expected):
+    nvml = NVML(four_gpus())
+    devices = nvml.devices(visible=visible)
+    assert [d.uuid for d in devices] == [UUIDS[i] for i in expected]
+    assert [d.nvml_index for d in devices] == expected
+    assert [d.cuda_index for d in devices] == list(range(len(expected)))
+
+
+def test_visible_devices_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    assert [d.nvml_index for d in NVML(four_gpus()).devices()] == [2, 0]
+
+
+def test_parse_visible_devices():
+    assert parse_visible_devices("0,1") == ["0", "1"]
+    assert parse_visible_devices(" ") == []
+    assert parse_visible_devices("MIG-abc,0") == ["MIG-abc", "0"]
+
+
+def test_fake_behaves_like_nvml_before_init():
+    fake = FakeNVML([FakeGPU()])
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        fake.nvmlDeviceGetCount()
+    fake.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        fake.nvmlDeviceGetHandleByIndex(1)
+
+
+def test_fake_rejects_bad_scripts():
+    with pytest.raises(ValueError, match="'utilisation'"):
+        FakeGPU().fail("utilisation", pynvml.NVMLError_Unknown)
+    with pytest.raises(ValueError, match="NVMLError subclass"):
+        FakeGPU().fail("utilization", RuntimeError)
+
+
+def test_fake_timelines_lists_and_functions(clock):
+    fake = FakeNVML([FakeGPU(util_pct=[10, 20, 30], mem_used_mib=lambda t: 100 * t)],
+                    clock=clock, step_s=0.5)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    got = []
+    for _ in range(4):
+        r = nvml.read(device, clock.now)
+        got.append((r.util_pct, r.mem_used_mib))
+        clock.advance(0.5)
+    assert got == [(10, 0), (20, 50), (30, 100), (30, 150)]
+    assert not math.isnan(got[0][0])
+    assert os.getpid() > 0

@@ -1,0 +1,340 @@
+"""The run folder: the only code that writes or reads gpu-watch's files.
+
+A run folder holds ``run.json`` (what ran, where, the verdict), ``samples.csv`` (raw NVML
+readings), ``batches.csv`` and ``epochs.csv``, plus the figures and ``report.html`` that
+`gpu_watch.report` draws from them. Rows are appended as training goes, whole lines at a time, so
+a run that dies (even by SIGKILL) leaves files that still parse; ``run.json`` is replaced
+atomically, never half-written. Missing values are empty cells (NaN), never 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import secrets
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+SAMPLES_CSV = "samples.csv"
+BATCHES_CSV = "batches.csv"
+EPOCHS_CSV = "epochs.csv"
+UTILIZATION_PNG = "utilization.png"
+EPOCHS_PNG = "epochs.png"
+REPORT_HTML = "report.html"
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETED = "completed"
+STATUS_STOPPED_IDLE = "stopped_idle"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_FAILED = "failed"
+STATUS_INCOMPLETE = "incomplete"  # read back: "running" on disk, but its writer is gone
+FINAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED_IDLE, STATUS_INTERRUPTED, STATUS_FAILED)
+
+SAMPLE_COLUMNS = (
+    "time_s", "gpu", "util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib",
+    "proc_mem_mib", "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
+    "idle_clock_event", "lost",
+)
+BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
+BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
+EPOCH_COLUMNS = (
+    "epoch", "batches", "duration_s", "step_s_mean", "wait_fraction", "gpu_util_mean",
+    "gpu_util_p95", "gpu_mem_peak_mib", "idle_fraction", "verdict",
+)
+
+
+class RunFolderError(ValueError):
+    """A folder that cannot be read as a gpu-watch run. The message is one line for users."""
+
+
+def batch_columns(gpus: Sequence[int]) -> list[str]:
+    """`batches.csv` columns for the watched GPUs (NVML indices)."""
+    columns = list(BATCH_COLUMNS)
+    for gpu in gpus:
+        columns += [f"gpu{gpu}_{name}" for name in BATCH_GPU_COLUMNS]
+    return columns
+
+
+def new_run_dir(log_dir: str | os.PathLike, run_name: str | None = None, rank: int = 0,
+                world_size: int = 1) -> Path:
+    """Create and return a new run folder under `log_dir`; never reuse an existing one.
+
+    The default name is the start time, a random suffix, and ``-rank<N>`` under multi-worker
+    training. `os.mkdir` is atomic, so two processes starting in the same second still get
+    folders of their own.
+    """
+    root = Path(log_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    base = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    if world_size > 1:
+        base = f"{base}-rank{rank}"
+    for attempt in range(1000):
+        candidate = root / (base if attempt == 0 else f"{base}-{attempt + 1}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RunFolderError(f"could not create a new run folder named {base!r} in {root}")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 6)
+    return value
+
+
+class CsvTable:
+    """An append-only CSV file with a fixed header, written whole lines at a time.
+
+    A failed write (a full disk, say) is rolled back to the last complete line, so the file
+    always parses; the error is raised for the caller to report.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self.rows_written = 0
+        if not path.exists():
+            self._write_text(self._encode([self.columns]), mode="w")
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append `rows` (dicts keyed by column; missing keys are empty cells)."""
+        lines = [[_cell(row.get(c)) for c in self.columns] for row in rows]
+        if lines:
+            self._write_text(self._encode(lines), mode="a")
+            self.rows_written += len(lines)
+
+    def widen(self, columns: Sequence[str]) -> None:
+        """Add columns seen for the first time (e.g. `val_loss` after the first validation),
+        rewriting the file in place through a temporary file."""
+        new = [c for c in columns if c not in self.columns]
+        if not new:
+            return
+        with self.path.open(newline="") as handle:
+            old = list(csv.DictReader(handle))
+        self.columns += new
+        body = self._encode([self.columns] + [[r.get(c, "") for c in self.columns] for r in old])
+        _atomic_write(self.path, body)
+
+    @staticmethod
+    def _encode(lines: list[list[Any]]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(lines)
+        return buffer.getvalue()
+
+    def _write_text(self, text: str, mode: str) -> None:
+        with self.path.open(mode, newline="") as handle:
+            start = handle.tell()
+            try:
+                handle.write(text)
+                handle.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    handle.truncate(start)
+                raise
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
+    """Replace `run.json` atomically: readers see the old file or the new one, never half."""
+    _atomic_write(run_dir / RUN_JSON, json.dumps(_jsonable(info), indent=2) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    return str(value)
+
+
+def run_identity() -> dict[str, Any]:
+    """Who writes the run: host and PID, so a reader can tell a live run from a dead one."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A run folder read back.
+
+    Attributes:
+        path: The run folder.
+        info: The contents of `run.json`.
+        samples: `samples.csv` as a DataFrame (one row per GPU per sampler tick).
+        batches: `batches.csv` (one row per batch hook).
+        epochs: `epochs.csv` (one row per epoch).
+        warnings: What was repaired while reading (e.g. a torn last line after a crash).
+    """
+
+    path: Path
+    info: dict[str, Any]
+    samples: Any
+    batches: Any
+    epochs: Any
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """`run.json`'s status, or "incomplete" for a run whose writer died before finishing."""
+        status = self.info.get("status", STATUS_INCOMPLETE)
+        if status == STATUS_RUNNING and not _writer_alive(self.info):
+            return STATUS_INCOMPLETE
+        return status
+
+    @property
+    def verdict(self) -> str | None:
+        """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`), if decided."""
+        return self.info.get("verdict")
+
+    @property
+    def causes(self) -> list[dict[str, Any]]:
+        """The causes recorded for the verdict, as dicts (code, message, remedy, ...)."""
+        return list(self.info.get("causes") or [])
+
+    @property
+    def gpus(self) -> list[int]:
+        """NVML indices of the watched GPUs."""
+        return [int(d["nvml_index"]) for d in self.info.get("devices") or []]
+
+
+def _writer_alive(info: dict[str, Any]) -> bool:
+    writer = info.get("writer") or {}
+    if writer.get("host") != socket.gethostname() or not writer.get("pid"):
+        return False
+    pid = int(writer["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run folder written by GPUWatch into pandas DataFrames.
+
+    Args:
+        path: The run folder (the one holding `run.json`).
+
+    Returns:
+        A :class:`Run` with `info`, `samples`, `batches` and `epochs`.
+
+    Raises:
+        RunFolderError: The folder is missing, is not a gpu-watch run, or its files cannot be
+            read; the message says which and why, on one line.
+
+    Example:
+        >>> run = load_run("gpu_watch_logs/20261126-101500-a1b2c3")
+        >>> run.verdict, run.epochs[["epoch", "gpu_util_mean"]]
+    """
+    import pandas as pd
+
+    folder = Path(path)
+    if not folder.exists():
+        raise RunFolderError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: not a folder (expected a gpu-watch run folder)")
+    meta = folder / RUN_JSON
+    if not meta.is_file():
+        raise RunFolderError(f"{folder}: not a gpu-watch run folder (no {RUN_JSON})")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{meta}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or "schema_version" not in info:
+        raise RunFolderError(f"{meta}: not written by gpu-watch (no schema_version)")
+    version = info["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunFolderError(
+            f"{meta}: schema version {version!r} is newer than this gpu-watch reads "
+            f"({SCHEMA_VERSION}); upgrade gpu-watch"
+        )
+    warnings: list[str] = []
+    frames = {}
+    for name, columns in (
+        (SAMPLES_CSV, SAMPLE_COLUMNS),
+        (BATCHES_CSV, BATCH_COLUMNS),
+        (EPOCHS_CSV, EPOCH_COLUMNS),
+    ):
+        frames[name] = _read_csv(folder / name, columns, warnings, pd)
+    return Run(folder, info, frames[SAMPLES_CSV], frames[BATCHES_CSV], frames[EPOCHS_CSV],
+               warnings)
+
+
+def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) -> Any:
+    if not path.exists():
+        warnings.append(f"{path.name} is missing")
+        return pd.DataFrame(columns=list(columns))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path}: cannot be read ({exc})") from None
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a torn last line: the writer died mid-row
+        warnings.append(f"{path.name}: dropped an incomplete last line")
+    if not text.strip():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (ValueError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunFolderError(f"{path}: not a valid CSV ({first})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise RunFolderError(f"{path}: missing columns {', '.join(missing)}")
+    return frame
+
+
+def find_runs(log_dir: str | os.PathLike) -> list[Path]:
+    """The run folders directly under `log_dir`, newest first (by start time in `run.json`)."""
+    root = Path(log_dir)
+    runs = [p for p in root.iterdir() if (p / RUN_JSON).is_file()] if root.is_dir() else []
+
+    def started(p: Path) -> str:
+        try:
+            return str(json.loads((p / RUN_JSON).read_text()).get("started_at", ""))
+        except (OSError, ValueError):
+            return ""
+
+    return sorted(runs, key=lambda p: (started(p), p.name), reverse=True)

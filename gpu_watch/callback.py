@@ -1,0 +1,255 @@
+"""`GPUWatch`: the Keras callback. Glue only: it maps Keras' hooks onto a `Monitor`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from gpu_watch import placement, runlog
+from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
+from gpu_watch.monitor import Config, Monitor, idle_message
+from gpu_watch.nvml import NVML
+from gpu_watch.sampler import DEFAULT_INTERVAL_S
+from gpu_watch.timeline import IdleEvent
+from gpu_watch.verdict import CPU_FALLBACK
+
+
+class GPUWatch(keras.callbacks.Callback):
+    """Watch the GPU while a Keras model trains, and say plainly whether it was used.
+
+    While `fit` runs, a background thread samples NVML (GPU utilization and memory, and this
+    process's own share); the first training step's op placement is checked; and a run folder
+    is written under `log_dir`: `run.json`, `samples.csv`, `batches.csv`, `epochs.csv` and the
+    plots. Every epoch and the whole run get a verdict: `ok`, `idle`, `cpu_fallback` or
+    `unmonitored`, with the causes and their remedies.
+
+    Args:
+        log_dir: Folder that holds the run folders. Default "gpu_watch_logs".
+        run_name: Name of this run's folder. Default: start time plus a random suffix (a name
+            already taken gets "-2", "-3", ...: a run folder is never shared).
+        interval_s: Seconds between NVML samples. Default 0.2; allowed 0.02 to 60.
+        idle_threshold_pct: Utilization under this percentage counts as idle. Default 10.
+        idle_patience_s: Seconds every watched GPU must stay idle (not counting the first
+            step, which includes compilation) before `on_idle` acts. Default 60.
+        on_idle: What to do then, once per run: "warn" (a `GPUIdleWarning`), "stop" (end
+            training after the current batch; status `stopped_idle`) or "raise" (a
+            `GPUIdleError` carrying the evidence). Default "warn".
+        require_gpu: Raise `GPUNotUsedError` right after the first step if training runs on the
+            CPU, naming the causes. Default False (a `GPUWatchWarning` instead).
+        check_placement: Check where the first step's ops ran. Default True.
+        plot: Draw `utilization.png`, `epochs.png` and `report.html` at each epoch end and at
+            the end of training. Default True.
+        nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
+            simulates GPUs.
+        on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
+            training time is spent) or "warn" (train without logging). Default "raise".
+        verbose: 1 prints a summary (verdict, causes, run folder) when training ends; 0 is
+            silent. Default 1.
+
+    Example:
+        >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch()])
+        >>> GPUWatch(on_idle="stop", idle_patience_s=120, require_gpu=True)
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike = "gpu_watch_logs",
+        run_name: str | None = None,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        idle_threshold_pct: float = 10.0,
+        idle_patience_s: float = 60.0,
+        on_idle: str = "warn",
+        require_gpu: bool = False,
+        check_placement: bool = True,
+        plot: bool = True,
+        nvml: Any = None,
+        on_log_error: str = "raise",
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        self.config = Config(
+            log_dir=log_dir, run_name=run_name, interval_s=interval_s,
+            idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
+            on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
+            plot=plot, on_log_error=on_log_error,
+        )
+        if verbose not in (0, 1) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+        if nvml is not None and not isinstance(nvml, NVML) and not hasattr(nvml, "nvmlInit"):
+            raise ValueError(
+                f"nvml must be None, a gpu_watch.nvml.NVML, or NVML bindings such as "
+                f"gpu_watch.testing.FakeNVML, got {nvml!r}"
+            )
+        self.verbose = verbose
+        # Keras may dispatch batch hooks from a worker thread: nothing here needs the
+        # training thread, so JAX and torch keep their asynchronous dispatch.
+        self.async_safe = True
+        self._lib = nvml
+        self._nvml: NVML | None = nvml if isinstance(nvml, NVML) else None
+        self.monitor: Monitor | None = None
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The folder of the current (or last) run."""
+        return self.monitor.run_dir if self.monitor is not None else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if self.monitor is not None and not self.monitor.finished:
+            self.monitor.finish(runlog.STATUS_FAILED)  # the last fit raised before its end
+        self.monitor = None
+        self._probe = placement.probe_for(keras.backend.backend())
+        self._nvml = self._nvml or NVML(self._lib)
+        framework = {
+            "name": self._probe.backend,
+            "version": self._probe.framework_version(),
+            "keras_version": keras.__version__,
+            "gpus": self._probe.framework_gpus(),
+            "cuda_build": self._probe.cuda_build(),
+        }
+        try:
+            self.monitor = Monitor(self.config, self._nvml, keras.backend.backend(),
+                                   self._probe.rank(), framework, self._environment())
+        except OSError as exc:
+            message = (f"gpu-watch cannot write its run folder under "
+                       f"log_dir={self.config.log_dir!r}: {exc}")
+            if self.config.on_log_error == "raise":
+                raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
+                              "train without gpu-watch's logs.") from exc
+            warnings.warn(f"{message}; training goes on without it.", GPUWatchWarning,
+                          stacklevel=2)
+            return
+        self.monitor.watch_thread(_fit_frame())
+        self._epoch = 0
+        self._step0 = True
+        self._begins: dict[int, tuple[float, float | None]] = {}
+        self._last_end: tuple[int, float] | None = None
+        self._idle_acted = False
+        self._stopped_idle = False
+        self._steps_per_execution = int(getattr(self._model, "steps_per_execution", 1) or 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.monitor is None:
+            return
+        self._epoch = epoch
+        self._last_end = None
+        self.monitor.begin_epoch(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        monitor = self.monitor
+        if monitor is None:
+            return
+        now = monitor.clock() - monitor.t0
+        last = self._last_end
+        wait = now - last[1] if last is not None and last[0] == batch - 1 else None
+        self._begins[batch] = (now, wait)
+        if self._step0 and self.config.check_placement:
+            self._probe.before_first_step()
+
+    def on_train_batch_end(self, batch, logs=None):
+        monitor = self.monitor
+        if monitor is None:
+            return
+        end = monitor.clock() - monitor.t0
+        first = batch
+        for first in range(batch, batch - self._steps_per_execution, -1):
+            if first in self._begins:
+                break
+        begin, wait = self._begins.pop(first, (end, None))
+        self._last_end = (batch, end)
+        monitor.timeline.add_batch(self._epoch, batch, batch - first + 1, begin, end, wait)
+        if self._step0:
+            self._step0 = False
+            self._after_first_step(logs)
+        event = monitor.timeline.idle_event
+        if event is not None and not self._idle_acted:
+            self._act_on_idle(event)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            self.monitor.end_epoch(epoch, logs or {})
+
+    def on_train_end(self, logs=None):
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
+                       else runlog.STATUS_COMPLETED)
+        if self.verbose:
+            print(summary_line(monitor), file=sys.stdout)
+
+    # -- what the hooks decide ---------------------------------------------------------------
+
+    def _after_first_step(self, logs) -> None:
+        report = None
+        if self.config.check_placement:
+            try:
+                report = self._probe.after_first_step(self._model, logs)
+            except Exception as exc:  # an unexpected model must not stop training
+                warnings.warn(f"gpu-watch could not check placement: {exc!r}", GPUWatchWarning,
+                              stacklevel=3)
+        judgement = self.monitor.first_step(report)
+        if judgement.verdict != CPU_FALLBACK:
+            return
+        reasons = "; ".join(c.message for c in judgement.causes) or "cause unknown"
+        if self.config.require_gpu:
+            error = GPUNotUsedError(
+                f"Training is running on the CPU: {reasons} "
+                f"(run folder: {self.monitor.run_dir})",
+                [c.code for c in judgement.causes],
+            )
+            self.monitor.finish(runlog.STATUS_FAILED, error)
+            raise error
+        warnings.warn(f"Training is running on the CPU: {reasons}", GPUWatchWarning,
+                      stacklevel=3)
+
+    def _act_on_idle(self, event: IdleEvent) -> None:
+        self._idle_acted = True
+        action = self.config.on_idle
+        message = idle_message(event, self.config)
+        self.monitor.record_idle(event, action)
+        if action == "warn":
+            warnings.warn(message, GPUIdleWarning, stacklevel=3)
+        elif action == "stop":
+            self._stopped_idle = True
+            self._model.stop_training = True
+        else:
+            error = GPUIdleError(message, event.to_dict())
+            self.monitor.finish(runlog.STATUS_STOPPED_IDLE, error)
+            raise error
+
+    def _environment(self) -> dict[str, Any] | None:
+        try:
+            from gpu_watch.doctor import doctor
+
+            return doctor(nvml=self._nvml, in_process=True).to_dict()
+        except Exception as exc:  # the environment check must not keep training from starting
+            return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
+
+
+def summary_line(monitor: Monitor) -> str:
+    """What GPUWatch prints when training ends."""
+    info = monitor.info
+    lines = [f"gpu-watch: verdict {info['verdict']} ({info['status']}); run folder "
+             f"{monitor.run_dir}"]
+    for cause in info["causes"]:
+        lines.append(f"  - {cause['code']}: {cause['message']}\n    remedy: {cause['remedy']}")
+    return "\n".join(lines)
+
+
+def _fit_frame() -> Any:
+    """The frame of the Keras `fit` call that is running the hooks, if any."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and str(frame.f_globals.get("__name__", "")).startswith(
+            "keras"
+        ):
+            return frame
+        frame = frame.f_back
+    return None

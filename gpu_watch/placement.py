@@ -1,0 +1,282 @@
+"""Where did the first training step run? One probe per Keras backend.
+
+TensorFlow: `tf.debugging.set_log_device_placement` logs nothing once the eager context exists,
+so the probe switches the context's graph collection on for step 0 only and reads the device of
+every node in the step's partition graphs (on a GPU, Keras 3 compiles with XLA by default and the
+compute shows up as XLA cluster ops). Cheap checks back it up: the devices of the model's variables
+and of the step's outputs, and TensorFlow's GPU allocator peak. JAX and torch: the devices of the
+model's arrays and tensors. After step 0 a probe costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from typing import Any
+
+from gpu_watch.errors import GPUWatchWarning
+
+# Nodes that move or hold data rather than compute: their device says nothing about where the
+# model's math ran (variables and the input pipeline live on the CPU in healthy GPU runs too).
+_BOOKKEEPING_OPS = frozenset({
+    "_Arg", "_Retval", "_DeviceArg", "_DeviceRetval", "Const", "NoOp", "Identity", "IdentityN",
+    "Placeholder", "StopGradient", "VarHandleOp", "ReadVariableOp", "AssignVariableOp",
+    "AssignAddVariableOp", "AssignSubVariableOp", "VarIsInitializedOp", "DestroyResourceOp",
+    "_Send", "_Recv", "_HostSend", "_HostRecv", "Shape", "ShapeN", "Size", "Rank",
+    "IteratorGetNext", "IteratorGetNextSync", "IteratorGetNextAsOptional", "OptionalGetValue",
+    "OptionalHasValue", "MultiDeviceIteratorGetNextFromShard", "AnonymousIteratorV3",
+    "MakeIterator", "DatasetToGraphV2", "PartitionedCall", "StatefulPartitionedCall",
+})
+_XLA_OPS = frozenset({"_XlaCompile", "_XlaRun", "XlaLaunch", "_XlaMerge", "XlaLaunchV2"})
+_EXAMPLES = 8
+
+
+def device_type(device: str) -> str:
+    """"/job:localhost/replica:0/task:0/device:GPU:0" -> "GPU"; "" -> "unplaced"."""
+    if not device:
+        return "unplaced"
+    tail = device.rsplit("/", 1)[-1]
+    if tail.startswith("device:"):
+        tail = tail[len("device:"):]
+    return tail.split(":", 1)[0].upper()
+
+
+def summarize_ops(nodes: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """Count compute ops by device type from (name, op, device) triples of a step's graphs."""
+    counts: Counter[str] = Counter()
+    xla: Counter[str] = Counter()
+    cpu_examples: list[str] = []
+    for _name, op, device in nodes:
+        if op in _BOOKKEEPING_OPS:
+            continue
+        kind = device_type(device)
+        counts[kind] += 1
+        if op in _XLA_OPS:
+            xla[kind] += 1
+        if kind == "CPU" and op not in cpu_examples and len(cpu_examples) < _EXAMPLES:
+            cpu_examples.append(op)
+    return {"op_counts": dict(counts), "xla_op_counts": dict(xla),
+            "cpu_compute_examples": cpu_examples}
+
+
+class Probe:
+    """The interface of a backend's placement probe (and the probe of an unknown backend)."""
+
+    backend = "unknown"
+
+    def framework_gpus(self) -> list[str] | None:
+        """Names of the GPUs the framework sees; None when it cannot tell."""
+        return None
+
+    def cuda_build(self) -> bool | None:
+        """Whether the framework was built with CUDA; None when unknown."""
+        return None
+
+    def framework_version(self) -> str | None:
+        """The framework's version."""
+        return None
+
+    def rank(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) under multi-worker training."""
+        return _tf_config_rank()
+
+    def before_first_step(self) -> None:
+        """Called right before step 0."""
+
+    def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
+        """Called right after step 0; returns the placement report."""
+        return self._report("variables", variable_devices(model, self._device_of))
+
+    def _device_of(self, variable: Any) -> str | None:
+        return None
+
+    def _report(self, method: str, variables: dict[str, int],
+                ops: dict[str, Any] | None = None) -> dict[str, Any]:
+        ops = ops or {"op_counts": {}, "xla_op_counts": {}, "cpu_compute_examples": []}
+        if ops["op_counts"]:
+            compute_on_gpu: bool | None = ops["op_counts"].get("GPU", 0) > 0
+        elif variables:
+            compute_on_gpu = any(kind == "GPU" for kind in variables)
+        else:
+            compute_on_gpu = None
+        return {"backend": self.backend, "method": method, "compute_on_gpu": compute_on_gpu,
+                **ops, "variable_devices": variables}
+
+
+def variable_devices(model: Any, device_of) -> dict[str, int]:
+    """Count the model's trainable variables by device type."""
+    counts: Counter[str] = Counter()
+    for variable in getattr(model, "trainable_variables", None) or []:
+        try:
+            device = device_of(variable)
+        except Exception:  # a variable of an unexpected kind must not end the check
+            device = None
+        if device is not None:
+            counts[device] += 1
+    return dict(counts)
+
+
+class TensorFlowProbe(Probe):
+    """Step-0 placement from the eager context's run metadata."""
+
+    backend = "tensorflow"
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+        from tensorflow.python.eager import context
+
+        self._tf = tf
+        self._context = context
+        self._collecting = False
+
+    def framework_gpus(self) -> list[str] | None:
+        return [d.name for d in self._tf.config.list_physical_devices("GPU")]
+
+    def cuda_build(self) -> bool | None:
+        return bool(self._tf.test.is_built_with_cuda())
+
+    def framework_version(self) -> str | None:
+        return self._tf.__version__
+
+    def before_first_step(self) -> None:
+        self._context.context().enable_graph_collection()
+        self._collecting = True
+
+    def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
+        nodes: list[tuple[str, str, str]] = []
+        if self._collecting:
+            ctx = self._context.context()
+            try:
+                metadata = ctx.export_run_metadata()
+            finally:
+                ctx.disable_graph_collection()
+                self._collecting = False
+            graphs = [g for fg in metadata.function_graphs for g in fg.partition_graphs]
+            graphs = graphs or list(metadata.partition_graphs)
+            nodes = [(n.name, n.op, n.device) for g in graphs for n in g.node]
+        ops = summarize_ops(nodes)
+        report = self._report("run_metadata" if nodes else "variables",
+                              variable_devices(model, self._device_of), ops)
+        report["output_devices"] = dict(Counter(
+            device_type(getattr(v, "device", "") or "") for v in (logs or {}).values()
+            if hasattr(v, "device")
+        ))
+        if not nodes and report["output_devices"]:
+            report["compute_on_gpu"] = "GPU" in report["output_devices"]
+            report["method"] = "outputs"
+        report["gpu_peak_mib"] = self._gpu_peak_mib()
+        return report
+
+    def _device_of(self, variable: Any) -> str | None:
+        return device_type(variable.value.device)
+
+    def _gpu_peak_mib(self) -> float | None:
+        if not self._tf.config.list_logical_devices("GPU"):
+            return None
+        try:
+            return self._tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        except (ValueError, RuntimeError):
+            return None
+
+
+class JaxProbe(Probe):
+    """Step-0 placement from the devices of the model's arrays."""
+
+    backend = "jax"
+
+    def __init__(self) -> None:
+        import jax
+
+        self._jax = jax
+
+    def framework_gpus(self) -> list[str] | None:
+        try:
+            return [str(d) for d in self._jax.devices("gpu")]
+        except RuntimeError:  # no GPU backend initialised
+            return []
+
+    def cuda_build(self) -> bool | None:
+        from importlib import metadata
+
+        names = {d.metadata["Name"].lower() for d in metadata.distributions()}
+        return any(n.startswith(("jax-cuda", "jax_cuda")) for n in names)
+
+    def framework_version(self) -> str | None:
+        return self._jax.__version__
+
+    def rank(self) -> tuple[int, int]:
+        count = self._jax.process_count()
+        return (self._jax.process_index(), count) if count > 1 else _tf_config_rank()
+
+    def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
+        report = super().after_first_step(model, logs)
+        report["default_backend"] = self._jax.default_backend()
+        return report
+
+    def _device_of(self, variable: Any) -> str | None:
+        platforms = {d.platform for d in variable.value.devices()}
+        return "GPU" if platforms & {"gpu", "cuda", "rocm"} else "CPU"
+
+
+class TorchProbe(Probe):
+    """Step-0 placement from the devices of the model's tensors."""
+
+    backend = "torch"
+
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+
+    def framework_gpus(self) -> list[str] | None:
+        cuda = self._torch.cuda
+        return [cuda.get_device_name(i) for i in range(cuda.device_count())] \
+            if cuda.is_available() else []
+
+    def cuda_build(self) -> bool | None:
+        return self._torch.version.cuda is not None
+
+    def framework_version(self) -> str | None:
+        return self._torch.__version__
+
+    def rank(self) -> tuple[int, int]:
+        dist = self._torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return _tf_config_rank()
+
+    def _device_of(self, variable: Any) -> str | None:
+        return "GPU" if variable.value.device.type == "cuda" else "CPU"
+
+
+def probe_for(backend: str) -> Probe:
+    """The placement probe for a Keras backend name ("tensorflow", "jax", "torch")."""
+    probes = {"tensorflow": TensorFlowProbe, "jax": JaxProbe, "torch": TorchProbe}
+    cls = probes.get(backend)
+    if cls is None:
+        return Probe()
+    try:
+        return cls()
+    except ImportError:
+        return Probe()
+
+
+def _tf_config_rank() -> tuple[int, int]:
+    """Rank and size from TF_CONFIG (MultiWorkerMirroredStrategy); (0, 1) without it."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0, 1
+    try:
+        config = json.loads(raw)
+        cluster = config.get("cluster", {})
+        task = config.get("task", {})
+        order = [kind for kind in ("chief", "worker") if kind in cluster]
+        size = sum(len(cluster[kind]) for kind in order)
+        offset = sum(len(cluster[kind]) for kind in order[: order.index(task["type"])])
+        return offset + int(task.get("index", 0)), max(size, 1)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        warnings.warn(f"gpu-watch: ignoring an unreadable TF_CONFIG: {raw!r}", GPUWatchWarning,
+                      stacklevel=2)
+        return 0, 1

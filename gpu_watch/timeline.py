@@ -1,0 +1,254 @@
+"""Where batches meet readings: per-batch rows, per-span statistics and the idle detector.
+
+The training thread adds batch timings (a tuple append); the sampler thread adds NVML readings.
+`drain` pairs each batch with the readings that overlap it and hands back rows ready to write.
+Statistics are kept as running sums and a 0-100 % histogram per GPU and span, so memory stays flat over days.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gpu_watch.nvml import Reading
+from gpu_watch.verdict import GPUStats
+
+
+@dataclass(frozen=True)
+class IdleEvent:
+    """Every watched GPU stayed under the threshold from `start_s` to `end_s` (seconds since
+    training started); `util_mean_pct` is each GPU's mean utilization over that stretch."""
+
+    start_s: float
+    end_s: float
+    util_mean_pct: dict[int, float]
+
+    def to_dict(self) -> dict:
+        """The JSON-ready record written to `run.json` and carried by `GPUIdleError`."""
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "duration_s": round(self.end_s - self.start_s, 3),
+            "util_mean_pct": {str(k): round(v, 1) for k, v in self.util_mean_pct.items()},
+        }
+
+
+class SpanStats:
+    """Running statistics of one GPU over a span: a utilization histogram, peaks, flags."""
+
+    __slots__ = ("counts", "total", "idle", "mem_peak", "proc_peak", "proc_seen", "others_seen", "lost")
+
+    def __init__(self) -> None:
+        self.counts = [0] * 101
+        self.total = 0.0
+        self.idle = 0
+        self.mem_peak: float | None = None
+        self.proc_peak: float | None = None
+        self.proc_seen = False
+        self.others_seen = False
+        self.lost = False
+
+    def add(self, r: Reading, threshold_pct: float) -> None:
+        """Count one reading; readings without a value change nothing (NaN is not idle)."""
+        if r.util_pct is not None:
+            self.counts[min(100, max(0, int(round(r.util_pct))))] += 1
+            self.total += r.util_pct
+            if r.util_pct < threshold_pct:
+                self.idle += 1
+        if r.mem_used_mib is not None:
+            self.mem_peak = r.mem_used_mib if self.mem_peak is None else max(self.mem_peak,
+                                                                            r.mem_used_mib)
+        if r.proc_mem_mib is not None:
+            self.proc_peak = r.proc_mem_mib if self.proc_peak is None else max(self.proc_peak,
+                                                                              r.proc_mem_mib)
+            if r.proc_mem_mib > 0:
+                self.proc_seen = True
+        if r.procs is not None and r.proc_mem_mib is not None:
+            mine = 1 if r.proc_mem_mib > 0 else 0
+            if r.procs > mine:
+                self.others_seen = True
+        self.lost = self.lost or r.lost
+
+    def stats(self, gpu: int) -> GPUStats:
+        """The span's statistics as the verdict rules take them."""
+        n = sum(self.counts)
+        if not n:
+            return GPUStats(gpu, 0, None, None, None, self.mem_peak, self.proc_peak,
+                            self.proc_seen, self.others_seen, self.lost)
+        mean = self.total / n
+        target, seen, p95 = 0.95 * n, 0, 100
+        for pct, c in enumerate(self.counts):
+            seen += c
+            if seen >= target:
+                p95 = pct
+                break
+        return GPUStats(gpu, n, mean, float(p95), self.idle / n, self.mem_peak, self.proc_peak,
+                        self.proc_seen, self.others_seen, self.lost)
+
+
+class Timeline:
+    """Batch timings and NVML readings of one run, paired up.
+
+    Args:
+        gpus: NVML indices of the watched GPUs (the per-GPU columns of `batches.csv`).
+        idle_threshold_pct: Utilization under this counts as idle, percent.
+        idle_patience_s: Seconds all GPUs must stay idle before an `IdleEvent` fires.
+        interval_s: The sampler's interval, seconds (how far after a batch a reading may lie
+            and still describe it: NVML's utilization covers the period before the reading).
+    """
+
+    def __init__(self, gpus: Sequence[int], idle_threshold_pct: float, idle_patience_s: float,
+                 interval_s: float) -> None:
+        self.gpus = list(gpus)
+        self.threshold = idle_threshold_pct
+        self.patience = idle_patience_s
+        self.interval = interval_s
+        self._lock = threading.Lock()
+        self._batches: deque[tuple] = deque()
+        self._samples: list[Reading] = []
+        self._recent: dict[int, deque[Reading]] = {g: deque() for g in self.gpus}
+        self._last_tick_s = -math.inf
+        self.epoch: int | None = None
+        self.first_step_end_s: float | None = None
+        self._epoch_stats: dict[int, SpanStats] = {}
+        self._run_stats = {g: SpanStats() for g in self.gpus}
+        self._idle_since: float | None = None
+        self._idle_sums: dict[int, list[float]] = {}
+        self.idle_event: IdleEvent | None = None
+        self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
+        self._run_loop = [0.0, 0.0]  # step_s sum, wait_s sum
+
+    # -- training thread -------------------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start counting a new epoch."""
+        with self._lock:
+            self.epoch = epoch
+            self._epoch_stats = {g: SpanStats() for g in self.gpus}
+            self._epoch_loop = [0, 0.0, 0.0, 0.0]
+
+    def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
+                  wait_s: float | None) -> None:
+        """Record one batch hook's timing (seconds since training started). Cheap: no lock."""
+        self._batches.append((epoch, batch, steps, begin_s, end_s, wait_s))
+        loop = self._epoch_loop
+        loop[0] += 1
+        loop[1] += end_s - begin_s
+        loop[2] += wait_s or 0.0
+        loop[3] += steps
+        run = self._run_loop
+        run[0] += end_s - begin_s
+        run[1] += wait_s or 0.0
+        if self.first_step_end_s is None:
+            self.first_step_end_s = end_s
+
+    def run_wait_fraction(self) -> float | None:
+        """Share of the loop's time spent waiting for data over the run, 0-1."""
+        step_s, wait_s = self._run_loop
+        return wait_s / (step_s + wait_s) if step_s + wait_s > 0 else None
+
+    def epoch_loop(self) -> tuple[int, float, float, int]:
+        """This epoch's batches, summed step seconds, summed wait seconds and steps."""
+        batches, step_s, wait_s, steps = self._epoch_loop
+        return int(batches), step_s, wait_s, int(steps)
+
+    # -- sampler thread --------------------------------------------------------------------------
+
+    def add_readings(self, readings: Sequence[Reading]) -> IdleEvent | None:
+        """Take one sampler tick; return an `IdleEvent` the first time idleness lasts the
+        patience (it fires once per run)."""
+        with self._lock:
+            counted = self.first_step_end_s is not None
+            for r in readings:
+                self._samples.append(r)
+                recent = self._recent.get(r.gpu)
+                if recent is not None:
+                    recent.append(r)
+                if counted:
+                    self._run_stats[r.gpu].add(r, self.threshold)
+                    if self.epoch is not None and r.gpu in self._epoch_stats:
+                        self._epoch_stats[r.gpu].add(r, self.threshold)
+            if readings:
+                self._last_tick_s = readings[0].time_s
+                return self._track_idle(readings) if counted else None
+            return None
+
+    def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
+        now = readings[0].time_s
+        values = [r.util_pct for r in readings if r.gpu in self._run_stats]
+        idle = bool(values) and all(v is not None and v < self.threshold for v in values)
+        if not idle:
+            self._idle_since = None
+            self._idle_sums = {}
+            return None
+        if self._idle_since is None:
+            self._idle_since = now
+        for r in readings:
+            total = self._idle_sums.setdefault(r.gpu, [0.0, 0])
+            total[0] += r.util_pct or 0.0
+            total[1] += 1
+        if self.idle_event is None and now - self._idle_since >= self.patience:
+            means = {g: s / n for g, (s, n) in self._idle_sums.items() if n}
+            self.idle_event = IdleEvent(self._idle_since, now, means)
+            return self.idle_event
+        return None
+
+    # -- either thread (under the lock) ----------------------------------------------------------
+
+    def drain(self, final: bool = False) -> tuple[list[Reading], list[dict]]:
+        """Take the readings and batch rows ready to write.
+
+        A batch is ready once a reading at or after its end exists (that reading's period
+        covers the batch), or at the end of the run.
+        """
+        with self._lock:
+            samples, self._samples = self._samples, []
+            rows = []
+            recent = {g: (list(d), [r.time_s for r in d]) for g, d in self._recent.items()}
+            while self._batches:
+                epoch, batch, steps, begin, end, wait = self._batches[0]
+                if not final and end > self._last_tick_s:
+                    break
+                self._batches.popleft()
+                row = {"epoch": epoch, "batch": batch, "steps": steps, "time_s": end,
+                       "step_s": end - begin, "wait_s": wait}
+                for gpu in self.gpus:
+                    util, mem = self._overlap(*recent[gpu], begin, end)
+                    row[f"gpu{gpu}_util_pct"] = util
+                    row[f"gpu{gpu}_mem_used_mib"] = mem
+                rows.append(row)
+            self._trim()
+            return samples, rows
+
+    def _overlap(self, readings: list[Reading], times: list[float], begin: float, end: float):
+        """Mean utilization and peak memory of the readings inside [begin, end]; for a batch
+        shorter than the interval, the first reading after it, whose period covers it."""
+        lo = bisect.bisect_left(times, begin)
+        hi = bisect.bisect_right(times, end)
+        inside = readings[lo:hi]
+        if not inside and hi < len(times) and times[hi] - end <= 2 * self.interval:
+            inside = [readings[hi]]
+        utils = [r.util_pct for r in inside if r.util_pct is not None]
+        mems = [r.mem_used_mib for r in inside if r.mem_used_mib is not None]
+        return (sum(utils) / len(utils) if utils else None), (max(mems) if mems else None)
+
+    def _trim(self) -> None:
+        """Forget readings older than any batch still waiting to be paired."""
+        horizon = self._batches[0][3] if self._batches else self._last_tick_s
+        for recent in self._recent.values():
+            while len(recent) > 1 and recent[1].time_s <= horizon:
+                recent.popleft()
+
+    def epoch_stats(self) -> list[GPUStats]:
+        """Each watched GPU's statistics over the current epoch."""
+        with self._lock:
+            return [self._epoch_stats.get(g, SpanStats()).stats(g) for g in self.gpus]
+
+    def run_stats(self) -> list[GPUStats]:
+        """Each watched GPU's statistics over the run so far (after the first step)."""
+        with self._lock:
+            return [self._run_stats[g].stats(g) for g in self.gpus]

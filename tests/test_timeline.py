@@ -1,0 +1,117 @@
+"""Pairing batches with readings, span statistics and the idle detector."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gpu_watch.nvml import Reading
+from gpu_watch.timeline import Timeline
+
+
+def tick(t, *utils, mem=1000.0):
+    return [Reading(time_s=t, gpu=g, util_pct=u, mem_used_mib=mem) for g, u in enumerate(utils)]
+
+
+def test_a_batch_takes_the_mean_of_readings_inside_it():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 1.0, None)
+    for t, u in [(0.2, 10), (0.4, 20), (0.6, 30), (1.2, 99)]:
+        tl.add_readings(tick(t, u))
+    samples, rows = tl.drain()
+    assert len(samples) == 4
+    assert rows[0]["gpu0_util_pct"] == pytest.approx(20)
+    assert rows[0]["gpu0_mem_used_mib"] == 1000
+    assert rows[0]["step_s"] == 1.0
+
+
+def test_a_batch_shorter_than_the_interval_takes_the_next_reading():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.01, 0.02, None)
+    tl.add_batch(0, 1, 1, 0.03, 0.04, 0.01)
+    _, rows = tl.drain()
+    assert rows == []  # not ready: no reading yet describes them
+    tl.add_readings(tick(0.2, 77))
+    _, rows = tl.drain()
+    assert [r["gpu0_util_pct"] for r in rows] == [77, 77]
+    assert rows[1]["wait_s"] == 0.01
+
+
+def test_final_drain_writes_unpaired_batches_with_nan_not_zero():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.01, None)
+    _, rows = tl.drain(final=True)
+    assert rows[0]["gpu0_util_pct"] is None
+
+
+def test_missing_readings_do_not_count_as_idle():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    for t in range(10):
+        tl.add_readings(tick(0.2 + t, None))
+    tl.add_readings(tick(20.0, 90))
+    (stats,) = tl.epoch_stats()
+    assert stats.util_samples == 1 and stats.idle_fraction == 0.0
+    assert stats.util_mean == 90
+
+
+def test_readings_before_the_first_step_end_are_not_counted():
+    tl = Timeline([0], 10.0, 1.0, 0.2)
+    tl.begin_epoch(0)
+    for t in range(5):  # compilation: the GPU is idle, and that is fine
+        assert tl.add_readings(tick(t * 0.5, 0)) is None
+    tl.add_batch(0, 0, 1, 0.0, 2.5, None)
+    tl.add_readings(tick(3.0, 50))
+    (stats,) = tl.run_stats()
+    assert stats.util_samples == 1
+
+
+def test_statistics_mean_p95_and_threshold_edge():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.01, None)
+    for i, u in enumerate([10] * 10 + [9.6] * 10):  # 10 is not under 10; 9.6 is
+        tl.add_readings(tick(0.2 * (i + 1), u))
+    (stats,) = tl.epoch_stats()
+    assert stats.idle_fraction == 0.5
+    assert stats.util_p95 == 10
+    assert stats.util_mean == pytest.approx(9.8, abs=0.11)
+
+
+def test_idle_event_fires_once_after_the_patience_on_every_gpu():
+    tl = Timeline([0, 1], 10.0, 1.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    assert tl.add_readings(tick(0.2, 0, 50)) is None  # GPU 1 still works
+    events = [tl.add_readings(tick(0.2 + 0.2 * k, 0, 2)) for k in range(1, 8)]
+    fired = [e for e in events if e is not None]
+    assert len(fired) == 1
+    event = fired[0]
+    assert event.start_s == pytest.approx(0.4)
+    assert event.end_s - event.start_s >= 1.0
+    assert event.util_mean_pct == {0: 0.0, 1: 2.0}
+    assert tl.idle_event is event
+
+
+def test_idle_stretch_resets_on_work_and_on_missing_readings():
+    tl = Timeline([0], 10.0, 1.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    pattern = [0, 0, 0, 0, 50, 0, 0, 0, 0, None, 0, 0, 0, 0]
+    events = [tl.add_readings(tick(0.2 * (i + 1), u)) for i, u in enumerate(pattern)]
+    assert all(e is None for e in events)
+
+
+def test_wait_fraction_over_the_run():
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 1.0, None)
+    tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
+    assert tl.run_wait_fraction() == pytest.approx(0.6)
+    assert tl.epoch_loop() == (2, 2.0, 3.0, 2)
+    assert not math.isnan(tl.run_wait_fraction())

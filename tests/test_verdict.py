@@ -1,0 +1,164 @@
+"""Every verdict and cause from synthetic inputs, edges included."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_watch.causes import CATALOGUE, cause
+from gpu_watch.verdict import (
+    BUSY_UTIL_PCT,
+    CPU_FALLBACK,
+    IDLE,
+    IDLE_FRACTION_LIMIT,
+    INPUT_BOUND_WAIT_FRACTION,
+    OK,
+    UNMONITORED,
+    GPUStats,
+    Setting,
+    judge,
+)
+
+ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
+                 cuda_build=True)
+NO_DRIVER = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
+
+
+def busy(gpu=0, **kw):
+    values = {"util_samples": 50, "util_mean": 85.0, "util_p95": 99.0, "idle_fraction": 0.05,
+              "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True}
+    values.update(kw)
+    return GPUStats(gpu, **values)
+
+
+def codes(judgement):
+    return [c.code for c in judgement.causes]
+
+
+def test_ok_when_the_gpu_is_busy():
+    j = judge(ON_GPU, [busy()], wait_fraction=0.01)
+    assert (j.verdict, j.causes, j.gpu_verdicts) == (OK, [], {0: OK})
+
+
+def test_idle_when_more_than_the_limit_of_readings_are_idle():
+    j = judge(ON_GPU, [busy(idle_fraction=0.9, util_mean=3.0)], wait_fraction=0.0)
+    assert j.verdict == IDLE and j.gpu_verdicts == {0: IDLE}
+
+
+def test_idle_fraction_exactly_at_the_limit_is_not_idle():
+    assert judge(ON_GPU, [busy(idle_fraction=IDLE_FRACTION_LIMIT)], None).verdict == OK
+    assert judge(ON_GPU, [busy(idle_fraction=IDLE_FRACTION_LIMIT + 0.01)], None).verdict == IDLE
+
+
+def test_no_utilization_readings_is_unmonitored_not_idle():
+    j = judge(ON_GPU, [busy(util_samples=0, util_mean=None, util_p95=None, idle_fraction=None)],
+              None)
+    assert j.verdict == UNMONITORED
+
+
+def test_nvml_unavailable_while_the_framework_uses_a_gpu_is_unmonitored():
+    setting = Setting(compute_on_gpu=True, framework_gpus=1, nvml_error=NO_DRIVER)
+    j = judge(setting, [], None)
+    assert j.verdict == UNMONITORED
+
+
+def test_a_lost_gpu_is_unmonitored():
+    j = judge(ON_GPU, [busy(lost=True)], None)
+    assert j.verdict == UNMONITORED and j.gpu_verdicts == {0: UNMONITORED}
+
+
+def test_input_bound_explains_idle_above_the_wait_limit_only():
+    idle = [busy(idle_fraction=0.8, util_mean=5.0)]
+    j = judge(ON_GPU, idle, wait_fraction=INPUT_BOUND_WAIT_FRACTION + 0.2)
+    assert j.verdict == IDLE and codes(j) == ["input_bound"]
+    assert j.causes[0].evidence["wait_fraction"] == pytest.approx(0.5)
+    assert "50%" in j.causes[0].message
+    assert codes(judge(ON_GPU, idle, wait_fraction=INPUT_BOUND_WAIT_FRACTION)) == []
+
+
+def test_one_idle_gpu_among_busy_ones_is_named():
+    j = judge(ON_GPU, [busy(0), busy(1, idle_fraction=1.0, util_mean=0.0)], None)
+    assert j.verdict == IDLE
+    assert j.gpu_verdicts == {0: OK, 1: IDLE}
+    (c,) = j.causes
+    assert c.evidence == {"idle_gpus": [1], "busy_gpus": [0]}
+    assert "GPU 1" in c.message
+
+
+def test_cpu_fallback_without_driver_names_no_nvidia_driver():
+    setting = Setting(compute_on_gpu=False, framework_gpus=0, nvml_error=NO_DRIVER,
+                      cuda_build=True)
+    j = judge(setting, [], None)
+    assert j.verdict == CPU_FALLBACK and codes(j) == ["no_nvidia_driver"]
+    assert j.causes[0].evidence["nvml_error"] == NO_DRIVER
+
+
+def test_driver_not_loaded_is_also_no_driver():
+    setting = Setting(framework_gpus=0, nvml_error="NVMLError_DriverNotLoaded: Driver Not Loaded")
+    assert codes(judge(setting, [], None)) == ["no_nvidia_driver"]
+
+
+@pytest.mark.parametrize("visible", ["", "-1"])
+def test_cpu_fallback_with_hidden_gpus(visible):
+    setting = Setting(framework_gpus=0, nvml_gpus=2, visible_gpus=0, cuda_visible_devices=visible,
+                      cuda_build=True)
+    j = judge(setting, [], None)
+    assert j.verdict == CPU_FALLBACK and codes(j) == ["gpus_hidden"]
+    assert j.causes[0].evidence == {"cuda_visible_devices": visible, "nvml_gpus": 2}
+
+
+def test_forced_cpu_placement_when_the_framework_sees_a_gpu_but_step0_ran_on_cpu():
+    setting = Setting(compute_on_gpu=False, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
+                      cuda_build=True, cpu_compute_examples=("MatMul", "Relu"))
+    j = judge(setting, [busy(util_mean=0.0, proc_seen=False)], None)
+    assert j.verdict == CPU_FALLBACK and codes(j) == ["forced_cpu_placement"]
+    assert "MatMul" in j.causes[0].message
+
+
+def test_cpu_only_build():
+    setting = Setting(framework_gpus=0, nvml_gpus=1, visible_gpus=1, cuda_build=False)
+    assert codes(judge(setting, [], None)) == ["cpu_only_build"]
+
+
+def test_cuda_build_that_sees_no_gpu_while_nvml_does_is_missing_libraries():
+    setting = Setting(framework_gpus=0, nvml_gpus=1, visible_gpus=1, cuda_build=True)
+    j = judge(setting, [busy(util_mean=0.0, proc_seen=False)], None)
+    assert j.verdict == CPU_FALLBACK and codes(j) == ["cuda_libs_missing"]
+
+
+def test_environment_findings_explain_the_fallback_first():
+    too_old = cause("driver_too_old", "driver CUDA 11.8 < build CUDA 12.5", driver="11.8")
+    setting = Setting(framework_gpus=0, nvml_gpus=1, visible_gpus=1, cuda_build=True,
+                      environment=(too_old,))
+    j = judge(setting, [], None)
+    assert codes(j) == ["driver_too_old"]
+    assert j.causes[0].evidence == {"driver": "11.8"}
+
+
+def test_a_gpu_busy_with_another_process_is_never_ok_for_us():
+    setting = Setting(framework_gpus=0, nvml_gpus=1, visible_gpus=1, cuda_build=True)
+    other = busy(util_mean=95.0, proc_seen=False, others_seen=True, proc_mem_peak_mib=0.0)
+    j = judge(setting, [other], None)
+    assert j.verdict == CPU_FALLBACK
+    assert codes(j) == ["cuda_libs_missing", "process_not_on_gpu"]
+    below = busy(util_mean=BUSY_UTIL_PCT - 1, proc_seen=False, others_seen=True)
+    assert "process_not_on_gpu" not in codes(judge(setting, [below], None))
+
+
+def test_unknown_placement_falls_back_to_the_framework_gpu_count():
+    assert judge(Setting(compute_on_gpu=None, framework_gpus=0), [], None).verdict == CPU_FALLBACK
+    assert judge(Setting(compute_on_gpu=None, framework_gpus=1, nvml_gpus=1, visible_gpus=1),
+                 [busy()], None).verdict == OK
+
+
+def test_process_not_attributable_when_our_pid_never_appears():
+    j = judge(ON_GPU, [busy(proc_seen=False, others_seen=True)], None)
+    assert j.verdict == OK and codes(j) == ["process_not_attributable"]
+    assert j.causes[0].evidence == {"gpus": [0]}
+
+
+def test_every_cause_in_the_catalogue_has_a_message_and_remedy():
+    for code, spec in CATALOGUE.items():
+        c = cause(code)
+        assert c.message and c.remedy and c.group == spec.group, code
+    with pytest.raises(ValueError, match="'no_such_code'"):
+        cause("no_such_code")

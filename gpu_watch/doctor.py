@@ -138,7 +138,8 @@ _MESSAGE_PATTERNS = (
         r"|Possibly insufficient driver version: ?(?P<version>\S*))")),
     ("gpu_ignored", re.compile(
         r"Ignoring visible gpu device \((?P<device>.*)\) with Cuda compute capability "
-        r"(?P<capability>[\d.]+)\. The minimum required Cuda capability is (?P<minimum>[\d.]+)")),
+        r"(?P<capability>\d+(?:\.\d+)*)\. The minimum required Cuda capability is "
+        r"(?P<minimum>\d+(?:\.\d+)*)")),
     ("allow_growth_unparsed", re.compile(
         r"TF_FORCE_GPU_ALLOW_GROWTH environment variable is set but could not be parsed")),
 )

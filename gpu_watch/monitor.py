@@ -111,6 +111,7 @@ class Monitor:
         self.nvml = nvml
         self.clock = time.perf_counter
         self.t0 = self.clock()
+        self.t0_unix = time.time()
         self.status = runlog.STATUS_RUNNING
         self.judgement: Judgement | None = None
         self.placement: dict[str, Any] | None = None
@@ -125,6 +126,7 @@ class Monitor:
         self._watch: tuple[int, Any] | None = None
         self._previous_sigint: Any = None
 
+        nvml.clear_faults()
         self.devices = nvml.devices() if nvml.available else []
         self.run_dir = runlog.new_run_dir(config.log_dir, config.run_name, *rank)
         self.info: dict[str, Any] = {
@@ -358,7 +360,10 @@ class Monitor:
         self.info["verdict"] = judgement.verdict
         self.info["causes"] = [c.to_dict() for c in judgement.causes]
         self.info["gpu_verdicts"] = {str(k): v for k, v in judgement.gpu_verdicts.items()}
-        self.info["faults"] = [asdict(f) for f in self.nvml.faults]
+        self.info["faults"] = [
+            {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}
+            for f in self.nvml.faults
+        ]
         self.info["sampler"] = {"ticks": self.sampler.ticks,
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
@@ -400,6 +405,19 @@ class Monitor:
         except Exception as exc:  # a plot must never cost the user their training
             warnings.warn(f"gpu-watch could not draw the plots of {self.run_dir}: {exc!r}",
                           GPUWatchWarning, stacklevel=2)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                _forget_thread_fonts()
+
+
+def _forget_thread_fonts() -> None:
+    """matplotlib keeps open font files per drawing thread in a cache; a plot thread that ends
+    would leave its entries, and their file handles, behind until the cache evicts them."""
+    from matplotlib import font_manager
+
+    clear = getattr(getattr(font_manager, "_get_font", None), "cache_clear", None)
+    if clear is not None:
+        clear()
 
 
 def idle_message(event: IdleEvent, config: Config) -> str:

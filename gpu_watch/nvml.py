@@ -168,6 +168,12 @@ class NVML:
         with self._lock:
             return list(self._faults)
 
+    def clear_faults(self) -> None:
+        """Forget the faults seen so far (a new run reports its own)."""
+        with self._lock:
+            self._faults.clear()
+            self._fault_keys.clear()
+
     def is_lost(self, device: Device) -> bool:
         """Whether NVML reported the device as lost (``GpuIsLost``)."""
         return device.nvml_index in self._lost

@@ -139,15 +139,22 @@ class CsvTable:
         return buffer.getvalue()
 
     def _write_text(self, text: str, mode: str) -> None:
-        with self.path.open(mode, newline="") as handle:
-            start = handle.tell()
+        # Unbuffered writes, so that a failure mid-way can be cut back to the last whole line:
+        # a buffered file would retry the failed flush on truncate and leave a torn row.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+        fd = os.open(self.path, flags, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            pending = memoryview(text.encode())
             try:
-                handle.write(text)
-                handle.flush()
+                while pending:
+                    pending = pending[os.write(fd, pending):]
             except OSError:
                 with contextlib.suppress(OSError):
-                    handle.truncate(start)
+                    os.ftruncate(fd, start)
                 raise
+        finally:
+            os.close(fd)
 
 
 def _atomic_write(path: Path, text: str) -> None:

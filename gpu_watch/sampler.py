@@ -107,12 +107,23 @@ class Sampler:
             _running.discard(self)
 
     def tick(self) -> list[Reading]:
-        """Read every device once, now, and hand the readings to the sink."""
+        """Read every device once, now, and hand the readings to the sink. A device whose read
+        fails unexpectedly gives an empty reading; the other devices still report."""
         now = self._clock() - (self._t0 or 0.0)
-        readings = [self._nvml.read(device, now) for device in self._devices]
+        readings = []
+        for device in self._devices:
+            try:
+                readings.append(self._nvml.read(device, now))
+            except Exception:
+                self._record_error()
+                readings.append(Reading(time_s=now, gpu=device.nvml_index))
         self._sink(readings)
         self.ticks += 1
         return readings
+
+    def _record_error(self) -> None:
+        if len(self.errors) < _MAX_ERRORS:
+            self.errors.append(traceback.format_exc(limit=3).strip())
 
     def _run(self) -> None:
         due = self._clock()
@@ -120,8 +131,7 @@ class Sampler:
             try:
                 self.tick()
             except Exception:  # the monitor must never take training down with it
-                if len(self.errors) < _MAX_ERRORS:
-                    self.errors.append(traceback.format_exc(limit=3).strip())
+                self._record_error()
             due += self.interval_s
             now = self._clock()
             if now > due:

@@ -2,7 +2,8 @@
 
 The training thread adds batch timings (a tuple append); the sampler thread adds NVML readings.
 `drain` pairs each batch with the readings that overlap it and hands back rows ready to write.
-Statistics are kept as running sums and a 0-100 % histogram per GPU and span, so memory stays flat over days.
+Statistics are kept as running sums and a 0-100 % histogram per GPU and span, so memory
+stays flat over days.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class IdleEvent:
 class SpanStats:
     """Running statistics of one GPU over a span: a utilization histogram, peaks, flags."""
 
-    __slots__ = ("counts", "total", "idle", "mem_peak", "proc_peak", "proc_seen", "others_seen", "lost")
+    __slots__ = ("counts", "total", "idle", "mem_peak", "proc_peak", "proc_seen", "others_seen",
+                 "lost")
 
     def __init__(self) -> None:
         self.counts = [0] * 101
@@ -203,7 +205,7 @@ class Timeline:
         """Take the readings and batch rows ready to write.
 
         A batch is ready once a reading at or after its end exists (that reading's period
-        covers the batch), or at the end of the run.
+        covers the batch), at the end of the run, or at once when no GPU is watched.
         """
         with self._lock:
             samples, self._samples = self._samples, []
@@ -211,7 +213,7 @@ class Timeline:
             recent = {g: (list(d), [r.time_s for r in d]) for g, d in self._recent.items()}
             while self._batches:
                 epoch, batch, steps, begin, end, wait = self._batches[0]
-                if not final and end > self._last_tick_s:
+                if not final and self.gpus and end > self._last_tick_s:
                     break
                 self._batches.popleft()
                 row = {"epoch": epoch, "batch": batch, "steps": steps, "time_s": end,

@@ -1,0 +1,49 @@
+"""Train a tiny model with GPUWatch in a child process, for tests that signal or kill it.
+
+Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--sleep SECONDS]
+Prints "STARTED <run dir>" once the first batch ended, then trains; `--sleep` slows each batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gpu_watch import GPUWatch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("log_dir")
+    parser.add_argument("--run-name")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    args = parser.parse_args()
+
+    watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False, verbose=0)
+
+    class Pace(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0 and self.params.get("started") is None:
+                self.params["started"] = True
+                print(f"STARTED {watch.run_dir}", flush=True)
+            time.sleep(args.sleep)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((64, 4), dtype="float32")
+    y = np.zeros((64, 1), dtype="float32")
+    model.fit(x, y, epochs=args.epochs, batch_size=8, verbose=0, callbacks=[watch, Pace()])
+    print(f"DONE {watch.run_dir}", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""The fault matrix: NVML errors, storage failures, interruptions, concurrency, bad input and
+process hygiene. GPUWatch may warn, but it never kills training (unless asked to) and never loses
+what it measured."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pynvml
+import pytest
+
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.cli import main as cli_main
+from gpu_watch.monitor import Config, Monitor
+from gpu_watch.nvml import NVML
+from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+CHILD = Path(__file__).parent / "scripts" / "train_child.py"
+ERRORS = [
+    pynvml.NVMLError_NotSupported,
+    pynvml.NVMLError_Unknown,
+    pynvml.NVMLError_Timeout,
+    pynvml.NVMLError_GpuIsLost,
+    pynvml.NVMLError_FunctionNotFound,
+]
+# FakeNVML field -> the metric name the NVML seam records in run.json's faults.
+FIELD_METRICS = {
+    "utilization": "util",
+    "memory": "memory",
+    "processes": "processes",
+    "process_utilization": "proc_util",
+    "power": "power",
+    "temperature": "temperature",
+    "clock": "sm_clock",
+    "clock_events": "clock_events",
+}
+
+
+def gpu_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("gpu-watch")]
+
+
+def drive(cb, batches=12, pause_s=0.03, epochs=1):
+    """Run GPUWatch's hooks the way fit does, without a model's cost."""
+    cb.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        for batch in range(batches):
+            cb.on_train_batch_begin(batch)
+            time.sleep(pause_s)
+            cb.on_train_batch_end(batch, {"loss": 1.0})
+        cb.on_epoch_end(epoch, {"loss": 1.0})
+    cb.on_train_end()
+    return load_run(cb.run_dir)
+
+
+def quiet(**kwargs):
+    kwargs.setdefault("plot", False)
+    kwargs.setdefault("verbose", 0)
+    kwargs.setdefault("check_placement", False)
+    kwargs.setdefault("interval_s", 0.02)
+    return GPUWatch(**kwargs)
+
+
+# -- NVML faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_metric_failing_mid_run_is_recorded_and_the_healthy_gpu_goes_on(tmp_path, error):
+    faulty = FakeGPU(util_pct=60, processes=[FakeProcess(used_mib=100)])
+    for field in FIELD_METRICS:
+        faulty.fail(field, error, from_s=0.15)
+    healthy = FakeGPU(util_pct=40, processes=[FakeProcess(used_mib=200)])
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([faulty, healthy]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        run = drive(cb)
+    assert run.status == "completed"
+    faults = run.info["faults"]
+    recorded = {(f["metric"], f["error"], f["gpu"]) for f in faults}
+    if error is pynvml.NVMLError_GpuIsLost:
+        # the first failing query marks the GPU lost; nothing else is asked of it afterwards
+        assert len(recorded) == 1 and next(iter(recorded))[1:] == ("NVMLError_GpuIsLost", 0)
+        assert run.samples[run.samples.gpu == 0]["lost"].iloc[-1] == 1
+    else:
+        expected = {(metric, error.__name__, 0) for metric in FIELD_METRICS.values()}
+        assert expected <= recorded
+    assert all(f["time_s"] >= 0.1 for f in faults)
+    gpu0, gpu1 = run.samples[run.samples.gpu == 0], run.samples[run.samples.gpu == 1]
+    late = gpu0.time_s > 0.3
+    assert gpu0[late]["util_pct"].isna().all()  # missing, not 0
+    assert gpu0[~late & (gpu0.time_s < 0.1)]["util_pct"].eq(60).all()
+    assert gpu1[gpu1.time_s > 0.3]["util_pct"].eq(40).all()
+    assert gpu1["proc_mem_mib"].eq(200).all()
+
+
+def test_transient_errors_recover_but_not_supported_stays_off(tmp_path):
+    gpu = FakeGPU(util_pct=70, power_w=100)
+    gpu.fail("utilization", pynvml.NVMLError_Timeout, from_s=0.1, until_s=0.2)
+    gpu.fail("power", pynvml.NVMLError_NotSupported, from_s=0.1, until_s=0.2)
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([gpu]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        run = drive(cb, batches=15)
+    late = run.samples[run.samples.time_s > 0.3]
+    assert late["util_pct"].eq(70).all()
+    assert late["power_w"].isna().all()
+
+
+def test_nvml_init_failing_is_reported_and_training_completes(tmp_path):
+    fake = FakeNVML([FakeGPU()], init_error=pynvml.NVMLError_DriverNotLoaded)
+    cb = quiet(log_dir=tmp_path, nvml=fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        run = drive(cb)
+    assert run.status == "completed"
+    assert run.info["nvml"]["error"].startswith("NVMLError_DriverNotLoaded")
+    assert run.verdict == "cpu_fallback"
+    assert run.causes[0]["code"] == "no_nvidia_driver"
+
+
+def test_an_unexpected_exception_in_the_sampler_is_contained(tmp_path):
+    fake = FakeNVML([FakeGPU(util_pct=50), FakeGPU(util_pct=30)])
+    original = fake.nvmlDeviceGetUtilizationRates
+
+    def broken(handle):
+        if handle.index == 0:
+            raise ValueError("a corrupted reply")
+        return original(handle)
+
+    fake.nvmlDeviceGetUtilizationRates = broken
+    cb = quiet(log_dir=tmp_path, nvml=fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        run = drive(cb)
+    assert run.status == "completed"
+    assert "ValueError: a corrupted reply" in run.info["sampler"]["errors"][0]
+    assert run.samples[run.samples.gpu == 1]["util_pct"].eq(30).all()
+    assert run.samples[run.samples.gpu == 0]["util_pct"].isna().all()
+
+
+def monitor_on_gpu(tmp_path, fake, **config):
+    """A Monitor whose framework uses a GPU (TensorFlow here cannot), to reach the verdicts
+    that need one."""
+    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
+    return Monitor(Config(log_dir=str(tmp_path), plot=False, interval_s=0.02, **config),
+                   NVML(fake), "tensorflow", (0, 1), framework, None)
+
+
+def run_monitor(monitor, seconds=0.5):
+    monitor.begin_epoch(0)
+    monitor.timeline.add_batch(0, 0, 1, 0.0, 0.01, None)
+    monitor.first_step({"compute_on_gpu": True})
+    time.sleep(seconds)
+    monitor.end_epoch(0, {})
+    monitor.finish("completed")
+    return load_run(monitor.run_dir)
+
+
+def test_missing_utilization_is_unmonitored_not_idle(tmp_path):
+    gpu = FakeGPU(util_pct=0).fail("utilization", pynvml.NVMLError_Unknown)
+    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([gpu])))
+    assert run.verdict == "unmonitored"
+    assert run.epochs["verdict"].iloc[0] == "unmonitored"
+    assert run.epochs["gpu_util_mean"].isna().all()
+
+
+def test_the_same_gpu_reading_is_idle_when_measured(tmp_path):
+    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([FakeGPU(util_pct=0)])))
+    assert run.verdict == "idle"
+    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([FakeGPU(util_pct=90)])))
+    assert run.verdict == "ok"
+
+
+# -- storage --------------------------------------------------------------------------------
+
+
+def test_an_impossible_log_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cb = quiet(log_dir=blocker / "logs")
+    started = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            started.append(batch)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(OSError, match="log_dir=.*a-file/logs.*on_log_error='warn'"):
+        model.fit(np.zeros((8, 2)), np.zeros((8, 1)), verbose=0, callbacks=[cb, Spy()])
+    assert started == []
+
+
+def test_an_impossible_log_dir_can_be_a_warning(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cb = quiet(log_dir=blocker / "logs", on_log_error="warn")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(GPUWatchWarning, match="training goes on without it"):
+        history = model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=2, verbose=0,
+                            callbacks=[cb])
+    assert len(history.epoch) == 2 and cb.run_dir is None
+
+
+def test_a_full_disk_mid_run_warns_once_and_keeps_files_valid(tmp_path, monkeypatch):
+    original = CsvTable._write_text
+    calls = {"n": 0}
+
+    def flaky(self, text, mode):
+        calls["n"] += 1
+        if calls["n"] > 4 and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, text, mode)
+
+    monkeypatch.setattr(CsvTable, "_write_text", flaky)
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=50)]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = drive(cb, batches=10, epochs=3)
+    disk = [w for w in caught if "could not write" in str(w.message)]
+    assert len(disk) == 1 and "No space left" in str(disk[0].message)
+    assert run.status == "completed"
+    assert run.info["write_errors"] >= 1
+
+
+def _mount_tiny_tmpfs(path: Path, size_kib: int) -> bool:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_real_full_filesystem_leaves_only_whole_rows(tmp_path):
+    mount = tmp_path / "tiny"
+    if os.geteuid() != 0 or not _mount_tiny_tmpfs(mount, 64):
+        pytest.skip("needs root and permission to mount a tmpfs")
+    try:
+        fake = FakeNVML([FakeGPU(util_pct=50, processes=[FakeProcess(used_mib=10)])] * 4)
+        cb = quiet(log_dir=mount, nvml=fake, interval_s=0.02)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = drive(cb, batches=150, pause_s=0.01, epochs=2)
+        assert len([w for w in caught if "could not write" in str(w.message)]) == 1
+        for name in ("samples.csv", "batches.csv"):
+            lines = (cb.run_dir / name).read_text().splitlines()
+            widths = {line.count(",") for line in lines}
+            assert len(widths) == 1, f"{name} has a torn row"
+        assert len(run.samples) > 0
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_run_json_is_replaced_atomically(tmp_path, monkeypatch):
+    write_run_json(tmp_path, {"schema_version": 1, "status": "running"})
+
+    def fail_replace(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail_replace)
+    with pytest.raises(OSError):
+        write_run_json(tmp_path, {"schema_version": 1, "status": "completed"})
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+
+
+# -- interruptions --------------------------------------------------------------------------
+
+
+def start_child(log_dir, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    proc = subprocess.Popen([sys.executable, str(CHILD), str(log_dir), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert line.startswith("STARTED"), proc.stderr.read()
+    return proc, Path(line.split(" ", 1)[1].strip())
+
+
+def test_ctrl_c_marks_the_run_interrupted(tmp_path):
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    run = load_run(run_dir)
+    assert run.status == "interrupted"
+    assert len(run.batches) > 1
+
+
+def test_sigkill_leaves_a_readable_incomplete_run(tmp_path, capsys):
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
+    time.sleep(3.0)  # past one flush
+    proc.kill()
+    proc.wait(timeout=30)
+    run = load_run(run_dir)
+    assert run.info["status"] == "running"
+    assert run.status == "incomplete"
+    assert len(run.batches) > 0
+    assert cli_main(["report", str(run_dir), "--no-plots"]) == 0
+    assert "incomplete" in capsys.readouterr().out
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_two_processes_with_the_same_run_name_get_their_own_folders(tmp_path):
+    children = [start_child(tmp_path, "--run-name", "same") for _ in range(2)]
+    for proc, _ in children:
+        proc.wait(timeout=120)
+        assert proc.returncode == 0
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["same", "same-2"]
+    assert {load_run(tmp_path / name).status for name in folders} == {"completed"}
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_load_run_errors_are_one_line(tmp_path):
+    cases = {}
+    cases["missing"] = tmp_path / "nope"
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = tmp_path / "empty"
+    other = tmp_path / "other-tool"
+    other.mkdir()
+    (other / "events.out.tfevents").write_text("x")
+    cases["another tool's"] = other
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "run.json").write_text("{not json")
+    cases["invalid JSON"] = bad_json
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "run.json").write_text(json.dumps({"schema_version": 99}))
+    cases["newer schema"] = newer
+    garbage = tmp_path / "garbage-csv"
+    garbage.mkdir()
+    (garbage / "run.json").write_text(json.dumps({"schema_version": 1, "status": "completed"}))
+    (garbage / "batches.csv").write_text('epoch,batch\n"unterminated,1\n')
+    cases["broken CSV"] = garbage
+    for label, path in cases.items():
+        with pytest.raises(RunFolderError) as raised:
+            load_run(path)
+        message = str(raised.value)
+        assert "\n" not in message and str(path) in message, label
+        assert "Traceback" not in message
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path):
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=10)]))
+    run = drive(cb, batches=4)
+    path = cb.run_dir / "batches.csv"
+    path.write_text(path.read_text() + "0,4,1,0.5")  # a row cut off mid-write
+    again = load_run(cb.run_dir)
+    assert len(again.batches) == len(run.batches)
+    assert "batches.csv: dropped an incomplete last line" in again.warnings
+
+
+# -- process hygiene ------------------------------------------------------------------------
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_thread_or_file_left_behind_after_fits_and_after_an_exception(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((32, 2), "float32"), np.zeros((32, 1), "float32")
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=50)]), plot=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
+        baseline_fds = open_fds()
+        for _ in range(3):
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
+        assert not gpu_threads()
+        assert open_fds() <= baseline_fds
+
+        class Boom(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[cb, Boom()])
+    deadline = time.monotonic() + 3
+    while gpu_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gpu_threads()
+    assert load_run(cb.run_dir).status == "failed"
+    assert open_fds() <= baseline_fds

@@ -159,8 +159,8 @@ MESSAGE_MEANINGS = {
     "allow_growth_unparsed": "TF_FORCE_GPU_ALLOW_GROWTH was ignored",
 }
 
-# glog prefixes: "I0000 00:00:1795709988.009449    3757 cudart_stub.cc:31] " (TensorFlow >= 2.17)
-# and "2020-08-24 11:08:28.568646: W tensorflow/.../dso_loader.cc:59] " (older releases).
+# Log prefixes: "I0000 00:00:1795709988.009449    3757 cudart_stub.cc:31] " (absl logging, recent
+# releases) and "2020-08-24 11:08:28.568646: W tensorflow/.../dso_loader.cc:59] " (older ones).
 _LOG_PREFIX = re.compile(
     r"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\]|\d{4}-\d\d-\d\d [\d:.]+: [IWEF] \S+:\d+\])\s*")
 
@@ -343,7 +343,7 @@ def installed_distributions() -> dict[str, str]:
     for dist in importlib.metadata.distributions():
         name = _normalise(dist.metadata["Name"] or "")
         if name.startswith(("tensorflow", "tf-nightly", "nvidia-")) or name == "keras":
-            found[name] = dist.version
+            found.setdefault(name, dist.version)  # the first on sys.path is the one imported
     return dict(sorted(found.items()))
 
 
@@ -587,16 +587,17 @@ def check_driver_too_old(facts: Facts) -> list[Cause]:
             "CUDA's minor-version compatibility usually lets it run, but PTX compiled by the "
             "newer toolkit (XLA) can fail with \"the provided PTX was compiled with an "
             "unsupported toolchain\"")
-    driver = (f"The NVIDIA driver {facts['nvml']['driver_version']} (CUDA {driver_cuda})"
-              if driver_cuda else "The NVIDIA driver")
+    driver_text = (f"The NVIDIA driver {facts['nvml']['driver_version']} (CUDA {driver_cuda})"
+                   if driver_cuda else "The NVIDIA driver")
     target = ".".join(map(str, build)) if build else build_cuda
+    older_tensorflow = (f"; or install a TensorFlow release built for CUDA {driver_cuda} or older"
+                        if driver_cuda else "")
     return [cause(
         "driver_too_old",
-        f"{driver} is older than the CUDA {build_cuda} that TensorFlow {fw.get('version')} was "
-        f"built with: {why}.",
+        f"{driver_text} is older than the CUDA {build_cuda} that TensorFlow {fw.get('version')} "
+        f"was built with: {why}.",
         f"Upgrade the NVIDIA driver until `nvidia-smi` shows \"CUDA Version: {target}\" or "
-        "higher (Ubuntu: `sudo ubuntu-drivers install`, then reboot); or install a TensorFlow "
-        f"release built for CUDA {driver_cuda or 'your driver supports'}.",
+        f"higher (Ubuntu: `sudo ubuntu-drivers install`, then reboot){older_tensorflow}.",
         severity=severity,
         driver_version=facts["nvml"]["driver_version"],
         driver_cuda_version=driver_cuda,
@@ -653,9 +654,9 @@ def check_cuda_libs_missing(facts: Facts) -> list[Cause]:
     cuda = build_info.get("cuda_version")
     cudnn = build_info.get("cudnn_version")
     built = f"built with CUDA {cuda}" + (f" and cuDNN {cudnn}" if cudnn else "")
-    lead = "TensorFlow" if driver_present else "Even once a driver is installed, TensorFlow"
-    message = (f"{lead} {version} ({built}) will not find a GPU: " if not driver_present else
-               f"{lead} {version} ({built}) sees no GPU although the driver is loaded: ")
+    message = (f"TensorFlow {version} ({built}) sees no GPU: " if driver_present else
+               f"Even once a driver is installed, TensorFlow {version} ({built}) will not find "
+               "a GPU: ")
     reinstall = wheels["missing"] or wheels["wrong_version"]
     remedy = (f'pip install "tensorflow[and-cuda]=={version}"' if reinstall else
               f'pip install --force-reinstall "tensorflow[and-cuda]=={version}"')

@@ -149,6 +149,7 @@ class Monitor:
                 "driver_version": nvml.driver_version(),
                 "cuda_driver_version": nvml.cuda_driver_version(),
                 "gpus_seen": len(nvml.all_devices()),
+                "simulated": nvml.simulated,
             },
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "environment": environment,

@@ -157,6 +157,11 @@ class NVML:
         return self._error is None
 
     @property
+    def simulated(self) -> bool:
+        """Whether the bindings are a stand-in (`FakeNVML`) rather than the real driver."""
+        return bool(getattr(self._lib, "simulated", False))
+
+    @property
     def error(self) -> str | None:
         """Why NVML is unavailable (e.g. ``NVMLError_LibraryNotFound: ...``), else None."""
         self._ensure_init()

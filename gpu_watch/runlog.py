@@ -160,6 +160,7 @@ class CsvTable:
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; a run folder is for others to read
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
             handle.flush()

@@ -167,7 +167,10 @@ class FakeNVML:
 
     Attributes:
         calls: How often each function was called, by (function name, thread name).
+        simulated: Always True: run folders record it, and their figures say "simulated".
     """
+
+    simulated = True
 
     def __init__(
         self,

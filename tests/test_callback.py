@@ -86,7 +86,9 @@ def test_two_epochs_on_this_machine_write_the_contract(tmp_path):
     assert placement["op_counts"].get("CPU", 0) > 0 and placement["op_counts"].get("GPU", 0) == 0
     assert "MatMul" in placement["cpu_compute_examples"] or placement["cpu_compute_examples"]
     assert run.info["nvml"]["error"].startswith("NVMLError_LibraryNotFound")
+    assert run.info["nvml"]["simulated"] is False
     assert run.info["devices"] == []
+    assert (cb.run_dir / "run.json").stat().st_mode & 0o044 == 0o044  # readable by others
 
 
 def test_a_gpu_that_tensorflow_cannot_see_is_cpu_fallback_never_ok(tmp_path):
@@ -295,6 +297,7 @@ def test_hooks_without_fit(tmp_path):
     assert run.epochs["loss"].iloc[0] == 0.5
     assert (run.samples["proc_mem_mib"] == 700).all()
     assert run.status == "completed"
+    assert run.info["nvml"]["simulated"] is True
     assert run.verdict == "cpu_fallback"  # TensorFlow sees no GPU here, whatever NVML says
 
 

@@ -1067,8 +1067,10 @@ class DoctorReport:
                 ("Platform", f"{plat['system']} {plat['release']} {plat['machine']}{where}")]
         rows += self._framework_lines()
         keras = f["keras"]
+        other_backend = (" (TensorFlow's GPU matters to Keras only with the tensorflow "
+                         "backend)" if keras["backend"] != "tensorflow" else "")
         rows.append(("Keras", f"{keras['version'] or 'not installed'}, backend "
-                              f"{keras['backend']}"))
+                              f"{keras['backend']}{other_backend}"))
         wheels = f["cuda_wheels"]
         if wheels["required"]:
             have = len(wheels["required"]) - len(wheels["missing"])

@@ -571,6 +571,14 @@ def test_forced_cpu_placement_is_explained_but_never_claimed():
     assert "forced_cpu_placement" not in codes(diagnose(healthy()))
 
 
+def test_another_keras_backend_is_pointed_out():
+    facts = healthy()
+    facts["keras"]["backend"] = "jax"
+    assert "backend jax (TensorFlow's GPU matters to Keras only with the tensorflow backend)" in (
+        DoctorReport(facts, []).render_text())
+    assert "backend tensorflow\n" in DoctorReport(healthy(), []).render_text()
+
+
 def test_report_dict_is_json_and_findings_read_back_as_causes():
     report = DoctorReport(no_driver_facts(), diagnose(no_driver_facts()))
     data = json.loads(json.dumps(report.to_dict()))

@@ -301,6 +301,28 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     assert len(run.batches) > 1
 
 
+def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):
+    def batches():
+        for i in range(100):
+            if i == 7:
+                raise OSError("the data share went away")
+            yield np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    cb = quiet(log_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception, match="the data share went away"):
+            model.fit(batches(), steps_per_epoch=50, epochs=2, verbose=0, callbacks=[cb])
+    deadline = time.monotonic() + 5
+    while load_run(cb.run_dir).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run = load_run(cb.run_dir)
+    assert run.status == "failed"
+    assert len(run.batches) == 7
+
+
 def test_sigkill_leaves_a_readable_incomplete_run(tmp_path, capsys):
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
     time.sleep(3.0)  # past one flush

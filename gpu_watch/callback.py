@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ class GPUWatch(keras.callbacks.Callback):
         self._epoch = 0
         self._step0 = True
         self._begins: dict[int, tuple[float, float | None]] = {}
+        self._ends: dict[int, tuple[float, Any]] = {}
+        self._batch_lock = threading.Lock()
         self._last_end: tuple[int, float] | None = None
         self._idle_acted = False
         self._stopped_idle = False
@@ -148,7 +151,8 @@ class GPUWatch(keras.callbacks.Callback):
         now = monitor.clock() - monitor.t0
         last = self._last_end
         wait = now - last[1] if last is not None and last[0] == batch - 1 else None
-        self._begins[batch] = (now, wait)
+        with self._batch_lock:
+            self._begins[batch] = (now, wait)
         if self._step0 and self.config.check_placement:
             self._probe.before_first_step()
 
@@ -157,22 +161,49 @@ class GPUWatch(keras.callbacks.Callback):
         if monitor is None:
             return
         end = monitor.clock() - monitor.t0
-        first = batch
-        for first in range(batch, batch - self._steps_per_execution, -1):
-            if first in self._begins:
-                break
-        begin, wait = self._begins.pop(first, (end, None))
-        self._last_end = (batch, end)
-        monitor.timeline.add_batch(self._epoch, batch, batch - first + 1, begin, end, wait)
-        if self._step0:
-            self._step0 = False
-            self._after_first_step(logs)
-        event = monitor.timeline.idle_event
-        if event is not None and not self._idle_acted:
-            self._act_on_idle(event)
+        # On JAX and torch, Keras runs this hook on a thread pool, several batches at a time
+        # and not always in order: batches are recorded one at a time, oldest first.
+        with self._batch_lock:
+            if not any(b in self._begins for b in self._step_range(batch)):
+                self._begins[batch] = (end, None)
+            self._ends[batch] = (end, logs)
+            self._record_batches()
+
+    def _step_range(self, end_batch: int) -> range:
+        """The batch indices whose begin a hook call for `end_batch` can close."""
+        return range(end_batch, end_batch - self._steps_per_execution, -1)
+
+    def _record_batches(self, final: bool = False) -> None:
+        """Record every batch whose end has been seen, in the order they began; with `final`
+        (no hook is still pending), drop begins that never ended (a data set that ran out)."""
+        monitor = self.monitor
+        while self._begins:
+            first = next(iter(self._begins))
+            last = next((b for b in range(first, first + self._steps_per_execution)
+                         if b in self._ends), None)
+            if last is None:
+                if not final:
+                    return
+                del self._begins[first]
+                continue
+            begin, wait = self._begins.pop(first)
+            end, logs = self._ends.pop(last)
+            if self._last_end is not None:  # steps run in sequence: none ends before the last
+                end = max(end, self._last_end[1])
+            self._last_end = (last, end)
+            monitor.timeline.add_batch(self._epoch, last, last - first + 1, begin, end, wait)
+            if self._step0:
+                self._step0 = False
+                self._after_first_step(logs)
+            event = monitor.timeline.idle_event
+            if event is not None and not self._idle_acted:
+                self._act_on_idle(event)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
+            with self._batch_lock:  # Keras has waited for every batch hook of the epoch
+                self._record_batches(final=True)
+                self._ends.clear()
             self.monitor.end_epoch(epoch, logs or {})
 
     def on_train_end(self, logs=None):
@@ -193,7 +224,7 @@ class GPUWatch(keras.callbacks.Callback):
                 report = self._probe.after_first_step(self._model, logs)
             except Exception as exc:  # an unexpected model must not stop training
                 warnings.warn(f"gpu-watch could not check placement: {exc!r}", GPUWatchWarning,
-                              stacklevel=3)
+                              stacklevel=4)
         judgement = self.monitor.first_step(report)
         if judgement.verdict != CPU_FALLBACK:
             return
@@ -207,7 +238,7 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
         warnings.warn(f"Training is running on the CPU: {reasons}", GPUWatchWarning,
-                      stacklevel=3)
+                      stacklevel=4)
 
     def _act_on_idle(self, event: IdleEvent) -> None:
         self._idle_acted = True
@@ -215,7 +246,7 @@ class GPUWatch(keras.callbacks.Callback):
         message = idle_message(event, self.config)
         self.monitor.record_idle(event, action)
         if action == "warn":
-            warnings.warn(message, GPUIdleWarning, stacklevel=3)
+            warnings.warn(message, GPUIdleWarning, stacklevel=4)
         elif action == "stop":
             self._stopped_idle = True
             self._model.stop_training = True

@@ -200,8 +200,11 @@ class JaxProbe(Probe):
     def cuda_build(self) -> bool | None:
         from importlib import metadata
 
-        names = {d.metadata["Name"].lower() for d in metadata.distributions()}
-        return any(n.startswith(("jax-cuda", "jax_cuda")) for n in names)
+        names = {(d.metadata["Name"] or "").lower().replace("_", "-")
+                 for d in metadata.distributions()}
+        if any(n.startswith("jax-cuda") for n in names):  # the CUDA plugins (jax[cuda12])
+            return True
+        return "cuda" in getattr(self._jax.lib, "__version__", "")  # older "+cuda" jaxlibs
 
     def framework_version(self) -> str | None:
         return self._jax.__version__
@@ -211,12 +214,27 @@ class JaxProbe(Probe):
         return (self._jax.process_index(), count) if count > 1 else _tf_config_rank()
 
     def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
-        report = super().after_first_step(model, logs)
+        # During `fit`, Keras' JAX trainer detaches the weights from the variables and passes
+        # them from step to step in a state tuple, which it hands to the model before the batch
+        # hooks run: the arrays the steps return are where training really runs.
+        state = getattr(model, "_jax_state", None) or {}
+        arrays = state.get("trainable_variables") or []
+        if arrays:
+            report = self._report("train_state", dict(Counter(map(self._array_device, arrays))))
+        else:
+            report = super().after_first_step(model, logs)
         report["default_backend"] = self._jax.default_backend()
         return report
 
     def _device_of(self, variable: Any) -> str | None:
-        platforms = {d.platform for d in variable.value.devices()}
+        # Never `variable.value`: on a detached variable it initialises a new copy of the weight.
+        value = getattr(variable, "_value", None)
+        return None if value is None else self._array_device(value)
+
+    @staticmethod
+    def _array_device(array: Any) -> str:
+        # The sharding outlives the buffer: the next step donates step 0's arrays.
+        platforms = {d.platform for d in array.sharding.device_set}
         return "GPU" if platforms & {"gpu", "cuda", "rocm"} else "CPU"
 
 

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,26 +47,44 @@ def child_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def start(*args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=child_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Child:
+    """A child process running distributed_fit.py, its output in files (a full pipe would
+    block a cluster member, and the other members would wait for it)."""
+
+    def __init__(self, logs: Path, name: str, *args: str, **env: str) -> None:
+        self.name = name
+        self.stdout = logs / f"{name}.out"
+        self.stderr = logs / f"{name}.err"
+        with self.stdout.open("w") as out, self.stderr.open("w") as err:
+            self.process = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT,
+                                            env=child_env(**env), stdout=out, stderr=err)
+
+    def result(self) -> dict:
+        [line] = [x for x in self.stdout.read_text().splitlines() if x.startswith("RESULT ")]
+        return json.loads(line[len("RESULT "):])
 
 
-def collect(children: dict[str, subprocess.Popen]) -> dict[str, dict]:
-    """Each child's RESULT; every child is ended, whatever happens."""
-    results = {}
+def collect(children: list[Child]) -> dict[str, dict]:
+    """Each child's RESULT, once all have finished; on the first failure or at the deadline,
+    every child still running is killed."""
+    deadline = time.monotonic() + TIMEOUT_S
     try:
-        for name, child in children.items():
-            stdout, stderr = child.communicate(timeout=TIMEOUT_S)
-            assert child.returncode == 0, f"{name} failed:\n{stderr[-4000:]}"
-            [line] = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-            results[name] = json.loads(line[len("RESULT "):])
+        while True:
+            codes = [child.process.poll() for child in children]
+            for child, code in zip(children, codes, strict=True):
+                if code not in (None, 0):
+                    pytest.fail(f"{child.name} exited with {code}:\n"
+                                f"{child.stderr.read_text()[-4000:]}")
+            if all(code == 0 for code in codes):
+                return {child.name: child.result() for child in children}
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {TIMEOUT_S} s")
+            time.sleep(0.1)
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    return results
+        for child in children:
+            if child.process.poll() is None:
+                child.process.kill()
+                child.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +92,13 @@ def tensorflow_runs(tmp_path_factory) -> tuple[dict[str, dict], Path, Path]:
     """A MirroredStrategy run, and the two workers of a MultiWorkerMirroredStrategy run."""
     mirrored_dir = tmp_path_factory.mktemp("mirrored")
     cluster_dir = tmp_path_factory.mktemp("cluster")
+    logs = tmp_path_factory.mktemp("output")
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    children = {"mirrored": start("mirrored", str(mirrored_dir))}
+    children = [Child(logs, "mirrored", "mirrored", str(mirrored_dir))]
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        children[f"worker{index}"] = start("multi_worker", str(cluster_dir), RUN_NAME,
-                                           TF_CONFIG=json.dumps(config))
+        children.append(Child(logs, f"worker{index}", "multi_worker", str(cluster_dir),
+                              RUN_NAME, TF_CONFIG=json.dumps(config)))
     return collect(children), mirrored_dir, cluster_dir
 
 
@@ -124,12 +144,13 @@ def test_the_report_lists_the_workers_side_by_side(tensorflow_runs):
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_jax_processes_each_write_a_run_with_their_process_index(tmp_path):
     coordinator = f"127.0.0.1:{free_ports(1)[0]}"
-    results = collect({
-        f"process{i}": start("jax_process", str(tmp_path), coordinator, str(i),
-                             KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    log_dir = tmp_path / "logs"
+    results = collect([
+        Child(tmp_path, f"process{i}", "jax_process", str(log_dir), coordinator, str(i),
+              KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
         for i in range(2)
-    })
-    names = sorted(p.name for p in find_runs(tmp_path))
+    ])
+    names = sorted(p.name for p in find_runs(log_dir))
     assert len(names) == 2
     for rank in range(2):
         run = results[f"process{rank}"]

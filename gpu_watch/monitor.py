@@ -34,6 +34,12 @@ from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 ON_IDLE = ("warn", "stop", "raise")
 ON_LOG_ERROR = ("raise", "warn")
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
+# Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
+# tf.data runs a Python generator on.
+_GENERATOR_CODE = ("from_generator_op.py",)
+_DATA_CODE = (f"{os.sep}data_adapters{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}",
+              *_GENERATOR_CODE)
+_MAX_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -227,9 +233,9 @@ class Monitor:
 
     def end_epoch(self, epoch: int, logs: dict[str, Any]) -> Judgement:
         """Close an epoch: write its row (with the Keras logs) and return its verdict."""
-        batches, step_s, wait_s, _ = self.timeline.epoch_loop()
+        batches, step_s, _, _ = self.timeline.epoch_loop()
         stats = self.timeline.epoch_stats()
-        wait_fraction = wait_s / (step_s + wait_s) if step_s + wait_s > 0 else None
+        wait_fraction = self.timeline.epoch_wait_fraction()
         verdict = judge(self.setting(), stats, wait_fraction)
         with_util = [s for s in stats if s.util_mean is not None]
         row: dict[str, Any] = {
@@ -295,11 +301,32 @@ class Monitor:
 
     def _on_tick(self, readings: list) -> None:
         self.timeline.add_readings(readings)
+        if self._watch is not None:
+            self.timeline.add_data_tick(self._fetching_data())
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
         if self._watch is not None and not self._finished and self._left_watched_frame():
             self.finish(runlog.STATUS_INTERRUPTED if self._interrupted
                         else runlog.STATUS_FAILED)
+
+    def _fetching_data(self) -> bool:
+        """Whether training is busy with its input pipeline right now.
+
+        Keras fetches the next batch inside the training step on TensorFlow and JAX, so the
+        gap between batch hooks misses most of the wait; a look at the stacks does not. The
+        training thread counts when it runs the data adapters or a torch DataLoader; any
+        thread counts when it runs the Python generator behind a `tf.data` pipeline."""
+        ident = self._watch[0]
+        for thread, frame in sys._current_frames().items():
+            markers = _DATA_CODE if thread == ident else _GENERATOR_CODE
+            depth = 0
+            while frame is not None and depth < _MAX_DEPTH:
+                filename = frame.f_code.co_filename
+                if any(marker in filename for marker in markers):
+                    return True
+                frame = frame.f_back
+                depth += 1
+        return False
 
     def _left_watched_frame(self) -> bool:
         ident, frame = self._watch

@@ -263,6 +263,12 @@ class TorchProbe(Probe):
         dist = self._torch.distributed
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
+        try:  # torchrun sets these before the process group exists
+            size = int(os.environ.get("WORLD_SIZE", "1"))
+            if size > 1:
+                return int(os.environ["RANK"]), size
+        except (KeyError, ValueError):
+            pass
         return _tf_config_rank()
 
     def _device_of(self, variable: Any) -> str | None:

@@ -123,6 +123,8 @@ class Timeline:
         self.idle_event: IdleEvent | None = None
         self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
         self._run_loop = [0.0, 0.0]  # step_s sum, wait_s sum
+        self._epoch_data_ticks = [0, 0]  # ticks fetching data, ticks
+        self._run_data_ticks = [0, 0]
 
     # -- training thread -------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Timeline:
             self.epoch = epoch
             self._epoch_stats = {g: SpanStats() for g in self.gpus}
             self._epoch_loop = [0, 0.0, 0.0, 0.0]
+            self._epoch_data_ticks = [0, 0]
 
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
                   wait_s: float | None) -> None:
@@ -148,10 +151,25 @@ class Timeline:
         if self.first_step_end_s is None:
             self.first_step_end_s = end_s
 
+    def add_data_tick(self, fetching: bool) -> None:
+        """Count one sampler tick, and whether training was fetching data at that moment."""
+        if self.first_step_end_s is None:
+            return
+        for counts in (self._epoch_data_ticks, self._run_data_ticks):
+            counts[0] += fetching
+            counts[1] += 1
+
+    def epoch_wait_fraction(self) -> float | None:
+        """Share of this epoch's time spent waiting for data, 0-1 (see `run_wait_fraction`)."""
+        _, step_s, wait_s, _ = self._epoch_loop
+        return _wait_fraction(step_s, wait_s, self._epoch_data_ticks)
+
     def run_wait_fraction(self) -> float | None:
-        """Share of the loop's time spent waiting for data over the run, 0-1."""
+        """Share of the run's time spent waiting for data, 0-1: the gaps between batches, or,
+        when larger, the share of ticks that found training fetching data (the wait inside a
+        step, where TensorFlow and JAX fetch the next batch)."""
         step_s, wait_s = self._run_loop
-        return wait_s / (step_s + wait_s) if step_s + wait_s > 0 else None
+        return _wait_fraction(step_s, wait_s, self._run_data_ticks)
 
     def epoch_loop(self) -> tuple[int, float, float, int]:
         """This epoch's batches, summed step seconds, summed wait seconds and steps."""
@@ -254,3 +272,10 @@ class Timeline:
         """Each watched GPU's statistics over the run so far (after the first step)."""
         with self._lock:
             return [self._run_stats[g].stats(g) for g in self.gpus]
+
+
+def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float | None:
+    gaps = wait_s / (step_s + wait_s) if step_s + wait_s > 0 else None
+    sampled = data_ticks[0] / data_ticks[1] if data_ticks[1] else None
+    known = [f for f in (gaps, sampled) if f is not None]
+    return max(known) if known else None

@@ -321,3 +321,21 @@ def test_hooks_without_fit(tmp_path):
 def test_bad_arguments_fail_in_init_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GPUWatch(**kwargs)
+
+
+def test_time_spent_in_a_slow_generator_counts_as_waiting_for_data(tmp_path):
+    x, y = data()
+
+    def slow():
+        while True:
+            for i in range(0, SAMPLES, BATCH):
+                time.sleep(0.03)  # a starved input pipeline
+                yield x[i:i + BATCH], y[i:i + BATCH]
+
+    starved = watch(tmp_path, interval_s=0.02)
+    make_model().fit(slow(), epochs=2, steps_per_epoch=STEPS, verbose=0, callbacks=[starved])
+    fed = watch(tmp_path, interval_s=0.02)
+    fit(make_model(), fed, epochs=2)
+    # TensorFlow pulls the batch inside the step: the gaps between hooks miss it, the stacks don't
+    assert load_run(starved.run_dir).epochs["wait_fraction"].iloc[-1] > 0.5
+    assert load_run(fed.run_dir).epochs["wait_fraction"].iloc[-1] < 0.3

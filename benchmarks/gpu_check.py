@@ -72,7 +72,7 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
             now = time.perf_counter()
             self.start = getattr(self, "start", now)
             if now - self.start > seconds:
-                self.model.stop_training = True
+                self._model.stop_training = True  # not self.model: on JAX it copies every weight
 
     if scenario == "healthy":
         features, hidden, batch = 2048, 4096, 2048

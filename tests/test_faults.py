@@ -408,8 +408,8 @@ def test_no_thread_or_file_left_behind_after_fits_and_after_an_exception(tmp_pat
         warnings.simplefilter("ignore")
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
         baseline_fds = open_fds()
-        for _ in range(3):
-            model.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
+        for _ in range(2):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])
         assert not gpu_threads()
         assert open_fds() <= baseline_fds
 

@@ -1,0 +1,526 @@
+"""What does `GPUWatch()` cost a training run? Times Keras `fit` side by side with and without it.
+
+The same two small models (an MLP of about 1 ms per step and the demo CNN) train with TensorFlow
+on the CPU under each callback configuration. The configurations are interleaved: each round
+runs every one once, in rotated order, so that drift in the machine's speed hits all of them
+alike, and a fit during which other processes took more than a tenth of a core is run again.
+For each configuration the table gives the median wall time of `fit` and of a steady-state
+epoch, their ratio to training with no callback (per round, then the median), and the ratio of
+the fastest runs. GPUWatch's own costs are then broken down: its per-batch hooks (timed inside
+the process), its fixed costs per `fit`, the CPU time of its sampler thread per second of
+training, and the plots it draws.
+
+The GPUWatch rows read a simulated GPU (`gpu_watch.testing.FakeNVML`, one busy GPU with this
+process on it), so that the sampler thread does the work it does on a GPU machine.
+
+Usage:
+    python benchmarks/overhead.py                       # about 3 minutes on 2 cores
+    python benchmarks/overhead.py --repeats 9 --epochs 5 --models cnn
+
+The TensorBoard row needs the `tensorboard` package (``pip install -e ".[bench]"`` or
+``pip install tensorboard``); without it the row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import gpu_watch  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning  # noqa: E402
+from gpu_watch.demo import build_model, make_images  # noqa: E402
+from gpu_watch.monitor import Monitor  # noqa: E402
+from gpu_watch.sampler import Sampler  # noqa: E402
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+
+SAMPLER_THREAD = "gpu-watch-sampler"
+
+
+# -- the models --------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """A compiled model and its data; `fit` trains it for the benchmark's epochs."""
+
+    name: str
+    model: Any
+    x: np.ndarray
+    y: np.ndarray
+    batch_size: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def fit(self, epochs: int, callbacks: list) -> None:
+        self.model.fit(self.x, self.y, epochs=epochs, batch_size=self.batch_size, verbose=0,
+                       shuffle=False, callbacks=callbacks)
+
+
+def mlp() -> Workload:
+    """A 3-layer MLP on random data: about 1 ms per step of 32 on 2 cores."""
+    rng = np.random.default_rng(0)
+    x = rng.random((32_000, 64), dtype=np.float32)
+    y = rng.random((32_000, 1), dtype=np.float32)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(1),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    return Workload("MLP", model, x, y, batch_size=32)
+
+
+def cnn() -> Workload:
+    """`gpu_watch.demo`'s CNN on its generated images: about 5 ms per step of 64 on 2 cores."""
+    x, y = make_images(9_600)
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return Workload("CNN", model, x, y, batch_size=64)
+
+
+WORKLOADS = {"mlp": mlp, "cnn": cnn}
+
+
+# -- the callbacks under test ------------------------------------------------------------------
+
+
+class NoOpBatchCallback(keras.callbacks.Callback):
+    """Overrides the per-batch hooks and does nothing: the floor of any per-batch callback."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Records when each epoch ends. It has epoch hooks only, so it leaves Keras' batch loop as
+    it is; every configuration carries one, last in the list, so its clock sees the other
+    callbacks' epoch-end work too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_train_begin(self, logs=None):
+        self.ends = [time.perf_counter()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def steady_periods_s(self) -> list[float]:
+        """The epoch periods after the first epoch (which includes the first step)."""
+        periods = [b - a for a, b in zip(self.ends[1:], self.ends[2:], strict=False)]
+        return periods or [self.ends[-1] - self.ends[0]]
+
+
+def simulated_gpu() -> FakeNVML:
+    """One busy H100 with this process on it, so every sampler read has something to do."""
+    me = FakeProcess(used_mib=lambda t: 6000.0 + t % 7, sm_util_pct=lambda t: 80 + 10 * (t % 1))
+    gpu = FakeGPU(util_pct=lambda t: 85 + 10 * (t % 1), mem_util_pct=40.0, processes=[me])
+    return FakeNVML([gpu])
+
+
+@dataclass
+class Config:
+    """One row of the table: a name and a factory for the callbacks of one `fit`."""
+
+    name: str
+    make: Callable[[Path], list]
+    note: str = ""  # set on the GPUWatch rows: they read a simulated GPU
+    plots: bool = False  # GPUWatch draws its plots
+
+
+def configurations(has_tensorboard: bool) -> list[Config]:
+    rows = [
+        Config("no callback", lambda d: []),
+        Config("no-op per-batch callback", lambda d: [NoOpBatchCallback()]),
+        Config("GPUWatch()", lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), verbose=0)],
+               "simulated GPU", plots=True),
+        Config("GPUWatch(plot=False)",
+               lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), plot=False, verbose=0)],
+               "simulated GPU"),
+        Config("CSVLogger", lambda d: [keras.callbacks.CSVLogger(str(d / "log.csv"))]),
+    ]
+    if has_tensorboard:
+        rows.append(Config('TensorBoard(update_freq="batch")',
+                           lambda d: [keras.callbacks.TensorBoard(log_dir=str(d),
+                                                                  update_freq="batch")]))
+    return rows
+
+
+# -- what GPUWatch's threads spend ------------------------------------------------------------
+
+
+@dataclass
+class ThreadCosts:
+    """CPU seconds spent by GPUWatch's background threads, collected across fits."""
+
+    sampler_cpu_s: float = 0.0
+    sampler_ticks: int = 0
+    render_cpu_s: list[float] = field(default_factory=list)
+    render_wall_s: list[float] = field(default_factory=list)
+    render_threads: list[str] = field(default_factory=list)
+    watched_s: float = 0.0  # wall time of every fit with GPUWatch, reruns included
+    plotted_fits: int = 0  # fits with GPUWatch(plot=True), reruns included
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextlib.contextmanager
+def measure_threads(costs: ThreadCosts) -> Iterator[None]:
+    """Wrap the sampler's thread body and the plot renderer to read `time.thread_time()` on
+    their own threads. The wrappers run once per thread and once per render, never per batch or
+    per tick, so they do not change what is measured."""
+    run, render = Sampler._run, Monitor._render_now
+
+    def timed_run(self: Sampler) -> None:
+        try:
+            run(self)
+        finally:
+            with costs.lock:
+                costs.sampler_cpu_s += time.thread_time()
+                costs.sampler_ticks += self.ticks
+
+    def timed_render(self: Monitor) -> None:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        render(self)
+        with costs.lock:
+            costs.render_cpu_s.append(time.thread_time() - cpu)
+            costs.render_wall_s.append(time.perf_counter() - wall)
+            costs.render_threads.append(threading.current_thread().name)
+
+    Sampler._run, Monitor._render_now = timed_run, timed_render
+    try:
+        yield
+    finally:
+        Sampler._run, Monitor._render_now = run, render
+
+
+# -- GPUWatch's hooks, timed during one extra fit ---------------------------------------------
+
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
+         "on_epoch_end", "on_train_end")
+
+
+def time_hooks(callback: keras.callbacks.Callback) -> dict[str, list[float]]:
+    """Replace `callback`'s hooks on the instance by timed wrappers; return the durations (s)
+    each records, per hook, in call order."""
+    durations: dict[str, list[float]] = {name: [] for name in HOOKS}
+    for name in HOOKS:
+        bound = getattr(callback, name)
+        record = durations[name].append
+
+        def timed(*args, _bound=bound, _record=record, **kwargs):
+            start = time.perf_counter_ns()
+            try:
+                return _bound(*args, **kwargs)
+            finally:
+                _record((time.perf_counter_ns() - start) * 1e-9)
+
+        setattr(callback, name, timed)
+    return durations
+
+
+@dataclass
+class HookCosts:
+    """What GPUWatch's hooks took during one fit."""
+
+    per_batch_us: list[float]
+    first_batch_ms: float
+    begin_ms: float
+    epoch_end_ms: float
+    end_ms: float
+
+
+def hook_costs(durations: dict[str, list[float]]) -> HookCosts:
+    begins, ends = durations["on_train_batch_begin"], durations["on_train_batch_end"]
+    per_batch = [(b + e) * 1e6 for b, e in zip(begins, ends, strict=True)]
+    return HookCosts(
+        per_batch_us=per_batch[1:],  # batch 0 checks placement: reported on its own
+        first_batch_ms=per_batch[0] / 1e3,
+        begin_ms=durations["on_train_begin"][0] * 1e3,
+        epoch_end_ms=statistics.median(durations["on_epoch_end"]) * 1e3,
+        end_ms=durations["on_train_end"][0] * 1e3,
+    )
+
+
+# -- running and printing ----------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    fit_s: list[float] = field(default_factory=list)
+    periods_s: list[float] = field(default_factory=list)  # every steady epoch of every fit
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds this machine has spent busy (all processes, plus time stolen by the
+    hypervisor), from /proc/stat; None where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@dataclass
+class Fit:
+    """One timed fit, and how much of a core other processes took from it meanwhile."""
+
+    fit_s: float
+    periods_s: list[float]
+    others_cores: float
+
+
+def run_once(work: Workload, config: Config, epochs: int, root: Path,
+             costs: ThreadCosts | None = None) -> Fit:
+    folder = Path(tempfile.mkdtemp(dir=root))
+    clock = EpochClock()
+    callbacks = [*config.make(folder), clock]
+    busy, own = machine_busy_s(), own_cpu_s()
+    start = time.perf_counter()
+    work.fit(epochs, callbacks)
+    fit_s = time.perf_counter() - start
+    if costs is not None and config.note:
+        costs.watched_s += fit_s
+        costs.plotted_fits += config.plots
+    others = 0.0
+    if busy is not None:
+        others = max(0.0, (machine_busy_s() - busy) - (own_cpu_s() - own)) / fit_s
+    return Fit(fit_s, clock.steady_periods_s(), others)
+
+
+def run_quietly(work: Workload, config: Config, epochs: int, root: Path, tries: int,
+                max_others_cores: float, costs: ThreadCosts) -> tuple[Fit, int]:
+    """Run a fit until other processes took at most `max_others_cores` of a core meanwhile,
+    at most `tries` times; return the quietest fit and the number of reruns. On a shared
+    machine a burst of someone else's work slows a fit by far more than any callback does."""
+    best = run_once(work, config, epochs, root, costs)
+    reruns = 0
+    while best.others_cores > max_others_cores and reruns < tries - 1:
+        reruns += 1
+        fit = run_once(work, config, epochs, root, costs)
+        if fit.others_cores < best.others_cores:
+            best = fit
+    return best, reruns
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def paired(values: list[float], base: list[float]) -> list[float]:
+    """Each repeat's time over the baseline's time in the same round: a burst of load from
+    elsewhere on the machine slows both and cancels out."""
+    return [v / b for v, b in zip(values, base, strict=True)]
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    """Median ratio and its interquartile range, e.g. "1.004 (0.991-1.012)"."""
+    return (f"{statistics.median(ratios):.3f} ({percentile(ratios, 25):.3f}-"
+            f"{percentile(ratios, 75):.3f})")
+
+
+def print_table(configs: list[Config], timings: dict[str, Timing]) -> None:
+    base = timings[configs[0].name]
+    rows = [("callbacks", "fit s", "fit ratio (IQR)", "best fit", "epoch s", "epoch ratio",
+             "best epoch")]
+    for config in configs:
+        t = timings[config.name]
+        rows.append((
+            config.name + ("*" if config.note else ""),
+            f"{statistics.median(t.fit_s):.3f}",
+            ratio_cell(paired(t.fit_s, base.fit_s)),
+            f"{min(t.fit_s) / min(base.fit_s):.3f}",
+            f"{statistics.median(t.periods_s):.3f}",
+            f"{statistics.median(t.periods_s) / statistics.median(base.periods_s):.3f}",
+            f"{min(t.periods_s) / min(base.periods_s):.3f}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                         strict=True)]
+        print("  ".join(cells))
+        if n == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+
+
+def machine_lines() -> list[str]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB memory"
+    versions = [f"Python {platform.python_version()}", f"TensorFlow {tf.__version__}",
+                f"Keras {keras.__version__}", f"NumPy {np.__version__}",
+                f"gpu-watch {gpu_watch.__version__}"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        from tensorboard import version
+
+        versions.append(f"TensorBoard {version.VERSION}")
+    return [f"machine: {model}, {usable} cores usable ({os.cpu_count()} online){memory}, "
+            f"{platform.system()} {platform.release()}",
+            f"versions: {', '.join(versions)}",
+            f"devices TensorFlow trains on: "
+            f"{', '.join(d.name for d in tf.config.list_logical_devices()) or 'none'}"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed fits per configuration and model (default: 5)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs per fit, at least 2 (default: 3)")
+    parser.add_argument("--tries", type=int, default=3,
+                        help="runs of a fit at most while other processes load the machine "
+                             "(default: 3)")
+    parser.add_argument("--max-others", type=float, default=0.1,
+                        help="cores other processes may use during a fit before it is rerun "
+                             "(default: 0.1)")
+    parser.add_argument("--models", default="mlp,cnn",
+                        help="comma-separated, from: mlp, cnn (default: mlp,cnn)")
+    args = parser.parse_args(argv)
+    if args.tries < 1:
+        parser.error(f"--tries must be at least 1, got {args.tries}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.epochs < 2:
+        parser.error(f"--epochs must be at least 2 (the first epoch is left out of the epoch "
+                     f"column), got {args.epochs}")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in WORKLOADS]
+    if unknown or not args.models:
+        parser.error(f"--models takes {', '.join(WORKLOADS)}, got {','.join(unknown) or '?'}")
+    return args
+
+
+def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
+              root: Path) -> None:
+    """Time every configuration on `work`, then GPUWatch's parts; print the results."""
+    print(f"\n{work.name}: {work.model.count_params():,} parameters, "
+          f"{work.steps_per_epoch} steps of {work.batch_size} per epoch, {args.epochs} epochs "
+          f"per fit")
+    for config in (configs[0], configs[2]):  # untimed: tracing, first imports of GPUWatch's
+        run_once(work, config, 2, root)
+
+    costs = ThreadCosts()
+    timings = {c.name: Timing() for c in configs}
+    reruns, busy = 0, []
+    with measure_threads(costs):
+        for repeat in range(args.repeats):
+            shift = repeat % len(configs)  # rotate, so no row always runs first
+            for config in configs[shift:] + configs[:shift]:
+                fit, tries = run_quietly(work, config, args.epochs, root, args.tries,
+                                         args.max_others, costs)
+                reruns += tries
+                busy.append(fit.others_cores)
+                timings[config.name].fit_s.append(fit.fit_s)
+                timings[config.name].periods_s.extend(fit.periods_s)
+    print_table(configs, timings)
+    noisy = sum(b > args.max_others for b in busy)
+    print(f"other processes on this machine: median {statistics.median(busy):.2f} of a core "
+          f"during the fits kept; {reruns} fits rerun because they took more than "
+          f"{args.max_others:g}; {noisy} of {len(busy)} kept anyway after {args.tries} tries")
+    print("* reads a simulated GPU (FakeNVML: one H100, this process on it), so that the "
+          "sampler does the reads it does on a GPU machine")
+    print("fit s: median wall time of fit; fit ratio: median over rounds of the fit's time / "
+          "no callback's in the same round (interquartile range); epoch s: median period of "
+          "the epochs after the first in every fit, epoch ratio: its ratio to no callback's; "
+          "best: fastest / fastest of no callback (load elsewhere only ever slows a run down)")
+
+    watch = GPUWatch(log_dir=root / "hooks", nvml=simulated_gpu(), verbose=0)
+    noop = NoOpBatchCallback()
+    watch_durations, noop_durations = time_hooks(watch), time_hooks(noop)
+    work.fit(args.epochs, [noop, watch])
+    hook, floor = hook_costs(watch_durations), hook_costs(noop_durations).per_batch_us
+    hook_us = statistics.median(hook.per_batch_us)
+    print(f"GPUWatch per-batch hooks (on_train_batch_begin + end, timed in-process during a "
+          f"fit): median {hook_us:.1f} µs, mean {statistics.fmean(hook.per_batch_us):.1f} µs, "
+          f"p99 {percentile(hook.per_batch_us, 99):.1f} µs; a no-op callback timed the same "
+          f"way: {statistics.median(floor):.1f} µs")
+    print(f"GPUWatch once per fit: on_train_begin {hook.begin_ms:.0f} ms, first batch "
+          f"(placement check) {hook.first_batch_ms:.1f} ms, on_train_end {hook.end_ms:.0f} ms "
+          f"(with plot=True it draws the final plots); once per epoch: on_epoch_end "
+          f"{hook.epoch_end_ms:.1f} ms")
+    watched_s = costs.watched_s
+    sampler_ms_per_s = 1e3 * costs.sampler_cpu_s / watched_s
+    print(f"sampler thread ({SAMPLER_THREAD}): {sampler_ms_per_s:.2f} ms CPU per second of "
+          f"training ({costs.sampler_ticks / watched_s:.1f} ticks/s, "
+          f"{1e6 * costs.sampler_cpu_s / max(costs.sampler_ticks, 1):.0f} µs CPU per tick, "
+          f"flushes to disk included)")
+    background = [c for c, name in zip(costs.render_cpu_s, costs.render_threads, strict=True)
+                  if name != threading.main_thread().name]
+    final = [w for w, name in zip(costs.render_wall_s, costs.render_threads, strict=True)
+             if name == threading.main_thread().name]
+    if background or final:
+        fits = max(costs.plotted_fits, 1)
+        print(f"plots (GPUWatch() rows): {len(background) / fits:.1f} background redraws per "
+              f"fit at epoch ends, median {1e3 * statistics.median(background or [0]):.0f} ms "
+              f"CPU each, holding the GIL most of it; {len(final) / fits:.1f} final draws per "
+              f"fit on the training thread, median {1e3 * statistics.median(final or [0]):.0f} "
+              f"ms")
+    step_s = statistics.median(timings[configs[0].name].periods_s) / work.steps_per_epoch
+    parts_us = hook_us + sampler_ms_per_s * step_s * 1e3
+    print(f"GPUWatch(plot=False) per step from its parts: {hook_us:.1f} µs hooks + "
+          f"{sampler_ms_per_s * step_s * 1e3:.1f} µs sampler CPU = {parts_us:.1f} µs of a "
+          f"{step_s * 1e3:.2f} ms step: {100 * parts_us / (step_s * 1e6):.2f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("ignore", GPUWatchWarning)  # "training runs on the CPU": known here
+    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    configs = configurations(has_tensorboard)
+    print("gpu-watch overhead benchmark: Keras fit with TensorFlow on the CPU")
+    for line in machine_lines():
+        print(line)
+    print(f"{args.repeats} rounds; each round runs every row once, in rotated order")
+    if not has_tensorboard:
+        print('TensorBoard row skipped: tensorboard is not installed (pip install -e ".[bench]" '
+              "or pip install tensorboard)")
+    with tempfile.TemporaryDirectory(prefix="gpu-watch-bench-") as tmp:
+        for key in args.models:
+            benchmark(WORKLOADS[key](), configs, args, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

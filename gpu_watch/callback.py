@@ -164,7 +164,8 @@ class GPUWatch(keras.callbacks.Callback):
         # On JAX and torch, Keras runs this hook on a thread pool, several batches at a time
         # and not always in order: batches are recorded one at a time, oldest first.
         with self._batch_lock:
-            if not any(b in self._begins for b in self._step_range(batch)):
+            if batch not in self._begins and not any(
+                    b in self._begins for b in self._step_range(batch)):
                 self._begins[batch] = (end, None)
             self._ends[batch] = (end, logs)
             self._record_batches()
@@ -179,8 +180,9 @@ class GPUWatch(keras.callbacks.Callback):
         monitor = self.monitor
         while self._begins:
             first = next(iter(self._begins))
-            last = next((b for b in range(first, first + self._steps_per_execution)
-                         if b in self._ends), None)
+            last = first if first in self._ends else next(
+                (b for b in range(first + 1, first + self._steps_per_execution)
+                 if b in self._ends), None)
             if last is None:
                 if not final:
                     return

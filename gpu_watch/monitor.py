@@ -34,6 +34,11 @@ from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 ON_IDLE = ("warn", "stop", "raise")
 ON_LOG_ERROR = ("raise", "warn")
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
+FLUSH_ROWS = 10_000  # rows written per chunk: a flush never holds more in memory
+# Redrawing the plots holds the GIL for a few hundred milliseconds: epoch-end redraws may take
+# at most this share of training time, and none happens in the first seconds.
+RENDER_SHARE = 0.02
+FIRST_RENDER_S = 10.0
 # Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
 # tf.data runs a Python generator on.
 _GENERATOR_CODE = ("from_generator_op.py",)
@@ -127,6 +132,7 @@ class Monitor:
         self._lock = threading.RLock()
         self._finished = False
         self._render_thread: threading.Thread | None = None
+        self._next_render_s = FIRST_RENDER_S
         self._last_flush = self.t0
         self._interrupted = False
         self._watch: tuple[int, Any] | None = None
@@ -338,19 +344,22 @@ class Monitor:
         return True
 
     def flush(self, final: bool = False) -> None:
-        """Write the readings and batch rows that are ready."""
+        """Write the readings and batch rows that are ready, a bounded chunk at a time."""
         with self._lock:
             self._last_flush = self.clock()
-            samples, rows = self.timeline.drain(final=final)
-            if samples:
-                self._guard_write(lambda: self.samples.append(
-                    {**asdict(r), "time_s": round(r.time_s, 4)} for r in samples))
-            if rows:
-                self._guard_write(lambda: self.batches.append(rows))
+            while True:
+                samples, rows = self.timeline.drain(final=final, limit=FLUSH_ROWS)
+                if samples:
+                    self._guard_write(self.samples.append, [
+                        {**asdict(r), "time_s": round(r.time_s, 4)} for r in samples])
+                if rows:
+                    self._guard_write(self.batches.append, rows)
+                if len(rows) < FLUSH_ROWS:
+                    return
 
-    def _guard_write(self, write) -> None:
+    def _guard_write(self, write, *args: Any) -> None:
         try:
-            write()
+            write(*args)
         except OSError as exc:
             self.write_errors += 1
             if self.write_errors == 1:
@@ -417,6 +426,8 @@ class Monitor:
         if background:
             if previous is not None and previous.is_alive():
                 return  # the last refresh is still drawing; the next epoch will catch up
+            if self.elapsed_s() < self._next_render_s:
+                return
             self._render_thread = threading.Thread(target=self._render_now, daemon=True,
                                                    name="gpu-watch-plot")
             self._render_thread.start()
@@ -426,10 +437,12 @@ class Monitor:
         self._render_now()
 
     def _render_now(self) -> None:
+        started = self.elapsed_s()
         try:
             from gpu_watch import report
 
             report.render(self.run_dir)
+            self._next_render_s = self.elapsed_s() + (self.elapsed_s() - started) / RENDER_SHARE
         except Exception as exc:  # a plot must never cost the user their training
             warnings.warn(f"gpu-watch could not draw the plots of {self.run_dir}: {exc!r}",
                           GPUWatchWarning, stacklevel=2)

@@ -315,16 +315,16 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
         warnings.append(f"{path.name} is missing")
         return pd.DataFrame(columns=list(columns))
     try:
-        text = path.read_text()
+        source: Any = path
+        if _torn(path):  # the writer died mid-row: read the whole lines only
+            text = path.read_text()
+            source = io.StringIO(text[: text.rfind("\n") + 1])
+            warnings.append(f"{path.name}: dropped an incomplete last line")
+        frame = pd.read_csv(source)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(columns))
     except (OSError, UnicodeDecodeError) as exc:
         raise RunFolderError(f"{path}: cannot be read ({exc})") from None
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]  # a torn last line: the writer died mid-row
-        warnings.append(f"{path.name}: dropped an incomplete last line")
-    if not text.strip():
-        return pd.DataFrame(columns=list(columns))
-    try:
-        frame = pd.read_csv(io.StringIO(text))
     except (ValueError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunFolderError(f"{path}: not a valid CSV ({first})") from None
@@ -332,6 +332,16 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
     if missing:
         raise RunFolderError(f"{path}: missing columns {', '.join(missing)}")
     return frame
+
+
+def _torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def find_runs(log_dir: str | os.PathLike) -> list[Path]:

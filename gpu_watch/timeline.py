@@ -219,8 +219,9 @@ class Timeline:
 
     # -- either thread (under the lock) ----------------------------------------------------------
 
-    def drain(self, final: bool = False) -> tuple[list[Reading], list[dict]]:
-        """Take the readings and batch rows ready to write.
+    def drain(self, final: bool = False, limit: int | None = None
+              ) -> tuple[list[Reading], list[dict]]:
+        """Take the readings and batch rows ready to write (at most `limit` rows).
 
         A batch is ready once a reading at or after its end exists (that reading's period
         covers the batch), at the end of the run, or at once when no GPU is watched.
@@ -229,7 +230,7 @@ class Timeline:
             samples, self._samples = self._samples, []
             rows = []
             recent = {g: (list(d), [r.time_s for r in d]) for g, d in self._recent.items()}
-            while self._batches:
+            while self._batches and (limit is None or len(rows) < limit):
                 epoch, batch, steps, begin, end, wait = self._batches[0]
                 if not final and self.gpus and end > self._last_tick_s:
                     break

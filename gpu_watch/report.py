@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import html
 import io
 import json
@@ -958,7 +959,9 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     """The runs in `log_dir`, newest first, with status, verdict and duration.
 
     Workers of one multi-worker run (folders named ``<base>-rank<N>``) are grouped under their
-    base name, one line per rank.
+    base name, one line per rank. Workers whose default names differ (each picks its own
+    suffix) are grouped too when they share the number of workers and started within
+    `WORKER_START_WINDOW_S` of each other.
 
     Args:
         log_dir: A folder of run folders (e.g. ``gpu_watch_logs``).
@@ -980,11 +983,13 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
             groups.setdefault(match["base"], []).append((int(match["rank"]), path, info))
         else:
             groups[path.name] = [(None, path, info)]
+    _join_lone_workers(groups)
     rows = []
     for base, members in groups.items():
         if len(members) > 1 or members[0][0] is not None:
             started = min(str(info.get("started_at") or "") for _, _, info in members)
-            rows.append([started, f"{base} ({len(members)} workers)", "", "", ""])
+            noun = "worker" if len(members) == 1 else "workers"
+            rows.append([started, f"{base} ({len(members)} {noun})", "", "", ""])
             for rank, path, info in sorted(members, key=lambda m: m[0] or 0):
                 rows.append(["", f"  rank{rank}", *_run_cells(path, info)])
         else:
@@ -995,6 +1000,37 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     lines += _text_table(["started", "run", "status", "verdict", "duration"], rows,
                          left=(0, 1, 2, 3))
     return "\n".join(lines) + "\n"
+
+
+WORKER_START_WINDOW_S = 60.0
+
+
+def _join_lone_workers(groups: dict[str, list[tuple[int | None, Path, dict[str, Any]]]]) -> None:
+    lone = [(base, members[0]) for base, members in groups.items()
+            if len(members) == 1 and members[0][0] is not None]
+    lone.sort(key=lambda item: str(item[1][2].get("started_at") or ""))
+    jobs: list[list[tuple[int | None, Path, dict[str, Any]]]] = []
+    for base, member in lone:
+        rank, _, info = member
+        start = _started(info)
+        for job in jobs:
+            first = job[0][2]
+            first_start = _started(first)
+            if (first.get("world_size") == info.get("world_size") and start and first_start
+                    and abs((start - first_start).total_seconds()) <= WORKER_START_WINDOW_S
+                    and rank not in {m[0] for m in job}):
+                job.append(member)
+                del groups[base]
+                break
+        else:
+            jobs.append(groups[base])
+
+
+def _started(info: dict[str, Any]) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(info.get("started_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _run_cells(path: Path, info: dict[str, Any]) -> list[str]:

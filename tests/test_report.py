@@ -300,6 +300,16 @@ def test_report_command_lists_runs_newest_first_with_workers_grouped(tmp_path):
     assert "cpu_fallback" in lines[order[0]] and "idle" in lines[order[3]]
 
 
+def test_workers_with_default_names_are_grouped_by_start_time(tmp_path):
+    for name, rank, started in (("20261126-090000-aaaaaa-rank0", 0, "2026-11-26T09:00:00Z"),
+                                ("20261126-090004-bbbbbb-rank1", 1, "2026-11-26T09:00:04Z"),
+                                ("20261126-120000-cccccc-rank0", 0, "2026-11-26T12:00:00Z")):
+        write_run(tmp_path, name, run_info(name, started_at=started, rank=rank, world_size=2))
+    text = report.list_runs_text(tmp_path)
+    assert "20261126-090000-aaaaaa (2 workers)" in text
+    assert "20261126-120000-cccccc (1 worker)" in text  # hours later: another job
+
+
 def test_report_command_refuses_missing_and_non_run_folders(tmp_path):
     out = io.StringIO()
     assert cli.main(["report", str(tmp_path / "nope")], out=out) == 2

@@ -118,6 +118,8 @@ class Timeline:
         self.first_step_end_s: float | None = None
         self._epoch_stats: dict[int, SpanStats] = {}
         self._run_stats = {g: SpanStats() for g in self.gpus}
+        self._warmup_stats = {g: SpanStats() for g in self.gpus}  # readings during step 0
+        self._last_batch_end_s = -math.inf
         self._idle_since: float | None = None
         self._idle_sums: dict[int, list[float]] = {}
         self.idle_event: IdleEvent | None = None
@@ -148,6 +150,7 @@ class Timeline:
         run = self._run_loop
         run[0] += end_s - begin_s
         run[1] += wait_s or 0.0
+        self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         if self.first_step_end_s is None:
             self.first_step_end_s = end_s
 
@@ -188,10 +191,13 @@ class Timeline:
                 recent = self._recent.get(r.gpu)
                 if recent is not None:
                     recent.append(r)
-                if counted:
-                    self._run_stats[r.gpu].add(r, self.threshold)
-                    if self.epoch is not None and r.gpu in self._epoch_stats:
-                        self._epoch_stats[r.gpu].add(r, self.threshold)
+                if not counted:
+                    if r.gpu in self._warmup_stats:
+                        self._warmup_stats[r.gpu].add(r, self.threshold)
+                    continue
+                self._run_stats[r.gpu].add(r, self.threshold)
+                if self.epoch is not None and r.gpu in self._epoch_stats:
+                    self._epoch_stats[r.gpu].add(r, self.threshold)
             if readings:
                 self._last_tick_s = readings[0].time_s
                 return self._track_idle(readings) if counted else None
@@ -199,17 +205,19 @@ class Timeline:
 
     def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
         now = readings[0].time_s
-        values = [r.util_pct for r in readings if r.gpu in self._run_stats]
-        idle = bool(values) and all(v is not None and v < self.threshold for v in values)
+        # A GPU without a value this tick (unsupported, lost, a failed read) is not evidence
+        # either way; at least one GPU must have been measured idle.
+        measured = [r for r in readings if r.gpu in self._run_stats and r.util_pct is not None]
+        idle = bool(measured) and all(r.util_pct < self.threshold for r in measured)
         if not idle:
             self._idle_since = None
             self._idle_sums = {}
             return None
         if self._idle_since is None:
             self._idle_since = now
-        for r in readings:
+        for r in measured:
             total = self._idle_sums.setdefault(r.gpu, [0.0, 0])
-            total[0] += r.util_pct or 0.0
+            total[0] += r.util_pct
             total[1] += 1
         if self.idle_event is None and now - self._idle_since >= self.patience:
             means = {g: s / n for g, (s, n) in self._idle_sums.items() if n}
@@ -258,21 +266,30 @@ class Timeline:
         return (sum(utils) / len(utils) if utils else None), (max(mems) if mems else None)
 
     def _trim(self) -> None:
-        """Forget readings older than any batch still waiting to be paired."""
-        horizon = self._batches[0][3] if self._batches else self._last_tick_s
+        """Forget readings older than any batch still waiting to be paired, or than the end of
+        the last batch (the batch running now began after it)."""
+        horizon = self._batches[0][3] if self._batches else self._last_batch_end_s
         for recent in self._recent.values():
             while len(recent) > 1 and recent[1].time_s <= horizon:
                 recent.popleft()
 
     def epoch_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the current epoch."""
+        """Each watched GPU's statistics over the current epoch (see `run_stats`)."""
         with self._lock:
-            return [self._epoch_stats.get(g, SpanStats()).stats(g) for g in self.gpus]
+            return [self._epoch_stats[g].stats(g)
+                    if g in self._epoch_stats and any(self._run_stats[g].counts)
+                    else self._or_warmup(self._epoch_stats.get(g), g) for g in self.gpus]
 
     def run_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the run so far (after the first step)."""
+        """Each watched GPU's statistics over the run so far, after the first step; a run too
+        short for a reading after it falls back on the readings taken during it."""
         with self._lock:
-            return [self._run_stats[g].stats(g) for g in self.gpus]
+            return [self._or_warmup(self._run_stats[g], g) for g in self.gpus]
+
+    def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
+        if span is not None and any(span.counts):
+            return span.stats(gpu)
+        return self._warmup_stats[gpu].stats(gpu)
 
 
 def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float | None:

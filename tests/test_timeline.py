@@ -115,3 +115,39 @@ def test_wait_fraction_over_the_run():
     assert tl.run_wait_fraction() == pytest.approx(0.6)
     assert tl.epoch_loop() == (2, 2.0, 3.0, 2)
     assert not math.isnan(tl.run_wait_fraction())
+
+
+def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    for t, u, mem in [(0.5, 90, 1000.0), (1.0, 90, 1000.0), (1.5, 0, 10.0)]:  # step 0 runs
+        tl.add_readings(tick(t, u, mem=mem))
+        tl.drain()  # a flush while the batch runs must not drop its readings
+    tl.add_batch(0, 0, 1, 0.1, 1.8, None)
+    tl.add_readings(tick(2.0, 0, mem=10.0))
+    _, rows = tl.drain()
+    assert rows[0]["gpu0_util_pct"] == pytest.approx(60)
+    assert rows[0]["gpu0_mem_used_mib"] == 1000.0
+
+
+def test_a_run_shorter_than_an_interval_after_step_0_uses_step_0_readings():
+    tl = Timeline([0], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_readings(tick(0.2, 95))
+    tl.add_readings(tick(0.4, 95))
+    tl.add_batch(0, 0, 1, 0.0, 0.5, None)  # no reading after the first step
+    (run,) = tl.run_stats()
+    (epoch,) = tl.epoch_stats()
+    assert run.util_samples == 2 and run.util_mean == 95
+    assert epoch.util_mean == 95
+
+
+def test_a_gpu_without_utilization_does_not_block_idle_detection():
+    tl = Timeline([0, 1], 10.0, 0.5, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    readings = [[Reading(time_s=0.2 * k, gpu=0, util_pct=1.0), Reading(time_s=0.2 * k, gpu=1)]
+                for k in range(1, 6)]
+    events = [tl.add_readings(r) for r in readings]
+    assert [e is not None for e in events].count(True) == 1
+    assert events[-1] is None or events[-1].util_mean_pct == {0: 1.0}

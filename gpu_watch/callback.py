@@ -103,8 +103,9 @@ class GPUWatch(keras.callbacks.Callback):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        if self.monitor is not None and not self.monitor.finished:
-            self.monitor.finish(runlog.STATUS_FAILED)  # the last fit raised before its end
+        if self.monitor is not None:
+            self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
+            self.monitor.restore_sigint()
         self.monitor = None
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or NVML(self._lib)

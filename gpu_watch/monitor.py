@@ -228,13 +228,16 @@ class Monitor:
 
     def first_step(self, placement: dict[str, Any] | None) -> Judgement:
         """Record step 0's placement; return the verdict it implies so far."""
-        self.placement = placement
-        self.info["placement"] = placement
-        verdict = judge(self.setting(), [], None)
-        if verdict.verdict == CPU_FALLBACK:
-            self.info["verdict"] = CPU_FALLBACK
-            self.info["causes"] = [c.to_dict() for c in verdict.causes]
-        self._write_json()
+        with self._lock:
+            self.placement = placement
+            self.info["placement"] = placement
+            verdict = judge(self.setting(), [], None)
+            if self._finished:  # closed meanwhile: never overwrite the final run.json
+                return verdict
+            if verdict.verdict == CPU_FALLBACK:
+                self.info["verdict"] = CPU_FALLBACK
+                self.info["causes"] = [c.to_dict() for c in verdict.causes]
+            self._write_json()
         return verdict
 
     def end_epoch(self, epoch: int, logs: dict[str, Any]) -> Judgement:
@@ -264,6 +267,8 @@ class Monitor:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = float(value)
         with self._lock:
+            if self._finished:
+                return verdict
             self.flush()
             self._guard_write(lambda: (self.epochs.widen(list(row)), self.epochs.append([row])))
             self.judgement = self._judge_run()
@@ -285,7 +290,8 @@ class Monitor:
             self._finished = True
         _open_monitors.discard(self)
         self.sampler.stop()
-        self._restore_sigint()
+        self._watch = None  # the fit frame holds the user's data: let it go
+        self.restore_sigint()
         with self._lock:
             self.status = status
             if error is not None:
@@ -306,23 +312,27 @@ class Monitor:
     # -- the sampler thread's side -----------------------------------------------------------
 
     def _on_tick(self, readings: list) -> None:
+        if self._finished:  # a tick that outlived `finish` (a read that hung) writes nothing
+            return
         self.timeline.add_readings(readings)
-        if self._watch is not None:
-            self.timeline.add_data_tick(self._fetching_data())
+        watch = self._watch
+        if watch is not None:
+            self.timeline.add_data_tick(self._fetching_data(watch[0]))
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
-        if self._watch is not None and not self._finished and self._left_watched_frame():
+        watch = self._watch
+        if watch is not None and not self._finished and self._left_watched_frame(watch):
             self.finish(runlog.STATUS_INTERRUPTED if self._interrupted
                         else runlog.STATUS_FAILED)
 
-    def _fetching_data(self) -> bool:
+    @staticmethod
+    def _fetching_data(ident: int) -> bool:
         """Whether training is busy with its input pipeline right now.
 
         Keras fetches the next batch inside the training step on TensorFlow and JAX, so the
         gap between batch hooks misses most of the wait; a look at the stacks does not. The
         training thread counts when it runs the data adapters or a torch DataLoader; any
         thread counts when it runs the Python generator behind a `tf.data` pipeline."""
-        ident = self._watch[0]
         for thread, frame in sys._current_frames().items():
             markers = _DATA_CODE if thread == ident else _GENERATOR_CODE
             depth = 0
@@ -334,8 +344,9 @@ class Monitor:
                 depth += 1
         return False
 
-    def _left_watched_frame(self) -> bool:
-        ident, frame = self._watch
+    @staticmethod
+    def _left_watched_frame(watch: tuple[int, Any]) -> bool:
+        ident, frame = watch
         current = sys._current_frames().get(ident)
         while current is not None:
             if current is frame:
@@ -401,6 +412,7 @@ class Monitor:
             {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}
             for f in self.nvml.faults
         ]
+        self.info["nvml"]["switched_off"] = self.nvml.switched_off
         self.info["sampler"] = {"ticks": self.sampler.ticks,
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
@@ -409,7 +421,9 @@ class Monitor:
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))
 
-    def _restore_sigint(self) -> None:
+    def restore_sigint(self) -> None:
+        """Put back the SIGINT handler this run wrapped. Only the main thread may: a run closed
+        from another thread keeps its (delegating) wrapper until the next call from there."""
         if self._previous_sigint is None or threading.current_thread() is not \
                 threading.main_thread():
             return

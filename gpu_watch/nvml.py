@@ -173,6 +173,14 @@ class NVML:
         with self._lock:
             return list(self._faults)
 
+    @property
+    def switched_off(self) -> list[dict[str, Any]]:
+        """Metrics turned off for the session (NotSupported, FunctionNotFound) and lost GPUs:
+        they stay off across runs, so each run reports them."""
+        off = [{"metric": metric, "gpu": gpu} for metric, gpu in sorted(
+            self._disabled, key=lambda key: (key[1] if key[1] is not None else -1, key[0]))]
+        return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(self._lost)]
+
     def clear_faults(self) -> None:
         """Forget the faults seen so far (a new run reports its own)."""
         with self._lock:

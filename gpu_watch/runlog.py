@@ -128,9 +128,10 @@ class CsvTable:
             return
         with self.path.open(newline="") as handle:
             old = list(csv.DictReader(handle))
-        self.columns += new
-        body = self._encode([self.columns] + [[r.get(c, "") for c in self.columns] for r in old])
-        _atomic_write(self.path, body)
+        columns = self.columns + new
+        _atomic_write(self.path, self._encode([columns] + [[r.get(c, "") for c in columns]
+                                                          for r in old]))
+        self.columns = columns  # only once the file has them: later rows must match its header
 
     @staticmethod
     def _encode(lines: list[list[Any]]) -> str:
@@ -315,12 +316,11 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
         warnings.append(f"{path.name} is missing")
         return pd.DataFrame(columns=list(columns))
     try:
-        source: Any = path
-        if _torn(path):  # the writer died mid-row: read the whole lines only
-            text = path.read_text()
-            source = io.StringIO(text[: text.rfind("\n") + 1])
+        data = path.read_bytes()  # once: a live run's writer may append between two reads
+        if data and not data.endswith(b"\n"):  # the writer died (or is) mid-row
+            data = data[: data.rfind(b"\n") + 1]
             warnings.append(f"{path.name}: dropped an incomplete last line")
-        frame = pd.read_csv(source)
+        frame = pd.read_csv(io.BytesIO(data))
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=list(columns))
     except (OSError, UnicodeDecodeError) as exc:
@@ -332,16 +332,6 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
     if missing:
         raise RunFolderError(f"{path}: missing columns {', '.join(missing)}")
     return frame
-
-
-def _torn(path: Path) -> bool:
-    """Whether the file's last line lacks its newline."""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() == 0:
-            return False
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) != b"\n"
 
 
 def find_runs(log_dir: str | os.PathLike) -> list[Path]:

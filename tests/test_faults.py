@@ -425,3 +425,65 @@ def test_no_thread_or_file_left_behind_after_fits_and_after_an_exception(tmp_pat
     assert not gpu_threads()
     assert load_run(cb.run_dir).status == "failed"
     assert open_fds() <= baseline_fds
+
+
+def test_a_failed_widen_keeps_the_header_and_rows_in_step(tmp_path, monkeypatch):
+    table = CsvTable(tmp_path / "epochs.csv", ["epoch", "loss"])
+    table.append([{"epoch": 0, "loss": 1.0}])
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gpu_watch.runlog._atomic_write", full)
+    with pytest.raises(OSError):
+        table.widen(["epoch", "loss", "val_loss"])
+    table.append([{"epoch": 1, "loss": 0.5, "val_loss": 0.7}])
+    lines = (tmp_path / "epochs.csv").read_text().splitlines()
+    assert lines == ["epoch,loss", "0,1.0", "1,0.5"]
+
+
+def test_fit_data_is_not_kept_alive_by_the_callback(tmp_path):
+    import gc
+    import weakref
+
+    class Data(np.ndarray):
+        pass
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    cb = quiet(log_dir=tmp_path)
+    refs = []
+
+    def train(fail):
+        x = np.zeros((16, 2), "float32").view(Data)
+        refs.append(weakref.ref(x))
+
+        class Boom(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if fail:
+                    raise RuntimeError("boom")
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, np.zeros((16, 1), "float32"), verbose=0, callbacks=[cb, Boom()])
+
+    train(fail=False)
+    with pytest.raises(RuntimeError):
+        train(fail=True)
+    deadline = time.monotonic() + 3
+    while not cb.monitor.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+
+
+def test_metrics_switched_off_in_an_earlier_run_are_reported_again(tmp_path):
+    gpu = FakeGPU(util_pct=50).fail("power", pynvml.NVMLError_NotSupported)
+    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([gpu]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        first = drive(cb, batches=3)
+        second = drive(cb, batches=3)
+    assert {"metric": "power", "gpu": 0} in first.info["nvml"]["switched_off"]
+    assert second.info["faults"] == []  # NVML is not asked again ...
+    assert {"metric": "power", "gpu": 0} in second.info["nvml"]["switched_off"]  # ... but said

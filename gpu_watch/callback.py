@@ -203,6 +203,16 @@ class GPUWatch(keras.callbacks.Callback):
             if event is not None and not self._idle_acted:
                 self._act_on_idle(event)
 
+    def on_test_begin(self, logs=None):
+        # Validation inside fit: its first step compiles and its data loads, so an idle GPU
+        # then says nothing about training; the idle stretch starts again afterwards.
+        if self.monitor is not None:
+            self.monitor.timeline.idle_paused = True
+
+    def on_test_end(self, logs=None):
+        if self.monitor is not None:
+            self.monitor.timeline.idle_paused = False
+
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
             with self._batch_lock:  # Keras has waited for every batch hook of the epoch

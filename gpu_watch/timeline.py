@@ -123,6 +123,7 @@ class Timeline:
         self._idle_since: float | None = None
         self._idle_sums: dict[int, list[float]] = {}
         self.idle_event: IdleEvent | None = None
+        self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
         self._run_loop = [0.0, 0.0]  # step_s sum, wait_s sum
         self._epoch_data_ticks = [0, 0]  # ticks fetching data, ticks
@@ -208,7 +209,8 @@ class Timeline:
         # A GPU without a value this tick (unsupported, lost, a failed read) is not evidence
         # either way; at least one GPU must have been measured idle.
         measured = [r for r in readings if r.gpu in self._run_stats and r.util_pct is not None]
-        idle = bool(measured) and all(r.util_pct < self.threshold for r in measured)
+        idle = (not self.idle_paused and bool(measured)
+                and all(r.util_pct < self.threshold for r in measured))
         if not idle:
             self._idle_since = None
             self._idle_sums = {}

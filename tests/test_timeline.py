@@ -151,3 +151,14 @@ def test_a_gpu_without_utilization_does_not_block_idle_detection():
     events = [tl.add_readings(r) for r in readings]
     assert [e is not None for e in events].count(True) == 1
     assert events[-1] is None or events[-1].util_mean_pct == {0: 1.0}
+
+
+def test_validation_does_not_count_towards_idle_patience():
+    tl = Timeline([0], 10.0, 1.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    tl.idle_paused = True  # validation compiles and loads data: the GPU idles meanwhile
+    assert all(tl.add_readings(tick(0.2 * k, 0)) is None for k in range(1, 20))
+    tl.idle_paused = False
+    fired = [e for e in (tl.add_readings(tick(4.0 + 0.2 * k, 0)) for k in range(7)) if e]
+    assert len(fired) == 1 and fired[0].start_s == pytest.approx(4.0)

@@ -36,7 +36,7 @@ class GPUWatch(keras.callbacks.Callback):
         interval_s: Seconds between NVML samples. Default 0.2; allowed 0.02 to 60.
         idle_threshold_pct: Utilization under this percentage counts as idle. Default 10.
         idle_patience_s: Seconds every watched GPU must stay idle (not counting the first
-            step, which includes compilation) before `on_idle` acts. Default 60.
+            step or validation, which include compilation) before `on_idle` acts. Default 60.
         on_idle: What to do then, once per run: "warn" (a `GPUIdleWarning`), "stop" (end
             training after the current batch; status `stopped_idle`) or "raise" (a
             `GPUIdleError` carrying the evidence). Default "warn".

@@ -84,7 +84,7 @@ def test_two_epochs_on_this_machine_write_the_contract(tmp_path):
     assert placement["compute_on_gpu"] is False
     assert placement["method"] == "run_metadata"
     assert placement["op_counts"].get("CPU", 0) > 0 and placement["op_counts"].get("GPU", 0) == 0
-    assert "MatMul" in placement["cpu_compute_examples"] or placement["cpu_compute_examples"]
+    assert placement["cpu_compute_examples"]  # named, so a user can find them
     assert run.info["nvml"]["error"].startswith("NVMLError_LibraryNotFound")
     assert run.info["nvml"]["simulated"] is False
     assert run.info["devices"] == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from gpu_watch.nvml import Reading
@@ -114,7 +112,6 @@ def test_wait_fraction_over_the_run():
     tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
     assert tl.run_wait_fraction() == pytest.approx(0.6)
     assert tl.epoch_loop() == (2, 2.0, 3.0, 2)
-    assert not math.isnan(tl.run_wait_fraction())
 
 
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
@@ -148,9 +145,8 @@ def test_a_gpu_without_utilization_does_not_block_idle_detection():
     tl.add_batch(0, 0, 1, 0.0, 0.1, None)
     readings = [[Reading(time_s=0.2 * k, gpu=0, util_pct=1.0), Reading(time_s=0.2 * k, gpu=1)]
                 for k in range(1, 6)]
-    events = [tl.add_readings(r) for r in readings]
-    assert [e is not None for e in events].count(True) == 1
-    assert events[-1] is None or events[-1].util_mean_pct == {0: 1.0}
+    fired = [e for e in (tl.add_readings(r) for r in readings) if e is not None]
+    assert len(fired) == 1 and fired[0].util_mean_pct == {0: 1.0}
 
 
 def test_validation_does_not_count_towards_idle_patience():

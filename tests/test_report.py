@@ -21,6 +21,7 @@ from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import cli, report, runlog
 from gpu_watch.causes import CATALOGUE
+from gpu_watch.report import figures
 from gpu_watch.runlog import load_run
 
 INTERVAL_S = 0.5
@@ -225,7 +226,7 @@ def test_render_writes_sane_pngs_and_a_self_contained_report(idle_run):
     for png in paths[:2]:
         assert 20_000 < png.stat().st_size < 5_000_000
         pixels = imread(png)[..., :3]
-        assert pixels.shape[1] == report._WIDTH_IN * report.DPI
+        assert pixels.shape[1] == figures._WIDTH_IN * report.DPI
         assert pixels.std() > 0.05  # not blank
     assert not list(idle_run.path.glob(".*.tmp"))
 

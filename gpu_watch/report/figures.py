@@ -1,0 +1,505 @@
+"""The figures: `utilization.png` (the timeline) and `epochs.png` (the per-epoch summary).
+
+Built on `matplotlib.figure.Figure` with the Agg canvas and no pyplot: the callback redraws them
+from a background thread, where pyplot's global state is not safe. Missing readings are drawn as
+gaps, never as zeros.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from gpu_watch.report.view import (
+    NO_VERDICT_COLOUR,
+    VERDICT_COLOURS,
+    GPUSeries,
+    banner_for,
+    floats,
+    gpu_series,
+    is_simulated,
+    pct_text,
+    subtitle_for,
+    threshold_pct,
+    verdict_title,
+)
+from gpu_watch.runlog import Run
+
+# Beyond twice this many points a series is drawn as a per-bucket mean with a min/max band:
+# about one bucket per pixel column, so no spike or dip is lost and drawing time stays flat.
+ENVELOPE_BUCKETS = 1200
+DPI = 100
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+_WIDTH_IN = 14.0
+_UTIL_COLOUR = "#1565c0"
+_PROC_COLOUR = "#00897b"
+_MEM_COLOUR = "#6a1b9a"
+_WAIT_COLOUR = "#ef6c00"
+_IDLE_SHADE = "#ffb74d"
+_DOT_COLOUR = "#263238"
+_RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
+
+
+# -- drawing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """A series ready to draw: raw points, or per-bucket mean with the bucket's min and max."""
+
+    time_s: np.ndarray
+    low: np.ndarray
+    mean: np.ndarray
+    high: np.ndarray
+    aggregated: bool
+
+
+def _envelope(time_s: np.ndarray, values: np.ndarray,
+              buckets: int = ENVELOPE_BUCKETS) -> _Envelope:
+    """Aggregate a time-sorted series into `buckets` equal time buckets when it is long."""
+    if time_s.size <= 2 * buckets or time_s[-1] <= time_s[0]:
+        return _Envelope(time_s, values, values, values, False)
+    width_s = (time_s[-1] - time_s[0]) / buckets
+    ids = np.minimum(((time_s - time_s[0]) / width_s).astype(np.int64), buckets - 1)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    measured = ~np.isnan(values)
+    counts = np.add.reduceat(measured.astype(np.int64), starts)
+    sums = np.add.reduceat(np.where(measured, values, 0.0), starts)
+    with np.errstate(invalid="ignore"):
+        mean = sums / counts  # 0/0: a bucket with no readings stays a gap
+    return _Envelope(
+        time_s=time_s[0] + (ids[starts] + 0.5) * width_s,
+        low=np.fmin.reduceat(values, starts),  # fmin/fmax skip NaN: one reading is enough
+        mean=mean,
+        high=np.fmax.reduceat(values, starts),
+        aggregated=True,
+    )
+
+
+def _draw(ax: Any, time_s: np.ndarray, values: np.ndarray, colour: str, label: str,
+          gid: str, linewidth: float = 1.2, linestyle: str = "-") -> _Envelope:
+    env = _envelope(time_s, values)
+    if env.aggregated:
+        # Edges drawn too: a one-bucket spike is a sliver that a fill alone would hide.
+        ax.fill_between(env.time_s, env.low, env.high, color=colour, alpha=0.4,
+                        linewidth=0.6, gid=f"{gid}-envelope")
+    # Markers keep a lone reading between two gaps visible; a line needs two points.
+    marker = "o" if not env.aggregated and time_s.size <= 200 else None
+    ax.plot(env.time_s, env.mean, color=colour, linewidth=linewidth, linestyle=linestyle,
+            label=label, gid=gid, marker=marker, markersize=1.8)
+    return env
+
+
+def _shade_idle(ax: Any, gpu: GPUSeries, span_s: float, threshold_pct: float) -> None:
+    spans = gpu.idle.spans
+    if len(spans) > 1:
+        # Join stretches closer than about a pixel, so a GPU that flaps for a week draws as
+        # bands rather than millions of slivers.
+        tolerance_s = span_s / (2 * ENVELOPE_BUCKETS)
+        breaks = spans[1:, 0] - spans[:-1, 1] > tolerance_s
+        begin = np.flatnonzero(np.r_[True, breaks])
+        end = np.flatnonzero(np.r_[breaks, True])
+        spans = np.column_stack((spans[begin, 0], spans[end, 1]))
+    verts = np.empty((len(spans), 4, 2))
+    verts[:, :, 0] = spans[:, [0, 0, 1, 1]]
+    verts[:, :, 1] = [0, 1, 1, 0]
+    ax.add_collection(PolyCollection(
+        verts, transform=ax.get_xaxis_transform(), facecolor=_IDLE_SHADE, alpha=0.35,
+        edgecolor="none", label=f"idle (< {threshold_pct:g}%)", gid=f"idle-gpu{gpu.index}",
+    ), autolim=False)
+
+
+def _epoch_starts(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Each epoch's number and the time its first batch began, seconds since train start."""
+    epoch = floats(run.batches, "epoch")
+    if epoch.size == 0:
+        return np.empty(0), np.empty(0)
+    time_s = floats(run.batches, "time_s")
+    step_s = np.nan_to_num(floats(run.batches, "step_s"))
+    first = np.flatnonzero(np.r_[True, epoch[1:] != epoch[:-1]])
+    return epoch[first], np.maximum(time_s[first] - step_s[first], 0.0)
+
+
+def _mark_epochs(ax: Any, starts_s: np.ndarray) -> None:
+    if starts_s.size:
+        # Fainter when there are many, so a hundred epochs do not hatch over the data.
+        ax.vlines(starts_s, 0, 1, transform=ax.get_xaxis_transform(), colors="0.35",
+                  linestyles=":", linewidth=0.8, alpha=0.9 if starts_s.size <= 40 else 0.35,
+                  gid="epoch-starts")
+
+
+def _label_epochs(ax: Any, epochs: np.ndarray, starts_s: np.ndarray) -> None:
+    every = max(1, math.ceil(len(epochs) / 30))
+    for number, start in list(zip(epochs, starts_s, strict=True))[::every]:
+        ax.text(start, 0.97, f" e{int(number)}", transform=ax.get_xaxis_transform(),
+                fontsize=7, color="0.3", va="top", ha="left")
+
+
+def _empty_note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10,
+            color="0.35")
+
+
+def _new_figure(run: Run, height_in: float) -> Figure:
+    fig = Figure(figsize=(_WIDTH_IN, height_in), dpi=DPI)
+    FigureCanvasAgg(fig)
+    if is_simulated(run):
+        # Across the whole figure, so a cropped or shared copy still says what it is.
+        fig.text(0.5, 0.5, "SIMULATED", ha="center", va="center", rotation=20, fontsize=90,
+                 fontweight="bold", color="0.5", alpha=0.12, zorder=0, gid="simulated")
+    return fig
+
+
+def _banner_lines(banner: str | None) -> list[str]:
+    return textwrap.wrap(banner, 100) if banner else []
+
+
+def _subtitle_lines(subtitle: str) -> list[str]:
+    return textwrap.wrap(subtitle, 165) or [""]
+
+
+def _header_in(banner: str | None, subtitle: str) -> float:
+    """Height of the banner, title and subtitle, inches."""
+    lines = _banner_lines(banner)
+    banner_in = 0.3 + 0.3 * len(lines) if lines else 0.0
+    return banner_in + 0.65 + 0.17 * len(_subtitle_lines(subtitle))
+
+
+def _header(fig: Figure, top_in: float, height_in: float, banner: str | None,
+            banner_colour: str, title: str, colour: str, subtitle: str) -> None:
+    """Draw the banner (when there is one), the title and the subtitle from `top_in` down."""
+    used = 0.0
+    lines = _banner_lines(banner)
+    if lines:
+        banner_in = 0.3 + 0.3 * len(lines)
+        ax = fig.add_axes((0, (height_in - top_in - banner_in) / height_in, 1,
+                           banner_in / height_in))
+        ax.set_facecolor(banner_colour)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.text(0.5, 0.5, "\n".join(lines), transform=ax.transAxes, ha="center",
+                va="center", color="white", fontsize=15, fontweight="bold", gid="banner")
+        used += banner_in
+    title_y = height_in - top_in - used - 0.15
+    fig.text(0.75 / _WIDTH_IN, title_y / height_in, title, color=colour, fontsize=16,
+             fontweight="bold", va="top", gid="verdict-title")
+    fig.text(0.75 / _WIDTH_IN, (title_y - 0.38) / height_in,
+             "\n".join(_subtitle_lines(subtitle)), color="0.3", fontsize=9.5, va="top")
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Batch rows sorted by time, with a NaN row before each new epoch so that lines break
+    over validation instead of drawing a slope across it."""
+
+    time_s: np.ndarray
+    step_s: np.ndarray
+    wait_s: np.ndarray
+    rows: int
+
+
+def _batches(run: Run) -> _Batches:
+    time_s = floats(run.batches, "time_s")
+    keep = ~np.isnan(time_s)
+    order = np.argsort(time_s[keep], kind="stable")
+    time_s = time_s[keep][order]
+    step_s = floats(run.batches, "step_s")[keep][order]
+    wait_s = floats(run.batches, "wait_s")[keep][order]
+    epoch = floats(run.batches, "epoch")[keep][order]
+    breaks = np.flatnonzero(epoch[1:] != epoch[:-1]) + 1
+    return _Batches(
+        time_s=np.insert(time_s, breaks, time_s[breaks]),
+        step_s=np.insert(step_s, breaks, np.nan),
+        wait_s=np.insert(wait_s, breaks, np.nan),
+        rows=len(order),
+    )
+
+
+def plot_utilization(run: Run) -> Figure:
+    """The run's timeline: GPU utilization, memory, step time and data wait against time.
+
+    One row per watched GPU: utilization in percent (device, and this process where NVML can
+    attribute it) with the stretches under the idle threshold shaded, and memory in MiB with a
+    percent-of-total axis. Below, step time and the wait for data per batch, in seconds. Epoch
+    starts are dotted lines. A banner (see :func:`banner_text`) tops the figure when the GPU
+    was not used, sat idle, or could not be read. Series longer than twice
+    :data:`ENVELOPE_BUCKETS` points are drawn as per-bucket means with a min/max band.
+
+    Args:
+        run: A loaded run (see :func:`gpu_watch.load_run`).
+
+    Returns:
+        A `matplotlib.figure.Figure` on the Agg canvas, 14 inches wide at :data:`DPI`.
+    """
+    gpus = gpu_series(run)
+    threshold = threshold_pct(run)
+    title, colour = verdict_title(run)
+    banner = banner_for(run, gpus)
+    # Under an "ok" verdict (or none yet) a banner can only be about a GPU left idle.
+    banner_colour = colour if run.verdict in ("cpu_fallback", "idle", "unmonitored") \
+        else VERDICT_COLOURS["idle"]
+
+    row_in = 1.5 if len(gpus) <= 4 else 1.1
+    row_gap_in = 0.45
+    legend_in = 0.35 if gpus else 0.0
+    step_in = 1.9 if gpus else 2.8
+    step_gap_in = 0.75 if gpus else 0.45  # room for the last GPU row's time axis
+    subtitle = subtitle_for(run, gpus)
+    top_in = 0.1 + _header_in(banner, subtitle)
+    height_in = (top_in + legend_in + len(gpus) * (row_in + row_gap_in) + step_gap_in
+                 + step_in + 0.6)
+    fig = _new_figure(run, height_in)
+    _header(fig, 0.1, height_in, banner, banner_colour, title, colour, subtitle)
+
+    left_in, right_in, middle_in = 0.75, 0.85, 1.0
+    full_w = (_WIDTH_IN - left_in - right_in) / _WIDTH_IN
+    # Utilization is the signal a reader came for: it gets the wider column.
+    util_w = 0.62 * (full_w - middle_in / _WIDTH_IN)
+    mem_w = full_w - middle_in / _WIDTH_IN - util_w
+    mem_x = (_WIDTH_IN - right_in) / _WIDTH_IN - mem_w
+    step_ax = fig.add_axes((left_in / _WIDTH_IN, 0.6 / height_in, full_w, step_in / height_in))
+    if gpus:
+        aggregated = any(g.time_s.size > 2 * ENVELOPE_BUCKETS for g in gpus)
+        fig.legend(handles=_gpu_legend(threshold, aggregated), loc="upper left", ncols=8,
+                   fontsize=8, frameon=False,
+                   bbox_to_anchor=(left_in / _WIDTH_IN, 1 - (top_in + 0.02) / height_in))
+
+    batches = _batches(run)
+    ends = [batches.time_s[-1]] if batches.rows else []
+    ends += [g.time_s[-1] for g in gpus if g.time_s.size]
+    end_s = max(ends) if ends else 1.0
+    start_s = min([0.0] + [g.idle.spans[0, 0] for g in gpus if len(g.idle.spans)])
+    epochs, epoch_starts = _epoch_starts(run)
+
+    y_in = height_in - top_in - legend_in
+    for row, gpu in enumerate(gpus):
+        y_in -= row_gap_in + row_in
+        util_ax = fig.add_axes((left_in / _WIDTH_IN, y_in / height_in, util_w,
+                                row_in / height_in), sharex=step_ax)
+        mem_ax = fig.add_axes((mem_x, y_in / height_in, mem_w, row_in / height_in),
+                              sharex=step_ax)
+        _draw_gpu(util_ax, mem_ax, gpu, threshold, end_s - start_s)
+        for ax in (util_ax, mem_ax):
+            _mark_epochs(ax, epoch_starts)
+            ax.tick_params(labelsize=8, labelbottom=row == len(gpus) - 1)
+            ax.grid(alpha=0.25)
+
+    _draw_steps(step_ax, run, batches)
+    _mark_epochs(step_ax, epoch_starts)
+    _label_epochs(step_ax, epochs, epoch_starts)
+    for event in ((run.info.get("idle") or {}).get("events") or [])[:20]:
+        if isinstance(event, dict) and event.get("end_s") is not None:
+            step_ax.axvline(float(event["end_s"]), color=VERDICT_COLOURS["idle"], linewidth=1.2)
+            step_ax.text(float(event["end_s"]), 0.5, f" idle: {event.get('action', '')}",
+                         transform=step_ax.get_xaxis_transform(), fontsize=8, rotation=90,
+                         color=VERDICT_COLOURS["idle"], va="center")
+    step_ax.set_xlim(start_s, end_s if end_s > start_s else start_s + 1.0)
+    step_ax.set_xlabel("time since training started (s)")
+    step_ax.tick_params(labelsize=8)
+    step_ax.grid(alpha=0.25)
+    return fig
+
+
+def _gpu_legend(threshold: float, aggregated: bool) -> list[Any]:
+    """One legend for every GPU row, so no row's data hides behind a legend box."""
+    handles = [
+        Line2D([], [], color=_UTIL_COLOUR, label="GPU utilization"),
+        Line2D([], [], color=_MEM_COLOUR, label="memory used (all processes)"),
+        Line2D([], [], color=_PROC_COLOUR, linestyle="--", label="this process"),
+        Patch(facecolor=_IDLE_SHADE, alpha=0.35, label=f"idle (< {threshold:g}%)"),
+        Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--", linewidth=0.8,
+               label="idle threshold"),
+        Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="total memory"),
+        Line2D([], [], color="0.35", linestyle=":", linewidth=0.8, label="epoch start"),
+    ]
+    if aggregated:
+        handles.append(Patch(facecolor="0.6", alpha=0.3, label="min to max per bucket"))
+    return handles
+
+
+def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_s: float) -> None:
+    _shade_idle(util_ax, gpu, span_s, threshold)
+    if not np.isnan(gpu.proc_util_pct).all():
+        _draw(util_ax, gpu.time_s, gpu.proc_util_pct, _PROC_COLOUR, "this process",
+              f"proc-util-gpu{gpu.index}", linewidth=1.0, linestyle="--")
+    _draw(util_ax, gpu.time_s, gpu.util_pct, _UTIL_COLOUR, "GPU utilization",
+          f"util-gpu{gpu.index}")
+    util_ax.axhline(threshold, color=VERDICT_COLOURS["idle"], linestyle="--", linewidth=0.8)
+    util_ax.set_ylim(0, 105)
+    util_ax.set_ylabel("util %", fontsize=9)
+    heading = f"GPU {gpu.index} · {gpu.name}"
+    mean = gpu.util_mean_pct
+    if mean is None:
+        _empty_note(util_ax, "no utilization readings (NVML could not read them)")
+    else:
+        heading += f" · mean {mean:.0f}% · idle {pct_text(gpu.idle.fraction)} of measured time"
+    if gpu.verdict:
+        heading += f" · {gpu.verdict.upper()}"
+    util_ax.set_title(heading, loc="left", fontsize=10, fontweight="bold",
+                      color=VERDICT_COLOURS.get(gpu.verdict or "", "0.15"))
+
+    _draw(mem_ax, gpu.time_s, gpu.mem_used_mib, _MEM_COLOUR, "used (all processes)",
+          f"mem-gpu{gpu.index}")
+    if not np.isnan(gpu.proc_mem_mib).all():
+        _draw(mem_ax, gpu.time_s, gpu.proc_mem_mib, _PROC_COLOUR, "this process",
+              f"proc-mem-gpu{gpu.index}", linewidth=1.0, linestyle="--")
+    mem_ax.yaxis.set_major_formatter(FuncFormatter(lambda mib, _: f"{mib:,.0f}"))
+    mem_ax.set_ylabel("MiB", fontsize=9)
+    total = gpu.mem_total_mib
+    heading = f"GPU {gpu.index} memory"
+    if gpu.mem_peak_mib is not None:
+        heading += f" · peak {gpu.mem_peak_mib:,.0f} MiB"
+    if gpu.proc_mem_peak_mib is not None:
+        heading += f" (this process {gpu.proc_mem_peak_mib:,.0f})"
+    if total > 0:
+        heading += f" of {total:,.0f} MiB"
+        mem_ax.axhline(total, color="0.4", linestyle="--", linewidth=0.8, label="total")
+        mem_ax.set_ylim(0, total * 1.05)
+        pct_axis = mem_ax.secondary_yaxis(
+            "right", functions=(lambda mib: mib / total * 100, lambda pct: pct * total / 100))
+        pct_axis.set_ylabel("% of total", fontsize=9)
+        pct_axis.tick_params(labelsize=8)
+    if gpu.mem_peak_mib is None:
+        _empty_note(mem_ax, "no memory readings")
+    mem_ax.set_title(heading, loc="left", fontsize=10)
+
+
+def _draw_steps(ax: Any, run: Run, batches: _Batches) -> None:
+    if batches.rows == 0:
+        _empty_note(ax, "no batches recorded yet")
+        ax.set_title("step time and data wait per batch", loc="left", fontsize=10)
+        return
+    env = _draw(ax, batches.time_s, batches.step_s, _UTIL_COLOUR, "step time", "step")
+    wait = batches.wait_s
+    if not np.isnan(wait).all():
+        _draw(ax, batches.time_s, wait, _WAIT_COLOUR, "waiting for data", "wait",
+              linewidth=0.9)
+    title = f"step time and data wait per batch ({batches.rows:,} batches"
+    if env.aggregated:
+        title += f"; {ENVELOPE_BUCKETS:,} time buckets: line mean, band min to max"
+    steps = floats(run.batches, "steps")
+    if steps.size and np.nanmax(np.r_[steps, 1.0]) > 1:
+        title += f"; each row covers up to {np.nanmax(steps):.0f} steps"
+    ax.set_title(title + ")", loc="left", fontsize=10)
+    ax.set_ylabel("seconds", fontsize=9)
+    top = np.nanmax(np.r_[env.high, wait, 0.0])
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)  # headroom for the epoch labels
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize=8, ncols=2, frameon=False)
+
+
+def plot_epochs(run: Run) -> Figure:
+    """Per-epoch summary: mean and p95 GPU utilization, peak memory, step time and data wait.
+
+    Each epoch's bars take the colour of its verdict (ok green, idle orange, cpu_fallback red,
+    unmonitored purple).
+
+    Args:
+        run: A loaded run.
+
+    Returns:
+        A `matplotlib.figure.Figure` on the Agg canvas.
+    """
+    frame = run.epochs
+    epoch = floats(frame, "epoch")
+    verdicts = [str(v) for v in frame["verdict"]] if "verdict" in frame.columns else []
+    colours = [VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR) for v in verdicts]
+    title, colour = verdict_title(run)
+    panel_in, gap_in = 1.9, 0.5
+    subtitle = subtitle_for(run, gpu_series(run))
+    height_in = 0.1 + _header_in(None, subtitle) + 3 * (panel_in + gap_in) + 0.5
+    fig = _new_figure(run, height_in)
+    _header(fig, 0.1, height_in, None, colour, title, colour, subtitle)
+    present = list(dict.fromkeys(verdicts))
+    if present:
+        fig.legend(handles=[Patch(color=VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR), label=v)
+                            for v in present],
+                   loc="upper right", fontsize=8, title="epoch verdict", title_fontsize=8,
+                   bbox_to_anchor=(1 - 0.3 / _WIDTH_IN, 1 - 0.1 / height_in))
+    width = (_WIDTH_IN - 0.75 - 0.85) / _WIDTH_IN
+    axes = []
+    for i in range(3):
+        bottom_in = 0.5 + (2 - i) * (panel_in + gap_in)
+        axes.append(fig.add_axes((0.75 / _WIDTH_IN, bottom_in / height_in, width,
+                                  panel_in / height_in), sharex=axes[0] if axes else None))
+    util_ax, mem_ax, step_ax = axes
+
+    _bars(util_ax, epoch, floats(frame, "gpu_util_mean"), colours, "no utilization readings")
+    p95 = floats(frame, "gpu_util_p95")
+    if not np.isnan(p95).all():
+        util_ax.plot(epoch, p95, linestyle="none", marker="_", markersize=14,
+                     markeredgewidth=2, color="0.1", gid="util-p95")
+    util_ax.axhline(threshold_pct(run), color=VERDICT_COLOURS["idle"], linestyle="--",
+                    linewidth=0.8)
+    util_ax.set_ylim(0, 105)
+    util_ax.set_ylabel("util %", fontsize=9)
+    util_ax.set_title("GPU utilization per epoch: bar mean, tick p95", loc="left", fontsize=10)
+    util_ax.legend(handles=[Line2D([], [], color="0.1", marker="_", linestyle="none",
+                                   markersize=12, markeredgewidth=2, label="p95"),
+                            Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--",
+                                   label="idle threshold")],
+                   loc="upper left", fontsize=7, framealpha=0.8)
+
+    _bars(mem_ax, epoch, floats(frame, "gpu_mem_peak_mib"), colours, "no memory readings")
+    mem_ax.set_ylabel("MiB", fontsize=9)
+    mem_ax.yaxis.set_major_formatter(FuncFormatter(lambda mib, _: f"{mib:,.0f}"))
+    mem_ax.set_title("peak GPU memory per epoch", loc="left", fontsize=10)
+
+    _bars(step_ax, epoch, floats(frame, "step_s_mean"), colours, "no batches")
+    step_ax.set_ylabel("seconds", fontsize=9)
+    step_ax.set_title("mean step time per epoch; dots: share of the epoch spent waiting for data",
+                      loc="left", fontsize=10)
+    wait = floats(frame, "wait_fraction")
+    if not np.isnan(wait).all():
+        wait_ax = step_ax.twinx()
+        # Dark dots: they sit on bars of any verdict colour, orange included.
+        wait_ax.plot(epoch, wait * 100, linestyle="none", marker="o", markersize=5,
+                     color=_DOT_COLOUR, markeredgecolor="white", gid="wait-fraction")
+        wait_ax.set_ylim(0, 105)
+        wait_ax.set_ylabel("% waiting for data", fontsize=9)
+        wait_ax.tick_params(labelsize=8)
+    step_ax.set_xlabel("epoch")
+    step_ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes:
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.25, axis="y")
+    return fig
+
+
+def _bars(ax: Any, epoch: np.ndarray, values: np.ndarray, colours: list[str],
+          empty: str) -> None:
+    known = ~np.isnan(values) & ~np.isnan(epoch)
+    if not known.any():
+        _empty_note(ax, empty if epoch.size else "no epoch finished yet")
+        ax.set_yticks([])  # an empty axis's ticks (0, 0.2, ...) would read as measured values
+        return
+    ax.bar(epoch[known], values[known], width=0.8,
+           color=[c for c, k in zip(colours, known, strict=True) if k])
+    if epoch.size <= 60:
+        for number in epoch[~known & ~np.isnan(epoch)]:
+            ax.text(number, 0, "n/a", ha="center", va="bottom", fontsize=7, color="0.4")
+
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()

@@ -1,0 +1,189 @@
+"""`report.html`: one self-contained page per run, every value from the run escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from gpu_watch.report.view import (
+    banner_for,
+    cause_message,
+    duration_of,
+    epoch_table,
+    gpu_line,
+    gpu_series,
+    is_simulated,
+    placement_line,
+    verdict_title,
+)
+from gpu_watch.runlog import Run
+
+# -- HTML ------------------------------------------------------------------------------------
+
+
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1450px;
+       padding: 0 1em; color: #212121; }
+h1 { font-size: 1.6em; margin: 0.2em 0; }
+.banner { color: #fff; font-weight: bold; font-size: 1.25em; padding: 0.6em 0.9em;
+          border-radius: 4px; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 0.15em 1em; }
+dl.facts dt { color: #616161; }
+dl.facts dd { margin: 0; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #e0e0e0; text-align: right; }
+th { background: #f5f5f5; }
+code, pre { background: #f5f5f5; padding: 0.1em 0.3em; border-radius: 3px; }
+pre { padding: 0.6em; overflow-x: auto; }
+img { max-width: 100%; border: 1px solid #e0e0e0; }
+li { margin-bottom: 0.6em; }
+.muted { color: #757575; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _facts(pairs: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(
+        f"<dt>{_e(k)}</dt><dd>{_e(('yes' if v else 'no') if isinstance(v, bool) else v)}</dd>"
+        for k, v in pairs if v is not None and v != "")
+    return f'<dl class="facts">{body}</dl>'
+
+
+def _html_list(items: Sequence[Any] | dict[str, Any]) -> str:
+    if isinstance(items, dict):
+        items = [f"{key}: {value}" for key, value in items.items()]
+    if not items:
+        return '<p class="muted">none</p>'
+    cells = "".join(
+        f"<li>{_e(json.dumps(i, sort_keys=True) if isinstance(i, (dict, list)) else i)}</li>"
+        for i in items)
+    return f"<ul>{cells}</ul>"
+
+
+def _html_causes(causes: Sequence[Any]) -> str:
+    if not causes:
+        return '<p class="muted">No cause found.</p>'
+    items = []
+    for item in causes:
+        if not isinstance(item, dict):
+            items.append(f"<li>{_e(item)}</li>")
+            continue
+        text = (f"<li><strong>[{_e(item.get('severity', '?'))}] {_e(item.get('code', '?'))}"
+                f"</strong>: {_e(cause_message(item))}")
+        if item.get("remedy"):
+            text += f"<br>Remedy: <code>{_e(item['remedy'])}</code>"
+        if item.get("evidence"):
+            text += (f"<details><summary>evidence</summary><pre>"
+                     f"{_e(json.dumps(item['evidence'], indent=2, default=str))}</pre></details>")
+        items.append(text + "</li>")
+    return f"<ol>{''.join(items)}</ol>"
+
+
+def _html_table(headings: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headings)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{_e(table_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _html_image(png: bytes | None, alt: str) -> str:
+    if not png:
+        return '<p class="muted">not drawn</p>'
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | None) -> str:
+    """`report.html`: one self-contained page with the verdict, causes and remedies, GPUs,
+    both figures (embedded as base64 PNG), the epoch table and the placement report.
+
+    Args:
+        run: A loaded run.
+        utilization_png: The timeline PNG's bytes, or None to leave it out.
+        epochs_png: The epoch figure's bytes, or None to leave it out.
+
+    Returns:
+        The page as text; every value from the run is HTML-escaped.
+    """
+    gpus = gpu_series(run)
+    title, colour = verdict_title(run)
+    banner = banner_for(run, gpus)
+    info = run.info
+    name = info.get("run_name") or run.path.name
+    nvml = info.get("nvml") or {}
+    writer = info.get("writer") or {}
+    parts = [
+        f'<header><p class="muted">gpu-watch run {_e(name)}</p>'
+        f'<h1 id="verdict" style="color:{colour}">{_e(title)}</h1>',
+        f'<p class="banner" id="banner" style="background:{colour}">{_e(banner)}</p>'
+        if banner else "",
+        _facts([
+            ("verdict", run.verdict or "none yet"),
+            ("status", run.status),
+            ("started", info.get("started_at")),
+            ("ended", info.get("ended_at")),
+            ("duration", None if duration_of(run) is None else f"{duration_of(run):,.1f} s"),
+            ("backend", info.get("backend")),
+            ("worker", f"rank {info.get('rank')} of {info.get('world_size')}"
+             if (info.get("world_size") or 1) > 1 else None),
+            ("host", writer.get("host")),
+            ("readings", "SIMULATED (FakeNVML), not from a real GPU"
+             if is_simulated(run) else None),
+            ("NVML", "available, driver " + str(nvml.get("driver_version"))
+             if nvml.get("available") else f"not available ({nvml.get('error')})"
+             if nvml else None),
+            ("run folder", run.path),
+        ]),
+        "</header>",
+    ]
+    error = info.get("error") or {}
+    if error:
+        parts.append(f"<h2>Error</h2><p><code>{_e(error.get('type', ''))}</code>: "
+                     f"{_e(error.get('message', ''))}</p>")
+    parts.append(f"<h2>Causes and remedies</h2>{_html_causes(run.causes)}")
+    if gpus:
+        parts.append("<h2>GPUs</h2><ul>" + "".join(f"<li>{_e(gpu_line(g))}</li>" for g in gpus)
+                     + "</ul>")
+    else:
+        parts.append('<h2>GPUs</h2><p class="muted">No GPU was watched.</p>')
+    parts.append("<h2>Timeline</h2>" + _html_image(
+        utilization_png, "GPU utilization, memory, step time and data wait against time"))
+    headings, rows = epoch_table(run)
+    parts.append("<h2>Per epoch</h2>" + _html_image(epochs_png, "per-epoch summary"))
+    parts.append(_html_table(headings, rows, "epochs") if rows
+                 else '<p class="muted">No epoch finished.</p>')
+    placement = info.get("placement") or {}
+    parts.append("<h2>Where the training step ran</h2>")
+    if placement:
+        parts.append(_facts([
+            ("summary", placement_line(run)),
+            ("backend", placement.get("backend")),
+            ("compute on GPU", placement.get("compute_on_gpu")),
+        ]))
+        parts.append("<h3>CPU compute ops (examples)</h3>"
+                     + _html_list(placement.get("cpu_compute_examples") or []))
+        parts.append("<h3>Variable devices</h3>"
+                     + _html_list(placement.get("variable_devices") or []))
+        parts.append("<details><summary>full placement report</summary><pre>"
+                     f"{_e(json.dumps(placement, indent=2, default=str))}</pre></details>")
+    else:
+        parts.append('<p class="muted">Not checked.</p>')
+    findings = (info.get("environment") or {}).get("findings") or []
+    if findings:
+        parts.append("<h2>Environment findings</h2>" + _html_causes(findings))
+    notes = [*run.warnings]
+    notes += [f"idle event: {json.dumps(e, default=str)}"
+              for e in (info.get("idle") or {}).get("events") or []]
+    notes += [f"NVML fault: {json.dumps(f, default=str)}" for f in info.get("faults") or []]
+    if notes:
+        parts.append("<h2>Notes</h2>" + _html_list(notes))
+    parts.append(f'<p class="muted">gpu-watch {_e(info.get("gpu_watch_version", ""))}, '
+                 f"schema {_e(info.get('schema_version', ''))}</p>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>gpu-watch: {_e(name)}: {_e(run.verdict or 'no verdict')}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")

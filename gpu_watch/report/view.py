@@ -1,0 +1,358 @@
+"""The run as a reader sees it: per-GPU series, idle stretches, the verdict's words, the
+banner and the epoch table, shared by the figures, the text summary and the HTML page.
+
+Missing readings stay NaN, because "not measured" must not read as "idle".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gpu_watch import runlog
+from gpu_watch.runlog import Run
+
+VERDICT_COLOURS = {
+    "ok": "#2e7d32",
+    "idle": "#e65100",
+    "cpu_fallback": "#c62828",
+    "unmonitored": "#6a1b9a",
+}
+NO_VERDICT_COLOUR = "#757575"
+VERDICT_WORDS = {
+    "ok": "OK: training kept the GPU busy",
+    "idle": "IDLE: training ran on the GPU but left it idle much of the time",
+    "cpu_fallback": "CPU FALLBACK: training ran on the CPU, not the GPU",
+    "unmonitored": "UNMONITORED: training uses a GPU, but its utilization could not be read",
+}
+DEFAULT_IDLE_THRESHOLD_PCT = 10.0
+DEFAULT_INTERVAL_S = 1.0
+
+# -- reading the run -------------------------------------------------------------------------
+
+
+def floats(frame: pd.DataFrame | None, column: str) -> np.ndarray:
+    """A column as floats, NaN where empty; all NaN when the column is absent."""
+    if frame is None:
+        return np.empty(0)
+    if column not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+
+
+def config_of(run: Run) -> dict[str, Any]:
+    return run.info.get("config") or {}
+
+
+def threshold_pct(run: Run) -> float:
+    value = config_of(run).get("idle_threshold_pct")
+    return DEFAULT_IDLE_THRESHOLD_PCT if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class _Idle:
+    """Where a GPU's utilization stayed under the idle threshold.
+
+    `spans` holds (start_s, end_s) rows; `idle_s` and `measured_s` are the seconds covered by
+    idle readings and by readings at all, so a missing reading counts as neither.
+    """
+
+    spans: np.ndarray
+    idle_s: float
+    measured_s: float
+
+    @property
+    def fraction(self) -> float | None:
+        return self.idle_s / self.measured_s if self.measured_s > 0 else None
+
+
+def _idle(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
+          interval_s: float) -> _Idle:
+    if time_s.size == 0:
+        return _Idle(np.empty((0, 2)), 0.0, 0.0)
+    gaps = np.diff(time_s)
+    typical_s = float(np.median(gaps)) if gaps.size else interval_s
+    # NVML's utilization is the share of the last sample period, so a reading stands for the
+    # time since the previous one; the first for one interval, but none before training began.
+    starts = np.empty_like(time_s)
+    starts[1:] = time_s[:-1]
+    starts[0] = max(time_s[0] - typical_s, min(time_s[0], 0.0))
+    durations = time_s - starts
+    measured = ~np.isnan(util_pct)
+    idle = measured & (np.nan_to_num(util_pct, nan=math.inf) < threshold_pct)
+    edges = np.diff(np.concatenate(([0], idle.astype(np.int8), [0])))
+    first = np.flatnonzero(edges == 1)
+    last = np.flatnonzero(edges == -1) - 1
+    spans = np.column_stack((starts[first], time_s[last]))
+    return _Idle(spans, float(durations[idle].sum()), float(durations[measured].sum()))
+
+
+@dataclass
+class GPUSeries:
+    """One watched GPU's readings, sorted by time."""
+
+    index: int
+    name: str
+    verdict: str | None
+    time_s: np.ndarray
+    util_pct: np.ndarray
+    proc_util_pct: np.ndarray
+    mem_used_mib: np.ndarray
+    proc_mem_mib: np.ndarray
+    mem_total_mib: float
+    idle: _Idle
+
+    @property
+    def util_mean_pct(self) -> float | None:
+        known = self.util_pct[~np.isnan(self.util_pct)]
+        return float(known.mean()) if known.size else None
+
+    @property
+    def mem_peak_mib(self) -> float | None:
+        known = self.mem_used_mib[~np.isnan(self.mem_used_mib)]
+        return float(known.max()) if known.size else None
+
+    @property
+    def proc_mem_peak_mib(self) -> float | None:
+        known = self.proc_mem_mib[~np.isnan(self.proc_mem_mib)]
+        return float(known.max()) if known.size else None
+
+
+def gpu_series(run: Run) -> list[GPUSeries]:
+    devices = {}
+    for device in run.info.get("devices") or []:
+        if isinstance(device, dict) and device.get("nvml_index") is not None:
+            devices[int(device["nvml_index"])] = device
+    samples = run.samples
+    sample_gpu = floats(samples, "gpu")
+    seen = {int(g) for g in np.unique(sample_gpu[~np.isnan(sample_gpu)])}
+    verdicts = run.info.get("gpu_verdicts") or {}
+    threshold = threshold_pct(run)
+    interval_s = float(config_of(run).get("interval_s") or DEFAULT_INTERVAL_S)
+    gpus = []
+    for index in sorted(set(devices) | seen):
+        if index in seen:
+            frame = samples[sample_gpu == index]
+            columns = {name: floats(frame, name) for name in (
+                "time_s", "util_pct", "proc_util_pct", "mem_used_mib", "proc_mem_mib",
+                "mem_total_mib")}
+        else:
+            # No sampler rows for this GPU (an older run, or samples.csv lost): the readings
+            # the batches carry are the next best timeline.
+            batches = run.batches
+            columns = {
+                "time_s": floats(batches, "time_s"),
+                "util_pct": floats(batches, f"gpu{index}_util_pct"),
+                "mem_used_mib": floats(batches, f"gpu{index}_mem_used_mib"),
+            }
+            for name in ("proc_util_pct", "proc_mem_mib", "mem_total_mib"):
+                columns[name] = np.full(columns["time_s"].size, np.nan)
+        keep = ~np.isnan(columns["time_s"])
+        order = np.argsort(columns["time_s"][keep], kind="stable")
+        columns = {name: values[keep][order] for name, values in columns.items()}
+        device = devices.get(index, {})
+        totals = columns.pop("mem_total_mib")
+        total = device.get("mem_total_mib")
+        if total is None and not np.isnan(totals).all():
+            total = float(np.nanmax(totals))
+        gpus.append(GPUSeries(
+            index=index,
+            name=str(device.get("name") or "unknown GPU"),
+            verdict=verdicts.get(str(index)),
+            mem_total_mib=math.nan if total is None else float(total),
+            idle=_idle(columns["time_s"], columns["util_pct"], threshold, interval_s),
+            **columns,
+        ))
+    return gpus
+
+
+def lead_cause(run: Run) -> dict[str, Any] | None:
+    """The cause to name first: the first that stops the GPU from being used, else the first."""
+    causes = [c for c in run.causes if isinstance(c, dict)]
+    for item in causes:
+        if item.get("severity") == "error":
+            return item
+    return causes[0] if causes else None
+
+
+def cause_message(item: dict[str, Any]) -> str:
+    return str(item.get("message") or item.get("code") or "unknown cause")
+
+
+def pct_text(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{round(100 * fraction)}%"
+
+
+def _idle_gpus(run: Run, gpus: Sequence[GPUSeries]) -> list[GPUSeries]:
+    flagged = [g for g in gpus if g.verdict == "idle"]
+    if flagged or run.verdict != "idle":
+        return flagged
+    return list(gpus)  # a run judged idle without per-GPU verdicts: every GPU shares the blame
+
+
+def banner_for(run: Run, gpus: Sequence[GPUSeries]) -> str | None:
+    verdict = run.verdict
+    lead = lead_cause(run)
+    if verdict == "cpu_fallback":
+        return "Training ran on the CPU" + (f": {cause_message(lead)}" if lead else "")
+    idle = _idle_gpus(run, gpus)
+    if idle:
+        text = "; ".join(
+            f"GPU {g.index} idle {pct_text(g.idle.fraction)} of training"
+            if g.idle.fraction is not None else f"GPU {g.index} idle" for g in idle)
+        return text + (f". {cause_message(lead)}" if lead else "")
+    if verdict == "unmonitored":
+        error = (run.info.get("nvml") or {}).get("error")
+        return "GPU utilization unknown: NVML could not be read" + (f" ({error})" if error else "")
+    return None
+
+
+def banner_text(run: Run) -> str | None:
+    """The one line a reader must see first, or None when the GPU did its work.
+
+    Args:
+        run: A loaded run.
+
+    Returns:
+        "Training ran on the CPU: <cause>" for CPU fallback; "GPU <i> idle <p>% of training"
+        for each idle GPU (p is the share of the measured time under the idle threshold,
+        missing readings excluded); "GPU utilization unknown: ..." when unmonitored; else None.
+    """
+    return banner_for(run, gpu_series(run))
+
+
+def verdict_title(run: Run) -> tuple[str, str]:
+    verdict = run.verdict
+    if verdict in VERDICT_WORDS:
+        return VERDICT_WORDS[verdict], VERDICT_COLOURS[verdict]
+    if verdict:
+        return f"{verdict.upper()}: unrecognised verdict", NO_VERDICT_COLOUR
+    if run.status == runlog.STATUS_RUNNING:
+        return "No verdict yet: the run is still going", NO_VERDICT_COLOUR
+    return f"No verdict: the run ended without one (status {run.status})", NO_VERDICT_COLOUR
+
+
+def duration_of(run: Run) -> float | None:
+    duration = run.info.get("duration_s")
+    if duration is not None:
+        return float(duration)
+    times = floats(run.batches, "time_s")
+    return float(np.nanmax(times)) if times.size and not np.isnan(times).all() else None
+
+
+def placement_line(run: Run) -> str:
+    placement = run.info.get("placement") or {}
+    if not placement:
+        return "placement: not checked"
+    on_gpu = placement.get("compute_on_gpu")
+    words = {True: "on the GPU", False: "on the CPU", None: "unknown"}.get(on_gpu, str(on_gpu))
+    line = f"step 0 compute: {words}"
+    counts = placement.get("op_counts") or {}
+    if counts:
+        line += " (ops: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    return line
+
+
+def is_simulated(run: Run) -> bool:
+    """Whether the readings came from a scripted NVML (`FakeNVML`), not a real GPU."""
+    return bool((run.info.get("nvml") or {}).get("simulated"))
+
+
+def subtitle_for(run: Run, gpus: Sequence[GPUSeries]) -> str:
+    parts = [str(run.info.get("run_name") or run.path.name), f"status {run.status}"]
+    if is_simulated(run):
+        parts.insert(0, "SIMULATED GPU readings (FakeNVML)")
+    duration = duration_of(run)
+    if duration is not None:
+        parts.append(f"{duration:,.1f} s")
+    if run.info.get("backend"):
+        parts.append(f"backend {run.info['backend']}")
+    if gpus:
+        parts.append(f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} watched")
+    else:
+        error = (run.info.get("nvml") or {}).get("error")
+        parts.append("no GPU watched" + (f" (NVML: {error})" if error else ""))
+    parts.append(placement_line(run))
+    return "  ·  ".join(parts)
+
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def number_text(value: Any, digits: int = 4) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a" if value is None else str(value)
+    if math.isnan(number):
+        return "n/a"
+    if number.is_integer() and abs(number) < 1e15:
+        return f"{int(number):,}"
+    return f"{number:.{digits}g}"
+
+
+_EPOCH_HEADINGS = {
+    "epoch": "epoch",
+    "batches": "batches",
+    "duration_s": "time s",
+    "step_s_mean": "step s",
+    "wait_fraction": "wait %",
+    "gpu_util_mean": "util %",
+    "gpu_util_p95": "p95 %",
+    "gpu_mem_peak_mib": "mem MiB",
+    "idle_fraction": "idle %",
+    "verdict": "verdict",
+}
+
+
+def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
+    """The epoch table as headings and formatted cells ("n/a" for missing values)."""
+    frame = run.epochs
+    columns = [c for c in _EPOCH_HEADINGS if c in frame.columns]
+    per_gpu = [c for c in frame.columns if re.fullmatch(r"gpu\d+_util_mean", c)]
+    logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in per_gpu]
+    headings = [_EPOCH_HEADINGS[c] for c in columns]
+    headings += [c.replace("_util_mean", " util %") for c in per_gpu] + logs
+    rows = []
+    for record in frame.to_dict("records"):
+        cells = []
+        for column in columns + per_gpu + logs:
+            value = record.get(column)
+            if column in ("wait_fraction", "idle_fraction"):
+                value = number_text(None if pd.isna(value) else round(100 * float(value)))
+            elif column in ("gpu_util_mean", "gpu_util_p95", "gpu_mem_peak_mib") or \
+                    column in per_gpu:
+                value = number_text(None if pd.isna(value) else round(float(value)))
+            elif column == "verdict":
+                value = "n/a" if pd.isna(value) else str(value)
+            else:
+                value = number_text(None if pd.isna(value) else value)
+            cells.append(value)
+        rows.append(cells)
+    return headings, rows
+
+
+
+
+def gpu_line(gpu: GPUSeries) -> str:
+    mean = gpu.util_mean_pct
+    line = f"GPU {gpu.index} ({gpu.name})"
+    if gpu.verdict:
+        line += f" [{gpu.verdict}]"
+    if mean is None:
+        line += ": no utilization readings"
+    else:
+        line += f": mean util {mean:.0f}%, idle {pct_text(gpu.idle.fraction)} of measured time"
+    if gpu.mem_peak_mib is not None:
+        line += f", peak memory {gpu.mem_peak_mib:,.0f}"
+        line += f" of {gpu.mem_total_mib:,.0f} MiB" if gpu.mem_total_mib > 0 else " MiB"
+    if gpu.proc_mem_peak_mib is not None:
+        line += f" (this process {gpu.proc_mem_peak_mib:,.0f} MiB)"
+    return line

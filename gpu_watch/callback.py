@@ -44,8 +44,10 @@ class GPUWatch(keras.callbacks.Callback):
             CPU, naming the causes. Default False (a `GPUWatchWarning` instead).
         check_placement: Check where the first step's ops ran. Default True.
         plot: Draw `utilization.png`, `epochs.png` and `report.html` at the end of training,
-            and redraw them at epoch ends while that takes under 2% of training time (a redraw
-            holds Python's GIL for a few hundred milliseconds). Default True.
+            and redraw them at epoch ends while that takes under 2% of training time. They are
+            drawn by a separate, low-priority process, so training never waits for them; they
+            appear in the run folder shortly after `fit` returns (`wait_for_report` waits for
+            them; a normal exit of Python does too). Default True.
         nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
@@ -99,6 +101,34 @@ class GPUWatch(keras.callbacks.Callback):
     def run_dir(self) -> Path | None:
         """The folder of the current (or last) run."""
         return self.monitor.run_dir if self.monitor is not None else None
+
+    def wait_for_report(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the last run's figures and `report.html` are in its run folder.
+
+        They are drawn by another process after `fit` returns, usually within a second or two
+        (the first time in a Python process, its imports add about a second). Call this before
+        reading them in the same script; a normal exit of Python waits for them on its own.
+
+        Args:
+            timeout_s: Seconds to wait at most. Default 60.
+
+        Returns:
+            True when they are drawn, or there is nothing to draw (`plot=False`, no run yet);
+            False when drawing failed (a `GPUWatchWarning` says why; the run's data is
+            complete) or took longer than `timeout_s`.
+
+        Example:
+            >>> model.fit(x, y, callbacks=[watch := GPUWatch()])
+            >>> watch.wait_for_report()
+            >>> Image(filename=watch.run_dir / "utilization.png")
+        """
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+                timeout_s >= 0):
+            raise ValueError(f"timeout_s must be a number of seconds, at least 0, got "
+                             f"{timeout_s!r}")
+        if self.monitor is None:
+            return True
+        return self.monitor.wait_for_drawing(float(timeout_s))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
           f"{epochs} epoch(s) with the {keras.backend.backend()} backend ...", file=out)
     model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.2, callbacks=[watch],
               verbose=0)
+    watch.wait_for_report()  # drawn by another process: the summary points at report.html
     run = load_run(watch.run_dir)
     print(summary_text(run), file=out)
     print(f"\nRun folder: {run.path}", file=out)

@@ -22,7 +22,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpu_watch import runlog
+from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause
 from gpu_watch.errors import GPUWatchWarning
@@ -35,8 +35,9 @@ ON_IDLE = ("warn", "stop", "raise")
 ON_LOG_ERROR = ("raise", "warn")
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
 FLUSH_ROWS = 10_000  # rows written per chunk: a flush never holds more in memory
-# Redrawing the plots holds the GIL for a few hundred milliseconds: epoch-end redraws may take
-# at most this share of training time, and none happens in the first seconds.
+# The figures are drawn by another process (`gpu_watch.drawing`), which still spends CPU: an
+# epoch-end redraw costs a few hundred milliseconds of it, so redraws may take at most this share
+# of training time, and none happens in the first seconds.
 RENDER_SHARE = 0.02
 FIRST_RENDER_S = 10.0
 # Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
@@ -131,8 +132,9 @@ class Monitor:
         self.write_errors = 0
         self._lock = threading.RLock()
         self._finished = False
-        self._render_thread: threading.Thread | None = None
-        self._next_render_s = FIRST_RENDER_S
+        self._drawing: drawing.Drawing | None = None
+        self._drawing_asked_s = 0.0
+        self._first_render_s = FIRST_RENDER_S
         self._last_flush = self.t0
         self._interrupted = False
         self._watch: tuple[int, Any] | None = None
@@ -190,6 +192,8 @@ class Monitor:
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
         self.sampler.start()
+        if config.plot:  # the drawing process imports matplotlib while training goes on
+            drawing.painter().start()
 
     def _epoch_columns(self) -> list[str]:
         columns = list(runlog.EPOCH_COLUMNS)
@@ -274,7 +278,7 @@ class Monitor:
             self.judgement = self._judge_run()
             self._store_judgement(self.judgement)
             self._write_json()
-        self._render(background=True)
+        self._render(final=False)
         return verdict
 
     def record_idle(self, event: IdleEvent, action: str) -> None:
@@ -282,8 +286,9 @@ class Monitor:
         self.idle_events.append({**event.to_dict(), "action": action})
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
-        """End the run: stop sampling, write every remaining row, the verdict and the plots.
-        Safe to call more than once and from any thread; only the first call counts."""
+        """End the run: stop sampling, write every remaining row and the verdict, and ask for
+        the figures (drawn by another process: `wait_for_drawing` waits for them). Safe to call
+        more than once and from any thread; only the first call counts."""
         with self._lock:
             if self._finished:
                 return
@@ -302,7 +307,7 @@ class Monitor:
             self.info.update(status=status, ended_at=_now_iso(),
                              duration_s=round(self.elapsed_s(), 3), error=self.error)
             self._write_json()
-        self._render(background=False)
+        self._render(final=True)
 
     @property
     def finished(self) -> bool:
@@ -433,46 +438,36 @@ class Monitor:
 
     # -- plots -------------------------------------------------------------------------------
 
-    def _render(self, background: bool) -> None:
+    def _render(self, final: bool) -> None:
+        """Ask for the figures: at the end of the run always, at an epoch end when the last
+        drawing is done and the redraw budget allows."""
         if not self.config.plot:
             return
-        previous = self._render_thread
-        if background:
-            if previous is not None and previous.is_alive():
-                return  # the last refresh is still drawing; the next epoch will catch up
-            if self.elapsed_s() < self._next_render_s:
+        painter = drawing.painter()
+        painter.poll()
+        last, now = self._drawing, self.elapsed_s()
+        if not final:
+            if now < self._first_render_s:
                 return
-            self._render_thread = threading.Thread(target=self._render_now, daemon=True,
-                                                   name="gpu-watch-plot")
-            self._render_thread.start()
-            return
-        if previous is not None:
-            previous.join()
-        self._render_now()
+            if last is not None and not last.done:
+                return  # the last one is still being drawn; a later epoch catches up
+            if last is not None and last.cpu_s is not None and (
+                    now < self._drawing_asked_s + last.cpu_s / RENDER_SHARE):
+                return
+        self._drawing_asked_s = now
+        self._drawing = painter.request(self.run_dir)
 
-    def _render_now(self) -> None:
-        started = self.elapsed_s()
-        try:
-            from gpu_watch import report
+    def wait_for_drawing(self, timeout_s: float) -> bool:
+        """Wait until the last figures asked for are drawn, at most `timeout_s` seconds.
 
-            report.render(self.run_dir)
-            self._next_render_s = self.elapsed_s() + (self.elapsed_s() - started) / RENDER_SHARE
-        except Exception as exc:  # a plot must never cost the user their training
-            warnings.warn(f"gpu-watch could not draw the plots of {self.run_dir}: {exc!r}",
-                          GPUWatchWarning, stacklevel=2)
-        finally:
-            if threading.current_thread() is not threading.main_thread():
-                _forget_thread_fonts()
-
-
-def _forget_thread_fonts() -> None:
-    """matplotlib keeps open font files per drawing thread in a cache; a plot thread that ends
-    would leave its entries, and their file handles, behind until the cache evicts them."""
-    from matplotlib import font_manager
-
-    clear = getattr(getattr(font_manager, "_get_font", None), "cache_clear", None)
-    if clear is not None:
-        clear()
+        Returns:
+            True when they are drawn, or none were asked for; False when drawing failed (a
+            `GPUWatchWarning` says why) or is still going on.
+        """
+        last = self._drawing
+        if last is None:
+            return True
+        return drawing.painter().wait([last], timeout_s) and last.error is None
 
 
 def idle_message(event: IdleEvent, config: Config) -> str:

@@ -61,10 +61,12 @@ history = model.fit(x, y, epochs=2, batch_size=64, validation_split=0.2, callbac
                     verbose=2)"""),
     ("markdown", """\
 The run folder holds `run.json` (environment, placement of the first step, verdict and causes),
-`samples.csv`, `batches.csv`, `epochs.csv` and the plots. The utilization timeline:"""),
+`samples.csv`, `batches.csv`, `epochs.csv` and the plots, which another process draws right
+after `fit` returns (`wait_for_report()` waits for them). The utilization timeline:"""),
     ("code", """\
 from IPython.display import Image
 
+watch.wait_for_report()
 print(watch.run_dir)
 Image(filename=str(watch.run_dir / "utilization.png"))"""),
     ("markdown", """\
@@ -117,6 +119,7 @@ run = gpu_watch.load_run(watch.run_dir)
 print(f"status: {run.status}, verdict: {run.verdict}")
 run.info["idle"]["events"]"""),
     ("code", """\
+watch.wait_for_report()
 Image(filename=str(watch.run_dir / "utilization.png"))"""),
     ("markdown", """\
 ## Next

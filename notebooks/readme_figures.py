@@ -60,6 +60,7 @@ def simulated_figure(work: Path) -> Path:
             batch += 1
         monitor.end_epoch(epoch, {"loss": 1.0 / (epoch + 1)})
     monitor.finish("completed")
+    monitor.wait_for_drawing(60.0)
     return monitor.run_dir / "utilization.png"
 
 

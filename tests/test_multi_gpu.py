@@ -127,6 +127,7 @@ def idle_second_gpu(tmp_path_factory):
                          nvml=four_gpus(util_pct=(2, 90, 85, 90)), interval_s=0.02,
                          idle_patience_s=0.1, plot=True, verbose=0)
         fit([SlowBatches(), watch])
+    assert watch.wait_for_report(60.0)
     return load_run(watch.run_dir)
 
 

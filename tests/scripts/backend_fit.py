@@ -88,7 +88,7 @@ def main(log_dir: str) -> dict:
     _ = watch.model  # the control: the spies see a read when there is one
     reads_after = len(model_reads)
 
-    run = load_run(watch.run_dir)
+    run = load_run(watch.run_dir)  # its figures: drawn by the time this process has exited
     return {
         "backend": keras.backend.backend(),
         "run_dir": str(run.path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -17,7 +18,21 @@ from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.timeline import IdleEvent
-from gpu_watch.verdict import CPU_FALLBACK
+from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
+
+# What GPUWatch adds to the epoch `logs` that Keras hands every callback after it (the progress
+# bar, History, CSVLogger, TensorBoard, trackers' callbacks): logs key -> the epochs.csv column
+# it comes from. One prefix keeps them together in the progress bar and in TensorBoard's tags.
+LOG_KEYS = {
+    "gpu_util": "gpu_util_mean",  # percent, mean over the watched GPUs
+    "gpu_proc_util": "proc_util_mean",  # percent, this process's own share
+    "gpu_mem_peak_gib": "gpu_mem_peak_mib",  # GiB, reads better than MiB at 4 decimals
+    "gpu_idle_frac": "idle_fraction",  # 0-1, share of readings under the idle threshold
+    "gpu_verdict": "verdict",  # VERDICT_CODES
+}
+# The epoch's verdict as a number for charts: 0 is healthy, the higher the worse.
+VERDICT_CODES = {OK: 0, UNMONITORED: 1, IDLE: 2, CPU_FALLBACK: 3}
+_MIB_PER_GIB = 1024.0
 
 
 class GPUWatch(keras.callbacks.Callback):
@@ -54,9 +69,17 @@ class GPUWatch(keras.callbacks.Callback):
             training time is spent) or "warn" (train without logging). Default "raise".
         verbose: 1 prints a summary (verdict, causes, run folder) when training ends; 0 is
             silent. Default 1.
+        log_metrics: Add the epoch's GPU figures to the epoch `logs`, where the progress bar,
+            `History`, `CSVLogger`, `TensorBoard` and trackers' callbacks placed after GPUWatch
+            find them: `gpu_util` and `gpu_proc_util` (mean utilization of the watched GPUs
+            and this process's share, percent), `gpu_mem_peak_gib` (peak memory used, GiB),
+            `gpu_idle_frac` (share of readings under the idle threshold, 0-1) and
+            `gpu_verdict` (0 ok, 1 unmonitored, 2 idle, 3 cpu_fallback). The same keys every
+            epoch, NaN when not measured; a key already in the logs is left as it is.
+            Default True.
 
     Example:
-        >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch()])
+        >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
         >>> GPUWatch(on_idle="stop", idle_patience_s=120, require_gpu=True)
     """
 
@@ -74,13 +97,14 @@ class GPUWatch(keras.callbacks.Callback):
         nvml: Any = None,
         on_log_error: str = "raise",
         verbose: int = 1,
+        log_metrics: bool = True,
     ) -> None:
         super().__init__()
         self.config = Config(
             log_dir=log_dir, run_name=run_name, interval_s=interval_s,
             idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
             on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
-            plot=plot, on_log_error=on_log_error,
+            plot=plot, on_log_error=on_log_error, log_metrics=log_metrics,
         )
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
@@ -244,11 +268,15 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.timeline.idle_paused = False
 
     def on_epoch_end(self, epoch, logs=None):
+        row: dict[str, Any] = {}
         if self.monitor is not None:
             with self._batch_lock:  # Keras has waited for every batch hook of the epoch
                 self._record_batches(final=True)
                 self._ends.clear()
-            self.monitor.end_epoch(epoch, logs or {})
+            row = self.monitor.end_epoch(epoch, logs or {}).row
+        if self.config.log_metrics and logs is not None:
+            for key, value in log_values(row).items():
+                logs.setdefault(key, value)  # never overwrite what another callback put there
 
     def on_train_end(self, logs=None):
         monitor = self.monitor
@@ -306,6 +334,19 @@ class GPUWatch(keras.callbacks.Callback):
             return doctor(nvml=self._nvml, in_process=True).to_dict()
         except Exception as exc:  # the environment check must not keep training from starting
             return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
+
+
+def log_values(row: dict[str, Any]) -> dict[str, float]:
+    """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, NaN when not measured."""
+    values = {}
+    for key, column in LOG_KEYS.items():
+        value = row.get(column)
+        if column == "verdict":
+            value = VERDICT_CODES.get(value)
+        elif column.endswith("_mib") and value is not None:
+            value = value / _MIB_PER_GIB
+        values[key] = math.nan if value is None else float(value)
+    return values
 
 
 def summary_line(monitor: Monitor) -> str:

@@ -62,6 +62,7 @@ class Config:
     check_placement: bool = True
     plot: bool = True
     on_log_error: str = "raise"
+    log_metrics: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -84,7 +85,7 @@ class Config:
                 raise ValueError(
                     f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 )
-        for name in ("require_gpu", "check_placement", "plot"):
+        for name in ("require_gpu", "check_placement", "plot", "log_metrics"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -103,6 +104,20 @@ def _now_iso() -> str:
 
 
 _open_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What closing an epoch produced.
+
+    Attributes:
+        judgement: The epoch's verdict and causes.
+        row: The epoch's row of `epochs.csv` (column -> value; None when not measured),
+            the Keras logs included.
+    """
+
+    judgement: Judgement
+    row: dict[str, Any]
 
 
 class Monitor:
@@ -244,8 +259,8 @@ class Monitor:
             self._write_json()
         return verdict
 
-    def end_epoch(self, epoch: int, logs: dict[str, Any]) -> Judgement:
-        """Close an epoch: write its row (with the Keras logs) and return its verdict."""
+    def end_epoch(self, epoch: int, logs: dict[str, Any]) -> EpochEnd:
+        """Close an epoch: write its row (with the Keras logs); return its verdict and row."""
         batches, step_s, _, _ = self.timeline.epoch_loop()
         stats = self.timeline.epoch_stats()
         wait_fraction = self.timeline.epoch_wait_fraction()
@@ -272,14 +287,14 @@ class Monitor:
                 row[key] = float(value)
         with self._lock:
             if self._finished:
-                return verdict
+                return EpochEnd(verdict, row)
             self.flush()
             self._guard_write(lambda: (self.epochs.widen(list(row)), self.epochs.append([row])))
             self.judgement = self._judge_run()
             self._store_judgement(self.judgement)
             self._write_json()
         self._render(final=False)
-        return verdict
+        return EpochEnd(verdict, row)
 
     def record_idle(self, event: IdleEvent, action: str) -> None:
         """Record what was done about an idle stretch."""

@@ -60,6 +60,12 @@ watch = GPUWatch()
 history = model.fit(x, y, epochs=2, batch_size=64, validation_split=0.2, callbacks=[watch],
                     verbose=2)"""),
     ("markdown", """\
+Each epoch line ends with GPUWatch's figures (`gpu_util`, `gpu_proc_util`, `gpu_mem_peak_gib`,
+`gpu_idle_frac`, `gpu_verdict`; `nan` where nothing was measured): they are in the epoch logs,
+so `History`, `CSVLogger` and `TensorBoard` get them too."""),
+    ("code", """\
+{key: values for key, values in history.history.items() if key.startswith("gpu_")}"""),
+    ("markdown", """\
 The run folder holds `run.json` (environment, placement of the first step, verdict and causes),
 `samples.csv`, `batches.csv`, `epochs.csv` and the plots, which another process draws right
 after `fit` returns (`wait_for_report()` waits for them). The utilization timeline:"""),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +86,15 @@ def test_the_run_folder_is_complete(run):
     assert run["epoch_loss"]
     assert (run["rank"], run["world_size"]) == (0, 1)
     assert not Path(run["run_dir"]).name.endswith(("-rank0", "-rank1"))
+
+
+def test_the_epoch_figures_reach_history(run):
+    figures = run["history_gpu"]
+    assert set(figures) == {"gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac",
+                            "gpu_verdict"}
+    assert all(len(values) == EPOCHS for values in figures.values())
+    assert figures["gpu_verdict"] == [3.0] * EPOCHS  # cpu_fallback
+    assert all(math.isnan(v) for v in figures["gpu_util"])  # no driver here: not measured
 
 
 def test_no_driver_means_cpu_fallback(run):

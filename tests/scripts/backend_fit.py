@@ -81,7 +81,8 @@ def main(log_dir: str) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[watch])
+        history = model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0,
+                            callbacks=[watch])
     fit_s = time.perf_counter() - start
     reads_in_fit = len(model_reads)
     syncs_in_fit = dict(syncs)
@@ -106,6 +107,7 @@ def main(log_dir: str) -> dict:
         "epochs": run.epochs["epoch"].tolist(),
         "epoch_verdicts": run.epochs["verdict"].tolist(),
         "epoch_loss": run.epochs["loss"].notna().all().item(),
+        "history_gpu": {k: v for k, v in history.history.items() if k.startswith("gpu_")},
         "warnings": run.warnings,
         "async_train": async_train,
         "async_train_control": async_control,

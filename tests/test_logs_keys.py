@@ -1,0 +1,186 @@
+"""GPUWatch's figures in Keras' own epoch logs: the progress bar, `History`, `CSVLogger` and
+`TensorBoard` placed after GPUWatch all get them. Real Keras training with TensorFlow on this
+machine's CPU; FakeNVML serves what only a GPU would show. (JAX and torch: test_backends.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.callback import LOG_KEYS, VERDICT_CODES, log_values
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+KEYS = ("gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac", "gpu_verdict")
+EPOCHS = 2
+STEPS = 4
+
+
+def make_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def fit(callbacks, epochs=EPOCHS, verbose=0, quiet=True):
+    rng = np.random.default_rng(0)
+    x = rng.random((STEPS * 8, 4), dtype=np.float32)
+    y = rng.random((STEPS * 8, 1), dtype=np.float32)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", GPUWatchWarning)  # "training runs on the CPU"
+        return make_model().fit(x, y, epochs=epochs, batch_size=8, verbose=verbose,
+                                callbacks=callbacks)
+
+
+def busy_gpu() -> FakeNVML:
+    """A GPU at 42 % with 2 GiB held by this process (training itself runs on the CPU)."""
+    return FakeNVML([FakeGPU(util_pct=42, mem_used_mib=2048 + 512,
+                             processes=[FakeProcess(used_mib=2048, sm_util_pct=40)])])
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """One fit with GPUWatch first, then CSVLogger and TensorBoard; the progress bar printed."""
+    folder = tmp_path_factory.mktemp("logs")
+    watch = GPUWatch(log_dir=folder / "gpu", nvml=busy_gpu(), interval_s=0.02, plot=False,
+                     verbose=0)
+    csv_logger = keras.callbacks.CSVLogger(str(folder / "log.csv"))
+    board = keras.callbacks.TensorBoard(log_dir=str(folder / "tb"), write_graph=False,
+                                        profile_batch=0)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        history = fit([watch, csv_logger, board], verbose=1)
+    return {"history": history.history, "printed": printed.getvalue(), "folder": folder,
+            "run": load_run(watch.run_dir)}
+
+
+def test_the_keys_reach_history_with_the_epoch_figures(logged):
+    history, run = logged["history"], logged["run"]
+    assert set(KEYS) <= set(history)
+    assert all(len(history[key]) == EPOCHS for key in KEYS)
+    epochs = run.epochs
+    assert history["gpu_util"] == [42.0] * EPOCHS
+    assert history["gpu_util"] == epochs["gpu_util_mean"].tolist()
+    assert history["gpu_mem_peak_gib"] == pytest.approx(
+        (epochs["gpu_mem_peak_mib"] / 1024).tolist())
+    assert history["gpu_mem_peak_gib"] == pytest.approx([2.5] * EPOCHS)
+    assert history["gpu_idle_frac"] == epochs["idle_fraction"].tolist() == [0.0] * EPOCHS
+    assert epochs["verdict"].tolist() == ["cpu_fallback"] * EPOCHS  # the step ran on the CPU
+    assert history["gpu_verdict"] == [3.0] * EPOCHS
+    own = epochs["proc_util_mean"].tolist() if "proc_util_mean" in epochs else [math.nan] * 2
+    assert history["gpu_proc_util"] == pytest.approx(own, nan_ok=True)
+
+
+def test_the_keys_are_not_written_twice_into_epochs_csv(logged):
+    assert not [c for c in logged["run"].epochs.columns if c in KEYS]
+    assert "loss" in logged["run"].epochs.columns
+
+
+def test_the_keys_reach_the_progress_bar_epoch_line(logged):
+    lines = [line for line in logged["printed"].splitlines() if "gpu_util:" in line]
+    assert len(lines) == EPOCHS
+    for line in lines:
+        assert "gpu_util: 42.0000" in line
+        assert "gpu_mem_peak_gib: 2.5000" in line
+        assert "gpu_verdict: 3.0000" in line
+        assert "loss:" in line.split("gpu_util")[0]  # after Keras' own metrics
+
+
+def test_the_keys_reach_csv_logger(logged):
+    with open(logged["folder"] / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == EPOCHS
+    for key in KEYS:
+        assert [float(r[key]) for r in rows] == pytest.approx(logged["history"][key],
+                                                              nan_ok=True)
+
+
+def test_the_keys_reach_tensorboard_after_gpu_watch(logged):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    events = EventAccumulator(str(logged["folder"] / "tb" / "train"),
+                              size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    for key in KEYS:
+        tag = f"epoch_{key}"
+        if tag in events.Tags()["tensors"]:
+            written = [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+        else:
+            written = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [step for step, _ in written] == list(range(EPOCHS))
+        assert [value for _, value in written] == pytest.approx(logged["history"][key],
+                                                                nan_ok=True)
+
+
+def test_without_readings_the_keys_are_nan_every_epoch_and_the_verdict_is_a_number(tmp_path):
+    """No NVIDIA driver here: nothing measured, so NaN (never 0), but the keys are all there."""
+    csv_path = tmp_path / "log.csv"
+    history = fit([GPUWatch(log_dir=tmp_path, plot=False, verbose=0),
+                   keras.callbacks.CSVLogger(str(csv_path))], epochs=3).history
+    for key in ("gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac"):
+        assert len(history[key]) == 3 and all(math.isnan(v) for v in history[key])
+    assert history["gpu_verdict"] == [3.0] * 3
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert set(KEYS) <= set(header)
+
+
+def test_a_key_already_in_the_logs_is_left_alone(tmp_path):
+    class Earlier(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["gpu_util"] = -1.0
+
+    fake = busy_gpu()
+    history = fit([Earlier(), GPUWatch(log_dir=tmp_path, nvml=fake, plot=False, verbose=0)])
+    assert history.history["gpu_util"] == [-1.0] * EPOCHS
+    assert history.history["gpu_verdict"] == [3.0] * EPOCHS
+
+
+def test_log_metrics_false_adds_nothing(tmp_path):
+    history = fit([GPUWatch(log_dir=tmp_path, nvml=busy_gpu(), plot=False, verbose=0,
+                            log_metrics=False)], epochs=1)
+    assert not [key for key in history.history if key.startswith("gpu_")]
+    assert load_run(next(tmp_path.iterdir())).epochs["gpu_util_mean"].notna().all()
+
+
+def test_the_keys_are_there_even_when_the_run_folder_could_not_be_made(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    watch = GPUWatch(log_dir=blocker / "logs", on_log_error="warn", plot=False, verbose=0)
+    with pytest.warns(GPUWatchWarning, match="training goes on without it"):
+        history = fit([watch], epochs=1, quiet=False)
+    assert watch.run_dir is None
+    assert set(KEYS) <= set(history.history)
+    assert all(math.isnan(history.history[key][0]) for key in KEYS)
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None])
+def test_log_metrics_must_be_a_bool(value):
+    with pytest.raises(ValueError, match=f"log_metrics must be True or False, got {value!r}"):
+        GPUWatch(log_metrics=value)
+
+
+def test_log_values_converts_units_and_codes_the_verdict():
+    row = {"gpu_util_mean": 55.5, "proc_util_mean": 40.0, "gpu_mem_peak_mib": 3072.0,
+           "idle_fraction": 0.25, "verdict": "idle"}
+    assert log_values(row) == {"gpu_util": 55.5, "gpu_proc_util": 40.0,
+                               "gpu_mem_peak_gib": 3.0, "gpu_idle_frac": 0.25,
+                               "gpu_verdict": 2.0}
+    assert list(LOG_KEYS) == list(KEYS)
+    codes = {verdict: log_values({"verdict": verdict})["gpu_verdict"]
+             for verdict in ("ok", "unmonitored", "idle", "cpu_fallback")}
+    assert codes == {"ok": 0.0, "unmonitored": 1.0, "idle": 2.0, "cpu_fallback": 3.0}
+    assert codes == {k: float(v) for k, v in VERDICT_CODES.items()}
+    empty = log_values({"verdict": None, "gpu_util_mean": None})
+    assert list(empty) == list(KEYS) and all(math.isnan(v) for v in empty.values())
+    assert math.isnan(log_values({"verdict": "something new"})["gpu_verdict"])

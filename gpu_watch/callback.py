@@ -162,17 +162,12 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.restore_sigint()
         self.monitor = None
         self._probe = placement.probe_for(keras.backend.backend())
-        self._nvml = self._nvml or NVML(self._lib)
-        framework = {
-            "name": self._probe.backend,
-            "version": self._probe.framework_version(),
-            "keras_version": keras.__version__,
-            "gpus": self._probe.framework_gpus(),
-            "cuda_build": self._probe.cuda_build(),
-        }
+        self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
+                                    else _process_nvml())
         try:
             self.monitor = Monitor(self.config, self._nvml, keras.backend.backend(),
-                                   self._probe.rank(), framework, self._environment())
+                                   self._probe.rank(), _framework_facts(self._probe),
+                                   self._environment())
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
@@ -329,9 +324,7 @@ class GPUWatch(keras.callbacks.Callback):
 
     def _environment(self) -> dict[str, Any] | None:
         try:
-            from gpu_watch.doctor import doctor
-
-            return doctor(nvml=self._nvml, in_process=True).to_dict()
+            return environment_report(self._nvml)
         except Exception as exc:  # the environment check must not keep training from starting
             return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
 
@@ -347,6 +340,63 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = value / _MIB_PER_GIB
         values[key] = math.nan if value is None else float(value)
     return values
+
+
+# -- facts gathered once per process ---------------------------------------------------------
+#
+# A training script that calls `fit` many times (one epoch at a time, tuners, GAN and RL loops)
+# must not pay for facts that cannot change while the process runs: the installed distributions,
+# the framework's build and devices, NVML's device list. What can change between fits is read
+# again every time: CUDA_VISIBLE_DEVICES and the rest of the environment variables, the memory
+# and processes on each GPU, the rank.
+
+_process_facts: dict[Any, Any] = {}
+_process_lock = threading.Lock()
+
+
+def _process_nvml() -> NVML:
+    """This process's session with the real NVML, opened once (its device list with it)."""
+    with _process_lock:
+        session = _process_facts.get("nvml")
+        if session is None:
+            session = _process_facts["nvml"] = NVML()
+        return session
+
+
+def _framework_facts(probe: placement.Probe) -> dict[str, Any]:
+    """The framework's name, version, GPUs and build, read once per process and probe."""
+    key = ("framework", type(probe))
+    facts = _process_facts.get(key)
+    if facts is None:
+        facts = _process_facts[key] = {
+            "name": probe.backend,
+            "version": probe.framework_version(),
+            "keras_version": keras.__version__,
+            "gpus": probe.framework_gpus(),
+            "cuda_build": probe.cuda_build(),
+        }
+    return dict(facts)
+
+
+def environment_report(nvml: NVML) -> dict[str, Any]:
+    """The doctor's report on this process (`run.json`'s "environment").
+
+    The first call in a process runs the doctor in-process; later ones reuse what cannot have
+    changed and read again the environment variables and what NVML says about each GPU (memory,
+    processes), then apply the doctor's rules to the result.
+    """
+    from gpu_watch.doctor import ENV_VARS, DoctorReport, diagnose, doctor, nvml_facts
+
+    # The in-process doctor reads TensorFlow only once something has imported it.
+    key = ("environment", "tensorflow" in sys.modules)
+    first = _process_facts.get(key)
+    if first is None:
+        report = doctor(nvml=nvml, in_process=True)
+        _process_facts[key] = report.facts
+        return report.to_dict()
+    facts = {**first, "nvml": nvml_facts(nvml),
+             "env": {name: os.environ.get(name) for name in ENV_VARS}}
+    return DoctorReport(facts, diagnose(facts)).to_dict()
 
 
 def summary_line(monitor: Monitor) -> str:

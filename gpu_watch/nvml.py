@@ -147,6 +147,7 @@ class NVML:
         self._faults: list[Fault] = []
         self._fault_keys: set[tuple[str, str, int | None]] = set()
         self._proc_util_seen_us: dict[int, int] = {}
+        self._all_devices: list[Device] | None = None
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class NVML:
                     self._lib.nvmlShutdown()
             self._initialised = False
             self._error = None
+            self._all_devices = None
 
     # -- the one function every query goes through ------------------------------------------------
 
@@ -276,15 +278,23 @@ class NVML:
     # -- devices ---------------------------------------------------------------------------------
 
     def all_devices(self) -> list[Device]:
-        """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says."""
-        count = self.query("device_count", None, "nvmlDeviceGetCount") or 0
+        """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says.
+
+        Listed once per session: NVML's devices cannot change until it is shut down (a list
+        that some error left incomplete is read again next time)."""
+        if self._all_devices is not None:
+            return list(self._all_devices)
+        count = self.query("device_count", None, "nvmlDeviceGetCount")
         devices = []
-        for index in range(count):
+        for index in range(count or 0):
             handle = self.query("handle", index, "nvmlDeviceGetHandleByIndex", index)
             if handle is None:
+                count = None
                 continue
             devices.append(self._describe(index, index, handle))
-        return devices
+        if count is not None:
+            self._all_devices = devices
+        return list(devices)
 
     def devices(self, visible: str | None = None) -> list[Device]:
         """The GPUs the training process can see, in the framework's order.

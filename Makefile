@@ -1,9 +1,12 @@
-# `make test` and `make demo` set everything up on a fresh machine: they create .venv when it is
-# missing and reinstall only when pyproject.toml changed.
+# `make demo` and `make test` set everything up on a fresh machine: they create .venv when it is
+# missing and reinstall only when pyproject.toml changed. `make demo` installs the package alone
+# (TensorFlow, Keras, NumPy, pandas, matplotlib, nvidia-ml-py); `make test` adds the test tools,
+# TensorBoard and the JAX and torch backends. A test install serves the demo too.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install test lint demo clean
 
@@ -11,7 +14,18 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,backends]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
+		echo "$(VENV) already holds the test install, which includes the demo's"; \
+	else \
+		set -e; \
+		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		$(PY) -m pip install --quiet --upgrade pip; \
+		$(PY) -m pip install --quiet -e .; \
+	fi
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -21,7 +35,7 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m gpu_watch demo
 
 clean:

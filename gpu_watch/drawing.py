@@ -8,8 +8,10 @@ its steps, slows down meanwhile. A separate process shares no GIL with training.
 Why one long-lived worker: it pays the imports of matplotlib and pandas (about a second of CPU)
 once per Python process, not once per `fit`, so loops that call `fit` many times (one epoch at a
 time, tuners, GAN and RL loops) pay a line written to a pipe per call. The worker runs at the
-lowest CPU priority and in a session of its own: it uses CPU that training leaves idle, and a
-Ctrl-C in the terminal stops the training but not the drawing of what was measured.
+lowest CPU priority, so it uses CPU that training leaves idle, and it ignores Ctrl-C, which stops
+the training but not the drawing of what was measured. It stays in the training's session: Linux
+schedules each session's processes as one group against the others ("autogroup"), and a session
+of its own would make the worker an equal of the training whatever its priority.
 
 It is started as ``python -m gpu_watch.drawing``, never through `multiprocessing`, whose "spawn"
 start would run the user's training script again as ``__mp_main__``. It reads one request per line
@@ -18,9 +20,9 @@ run folder with :func:`gpu_watch.report.render` (every file is replaced atomical
 sees half a PNG) and answers each request with a line on stdout. The training process keeps no
 thread for this: it reads the answers when it next asks, waits or exits, and turns a failed
 drawing into a `GPUWatchWarning` then. At a normal exit it waits, up to :data:`EXIT_WAIT_S`, for
-the drawings still pending. Where no worker can be started (no ``sys.executable``, a frozen
-application, an OS without ``select`` on pipes), the figures are drawn on a thread of the training
-process instead, as before.
+the drawings still pending. Where no worker can run (no ``sys.executable``, a frozen application,
+an OS without ``select`` on pipes, an interpreter whose workers end before drawing anything), the
+figures are drawn on a thread of the training process instead, with a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import queue
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +49,9 @@ from gpu_watch.errors import GPUWatchWarning
 # A normal exit waits this long for pending drawings; after that the worker finishes them on its
 # own (it outlives the training process until its queue is empty).
 EXIT_WAIT_S = 60.0
+# Workers that end this many times in a row without answering (an interpreter that cannot run
+# ``-m gpu_watch.drawing``, say) make the figures be drawn on a thread instead.
+_SILENT_ENDS = 2
 _READ_BYTES = 65536
 
 
@@ -89,6 +95,8 @@ class Painter:
         self._partial = b""
         self._unreported: list[Drawing] = []
         self._in_process_reason: str | None = None
+        self._answered = 0  # answers from the running worker
+        self._silent_ends = 0  # workers in a row that ended without answering
 
     def start(self) -> None:
         """Start the worker now if it is not running, so that it has imported what it needs by
@@ -197,10 +205,13 @@ class Painter:
         if self._in_process_reason is not None:
             return None
         reason = _why_no_worker()
+        if self._silent_ends >= _SILENT_ENDS:
+            reason = (f"its drawing process ended {self._silent_ends} times in a row before "
+                      f"drawing anything")
         if reason is None:
             try:
                 self._process = _start_worker()
-                self._partial = b""
+                self._partial, self._answered = b"", 0
                 return self._process
             except OSError as exc:
                 reason = f"its drawing process could not be started ({exc})"
@@ -234,6 +245,7 @@ class Painter:
                 drawing = self._pending.pop(int(answer["number"]))
             except (ValueError, KeyError, TypeError):
                 continue  # not an answer to a request of ours
+            self._answered += 1
             self._finish_locked(drawing, answer.get("error"), answer.get("cpu_s"))
         if ended:
             self._lost_worker_locked()
@@ -243,6 +255,7 @@ class Painter:
         process, self._process = self._process, None
         status = None
         if process is not None:
+            self._silent_ends = 0 if self._answered else self._silent_ends + 1
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = process.wait(timeout=1.0)
             for pipe in (process.stdin, process.stdout):
@@ -284,7 +297,7 @@ def _start_worker() -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_watch.drawing"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        env=env, start_new_session=True, close_fds=True,
+        env=env, close_fds=True,
     )
     os.set_blocking(process.stdout.fileno(), False)
     return process
@@ -374,6 +387,7 @@ def serve(requests: IO[bytes], answers: IO[str]) -> None:
 
 
 def _main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training; EOF ends this
     with contextlib.suppress(OSError, AttributeError):
         os.nice(19)  # only the CPU training leaves idle
     answers = os.fdopen(os.dup(1), "w")

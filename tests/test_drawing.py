@@ -164,6 +164,22 @@ def test_a_drawing_process_that_dies_fails_its_drawings_and_another_one_starts(
     assert assert_whole_pngs(run_dir) == 2
 
 
+def test_the_drawing_process_yields_the_cpu_and_outlives_a_ctrl_c(tmp_path):
+    run = played_run(tmp_path)
+    run.finish("completed")
+    painter = drawing.painter()
+    assert painter.wait([painter.request(run.run_dir)], 60)
+    worker = painter._process
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19
+    # The training's session: under Linux's autogroup scheduling a session of its own would
+    # weigh as much as the training, whatever the worker's priority.
+    assert os.getsid(worker.pid) == os.getsid(0)
+    os.kill(worker.pid, signal.SIGINT)  # as a Ctrl-C in the terminal does
+    again = painter.request(run.run_dir)
+    assert painter.wait([again], 60) and again.error is None
+    assert painter._process is worker and worker.poll() is None
+
+
 def test_where_no_drawing_process_can_start_the_figures_are_drawn_on_a_thread(
         tmp_path, monkeypatch, own_painter):
     monkeypatch.setattr(drawing, "_why_no_worker", lambda: "no interpreter to start")
@@ -175,6 +191,25 @@ def test_where_no_drawing_process_can_start_the_figures_are_drawn_on_a_thread(
     assert own_painter._process is None
     assert own_painter.wait([asked], 60) and asked.error is None and asked.cpu_s > 0
     assert assert_whole_pngs(run_dir) == 2
+
+
+def test_when_drawing_processes_keep_ending_unanswered_the_figures_are_drawn_here(
+        tmp_path, monkeypatch, own_painter):
+    def start_one_that_fails():
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(drawing, "_start_worker", start_one_that_fails)
+    run = played_run(tmp_path)
+    run.finish("completed")
+    for _ in range(2):
+        asked = own_painter.request(run.run_dir)
+        with pytest.warns(GPUWatchWarning, match=r"ended \(exit status 3\)"):
+            assert own_painter.wait([asked], 30) and asked.error is not None
+    with pytest.warns(GPUWatchWarning, match="ended 2 times in a row before drawing anything"):
+        asked = own_painter.request(run.run_dir)
+    assert own_painter.wait([asked], 60) and asked.error is None
+    assert assert_whole_pngs(run.run_dir) == 2
 
 
 def test_load_run_and_gpu_watch_report_do_not_depend_on_the_figures(tmp_path):

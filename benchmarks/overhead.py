@@ -6,16 +6,23 @@ runs every one once, in rotated order, so that drift in the machine's speed hits
 alike, and a fit during which other processes took more than a tenth of a core is run again.
 For each configuration the table gives the median wall time of `fit` and of a steady-state
 epoch, their ratio to training with no callback (per round, then the median), and the ratio of
-the fastest runs. GPUWatch's own costs are then broken down: its per-batch hooks (timed inside
-the process), its fixed costs per `fit`, the CPU time of its sampler thread per second of
-training, and the plots it draws.
+the fastest runs. One GPUWatch row redraws the figures at every epoch end it can (the default
+holds redraws to 2% of training time and none in the first 10 s), to show that drawing in the
+background leaves the training that goes on meanwhile alone. GPUWatch's own costs are then broken
+down: its per-batch hooks (timed inside the process), its fixed costs per `fit`, the CPU time of
+its sampler thread per second of training, and the figures drawn by its drawing process.
+
+A last section measures the fixed cost per `fit`: many short fits (10 steps of a small MLP), with
+no callback, a no-op callback, `GPUWatch(plot=False)` and `GPUWatch()`, interleaved; for each the
+median wall time of `fit`, its extra over no callback, and `on_train_begin` + `on_train_end`
+timed inside the process (target: at most 25 ms with the default options).
 
 The GPUWatch rows read a simulated GPU (`gpu_watch.testing.FakeNVML`, one busy GPU with this
 process on it), so that the sampler thread does the work it does on a GPU machine.
 
 Usage:
-    python benchmarks/overhead.py                       # about 3 minutes on 2 cores
-    python benchmarks/overhead.py --repeats 9 --epochs 5 --models cnn
+    python benchmarks/overhead.py                       # about 8 minutes on 2 cores
+    python benchmarks/overhead.py --repeats 9 --epochs 5 --models cnn --fixed-repeats 15
 
 The TensorBoard row needs the `tensorboard` package (``pip install -e ".[bench]"`` or
 ``pip install tensorboard``); without it the row is skipped.
@@ -47,9 +54,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gpu_watch  # noqa: E402
-from gpu_watch import GPUWatch, GPUWatchWarning  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning, callback, drawing, monitor  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
-from gpu_watch.monitor import Monitor  # noqa: E402
+from gpu_watch.nvml import NVML  # noqa: E402
 from gpu_watch.sampler import Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 
@@ -145,6 +152,17 @@ def simulated_gpu() -> FakeNVML:
     return FakeNVML([gpu])
 
 
+@contextlib.contextmanager
+def redraw_every_epoch() -> Iterator[None]:
+    """Lift GPUWatch's redraw budget: a redraw at every epoch end whose last drawing is done."""
+    saved = monitor.FIRST_RENDER_S, monitor.RENDER_SHARE
+    monitor.FIRST_RENDER_S, monitor.RENDER_SHARE = 0.0, 1.0
+    try:
+        yield
+    finally:
+        monitor.FIRST_RENDER_S, monitor.RENDER_SHARE = saved
+
+
 @dataclass
 class Config:
     """One row of the table: a name and a factory for the callbacks of one `fit`."""
@@ -153,6 +171,7 @@ class Config:
     make: Callable[[Path], list]
     note: str = ""  # set on the GPUWatch rows: they read a simulated GPU
     plots: bool = False  # GPUWatch draws its plots
+    around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def configurations(has_tensorboard: bool) -> list[Config]:
@@ -161,6 +180,9 @@ def configurations(has_tensorboard: bool) -> list[Config]:
         Config("no-op per-batch callback", lambda d: [NoOpBatchCallback()]),
         Config("GPUWatch()", lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), verbose=0)],
                "simulated GPU", plots=True),
+        Config("GPUWatch(), redrawn every epoch",
+               lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), verbose=0)],
+               "simulated GPU", plots=True, around=redraw_every_epoch),
         Config("GPUWatch(plot=False)",
                lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), plot=False, verbose=0)],
                "simulated GPU"),
@@ -178,13 +200,12 @@ def configurations(has_tensorboard: bool) -> list[Config]:
 
 @dataclass
 class ThreadCosts:
-    """CPU seconds spent by GPUWatch's background threads, collected across fits."""
+    """CPU seconds spent by GPUWatch's sampler thread, and the drawings it asked for, collected
+    across fits."""
 
     sampler_cpu_s: float = 0.0
     sampler_ticks: int = 0
-    render_cpu_s: list[float] = field(default_factory=list)
-    render_wall_s: list[float] = field(default_factory=list)
-    render_threads: list[str] = field(default_factory=list)
+    drawings: list[drawing.Drawing] = field(default_factory=list)
     watched_s: float = 0.0  # wall time of every fit with GPUWatch, reruns included
     plotted_fits: int = 0  # fits with GPUWatch(plot=True), reruns included
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -192,10 +213,11 @@ class ThreadCosts:
 
 @contextlib.contextmanager
 def measure_threads(costs: ThreadCosts) -> Iterator[None]:
-    """Wrap the sampler's thread body and the plot renderer to read `time.thread_time()` on
-    their own threads. The wrappers run once per thread and once per render, never per batch or
-    per tick, so they do not change what is measured."""
-    run, render = Sampler._run, Monitor._render_now
+    """Wrap the sampler's thread body to read `time.thread_time()` on its thread, and keep every
+    drawing asked of the drawing process (each reports the CPU time it took there). The wrappers
+    run once per thread and once per drawing, never per batch or per tick, so they do not change
+    what is measured."""
+    run, request = Sampler._run, drawing.Painter.request
 
     def timed_run(self: Sampler) -> None:
         try:
@@ -205,19 +227,17 @@ def measure_threads(costs: ThreadCosts) -> Iterator[None]:
                 costs.sampler_cpu_s += time.thread_time()
                 costs.sampler_ticks += self.ticks
 
-    def timed_render(self: Monitor) -> None:
-        cpu, wall = time.thread_time(), time.perf_counter()
-        render(self)
+    def kept_request(self: drawing.Painter, run_dir: Any) -> drawing.Drawing:
+        asked = request(self, run_dir)
         with costs.lock:
-            costs.render_cpu_s.append(time.thread_time() - cpu)
-            costs.render_wall_s.append(time.perf_counter() - wall)
-            costs.render_threads.append(threading.current_thread().name)
+            costs.drawings.append(asked)
+        return asked
 
-    Sampler._run, Monitor._render_now = timed_run, timed_render
+    Sampler._run, drawing.Painter.request = timed_run, kept_request
     try:
         yield
     finally:
-        Sampler._run, Monitor._render_now = run, render
+        Sampler._run, drawing.Painter.request = run, request
 
 
 # -- GPUWatch's hooks, timed during one extra fit ---------------------------------------------
@@ -308,10 +328,11 @@ def run_once(work: Workload, config: Config, epochs: int, root: Path,
     folder = Path(tempfile.mkdtemp(dir=root))
     clock = EpochClock()
     callbacks = [*config.make(folder), clock]
-    busy, own = machine_busy_s(), own_cpu_s()
-    start = time.perf_counter()
-    work.fit(epochs, callbacks)
-    fit_s = time.perf_counter() - start
+    with config.around():
+        busy, own = machine_busy_s(), own_cpu_s()
+        start = time.perf_counter()
+        work.fit(epochs, callbacks)
+        fit_s = time.perf_counter() - start
     if costs is not None and config.note:
         costs.watched_s += fit_s
         costs.plotted_fits += config.plots
@@ -416,8 +437,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cores other processes may use during a fit before it is rerun "
                              "(default: 0.1)")
     parser.add_argument("--models", default="mlp,cnn",
-                        help="comma-separated, from: mlp, cnn (default: mlp,cnn)")
+                        help="comma-separated, from: mlp, cnn; empty for the fixed cost per fit "
+                             "alone (default: mlp,cnn)")
+    parser.add_argument("--fixed-repeats", type=int, default=15,
+                        help="rounds of short fits for the fixed cost per fit; 0 skips it "
+                             "(default: 15)")
     args = parser.parse_args(argv)
+    if args.fixed_repeats < 0:
+        parser.error(f"--fixed-repeats must be at least 0, got {args.fixed_repeats}")
     if args.tries < 1:
         parser.error(f"--tries must be at least 1, got {args.tries}")
     if args.repeats < 1:
@@ -427,8 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"column), got {args.epochs}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in WORKLOADS]
-    if unknown or not args.models:
-        parser.error(f"--models takes {', '.join(WORKLOADS)}, got {','.join(unknown) or '?'}")
+    if unknown or not (args.models or args.fixed_repeats):
+        parser.error(f"--models takes {', '.join(WORKLOADS)} (or nothing, with --fixed-repeats), "
+                     f"got {','.join(unknown) or '?'}")
     return args
 
 
@@ -478,7 +506,7 @@ def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
           f"way: {statistics.median(floor):.1f} µs")
     print(f"GPUWatch once per fit: on_train_begin {hook.begin_ms:.0f} ms, first batch "
           f"(placement check) {hook.first_batch_ms:.1f} ms, on_train_end {hook.end_ms:.0f} ms "
-          f"(with plot=True it draws the final plots); once per epoch: on_epoch_end "
+          f"(it asks the drawing process for the figures); once per epoch: on_epoch_end "
           f"{hook.epoch_end_ms:.1f} ms")
     watched_s = costs.watched_s
     sampler_ms_per_s = 1e3 * costs.sampler_cpu_s / watched_s
@@ -486,22 +514,124 @@ def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
           f"training ({costs.sampler_ticks / watched_s:.1f} ticks/s, "
           f"{1e6 * costs.sampler_cpu_s / max(costs.sampler_ticks, 1):.0f} µs CPU per tick, "
           f"flushes to disk included)")
-    background = [c for c, name in zip(costs.render_cpu_s, costs.render_threads, strict=True)
-                  if name != threading.main_thread().name]
-    final = [w for w, name in zip(costs.render_wall_s, costs.render_threads, strict=True)
-             if name == threading.main_thread().name]
-    if background or final:
-        fits = max(costs.plotted_fits, 1)
-        print(f"plots (GPUWatch() rows): {len(background) / fits:.1f} background redraws per "
-              f"fit at epoch ends, median {1e3 * statistics.median(background or [0]):.0f} ms "
-              f"CPU each, holding the GIL most of it; {len(final) / fits:.1f} final draws per "
-              f"fit on the training thread, median {1e3 * statistics.median(final or [0]):.0f} "
-              f"ms")
+    if costs.drawings:
+        painter = drawing.painter()
+        painter.wait(costs.drawings, 300.0)
+        cpu_ms = [1e3 * d.cpu_s for d in costs.drawings if d.cpu_s is not None]
+        print(f"figures (both GPUWatch() rows): "
+              f"{len(costs.drawings) / max(costs.plotted_fits, 1):.1f} "
+              f"drawings per fit (the final one and epoch-end redraws), median "
+              f"{statistics.median(cpu_ms or [0]):.0f} ms CPU each, all in the drawing process "
+              f"(lowest CPU priority), none on the training thread; "
+              f"{sum(d.error is not None for d in costs.drawings)} failed")
     step_s = statistics.median(timings[configs[0].name].periods_s) / work.steps_per_epoch
     parts_us = hook_us + sampler_ms_per_s * step_s * 1e3
     print(f"GPUWatch(plot=False) per step from its parts: {hook_us:.1f} µs hooks + "
           f"{sampler_ms_per_s * step_s * 1e3:.1f} µs sampler CPU = {parts_us:.1f} µs of a "
           f"{step_s * 1e3:.2f} ms step: {100 * parts_us / (step_s * 1e6):.2f}%")
+
+
+# -- the fixed cost per fit ----------------------------------------------------------------------
+
+FIXED_STEPS = 10
+FIXED_TARGET_MS = 25.0
+
+
+def short_fit_workload() -> Workload:
+    """A small MLP and 10 batches of 32: a fit short enough that fixed costs show."""
+    rng = np.random.default_rng(1)
+    x = rng.random((FIXED_STEPS * 32, 64), dtype=np.float32)
+    y = rng.random((FIXED_STEPS * 32, 1), dtype=np.float32)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return Workload("short MLP", model, x, y, batch_size=32)
+
+
+@dataclass
+class ShortFits:
+    """Timings of one configuration's short fits."""
+
+    fit_s: list[float] = field(default_factory=list)
+    begin_end_s: list[float] = field(default_factory=list)
+    figures_s: list[float] = field(default_factory=list)  # fit's return -> figures drawn
+
+
+def fixed_cost(repeats: int, root: Path) -> None:
+    """Time many 10-step fits under each configuration, interleaved, and print the table."""
+    work = short_fit_workload()
+    # One NVML session for every fit, as GPUWatch() shares the real NVML within a process.
+    session = NVML(simulated_gpu())
+    makers: dict[str, Callable[[Path], list]] = {
+        "no callback": lambda d: [],
+        "no-op per-batch callback": lambda d: [NoOpBatchCallback()],
+        "GPUWatch(plot=False)": lambda d: [GPUWatch(log_dir=d, nvml=session, plot=False,
+                                                    verbose=0)],
+        "GPUWatch()": lambda d: [GPUWatch(log_dir=d, nvml=session, verbose=0)],
+    }
+    names = list(makers)
+    print(f"\nFixed cost per fit: {work.name}, {work.model.count_params():,} parameters, "
+          f"{FIXED_STEPS} steps of {work.batch_size}, 1 epoch per fit; {repeats} rounds, "
+          f"rotated order")
+    first_begin_ms = None
+    callback._process_facts.clear()  # as in a fresh process: the first fit gathers them
+    for name in names:  # untimed: tracing, and everything GPUWatch does once per process
+        callbacks = makers[name](root)
+        durations = [time_hooks(c) for c in callbacks]
+        work.fit(1, callbacks)
+        for one, timed in zip(callbacks, durations, strict=True):
+            if isinstance(one, GPUWatch):
+                if first_begin_ms is None:
+                    first_begin_ms = 1e3 * timed["on_train_begin"][0]
+                one.wait_for_report(120.0)
+    results = {name: ShortFits() for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            callbacks = makers[name](root)
+            durations = [time_hooks(c) for c in callbacks if isinstance(c, GPUWatch)]
+            start = time.perf_counter()
+            work.fit(1, callbacks)
+            end = time.perf_counter()
+            results[name].fit_s.append(end - start)
+            for timed in durations:
+                results[name].begin_end_s.append(timed["on_train_begin"][0]
+                                                 + timed["on_train_end"][0])
+            watch = next((c for c in callbacks if isinstance(c, GPUWatch)), None)
+            if watch is not None and watch.config.plot:
+                watch.wait_for_report(120.0)  # outside the timed fit: the next fit runs quiet
+                results[name].figures_s.append(time.perf_counter() - end)
+    base = results["no callback"].fit_s
+    rows = [("callbacks", "fit ms", "extra ms (IQR)", "begin+end ms", "figures after fit s")]
+    for name in names:
+        r = results[name]
+        extra = [1e3 * (a - b) for a, b in zip(r.fit_s, base, strict=True)]
+        rows.append((
+            name,
+            f"{1e3 * statistics.median(r.fit_s):.1f}",
+            f"{statistics.median(extra):+.1f} ({percentile(extra, 25):+.1f} to "
+            f"{percentile(extra, 75):+.1f})",
+            f"{1e3 * statistics.median(r.begin_end_s):.1f}" if r.begin_end_s else "",
+            f"{statistics.median(r.figures_s):.2f}" if r.figures_s else "",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("  ".join([row[0].ljust(widths[0])]
+                        + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]))
+        if n == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    for name in ("GPUWatch()", "GPUWatch(plot=False)"):
+        ms = 1e3 * statistics.median(results[name].begin_end_s)
+        verdict = "within" if ms <= FIXED_TARGET_MS else "OVER"
+        print(f"{name}: on_train_begin + on_train_end {ms:.1f} ms per fit, {verdict} the "
+              f"{FIXED_TARGET_MS:.0f} ms target")
+    print(f"extra ms: the fit's wall time minus no callback's in the same round (median and "
+          f"interquartile range; it includes the per-batch hooks and the first step's placement "
+          f"check); begin+end: the two hooks timed inside the process; figures after fit: from "
+          f"fit's return until the drawing process has written the figures and report.html "
+          f"(waited for outside the timed fits). The first GPUWatch fit of a process pays "
+          f"more: {first_begin_ms:.0f} ms in on_train_begin here, for the environment check and "
+          f"the framework's facts, gathered once per process.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-watch-bench-") as tmp:
         for key in args.models:
             benchmark(WORKLOADS[key](), configs, args, Path(tmp))
+        if args.fixed_repeats:
+            fixed_cost(args.fixed_repeats, Path(tmp))
     return 0
 
 

@@ -72,6 +72,11 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
     backend = keras.backend.backend()
     name = f"{backend}-{scenario}"
 
+    def scope():
+        """The forced scenario builds, compiles and fits inside a CPU device scope: an
+        optimizer compiled outside it would keep its step counter on the GPU."""
+        return keras.device("cpu") if scenario == "forced" else contextlib.nullcontext()
+
     class StopAfter(keras.callbacks.Callback):
         """Ends training `seconds` after the first batch (a begin hook: async dispatch stays)."""
 
@@ -91,8 +96,7 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
         fit = {"x": x, "y": y, "batch_size": batch, "epochs": 100_000, "shuffle": False,
                "callbacks": [watch, StopAfter()]}
     elif scenario in ANYWHERE:
-        scope = keras.device("cpu") if scenario == "forced" else contextlib.nullcontext()
-        with scope:
+        with scope():
             model = keras.Sequential([keras.Input((32,)),
                                       keras.layers.Dense(64, activation="relu"),
                                       keras.layers.Dense(1)])
@@ -115,14 +119,15 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
                          idle_patience_s=STARVED_PATIENCE_S, verbose=0)
         fit = {"x": slow_batches(), "steps_per_epoch": STARVED_STEPS,
                "epochs": STARVED_EPOCHS, "callbacks": [watch]}
-    model.compile(optimizer="adam", loss="mse")
+    with scope():
+        model.compile(optimizer="adam", loss="mse")
 
     start = time.perf_counter()
     error = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
         try:
-            with keras.device("cpu") if scenario == "forced" else contextlib.nullcontext():
+            with scope():
                 model.fit(verbose=0, **fit)
         except Exception as exc:  # e.g. GPUNotUsedError: reported, not a crash of the check
             error = f"{type(exc).__name__}: {exc}"

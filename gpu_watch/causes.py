@@ -96,6 +96,36 @@ CATALOGUE: dict[str, CauseSpec] = {
         "is not among them: device-level figures are shown instead.",
         "Nothing to fix: run with `--pid=host` (docker) if you need per-process figures.",
     ),
+    "backend_not_installed": CauseSpec(
+        INSTALL, ERROR,
+        "The framework of the Keras backend is not installed or cannot be imported.",
+        'pip install "tensorflow[and-cuda]"  # or: pip install -U "jax[cuda12]"; or: '
+        "pip install torch; or choose an installed backend with KERAS_BACKEND",
+    ),
+    "gpu_not_supported": CauseSpec(
+        INSTALL, ERROR,
+        "The framework build has no support for this GPU's compute capability.",
+        "Install a release of the framework that supports the GPU's compute capability (see "
+        "its install page), or train on a GPU the build supports.",
+    ),
+    "cuda_init_failed": CauseSpec(
+        DRIVER, ERROR,
+        "The framework's CUDA build could not start CUDA on the GPU that the driver sees.",
+        "Run `nvidia-smi`; then read the framework's own message in the evidence (a driver "
+        "update without a reboot, or CUDA_VISIBLE_DEVICES changed after start-up, cause this).",
+    ),
+    "allocator_misconfigured": CauseSpec(
+        RESOURCES, WARNING,
+        "A GPU memory allocator setting is invalid, ignored, or meant only for debugging.",
+        "unset TF_GPU_ALLOCATOR XLA_PYTHON_CLIENT_ALLOCATOR  # or set a value the framework "
+        "documents",
+    ),
+    "nvml_unavailable": CauseSpec(
+        OTHER, WARNING,
+        "NVML cannot be read, so GPU utilization and memory cannot be measured.",
+        "Check that `nvidia-smi` works for this user; in a container, start it with "
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility (or `--gpus all`).",
+    ),
 }
 
 CODES = tuple(CATALOGUE)

@@ -118,6 +118,10 @@ def test_a_gpu_the_build_has_no_kernels_for_is_not_usable():
     assert "sm_75" in found.message
     report = DoctorReport(facts, diagnose(facts))
     assert report.exit_code == 1 and not report.gpu_usable  # torch lists the GPU all the same
+    older = torch_facts("x.py:1: UserWarning: \nTesla K80 with CUDA capability sm_37 is not "
+                        "compatible with the current PyTorch installation.")  # torch < 2.8
+    assert "(compute capability 3.7)" in only(check_gpu_not_supported(older),
+                                              "gpu_not_supported").message
 
 
 # -- the rules from facts ----------------------------------------------------------------------
@@ -137,7 +141,7 @@ def test_cpu_build_is_named_and_reinstalled_from_the_index_for_the_driver():
 
 @pytest.mark.parametrize(("driver", "index"), [
     (None, "cu126"), ((13, 0), "cu130"), ((12, 9), "cu128"), ((12, 8), "cu128"),
-    ((12, 4), "cu126"), ((11, 8), "cu118"),
+    ((12, 7), "cu126"), ((12, 4), "cu126"), ((11, 8), "cu118"),
 ])
 def test_the_wheel_index_follows_the_drivers_cuda(driver, index):
     assert torch_cuda_index(driver) == index

@@ -5,9 +5,11 @@ CPU builds of JAX and torch, a CUDA build of TensorFlow)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -32,8 +34,6 @@ from doctor_facts import (
     torch_framework,
     without_driver,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import gpu_watch.doctor as doctor_module
 from gpu_watch.causes import CATALOGUE, ERROR, WARNING, Cause
@@ -343,52 +343,56 @@ def test_without_per_process_memory_the_device_memory_counts():
 # -- one truth per run -------------------------------------------------------------------------
 
 
-def frameworks_strategy():
-    tf = st.builds(tf_framework, gpus=st.integers(0, 2), built_with_cuda=st.booleans())
-    jax = st.builds(jax_framework, gpus=st.integers(0, 2),
-                    plugin_cuda=st.sampled_from([None, "12.8", "13.0"]))
-    torch = st.builds(torch_framework, gpus=st.integers(0, 2),
-                      cuda=st.sampled_from([None, "12.6", "13.0"]))
-    absent = st.sampled_from(["tensorflow", "jax", "torch"]).map(
-        lambda b: {"name": b, "installed": False, "gpus": [], "import_error": "No module named"})
-    return st.one_of(tf, jax, torch, absent)
+def sampled_machines(count: int, seed: int = 0):
+    """`count` machines drawn (with a fixed seed) from every combination of a framework record,
+    its output, the driver, CUDA_VISIBLE_DEVICES, a failed probe and risky settings."""
+    frameworks = [
+        *(tf_framework(gpus=g, built_with_cuda=c) for g in (0, 1, 2) for c in (True, False)),
+        *(jax_framework(gpus=g, plugin_cuda=p) for g in (0, 1) for p in (None, "12.8", "13.0")),
+        *(torch_framework(gpus=g, cuda=c) for g in (0, 1) for c in (None, "12.6", "13.0")),
+        *({"name": b, "installed": False, "gpus": [], "import_error": "No module named x"}
+          for b in ("tensorflow", "jax", "torch")),
+    ]
+    outputs = ["", NO_DRIVER_WITH_CUDART, read_data("assembled-tf-2.21-gpu-too-old.stderr"),
+               read_data("assembled-torch-driver-too-old.stderr"),
+               read_data("h200-jax-0.11.2-cuda-visible-devices-empty.stderr")]
+    settings = [{}, {"JAX_PLATFORMS": "cpu"}, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.2"},
+                {"XLA_PYTHON_CLIENT_ALLOCATOR": "x"}, {"TF_GPU_ALLOCATOR": "cuda_malloc"},
+                {"TF_FORCE_GPU_ALLOW_GROWTH": "1", "JAX_PLATFORMS": "cpu,cuda"}]
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield (copy.deepcopy(rng.choice(frameworks)), rng.choice(outputs),
+               rng.choice([None, "11.8", "12.4", "13.0"]), rng.choice([None, "", "0", "1"]),
+               rng.random() < 0.2, rng.choice(settings))
 
 
-@settings(max_examples=150, deadline=None)
-@given(framework=frameworks_strategy(), stderr=st.sampled_from(
-           ["", NO_DRIVER_WITH_CUDART, read_data("assembled-tf-2.21-gpu-too-old.stderr"),
-            read_data("assembled-torch-driver-too-old.stderr")]),
-       driver=st.sampled_from([None, "11.8", "12.4", "13.0"]),
-       cuda_visible=st.sampled_from([None, "", "0", "1"]),
-       probe_error=st.booleans(), env=st.dictionaries(
-           st.sampled_from(["JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION",
-                            "TF_GPU_ALLOCATOR", "XLA_PYTHON_CLIENT_ALLOCATOR"]),
-           st.sampled_from(["cpu", "0.2", "cuda_malloc", "platform", "x"]), max_size=2))
-def test_first_line_findings_json_and_exit_code_always_agree(framework, stderr, driver,
-                                                             cuda_visible, probe_error, env):
-    backend = framework["name"]
-    facts = set_framework(healthy(backend), backend, framework, stderr)
-    if driver is None:
-        without_driver(facts)
-    else:
-        facts["nvml"]["cuda_driver_version"] = driver
-    facts["env"].update(env, CUDA_VISIBLE_DEVICES=cuda_visible)
-    if probe_error:
-        facts["frameworks"][backend]["probe"]["error"] = "the probe was killed by SIGKILL"
-    report = DoctorReport(facts, diagnose(facts))
-    data = json.loads(json.dumps(report.to_dict()))
-    text = report.render_text()
-    first = text.splitlines()[0]
-    assert data["gpu_usable"] is report.gpu_usable is data["backends"][backend]["gpu_usable"]
-    assert data["exit_code"] == report.exit_code
-    assert first.endswith(f"(exit {report.exit_code})")
-    assert ("can use the GPU" in first) is report.gpu_usable is (report.exit_code == 0)
-    assert ("nothing is wrong" in text) is (report.gpu_usable and not report.findings)
-    if report.exit_code == 1:  # "no usable GPU" never stands without an error that says why
-        assert any(f.severity == ERROR and f.evidence.get("backend") in (None, backend)
-                   for f in report.findings)
-    if report.exit_code == 2:
-        assert first.startswith("gpu-watch doctor could not read")
+def test_first_line_findings_json_and_exit_code_always_agree():
+    for framework, stderr, driver, cuda_visible, probe_error, env in sampled_machines(300):
+        backend = framework["name"]
+        facts = set_framework(healthy(backend), backend, framework, stderr)
+        if driver is None:
+            without_driver(facts)
+        else:
+            facts["nvml"]["cuda_driver_version"] = driver
+        facts["env"].update(env, CUDA_VISIBLE_DEVICES=cuda_visible)
+        if probe_error:
+            facts["frameworks"][backend]["probe"]["error"] = "the probe was killed by SIGKILL"
+        report = DoctorReport(facts, diagnose(facts))
+        data = json.loads(json.dumps(report.to_dict()))
+        text = report.render_text()
+        first = text.splitlines()[0]
+        case = (framework, driver, cuda_visible, probe_error, env)
+        assert data["gpu_usable"] is report.gpu_usable, case
+        assert data["backends"][backend]["gpu_usable"] is report.gpu_usable, case
+        assert data["exit_code"] == report.exit_code and first.endswith(
+            f"(exit {report.exit_code})"), case
+        assert ("can use the GPU" in first) is report.gpu_usable is (report.exit_code == 0), case
+        assert ("nothing is wrong" in text) is (report.gpu_usable and not report.findings), case
+        if report.exit_code == 1:  # "no usable GPU" never stands without an error saying why
+            assert any(f.severity == ERROR and f.evidence.get("backend") in (None, backend)
+                       for f in report.findings), case
+        if report.exit_code == 2:
+            assert first.startswith("gpu-watch doctor could not read"), case
 
 
 def test_findings_are_ordered_errors_first_and_render_with_evidence_and_remedy():

@@ -700,3 +700,12 @@ def test_cli_rejects_a_timeout_that_is_not_positive(capsys):
         main(["doctor", "--timeout", "0"])
     assert exited.value.code == 2
     assert "'0' is not a positive number of seconds" in capsys.readouterr().err
+
+
+def test_cli_offers_the_backends_the_doctor_knows():
+    from gpu_watch.cli import build_parser
+    from gpu_watch.doctor import CHOICES
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    backend = next(a for a in commands.choices["doctor"]._actions if a.dest == "backend")
+    assert tuple(backend.choices) == CHOICES

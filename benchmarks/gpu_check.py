@@ -18,6 +18,10 @@ fixed when a process starts):
   `cpu_fallback` with cause `forced_cpu_placement`, whose remedy names `keras.device` and no
   TensorFlow API; the CPU device scope recorded. Without a GPU: `cpu_fallback`
   (`no_nvidia_driver`) with the scope recorded, so this one runs anywhere too.
+- doctor: ``gpu-watch doctor --json --backend B`` for each backend checked and for TensorFlow.
+  Expected: exit 0 naming the GPU; exit 1 with `backend_not_installed` for a backend that is
+  not installed (TensorFlow, on the GPU machines at hand); exit 1 with `no_nvidia_driver`
+  without a GPU.
 
 Run it on an otherwise idle machine: utilization is the whole GPU's, whoever uses it. TensorFlow
 is not needed (and is never imported on these backends); keras, nvidia-ml-py, pandas and numpy
@@ -56,6 +60,7 @@ CHILD_TIMEOUT_S = 150
 STARVED_PATIENCE_S = 4.0
 STARVED_DELAY_S = 0.25  # per batch from the slow generator
 STARVED_EPOCHS, STARVED_STEPS = 20, 20  # 100 s of batches if nothing stopped it
+DOCTOR_TIMEOUT_S = 120
 
 
 # -- the child: one scenario on one backend ----------------------------------------------------
@@ -323,6 +328,66 @@ def check(out_dir: Path, backends: list[str], seconds: float) -> list[Row]:
     return rows
 
 
+# -- the doctor, per backend -------------------------------------------------------------------
+
+
+def run_doctor(backend: str) -> tuple[int | None, dict[str, Any] | None, str]:
+    """`gpu-watch doctor --json --backend <backend>` from this checkout: (exit code, report,
+    output); (None, None, why) when it did not finish."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "gpu_watch", "doctor", "--json", "--backend", backend]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=DOCTOR_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, None, f"timed out after {DOCTOR_TIMEOUT_S} s"
+    try:
+        return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
+    except json.JSONDecodeError:
+        return done.returncode, None, done.stdout + done.stderr
+
+
+def judge_doctor(backend: str, gpus: list[str], code: int | None,
+                 report: dict[str, Any] | None) -> tuple[str, str, bool]:
+    """(expected, seen, passed) for the doctor's answer about `backend` on this machine."""
+    installed = importlib.util.find_spec(backend) is not None
+    if not installed:
+        expected = "exit 1; backend_not_installed"
+    elif gpus:
+        expected = f"exit 0; names {gpus[0]}"
+    else:
+        expected = "exit 1; no_nvidia_driver"
+    if report is None or "backends" not in report:
+        return expected, f"exit {code}; no report", False
+    status = report["backends"][backend]
+    codes = [f["code"] for f in report["findings"] if f["severity"] == "error"]
+    seen = (f"exit {code}; {status['state']}; GPUs {', '.join(status['gpus']) or 'none'}; "
+            f"errors {', '.join(codes) or 'none'}; {report['facts']['doctor']['probe_s']} s")
+    agree = report["exit_code"] == code and report["gpu_usable"] == (code == 0)
+    if not installed:
+        passed = code == 1 and "backend_not_installed" in codes
+    elif gpus:
+        passed = code == 0 and any(gpus[0] in name for name in status["gpus"])
+    else:
+        passed = code == 1 and "no_nvidia_driver" in codes
+    return expected, seen, passed and agree
+
+
+def check_doctor(out_dir: Path, backends: list[str]) -> list[Row]:
+    """Run the doctor for each backend checked, and for TensorFlow (absent on the GPU machines
+    at hand: the doctor must say so, exit 1)."""
+    gpus, _ = gpus_on_this_machine()
+    rows = []
+    for backend in dict.fromkeys([*backends, "tensorflow"]):
+        code, report, log = run_doctor(backend)
+        (out_dir / f"{backend}-doctor.log").write_text(log)
+        expected, seen, passed = judge_doctor(backend, gpus, code, report)
+        rows.append(Row(backend, "doctor", expected, seen, "pass" if passed else "FAIL"))
+        print(f"  {backend} doctor: {rows[-1].result}", flush=True)
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     headings = ("backend", "scenario", "expected", "seen", "result")
     cells = [[r.backend, r.scenario, r.expected, r.seen or "-", r.result] for r in rows]
@@ -355,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     rows = check(out_dir, backends, args.seconds)
+    rows += check_doctor(out_dir, backends)
     elapsed_s = time.perf_counter() - start
     print()
     print(table(rows))

@@ -96,6 +96,20 @@ CATALOGUE: dict[str, CauseSpec] = {
         "is not among them: device-level figures are shown instead.",
         "Nothing to fix: run with `--pid=host` (docker) if you need per-process figures.",
     ),
+    "low_sm_activity": CauseSpec(
+        OTHER, WARNING,
+        "The GPU looked busy by its utilization, but most of its SMs sat idle: each step "
+        "launches kernels too small to fill the GPU (a launch-bound or too-small workload).",
+        "Give each step more work: a larger batch_size; model.compile(..., "
+        "steps_per_execution=32); a compiled step (jit_compile=True); preprocessing moved out "
+        "of the step (tf.data map or a DataLoader).",
+    ),
+    "tensor_cores_unused": CauseSpec(
+        OTHER, INFO,
+        "The GPU's tensor cores sat idle while float32 math ran on its other cores.",
+        'keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before building the '
+        "model: matrix products then run on the tensor cores",
+    ),
 }
 
 CODES = tuple(CATALOGUE)

@@ -126,7 +126,7 @@ def run(tmp_path_factory):
     gpu = FakeGPU(util_pct=90, power_w=400.0, processes=[FakeProcess(used_mib=1000)])
     nvml = NVML(FakeNVML([gpu]))
     monitor = Monitor(Config(log_dir=str(tmp_path_factory.mktemp("energy")), run_name="e",
-                             interval_s=0.05, plot=True), nvml, "torch", (0, 1),
+                             interval_s=0.05, plot=False), nvml, "torch", (0, 1),
                       {"gpus": ["cuda:0"]}, None)
     monitor.first_step({"compute_on_gpu": True})
     for epoch in range(2):

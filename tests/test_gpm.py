@@ -5,21 +5,24 @@ rule on GPUs without GPM."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from pathlib import Path
 
+import pandas as pd
 import pynvml
 import pytest
 from matplotlib.text import Text
 
 from gpu_watch import report, runlog
 from gpu_watch.monitor import Config, Monitor
-from gpu_watch.nvml import GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
+from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.report.view import epoch_table
 from gpu_watch.sampler import Sampler
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess, architecture_of
-from gpu_watch.timeline import Timeline
+from gpu_watch.timeline import SpanStats, Timeline
 from gpu_watch.verdict import (
     FP32_ACTIVE_PCT,
     OK,
@@ -43,9 +46,13 @@ def hopper(**kw) -> FakeGPU:
     return FakeGPU(**values)
 
 
-def session(*gpus: FakeGPU, clock=None) -> tuple[FakeNVML, NVML]:
+def session(*gpus: FakeGPU, clock=None, gpm_interval_s: float = 0.2) -> tuple[FakeNVML, NVML]:
+    """A simulated session that takes a GPM sample every `gpm_interval_s` (0.2 s: every tick
+    of the tests below; the cadence itself is tested on its own)."""
     fake = FakeNVML(list(gpus), clock=clock) if clock else FakeNVML(list(gpus))
-    return fake, NVML(fake)
+    nvml = NVML(fake)
+    nvml.gpm_interval_s = gpm_interval_s
+    return fake, nvml
 
 
 def gpm_of(reading: Reading) -> dict[str, float | None]:
@@ -65,8 +72,22 @@ def test_hopper_reports_every_metric_once_two_samples_exist(clock):
     assert nvml.faults == [] and nvml.switched_off == []
 
 
+def test_a_gpm_sample_a_second_by_default(clock):
+    fake = FakeNVML([hopper()], clock=clock)
+    nvml = NVML(fake)
+    assert nvml.gpm_interval_s == GPM_INTERVAL_S == 1.0
+    (device,) = nvml.devices()
+    seen = {}
+    for t in (0.0, 0.2, 0.4, 0.6, 0.8, 0.99, 1.2, 1.4):
+        seen[t] = nvml.read(device, t).sm_active_pct
+    # A tick a little early (0.99 s) still samples: jitter must not push every sample a tick late.
+    assert [t for t, sm in seen.items() if sm is not None] == [0.99]
+    assert fake.calls[("nvmlGpmSampleGet", "MainThread")] == 2
+    assert fake.calls[("nvmlGpmMetricsGet", "MainThread")] == 1
+
+
 def test_samples_closer_than_nvml_allows_keep_the_previous_one(clock):
-    fake, nvml = session(hopper(), clock=clock)
+    fake, nvml = session(hopper(), clock=clock, gpm_interval_s=0.01)
     (device,) = nvml.devices()
     nvml.read(device, 0.0)
     too_soon = nvml.read(device, GPM_MIN_GAP_S / 2)
@@ -75,6 +96,14 @@ def test_samples_closer_than_nvml_allows_keep_the_previous_one(clock):
     assert later.sm_active_pct == SCRIPT["sm_active_pct"]
     assert fake.calls[("nvmlGpmSampleGet", "MainThread")] == 2
     assert fake.calls[("nvmlGpmMetricsGet", "MainThread")] == 1
+
+
+def test_a_new_time_axis_starts_gpm_afresh(clock):
+    fake, nvml = session(hopper(), clock=clock)
+    (device,) = nvml.devices()
+    nvml.read(device, 50.0)
+    assert nvml.read(device, 0.0).sm_active_pct is None  # a new run's clock: no stale pair
+    assert nvml.read(device, 0.3).sm_active_pct == SCRIPT["sm_active_pct"]
 
 
 def test_sm_activity_follows_utilization_unless_scripted(clock):
@@ -286,8 +315,8 @@ def test_low_sm_activity_names_the_gpu_and_the_gap():
     j = judge(ON_GPU, [busy(util_mean=96.0, sm_active_mean=7.5)], wait_fraction=0.0)
     (found,) = [c for c in j.causes if c.code == "low_sm_activity"]
     assert found.severity == "warning"
-    assert "utilization (96%)" in found.message and "8% of the time" in found.message
-    assert "88 points apart" in found.message and "about 8% of the SMs" in found.message
+    assert "utilization was 96%" in found.message and "8% of the time" in found.message
+    assert "88 points apart" in found.message and "about 8% of its SMs" in found.message
     assert found.evidence == {"gpu": 0, "util_mean": 96.0, "sm_active_mean": 7.5,
                               "gap_pct": 88.5}
     assert "steps_per_execution" in found.remedy and "batch_size" in found.remedy
@@ -326,7 +355,8 @@ def test_tensor_cores_unused_is_a_hint_for_float32_training(tensor, fp32, fp16, 
 def monitored_run(log_dir, gpu: FakeGPU, name: str):
     """Two short epochs on a GPU the placement check put training on, read every 0.12 s."""
     nvml = NVML(FakeNVML([gpu]))
-    monitor = Monitor(Config(log_dir=str(log_dir), run_name=name, interval_s=0.12, plot=True),
+    nvml.gpm_interval_s = 0.12  # every tick: a short run still has GPM readings in each epoch
+    monitor = Monitor(Config(log_dir=str(log_dir), run_name=name, interval_s=0.12, plot=False),
                       nvml, "jax", (0, 1), {"gpus": ["cuda:0"]}, None)
     monitor.first_step({"compute_on_gpu": True})
     for epoch in range(2):
@@ -428,3 +458,30 @@ def test_runs_written_before_gpm_read_back_with_nan_columns(tmp_path):
     (run_dir / runlog.SAMPLES_CSV).write_text("time_s,gpu\n")
     with pytest.raises(runlog.RunFolderError, match="util_pct"):
         runlog.load_run(run_dir)  # only the new columns are optional
+
+
+# -- real readings from an H200 -----------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name, verdict, expected", [
+    ("jax-healthy", "ok", set()),
+    ("jax-small_kernels", "ok", {"low_sm_activity"}),
+    ("torch-healthy", "ok", {"tensor_cores_unused"}),  # float32 on torch: no TF32 by default
+    ("torch-small_kernels", "idle", set()),  # host-bound: the idle verdict says it first
+])
+def test_real_h200_readings_through_the_rules(name, verdict, expected):
+    """samples.csv of `benchmarks/gpu_check.py`'s runs on an H200 (see data/README.md),
+    replayed through the span statistics and the rules."""
+    frame = pd.read_csv(DATA / f"h200-{name}-samples.csv")
+    fields = {f.name for f in dataclasses.fields(Reading)}
+    span = SpanStats()
+    for row in frame.to_dict("records"):
+        span.add(Reading(**{k: None if pd.isna(v) else v for k, v in row.items() if k in fields}),
+                 10.0)
+    stats = span.stats(0)
+    assert stats.sm_active_mean is not None and stats.sm_active_mean <= stats.util_mean
+    j = judge(ON_GPU, [stats], wait_fraction=0.0)
+    assert j.verdict == verdict
+    assert {c.code for c in j.causes} == expected

@@ -16,6 +16,7 @@ import pytest
 from matplotlib.text import Text
 
 from gpu_watch import report, runlog
+from gpu_watch.causes import RunFacts
 from gpu_watch.monitor import Config, Monitor
 from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
 from gpu_watch.report import figures
@@ -320,6 +321,10 @@ def test_low_sm_activity_names_the_gpu_and_the_gap():
     assert found.evidence == {"gpu": 0, "util_mean": 96.0, "sm_active_mean": 7.5,
                               "gap_pct": 88.5}
     assert "steps_per_execution" in found.remedy and "batch_size" in found.remedy
+    on_torch = dataclasses.replace(ON_GPU, facts=RunFacts(backend="torch"))
+    (torch_cause,) = judge(on_torch, [busy(util_mean=96.0, sm_active_mean=7.5)], 0.0).causes
+    assert "jit_compile=True" in torch_cause.remedy  # torch has no steps_per_execution
+    assert "steps_per_execution=32)" not in torch_cause.remedy
 
 
 def test_gpm_rules_leave_idle_and_cpu_runs_alone():

@@ -20,7 +20,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from gpu_watch.report.view import (
     NO_VERDICT_COLOUR,
@@ -53,6 +53,10 @@ _IDLE_SHADE = "#ffb74d"
 _DOT_COLOUR = "#263238"
 _SM_COLOUR = "#c2185b"
 _ENERGY_COLOUR = "#546e7a"
+# The epochs figure's x axis spans at least this many epochs, so one bar (0.8 wide) takes a
+# sixth of it, not all of it; up to this many epochs each gets a tick of its own.
+_MIN_EPOCH_SPAN = 5.0
+_MAX_EPOCH_TICKS = 20
 _RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 
 
@@ -502,7 +506,7 @@ def plot_epochs(run: Run) -> Figure:
     if panels == 4:
         _draw_energy(axes[3], epoch, energy, floats(frame, "gpu_power_mean_w"), colours)
     axes[-1].set_xlabel("epoch")
-    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(axes[-1], epoch)
     for ax in axes:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25, axis="y")
@@ -524,6 +528,22 @@ def _draw_energy(ax: Any, epoch: np.ndarray, energy_j: np.ndarray, power_w: np.n
         power_ax.set_ylim(0, np.nanmax(power_w) * 1.15)
         power_ax.set_ylabel("mean power W", fontsize=9)
         power_ax.tick_params(labelsize=8)
+
+
+def _epoch_axis(ax: Any, epoch: np.ndarray) -> None:
+    """Whole epoch numbers only, over a range that keeps one or a few bars narrow: left to
+    itself, matplotlib spans a single epoch over -0.4 to 0.4 with fractional ticks."""
+    known = np.unique(epoch[~np.isnan(epoch)])
+    if not known.size:
+        return
+    centre = (known[0] + known[-1]) / 2
+    half = max((known[-1] - known[0]) / 2 + 0.6, _MIN_EPOCH_SPAN / 2)
+    ax.set_xlim(centre - half, centre + half)
+    if known.size <= _MAX_EPOCH_TICKS:
+        ax.set_xticks(known)  # no tick for an epoch that did not run (e.g. -1, or 2.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
 
 
 def _bars(ax: Any, epoch: np.ndarray, values: np.ndarray, colours: list[str],

@@ -313,6 +313,33 @@ CATALOGUE: dict[str, CauseSpec] = {
         "Check that `nvidia-smi` works for this user; in a container, start it with "
         "NVIDIA_DRIVER_CAPABILITIES=compute,utility (or `--gpus all`).",
     ),
+    "low_sm_activity": CauseSpec(
+        OTHER, WARNING,
+        "The GPU looked busy by its utilization, but most of its SMs sat idle: each step "
+        "launches kernels too small to fill the GPU (a launch-bound or too-small workload).",
+        "Give each step more work: a larger batch_size; model.compile(..., "
+        "steps_per_execution=32) on TensorFlow and JAX, jit_compile=True on PyTorch; "
+        "preprocessing moved out of the step into the input pipeline.",
+        {
+            "tensorflow": "Give each step more work: a larger batch_size; model.compile(..., "
+                          "steps_per_execution=32) runs several steps per call; preprocessing "
+                          "moved out of the model into the tf.data pipeline (map with "
+                          "num_parallel_calls=tf.data.AUTOTUNE).",
+            "jax": "Give each step more work: a larger batch_size; model.compile(..., "
+                   "steps_per_execution=32) runs several steps per call; preprocessing moved "
+                   "out of the model into the input pipeline.",
+            "torch": "Give each step more work: a larger batch_size; model.compile(..., "
+                     "jit_compile=True) fuses small kernels with torch.compile (the PyTorch "
+                     "backend has no steps_per_execution); preprocessing moved out of the model "
+                     "into a DataLoader's workers.",
+        },
+    ),
+    "tensor_cores_unused": CauseSpec(
+        OTHER, INFO,
+        "The GPU's tensor cores sat idle while float32 math ran on its other cores.",
+        'keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before building the '
+        "model: matrix products then run on the tensor cores",
+    ),
 }
 
 CODES = tuple(CATALOGUE)

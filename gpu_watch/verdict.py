@@ -25,6 +25,21 @@ INPUT_BOUND_WAIT_FRACTION = 0.3
 # Another process keeping a GPU this busy, while ours is not on it, is "busy, but not with us".
 BUSY_UTIL_PCT = 20.0
 _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
+# Where GPM gives SM activity (the share of SMs busy, averaged over time), a GPU judged `ok`
+# (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
+# SM activity under 0.5 as likely ineffective use (0.8 is necessary, not sufficient, for good
+# use). Utilization counts any kernel running as 100 %, so SM activity is at or under it: at or
+# under half of it, fewer than half of the SMs worked while kernels ran on average. Measured on
+# an H200 (benchmarks/gpu_check.py, steady epochs): large Dense layers ran at 72 % utilization
+# and 62 % SM activity on JAX (ratio 0.86), 39 % and 38 % on torch (0.96); a deep, narrow MLP
+# on batches of 32 ran at 13 % and 2.6 % on JAX (0.20), an LSTM(64) at 7.3 % and 1.3 % on torch.
+SM_ACTIVE_LOW_PCT = 50.0  # SM activity under this: DCGM's "likely ineffective"
+SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs mostly idle
+# Tensor-core activity under this, while non-tensor FP32 math is at least FP32_ACTIVE_PCT and
+# above FP16's, is float32 training that leaves the tensor cores unused (every GPU that has GPM
+# has tensor cores).
+TENSOR_IDLE_PCT = 1.0
+FP32_ACTIVE_PCT = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,14 @@ class GPUStats:
         proc_seen: This process appeared in NVML's compute process list.
         others_seen: Other processes appeared in it.
         lost: NVML reported the GPU lost.
+        sm_active_mean: Mean share of SMs busy (GPM), percent; None where GPM is unsupported.
+        sm_occupancy_mean, tensor_active_mean, dram_bw_mean, fp32_active_mean,
+            fp16_active_mean: Means of the other GPM percentages (see `gpu_watch.nvml`).
+        energy_j: Energy the whole GPU used over the span, joules (NVML has no per-process
+            energy); None when neither the counter nor power readings allow it.
+        energy_method: "counter" (NVML's energy counter) or "power" (power readings integrated
+            over time, where the counter is unsupported or was reset).
+        power_mean_w: Mean power over the span, watts (`energy_j` over the time it covers).
     """
 
     gpu: int
@@ -54,6 +77,15 @@ class GPUStats:
     proc_seen: bool = False
     others_seen: bool = False
     lost: bool = False
+    sm_active_mean: float | None = None
+    sm_occupancy_mean: float | None = None
+    tensor_active_mean: float | None = None
+    dram_bw_mean: float | None = None
+    fp32_active_mean: float | None = None
+    fp16_active_mean: float | None = None
+    energy_j: float | None = None
+    energy_method: str | None = None
+    power_mean_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,7 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if not on_gpu(setting):
         return Judgement(CPU_FALLBACK, cpu_fallback_causes(setting, gpus))
     per_gpu = {s.gpu: gpu_verdict(s, setting.nvml_error) for s in gpus}
-    causes = attribution_causes(setting, gpus)
+    causes = attribution_causes(setting, gpus) + activity_causes(setting, gpus, per_gpu)
     if not per_gpu or all(v == UNMONITORED for v in per_gpu.values()):
         return Judgement(UNMONITORED, causes, per_gpu)
     idle = [s for s in gpus if per_gpu[s.gpu] == IDLE]
@@ -234,6 +266,51 @@ def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause
     if not unattributed:
         return []
     return [cause("process_not_attributable", facts=setting.facts, gpus=unattributed)]
+
+
+def activity_causes(setting: Setting, gpus: Sequence[GPUStats],
+                    per_gpu: dict[int, str]) -> list[Cause]:
+    """How well a GPU judged `ok` was used, where GPM tells (Hopper and newer): SMs mostly idle
+    under a busy utilization (a warning), tensor cores idle in float32 training (a hint).
+    Neither changes the verdict; a GPU without GPM readings gets neither."""
+    causes = []
+    for s in gpus:
+        if per_gpu.get(s.gpu) != OK or s.sm_active_mean is None or s.util_mean is None:
+            continue
+        if (s.sm_active_mean < SM_ACTIVE_LOW_PCT
+                and s.sm_active_mean <= SM_ACTIVE_UTIL_RATIO * s.util_mean):
+            share = s.sm_active_mean / s.util_mean if s.util_mean > 0 else 0.0
+            causes.append(cause(
+                "low_sm_activity",
+                f"GPU {s.gpu}'s utilization was {s.util_mean:.0f}%, but its SMs were active "
+                f"only {s.sm_active_mean:.0f}% of the time "
+                f"({s.util_mean - s.sm_active_mean:.0f} points apart): while kernels ran, about "
+                f"{share:.0%} of its SMs worked. Each step launches kernels too small to fill "
+                "the GPU.",
+                facts=setting.facts,
+                gpu=s.gpu,
+                util_mean=round(s.util_mean, 1),
+                sm_active_mean=round(s.sm_active_mean, 1),
+                gap_pct=round(s.util_mean - s.sm_active_mean, 1),
+            ))
+    for s in gpus:
+        if per_gpu.get(s.gpu) != OK or s.tensor_active_mean is None \
+                or s.fp32_active_mean is None:
+            continue
+        fp16 = s.fp16_active_mean or 0.0
+        if (s.tensor_active_mean < TENSOR_IDLE_PCT and s.fp32_active_mean >= FP32_ACTIVE_PCT
+                and s.fp32_active_mean > fp16):
+            causes.append(cause(
+                "tensor_cores_unused",
+                f"GPU {s.gpu}'s tensor cores were active {s.tensor_active_mean:.1f}% of the "
+                f"time while float32 math kept its other cores {s.fp32_active_mean:.0f}% busy: "
+                "mixed precision would move the matrix products onto the tensor cores.",
+                facts=setting.facts,
+                gpu=s.gpu,
+                tensor_active_mean=round(s.tensor_active_mean, 2),
+                fp32_active_mean=round(s.fp32_active_mean, 1),
+            ))
+    return causes
 
 
 def _gpu_names(stats: Sequence[GPUStats]) -> str:

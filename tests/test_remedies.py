@@ -77,6 +77,12 @@ PASTE = {
     ("nvml_unavailable", "tensorflow"): "nvidia-smi",
     ("nvml_unavailable", "jax"): "nvidia-smi",
     ("nvml_unavailable", "torch"): "nvidia-smi",
+    ("low_sm_activity", "tensorflow"): "steps_per_execution=32",
+    ("low_sm_activity", "jax"): "steps_per_execution=32",
+    ("low_sm_activity", "torch"): "jit_compile=True",
+    ("tensor_cores_unused", "tensorflow"): 'set_global_policy("mixed_bfloat16")',
+    ("tensor_cores_unused", "jax"): 'set_global_policy("mixed_bfloat16")',
+    ("tensor_cores_unused", "torch"): 'set_global_policy("mixed_bfloat16")',
 }
 # Words that only make sense to a user of one framework.
 FOREIGN = {"tensorflow": ("jax", "torch."), "jax": ("tf.", "tensorflow", "torch."),

@@ -67,12 +67,14 @@ class SpanStats:
         if r.proc_mem_mib is not None:
             self.proc_peak = r.proc_mem_mib if self.proc_peak is None else max(self.proc_peak,
                                                                               r.proc_mem_mib)
-            if r.proc_mem_mib > 0:
-                self.proc_seen = True
-        if r.procs is not None and r.proc_mem_mib is not None:
-            mine = 1 if r.proc_mem_mib > 0 else 0
-            if r.procs > mine:
-                self.others_seen = True
+        listed = r.proc_listed
+        if listed is None and r.proc_mem_mib is not None:
+            # Readings without the flag (read back from a run folder): memory held means listed.
+            listed = r.proc_mem_mib > 0
+        if listed:
+            self.proc_seen = True
+        if listed is not None and r.procs is not None and r.procs > int(listed):
+            self.others_seen = True
         self.lost = self.lost or r.lost
 
     def stats(self, gpu: int) -> GPUStats:

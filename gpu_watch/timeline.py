@@ -118,6 +118,7 @@ class Timeline:
         self._last_tick_s = -math.inf
         self.epoch: int | None = None
         self.first_step_end_s: float | None = None
+        self._first_step_epoch: int | None = None
         self._epoch_stats: dict[int, SpanStats] = {}
         self._run_stats = {g: SpanStats() for g in self.gpus}
         self._warmup_stats = {g: SpanStats() for g in self.gpus}  # readings during step 0
@@ -156,6 +157,7 @@ class Timeline:
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         if self.first_step_end_s is None:
             self.first_step_end_s = end_s
+            self._first_step_epoch = epoch
 
     def add_data_tick(self, fetching: bool) -> None:
         """Count one sampler tick, and whether training was fetching data at that moment."""
@@ -278,11 +280,18 @@ class Timeline:
                 recent.popleft()
 
     def epoch_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the current epoch (see `run_stats`)."""
+        """Each watched GPU's statistics over the current epoch. The epoch that ran the first
+        step, too short for a reading after it, falls back on the readings taken during it (see
+        `run_stats`); any other epoch has only its own readings."""
         with self._lock:
-            return [self._epoch_stats[g].stats(g)
-                    if g in self._epoch_stats and any(self._run_stats[g].counts)
-                    else self._or_warmup(self._epoch_stats.get(g), g) for g in self.gpus]
+            stats = []
+            for g in self.gpus:
+                span = self._epoch_stats.get(g) or SpanStats()
+                if self.epoch == self._first_step_epoch and not any(self._run_stats[g].counts):
+                    stats.append(self._or_warmup(span, g))
+                else:
+                    stats.append(span.stats(g))
+            return stats
 
     def run_stats(self) -> list[GPUStats]:
         """Each watched GPU's statistics over the run so far, after the first step; a run too
@@ -290,8 +299,8 @@ class Timeline:
         with self._lock:
             return [self._or_warmup(self._run_stats[g], g) for g in self.gpus]
 
-    def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
-        if span is not None and any(span.counts):
+    def _or_warmup(self, span: SpanStats, gpu: int) -> GPUStats:
+        if any(span.counts):
             return span.stats(gpu)
         return self._warmup_stats[gpu].stats(gpu)
 

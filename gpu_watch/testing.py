@@ -61,7 +61,8 @@ FIELDS = {
     "power": ("nvmlDeviceGetPowerUsage",),
     "temperature": ("nvmlDeviceGetTemperature",),
     "clock": ("nvmlDeviceGetClockInfo",),
-    "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",),
+    "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",
+                     "nvmlDeviceGetCurrentClocksThrottleReasons"),
 }
 
 
@@ -429,11 +430,22 @@ class FakeNVML:
         return int(self.value(handle.gpu.temp_c) or 0)
 
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:  # noqa: N802
+        """The clock in MHz; `clock_type` is an nvmlClockType_t (0 graphics, 1 SM, 2 memory,
+        3 video), anything else ``InvalidArgument``. Every type reads `sm_clock_mhz`."""
         self._enter("nvmlDeviceGetClockInfo", handle, "clock")
+        if clock_type not in (0, 1, 2, 3):
+            raise pynvml.NVMLError_InvalidArgument()
         return int(self.value(handle.gpu.sm_clock_mhz) or 0)
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:  # noqa: N802
+        """A bit mask; 0x1 (nvmlClocksEventReasonGpuIdle) while utilization is 0."""
         self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle, "clock_events")
+        idle = (self.value(handle.gpu.util_pct) or 0.0) == 0.0
+        return 0x1 if idle else 0x0
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: _Handle) -> int:  # noqa: N802
+        """The same mask under its name before NVML 12.2 (pynvml still has both)."""
+        self._enter("nvmlDeviceGetCurrentClocksThrottleReasons", handle, "clock_events")
         idle = (self.value(handle.gpu.util_pct) or 0.0) == 0.0
         return 0x1 if idle else 0x0
 

@@ -209,3 +209,12 @@ def test_mig_lookups_that_fail_are_recorded_for_the_parent():
 def test_a_negative_index_hides_the_rest():
     assert parse_visible_devices("0,-1,1") == ["0"]
     assert parse_visible_devices("-1") == []
+
+
+def test_the_current_clock_event_function_is_asked_before_its_deprecated_name():
+    fake = FakeNVML([FakeGPU(util_pct=50)])
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    assert nvml.read(device, 0.0).idle_clock_event is False
+    assert fake.calls[("nvmlDeviceGetCurrentClocksEventReasons", "MainThread")] == 1
+    assert fake.calls[("nvmlDeviceGetCurrentClocksThrottleReasons", "MainThread")] == 0

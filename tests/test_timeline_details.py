@@ -159,3 +159,20 @@ def test_warmup_figures_keep_their_gpu():
     (run,) = tl.run_stats()
     (epoch,) = tl.epoch_stats()
     assert (run.gpu, run.util_mean, epoch.gpu) == (3, 95.0, 3)
+
+
+@pytest.mark.parametrize(("listed", "procs", "lost"), [(False, None, True), (True, 2, False)])
+def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
+    span = SpanStats()
+    span.add(reading(0.25, procs=procs, proc_listed=listed, lost=lost), 10.0)
+    stats = span.stats(0)
+    assert (stats.util_samples, stats.proc_seen, stats.others_seen, stats.lost) == (
+        0, listed, procs is not None, lost)
+
+
+def test_ticks_before_any_epoch_began_count_for_the_first():
+    tl = Timeline([0], 10.0, 60.0, 0.25)
+    tl.add_batch(0, 0, 1, 0.0, 0.25, None)
+    for _ in range(4):
+        tl.add_data_tick(False)
+    assert tl.epoch_wait_fraction() == 0.0

@@ -125,6 +125,12 @@ class FakeGPU:
     _faults: list[tuple[str, type, float, float]] = field(default_factory=list, init=False,
                                                            repr=False)
 
+    def __post_init__(self) -> None:
+        period = self.proc_sample_period_s
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
+            raise ValueError(f"proc_sample_period_s must be a number of seconds above 0, "
+                             f"got {period!r}")
+
     def fail(self, field_name: str, error: type[pynvml.NVMLError], from_s: float = 0.0,
              until_s: float = math.inf) -> FakeGPU:
         """Make `field_name` raise `error` (a ``pynvml.NVMLError_*`` class) in [from_s, until_s).
@@ -217,9 +223,13 @@ class FakeNVML:
         clock: Callable[[], float] = time.monotonic,
         driver_lacks: Sequence[str] = (),
     ) -> None:
-        unknown = [name for name in driver_lacks if not hasattr(self, name)]
+        unknown = [name for name in driver_lacks
+                   if not (name.startswith("nvml") and callable(getattr(self, name, None)))]
         if unknown:
-            raise ValueError(f"driver_lacks names functions FakeNVML does not serve: {unknown}")
+            raise ValueError(
+                f"driver_lacks must name NVML functions FakeNVML serves, such as "
+                f"'nvmlDeviceGetComputeRunningProcesses_v3'; got {unknown}"
+            )
         self.gpus = list(gpus)
         self.driver_lacks = frozenset(driver_lacks)
         self.init_error = init_error

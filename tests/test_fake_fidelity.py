@@ -126,6 +126,8 @@ def test_the_fake_has_pynvmls_versioned_process_lists_and_their_errors():
     assert not isinstance(raised.value, pynvml.NVMLError)
     with pytest.raises(ValueError, match="nvmlDeviceGetNoSuchThing"):
         FakeNVML(driver_lacks=["nvmlDeviceGetNoSuchThing"])
+    with pytest.raises(ValueError, match="'value'"):
+        FakeNVML(driver_lacks=["value"])  # a method of the fake, not an NVML function
 
 
 def test_a_driver_without_v3_falls_back_to_v2_quietly():
@@ -220,6 +222,12 @@ def test_a_process_not_listed_is_still_unattributable(tmp_path):
 
 
 # -- 4. buffered process-utilization samples -----------------------------------------------------
+
+
+@pytest.mark.parametrize("period", [0, -1.0, float("nan"), "1", True])
+def test_the_fake_refuses_a_sample_period_that_is_not_a_positive_number(period):
+    with pytest.raises(ValueError, match=f"proc_sample_period_s .*got {period!r}"):
+        FakeGPU(proc_sample_period_s=period)
 
 
 def test_the_fake_buffers_samples_at_the_driver_period_and_honours_the_timestamp(clock):

@@ -28,6 +28,10 @@ _TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
 _CLOCK_SM = 1  # NVML_CLOCK_SM
 _CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
 _MAX_FAULTS = 200
+# NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).
+# With this process listed on a GPU, no sample of it for two of the longest periods means a whole
+# period ended in which it ran no kernels: 0 %. Before that, "no new sample" is unknown, not idle.
+PROC_UTIL_QUIET_S = 2.0
 
 # GPU Performance Monitoring (GPM, Hopper and newer): the metrics read, by the column they fill,
 # with their NVML_GPM_METRIC_* ids from nvml.h. Percentages are 0-100; PCIe is MiB per second.
@@ -104,7 +108,9 @@ class Reading:
 
     Units are in the names: percent (0-100), MiB, watts, degrees Celsius, MHz, MiB/s, mJ.
     `idle_clock_event` is True when the driver reports the GPU-idle clock event.
-    `procs` is the number of compute processes NVML lists on the device.
+    `procs` is the number of compute processes NVML lists on the device, and `proc_listed`
+    whether this process is among them (None when the list could not be read): NVML may list it
+    without its memory (`proc_mem_mib` None), so memory cannot tell.
     The GPM fields (`sm_active_pct` ... `pcie_rx_mib_s`, see :data:`GPM_METRICS`) describe the
     time since the previous GPM sample, on GPUs that support GPM (Hopper and newer).
     `energy_counter_mj` is the whole GPU's energy counter: millijoules since the driver loaded.
@@ -133,6 +139,7 @@ class Reading:
     pcie_tx_mib_s: float | None = None
     pcie_rx_mib_s: float | None = None
     energy_counter_mj: int | None = None
+    proc_listed: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,8 @@ class NVML:
         self._fault_keys: set[tuple[str, str, int | None]] = set()
         self._proc_util_seen_us: dict[int, int] = {}
         self._gpm: dict[tuple[int, str], _GpmState] = {}
+        self._proc_read_s: dict[int, float] = {}
+        self._proc_quiet_s: dict[int, float] = {}
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -267,6 +276,8 @@ class NVML:
 
         `func` may name several versioned calls, newest first: a driver or binding without one
         (``FunctionNotFound``) moves on to the next, as drivers differ in what they export.
+        ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, raised by an unversioned
+        binding that wraps a versioned function the driver lacks) counts as ``FunctionNotFound``.
         ``NotFound`` returns `not_found` (NVML's way of saying "nothing to report").
         ``NotSupported`` switches `metric` off for `gpu` for the rest of the session, and
         ``GpuIsLost`` marks `gpu` lost; any other error leaves the next call free to succeed.
@@ -281,7 +292,7 @@ class NVML:
         for position, name in enumerate(present):
             try:
                 return getattr(self._lib, name)(*args)
-            except pynvml.NVMLError_FunctionNotFound as exc:
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
                 if position + 1 < len(present):
                     continue
                 self._record_fault(metric, gpu, exc)
@@ -321,12 +332,18 @@ class NVML:
     # -- devices ---------------------------------------------------------------------------------
 
     def all_devices(self) -> list[Device]:
-        """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says."""
+        """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says.
+
+        A GPU whose handle NVML refuses (``NoPermission``, ``GpuIsLost``: nvml.h counts such a
+        device in ``nvmlDeviceGetCount_v2`` all the same) keeps its place, with no handle, so
+        the indices of the others stay right; it reads as unmeasured, never as idle.
+        """
         count = self.query("device_count", None, "nvmlDeviceGetCount") or 0
         devices = []
         for index in range(count):
             handle = self.query("handle", index, "nvmlDeviceGetHandleByIndex", index)
             if handle is None:
+                devices.append(Device(index, index, "", "unknown GPU", None))
                 continue
             devices.append(self._describe(index, index, handle))
         return devices
@@ -354,7 +371,7 @@ class NVML:
     def _match(self, token: str, physical: list[Device]) -> Device | None:
         if token.isdigit():
             index = int(token)
-            return physical[index] if index < len(physical) else None
+            return next((d for d in physical if d.nvml_index == index), None)
         wanted = token.upper()
         if wanted.startswith("MIG-"):
             return self._match_mig(wanted, physical)
@@ -365,6 +382,8 @@ class NVML:
 
     def _match_mig(self, wanted: str, physical: list[Device]) -> Device | None:
         for parent in physical:
+            if parent.handle is None:
+                continue
             count = self.query("mig_count", parent.nvml_index, "nvmlDeviceGetMaxMigDeviceCount",
                                parent.handle) or 0
             for slot in range(count):
@@ -385,12 +404,17 @@ class NVML:
         return Device(nvml_index, cuda_index, uuid, name, total, handle)
 
     def processes(self, device: Device) -> list[GPUProcess] | None:
-        """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None."""
+        """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None.
+
+        Only the versioned calls: ``pynvml``'s unversioned one is ``_v3`` again (behind
+        ``throwOnVersionMismatch``), so it can never help where ``_v3`` and ``_v2`` failed.
+        """
+        if device.handle is None:
+            return None
         listed = self.query(
             "processes",
             device.nvml_index,
-            ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
-             "nvmlDeviceGetComputeRunningProcesses"),
+            ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
             device.handle,
         )
         if listed is None:
@@ -408,6 +432,8 @@ class NVML:
         if gpu in self._lost:
             reading.lost = True
             return reading
+        if device.handle is None:  # NVML would not open it (see `all_devices`)
+            return reading
         h = device.handle
         rates = self.query("util", gpu, "nvmlDeviceGetUtilizationRates", h)
         if rates is not None:
@@ -418,17 +444,16 @@ class NVML:
             reading.mem_used_mib = memory.used / MIB
             reading.mem_total_mib = memory.total / MIB
         procs = self.processes(device)
-        on_device = False
         if procs is not None:
             reading.procs = len(procs)
             mine = [p for p in procs if p.pid == os.getpid()]
-            on_device = bool(mine)
+            reading.proc_listed = bool(mine)
             if mine:
                 used = [p.used_mib for p in mine if p.used_mib is not None]
                 reading.proc_mem_mib = sum(used) if used else None
             else:
                 reading.proc_mem_mib = 0.0
-        reading.proc_util_pct = self._proc_util(device, on_device)
+        reading.proc_util_pct = self._proc_util(device, bool(reading.proc_listed), time_s)
         power_mw = self.query("power", gpu, "nvmlDeviceGetPowerUsage", h)
         reading.power_w = power_mw / 1000.0 if power_mw is not None else None
         temp = self.query("temperature", gpu, "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
@@ -447,24 +472,50 @@ class NVML:
         reading.lost = gpu in self._lost
         return reading
 
-    def _proc_util(self, device: Device, on_device: bool) -> float | None:
-        """This process's SM utilization on `device`, in percent.
+    def _proc_util(self, device: Device, listed: bool, time_s: float) -> float | None:
+        """This process's SM utilization on `device` since the last reading, in percent.
 
-        NVML keeps a buffer of per-process samples; passing back the newest timestamp seen asks
-        only for samples taken since. ``NotFound`` means no process ran kernels since then, which
-        is 0 % for a process known to be on the device and unknown otherwise.
+        The driver samples each process at its own period (1/6 s to 1 s, by product) and
+        buffers one sample per process per period "that had some non-zero utilization";
+        ``nvmlDeviceGetProcessUtilization`` returns every sample newer than the timestamp
+        passed in (several per process when polled slower than the driver samples), and
+        ``NotFound`` when there is none. Passing back the newest timestamp seen, the rule is:
+
+        - samples of this process: their mean, each covering one driver period since the last
+          reading (the first reading takes only the newest: the buffer reaches back to before
+          training);
+        - none, with this process listed on the device (`listed`): 0 % once no sample of it has
+          come for `PROC_UTIL_QUIET_S` seconds of readings, as a whole driver period then ended
+          with nothing to report; before that None, since polling faster than the driver
+          samples must not read as idle;
+        - none, and not listed (a container's PID namespace, or not on this GPU): None.
+
+        `time_s` is the reading's time; a clock that goes back (a new run's) counts as no time.
         """
-        since = self._proc_util_seen_us.get(device.nvml_index, 0)
-        samples = self.query("proc_util", device.nvml_index, "nvmlDeviceGetProcessUtilization",
+        gpu = device.nvml_index
+        last_s = self._proc_read_s.get(gpu)
+        quiet_s = self._proc_quiet_s.get(gpu, 0.0)
+        if last_s is not None:
+            quiet_s += max(0.0, time_s - last_s)
+        self._proc_read_s[gpu] = time_s
+        self._proc_quiet_s[gpu] = quiet_s
+        since = self._proc_util_seen_us.get(gpu, 0)
+        samples = self.query("proc_util", gpu, "nvmlDeviceGetProcessUtilization",
                              device.handle, since, not_found=())
         if samples is None:
             return None
         if samples:
-            self._proc_util_seen_us[device.nvml_index] = max(int(s.timeStamp) for s in samples)
-        mine = [float(s.smUtil) for s in samples if int(s.pid) == os.getpid()]
+            self._proc_util_seen_us[gpu] = max(int(s.timeStamp) for s in samples)
+        mine = [s for s in samples if int(s.pid) == os.getpid()]
         if mine:
-            return max(mine)
-        return 0.0 if on_device else None
+            self._proc_quiet_s[gpu] = 0.0
+            if not since:
+                newest = max(int(s.timeStamp) for s in mine)
+                mine = [s for s in mine if int(s.timeStamp) == newest]
+            return sum(float(s.smUtil) for s in mine) / len(mine)
+        if listed and quiet_s >= PROC_UTIL_QUIET_S:
+            return 0.0
+        return None
 
     # -- GPM and energy --------------------------------------------------------------------------
 

@@ -1,13 +1,21 @@
 """`FakeNVML`: a stand-in for NVML that serves scripted GPUs, for tests and demos without a GPU.
 
-It offers the functions of ``pynvml`` that gpu-watch uses, with NVML's documented behaviour:
-memory in bytes, power in milliwatts, utilization in percent of the last sample period, process
-utilization samples with microsecond timestamps (``NVMLError_NotFound`` when there are none since
-the timestamp passed in), ``NVMLError_Uninitialized`` before ``nvmlInit``, real
-``pynvml.NVMLError_*`` exceptions, and utilization ``NotSupported`` on MIG instances.
-GPU Performance Monitoring (GPM) is served on Hopper-class fakes only, through NVML's own
-structures (``c_nvmlGpmMetricsGet_t``) with a return code per metric; the energy counter counts
-millijoules since ``nvmlInit`` on Volta and newer.
+It offers the functions of ``pynvml`` that gpu-watch uses, with NVML's documented behaviour
+(``nvml.h`` and the ``pynvml`` module of ``nvidia-ml-py``), never kinder than the real library:
+
+- units: memory in bytes, power in milliwatts, utilization in percent of the last sample period;
+- errors are the real ``pynvml.NVMLError_*`` classes, ``NVMLError_Uninitialized`` before
+  ``nvmlInit`` and ``NVMLError_InvalidArgument`` for a handle that is not one;
+- ``nvmlDeviceGetHandleByIndex`` can fail for one GPU that ``nvmlDeviceGetCount`` still counts;
+- the process list comes in versions, and a driver may lack some (:class:`FakeNVML`'s
+  `driver_lacks`), with the same errors as ``pynvml``;
+- ``usedGpuMemory`` can be None (NVML_VALUE_NOT_AVAILABLE);
+- process utilization is a buffer of samples at the driver's own period, answered by timestamp;
+- MIG: a MIG-enabled GPU refuses utilization, for itself as for its instances, and its instance
+  slots can be empty.
+- GPU Performance Monitoring (GPM) is served on Hopper-class fakes only, through NVML's own
+  structures (``c_nvmlGpmMetricsGet_t``) with a return code per metric;
+- the energy counter counts millijoules since ``nvmlInit`` on Volta and newer.
 
 Pass it wherever gpu-watch accepts an NVML library::
 
@@ -39,19 +47,27 @@ import pynvml
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 
 _MIB = 1024 * 1024
+# The driver keeps a finite buffer of process utilization samples (nvml.h: "all the samples
+# maintained by the driver's internal sample buffer"); its length is not documented.
+PROC_SAMPLE_BUFFER = 100
+# Slots for MIG devices on A100/H100-class GPUs (nvmlDeviceGetMaxMigDeviceCount).
+MIG_SLOTS = 7
 
 # The functions each fault "field" covers, so a test can fail one reading without naming NVML.
 FIELDS = {
+    "handle": ("nvmlDeviceGetHandleByIndex",),
     "uuid": ("nvmlDeviceGetUUID",),
     "name": ("nvmlDeviceGetName",),
     "memory": ("nvmlDeviceGetMemoryInfo",),
     "utilization": ("nvmlDeviceGetUtilizationRates",),
-    "processes": ("nvmlDeviceGetComputeRunningProcesses",),
+    "processes": ("nvmlDeviceGetComputeRunningProcesses_v3",
+                  "nvmlDeviceGetComputeRunningProcesses_v2"),
     "process_utilization": ("nvmlDeviceGetProcessUtilization",),
     "power": ("nvmlDeviceGetPowerUsage",),
     "temperature": ("nvmlDeviceGetTemperature",),
     "clock": ("nvmlDeviceGetClockInfo",),
-    "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",),
+    "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",
+                     "nvmlDeviceGetCurrentClocksThrottleReasons"),
     "gpm": ("nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMigSampleGet",
             "nvmlGpmMetricsGet"),
     "energy": ("nvmlDeviceGetTotalEnergyConsumption",),
@@ -120,14 +136,18 @@ class FakeProcess:
 
     Attributes:
         pid: Its PID. Default None: this process (resolved at each call, so it survives forks).
-        used_mib: GPU memory it holds, MiB (a timeline). None: NVML cannot say (as under
-            some Windows driver models).
-        sm_util_pct: Its SM utilization, percent (a timeline). Samples are reported only while
-            it is above 0, as NVML reports only processes that ran kernels.
+        used_mib: GPU memory it holds, MiB (a timeline). Default 300: a CUDA context alone holds
+            a few hundred MiB, and NVML lists a process once it has one. None: NVML cannot say
+            (``usedGpuMemory`` is NVML_VALUE_NOT_AVAILABLE under Windows' WDDM, which ``pynvml``
+            turns into None).
+        sm_util_pct: Its SM utilization, percent (a timeline), sampled at the GPU's
+            `proc_sample_period_s`. A sample exists only for a period in which it was above 0:
+            NVML returns "one utilization sample structure per process running, that had some
+            non-zero utilization during the last sample period".
     """
 
     pid: int | None = None
-    used_mib: Timeline = 0.0
+    used_mib: Timeline = 300.0
     sm_util_pct: Timeline = 0.0
 
 
@@ -145,7 +165,13 @@ class FakeGPU:
             the processes' memory plus 300 MiB the driver keeps.
         processes: Compute processes on the device.
         power_w, temp_c, sm_clock_mhz: Power (W), temperature (C), SM clock (MHz) (timelines).
-        mig_devices: MIG instances carved from this GPU (each a FakeGPU with a ``MIG-`` UUID).
+        mig_devices: MIG instances carved from this GPU, one per slot (each a FakeGPU with a
+            ``MIG-`` UUID, or None for an empty slot). Non-empty: MIG is enabled, and NVML
+            refuses this GPU's utilization and process utilization ("On MIG-enabled GPUs,
+            querying device utilization rates is not currently supported", and likewise for
+            process utilization), as it does for the instances.
+        proc_sample_period_s: Seconds between the driver's process utilization samples. NVML
+            documents 1/6 s to 1 s, by product, for its utilization sample period. Default 1/6.
         architecture: One of :data:`ARCHITECTURES`. Default None: from the name (see
             :func:`architecture_of`); a name it does not know counts as Volta to Ada.
         gpm: Whether the GPU supports GPM. Default None: Hopper and Blackwell do, as in NVML.
@@ -170,8 +196,8 @@ class FakeGPU:
     power_w: Timeline = 70.0
     temp_c: Timeline = 35.0
     sm_clock_mhz: Timeline = 1980.0
-    mig_devices: list[FakeGPU] = field(default_factory=list)
-    is_mig: bool = field(default=False, init=False)
+    mig_devices: list[FakeGPU | None] = field(default_factory=list)
+    proc_sample_period_s: float = 1 / 6
     _faults: list[tuple[str, type, float, float]] = field(default_factory=list, init=False,
                                                            repr=False)
     architecture: str | None = None
@@ -185,6 +211,15 @@ class FakeGPU:
     pcie_tx_mib_s: Timeline = 0.0
     pcie_rx_mib_s: Timeline = 0.0
     energy_mj: Timeline = None
+
+    def __post_init__(self) -> None:
+        period = self.proc_sample_period_s
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
+            raise ValueError(f"proc_sample_period_s must be a number of seconds above 0, "
+                             f"got {period!r}")
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be None or one of {', '.join(ARCHITECTURES)}, "
+                             f"got {self.architecture!r}")
 
     def fail(self, field_name: str, error: type[pynvml.NVMLError], from_s: float = 0.0,
              until_s: float = math.inf) -> FakeGPU:
@@ -202,11 +237,6 @@ class FakeGPU:
         self._faults.append((field_name, error, from_s, until_s))
         return self
 
-    def __post_init__(self) -> None:
-        if self.architecture is not None and self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be None or one of {', '.join(ARCHITECTURES)}, "
-                             f"got {self.architecture!r}")
-
     @property
     def arch(self) -> str | None:
         """The architecture: `architecture`, or the one the name implies."""
@@ -217,8 +247,8 @@ class FakeGPU:
         return self.arch in ("hopper", "blackwell") if self.gpm is None else self.gpm
 
     def supports_energy(self) -> bool:
-        """Whether the energy counter exists (Volta and newer; not on MIG instances)."""
-        return not self.is_mig and self.arch not in ("kepler", "maxwell", "pascal")
+        """Whether the energy counter exists (Volta and newer; MIG instances have none)."""
+        return self.arch not in ("kepler", "maxwell", "pascal")
 
 
 @dataclass(frozen=True)
@@ -252,10 +282,14 @@ class _ProcessUtilizationSample:  # c_nvmlProcessUtilizationSample_t: timeStamp 
     decUtil: int = 0  # noqa: N815
 
 
+_NO_HANDLE = object()  # a call that takes no device handle
+
+
 @dataclass(frozen=True)
 class _Handle:
     gpu: FakeGPU
     index: int
+    mig: bool = False  # a MIG device handle (an instance), not a physical GPU
 
 
 class FakeNVML:
@@ -269,6 +303,11 @@ class FakeNVML:
         cuda_driver_version: What ``nvmlSystemGetCudaDriverVersion`` returns (12040 is 12.4).
         step_s: Seconds per element of list timelines. Default 1.0.
         clock: Monotonic clock in seconds. Default `time.monotonic`; tests may pass a fake one.
+        driver_lacks: Names of NVML C functions this driver does not export (an older
+            driver), e.g. ``"nvmlDeviceGetComputeRunningProcesses_v3"``. As in ``pynvml``,
+            the binding of that name raises ``NVMLError_FunctionNotFound`` (its
+            ``_nvmlGetFunctionPointer`` does), and an unversioned binding that wraps it
+            raises ``pynvml.NVMLLibraryMismatchError``, a plain ``Exception``.
 
     Attributes:
         calls: How often each function was called, by (function name, thread name).
@@ -285,8 +324,17 @@ class FakeNVML:
         cuda_driver_version: int = 12040,
         step_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        driver_lacks: Sequence[str] = (),
     ) -> None:
+        unknown = [name for name in driver_lacks
+                   if not (name.startswith("nvml") and callable(getattr(self, name, None)))]
+        if unknown:
+            raise ValueError(
+                f"driver_lacks must name NVML functions FakeNVML serves, such as "
+                f"'nvmlDeviceGetComputeRunningProcesses_v3'; got {unknown}"
+            )
         self.gpus = list(gpus)
+        self.driver_lacks = frozenset(driver_lacks)
         self.init_error = init_error
         self.driver_version = driver_version
         self.cuda_driver_version = cuda_driver_version
@@ -295,6 +343,8 @@ class FakeNVML:
         self.calls: Counter[tuple[str, str]] = Counter()
         self._initialised = 0
         self._t0: float | None = None
+        # Process utilization timestamps are CPU time in microseconds, as NVML's are.
+        self._epoch_us = int(time.time() * 1e6)
         self._lock = threading.Lock()
         self._gpm_samples: dict[int, _GpmSample] = {}
         self._energy: dict[int, tuple[float, float]] = {}  # id(gpu) -> (at_s, mJ so far)
@@ -304,8 +354,8 @@ class FakeNVML:
         return 0.0 if self._t0 is None else self.clock() - self._t0
 
     def value(self, timeline: Timeline, at_s: float | None = None) -> float | None:
-        """A timeline's value at `at_s` seconds (default: now)."""
-        t = self.elapsed_s() if at_s is None else at_s
+        """A timeline's value at `at_s` seconds (default: now); earlier than 0 reads as 0."""
+        t = max(0.0, self.elapsed_s() if at_s is None else at_s)
         if timeline is None or isinstance(timeline, (int, float)):
             return timeline
         if callable(timeline):
@@ -316,14 +366,21 @@ class FakeNVML:
 
     # -- the pynvml surface ----------------------------------------------------------------------
 
-    def _enter(self, func: str, handle: _Handle | None = None, field_name: str | None = None):
+    def _enter(self, func: str, handle: object = _NO_HANDLE, field_name: str | None = None,
+               gpu: FakeGPU | None = None) -> None:
         with self._lock:
             self.calls[(func, threading.current_thread().name)] += 1
+        if func in self.driver_lacks:
+            raise pynvml.NVMLError_FunctionNotFound()  # pynvml's _nvmlGetFunctionPointer
         if not self._initialised:
             raise pynvml.NVMLError_Uninitialized()
-        if handle is not None and field_name is not None:
+        if handle is not _NO_HANDLE:
+            if not isinstance(handle, _Handle):  # NVML: "device is invalid"
+                raise pynvml.NVMLError_InvalidArgument()
+            gpu = handle.gpu
+        if gpu is not None and field_name is not None:
             now = self.elapsed_s()
-            for name, error, start, end in handle.gpu._faults:
+            for name, error, start, end in gpu._faults:
                 if name in ("*", field_name) and start <= now < end:
                     raise error()
 
@@ -353,22 +410,43 @@ class FakeNVML:
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
-        self._enter("nvmlDeviceGetHandleByIndex")
-        if not 0 <= index < len(self.gpus):
+        """nvml.h: ``NoPermission`` "if the user doesn't have permission to talk to this
+        device", ``GpuIsLost`` "if the target GPU has fallen off the bus", while
+        ``nvmlDeviceGetCount_v2`` "returns count of all devices in the system even if
+        nvmlDeviceGetHandleByIndex_v2 returns NVML_ERROR_NO_PERMISSION for such device".
+        Script it with ``gpu.fail("handle", ...)``."""
+        gpu = self.gpus[index] if 0 <= index < len(self.gpus) else None
+        self._enter("nvmlDeviceGetHandleByIndex", field_name="handle", gpu=gpu)
+        if gpu is None:
             raise pynvml.NVMLError_InvalidArgument()
-        return _Handle(self.gpus[index], index)
+        return _Handle(gpu, index)
+
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:  # noqa: N802
+        """[current, pending]: 1 (NVML_DEVICE_MIG_ENABLE) on a GPU with MIG instances."""
+        self._enter("nvmlDeviceGetMigMode", handle)
+        enabled = int(bool(handle.gpu.mig_devices))
+        return [enabled, enabled]
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:  # noqa: N802
+        """The number of MIG slots, not of instances: nvml.h "Get the maximum number of MIG
+        devices that can exist under a given parent NVML device. Returns zero if MIG is not
+        supported or enabled"."""
         self._enter("nvmlDeviceGetMaxMigDeviceCount", handle)
-        return len(handle.gpu.mig_devices)
+        if handle.mig or not handle.gpu.mig_devices:
+            return 0
+        return max(MIG_SLOTS, len(handle.gpu.mig_devices))
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, slot: int) -> _Handle:  # noqa: N802
+        """``NotFound`` for an empty slot ("if no valid MIG device was found at index");
+        ``InvalidArgument`` past the last slot."""
         self._enter("nvmlDeviceGetMigDeviceHandleByIndex", handle)
-        if not 0 <= slot < len(handle.gpu.mig_devices):
+        if not 0 <= slot < self.nvmlDeviceGetMaxMigDeviceCount(handle):
+            raise pynvml.NVMLError_InvalidArgument()
+        devices = handle.gpu.mig_devices
+        mig = devices[slot] if slot < len(devices) else None
+        if mig is None:
             raise pynvml.NVMLError_NotFound()
-        mig = handle.gpu.mig_devices[slot]
-        mig.is_mig = True
-        return _Handle(mig, handle.index)
+        return _Handle(mig, handle.index, mig=True)
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
         self._enter("nvmlDeviceGetUUID", handle, "uuid")
@@ -390,14 +468,14 @@ class FakeNVML:
 
     def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:  # noqa: N802
         self._enter("nvmlDeviceGetUtilizationRates", handle, "utilization")
-        if handle.gpu.is_mig:
+        if _mig_enabled(handle):
             raise pynvml.NVMLError_NotSupported()
         gpu = handle.gpu
         return _Utilization(gpu=int(round(self.value(gpu.util_pct) or 0)),
                             memory=int(round(self.value(gpu.mem_util_pct) or 0)))
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_ProcessInfo]:  # noqa: N802
-        self._enter("nvmlDeviceGetComputeRunningProcesses", handle, "processes")
+    def _processes(self, func: str, handle: _Handle) -> list[_ProcessInfo]:
+        self._enter(func, handle, "processes")
         listed = []
         for proc in handle.gpu.processes:
             used = self.value(proc.used_mib)
@@ -405,17 +483,53 @@ class FakeNVML:
                                        usedGpuMemory=None if used is None else int(used * _MIB)))
         return listed
 
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, handle: _Handle) -> list[_ProcessInfo]:  # noqa: N802
+        """Compute processes and their memory; ``usedGpuMemory`` None where NVML reports
+        NVML_VALUE_NOT_AVAILABLE ("Under WDDM, NVML_VALUE_NOT_AVAILABLE is always reported")."""
+        return self._processes("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: _Handle) -> list[_ProcessInfo]:  # noqa: N802
+        """The same list through the older struct version."""
+        return self._processes("nvmlDeviceGetComputeRunningProcesses_v2", handle)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_ProcessInfo]:  # noqa: N802
+        """As in ``pynvml``: not a function of its own but ``_v3`` behind its
+        ``throwOnVersionMismatch``, so a driver without ``_v3`` gets
+        ``NVMLLibraryMismatchError`` (an ``Exception``, not an ``NVMLError``)."""
+        try:
+            return self.nvmlDeviceGetComputeRunningProcesses_v3(handle)
+        except pynvml.NVMLError_FunctionNotFound:
+            raise pynvml.NVMLLibraryMismatchError(
+                "Unversioned function called and the pyNVML version does not match the NVML "
+                "lib version.") from None
+
     def nvmlDeviceGetProcessUtilization(  # noqa: N802
-        self, handle: _Handle, last_seen_us: int
+        self, handle: _Handle, timeStamp: int  # noqa: N803 (pynvml's name)
     ) -> list[_ProcessUtilizationSample]:
+        """Every buffered sample newer than `timeStamp` (CPU time, microseconds), per process
+        and per driver sample period, so a slow caller gets several per process; nvml.h: "If
+        no valid sample entries are found since the lastSeenTimeStamp, NVML_ERROR_NOT_FOUND
+        is returned". 0 reads the whole buffer. Samples exist only for processes with
+        non-zero utilization in their period, and none on a MIG-enabled GPU."""
         self._enter("nvmlDeviceGetProcessUtilization", handle, "process_utilization")
-        now_us = int(self.elapsed_s() * 1e6) + 1
+        if _mig_enabled(handle):
+            raise pynvml.NVMLError_NotSupported()
+        period_s = handle.gpu.proc_sample_period_s
+        period_us = period_s * 1e6
+        newest = math.floor(self.elapsed_s() / period_s + 1e-9)
+        first = newest - PROC_SAMPLE_BUFFER + 1
+        if timeStamp >= self._epoch_us:  # skip what the caller has seen
+            first = max(first, math.floor((timeStamp - self._epoch_us) / period_us))
         samples = []
-        if now_us > last_seen_us:
+        for k in range(first, newest + 1):
+            stamp = self._epoch_us + int(round(k * period_us))
+            if stamp <= timeStamp:
+                continue
             for proc in handle.gpu.processes:
-                util = self.value(proc.sm_util_pct) or 0.0
+                util = self.value(proc.sm_util_pct, k * period_s) or 0.0
                 if util > 0:
-                    samples.append(_ProcessUtilizationSample(_pid(proc), now_us, int(util), 0))
+                    samples.append(_ProcessUtilizationSample(_pid(proc), stamp,
+                                                             int(round(util)), 0))
         if not samples:
             raise pynvml.NVMLError_NotFound()
         return samples
@@ -431,11 +545,22 @@ class FakeNVML:
         return int(self.value(handle.gpu.temp_c) or 0)
 
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:  # noqa: N802
+        """The clock in MHz; `clock_type` is an nvmlClockType_t (0 graphics, 1 SM, 2 memory,
+        3 video), anything else ``InvalidArgument``. Every type reads `sm_clock_mhz`."""
         self._enter("nvmlDeviceGetClockInfo", handle, "clock")
+        if clock_type not in (0, 1, 2, 3):
+            raise pynvml.NVMLError_InvalidArgument()
         return int(self.value(handle.gpu.sm_clock_mhz) or 0)
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:  # noqa: N802
+        """A bit mask; 0x1 (nvmlClocksEventReasonGpuIdle) while utilization is 0."""
         self._enter("nvmlDeviceGetCurrentClocksEventReasons", handle, "clock_events")
+        idle = (self.value(handle.gpu.util_pct) or 0.0) == 0.0
+        return 0x1 if idle else 0x0
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: _Handle) -> int:  # noqa: N802
+        """The same mask under its name before NVML 12.2 (pynvml still has both)."""
+        self._enter("nvmlDeviceGetCurrentClocksThrottleReasons", handle, "clock_events")
         idle = (self.value(handle.gpu.util_pct) or 0.0) == 0.0
         return 0x1 if idle else 0x0
 
@@ -447,19 +572,19 @@ class FakeNVML:
 
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _Handle) -> _Handle:  # noqa: N802
         self._enter("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", handle)
-        if not handle.gpu.is_mig:
+        if not handle.mig:
             raise pynvml.NVMLError_InvalidArgument()
         return _Handle(self.gpus[handle.index], handle.index)
 
     def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetGpuInstanceId", handle)
-        if not handle.gpu.is_mig:
+        if not handle.mig:
             raise pynvml.NVMLError_InvalidArgument()
         return self.gpus[handle.index].mig_devices.index(handle.gpu)
 
     def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> pynvml.c_nvmlGpmSupport_t:  # noqa: N802
         self._enter("nvmlGpmQueryDeviceSupport", handle, "gpm")
-        if handle.gpu.is_mig:
+        if handle.mig:
             raise pynvml.NVMLError_NotSupported()  # asked of the parent GPU, as NVML wants
         support = pynvml.c_nvmlGpmSupport_t()
         support.version = pynvml.NVML_GPM_SUPPORT_VERSION
@@ -481,7 +606,7 @@ class FakeNVML:
 
     def nvmlGpmSampleGet(self, handle: _Handle, sample: pynvml.c_nvmlGpmSample_t):  # noqa: N802
         self._enter("nvmlGpmSampleGet", handle, "gpm")
-        if handle.gpu.is_mig or not handle.gpu.supports_gpm():
+        if handle.mig or not handle.gpu.supports_gpm():
             raise pynvml.NVMLError_NotSupported()  # a MIG instance: nvmlGpmMigSampleGet
         self._take_gpm_sample(handle, handle.gpu, sample)
         return sample
@@ -489,7 +614,7 @@ class FakeNVML:
     def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int,  # noqa: N802
                             sample: pynvml.c_nvmlGpmSample_t):
         self._enter("nvmlGpmMigSampleGet", handle, "gpm")
-        if handle.gpu.is_mig or not handle.gpu.supports_gpm():
+        if handle.mig or not handle.gpu.supports_gpm():
             raise pynvml.NVMLError_NotSupported()
         if not 0 <= gpu_instance_id < len(handle.gpu.mig_devices):
             raise pynvml.NVMLError_NotFound()
@@ -547,7 +672,7 @@ class FakeNVML:
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetTotalEnergyConsumption", handle, "energy")
         gpu = handle.gpu
-        if not gpu.supports_energy():
+        if handle.mig or not gpu.supports_energy():
             raise pynvml.NVMLError_NotSupported()
         if gpu.energy_mj is not None:
             return int(self.value(gpu.energy_mj))
@@ -583,4 +708,9 @@ def _address(sample: pynvml.c_nvmlGpmSample_t) -> int | None:
 
 def _pid(proc: FakeProcess) -> int:
     return os.getpid() if proc.pid is None else proc.pid
+
+
+def _mig_enabled(handle: _Handle) -> bool:
+    """A MIG instance, or a physical GPU with MIG enabled."""
+    return handle.mig or bool(handle.gpu.mig_devices)
 

@@ -82,12 +82,14 @@ class SpanStats:
         if r.proc_mem_mib is not None:
             self.proc_peak = r.proc_mem_mib if self.proc_peak is None else max(self.proc_peak,
                                                                               r.proc_mem_mib)
-            if r.proc_mem_mib > 0:
-                self.proc_seen = True
-        if r.procs is not None and r.proc_mem_mib is not None:
-            mine = 1 if r.proc_mem_mib > 0 else 0
-            if r.procs > mine:
-                self.others_seen = True
+        listed = r.proc_listed
+        if listed is None and r.proc_mem_mib is not None:
+            # Readings without the flag (read back from a run folder): memory held means listed.
+            listed = r.proc_mem_mib > 0
+        if listed:
+            self.proc_seen = True
+        if listed is not None and r.procs is not None and r.procs > int(listed):
+            self.others_seen = True
         self.lost = self.lost or r.lost
         for (name, _), running in zip(ACTIVITY_FIELDS, self.activity, strict=True):
             value = getattr(r, name)
@@ -247,6 +249,7 @@ class Timeline:
         self._last_tick_s = -math.inf
         self.epoch: int | None = None
         self.first_step_end_s: float | None = None
+        self._first_step_epoch: int | None = None
         self._epoch_stats: dict[int, SpanStats] = {}
         self._run_stats = {g: SpanStats() for g in self.gpus}
         self._warmup_stats = {g: SpanStats() for g in self.gpus}  # readings during step 0
@@ -289,6 +292,7 @@ class Timeline:
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         if self.first_step_end_s is None:
             self.first_step_end_s = end_s
+            self._first_step_epoch = epoch
 
     def add_data_tick(self, fetching: bool) -> None:
         """Count one sampler tick, and whether training was fetching data at that moment."""
@@ -418,11 +422,17 @@ class Timeline:
                 recent.popleft()
 
     def epoch_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the current epoch (see `run_stats`)."""
+        """Each watched GPU's statistics over the current epoch. The epoch that ran the first
+        step, too short for a reading after it, falls back on the readings taken during it (see
+        `run_stats`); any other epoch has only its own readings."""
         with self._lock:
-            stats = [self._epoch_stats[g].stats(g)
-                     if g in self._epoch_stats and any(self._run_stats[g].counts)
-                     else self._or_warmup(self._epoch_stats.get(g), g) for g in self.gpus]
+            stats = []
+            for g in self.gpus:
+                span = self._epoch_stats.get(g) or SpanStats()
+                if self.epoch == self._first_step_epoch and not any(self._run_stats[g].counts):
+                    stats.append(self._or_warmup(span, g))
+                else:
+                    stats.append(span.stats(g))
             return _with_energy(stats, self._epoch_energy)
 
     def run_stats(self) -> list[GPUStats]:
@@ -432,8 +442,8 @@ class Timeline:
             return _with_energy([self._or_warmup(self._run_stats[g], g) for g in self.gpus],
                                 self._run_energy)
 
-    def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
-        if span is not None and any(span.counts):
+    def _or_warmup(self, span: SpanStats, gpu: int) -> GPUStats:
+        if any(span.counts):
             return span.stats(gpu)
         return self._warmup_stats[gpu].stats(gpu)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch.nvml import NVML, parse_visible_devices
+from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 UUIDS = [
@@ -66,8 +66,11 @@ def test_process_utilization_not_found_means_zero_for_a_process_on_the_device(cl
                     clock=clock)
     nvml = NVML(fake)
     on_it, not_on_it = nvml.devices()
-    assert nvml.read(on_it, 0).proc_util_pct == 0.0
+    assert nvml.read(on_it, 0).proc_util_pct is None  # no sample yet is not idle
     assert nvml.read(not_on_it, 0).proc_util_pct is None  # unknown, not idle
+    clock.advance(PROC_UTIL_QUIET_S)  # a whole driver period without a sample of ours
+    assert nvml.read(on_it, clock.now).proc_util_pct == 0.0
+    assert nvml.read(not_on_it, clock.now).proc_util_pct is None
     assert nvml.faults == []  # NotFound is NVML's "no samples", not a fault
 
 

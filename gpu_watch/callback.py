@@ -164,10 +164,11 @@ class GPUWatch(keras.callbacks.Callback):
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
                                     else _process_nvml())
+        frame = _fit_frame()
         try:
             self.monitor = Monitor(self.config, self._nvml, keras.backend.backend(),
                                    self._probe.rank(), _framework_facts(self._probe),
-                                   self._environment())
+                                   self._environment(), self._setup(frame))
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
@@ -177,7 +178,7 @@ class GPUWatch(keras.callbacks.Callback):
             warnings.warn(f"{message}; training goes on without it.", GPUWatchWarning,
                           stacklevel=2)
             return
-        self.monitor.watch_thread(_fit_frame())
+        self.monitor.watch_thread(frame)
         self._epoch = 0
         self._step0 = True
         self._begins: dict[int, tuple[float, float | None]] = {}
@@ -322,6 +323,16 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.finish(runlog.STATUS_STOPPED_IDLE, error)
             raise error
 
+    def _setup(self, frame: Any) -> dict[str, Any]:
+        """What the training is set up with, read as it begins (device scopes are per thread)."""
+        try:
+            distribution = self._probe.before_training(self._model)
+        except Exception as exc:  # an unexpected setup must not stop training
+            warnings.warn(f"gpu-watch could not read the training setup: {exc!r}",
+                          GPUWatchWarning, stacklevel=3)
+            distribution = None
+        return {"data": placement.data_source(frame), "distribution": distribution}
+
     def _environment(self) -> dict[str, Any] | None:
         try:
             return environment_report(self._nvml)
@@ -385,17 +396,17 @@ def environment_report(nvml: NVML) -> dict[str, Any]:
     changed and read again the environment variables and what NVML says about each GPU (memory,
     processes), then apply the doctor's rules to the result.
     """
-    from gpu_watch.doctor import ENV_VARS, DoctorReport, diagnose, doctor, nvml_facts
+    from gpu_watch.doctor import DoctorReport, diagnose, doctor
+    from gpu_watch.doctor.facts_system import env_facts, nvml_facts
 
-    # The in-process doctor reads TensorFlow only once something has imported it.
-    key = ("environment", "tensorflow" in sys.modules)
+    # The in-process doctor reads the running backend, which Keras has imported by now.
+    key = ("environment", keras.backend.backend())
     first = _process_facts.get(key)
     if first is None:
         report = doctor(nvml=nvml, in_process=True)
         _process_facts[key] = report.facts
         return report.to_dict()
-    facts = {**first, "nvml": nvml_facts(nvml),
-             "env": {name: os.environ.get(name) for name in ENV_VARS}}
+    facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
     return DoctorReport(facts, diagnose(facts)).to_dict()
 
 

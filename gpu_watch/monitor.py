@@ -24,11 +24,11 @@ from typing import Any
 
 from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
-from gpu_watch.causes import Cause
+from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
-from gpu_watch.timeline import IdleEvent, Timeline
+from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 
 ON_IDLE = ("warn", "stop", "raise")
@@ -130,10 +130,13 @@ class Monitor:
         rank: This process's rank and the number of processes (multi-worker training).
         framework: Facts about the framework: version, GPUs it sees, CUDA build.
         environment: The doctor's report (a dict with "findings") or None.
+        setup: What the user's training is set up with: ``data`` (what feeds `fit`, see
+            `placement.data_source`) and ``distribution``; they pick the remedies that fit.
     """
 
     def __init__(self, config: Config, nvml: NVML, backend: str, rank: tuple[int, int],
-                 framework: dict[str, Any], environment: dict[str, Any] | None) -> None:
+                 framework: dict[str, Any], environment: dict[str, Any] | None,
+                 setup: dict[str, Any] | None = None) -> None:
         self.config = config
         self.nvml = nvml
         self.clock = time.perf_counter
@@ -182,6 +185,8 @@ class Monitor:
             },
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "environment": environment,
+            "data": (setup or {}).get("data"),
+            "distribution": (setup or {}).get("distribution"),
             "placement": None,
             "verdict": None,
             "causes": [],
@@ -282,6 +287,7 @@ class Monitor:
         for s in stats:
             row[f"gpu{s.gpu}_util_mean"] = s.util_mean
             row[f"gpu{s.gpu}_verdict"] = verdict.gpu_verdicts.get(s.gpu)
+        row.update(activity_row(stats))
         for key, value in logs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = float(value)
@@ -419,6 +425,7 @@ class Monitor:
             cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
             environment=tuple(self.environment_findings),
             idle_threshold_pct=self.config.idle_threshold_pct,
+            facts=RunFacts.from_run(self.info),
         )
 
     def _judge_run(self) -> Judgement:
@@ -437,6 +444,7 @@ class Monitor:
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
+        self.info["energy"] = energy_summary(self.timeline.run_stats())
 
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))

@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,32 @@ _TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
 _CLOCK_SM = 1  # NVML_CLOCK_SM
 _CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
 _MAX_FAULTS = 200
+# NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).
+# With this process listed on a GPU, no sample of it for two of the longest periods means a whole
+# period ended in which it ran no kernels: 0 %. Before that, "no new sample" is unknown, not idle.
+PROC_UTIL_QUIET_S = 2.0
+
+# GPU Performance Monitoring (GPM, Hopper and newer): the metrics read, by the column they fill,
+# with their NVML_GPM_METRIC_* ids from nvml.h. Percentages are 0-100; PCIe is MiB per second.
+GPM_METRICS = {
+    "sm_active_pct": 2,  # NVML_GPM_METRIC_SM_UTIL: share of SMs busy, averaged over time
+    "sm_occupancy_pct": 3,  # NVML_GPM_METRIC_SM_OCCUPANCY: resident warps vs the maximum
+    "tensor_active_pct": 5,  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    "dram_bw_pct": 10,  # NVML_GPM_METRIC_DRAM_BW_UTIL: DRAM bandwidth used vs the peak
+    "fp32_active_pct": 12,  # NVML_GPM_METRIC_FP32_UTIL: non-tensor FP32 math
+    "fp16_active_pct": 13,  # NVML_GPM_METRIC_FP16_UTIL: non-tensor FP16 math
+    "pcie_tx_mib_s": 20,  # NVML_GPM_METRIC_PCIE_TX_PER_SEC
+    "pcie_rx_mib_s": 21,  # NVML_GPM_METRIC_PCIE_RX_PER_SEC
+}
+GPM_METRICS_GET_VERSION = 1  # NVML_GPM_METRICS_GET_VERSION
+# NVML asks for more than 100 ms between the two samples a metric is computed from.
+GPM_MIN_GAP_S = 0.1
+# GPM metrics are averages over the time between two samples (hardware counters), so a sample a
+# second loses none of a span's mean, only detail within the second, as DCGM's default 1 Hz
+# profiling does. On an H200, a sampler tick that also read GPM and the energy counter took
+# 10.3 ms of CPU against 3.7 ms without them: at every 0.2 s tick GPM would almost triple the
+# sampler's cost.
+GPM_INTERVAL_S = 1.0
 
 READING_FIELDS = (
     "util_pct",
@@ -40,6 +67,8 @@ READING_FIELDS = (
     "temp_c",
     "sm_clock_mhz",
     "idle_clock_event",
+    *GPM_METRICS,
+    "energy_counter_mj",
 )
 
 
@@ -77,9 +106,14 @@ class Device:
 class Reading:
     """One device's readings at one sampler tick. `None` means "not measured".
 
-    Units are in the names: percent (0-100), MiB, watts, degrees Celsius, MHz.
+    Units are in the names: percent (0-100), MiB, watts, degrees Celsius, MHz, MiB/s, mJ.
     `idle_clock_event` is True when the driver reports the GPU-idle clock event.
-    `procs` is the number of compute processes NVML lists on the device.
+    `procs` is the number of compute processes NVML lists on the device, and `proc_listed`
+    whether this process is among them (None when the list could not be read): NVML may list it
+    without its memory (`proc_mem_mib` None), so memory cannot tell.
+    The GPM fields (`sm_active_pct` ... `pcie_rx_mib_s`, see :data:`GPM_METRICS`) describe the
+    time since the previous GPM sample, on GPUs that support GPM (Hopper and newer).
+    `energy_counter_mj` is the whole GPU's energy counter: millijoules since the driver loaded.
     """
 
     time_s: float
@@ -96,6 +130,16 @@ class Reading:
     sm_clock_mhz: float | None = None
     idle_clock_event: bool | None = None
     lost: bool = False
+    sm_active_pct: float | None = None
+    sm_occupancy_pct: float | None = None
+    tensor_active_pct: float | None = None
+    dram_bw_pct: float | None = None
+    fp32_active_pct: float | None = None
+    fp16_active_pct: float | None = None
+    pcie_tx_mib_s: float | None = None
+    pcie_rx_mib_s: float | None = None
+    energy_counter_mj: int | None = None
+    proc_listed: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +172,11 @@ class NVML:
         lib: The NVML bindings to use. Default: the ``pynvml`` module from ``nvidia-ml-py``.
             Pass a :class:`gpu_watch.testing.FakeNVML` to simulate GPUs.
 
+    Attributes:
+        gpm_interval_s: Seconds between two GPM samples of a device (default
+            :data:`GPM_INTERVAL_S`; never under NVML's 0.1 s). Readings between them have no
+            GPM values.
+
     Example:
         >>> nvml = NVML()
         >>> if nvml.available:
@@ -136,6 +185,8 @@ class NVML:
         ... else:
         ...     print("NVML unavailable:", nvml.error)
     """
+
+    gpm_interval_s = GPM_INTERVAL_S
 
     def __init__(self, lib: Any = None) -> None:
         self._lib = lib if lib is not None else pynvml
@@ -147,6 +198,9 @@ class NVML:
         self._faults: list[Fault] = []
         self._fault_keys: set[tuple[str, str, int | None]] = set()
         self._proc_util_seen_us: dict[int, int] = {}
+        self._gpm: dict[tuple[int, str], _GpmState] = {}
+        self._proc_read_s: dict[int, float] = {}
+        self._proc_quiet_s: dict[int, float] = {}
         self._all_devices: list[Device] | None = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -224,6 +278,8 @@ class NVML:
 
         `func` may name several versioned calls, newest first: a driver or binding without one
         (``FunctionNotFound``) moves on to the next, as drivers differ in what they export.
+        ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, raised by an unversioned
+        binding that wraps a versioned function the driver lacks) counts as ``FunctionNotFound``.
         ``NotFound`` returns `not_found` (NVML's way of saying "nothing to report").
         ``NotSupported`` switches `metric` off for `gpu` for the rest of the session, and
         ``GpuIsLost`` marks `gpu` lost; any other error leaves the next call free to succeed.
@@ -238,7 +294,7 @@ class NVML:
         for position, name in enumerate(present):
             try:
                 return getattr(self._lib, name)(*args)
-            except pynvml.NVMLError_FunctionNotFound as exc:
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
                 if position + 1 < len(present):
                     continue
                 self._record_fault(metric, gpu, exc)
@@ -280,19 +336,26 @@ class NVML:
     def all_devices(self) -> list[Device]:
         """Every GPU NVML sees, in NVML order, whatever ``CUDA_VISIBLE_DEVICES`` says.
 
+        A GPU whose handle NVML refuses (``NoPermission``, ``GpuIsLost``: nvml.h counts such a
+        device in ``nvmlDeviceGetCount_v2`` all the same) keeps its place, with no handle, so
+        the indices of the others stay right; it reads as unmeasured, never as idle.
+
         Listed once per session: NVML's devices cannot change until it is shut down (a list
-        that some error left incomplete is read again next time)."""
+        with a refused handle, or no count, is read again next time).
+        """
         if self._all_devices is not None:
             return list(self._all_devices)
         count = self.query("device_count", None, "nvmlDeviceGetCount")
+        complete = count is not None
         devices = []
         for index in range(count or 0):
             handle = self.query("handle", index, "nvmlDeviceGetHandleByIndex", index)
             if handle is None:
-                count = None
+                complete = False
+                devices.append(Device(index, index, "", "unknown GPU", None))
                 continue
             devices.append(self._describe(index, index, handle))
-        if count is not None:
+        if complete:
             self._all_devices = devices
         return list(devices)
 
@@ -319,7 +382,7 @@ class NVML:
     def _match(self, token: str, physical: list[Device]) -> Device | None:
         if token.isdigit():
             index = int(token)
-            return physical[index] if index < len(physical) else None
+            return next((d for d in physical if d.nvml_index == index), None)
         wanted = token.upper()
         if wanted.startswith("MIG-"):
             return self._match_mig(wanted, physical)
@@ -330,6 +393,8 @@ class NVML:
 
     def _match_mig(self, wanted: str, physical: list[Device]) -> Device | None:
         for parent in physical:
+            if parent.handle is None:
+                continue
             count = self.query("mig_count", parent.nvml_index, "nvmlDeviceGetMaxMigDeviceCount",
                                parent.handle) or 0
             for slot in range(count):
@@ -350,12 +415,17 @@ class NVML:
         return Device(nvml_index, cuda_index, uuid, name, total, handle)
 
     def processes(self, device: Device) -> list[GPUProcess] | None:
-        """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None."""
+        """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None.
+
+        Only the versioned calls: ``pynvml``'s unversioned one is ``_v3`` again (behind
+        ``throwOnVersionMismatch``), so it can never help where ``_v3`` and ``_v2`` failed.
+        """
+        if device.handle is None:
+            return None
         listed = self.query(
             "processes",
             device.nvml_index,
-            ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
-             "nvmlDeviceGetComputeRunningProcesses"),
+            ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
             device.handle,
         )
         if listed is None:
@@ -373,6 +443,8 @@ class NVML:
         if gpu in self._lost:
             reading.lost = True
             return reading
+        if device.handle is None:  # NVML would not open it (see `all_devices`)
+            return reading
         h = device.handle
         rates = self.query("util", gpu, "nvmlDeviceGetUtilizationRates", h)
         if rates is not None:
@@ -383,17 +455,16 @@ class NVML:
             reading.mem_used_mib = memory.used / MIB
             reading.mem_total_mib = memory.total / MIB
         procs = self.processes(device)
-        on_device = False
         if procs is not None:
             reading.procs = len(procs)
             mine = [p for p in procs if p.pid == os.getpid()]
-            on_device = bool(mine)
+            reading.proc_listed = bool(mine)
             if mine:
                 used = [p.used_mib for p in mine if p.used_mib is not None]
                 reading.proc_mem_mib = sum(used) if used else None
             else:
                 reading.proc_mem_mib = 0.0
-        reading.proc_util_pct = self._proc_util(device, on_device)
+        reading.proc_util_pct = self._proc_util(device, bool(reading.proc_listed), time_s)
         power_mw = self.query("power", gpu, "nvmlDeviceGetPowerUsage", h)
         reading.power_w = power_mw / 1000.0 if power_mw is not None else None
         temp = self.query("temperature", gpu, "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
@@ -408,27 +479,190 @@ class NVML:
         )
         if reasons is not None:
             reading.idle_clock_event = bool(int(reasons) & _CLOCK_EVENT_GPU_IDLE)
+        self._read_activity(device, reading)
         reading.lost = gpu in self._lost
         return reading
 
-    def _proc_util(self, device: Device, on_device: bool) -> float | None:
-        """This process's SM utilization on `device`, in percent.
+    def _proc_util(self, device: Device, listed: bool, time_s: float) -> float | None:
+        """This process's SM utilization on `device` since the last reading, in percent.
 
-        NVML keeps a buffer of per-process samples; passing back the newest timestamp seen asks
-        only for samples taken since. ``NotFound`` means no process ran kernels since then, which
-        is 0 % for a process known to be on the device and unknown otherwise.
+        The driver samples each process at its own period (1/6 s to 1 s, by product) and
+        buffers one sample per process per period "that had some non-zero utilization";
+        ``nvmlDeviceGetProcessUtilization`` returns every sample newer than the timestamp
+        passed in (several per process when polled slower than the driver samples), and
+        ``NotFound`` when there is none. Passing back the newest timestamp seen, the rule is:
+
+        - samples of this process: their mean, each covering one driver period since the last
+          reading (the first reading takes only the newest: the buffer reaches back to before
+          training);
+        - none, with this process listed on the device (`listed`): 0 % once no sample of it has
+          come for `PROC_UTIL_QUIET_S` seconds of readings, as a whole driver period then ended
+          with nothing to report; before that None, since polling faster than the driver
+          samples must not read as idle;
+        - none, and not listed (a container's PID namespace, or not on this GPU): None.
+
+        `time_s` is the reading's time; a clock that goes back (a new run's) counts as no time.
         """
-        since = self._proc_util_seen_us.get(device.nvml_index, 0)
-        samples = self.query("proc_util", device.nvml_index, "nvmlDeviceGetProcessUtilization",
+        gpu = device.nvml_index
+        last_s = self._proc_read_s.get(gpu)
+        quiet_s = self._proc_quiet_s.get(gpu, 0.0)
+        if last_s is not None:
+            quiet_s += max(0.0, time_s - last_s)
+        self._proc_read_s[gpu] = time_s
+        self._proc_quiet_s[gpu] = quiet_s
+        since = self._proc_util_seen_us.get(gpu, 0)
+        samples = self.query("proc_util", gpu, "nvmlDeviceGetProcessUtilization",
                              device.handle, since, not_found=())
         if samples is None:
             return None
         if samples:
-            self._proc_util_seen_us[device.nvml_index] = max(int(s.timeStamp) for s in samples)
-        mine = [float(s.smUtil) for s in samples if int(s.pid) == os.getpid()]
+            self._proc_util_seen_us[gpu] = max(int(s.timeStamp) for s in samples)
+        mine = [s for s in samples if int(s.pid) == os.getpid()]
         if mine:
-            return max(mine)
-        return 0.0 if on_device else None
+            self._proc_quiet_s[gpu] = 0.0
+            if not since:
+                newest = max(int(s.timeStamp) for s in mine)
+                mine = [s for s in mine if int(s.timeStamp) == newest]
+            return sum(float(s.smUtil) for s in mine) / len(mine)
+        if listed and quiet_s >= PROC_UTIL_QUIET_S:
+            return 0.0
+        return None
+
+    # -- GPM and energy --------------------------------------------------------------------------
+
+    def _read_activity(self, device: Device, reading: Reading) -> None:
+        """Fill `reading`'s GPM fields and the energy counter, each failure contained."""
+        self._read_gpm(device, reading)
+        counter = self.query("energy", device.nvml_index, "nvmlDeviceGetTotalEnergyConsumption",
+                             device.handle)
+        reading.energy_counter_mj = int(counter) if counter is not None else None
+
+    def _read_gpm(self, device: Device, reading: Reading) -> None:
+        """Take a GPM sample every `gpm_interval_s` and compute the metrics of the time since
+        the previous one. Two buffers per device are swapped at each sample, so nothing is
+        allocated per tick; `release_gpm` frees them."""
+        gpu = device.nvml_index
+        key = (gpu, device.uuid)
+        state = self._gpm.get(key)
+        if state is None:
+            if ("gpm", gpu) in self._disabled or gpu in self._lost:
+                return
+            state = self._start_gpm(device)
+            if state is None:
+                return
+        # A negative gap is a new time axis (a new run on this session): start over. A tick a
+        # few milliseconds early still counts, or jitter would push every sample a tick late.
+        gap_s = None if state.previous_s is None else reading.time_s - state.previous_s
+        wait_s = max(0.95 * self.gpm_interval_s, GPM_MIN_GAP_S)
+        if gap_s is not None and 0 <= gap_s < wait_s:
+            return  # too soon: keep the previous sample for a later tick
+        if state.instance is None:
+            taken = self.query("gpm", gpu, "nvmlGpmSampleGet", state.handle, state.current)
+        else:
+            taken = self.query("gpm", gpu, "nvmlGpmMigSampleGet", state.handle, state.instance,
+                               state.current)
+        if taken is None:
+            return
+        if gap_s is not None and gap_s >= GPM_MIN_GAP_S:
+            self._gpm_metrics(state, gpu, reading)
+        state.previous, state.current = state.current, state.previous
+        state.previous_s = reading.time_s
+
+    def _start_gpm(self, device: Device) -> _GpmState | None:
+        """Check that `device` supports GPM and allocate its two sample buffers; None if not.
+
+        A MIG instance is sampled through its parent GPU and its GPU instance id, as NVML asks.
+        """
+        gpu = device.nvml_index
+        if not hasattr(self._lib, "nvmlGpmQueryDeviceSupport"):
+            self._disabled.add(("gpm", gpu))  # bindings older than GPM
+            return None
+        handle, instance = device.handle, None
+        if device.uuid.upper().startswith("MIG-"):
+            handle = self.query("gpm", gpu, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+                                device.handle)
+            instance = self.query("gpm", gpu, "nvmlDeviceGetGpuInstanceId", device.handle)
+            if handle is None or instance is None:
+                return None
+        support = self.query("gpm", gpu, "nvmlGpmQueryDeviceSupport", handle)
+        if support is None:
+            return None
+        if not int(support.isSupportedDevice):
+            self._disabled.add(("gpm", gpu))  # Ampere, Ada and older: not an error, just absent
+            return None
+        first = self.query("gpm", gpu, "nvmlGpmSampleAlloc")
+        second = self.query("gpm", gpu, "nvmlGpmSampleAlloc") if first is not None else None
+        if second is None:
+            if first is not None:
+                self._free_gpm_sample(first)
+            return None
+        struct = getattr(self._lib, "c_nvmlGpmMetricsGet_t", pynvml.c_nvmlGpmMetricsGet_t)
+        state = _GpmState(handle, instance, first, second, struct())
+        self._gpm[(gpu, device.uuid)] = state
+        return state
+
+    def _gpm_metrics(self, state: _GpmState, gpu: int, reading: Reading) -> None:
+        wanted = tuple(name for name in GPM_METRICS if (name, gpu) not in self._disabled)
+        request = state.request
+        # NVML reads the version, the count, both samples and each metric id, and writes only
+        # each metric's nvmlReturn and value: pynvml fills none of them.
+        request.version = GPM_METRICS_GET_VERSION
+        request.sample1 = state.previous
+        request.sample2 = state.current
+        if wanted != state.asked:
+            request.numMetrics = len(wanted)
+            for k, name in enumerate(wanted):
+                request.metrics[k].metricId = GPM_METRICS[name]
+            state.asked = wanted
+        if self.query("gpm", gpu, "nvmlGpmMetricsGet", request) is None:
+            return
+        for k, name in enumerate(wanted):
+            metric = request.metrics[k]
+            code = int(metric.nvmlReturn)
+            if code == 0:
+                setattr(reading, name, float(metric.value))
+                continue
+            error = pynvml.NVMLError(code)  # the subclass for that code
+            self._record_fault(name, gpu, error)
+            if isinstance(error, pynvml.NVMLError_NotSupported):
+                self._disabled.add((name, gpu))
+
+    def release_gpm(self, devices: Sequence[Device]) -> None:
+        """Free the GPM sample buffers of `devices` (the sampler calls it when it stops).
+
+        The next reading of such a device starts afresh with new buffers.
+        """
+        for device in devices:
+            state = self._gpm.pop((device.nvml_index, device.uuid), None)
+            if state is not None:
+                for sample in (state.previous, state.current):
+                    self._free_gpm_sample(sample)
+
+    def switch_off(self, metric: str, gpu: int) -> None:
+        """Stop reading `metric` (e.g. "gpm", "energy") on `gpu` for this session, as
+        ``NotSupported`` does: to measure what reading it costs, or to spare a GPU the reads."""
+        self._disabled.add((metric, gpu))
+
+    def _free_gpm_sample(self, sample: Any) -> None:
+        # Not tied to a GPU: a buffer is host memory, freed even after its GPU was switched off
+        # or lost.
+        self.query("gpm_free", None, "nvmlGpmSampleFree", sample)
+
+
+@dataclass
+class _GpmState:
+    """One device's GPM session: the handle samples are taken from (the parent GPU of a MIG
+    instance, with its GPU instance id), two sample buffers, when the previous sample was
+    taken (the reading's `time_s`), and the request structure, allocated once: its size grows
+    with the bindings' version."""
+
+    handle: Any
+    instance: int | None
+    previous: Any
+    current: Any
+    request: Any
+    previous_s: float | None = None
+    asked: tuple[str, ...] = ()
 
 
 def parse_visible_devices(value: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch.nvml import NVML, parse_visible_devices
+from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 UUIDS = [
@@ -66,8 +66,11 @@ def test_process_utilization_not_found_means_zero_for_a_process_on_the_device(cl
                     clock=clock)
     nvml = NVML(fake)
     on_it, not_on_it = nvml.devices()
-    assert nvml.read(on_it, 0).proc_util_pct == 0.0
+    assert nvml.read(on_it, 0).proc_util_pct is None  # no sample yet is not idle
     assert nvml.read(not_on_it, 0).proc_util_pct is None  # unknown, not idle
+    clock.advance(PROC_UTIL_QUIET_S)  # a whole driver period without a sample of ours
+    assert nvml.read(on_it, clock.now).proc_util_pct == 0.0
+    assert nvml.read(not_on_it, clock.now).proc_util_pct is None
     assert nvml.faults == []  # NotFound is NVML's "no samples", not a fault
 
 
@@ -187,6 +190,53 @@ def test_cuda_visible_devices_map_by_uuid(visible, expected):
 def test_visible_devices_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
     assert [d.nvml_index for d in NVML(four_gpus()).devices()] == [2, 0]
+
+
+def test_a_session_lists_its_devices_once_until_shut_down(monkeypatch):
+    fake = four_gpus()
+    nvml = NVML(fake)
+
+    def listings():
+        return sum(n for (name, _), n in fake.calls.items() if name == "nvmlDeviceGetCount")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert [d.nvml_index for d in nvml.devices()] == [3, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # read again: it can change between runs
+    assert [d.nvml_index for d in nvml.devices()] == [0]
+    assert [d.uuid for d in nvml.all_devices()] == UUIDS
+    assert listings() == 1
+    nvml.all_devices().clear()  # a copy: the session's list stays whole
+    assert len(nvml.all_devices()) == 4
+    nvml.shutdown()
+    assert len(nvml.all_devices()) == 4 and listings() == 2
+
+
+def test_a_device_list_with_a_refused_handle_is_read_again():
+    class RefusedOnce(FakeNVML):
+        refusals = 1
+
+        def nvmlDeviceGetHandleByIndex(self, index):  # noqa: N802 (NVML's name)
+            if self.refusals:
+                self.refusals -= 1
+                raise pynvml.NVMLError_Unknown()
+            return super().nvmlDeviceGetHandleByIndex(index)
+
+    nvml = NVML(RefusedOnce([FakeGPU(name="A"), FakeGPU(name="B")]))
+    first = nvml.all_devices()  # the refused GPU keeps its place, unmeasured
+    assert [(d.name, d.handle is None) for d in first] == [("unknown GPU", True), ("B", False)]
+    again = nvml.all_devices()
+    assert [(d.name, d.handle is None) for d in again] == [("A", False), ("B", False)]
+    assert nvml.all_devices() == again
+
+
+def test_a_device_count_that_fails_is_asked_again():
+    fake = FakeNVML([FakeGPU()])
+    nvml = NVML(fake)
+    count = fake.nvmlDeviceGetCount
+    fake.nvmlDeviceGetCount = lambda: (_ for _ in ()).throw(pynvml.NVMLError_Unknown())
+    assert nvml.all_devices() == []
+    fake.nvmlDeviceGetCount = count
+    assert len(nvml.all_devices()) == 1
 
 
 def test_parse_visible_devices():

@@ -1,0 +1,178 @@
+"""The Timeline's exact figures: batch rows, which readings describe a batch, waiting for data,
+span statistics and the idle event's record."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_watch.nvml import Reading
+from gpu_watch.timeline import IdleEvent, SpanStats, Timeline
+
+
+def reading(t, util=None, gpu=0, **kw):
+    return Reading(time_s=t, gpu=gpu, util_pct=util, **kw)
+
+
+def timeline(gpus=(0,), interval_s=0.25):
+    tl = Timeline(list(gpus), 10.0, 60.0, interval_s)
+    tl.begin_epoch(0)
+    return tl
+
+
+def test_the_idle_event_record():
+    event = IdleEvent(0.12345, 1.98765, {0: 3.14159, 1: 12.3456})
+    assert event.to_dict() == {"start_s": 0.123, "end_s": 1.988, "duration_s": 1.864,
+                               "util_mean_pct": {"0": 3.1, "1": 12.3}}
+
+
+def test_a_batch_row_has_every_field():
+    tl = timeline(gpus=(0, 2))
+    tl.add_batch(3, 7, 2, 1.25, 2.0, 0.5)
+    tl.add_readings([reading(2.0, 40.0, mem_used_mib=900.0), reading(2.0, 60.0, gpu=2)])
+    _, rows = tl.drain()  # a reading exactly at the batch's end describes it
+    assert rows == [{"epoch": 3, "batch": 7, "steps": 2, "time_s": 2.0, "step_s": 0.75,
+                     "wait_s": 0.5, "gpu0_util_pct": 40.0, "gpu0_mem_used_mib": 900.0,
+                     "gpu2_util_pct": 60.0, "gpu2_mem_used_mib": None}]
+
+
+def test_drain_hands_out_at_most_the_limit():
+    tl = timeline()
+    for b in range(5):
+        tl.add_batch(0, b, 1, 0.1 * b, 0.1 * b + 0.05, None)
+    tl.add_readings([reading(1.0, 50.0)])
+    assert [r["batch"] for r in tl.drain(limit=2)[1]] == [0, 1]
+    assert [r["batch"] for r in tl.drain(limit=2)[1]] == [2, 3]
+    assert [r["batch"] for r in tl.drain()[1]] == [4]
+
+
+def test_only_readings_inside_a_batch_describe_it():
+    tl = timeline()
+    tl.add_batch(0, 0, 1, 1.0, 2.0, None)
+    tl.add_readings([reading(0.5, 0.0)])  # before the batch began
+    tl.add_readings([reading(1.5, 90.0)])
+    tl.add_readings([reading(2.0, 70.0)])
+    _, rows = tl.drain()
+    assert rows[0]["gpu0_util_pct"] == 80.0
+
+
+@pytest.mark.parametrize(("after_s", "util"), [(0.5, 33.0), (0.75, None)])
+def test_a_short_batch_takes_a_reading_up_to_two_intervals_after_it(after_s, util):
+    tl = timeline(interval_s=0.25)
+    tl.add_batch(0, 0, 1, 1.0, 1.125, None)
+    tl.add_readings([reading(1.125 + after_s, 33.0)])
+    _, rows = tl.drain()
+    assert rows[0]["gpu0_util_pct"] == util
+
+
+def test_readings_of_a_batch_still_running_survive_a_flush():
+    tl = timeline()
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    tl.add_readings([reading(0.25, 5.0)])
+    tl.drain()
+    tl.add_batch(0, 1, 1, 0.5, 1.5, None)  # pending while readings come in and rows flush
+    for t, util in [(0.75, 10.0), (1.0, 20.0), (1.25, 60.0)]:
+        tl.add_readings([reading(t, util)])
+        tl.drain()
+    tl.add_batch(0, 2, 1, 1.5, 1.6, None)  # a later batch, pending too
+    tl.drain()
+    tl.add_readings([reading(1.75, 0.0)])
+    _, rows = tl.drain()
+    assert [r["gpu0_util_pct"] for r in rows] == [30.0, 0.0]
+
+
+def test_waiting_for_data_adds_up_over_batches_and_ticks():
+    tl = Timeline([0], 10.0, 60.0, 0.25)
+    assert tl.epoch_loop() == (0, 0.0, 0.0, 0)
+    assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, None)
+    tl.add_data_tick(True)  # before the first step: compiling, not waiting
+    tl.begin_epoch(0)
+    assert tl.epoch_wait_fraction() is None
+    tl.add_batch(0, 0, 1, 0.0, 0.25, 0.125)
+    tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125)
+    assert tl.epoch_loop() == (2, 0.375, 0.25, 2)
+    assert tl.run_wait_fraction() == pytest.approx(0.25 / 0.625)
+    for fetching in (True, False, False, False, False):
+        tl.add_data_tick(fetching)
+    assert tl.run_wait_fraction() == pytest.approx(0.4)  # the gaps, larger than 1 tick in 5
+    tl.begin_epoch(1)
+    assert tl.epoch_wait_fraction() is None
+    tl.add_batch(1, 0, 1, 1.0, 1.25, None)
+    for fetching in (True, True, True, False):
+        tl.add_data_tick(fetching)
+    assert tl.epoch_wait_fraction() == 0.75  # the ticks, larger than no gap
+    assert tl.epoch_loop() == (1, 0.25, 0.0, 1)
+    assert tl.run_wait_fraction() == pytest.approx(4 / 9)
+
+
+def test_epoch_figures_before_any_epoch_began_are_the_readings_so_far():
+    tl = Timeline([0], 10.0, 60.0, 0.25)
+    tl.add_readings([reading(0.25, 40.0)])
+    (stats,) = tl.epoch_stats()
+    assert (stats.util_samples, stats.util_mean) == (1, 40.0)
+
+
+def test_readings_during_step_0_are_kept_for_every_gpu():
+    tl = timeline(gpus=(0, 3))
+    tl.add_readings([reading(0.25, 20.0), reading(0.25, 40.0, gpu=3)])
+    tl.add_batch(0, 0, 1, 0.0, 0.3, None)
+    samples, _ = tl.drain()
+    assert [r.gpu for r in samples] == [0, 3]
+    assert [(s.gpu, s.util_mean) for s in tl.run_stats()] == [(0, 20.0), (3, 40.0)]
+
+
+def test_span_statistics_in_full():
+    span = SpanStats()
+    empty = span.stats(3)
+    assert (empty.gpu, empty.util_samples, empty.util_mean, empty.proc_seen, empty.others_seen,
+            empty.lost, empty.proc_mem_peak_mib) == (3, 0, None, False, False, False, None)
+    span.add(reading(0.25, mem_used_mib=500.0, proc_mem_mib=200.0, procs=1, proc_listed=True),
+             10.0)
+    no_util = span.stats(3)
+    assert (no_util.gpu, no_util.util_samples, no_util.mem_peak_mib, no_util.proc_mem_peak_mib,
+            no_util.proc_seen, no_util.others_seen, no_util.lost) == (
+        3, 0, 500.0, 200.0, True, False, False)
+    span.add(reading(0.5, 100.7, proc_mem_mib=150.0, lost=True), 10.0)  # over 100: the top
+    span.add(reading(0.75, 0.0, proc_mem_mib=None), 10.0)
+    full = span.stats(3)
+    assert (full.gpu, full.util_samples, full.util_p95, full.proc_mem_peak_mib, full.lost) == (
+        3, 2, 100.0, 200.0, True)
+    assert full.util_mean == pytest.approx(50.35)
+
+
+@pytest.mark.parametrize(("proc_mem_mib", "procs", "seen"), [
+    (0.0, 1, (False, True)),  # holds nothing: the one process listed is another
+    (0.5, 1, (True, False)),
+    (0.5, 2, (True, True)),
+    (None, 2, (False, False)),  # nothing to tell by
+])
+def test_readings_without_the_listed_flag_infer_it_from_memory(proc_mem_mib, procs, seen):
+    span = SpanStats()
+    span.add(reading(0.25, 50.0, proc_mem_mib=proc_mem_mib, procs=procs), 10.0)
+    stats = span.stats(0)
+    assert (stats.proc_seen, stats.others_seen) == seen
+
+
+def test_warmup_figures_keep_their_gpu():
+    tl = timeline(gpus=(3,))
+    tl.add_readings([reading(0.25, 95.0, gpu=3)])
+    tl.add_batch(0, 0, 1, 0.0, 0.5, None)
+    (run,) = tl.run_stats()
+    (epoch,) = tl.epoch_stats()
+    assert (run.gpu, run.util_mean, epoch.gpu) == (3, 95.0, 3)
+
+
+@pytest.mark.parametrize(("listed", "procs", "lost"), [(False, None, True), (True, 2, False)])
+def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
+    span = SpanStats()
+    span.add(reading(0.25, procs=procs, proc_listed=listed, lost=lost), 10.0)
+    stats = span.stats(0)
+    assert (stats.util_samples, stats.proc_seen, stats.others_seen, stats.lost) == (
+        0, listed, procs is not None, lost)
+
+
+def test_ticks_before_any_epoch_began_count_for_the_first():
+    tl = Timeline([0], 10.0, 60.0, 0.25)
+    tl.add_batch(0, 0, 1, 0.0, 0.25, None)
+    for _ in range(4):
+        tl.add_data_tick(False)
+    assert tl.epoch_wait_fraction() == 0.0

@@ -34,6 +34,7 @@ import pynvml
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 
 _MIB = 1024 * 1024
+_NAME_BUFFER_BYTES = 1024  # what pynvml passes to nvmlSystemGetProcessName
 
 # The functions each fault "field" covers, so a test can fail one reading without naming NVML.
 FIELDS = {
@@ -60,11 +61,15 @@ class FakeProcess:
             some Windows driver models).
         sm_util_pct: Its SM utilization, percent (a timeline). Samples are reported only while
             it is above 0, as NVML reports only processes that ran kernels.
+        name: What ``nvmlSystemGetProcessName`` returns for it (as bytes, cut to NVML's
+            1024-byte buffer). None: NVML may not read it (``NoPermission``, as for another
+            user's process without the rights).
     """
 
     pid: int | None = None
     used_mib: Timeline = 0.0
     sm_util_pct: Timeline = 0.0
+    name: str | None = "python"
 
 
 @dataclass
@@ -312,6 +317,16 @@ class FakeNVML:
         if not samples:
             raise pynvml.NVMLError_NotFound()
         return samples
+
+    def nvmlSystemGetProcessName(self, pid: int) -> bytes:  # noqa: N802
+        self._enter("nvmlSystemGetProcessName")
+        for gpu in self.gpus:
+            for proc in [p for g in (gpu, *gpu.mig_devices) for p in g.processes]:
+                if _pid(proc) == pid:
+                    if proc.name is None:
+                        raise pynvml.NVMLError_NoPermission()
+                    return proc.name.encode("utf-8", "replace")[:_NAME_BUFFER_BYTES - 1]
+        raise pynvml.NVMLError_NotFound()
 
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetPowerUsage", handle, "power")

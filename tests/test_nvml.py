@@ -66,8 +66,8 @@ def test_process_utilization_not_found_means_zero_for_a_process_on_the_device(cl
                     clock=clock)
     nvml = NVML(fake)
     on_it, not_on_it = nvml.devices()
-    assert nvml.read(on_it, 0).proc_util_pct == 0.0
     assert nvml.read(not_on_it, 0).proc_util_pct is None  # unknown, not idle
+    assert nvml.read(on_it, 0).proc_util_pct == 0.0
     assert nvml.faults == []  # NotFound is NVML's "no samples", not a fault
 
 

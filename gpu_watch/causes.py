@@ -96,6 +96,12 @@ CATALOGUE: dict[str, CauseSpec] = {
         "is not among them: device-level figures are shown instead.",
         "Nothing to fix: run with `--pid=host` (docker) if you need per-process figures.",
     ),
+    "gpu_shared": CauseSpec(
+        RESOURCES, WARNING,
+        "Other processes used the GPU while this training ran.",
+        "Train on a GPU no one else uses: `nvidia-smi` lists each GPU's processes; pick a "
+        "free one with CUDA_VISIBLE_DEVICES=<index>, or stop the processes named here.",
+    ),
 }
 
 CODES = tuple(CATALOGUE)

@@ -44,14 +44,17 @@ FINAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED_IDLE, STATUS_INTERRUPTED, STA
 SAMPLE_COLUMNS = (
     "time_s", "gpu", "util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib",
     "proc_mem_mib", "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
-    "idle_clock_event", "lost",
+    "idle_clock_event", "lost", "others_util_pct", "others_mem_mib",
 )
 BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
 BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
 EPOCH_COLUMNS = (
     "epoch", "batches", "duration_s", "step_s_mean", "wait_fraction", "gpu_util_mean",
-    "gpu_util_p95", "gpu_mem_peak_mib", "idle_fraction", "verdict",
+    "proc_util_mean", "gpu_util_p95", "gpu_mem_peak_mib", "idle_fraction", "verdict",
 )
+# Columns added after the first release: a run folder written before them still loads, with
+# the column all NaN.
+ADDED_COLUMNS = frozenset({"others_util_pct", "others_mem_mib", "proc_util_mean"})
 
 
 class RunFolderError(ValueError):
@@ -328,9 +331,12 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
     except (ValueError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunFolderError(f"{path}: not a valid CSV ({first})") from None
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns and c not in ADDED_COLUMNS]
     if missing:
         raise RunFolderError(f"{path}: missing columns {', '.join(missing)}")
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = float("nan")
     return frame
 
 

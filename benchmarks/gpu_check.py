@@ -12,7 +12,12 @@ fixed when a process starts):
   right answer too (cause `no_nvidia_driver`), so this one runs anywhere.
 - starved: a slow Python generator feeds a small model, with ``on_idle="stop"`` and a short
   patience. Expected: training stopped early (status `stopped_idle`), verdict `idle`, cause
-  `input_bound`.
+  `input_bound` with the remedy for a generator (a `keras.utils.PyDataset` with workers, not
+  `tf.data`).
+- forced: a small model built and fitted inside ``with keras.device("cpu")``. Expected:
+  `cpu_fallback` with cause `forced_cpu_placement`, whose remedy names `keras.device` and no
+  TensorFlow API; the CPU device scope recorded. Without a GPU: `cpu_fallback`
+  (`no_nvidia_driver`) with the scope recorded, so this one runs anywhere too.
 - shared: the starved training while a second process, started by this script, keeps the same
   GPU busy with matrix products (torch, or JAX without torch). Expected: stopped early, verdict
   `idle` with causes `input_bound` and `gpu_shared` naming the second process's PID: the
@@ -35,6 +40,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -50,7 +56,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # gpu-watch from this checkout: installing it would pull TensorFlow
 
-SCENARIOS = ("healthy", "hidden", "starved", "shared", "contended")
+SCENARIOS = ("healthy", "hidden", "starved", "forced", "shared", "contended")
+ANYWHERE = ("hidden", "forced")  # scenarios with a known answer on a machine without a GPU
 # Scenarios that run beside a second, busy process, and the training each of them runs.
 BESIDE_BUSY = {"shared": "starved", "contended": "healthy"}
 BUSY_START_TIMEOUT_S = 90
@@ -79,6 +86,11 @@ def train(scenario: str, log_dir: str, seconds: float,
     backend = keras.backend.backend()
     name = run_name or f"{backend}-{scenario}"
 
+    def scope():
+        """The forced scenario builds, compiles and fits inside a CPU device scope: an
+        optimizer compiled outside it would keep its step counter on the GPU."""
+        return keras.device("cpu") if scenario == "forced" else contextlib.nullcontext()
+
     class StopAfter(keras.callbacks.Callback):
         """Ends training `seconds` after the first batch (a begin hook: async dispatch stays)."""
 
@@ -97,9 +109,11 @@ def train(scenario: str, log_dir: str, seconds: float,
         watch = GPUWatch(log_dir=log_dir, run_name=name, require_gpu=True, verbose=0)
         fit = {"x": x, "y": y, "batch_size": batch, "epochs": 100_000, "shuffle": False,
                "callbacks": [watch, StopAfter()]}
-    elif scenario == "hidden":
-        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
-                                  keras.layers.Dense(1)])
+    elif scenario in ANYWHERE:
+        with scope():
+            model = keras.Sequential([keras.Input((32,)),
+                                      keras.layers.Dense(64, activation="relu"),
+                                      keras.layers.Dense(1)])
         x = rng.standard_normal((2048, 32), dtype=np.float32)
         y = rng.standard_normal((2048, 1), dtype=np.float32)
         watch = GPUWatch(log_dir=log_dir, run_name=name, verbose=0)
@@ -119,14 +133,16 @@ def train(scenario: str, log_dir: str, seconds: float,
                          idle_patience_s=STARVED_PATIENCE_S, verbose=0)
         fit = {"x": slow_batches(), "steps_per_epoch": STARVED_STEPS,
                "epochs": STARVED_EPOCHS, "callbacks": [watch]}
-    model.compile(optimizer="adam", loss="mse")
+    with scope():
+        model.compile(optimizer="adam", loss="mse")
 
     start = time.perf_counter()
     error = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
         try:
-            model.fit(verbose=0, **fit)
+            with scope():
+                model.fit(verbose=0, **fit)
         except Exception as exc:  # e.g. GPUNotUsedError: reported, not a crash of the check
             error = f"{type(exc).__name__}: {exc}"
     fit_s = time.perf_counter() - start
@@ -144,6 +160,9 @@ def train(scenario: str, log_dir: str, seconds: float,
         "status": run.status,
         "verdict": run.verdict,
         "causes": [c["code"] for c in run.causes],
+        "remedies": {c["code"]: c["remedy"] for c in run.causes},
+        "data_source": (run.info.get("data") or {}).get("source"),
+        "device_scope": placement.get("device_scope"),
         "error": error,
         "compute_on_gpu": placement.get("compute_on_gpu"),
         "placement_devices": placement.get("variable_devices"),
@@ -268,7 +287,10 @@ def expected_text(scenario: str, gpu: bool) -> str:
     if scenario == "hidden":
         return ("cpu_fallback + gpus_hidden; NVML sees the GPU" if gpu
                 else "cpu_fallback (no GPU: no_nvidia_driver)")
-    return "stopped early; idle + input_bound"
+    if scenario == "forced":
+        return ("cpu_fallback + forced_cpu_placement; remedy names keras.device; CPU scope" if gpu
+                else "cpu_fallback (no GPU: no_nvidia_driver); CPU scope recorded")
+    return "stopped early; idle + input_bound; remedy for a generator"
 
 
 def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any]) -> tuple[str, bool]:
@@ -302,12 +324,28 @@ def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any]) -> tuple[str,
                        seen["watched_gpus"] == []]
         else:
             checks.append("no_nvidia_driver" in causes)
+    elif scenario == "forced":
+        remedy = seen["remedies"].get("forced_cpu_placement", "")
+        text = (f"{verdict}; scope {seen['device_scope']}; step 0 on "
+                f"{'GPU' if seen['compute_on_gpu'] else 'CPU'}")
+        checks += [seen["verdict"] == "cpu_fallback", seen["compute_on_gpu"] is False,
+                   "cpu" in str(seen["device_scope"]).lower()]
+        if gpu:
+            text += f"; remedy: {remedy[:70]}"
+            checks += ["forced_cpu_placement" in causes, 'keras.device("cpu")' in remedy,
+                       "tf." not in remedy]
+        else:
+            checks.append("no_nvidia_driver" in causes)
     else:
         total = STARVED_EPOCHS * STARVED_STEPS
+        remedy = seen["remedies"].get("input_bound", "")
         text = (f"{seen['status']} after {seen['batches']} of {total} batches; {verdict}; "
-                f"util {_num(seen['util_mean_pct'], '%')}")
+                f"util {_num(seen['util_mean_pct'], '%')}; data {seen['data_source']}; "
+                f"remedy: {remedy[:60]}")
         checks += [seen["status"] == "stopped_idle", seen["batches"] < total,
-                   seen["verdict"] == "idle", "input_bound" in causes]
+                   seen["verdict"] == "idle", "input_bound" in causes,
+                   seen["data_source"] == "generator", "keras.utils.PyDataset" in remedy,
+                   "tf." not in remedy]
     return "; ".join([text, *notes]), all(checks)
 
 
@@ -399,7 +437,7 @@ def check(out_dir: Path, backends: list[str], seconds: float) -> list[Row]:
             if not installed:
                 rows.append(Row(backend, scenario, expected, "", f"skipped: {backend} is not "
                                                                    "installed"))
-            elif not gpu and scenario != "hidden":
+            elif not gpu and scenario not in ANYWHERE:
                 rows.append(Row(backend, scenario, expected, "", "skipped: no NVIDIA GPU"))
             else:
                 seen, log = run_child(backend, scenario, out_dir, seconds, len(gpus))

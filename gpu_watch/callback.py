@@ -116,9 +116,11 @@ class GPUWatch(keras.callbacks.Callback):
             "gpus": self._probe.framework_gpus(),
             "cuda_build": self._probe.cuda_build(),
         }
+        frame = _fit_frame()
         try:
             self.monitor = Monitor(self.config, self._nvml, keras.backend.backend(),
-                                   self._probe.rank(), framework, self._environment())
+                                   self._probe.rank(), framework, self._environment(),
+                                   self._setup(frame))
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
@@ -128,7 +130,7 @@ class GPUWatch(keras.callbacks.Callback):
             warnings.warn(f"{message}; training goes on without it.", GPUWatchWarning,
                           stacklevel=2)
             return
-        self.monitor.watch_thread(_fit_frame())
+        self.monitor.watch_thread(frame)
         self._epoch = 0
         self._step0 = True
         self._begins: dict[int, tuple[float, float | None]] = {}
@@ -268,6 +270,16 @@ class GPUWatch(keras.callbacks.Callback):
             error = GPUIdleError(message, event.to_dict())
             self.monitor.finish(runlog.STATUS_STOPPED_IDLE, error)
             raise error
+
+    def _setup(self, frame: Any) -> dict[str, Any]:
+        """What the training is set up with, read as it begins (device scopes are per thread)."""
+        try:
+            distribution = self._probe.before_training(self._model)
+        except Exception as exc:  # an unexpected setup must not stop training
+            warnings.warn(f"gpu-watch could not read the training setup: {exc!r}",
+                          GPUWatchWarning, stacklevel=3)
+            distribution = None
+        return {"data": placement.data_source(frame), "distribution": distribution}
 
     def _environment(self) -> dict[str, Any] | None:
         try:

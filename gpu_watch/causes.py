@@ -3,10 +3,16 @@
 One type serves `gpu-watch doctor` (checks before training) and `GPUWatch` (what training showed),
 so a finding reads the same wherever it appears. Codes are grouped by the four reasons people
 meet in practice: the installation, the driver, GPU resources, and code that forces the CPU.
+
+A remedy is the line a user pastes, so it must fit their setup: the catalogue holds, besides each
+code's default remedy, variants per Keras backend, per input pipeline and per placement finding,
+and :func:`remedy` picks one from a run's :class:`RunFacts`. Where the facts do not pin the
+remedy down, the chosen text says what to check instead of guessing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,27 +26,60 @@ ERROR = "error"  # stops the GPU from being used
 WARNING = "warning"  # the GPU is used, but poorly or not by this process's measure
 INFO = "info"
 
+BACKENDS = ("tensorflow", "jax", "torch")
+FRAMEWORK_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+# What feeds `fit`, named after the Keras data adapter that reads it.
+DATA_SOURCES = ("arrays", "tf_data", "py_dataset", "generator", "torch_dataloader", "grain",
+                "other", "unknown")
+
 
 @dataclass(frozen=True)
 class CauseSpec:
-    """What every instance of a cause code shares."""
+    """What every instance of a cause code shares.
+
+    Attributes:
+        group: One of the four reasons (or "other").
+        severity: "error", "warning" or "info".
+        message: The default one-line message.
+        remedy: The default remedy: what fits when nothing more is known.
+        variants: Remedies for particular setups, keyed as :func:`remedy` looks them up (a
+            backend, a data source, "<backend>:<finding>"); they may hold `str.format` fields
+            that :func:`remedy` fills from the run's facts.
+    """
 
     group: str
     severity: str
     message: str
     remedy: str
+    variants: Mapping[str, str] = field(default_factory=dict)
 
+
+_CUDA_JAX = ('pip install -U "jax[cuda12]"  # "jax[cuda13]" for a CUDA 13 driver; the plugin '
+             "brings its CUDA libraries")
+_KERAS_CPU = '`with keras.device("cpu")`'
 
 CATALOGUE: dict[str, CauseSpec] = {
     "cpu_only_build": CauseSpec(
         INSTALL, ERROR,
         "The installed TensorFlow is a CPU-only build.",
         'pip uninstall -y tensorflow-cpu && pip install "tensorflow[and-cuda]"',
+        {
+            "jax": _CUDA_JAX + ": plain `pip install jax` runs on the CPU only",
+            "torch": "pip install --force-reinstall torch --index-url "
+                     "https://download.pytorch.org/whl/cu126  # a CUDA build of torch; pick the "
+                     "CUDA version your driver supports at pytorch.org/get-started",
+        },
     ),
     "cuda_libs_missing": CauseSpec(
         INSTALL, ERROR,
         "TensorFlow was built with CUDA but cannot load the CUDA/cuDNN libraries.",
         'pip install "tensorflow[and-cuda]"',
+        {
+            "jax": _CUDA_JAX + "; JAX_PLATFORMS, if set, must include cuda",
+            "torch": "python -c \"import torch; torch.cuda.init()\"  # prints why CUDA cannot "
+                     "start (often a driver older than torch's CUDA); the CUDA wheels of torch "
+                     "bring their own libraries: pip install --force-reinstall torch",
+        },
     ),
     "no_nvidia_driver": CauseSpec(
         DRIVER, ERROR,
@@ -53,6 +92,15 @@ CATALOGUE: dict[str, CauseSpec] = {
         "The NVIDIA driver is too old for the CUDA version TensorFlow was built with.",
         "Upgrade the NVIDIA driver to one that supports the build's CUDA version "
         "(see `nvidia-smi` for the driver's CUDA version), or install an older TensorFlow.",
+        {
+            "jax": "Upgrade the NVIDIA driver to one that supports the CUDA version of the jax "
+                   "CUDA plugin (`nvidia-smi` shows the driver's), or install the plugin for the "
+                   'driver\'s CUDA: pip install -U "jax[cuda12]"',
+            "torch": "Upgrade the NVIDIA driver (`nvidia-smi` shows the CUDA version it "
+                     "supports), or install a torch built for that CUDA: pip install "
+                     "--force-reinstall torch --index-url https://download.pytorch.org/whl/cu126"
+                     "  # cu<version> of the driver's CUDA, e.g. cu118",
+        },
     ),
     "gpu_memory_contention": CauseSpec(
         RESOURCES, WARNING,
@@ -65,30 +113,135 @@ CATALOGUE: dict[str, CauseSpec] = {
         "TensorFlow's GPU memory is limited by configuration.",
         "tf.config.experimental.set_memory_growth(tf.config.list_physical_devices('GPU')[0], "
         "True)  # and remove or raise any LogicalDeviceConfiguration(memory_limit=...)",
+        {
+            "jax": "unset XLA_PYTHON_CLIENT_MEM_FRACTION  # or raise it, e.g. "
+                   "XLA_PYTHON_CLIENT_MEM_FRACTION=.9; JAX takes 75% of the GPU's memory "
+                   "by default",
+            "torch": "torch.cuda.set_per_process_memory_fraction(1.0)  # or remove the call "
+                     "that set a lower fraction",
+        },
     ),
     "forced_cpu_placement": CauseSpec(
         CODE, ERROR,
         "The training step's compute was placed on the CPU although a GPU is visible.",
-        "Remove `with tf.device('/CPU:0')` around model building or fit, and any "
-        "tf.config.set_visible_devices([], 'GPU') or CUDA_VISIBLE_DEVICES set in code.",
+        f"Remove {_KERAS_CPU} around model building or fit, and any device scope or setting "
+        "of your framework that picks the CPU.",
+        {
+            # Training began inside a CPU device scope (keras.device is tf.device there).
+            "tensorflow:scope": f"Remove {_KERAS_CPU} or `with tf.device(\"/CPU:0\")` around "
+                                "fit and model building: training began inside the device "
+                                "scope {scope}",
+            "tensorflow:setting": "Remove tf.config.set_visible_devices([], 'GPU'): TensorFlow "
+                                  "finds the GPU but was told to use none",
+            "tensorflow": f"Look for {_KERAS_CPU} or `with tf.device(\"/CPU:0\")` around model "
+                          "building or fit, and for tf.config.set_visible_devices([], 'GPU') "
+                          "or CUDA_VISIBLE_DEVICES set in code; remove them",
+            # keras.device is jax.default_device there: one fact cannot tell them apart.
+            "jax:scope": f"Remove {_KERAS_CPU} or `with jax.default_device(...)` around fit "
+                         "and model building, and any jax.config.update(\"jax_default_device\", "
+                         "...): training began with JAX's default device set to {scope}",
+            "jax:setting": "unset JAX_PLATFORMS  # and remove any jax.config.update("
+                           "\"jax_platforms\", ...): set to {setting}, it keeps JAX from "
+                           "starting its GPU backend",
+            "jax": f"Look for {_KERAS_CPU} or `with jax.default_device(...)` around model "
+                   "building, jax.config.update(\"jax_default_device\", ...) and "
+                   "JAX_PLATFORMS=cpu; remove them",
+            "torch:scope": f"Remove {_KERAS_CPU} around fit and model building: training "
+                           "began with Keras' torch device set to {scope}",
+            "torch:setting": "unset KERAS_TORCH_DEVICE  # it is {setting}: Keras then puts "
+                             "every tensor there",
+            "torch": f"Look for {_KERAS_CPU} around model building, KERAS_TORCH_DEVICE=cpu, "
+                     "torch.set_default_device(\"cpu\") or `with torch.device(\"cpu\")`, and "
+                     "model.to(\"cpu\"); remove them",
+        },
     ),
     "gpus_hidden": CauseSpec(
         OTHER, ERROR,
         "The GPUs are hidden from this process.",
         "unset CUDA_VISIBLE_DEVICES  # or set it to the GPUs to use, e.g. "
         "CUDA_VISIBLE_DEVICES=0; and remove tf.config.set_visible_devices([], 'GPU')",
+        {
+            "jax": "unset CUDA_VISIBLE_DEVICES  # or set it to the GPUs to use, e.g. "
+                   "CUDA_VISIBLE_DEVICES=0, before JAX starts",
+            "torch": "unset CUDA_VISIBLE_DEVICES  # or set it to the GPUs to use, e.g. "
+                     "CUDA_VISIBLE_DEVICES=0, before torch initialises CUDA",
+        },
     ),
     "input_bound": CauseSpec(
         OTHER, WARNING,
         "The training loop spent much of its time waiting for data, leaving the GPU idle.",
-        "dataset = dataset.cache().prefetch(tf.data.AUTOTUNE)  # and use "
-        "num_parallel_calls=tf.data.AUTOTUNE in map(); for generators use a tf.data pipeline",
+        "Make the input pipeline prepare batches ahead of the training step: a tf.data.Dataset "
+        "wants .prefetch(tf.data.AUTOTUNE) and map(..., num_parallel_calls=tf.data.AUTOTUNE), "
+        "a keras.utils.PyDataset super().__init__(workers=8, use_multiprocessing=True), a torch "
+        "DataLoader num_workers=8, and a Python generator is best rewritten as a PyDataset "
+        "with workers",
+        {
+            "tf_data": "dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)"
+                       ".cache().prefetch(tf.data.AUTOTUNE)  # cache() only if the data fits "
+                       "in memory{more}",
+            "tf_data:generator": "Rewrite the generator behind Dataset.from_generator as a "
+                                 "keras.utils.PyDataset with super().__init__(workers=8, "
+                                 "use_multiprocessing=True), or build the tf.data pipeline "
+                                 "from files or tensors: a generator makes one element at a "
+                                 "time under Python's GIL, which prefetch cannot speed up"
+                                 "{more}",
+            "py_dataset": "super().__init__(workers={workers}, use_multiprocessing=True, "
+                          "max_queue_size={queue})  # in your PyDataset's __init__{more}",
+            "generator": "Rewrite the generator as a keras.utils.PyDataset (one batch per "
+                         "__getitem__) with super().__init__(workers=8, "
+                         "use_multiprocessing=True): fit pulls a generator's batches one at a "
+                         "time on the training thread{more}",
+            "torch_dataloader": "DataLoader(dataset, batch_size=..., num_workers={workers}, "
+                                "persistent_workers=True{pin})  # worker processes make the "
+                                "batches ahead of the training step{more}",
+            "grain": "dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=8))"
+                     "  # on a grain IterDataset; a grain.DataLoader takes worker_count=8"
+                     "{more}",
+            "arrays": "model.compile(..., steps_per_execution=32)  # or a larger batch_size "
+                      "in fit: in-memory arrays are sliced batch by batch, and small batches "
+                      "leave the GPU waiting between steps{more}",
+            "torch:arrays": "model.fit(x, y, batch_size=...)  # a larger batch: in-memory "
+                            "arrays are sliced batch by batch, and small batches leave the "
+                            "GPU waiting between steps{more}",
+            "other": "Check how {adapter} makes its batches: it should prepare them ahead of "
+                     "the training step, in background workers{more}",
+        },
     ),
     "process_not_on_gpu": CauseSpec(
         OTHER, ERROR,
         "The GPU was busy, but not with this process: this training does not use it.",
         "Check the placement report in run.json; the GPU's load comes from another process "
         "(`nvidia-smi` lists them).",
+        {
+            # One GPU idle while others work for this training: spread it, or hide the idle one.
+            "tensorflow:spread": "strategy = tf.distribute.MirroredStrategy()  # build and "
+                                 "compile the model under `with strategy.scope():` to train on "
+                                 "every visible GPU; or set CUDA_VISIBLE_DEVICES to the GPUs "
+                                 "you train on",
+            "tensorflow:distributed": "tf.distribute.MirroredStrategy(devices=[...])  # your "
+                                      "{name} runs {replicas} replica(s): list the idle GPUs "
+                                      "too, or hide them with CUDA_VISIBLE_DEVICES",
+            "jax:spread": "keras.distribution.set_distribution("
+                          "keras.distribution.DataParallel())  # before building the model: "
+                          "each batch is split over every visible GPU; or set "
+                          "CUDA_VISIBLE_DEVICES to the GPUs you train on",
+            "jax:distributed": "keras.distribution.DataParallel("
+                               "devices=keras.distribution.list_devices(\"gpu\"))  # your "
+                               "{name} spans {replicas} device(s): include the idle GPUs, or "
+                               "hide them with CUDA_VISIBLE_DEVICES",
+            "torch:spread": "torchrun --nproc_per_node=<GPUs> train.py  # Keras' fit on torch "
+                            "trains on one GPU per process: run one process per GPU, each "
+                            "with torch.cuda.set_device(local_rank) and DistributedDataParallel "
+                            "(keras.io/guides/distributed_training_with_torch); or set "
+                            "CUDA_VISIBLE_DEVICES to the GPU you train on",
+            "torch:distributed": "torch.cuda.set_device(int(os.environ[\"LOCAL_RANK\"]))  # in "
+                                 "every process, before building the model: {replicas} "
+                                 "processes run, and each needs a GPU of its own",
+            "spread": "Spread training over every GPU with your framework's data parallelism "
+                      "(tf.distribute.MirroredStrategy, keras.distribution.DataParallel on "
+                      "JAX, torchrun with DistributedDataParallel on torch), or set "
+                      "CUDA_VISIBLE_DEVICES to the GPUs you train on",
+        },
     ),
     "process_not_attributable": CauseSpec(
         OTHER, INFO,
@@ -152,17 +305,194 @@ class Cause:
         )
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run knows about the user's setup that decides which remedy fits.
+
+    Attributes:
+        backend: The Keras backend ("tensorflow", "jax", "torch"); None when unknown.
+        data: What feeds `fit`, as run.json's ``data`` section records it: ``source`` (one of
+            :data:`DATA_SOURCES`), ``adapter`` (the Keras data adapter's class) and the
+            pipeline's settings (``workers``, ``num_workers``, ``transformations``, ...).
+        distribution: The distribution setup, e.g. ``{"name": "MirroredStrategy",
+            "replicas": 2}``; None without one.
+        device_scope: The device scope training began in (e.g. ``"cpu:0"``); None without one.
+        cpu_settings: Settings found that keep the framework on the CPU, by name, e.g.
+            ``{"JAX_PLATFORMS": "cpu"}``.
+        cpu_variables: Paths of model variables the placement check found on the CPU (the
+            evidence a message names).
+    """
+
+    backend: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    distribution: Mapping[str, Any] | None = None
+    device_scope: str | None = None
+    cpu_settings: Mapping[str, str] = field(default_factory=dict)
+    cpu_variables: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        source = self.data.get("source", "unknown")
+        if source not in DATA_SOURCES:
+            raise ValueError(f"data source must be one of {', '.join(DATA_SOURCES)}, "
+                             f"got {source!r}")
+
+    @property
+    def data_source(self) -> str:
+        """One of :data:`DATA_SOURCES`."""
+        return self.data.get("source", "unknown")
+
+    @property
+    def cpu_scope(self) -> bool:
+        """Training began inside a device scope that names the CPU."""
+        return bool(self.device_scope) and "cpu" in str(self.device_scope).lower()
+
+    @classmethod
+    def from_run(cls, info: Mapping[str, Any]) -> RunFacts:
+        """The facts recorded in a run's `run.json` (its ``backend``, ``data``,
+        ``distribution`` and ``placement`` sections)."""
+        placement = info.get("placement") or {}
+        data = dict(info.get("data") or {})
+        if data.get("source") not in DATA_SOURCES:
+            data["source"] = "unknown"
+        return cls(backend=info.get("backend"), data=data,
+                   distribution=info.get("distribution") or None,
+                   device_scope=placement.get("device_scope"),
+                   cpu_settings=dict(placement.get("cpu_settings") or {}),
+                   cpu_variables=tuple(placement.get("cpu_variable_examples") or ()))
+
+
+def framework_name(backend: str | None) -> str:
+    """"jax" -> "JAX"; the framework's name as users write it ("the framework" when unknown)."""
+    return FRAMEWORK_NAMES.get(backend or "", "the framework")
+
+
+def choose_remedy(code: str, facts: RunFacts | None = None,
+                  evidence: Mapping[str, Any] | None = None) -> str:
+    """The remedy for `code` that fits the run's setup.
+
+    A pure function of its arguments: the catalogue's variant for the backend, the input
+    pipeline and what the placement check found, filled in with the run's own figures; the
+    code's default remedy where no variant fits.
+
+    Args:
+        code: A code from :data:`CATALOGUE`.
+        facts: The run's setup; None for the default remedy.
+        evidence: The cause's evidence (``wait_fraction`` for `input_bound`, ``busy_gpus``
+            when other GPUs of this training worked for `process_not_on_gpu`).
+
+    Raises:
+        ValueError: For a code not in the catalogue.
+    """
+    spec = CATALOGUE.get(code)
+    if spec is None:
+        raise ValueError(f"unknown cause code {code!r}; known codes: {', '.join(CODES)}")
+    if facts is None:
+        return spec.remedy
+    evidence = evidence or {}
+    backend = facts.backend if facts.backend in BACKENDS else None
+    if code == "forced_cpu_placement":
+        return _forced_cpu_remedy(spec, backend, facts)
+    if code == "input_bound":
+        return _input_bound_remedy(spec, backend, facts, evidence.get("wait_fraction"))
+    if code == "process_not_on_gpu" and evidence.get("busy_gpus"):
+        return _spread_remedy(spec, backend, facts)
+    return spec.variants.get(backend or "", spec.remedy)
+
+
+def _forced_cpu_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts) -> str:
+    if backend is None:
+        return spec.remedy
+    if facts.cpu_settings:  # each backend has one such setting; see placement's probes
+        value = next(iter(facts.cpu_settings.values()))
+        return spec.variants[f"{backend}:setting"].format(setting=repr(value))
+    if facts.cpu_scope:
+        return spec.variants[f"{backend}:scope"].format(scope=facts.device_scope)
+    return spec.variants[backend]  # where the CPU came from is unknown: say what to look for
+
+
+def _input_bound_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts,
+                        wait_fraction: float | None) -> str:
+    data = facts.data
+    source = facts.data_source
+    notes: list[str] = []
+    fields: dict[str, Any] = {"adapter": data.get("adapter") or "the data adapter"}
+    if source == "tf_data":
+        steps = data.get("transformations")
+        if steps and "from_generator" in steps:
+            source = "tf_data:generator"
+        elif steps:
+            missing = [name for name, there in (("prefetch", "prefetch" in steps),
+                                                ("num_parallel_calls", "map" not in steps))
+                       if not there]
+            if missing:
+                notes.append(f"missing from your pipeline: {', '.join(missing)}")
+    elif source == "py_dataset":
+        workers = data.get("workers")
+        fields["workers"] = _more_workers(workers)
+        fields["queue"] = max(data.get("max_queue_size") or 10, 2 * fields["workers"])
+        if workers is not None:
+            notes.append(f"it ran with workers={workers}, use_multiprocessing="
+                         f"{data.get('use_multiprocessing')}, max_queue_size="
+                         f"{data.get('max_queue_size')}")
+    elif source == "torch_dataloader":
+        workers = data.get("num_workers")
+        fields["workers"] = _more_workers(workers)
+        # Pinned host memory speeds up copies to a CUDA device only torch itself makes.
+        fields["pin"] = ", pin_memory=True" if backend == "torch" else ""
+        if workers is not None:
+            ran = f"it ran with num_workers={workers}"
+            if backend == "torch":
+                ran += f", pin_memory={data.get('pin_memory')}"
+            notes.append(ran)
+    elif source == "arrays" and backend == "torch":
+        source = "torch:arrays"  # torch's trainer takes no steps_per_execution
+    if wait_fraction is not None:
+        notes.append(_stakes(wait_fraction))
+    more = "".join(f"; {note}" for note in notes)
+    template = spec.variants.get(source)
+    if template is None:  # an unknown pipeline: the default lists what to check for each kind
+        return spec.remedy + more
+    if "  # " not in template and more:
+        more = "; " + more[2:]
+    return template.format(more=more, **fields)
+
+
+def _more_workers(workers: Any) -> int:
+    """More workers than now: 8, or twice as many when 8 are there already."""
+    return 8 if not isinstance(workers, int) or workers < 8 else 2 * workers
+
+
+def _stakes(wait_fraction: float) -> str:
+    share = f"{wait_fraction:.0%} of training time went to waiting for data"
+    if wait_fraction >= 0.99:
+        return share + ": nearly every epoch was spent waiting"
+    return (f"{share}: a pipeline that keeps up could make each epoch up to "
+            f"{1 / (1 - wait_fraction):.1f}x faster")
+
+
+def _spread_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts) -> str:
+    dist = facts.distribution
+    if backend is None:
+        return spec.variants["spread"]
+    if dist and (dist.get("replicas") or 0) >= 1:
+        return spec.variants[f"{backend}:distributed"].format(
+            name=dist.get("name") or "distribution", replicas=dist.get("replicas"))
+    return spec.variants[f"{backend}:spread"]
+
+
 def cause(code: str, message: str | None = None, remedy: str | None = None,
-          severity: str | None = None, **evidence: Any) -> Cause:
+          severity: str | None = None, facts: RunFacts | None = None,
+          **evidence: Any) -> Cause:
     """Build a :class:`Cause` for `code`, with the catalogue's text unless more specific text is
-    given. Keyword arguments become the evidence."""
+    given. With `facts`, the remedy is the one :func:`choose_remedy` picks for that setup.
+    Other keyword arguments become the evidence."""
     spec = CATALOGUE.get(code)
     if spec is None:
         raise ValueError(f"unknown cause code {code!r}; known codes: {', '.join(CODES)}")
     return Cause(
         code=code,
         message=message or spec.message,
-        remedy=remedy or spec.remedy,
+        remedy=remedy or choose_remedy(code, facts, evidence),
         severity=severity or spec.severity,
         group=spec.group,
         evidence=evidence,

@@ -24,7 +24,7 @@ from typing import Any
 
 from gpu_watch import runlog
 from gpu_watch._version import __version__
-from gpu_watch.causes import Cause
+from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
@@ -114,10 +114,13 @@ class Monitor:
         rank: This process's rank and the number of processes (multi-worker training).
         framework: Facts about the framework: version, GPUs it sees, CUDA build.
         environment: The doctor's report (a dict with "findings") or None.
+        setup: What the user's training is set up with: ``data`` (what feeds `fit`, see
+            `placement.data_source`) and ``distribution``; they pick the remedies that fit.
     """
 
     def __init__(self, config: Config, nvml: NVML, backend: str, rank: tuple[int, int],
-                 framework: dict[str, Any], environment: dict[str, Any] | None) -> None:
+                 framework: dict[str, Any], environment: dict[str, Any] | None,
+                 setup: dict[str, Any] | None = None) -> None:
         self.config = config
         self.nvml = nvml
         self.clock = time.perf_counter
@@ -165,6 +168,8 @@ class Monitor:
             },
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "environment": environment,
+            "data": (setup or {}).get("data"),
+            "distribution": (setup or {}).get("distribution"),
             "placement": None,
             "verdict": None,
             "causes": [],
@@ -404,6 +409,7 @@ class Monitor:
             cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
             environment=tuple(self.environment_findings),
             idle_threshold_pct=self.config.idle_threshold_pct,
+            facts=RunFacts.from_run(self.info),
         )
 
     def _judge_run(self) -> Judgement:

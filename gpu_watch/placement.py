@@ -6,12 +6,19 @@ every node in the step's partition graphs (on a GPU, Keras 3 compiles with XLA b
 compute shows up as XLA cluster ops). Cheap checks back it up: the devices of the model's variables
 and of the step's outputs, and TensorFlow's GPU allocator peak. JAX and torch: the devices of the
 model's arrays and tensors. After step 0 a probe costs nothing.
+
+As training begins, on the training thread (device scopes are per thread), a probe also records
+what decides which remedy fits the user: the device scope fit runs in, settings that keep the
+framework on the CPU, the distribution setup, and (from the `fit` call's epoch iterator) the
+Keras data adapter that feeds the batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import warnings
 from collections import Counter
 from typing import Any
@@ -31,6 +38,15 @@ _BOOKKEEPING_OPS = frozenset({
 })
 _XLA_OPS = frozenset({"_XlaCompile", "_XlaRun", "XlaLaunch", "_XlaMerge", "XlaLaunchV2"})
 _EXAMPLES = 8
+# Keras' data adapters (keras/src/trainers/data_adapters/) by class name, and the source each
+# reads, as `causes.DATA_SOURCES` names them.
+_ADAPTER_SOURCES = {
+    "ArrayDataAdapter": "arrays", "TFDatasetAdapter": "tf_data",
+    "PyDatasetAdapter": "py_dataset", "GeneratorDataAdapter": "generator",
+    "TorchDataLoaderAdapter": "torch_dataloader", "GrainDatasetAdapter": "grain",
+}
+_MAX_PIPELINE = 50  # tf.data transformations followed back from the last one
+_GPU_PLATFORMS = ("cuda", "gpu", "rocm")
 
 
 def device_type(device: str) -> str:
@@ -82,17 +98,35 @@ class Probe:
         """(this process's rank, number of processes) under multi-worker training."""
         return _tf_config_rank()
 
+    def before_training(self, model: Any) -> dict[str, Any] | None:
+        """Called as training begins, on the training thread: record the device scope and the
+        settings that keep the framework on the CPU (for the step-0 report), and return the
+        distribution setup (None without one)."""
+        self._scope = {"device_scope": self._device_scope(),
+                       "cpu_settings": self._cpu_settings()}
+        return self.distribution(model)
+
+    def distribution(self, model: Any) -> dict[str, Any] | None:
+        """The distribution setup: its ``name`` and ``replicas`` (devices or processes)."""
+        return None
+
+    def _device_scope(self) -> str | None:
+        return None
+
+    def _cpu_settings(self) -> dict[str, str]:
+        return {}
+
     def before_first_step(self) -> None:
         """Called right before step 0."""
 
     def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
         """Called right after step 0; returns the placement report."""
-        return self._report("variables", variable_devices(model, self._device_of))
+        return self._report("variables", *variable_devices(model, self._device_of))
 
     def _device_of(self, variable: Any) -> str | None:
         return None
 
-    def _report(self, method: str, variables: dict[str, int],
+    def _report(self, method: str, variables: dict[str, int], cpu_variables: list[str] = (),
                 ops: dict[str, Any] | None = None) -> dict[str, Any]:
         ops = ops or {"op_counts": {}, "xla_op_counts": {}, "cpu_compute_examples": []}
         if ops["op_counts"]:
@@ -101,21 +135,100 @@ class Probe:
             compute_on_gpu = any(kind == "GPU" for kind in variables)
         else:
             compute_on_gpu = None
+        scope = getattr(self, "_scope", None) or {"device_scope": None, "cpu_settings": {}}
         return {"backend": self.backend, "method": method, "compute_on_gpu": compute_on_gpu,
-                **ops, "variable_devices": variables}
+                **ops, "variable_devices": variables, "cpu_variable_examples": list(cpu_variables),
+                **scope}
 
 
-def variable_devices(model: Any, device_of) -> dict[str, int]:
-    """Count the model's trainable variables by device type."""
+def variable_devices(model: Any, device_of, values: list | None = None
+                     ) -> tuple[dict[str, int], list[str]]:
+    """Count the model's trainable variables by device type, and name a few on the CPU.
+
+    Args:
+        model: The model.
+        device_of: Gives "GPU", "CPU" or None for a variable (or for one of `values`).
+        values: What to ask `device_of` about in place of the variables (JAX's training
+            state), in the variables' order.
+    """
+    variables = list(getattr(model, "trainable_variables", None) or [])
     counts: Counter[str] = Counter()
-    for variable in getattr(model, "trainable_variables", None) or []:
+    on_cpu: list[str] = []
+    for i, item in enumerate(variables if values is None else values):
         try:
-            device = device_of(variable)
+            device = device_of(item)
         except Exception:  # a variable of an unexpected kind must not end the check
             device = None
-        if device is not None:
-            counts[device] += 1
-    return dict(counts)
+        if device is None:
+            continue
+        counts[device] += 1
+        if device == "CPU" and len(on_cpu) < _EXAMPLES and i < len(variables):
+            on_cpu.append(str(getattr(variables[i], "path", None) or f"variable {i}"))
+    return dict(counts), on_cpu
+
+
+def data_source(fit_frame: Any) -> dict[str, Any]:
+    """What feeds `fit`: the Keras data adapter of the running `fit` call, with the settings
+    that decide how fast it makes batches.
+
+    Every backend's `fit` builds its epoch iterator, which holds the data adapter, before it
+    calls `on_train_begin`. Without the frame, or with an iterator of another shape, the
+    source is "unknown" (and a remedy says what to check rather than guess).
+
+    Args:
+        fit_frame: The frame of Keras' `fit` call, or None.
+
+    Returns:
+        ``source`` (see `gpu_watch.causes.DATA_SOURCES`), ``adapter`` (the adapter's class
+        name, None when unknown) and the source's settings, e.g. ``workers`` of a PyDataset.
+    """
+    try:
+        iterator = fit_frame.f_locals.get("epoch_iterator") if fit_frame is not None else None
+        adapter = getattr(iterator, "data_adapter", None)
+    except Exception:  # a frame of an unexpected shape: the source stays unknown
+        adapter = None
+    if adapter is None:
+        return {"source": "unknown", "adapter": None}
+    known = next((cls.__name__ for cls in type(adapter).__mro__
+                  if cls.__name__ in _ADAPTER_SOURCES), None)
+    record: dict[str, Any] = {"source": _ADAPTER_SOURCES.get(known, "other"),
+                              "adapter": type(adapter).__name__}
+    # The settings sharpen a remedy; without them the source alone still picks one.
+    with contextlib.suppress(Exception):
+        record.update(_pipeline_settings(record["source"], adapter))
+    return record
+
+
+def _pipeline_settings(source: str, adapter: Any) -> dict[str, Any]:
+    if source == "py_dataset":
+        dataset = adapter.py_dataset
+        return {"workers": dataset.workers, "use_multiprocessing": dataset.use_multiprocessing,
+                "max_queue_size": dataset.max_queue_size}
+    if source == "torch_dataloader":
+        loader = adapter._dataloader
+        return {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
+                "persistent_workers": loader.persistent_workers,
+                "prefetch_factor": loader.prefetch_factor, "batch_size": loader.batch_size}
+    if source == "tf_data":
+        return {"transformations": tf_data_transformations(adapter._dataset)}
+    if source in ("arrays", "grain"):
+        return {"batch_size": getattr(adapter, "_batch_size", None)}
+    return {}
+
+
+def tf_data_transformations(dataset: Any) -> list[str]:
+    """A tf.data pipeline's steps, last first: "_ParallelMapDataset" -> "parallel_map"; the
+    flat map that `Dataset.from_generator` builds is "from_generator"."""
+    steps: list[str] = []
+    while dataset is not None and len(steps) < _MAX_PIPELINE:
+        name = type(dataset).__name__.lstrip("_")
+        name = re.sub(r"Dataset(V\d)?$", "", name) or name
+        step = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
+                       "__qualname__", "")
+        steps.append("from_generator" if "from_generator" in func else step)
+        dataset = getattr(dataset, "_input_dataset", None)
+    return steps
 
 
 class TensorFlowProbe(Probe):
@@ -140,6 +253,24 @@ class TensorFlowProbe(Probe):
     def framework_version(self) -> str | None:
         return self._tf.__version__
 
+    def distribution(self, model: Any) -> dict[str, Any] | None:
+        strategy = getattr(model, "distribute_strategy", None)
+        if strategy is None or type(strategy).__name__.startswith("_Default"):
+            return None
+        return {"name": type(strategy).__name__,
+                "replicas": int(strategy.num_replicas_in_sync)}
+
+    def _device_scope(self) -> str | None:
+        # `keras.device` is `tf.device` on this backend: the eager context holds either.
+        name = self._context.context().device_name
+        return name.rsplit("device:", 1)[-1] if name else None
+
+    def _cpu_settings(self) -> dict[str, str]:
+        tf = self._tf
+        if tf.config.list_physical_devices("GPU") and not tf.config.get_visible_devices("GPU"):
+            return {"tf.config.get_visible_devices('GPU')": "[]"}
+        return {}
+
     def before_first_step(self) -> None:
         self._context.context().enable_graph_collection()
         self._collecting = True
@@ -158,7 +289,7 @@ class TensorFlowProbe(Probe):
             nodes = [(n.name, n.op, n.device) for g in graphs for n in g.node]
         ops = summarize_ops(nodes)
         report = self._report("run_metadata" if nodes else "variables",
-                              variable_devices(model, self._device_of), ops)
+                              *variable_devices(model, self._device_of), ops)
         report["output_devices"] = dict(Counter(
             device_type(getattr(v, "device", "") or "") for v in (logs or {}).values()
             if hasattr(v, "device")
@@ -213,6 +344,31 @@ class JaxProbe(Probe):
         count = self._jax.process_count()
         return (self._jax.process_index(), count) if count > 1 else _tf_config_rank()
 
+    def distribution(self, model: Any) -> dict[str, Any] | None:
+        import keras
+
+        dist = keras.distribution.distribution()
+        if dist is None:
+            return None
+        mesh = getattr(dist, "device_mesh", None)
+        devices = getattr(mesh, "devices", None)
+        return {"name": type(dist).__name__,
+                "replicas": int(getattr(devices, "size", 0)) or None}
+
+    def _device_scope(self) -> str | None:
+        # `keras.device` is `jax.default_device` on this backend: one value holds either.
+        device = self._jax.config.jax_default_device
+        if device is None:
+            return None
+        platform = getattr(device, "platform", None)
+        return f"{platform}:{device.id}" if platform else str(device)
+
+    def _cpu_settings(self) -> dict[str, str]:
+        platforms = os.environ.get("JAX_PLATFORMS") or self._jax.config.jax_platforms
+        if platforms and not any(p in platforms.lower() for p in _GPU_PLATFORMS):
+            return {"JAX_PLATFORMS": platforms}
+        return {}
+
     def after_first_step(self, model: Any, logs: dict | None) -> dict[str, Any]:
         # During `fit`, Keras' JAX trainer detaches the weights from the variables and passes
         # them from step to step in a state tuple, which it hands to the model before the batch
@@ -220,7 +376,8 @@ class JaxProbe(Probe):
         state = getattr(model, "_jax_state", None) or {}
         arrays = state.get("trainable_variables") or []
         if arrays:
-            report = self._report("train_state", dict(Counter(map(self._array_device, arrays))))
+            report = self._report("train_state",
+                                  *variable_devices(model, self._array_device, list(arrays)))
         else:
             report = super().after_first_step(model, logs)
         report["default_backend"] = self._jax.default_backend()
@@ -270,6 +427,23 @@ class TorchProbe(Probe):
         except (KeyError, ValueError):
             pass
         return _tf_config_rank()
+
+    def distribution(self, model: Any) -> dict[str, Any] | None:
+        _, size = self.rank()
+        return {"name": "torch.distributed", "replicas": size} if size > 1 else None
+
+    def _device_scope(self) -> str | None:
+        # `keras.device` on this backend sets Keras' own torch device, not torch's default.
+        from keras.src.backend.common import global_state
+
+        device = global_state.get_global_attribute("torch_device")
+        return None if device is None else str(device)
+
+    def _cpu_settings(self) -> dict[str, str]:
+        device = os.environ.get("KERAS_TORCH_DEVICE")
+        if device and not device.lower().startswith(_GPU_PLATFORMS):
+            return {"KERAS_TORCH_DEVICE": device}
+        return {}
 
     def _device_of(self, variable: Any) -> str | None:
         return "GPU" if variable.value.device.type == "cuda" else "CPU"

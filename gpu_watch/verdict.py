@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpu_watch.causes import ERROR, Cause, cause
+from gpu_watch.causes import ERROR, Cause, RunFacts, cause, framework_name
 
 OK = "ok"
 IDLE = "idle"
@@ -156,6 +156,8 @@ class Setting:
         cpu_compute_examples: Compute ops placed on the CPU in step 0.
         environment: The doctor's findings, used to explain a fall-back to the CPU.
         idle_threshold_pct: Utilization under this is idle, percent.
+        facts: The user's setup (backend, input pipeline, distribution, device scope), which
+            picks the remedies that fit it.
     """
 
     compute_on_gpu: bool | None = None
@@ -168,6 +170,7 @@ class Setting:
     cpu_compute_examples: Sequence[str] = ()
     environment: Sequence[Cause] = ()
     idle_threshold_pct: float = 10.0
+    facts: RunFacts = field(default_factory=RunFacts)
 
 
 @dataclass(frozen=True)
@@ -232,16 +235,16 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
             "input_bound",
             f"The training loop waited for data {wait_fraction:.0%} of the time, leaving "
             f"{_gpu_names(idle)} idle.",
+            facts=setting.facts,
             wait_fraction=round(wait_fraction, 3),
         ))
     if busy:
         causes.append(cause(
             "process_not_on_gpu",
             f"{_gpu_names(idle)} sat idle while GPU {', '.join(map(str, busy))} worked: "
-            "check the distribution strategy and device placement.",
-            "strategy = tf.distribute.MirroredStrategy()  # build and compile the model under "
-            "strategy.scope(), or set CUDA_VISIBLE_DEVICES to the GPUs you train on",
+            "check the distribution setup and device placement.",
             severity="warning",
+            facts=setting.facts,
             idle_gpus=[s.gpu for s in idle],
             busy_gpus=busy,
         ))
@@ -251,11 +254,13 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
 def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
     """Why training ran on the CPU: the most specific explanation first."""
     causes: list[Cause] = []
+    facts = setting.facts
     env = {c.code: c for c in setting.environment if c.severity == ERROR}
     if setting.nvml_error is not None and setting.nvml_error.startswith(_DRIVER_ERRORS):
         causes.append(env.pop("no_nvidia_driver", None) or cause(
             "no_nvidia_driver",
             f"No NVIDIA driver is loaded ({setting.nvml_error}), so training ran on the CPU.",
+            facts=facts,
             nvml_error=setting.nvml_error,
         ))
     elif setting.nvml_gpus and not setting.visible_gpus:
@@ -263,19 +268,19 @@ def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Caus
             "gpus_hidden",
             f"CUDA_VISIBLE_DEVICES={setting.cuda_visible_devices!r} hides all "
             f"{setting.nvml_gpus} GPU(s) NVML sees from this process.",
+            facts=facts,
             cuda_visible_devices=setting.cuda_visible_devices,
             nvml_gpus=setting.nvml_gpus,
         ))
-    elif setting.framework_gpus:
-        examples = list(setting.cpu_compute_examples)[:5]
-        causes.append(cause(
-            "forced_cpu_placement",
-            f"The framework sees {setting.framework_gpus} GPU(s), but step 0's compute ran on "
-            "the CPU" + (f" (e.g. {', '.join(examples)})." if examples else "."),
-            cpu_compute_examples=examples,
-        ))
+    elif setting.framework_gpus or (setting.nvml_gpus and facts.cpu_settings):
+        causes.append(_forced_cpu(setting))
     elif setting.cuda_build is False:
-        causes.append(env.pop("cpu_only_build", None) or cause("cpu_only_build"))
+        causes.append(env.pop("cpu_only_build", None) or cause(
+            "cpu_only_build",
+            f"The installed {framework_name(facts.backend)} is a CPU-only build."
+            if facts.backend else None,
+            facts=facts,
+        ))
     elif setting.nvml_gpus:
         explained = [env.pop(code) for code in ("driver_too_old", "cuda_libs_missing")
                      if code in env]
@@ -283,6 +288,7 @@ def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Caus
             "cuda_libs_missing",
             f"NVML sees {setting.nvml_gpus} GPU(s), but the framework sees none: its CUDA "
             "libraries are missing or cannot be loaded.",
+            facts=facts,
         )])
     causes.extend(env.values())
     for stats in gpus:
@@ -291,10 +297,33 @@ def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Caus
                 "process_not_on_gpu",
                 f"GPU {stats.gpu} was {stats.util_mean:.0f}% busy, but with other processes: "
                 "this training did not use it.",
+                facts=facts,
                 gpu=stats.gpu,
                 util_mean=round(stats.util_mean or 0, 1),
             ))
     return causes
+
+
+def _forced_cpu(setting: Setting) -> Cause:
+    """Compute on the CPU while a GPU was there for the framework: named with what the
+    placement check found there (ops, variables) and what put it there (a setting, a scope)."""
+    facts = setting.facts
+    examples = list(setting.cpu_compute_examples)[:5]
+    variables = list(facts.cpu_variables)[:5]
+    found = [f"e.g. {', '.join(examples)}"] if examples else []
+    if variables:
+        found.append(f"variables {', '.join(variables)}")
+    where = f" ({'; '.join(found)})" if found else ""
+    if setting.framework_gpus:
+        message = (f"The framework sees {setting.framework_gpus} GPU(s), but step 0's compute "
+                   f"ran on the CPU{where}.")
+    else:
+        settings = ", ".join(f"{k}={v!r}" for k, v in facts.cpu_settings.items())
+        message = (f"NVML sees {setting.nvml_gpus} GPU(s), but {settings} keeps "
+                   f"{framework_name(facts.backend)} on the CPU{where}.")
+    return cause("forced_cpu_placement", message, facts=facts, cpu_compute_examples=examples,
+                 cpu_variable_examples=variables, device_scope=facts.device_scope,
+                 cpu_settings=dict(facts.cpu_settings))
 
 
 def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
@@ -326,7 +355,7 @@ def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause
         "instance) with a driver that reports per-process utilization (`nvidia-smi pmon -c 1` "
         "shows whether it does).")
     return [cause("process_not_attributable", message[0].upper() + message[1:], remedy,
-                  gpus=[s.gpu for s in fallback], pid_not_listed=hidden,
+                  facts=setting.facts, gpus=[s.gpu for s in fallback], pid_not_listed=hidden,
                   process_list_unreadable=unlisted, no_process_utilization=unsupported)]
 
 

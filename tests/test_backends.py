@@ -104,6 +104,31 @@ def test_placement_comes_from_the_backend(run):
         assert placement["method"] == "variables"
 
 
+def test_the_data_adapter_and_the_cpu_evidence_are_recorded(run):
+    assert run["data"] == {"source": "arrays", "adapter": "ArrayDataAdapter", "batch_size": 16}
+    scoped = run["cpu_scope"]
+    assert scoped["data"] == {"source": "py_dataset", "adapter": "PyDatasetAdapter",
+                              "workers": 1, "use_multiprocessing": False, "max_queue_size": 5}
+    assert scoped["distribution"] is None
+    placement = scoped["placement"]
+    # keras.device("cpu") is jax.default_device on JAX, Keras' own torch device on torch
+    assert placement["device_scope"] == {"jax": "cpu:0", "torch": "cpu"}[run["backend"]]
+    assert placement["cpu_settings"] == {}
+    assert [p.rsplit("/", 1)[-1] for p in placement["cpu_variable_examples"]] == \
+        ["kernel", "bias"] * 2
+
+
+def test_a_starved_training_gets_a_remedy_for_its_generator_not_tf_data(run):
+    starved = run["starved"]
+    assert starved["verdict"] == "idle"
+    assert starved["data"] == {"source": "generator", "adapter": "GeneratorDataAdapter"}
+    [found] = starved["causes"]
+    assert found["code"] == "input_bound"
+    assert found["remedy"].startswith("Rewrite the generator as a keras.utils.PyDataset")
+    assert f"{found['evidence']['wait_fraction']:.0%} of training time" in found["remedy"]
+    assert "tf." not in found["remedy"]
+
+
 def test_keras_keeps_async_dispatch(run):
     assert run["async_train"] is True
     assert run["async_train_control"] is False  # a batch-end hook without async_safe turns it off

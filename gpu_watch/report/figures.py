@@ -20,7 +20,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from gpu_watch.report.view import (
     NO_VERDICT_COLOUR,
@@ -54,6 +54,10 @@ _IDLE_SHADE = "#ffb74d"
 _OTHERS_COLOUR = "#c62828"
 _OTHERS_BAND = (0.9, 1.0)  # axes fraction: a strip along the top of each utilization row
 _DOT_COLOUR = "#263238"
+# The epochs figure's x axis spans at least this many epochs, so one bar (0.8 wide) takes a
+# sixth of it, not all of it; up to this many epochs each gets a tick of its own.
+_MIN_EPOCH_SPAN = 5.0
+_MAX_EPOCH_TICKS = 20
 _RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 
 
@@ -514,11 +518,27 @@ def plot_epochs(run: Run) -> Figure:
         wait_ax.set_ylabel("% waiting for data", fontsize=9)
         wait_ax.tick_params(labelsize=8)
     step_ax.set_xlabel("epoch")
-    step_ax.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(step_ax, epoch)
     for ax in axes:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25, axis="y")
     return fig
+
+
+def _epoch_axis(ax: Any, epoch: np.ndarray) -> None:
+    """Whole epoch numbers only, over a range that keeps one or a few bars narrow: left to
+    itself, matplotlib spans a single epoch over -0.4 to 0.4 with fractional ticks."""
+    known = np.unique(epoch[~np.isnan(epoch)])
+    if not known.size:
+        return
+    centre = (known[0] + known[-1]) / 2
+    half = max((known[-1] - known[0]) / 2 + 0.6, _MIN_EPOCH_SPAN / 2)
+    ax.set_xlim(centre - half, centre + half)
+    if known.size <= _MAX_EPOCH_TICKS:
+        ax.set_xticks(known)  # no tick for an epoch that did not run (e.g. -1, or 2.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
 
 
 def _bars(ax: Any, epoch: np.ndarray, values: np.ndarray, colours: list[str],

@@ -7,6 +7,11 @@ Keras picks its backend when it is first imported, so each backend needs a proce
 The spies record the threads the batch-end hook runs on, every read of `GPUWatch.model` and, on
 JAX, every `jax_state_sync` (the copy of all weights that reading `Callback.model` triggers)
 made from gpu-watch's code.
+
+Two short fits follow: one built and fitted inside `with keras.device("cpu")` and fed by a
+`keras.utils.PyDataset`, for the facts a remedy is chosen from (the data adapter, the device
+scope, the variables on the CPU); and one fed by a slow Python generator while FakeNVML shows an
+idle GPU and the probe reports step 0 on it, for the remedy of a starved training.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 PACKAGE_DIR = str(Path(sys.modules["gpu_watch"].__file__).parent)
 SAMPLES, BATCH, EPOCHS = 128, 16, 2
@@ -31,6 +37,71 @@ SAMPLES, BATCH, EPOCHS = 128, 16, 2
 def from_gpu_watch() -> bool:
     """Whether gpu-watch's code is on the current call stack."""
     return any(frame.filename.startswith(PACKAGE_DIR) for frame in traceback.extract_stack())
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__(workers=1, max_queue_size=5)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // BATCH
+
+    def __getitem__(self, index):
+        batch = slice(index * BATCH, (index + 1) * BATCH)
+        return self.x[batch], self.y[batch]
+
+
+def build() -> keras.Model:
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def in_a_cpu_scope(log_dir: str, x, y) -> dict:
+    """Build and fit inside `keras.device("cpu")`: what run.json records for the remedies."""
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        with keras.device("cpu"):
+            build().fit(Batches(x, y), epochs=1, verbose=0, callbacks=[watch])
+    info = load_run(watch.run_dir).info
+    return {key: info[key] for key in ("data", "distribution", "placement", "causes")}
+
+
+def starved(log_dir: str, x, y) -> dict:
+    """A slow generator feeds a training whose step 0 ran on an idle (simulated) GPU."""
+    real = type(placement.probe_for(keras.backend.backend()))
+
+    class OnGPU(real):
+        def framework_gpus(self):
+            return ["gpu:0"]
+
+        def cuda_build(self):
+            return True
+
+        def after_first_step(self, model, logs):
+            return {**super().after_first_step(model, logs), "compute_on_gpu": True}
+
+    def slow():
+        while True:
+            for i in range(0, SAMPLES, BATCH):
+                time.sleep(0.03)
+                yield x[i:i + BATCH], y[i:i + BATCH]
+
+    probe_for = placement.probe_for
+    placement.probe_for = lambda backend: OnGPU()
+    try:
+        watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02,
+                         nvml=FakeNVML([FakeGPU(util_pct=0, processes=[FakeProcess(used_mib=9)])]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GPUWatchWarning)
+            build().fit(slow(), epochs=1, steps_per_epoch=12, verbose=0, callbacks=[watch])
+    finally:
+        placement.probe_for = probe_for
+    run = load_run(watch.run_dir)
+    return {"verdict": run.verdict, "data": run.info["data"], "causes": run.causes}
 
 
 def main(log_dir: str) -> dict:
@@ -53,9 +124,7 @@ def main(log_dir: str) -> dict:
     GPUWatch.on_train_batch_end = spied_hook
     GPUWatch.model = property(spied_model)
 
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
+    model = build()
     if hasattr(model, "jax_state_sync"):
         sync = model.jax_state_sync
 
@@ -89,8 +158,13 @@ def main(log_dir: str) -> dict:
     reads_after = len(model_reads)
 
     run = load_run(watch.run_dir)
+    GPUWatch.on_train_batch_end = hook  # the spies watched the first fit only
+    GPUWatch.model = model_property
     return {
         "backend": keras.backend.backend(),
+        "data": run.info["data"],
+        "cpu_scope": in_a_cpu_scope(log_dir, x, y),
+        "starved": starved(log_dir, x, y),
         "run_dir": str(run.path),
         "files": sorted(p.name for p in run.path.iterdir()),
         "status": run.status,

@@ -24,6 +24,19 @@ fixed when a process starts):
   device's utilization is the other process's, never this training's.
 - contended: the healthy training beside the same second process. Expected: verdict `ok`, this
   process's own utilization above zero, and the `gpu_shared` warning naming the other PID.
+- doctor: ``gpu-watch doctor --json --backend B`` for each backend checked and for TensorFlow.
+  Expected: exit 0 naming the GPU; exit 1 with `backend_not_installed` for a backend that is
+  not installed (TensorFlow, on the GPU machines at hand); exit 1 with `no_nvidia_driver`
+  without a GPU.
+- small_kernels: a tiny model on batches of 32 for `--seconds` (a deep, narrow MLP on JAX, an
+  LSTM on torch): every kernel is too small to fill the GPU, and the host's per-step work keeps
+  utilization low too. Expected: the under-use flagged, as `ok` with cause `low_sm_activity`
+  where the GPU has GPM (Hopper and newer) and utilization stays above the idle threshold, or
+  as `idle`; with GPM, SM activity at most half of utilization; without GPM, never
+  `low_sm_activity`.
+
+On a GPU with GPM the healthy run must also keep its SMs busy (SM activity at least half of the
+utilization, no `low_sm_activity`); on any GPU from Volta on, each epoch's energy is positive.
 
 Run it on an otherwise idle machine: the scenarios without a second process expect the GPU to
 themselves. TensorFlow
@@ -56,7 +69,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # gpu-watch from this checkout: installing it would pull TensorFlow
 
-SCENARIOS = ("healthy", "hidden", "starved", "forced", "shared", "contended")
+SCENARIOS = ("healthy", "hidden", "starved", "forced", "small_kernels", "shared", "contended")
 ANYWHERE = ("hidden", "forced")  # scenarios with a known answer on a machine without a GPU
 # Scenarios that run beside a second, busy process, and the training each of them runs.
 BESIDE_BUSY = {"shared": "starved", "contended": "healthy"}
@@ -67,6 +80,12 @@ CHILD_TIMEOUT_S = 150
 STARVED_PATIENCE_S = 4.0
 STARVED_DELAY_S = 0.25  # per batch from the slow generator
 STARVED_EPOCHS, STARVED_STEPS = 20, 20  # 100 s of batches if nothing stopped it
+DOCTOR_TIMEOUT_S = 120
+# small_kernels: on JAX, XLA runs the whole step on the device, a chain of matrix products that
+# each fill one or two of the GPU's SMs; on torch, eager dispatch from Python would leave the GPU
+# waiting between such kernels, so cuDNN runs an LSTM's sequence on the device instead.
+SMALL_DEPTH, SMALL_WIDTH, SMALL_BATCH = 32, 256, 32
+SMALL_STEPS, SMALL_UNITS = 512, 64  # LSTM: timesteps and units
 
 
 # -- the child: one scenario on one backend ----------------------------------------------------
@@ -118,6 +137,8 @@ def train(scenario: str, log_dir: str, seconds: float,
         y = rng.standard_normal((2048, 1), dtype=np.float32)
         watch = GPUWatch(log_dir=log_dir, run_name=name, verbose=0)
         fit = {"x": x, "y": y, "batch_size": 64, "epochs": 2, "callbacks": [watch]}
+    elif scenario == "small_kernels":
+        model, watch, fit = small_kernels(log_dir, name, StopAfter())
     else:
         model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
                                   keras.layers.Dense(1)])
@@ -152,6 +173,9 @@ def train(scenario: str, log_dir: str, seconds: float,
     util = run.epochs["gpu_util_mean"].dropna()
     proc_util = run.epochs["proc_util_mean"].dropna()
     proc_mem = run.samples["proc_mem_mib"].dropna()
+    sm_active = run.samples["sm_active_pct"].dropna()
+    tensor = run.samples["tensor_active_pct"].dropna()
+    energy = run.epochs["gpu_energy_j"].dropna()
     shared_pids = sorted({p["pid"] for c in run.causes if c["code"] == "gpu_shared"
                           for p in c["evidence"].get("processes") or []})
     return {
@@ -178,7 +202,38 @@ def train(scenario: str, log_dir: str, seconds: float,
         "batches": len(run.batches),
         "fit_s": round(fit_s, 1),
         "tensorflow_imported": "tensorflow" in sys.modules,
+        "sm_active_mean_pct": float(sm_active.mean()) if len(sm_active) else None,
+        "samples_util_mean_pct": float(run.samples["util_pct"].dropna().mean())
+        if run.samples["util_pct"].notna().any() else None,
+        "tensor_active_mean_pct": float(tensor.mean()) if len(tensor) else None,
+        "epoch_energy_min_j": float(energy.min()) if len(energy) else None,
+        "energy_total_j": (run.info.get("energy") or {}).get("total_j"),
+        "energy_method": (run.info.get("energy") or {}).get("method"),
     }
+
+
+def small_kernels(log_dir: str, name: str, stop: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A tiny model on batches of 32: the GPU runs one small kernel after another, each on a
+    sliver of its SMs, for as long as `stop` lets it (see SMALL_DEPTH)."""
+    import keras
+    import numpy as np
+
+    from gpu_watch import GPUWatch
+
+    rng = np.random.default_rng(1)
+    if keras.backend.backend() == "torch":
+        model = keras.Sequential([keras.Input((SMALL_STEPS, 32)), keras.layers.LSTM(SMALL_UNITS),
+                                  keras.layers.Dense(1)])
+        x = rng.standard_normal((SMALL_BATCH * 16, SMALL_STEPS, 32), dtype=np.float32)
+    else:
+        layers = [keras.layers.Dense(SMALL_WIDTH, activation="relu") for _ in range(SMALL_DEPTH)]
+        model = keras.Sequential([keras.Input((SMALL_WIDTH,)), *layers, keras.layers.Dense(1)])
+        x = rng.standard_normal((SMALL_BATCH * 64, SMALL_WIDTH), dtype=np.float32)
+    y = rng.standard_normal((len(x), 1), dtype=np.float32)
+    watch = GPUWatch(log_dir=log_dir, run_name=name, require_gpu=True, verbose=0)
+    fit = {"x": x, "y": y, "batch_size": SMALL_BATCH, "epochs": 100_000, "shuffle": False,
+           "callbacks": [watch, stop]}
+    return model, watch, fit
 
 
 def train_beside_busy_process(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
@@ -277,13 +332,17 @@ class Row:
     run_dir: str | None = None
 
 
-def expected_text(scenario: str, gpu: bool) -> str:
+def expected_text(scenario: str, gpu: bool, gpm: bool = False) -> str:
     if scenario == "shared":
         return "stopped early; idle + input_bound + gpu_shared (other PID)"
     if scenario == "contended":
         return "ok; own util>0; gpu_shared (other PID)"
     if scenario == "healthy":
-        return "ok; util>0; proc mem>0; step 0 on GPU"
+        return "ok; util>0; proc mem>0; step 0 on GPU; energy>0" + (
+            "; SM>=util/2, no low_sm_activity" if gpm else "")
+    if scenario == "small_kernels":
+        return ("ok + low_sm_activity, or idle; SM<=util/2" if gpm
+                else "ok or idle; SM unknown, no low_sm_activity")
     if scenario == "hidden":
         return ("cpu_fallback + gpus_hidden; NVML sees the GPU" if gpu
                 else "cpu_fallback (no GPU: no_nvidia_driver)")
@@ -293,8 +352,10 @@ def expected_text(scenario: str, gpu: bool) -> str:
     return "stopped early; idle + input_bound; remedy for a generator"
 
 
-def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any]) -> tuple[str, bool]:
-    """(what was seen, in a few words; whether it is what was expected)."""
+def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any],
+                   gpm: bool = False) -> tuple[str, bool]:
+    """(what was seen, in a few words; whether it is what was expected). `gpm`: the GPU
+    supports GPM, so SM activity is known."""
     causes = seen["causes"]
     verdict = f"{seen['verdict']} [{', '.join(causes) or 'no cause'}]"
     checks: list[bool] = [not seen["tensorflow_imported"]]
@@ -314,6 +375,22 @@ def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any]) -> tuple[str,
                 f"{where}; {seen['batches']} batches in {seen['fit_s']} s")
         checks += [seen["verdict"] == "ok", (util or 0) > 0, (mem or 0) > 0,
                    seen["compute_on_gpu"] is True, seen["error"] is None]
+        text += "; " + activity_text(seen)
+        checks.append((seen["epoch_energy_min_j"] or 0) > 0)
+        if gpm:
+            sm, util_pct = seen["sm_active_mean_pct"], seen["samples_util_mean_pct"]
+            checks += [sm is not None and util_pct is not None and sm >= util_pct / 2,
+                       "low_sm_activity" not in causes]
+    elif scenario == "small_kernels":
+        text = f"{verdict}; {activity_text(seen)}; {seen['batches']} batches in {seen['fit_s']} s"
+        sm, util_pct = seen["sm_active_mean_pct"], seen["samples_util_mean_pct"]
+        flagged = "low_sm_activity" in causes if seen["verdict"] == "ok" else True
+        checks += [seen["verdict"] in ("ok", "idle"), seen["error"] is None,
+                   (sm is not None) is gpm]
+        if gpm:
+            checks += [flagged, sm is not None and util_pct is not None and sm <= util_pct / 2]
+        else:
+            checks.append("low_sm_activity" not in causes)
     elif scenario == "hidden":
         text = (f"{verdict}; NVML sees {seen['nvml_gpus_seen']}, watched "
                 f"{seen['watched_gpus'] or 'none'}; step 0 on "
@@ -374,6 +451,17 @@ def _num(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:,.0f}{unit}"
 
 
+def activity_text(seen: dict[str, Any]) -> str:
+    """Utilization, SM activity, tensor-core activity and energy side by side."""
+    tensor = seen["tensor_active_mean_pct"]
+    energy = seen["energy_total_j"]
+    return (f"util {_num(seen['samples_util_mean_pct'], '%')} vs SM active "
+            f"{_num(seen['sm_active_mean_pct'], '%')}, tensor "
+            f"{'n/a' if tensor is None else f'{tensor:.1f}%'}; energy "
+            f"{'n/a' if energy is None else f'{energy:,.0f} J'} ({seen['energy_method'] or '-'}),"
+            f" min {_num(seen['epoch_energy_min_j'], ' J')}/epoch")
+
+
 def gpus_on_this_machine() -> tuple[list[str], str | None]:
     """The names of the GPUs NVML sees, and NVML's error when it sees none."""
     from gpu_watch.nvml import NVML
@@ -384,6 +472,22 @@ def gpus_on_this_machine() -> tuple[list[str], str | None]:
             return [], nvml.error
         names = [d.name for d in nvml.all_devices()]
         return names, None if names else "NVML lists no GPU"
+    finally:
+        nvml.shutdown()
+
+
+def gpm_on_this_machine() -> bool:
+    """Whether the first GPU supports GPM (NVML's own answer: Hopper and newer)."""
+    from gpu_watch.nvml import NVML
+
+    nvml = NVML()
+    try:
+        devices = nvml.all_devices() if nvml.available else []
+        if not devices:
+            return False
+        support = nvml.query("gpm", devices[0].nvml_index, "nvmlGpmQueryDeviceSupport",
+                             devices[0].handle)
+        return bool(support is not None and support.isSupportedDevice)
     finally:
         nvml.shutdown()
 
@@ -401,9 +505,9 @@ def run_child(backend: str, scenario: str, out_dir: Path, seconds: float,
         env["CUDA_VISIBLE_DEVICES"] = "0"  # one model on one GPU: the others would sit idle
     command = [sys.executable, str(Path(__file__).resolve()), str(out_dir), "--child", scenario,
                "--seconds", str(seconds)]
-    timeout_s = CHILD_TIMEOUT_S + (seconds if BESIDE_BUSY.get(scenario, scenario) == "healthy"
-                                   else 0) + (BUSY_START_TIMEOUT_S if scenario in BESIDE_BUSY
-                                              else 0)
+    timeout_s = CHILD_TIMEOUT_S + (seconds if BESIDE_BUSY.get(scenario, scenario) in (
+        "healthy", "small_kernels") else 0) + (BUSY_START_TIMEOUT_S if scenario in BESIDE_BUSY
+                                               else 0)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=timeout_s)
@@ -427,13 +531,15 @@ def check(out_dir: Path, backends: list[str], seconds: float) -> list[Row]:
     """Run every scenario on every backend; print the table as rows come in."""
     gpus, nvml_error = gpus_on_this_machine()
     gpu = bool(gpus)
+    gpm = gpu and gpm_on_this_machine()
     machine = f"{len(gpus)} GPU(s): {', '.join(gpus)}" if gpu else f"no NVIDIA GPU ({nvml_error})"
-    print(f"gpu-watch GPU check on {machine}; backends: {', '.join(backends)}", flush=True)
+    print(f"gpu-watch GPU check on {machine} (GPM {'supported' if gpm else 'not supported'}); "
+          f"backends: {', '.join(backends)}", flush=True)
     rows: list[Row] = []
     for backend in backends:
         installed = importlib.util.find_spec(backend) is not None
         for scenario in SCENARIOS:
-            expected = expected_text(scenario, gpu)
+            expected = expected_text(scenario, gpu, gpm)
             if not installed:
                 rows.append(Row(backend, scenario, expected, "", f"skipped: {backend} is not "
                                                                    "installed"))
@@ -446,10 +552,70 @@ def check(out_dir: Path, backends: list[str], seconds: float) -> list[Row]:
                     rows.append(Row(backend, scenario, expected,
                                     f"child failed: {last_line(log)}", "FAIL"))
                 else:
-                    text, passed = judge_scenario(scenario, gpu, seen)
+                    text, passed = judge_scenario(scenario, gpu, seen, gpm)
                     rows.append(Row(backend, scenario, expected, text,
                                     "pass" if passed else "FAIL", seen["run_dir"]))
             print(f"  {backend} {scenario}: {rows[-1].result}", flush=True)
+    return rows
+
+
+# -- the doctor, per backend -------------------------------------------------------------------
+
+
+def run_doctor(backend: str) -> tuple[int | None, dict[str, Any] | None, str]:
+    """`gpu-watch doctor --json --backend <backend>` from this checkout: (exit code, report,
+    output); (None, None, why) when it did not finish."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "gpu_watch", "doctor", "--json", "--backend", backend]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=DOCTOR_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, None, f"timed out after {DOCTOR_TIMEOUT_S} s"
+    try:
+        return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
+    except json.JSONDecodeError:
+        return done.returncode, None, done.stdout + done.stderr
+
+
+def judge_doctor(backend: str, gpus: list[str], code: int | None,
+                 report: dict[str, Any] | None) -> tuple[str, str, bool]:
+    """(expected, seen, passed) for the doctor's answer about `backend` on this machine."""
+    installed = importlib.util.find_spec(backend) is not None
+    if not installed:
+        expected = "exit 1; backend_not_installed"
+    elif gpus:
+        expected = f"exit 0; names {gpus[0]}"
+    else:
+        expected = "exit 1; no_nvidia_driver"
+    if report is None or "backends" not in report:
+        return expected, f"exit {code}; no report", False
+    status = report["backends"][backend]
+    codes = [f["code"] for f in report["findings"] if f["severity"] == "error"]
+    seen = (f"exit {code}; {status['state']}; GPUs {', '.join(status['gpus']) or 'none'}; "
+            f"errors {', '.join(codes) or 'none'}; {report['facts']['doctor']['probe_s']} s")
+    agree = report["exit_code"] == code and report["gpu_usable"] == (code == 0)
+    if not installed:
+        passed = code == 1 and "backend_not_installed" in codes
+    elif gpus:
+        passed = code == 0 and any(gpus[0] in name for name in status["gpus"])
+    else:
+        passed = code == 1 and "no_nvidia_driver" in codes
+    return expected, seen, passed and agree
+
+
+def check_doctor(out_dir: Path, backends: list[str]) -> list[Row]:
+    """Run the doctor for each backend checked, and for TensorFlow (absent on the GPU machines
+    at hand: the doctor must say so, exit 1)."""
+    gpus, _ = gpus_on_this_machine()
+    rows = []
+    for backend in dict.fromkeys([*backends, "tensorflow"]):
+        code, report, log = run_doctor(backend)
+        (out_dir / f"{backend}-doctor.log").write_text(log)
+        expected, seen, passed = judge_doctor(backend, gpus, code, report)
+        rows.append(Row(backend, "doctor", expected, seen, "pass" if passed else "FAIL"))
+        print(f"  {backend} doctor: {rows[-1].result}", flush=True)
     return rows
 
 
@@ -489,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     rows = check(out_dir, backends, args.seconds)
+    rows += check_doctor(out_dir, backends)
     elapsed_s = time.perf_counter() - start
     print()
     print(table(rows))

@@ -50,7 +50,8 @@ import gpu_watch  # noqa: E402
 from gpu_watch import GPUWatch, GPUWatchWarning  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
 from gpu_watch.monitor import Monitor  # noqa: E402
-from gpu_watch.sampler import Sampler  # noqa: E402
+from gpu_watch.nvml import NVML, Reading  # noqa: E402
+from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 
 SAMPLER_THREAD = "gpu-watch-sampler"
@@ -504,6 +505,61 @@ def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
           f"{step_s * 1e3:.2f} ms step: {100 * parts_us / (step_s * 1e6):.2f}%")
 
 
+# -- the sampler's cost with GPM and the energy counter -----------------------------------------
+
+
+@dataclass
+class GpmCost:
+    """CPU of the sampler thread per tick, reads only (no disk), with GPM and the energy counter
+    read ("on") and switched off ("off"); `gpm_readings` counts readings with SM activity."""
+
+    on_us: list[float] = field(default_factory=list)
+    off_us: list[float] = field(default_factory=list)
+    gpm_readings: int = 0
+    gpus: int = 0
+
+
+def gpm_sampler_cost(make_nvml: Callable[[], NVML], rounds: int = 3, seconds: float = 2.0,
+                     interval_s: float = DEFAULT_INTERVAL_S) -> GpmCost:
+    """Run the sampler for `seconds` with GPM and energy on, then off, `rounds` times (a fresh
+    NVML session from `make_nvml` each time), and time its thread's CPU per tick."""
+    cost = GpmCost()
+    for _ in range(rounds):
+        for gpm_on in (True, False):
+            nvml = make_nvml()
+            devices = nvml.devices()
+            cost.gpus = len(devices)
+            if not gpm_on:
+                for device in devices:
+                    nvml.switch_off("gpm", device.nvml_index)
+                    nvml.switch_off("energy", device.nvml_index)
+            seen: list[Reading] = []
+            threads = ThreadCosts()
+            with measure_threads(threads):
+                sampler = Sampler(nvml, devices, seen.extend, interval_s)
+                sampler.start()
+                time.sleep(seconds)
+                sampler.stop()
+            nvml.shutdown()
+            per_tick_us = 1e6 * threads.sampler_cpu_s / max(threads.sampler_ticks, 1)
+            (cost.on_us if gpm_on else cost.off_us).append(per_tick_us)
+            if gpm_on:
+                cost.gpm_readings += sum(r.sm_active_pct is not None for r in seen)
+    return cost
+
+
+def print_gpm_cost(make_nvml: Callable[[], NVML], label: str) -> None:
+    """One line: the sampler's CPU per tick with GPM and energy on and off, side by side."""
+    cost = gpm_sampler_cost(make_nvml)
+    on, off = statistics.median(cost.on_us), statistics.median(cost.off_us)
+    ticks_per_s = 1 / DEFAULT_INTERVAL_S
+    print(f"sampler reads with GPM and the energy counter ({label}, {cost.gpus} GPU(s), "
+          f"{cost.gpm_readings} readings with SM activity): {on:.0f} µs CPU per tick "
+          f"({on * ticks_per_s / 1e3:.2f} ms per second at {ticks_per_s:g} ticks/s); with both "
+          f"switched off {off:.0f} µs ({off * ticks_per_s / 1e3:.2f} ms per second); medians of "
+          f"{len(cost.on_us)} rounds, disk writes not included")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("ignore", GPUWatchWarning)  # "training runs on the CPU": known here
@@ -519,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-watch-bench-") as tmp:
         for key in args.models:
             benchmark(WORKLOADS[key](), configs, args, Path(tmp))
+    print()
+    print_gpm_cost(lambda: NVML(simulated_gpu()), "simulated H100")
+    if NVML().available:
+        print_gpm_cost(NVML, "this machine's NVML")
     return 0
 
 

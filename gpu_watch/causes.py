@@ -249,6 +249,97 @@ CATALOGUE: dict[str, CauseSpec] = {
         "is not among them: device-level figures are shown instead.",
         "Nothing to fix: run with `--pid=host` (docker) if you need per-process figures.",
     ),
+    "backend_not_installed": CauseSpec(
+        INSTALL, ERROR,
+        "The framework of the Keras backend is not installed or cannot be imported.",
+        'pip install "tensorflow[and-cuda]"  # or: pip install -U "jax[cuda12]"; or: '
+        "pip install torch; or choose an installed backend with KERAS_BACKEND",
+        {
+            "tensorflow": 'pip install "tensorflow[and-cuda]"  # or train with a backend that is '
+                          "installed: export KERAS_BACKEND=<its name>",
+            "jax": 'pip install -U "jax[cuda12]"  # "jax[cuda13]" for a CUDA 13 driver',
+            "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu126  # "
+                     "cu<version> of the CUDA your driver supports",
+        },
+    ),
+    "gpu_not_supported": CauseSpec(
+        INSTALL, ERROR,
+        "The framework build has no support for this GPU's compute capability.",
+        "Install a release of the framework that supports the GPU's compute capability (see "
+        "its install page), or train on a GPU the build supports.",
+        {
+            "tensorflow": 'pip install -U "tensorflow[and-cuda]"  # a release built for this '
+                          "GPU's compute capability (TensorFlow's start-up message names the "
+                          "minimum it needs), or train on a newer GPU",
+            "jax": 'pip install -U "jax[cuda12]"  # a plugin built for this GPU\'s compute '
+                   "capability, or train on a newer GPU",
+            "torch": "pip install --force-reinstall torch --index-url "
+                     "https://download.pytorch.org/whl/cu126  # a build whose "
+                     "torch.cuda.get_arch_list() includes this GPU's sm_XY",
+        },
+    ),
+    "cuda_init_failed": CauseSpec(
+        DRIVER, ERROR,
+        "The framework's CUDA build could not start CUDA on the GPU that the driver sees.",
+        "Run `nvidia-smi`; then read the framework's own message in the evidence (a driver "
+        "update without a reboot, or CUDA_VISIBLE_DEVICES changed after start-up, cause this).",
+        {
+            "tensorflow": "python -c \"import tensorflow as tf; print(tf.config."
+                          "list_physical_devices('GPU'))\"  # prints why CUDA cannot start; "
+                          "then `nvidia-smi`, and reboot after a driver update",
+            "jax": "python -c \"import jax; print(jax.devices('cuda'))\"  # prints why CUDA "
+                   "cannot start; then `nvidia-smi`, and reboot after a driver update",
+            "torch": "python -c \"import torch; torch.cuda.init()\"  # prints why CUDA cannot "
+                     "start; then `nvidia-smi`, and reboot after a driver update",
+        },
+    ),
+    "allocator_misconfigured": CauseSpec(
+        RESOURCES, WARNING,
+        "A GPU memory allocator setting is invalid, ignored, or meant only for debugging.",
+        "unset TF_GPU_ALLOCATOR XLA_PYTHON_CLIENT_ALLOCATOR  # or set a value the framework "
+        "documents",
+        {
+            "tensorflow": "unset TF_GPU_ALLOCATOR  # or TF_GPU_ALLOCATOR=cuda_malloc_async, the "
+                          "one other value TensorFlow documents",
+            "jax": "unset XLA_PYTHON_CLIENT_ALLOCATOR XLA_PYTHON_CLIENT_MEM_FRACTION  # or "
+                   "values JAX documents (platform, default; a fraction between 0 and 1)",
+            "torch": "unset PYTORCH_CUDA_ALLOC_CONF  # if set: torch ignores the allocator "
+                     "settings of other frameworks",
+        },
+    ),
+    "nvml_unavailable": CauseSpec(
+        OTHER, WARNING,
+        "NVML cannot be read, so GPU utilization and memory cannot be measured.",
+        "Check that `nvidia-smi` works for this user; in a container, start it with "
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility (or `--gpus all`).",
+    ),
+    "low_sm_activity": CauseSpec(
+        OTHER, WARNING,
+        "The GPU looked busy by its utilization, but most of its SMs sat idle: each step "
+        "launches kernels too small to fill the GPU (a launch-bound or too-small workload).",
+        "Give each step more work: a larger batch_size; model.compile(..., "
+        "steps_per_execution=32) on TensorFlow and JAX, jit_compile=True on PyTorch; "
+        "preprocessing moved out of the step into the input pipeline.",
+        {
+            "tensorflow": "Give each step more work: a larger batch_size; model.compile(..., "
+                          "steps_per_execution=32) runs several steps per call; preprocessing "
+                          "moved out of the model into the tf.data pipeline (map with "
+                          "num_parallel_calls=tf.data.AUTOTUNE).",
+            "jax": "Give each step more work: a larger batch_size; model.compile(..., "
+                   "steps_per_execution=32) runs several steps per call; preprocessing moved "
+                   "out of the model into the input pipeline.",
+            "torch": "Give each step more work: a larger batch_size; model.compile(..., "
+                     "jit_compile=True) fuses small kernels with torch.compile (the PyTorch "
+                     "backend has no steps_per_execution); preprocessing moved out of the model "
+                     "into a DataLoader's workers.",
+        },
+    ),
+    "tensor_cores_unused": CauseSpec(
+        OTHER, INFO,
+        "The GPU's tensor cores sat idle while float32 math ran on its other cores.",
+        'keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before building the '
+        "model: matrix products then run on the tensor cores",
+    ),
     "gpu_shared": CauseSpec(
         RESOURCES, WARNING,
         "Other processes used the GPU while this training ran.",

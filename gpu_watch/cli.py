@@ -29,16 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         help="explain why the GPU would not be used (exit 0: usable GPU, 1: none, 2: error)",
         description="Check the installation, the driver, GPU memory and the environment, and "
-        "say why TensorFlow would not use the GPU, with a remedy for each finding. Exit code: "
-        "0 a usable GPU was found, 1 none was, 2 the doctor itself could not run.",
+        "say why the Keras backend that will train (KERAS_BACKEND, else keras.json, else "
+        "TensorFlow) would not use the GPU, with a remedy for each finding. Exit code: 0 that "
+        "backend can use a GPU, 1 it cannot, 2 the doctor could not tell.",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch", "all"),
+        help="check this backend instead of the one Keras will use; 'all': that one and every "
+        "other installed one, one verdict line each (the exit code stays that one's)",
+    )
+    doctor.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="limit for the framework probe, which runs in a child process (default: 30)",
+        help="limit for each framework probe, which runs in a child process (default: 30)",
     )
 
     report = commands.add_parser(
@@ -63,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``), writing to `out`."""
     out = out or sys.stdout
@@ -70,7 +87,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     if args.command == "doctor":
         from gpu_watch.doctor import run_doctor_command
 
-        return run_doctor_command(as_json=args.json, timeout_s=args.timeout, out=out)
+        return run_doctor_command(as_json=args.json, timeout_s=args.timeout, out=out,
+                                  backend=args.backend)
     if args.command == "report":
         from gpu_watch.report import run_report_command
 

@@ -28,7 +28,7 @@ from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
-from gpu_watch.timeline import IdleEvent, Timeline
+from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 
 ON_IDLE = ("warn", "stop", "raise")
@@ -273,6 +273,7 @@ class Monitor:
             row[f"gpu{s.gpu}_util_mean"] = s.util_mean
             row[f"gpu{s.gpu}_proc_util_mean"] = s.proc_util_mean
             row[f"gpu{s.gpu}_verdict"] = verdict.gpu_verdicts.get(s.gpu)
+        row.update(activity_row(stats))
         for key, value in logs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = float(value)
@@ -429,6 +430,7 @@ class Monitor:
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
+        self.info["energy"] = energy_summary(self.timeline.run_stats())
 
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))

@@ -41,20 +41,35 @@ STATUS_FAILED = "failed"
 STATUS_INCOMPLETE = "incomplete"  # read back: "running" on disk, but its writer is gone
 FINAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED_IDLE, STATUS_INTERRUPTED, STATUS_FAILED)
 
+# GPM readings (Hopper and newer; NaN elsewhere) and the whole GPU's energy counter (mJ since
+# the driver loaded). Runs written before these existed read back with the columns all NaN.
+SAMPLE_ACTIVITY_COLUMNS = (
+    "sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct", "fp32_active_pct",
+    "fp16_active_pct", "pcie_tx_mib_s", "pcie_rx_mib_s", "energy_counter_mj",
+)
 SAMPLE_COLUMNS = (
     "time_s", "gpu", "util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib",
     "proc_mem_mib", "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
-    "idle_clock_event", "lost", "others_util_pct", "others_mem_mib",
+    "idle_clock_event", "lost", *SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib",
 )
 BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
 BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
+# Per epoch, over the watched GPUs: mean GPM percentages, and the energy (J) and mean power (W)
+# of the whole GPUs summed; per GPU, `gpu{i}_` + EPOCH_GPU_ACTIVITY_COLUMNS. Optional on read.
+EPOCH_ACTIVITY_COLUMNS = (
+    "gpu_sm_active_mean", "gpu_tensor_active_mean", "gpu_dram_bw_mean", "gpu_energy_j",
+    "gpu_power_mean_w",
+)
+EPOCH_GPU_ACTIVITY_COLUMNS = ("sm_active_mean", "energy_j", "power_mean_w")
 EPOCH_COLUMNS = (
     "epoch", "batches", "duration_s", "step_s_mean", "wait_fraction", "gpu_util_mean",
     "proc_util_mean", "gpu_util_p95", "gpu_mem_peak_mib", "idle_fraction", "verdict",
+    *EPOCH_ACTIVITY_COLUMNS,
 )
 # Columns added after the first release: a run folder written before them still loads, with
 # the column all NaN.
-ADDED_COLUMNS = frozenset({"others_util_pct", "others_mem_mib", "proc_util_mean"})
+_OPTIONAL_COLUMNS = frozenset(SAMPLE_ACTIVITY_COLUMNS + EPOCH_ACTIVITY_COLUMNS) | {
+    "others_util_pct", "others_mem_mib", "proc_util_mean"}
 
 
 class RunFolderError(ValueError):
@@ -331,12 +346,12 @@ def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) 
     except (ValueError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunFolderError(f"{path}: not a valid CSV ({first})") from None
-    missing = [c for c in columns if c not in frame.columns and c not in ADDED_COLUMNS]
+    missing = [c for c in columns if c not in frame.columns and c not in _OPTIONAL_COLUMNS]
     if missing:
         raise RunFolderError(f"{path}: missing columns {', '.join(missing)}")
     for column in columns:
         if column not in frame.columns:
-            frame[column] = float("nan")
+            frame[column] = float("nan")  # an older run: not measured, which NaN says
     return frame
 
 

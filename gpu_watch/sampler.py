@@ -126,6 +126,17 @@ class Sampler:
             self.errors.append(traceback.format_exc(limit=3).strip())
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # The thread that reads the GPM sample buffers frees them, once it is done with
+            # them: a read that hangs past `stop` never has its buffers freed under it.
+            try:
+                self._nvml.release_gpm(self._devices)
+            except Exception:
+                self._record_error()
+
+    def _loop(self) -> None:
         due = self._clock()
         while not self._stop.is_set():
             try:

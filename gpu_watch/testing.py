@@ -5,6 +5,9 @@ memory in bytes, power in milliwatts, utilization in percent of the last sample 
 utilization samples with microsecond timestamps (``NVMLError_NotFound`` when there are none since
 the timestamp passed in), ``NVMLError_Uninitialized`` before ``nvmlInit``, real
 ``pynvml.NVMLError_*`` exceptions, and utilization ``NotSupported`` on MIG instances.
+GPU Performance Monitoring (GPM) is served on Hopper-class fakes only, through NVML's own
+structures (``c_nvmlGpmMetricsGet_t``) with a return code per metric; the energy counter counts
+millijoules since ``nvmlInit`` on Volta and newer.
 
 Pass it wherever gpu-watch accepts an NVML library::
 
@@ -20,8 +23,10 @@ Timelines (``util_pct``, ``mem_used_mib``, ...) are a constant, a list (one valu
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import re
 import threading
 import time
 import uuid as uuid_module
@@ -48,7 +53,66 @@ FIELDS = {
     "temperature": ("nvmlDeviceGetTemperature",),
     "clock": ("nvmlDeviceGetClockInfo",),
     "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",),
+    "gpm": ("nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMigSampleGet",
+            "nvmlGpmMetricsGet"),
+    "energy": ("nvmlDeviceGetTotalEnergyConsumption",),
+    # One GPM metric: its error lands in that metric's nvmlReturn, and the call succeeds.
+    "gpm_sm_active": ("nvmlGpmMetricsGet",),
+    "gpm_sm_occupancy": ("nvmlGpmMetricsGet",),
+    "gpm_tensor_active": ("nvmlGpmMetricsGet",),
+    "gpm_dram_bw": ("nvmlGpmMetricsGet",),
+    "gpm_fp32_active": ("nvmlGpmMetricsGet",),
+    "gpm_fp16_active": ("nvmlGpmMetricsGet",),
+    "gpm_pcie_tx": ("nvmlGpmMetricsGet",),
+    "gpm_pcie_rx": ("nvmlGpmMetricsGet",),
 }
+
+# The GPM metrics a fake serves: NVML_GPM_METRIC_* id -> (FakeGPU attribute, fault field).
+_GPM_SERVED = {
+    2: ("sm_active_pct", "gpm_sm_active"),
+    3: ("sm_occupancy_pct", "gpm_sm_occupancy"),
+    5: ("tensor_active_pct", "gpm_tensor_active"),
+    10: ("dram_bw_pct", "gpm_dram_bw"),
+    12: ("fp32_active_pct", "gpm_fp32_active"),
+    13: ("fp16_active_pct", "gpm_fp16_active"),
+    20: ("pcie_tx_mib_s", "gpm_pcie_tx"),
+    21: ("pcie_rx_mib_s", "gpm_pcie_rx"),
+}
+_NOT_SUPPORTED = 3  # NVML_ERROR_NOT_SUPPORTED
+ARCHITECTURES = ("kepler", "maxwell", "pascal", "volta", "turing", "ampere", "ada", "hopper",
+                 "blackwell")
+# Model numbers in product names, by architecture (GeForce and RTX cards by series below).
+_MODELS = {
+    "kepler": {"K80", "K40", "K20"},
+    "maxwell": {"M60", "M40", "M10"},
+    "pascal": {"P100", "P40", "P4", "P6"},
+    "volta": {"V100"},
+    "turing": {"T4"},
+    "ampere": {"A100", "A800", "A40", "A30", "A16", "A10", "A10G", "A2", "A6000", "A5000",
+               "A4000"},
+    "ada": {"L40", "L40S", "L4", "L20"},
+    "hopper": {"H100", "H200", "H800", "H20", "GH200"},
+    "blackwell": {"B100", "B200", "B300", "GB200", "GB300"},
+}
+_SERIES = {"10": "pascal", "20": "turing", "30": "ampere", "40": "ada", "50": "blackwell"}
+
+
+def architecture_of(name: str) -> str | None:
+    """The architecture a product name implies ("NVIDIA H100 80GB HBM3" -> "hopper"), or None.
+
+    >>> architecture_of("NVIDIA GeForce RTX 4090"), architecture_of("Tesla V100-SXM2-16GB")
+    ('ada', 'volta')
+    """
+    words = re.split(r"[\s\-_]+", name.upper())
+    for arch, models in _MODELS.items():
+        if any(word in models for word in words):
+            return arch
+    if "TITAN" in words and "V" in words:
+        return "volta"
+    for before, word in zip(words, words[1:], strict=False):
+        if before in ("RTX", "GTX") and re.fullmatch(r"\d{4}(TI)?", word):
+            return _SERIES.get(word[:2])
+    return None
 
 
 @dataclass
@@ -87,6 +151,18 @@ class FakeGPU:
         processes: Compute processes on the device.
         power_w, temp_c, sm_clock_mhz: Power (W), temperature (C), SM clock (MHz) (timelines).
         mig_devices: MIG instances carved from this GPU (each a FakeGPU with a ``MIG-`` UUID).
+        architecture: One of :data:`ARCHITECTURES`. Default None: from the name (see
+            :func:`architecture_of`); a name it does not know counts as Volta to Ada.
+        gpm: Whether the GPU supports GPM. Default None: Hopper and Blackwell do, as in NVML.
+        sm_active_pct: Share of SMs busy, percent (timeline). Default None: as `util_pct`, a
+            workload that fills the GPU while it runs.
+        sm_occupancy_pct: Resident warps against the maximum, percent (timeline). Default
+            None: as `sm_active_pct`.
+        tensor_active_pct, dram_bw_pct, fp32_active_pct, fp16_active_pct: Tensor-core
+            activity, DRAM bandwidth used, non-tensor FP32 and FP16 math, percent (timelines).
+        pcie_tx_mib_s, pcie_rx_mib_s: PCIe traffic from and to the GPU, MiB/s (timelines).
+        energy_mj: The energy counter, mJ (timeline; a drop is a driver reload). Default None:
+            `power_w` integrated since ``nvmlInit``. Pascal and older: ``NotSupported``.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -103,6 +179,17 @@ class FakeGPU:
     is_mig: bool = field(default=False, init=False)
     _faults: list[tuple[str, type, float, float]] = field(default_factory=list, init=False,
                                                            repr=False)
+    architecture: str | None = None
+    gpm: bool | None = None
+    sm_active_pct: Timeline = None
+    sm_occupancy_pct: Timeline = None
+    tensor_active_pct: Timeline = 0.0
+    dram_bw_pct: Timeline = 0.0
+    fp32_active_pct: Timeline = 0.0
+    fp16_active_pct: Timeline = 0.0
+    pcie_tx_mib_s: Timeline = 0.0
+    pcie_rx_mib_s: Timeline = 0.0
+    energy_mj: Timeline = None
 
     def fail(self, field_name: str, error: type[pynvml.NVMLError], from_s: float = 0.0,
              until_s: float = math.inf) -> FakeGPU:
@@ -119,6 +206,24 @@ class FakeGPU:
             raise ValueError(f"error must be a pynvml.NVMLError subclass, got {error!r}")
         self._faults.append((field_name, error, from_s, until_s))
         return self
+
+    def __post_init__(self) -> None:
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be None or one of {', '.join(ARCHITECTURES)}, "
+                             f"got {self.architecture!r}")
+
+    @property
+    def arch(self) -> str | None:
+        """The architecture: `architecture`, or the one the name implies."""
+        return self.architecture or architecture_of(self.name)
+
+    def supports_gpm(self) -> bool:
+        """Whether NVML offers GPM on this GPU (Hopper and newer, unless `gpm` says)."""
+        return self.arch in ("hopper", "blackwell") if self.gpm is None else self.gpm
+
+    def supports_energy(self) -> bool:
+        """Whether the energy counter exists (Volta and newer; not on MIG instances)."""
+        return not self.is_mig and self.arch not in ("kepler", "maxwell", "pascal")
 
 
 @dataclass(frozen=True)
@@ -196,6 +301,8 @@ class FakeNVML:
         self._initialised = 0
         self._t0: float | None = None
         self._lock = threading.Lock()
+        self._gpm_samples: dict[int, _GpmSample] = {}
+        self._energy: dict[int, tuple[float, float]] = {}  # id(gpu) -> (at_s, mJ so far)
 
     def elapsed_s(self) -> float:
         """Seconds since the first successful ``nvmlInit``: the time axis of every timeline."""
@@ -350,6 +457,143 @@ class FakeNVML:
     def calls_from(self, thread_name: str) -> int:
         """How many calls came from the thread called `thread_name` (e.g. "MainThread")."""
         return sum(n for (_, thread), n in self.calls.items() if thread == thread_name)
+
+    # -- GPM (Hopper and newer) and energy -------------------------------------------------------
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _Handle) -> _Handle:  # noqa: N802
+        self._enter("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", handle)
+        if not handle.gpu.is_mig:
+            raise pynvml.NVMLError_InvalidArgument()
+        return _Handle(self.gpus[handle.index], handle.index)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetGpuInstanceId", handle)
+        if not handle.gpu.is_mig:
+            raise pynvml.NVMLError_InvalidArgument()
+        return self.gpus[handle.index].mig_devices.index(handle.gpu)
+
+    def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> pynvml.c_nvmlGpmSupport_t:  # noqa: N802
+        self._enter("nvmlGpmQueryDeviceSupport", handle, "gpm")
+        if handle.gpu.is_mig:
+            raise pynvml.NVMLError_NotSupported()  # asked of the parent GPU, as NVML wants
+        support = pynvml.c_nvmlGpmSupport_t()
+        support.version = pynvml.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = int(handle.gpu.supports_gpm())
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> pynvml.c_nvmlGpmSample_t:  # noqa: N802
+        self._enter("nvmlGpmSampleAlloc")
+        buffer = ctypes.create_string_buffer(16)  # an opaque buffer, as NVML's is to callers
+        with self._lock:
+            self._gpm_samples[ctypes.addressof(buffer)] = _GpmSample(buffer)
+        return ctypes.cast(buffer, pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: pynvml.c_nvmlGpmSample_t) -> None:  # noqa: N802
+        self._enter("nvmlGpmSampleFree")
+        with self._lock:
+            if self._gpm_samples.pop(_address(sample), None) is None:
+                raise pynvml.NVMLError_InvalidArgument()
+
+    def nvmlGpmSampleGet(self, handle: _Handle, sample: pynvml.c_nvmlGpmSample_t):  # noqa: N802
+        self._enter("nvmlGpmSampleGet", handle, "gpm")
+        if handle.gpu.is_mig or not handle.gpu.supports_gpm():
+            raise pynvml.NVMLError_NotSupported()  # a MIG instance: nvmlGpmMigSampleGet
+        self._take_gpm_sample(handle, handle.gpu, sample)
+        return sample
+
+    def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int,  # noqa: N802
+                            sample: pynvml.c_nvmlGpmSample_t):
+        self._enter("nvmlGpmMigSampleGet", handle, "gpm")
+        if handle.gpu.is_mig or not handle.gpu.supports_gpm():
+            raise pynvml.NVMLError_NotSupported()
+        if not 0 <= gpu_instance_id < len(handle.gpu.mig_devices):
+            raise pynvml.NVMLError_NotFound()
+        self._take_gpm_sample(handle, handle.gpu.mig_devices[gpu_instance_id], sample)
+        return sample
+
+    def _take_gpm_sample(self, handle: _Handle, source: FakeGPU,
+                         sample: pynvml.c_nvmlGpmSample_t) -> None:
+        with self._lock:
+            record = self._gpm_samples.get(_address(sample))
+        if record is None:
+            raise pynvml.NVMLError_InvalidArgument()
+        values = {}
+        for metric_id, (attribute, _) in _GPM_SERVED.items():
+            values[metric_id] = self.value(getattr(source, attribute))
+        active = values[2] if values[2] is not None else self.value(source.util_pct) or 0.0
+        values[2] = active
+        values[3] = active if values[3] is None else values[3]
+        record.handle, record.source, record.values = handle, source, values
+
+    def nvmlGpmMetricsGet(self, request: pynvml.c_nvmlGpmMetricsGet_t):  # noqa: N802
+        """Fill each requested metric from the second sample's values (a sample's values stand
+        for the time since the one before, as a utilization reading does), with its own return
+        code: a metric this fake does not serve, or a failed `gpm_*` field, is not fatal."""
+        self._enter("nvmlGpmMetricsGet")
+        if request.version != 1:  # NVML_GPM_METRICS_GET_VERSION
+            raise pynvml.NVMLError_ArgumentVersionMismatch()
+        if request.numMetrics > len(request.metrics):
+            raise pynvml.NVMLError_InvalidArgument()
+        with self._lock:
+            first = self._gpm_samples.get(_address(request.sample1))
+            second = self._gpm_samples.get(_address(request.sample2))
+        if (first is None or second is None or first.source is None or first is second
+                or first.source is not second.source):
+            raise pynvml.NVMLError_InvalidArgument()  # two samples of one GPU are needed
+        now = self.elapsed_s()
+        faults = [(name, error) for name, error, start, end in second.handle.gpu._faults
+                  if start <= now < end]
+        for name, error in faults:
+            if name in ("*", "gpm"):
+                raise error()
+        failed = {name: error for name, error in faults if name.startswith("gpm_")}
+        for k in range(request.numMetrics):
+            metric = request.metrics[k]
+            served = _GPM_SERVED.get(metric.metricId)
+            error = failed.get(served[1]) if served else None
+            if served is None or second.values.get(metric.metricId) is None:
+                metric.nvmlReturn, metric.value = _NOT_SUPPORTED, 0.0
+            elif error is not None:
+                metric.nvmlReturn, metric.value = error().value, 0.0
+            else:
+                metric.nvmlReturn, metric.value = 0, float(second.values[metric.metricId])
+        return request
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:  # noqa: N802
+        self._enter("nvmlDeviceGetTotalEnergyConsumption", handle, "energy")
+        gpu = handle.gpu
+        if not gpu.supports_energy():
+            raise pynvml.NVMLError_NotSupported()
+        if gpu.energy_mj is not None:
+            return int(self.value(gpu.energy_mj))
+        now = self.elapsed_s()
+        with self._lock:
+            at_s, total_mj = self._energy.get(id(gpu), (0.0, 0.0))
+            # Trapezoids between calls over the power timeline: exact for constant power.
+            power_w = (self.value(gpu.power_w, at_s) or 0.0) + (self.value(gpu.power_w) or 0.0)
+            total_mj += max(now - at_s, 0.0) * power_w / 2 * 1000.0
+            self._energy[id(gpu)] = (now, total_mj)
+        return int(total_mj)
+
+    @property
+    def gpm_samples_allocated(self) -> int:
+        """GPM sample buffers allocated and not yet freed (a leak check for tests)."""
+        with self._lock:
+            return len(self._gpm_samples)
+
+
+@dataclass
+class _GpmSample:
+    """A sample buffer handed out by `nvmlGpmSampleAlloc`, and what was sampled into it."""
+
+    buffer: ctypes.Array
+    handle: _Handle | None = None
+    source: FakeGPU | None = None
+    values: dict[int, float | None] = field(default_factory=dict)
+
+
+def _address(sample: pynvml.c_nvmlGpmSample_t) -> int | None:
+    return ctypes.cast(sample, ctypes.c_void_p).value
 
 
 def _pid(proc: FakeProcess) -> int:

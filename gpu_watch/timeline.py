@@ -9,11 +9,13 @@ process's own) per GPU and span, so memory stays flat over days.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gpu_watch.nvml import Reading
 from gpu_watch.verdict import GPUStats, OtherUse
@@ -49,6 +51,15 @@ class IdleEvent:
 
 # Other processes tracked per GPU and span: enough for any real GPU, and memory stays flat.
 MAX_OTHER_PIDS = 32
+# GPM readings averaged per span: (Reading field, GPUStats field).
+ACTIVITY_FIELDS = (
+    ("sm_active_pct", "sm_active_mean"),
+    ("sm_occupancy_pct", "sm_occupancy_mean"),
+    ("tensor_active_pct", "tensor_active_mean"),
+    ("dram_bw_pct", "dram_bw_mean"),
+    ("fp32_active_pct", "fp32_active_mean"),
+    ("fp16_active_pct", "fp16_active_mean"),
+)
 
 
 class _Histogram:
@@ -83,11 +94,12 @@ class _Histogram:
 
 class SpanStats:
     """Running statistics of one GPU over a span: the device's utilization and this process's
-    own (histograms), the other processes seen, peaks and flags."""
+    own (histograms), the other processes seen, peaks, flags, and running sums of the GPM
+    readings."""
 
     __slots__ = ("device", "own", "mem_peak", "proc_peak", "proc_seen", "others_seen", "lost",
                  "others_sum", "others_n", "others_busy", "contended", "others_mem_peak",
-                 "procs_max", "others")
+                 "procs_max", "others", "activity")
 
     def __init__(self) -> None:
         self.device = _Histogram()
@@ -104,6 +116,7 @@ class SpanStats:
         self.others_mem_peak: float | None = None
         self.procs_max: int | None = None
         self.others: dict[int, list] = {}  # pid -> [name, util sum, util readings, mem peak]
+        self.activity = [[0.0, 0] for _ in ACTIVITY_FIELDS]  # [sum, readings] per field
 
     @property
     def measured(self) -> bool:
@@ -152,6 +165,16 @@ class SpanStats:
             if other.used_mib is not None:
                 entry[3] = _max(entry[3], other.used_mib)
         self.lost = self.lost or r.lost
+        for (name, _), running in zip(ACTIVITY_FIELDS, self.activity, strict=True):
+            value = getattr(r, name)
+            if value is not None:
+                running[0] += value
+                running[1] += 1
+
+    def activity_means(self) -> dict[str, float | None]:
+        """The GPM means as GPUStats keywords; None for a field never read."""
+        return {field: (total / n if n else None)
+                for (_, field), (total, n) in zip(ACTIVITY_FIELDS, self.activity, strict=True)}
 
     def stats(self, gpu: int) -> GPUStats:
         """The span's statistics as the verdict rules take them."""
@@ -170,11 +193,117 @@ class SpanStats:
             others_busy_fraction=self.others_busy / self.others_n if self.others_n else None,
             contended_fraction=self.contended / self.others_n if self.others_n else None,
             others_mem_peak_mib=self.others_mem_peak, procs_max=self.procs_max, others=others,
+            **self.activity_means(),
         )
 
 
 def _max(current: float | None, value: float) -> float:
     return value if current is None else max(current, value)
+
+
+class EnergyMeter:
+    """The energy one GPU used over a span, from NVML's energy counter or, where that is
+    unsupported or was reset, from power readings integrated over time.
+
+    The counter counts millijoules since the driver loaded, so a span's energy is the sum of
+    its differences; a negative difference (a driver reload) makes the counter unusable for
+    the span. Power readings are joined by trapezoids. `follow` carries the last reading over
+    from the span before, so that the time between two spans is counted once.
+    """
+
+    __slots__ = ("counter_mj", "counter_s", "counter_pairs", "reset", "power_j", "power_s",
+                 "last_mj", "last_mj_s", "last_w", "last_w_s")
+
+    def __init__(self) -> None:
+        self.counter_mj = 0.0
+        self.counter_s = 0.0
+        self.counter_pairs = 0
+        self.reset = False
+        self.power_j = 0.0
+        self.power_s = 0.0
+        self.last_mj: int | None = None
+        self.last_mj_s = 0.0
+        self.last_w: float | None = None
+        self.last_w_s = 0.0
+
+    def follow(self, other: EnergyMeter) -> EnergyMeter:
+        """Start where `other` stands (its last counter and power readings). Returns self."""
+        self.last_mj, self.last_mj_s = other.last_mj, other.last_mj_s
+        self.last_w, self.last_w_s = other.last_w, other.last_w_s
+        return self
+
+    def add(self, r: Reading) -> None:
+        """Count one reading."""
+        if r.energy_counter_mj is not None:
+            if self.last_mj is not None:
+                delta = r.energy_counter_mj - self.last_mj
+                if delta < 0:
+                    self.reset = True
+                else:
+                    self.counter_mj += delta
+                    self.counter_s += r.time_s - self.last_mj_s
+                    self.counter_pairs += 1
+            self.last_mj, self.last_mj_s = r.energy_counter_mj, r.time_s
+        if r.power_w is not None:
+            if self.last_w is not None and r.time_s > self.last_w_s:
+                elapsed_s = r.time_s - self.last_w_s
+                self.power_j += (self.last_w + r.power_w) / 2 * elapsed_s
+                self.power_s += elapsed_s
+            self.last_w, self.last_w_s = r.power_w, r.time_s
+
+    def result(self) -> dict[str, Any]:
+        """`energy_j`, `energy_method` and `power_mean_w` as GPUStats keywords."""
+        if self.counter_pairs and not self.reset:
+            joules, seconds, method = self.counter_mj / 1000.0, self.counter_s, "counter"
+        elif self.power_s > 0:
+            joules, seconds, method = self.power_j, self.power_s, "power"
+        else:
+            return {"energy_j": None, "energy_method": None, "power_mean_w": None}
+        return {"energy_j": joules, "energy_method": method,
+                "power_mean_w": joules / seconds if seconds > 0 else None}
+
+
+def activity_row(stats: Sequence[GPUStats]) -> dict[str, Any]:
+    """The GPM and energy cells of an `epochs.csv` row (see `runlog.EPOCH_ACTIVITY_COLUMNS`):
+    percentages averaged over the GPUs that have them, energy and power summed, each GPU's own;
+    None where no GPU measured it."""
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    def total(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+
+    row: dict[str, Any] = {
+        "gpu_sm_active_mean": mean([s.sm_active_mean for s in stats]),
+        "gpu_tensor_active_mean": mean([s.tensor_active_mean for s in stats]),
+        "gpu_dram_bw_mean": mean([s.dram_bw_mean for s in stats]),
+        "gpu_energy_j": total([s.energy_j for s in stats]),
+        "gpu_power_mean_w": total([s.power_mean_w for s in stats]),
+    }
+    for s in stats:
+        row[f"gpu{s.gpu}_sm_active_mean"] = s.sm_active_mean
+        row[f"gpu{s.gpu}_energy_j"] = s.energy_j
+        row[f"gpu{s.gpu}_power_mean_w"] = s.power_mean_w
+    return row
+
+
+def energy_summary(stats: Sequence[GPUStats]) -> dict[str, Any]:
+    """The run's energy as `run.json` records it: the total over the watched GPUs, how it was
+    measured, and each GPU's share. It is the whole GPUs' energy, whoever used them."""
+    known = [s for s in stats if s.energy_j is not None]
+    methods = sorted({s.energy_method for s in known})
+    return {
+        "total_j": round(sum(s.energy_j for s in known), 3) if known else None,
+        "method": None if not methods else methods[0] if len(methods) == 1 else "mixed",
+        "scope": "whole GPU: NVML does not measure energy per process",
+        "gpus": {str(s.gpu): {"energy_j": None if s.energy_j is None else round(s.energy_j, 3),
+                              "method": s.energy_method,
+                              "power_mean_w": None if s.power_mean_w is None
+                              else round(s.power_mean_w, 2)}
+                 for s in stats},
+    }
 
 
 class Timeline:
@@ -212,6 +341,9 @@ class Timeline:
         self._epoch_stats: dict[int, SpanStats] = {}
         self._run_stats = {g: SpanStats() for g in self.gpus}
         self._warmup_stats = {g: SpanStats() for g in self.gpus}  # readings during step 0
+        # Energy counts every reading, step 0 included: compiling costs energy too.
+        self._run_energy = {g: EnergyMeter() for g in self.gpus}
+        self._epoch_energy: dict[int, EnergyMeter] = {}
         self._last_batch_end_s = -math.inf
         self._idle_since: float | None = None
         self._idle_sums: dict[int, list[float]] = {}
@@ -230,6 +362,7 @@ class Timeline:
         with self._lock:
             self.epoch = epoch
             self._epoch_stats = {g: SpanStats() for g in self.gpus}
+            self._epoch_energy = {g: EnergyMeter().follow(self._run_energy[g]) for g in self.gpus}
             self._epoch_loop = [0, 0.0, 0.0, 0.0]
             self._epoch_data_ticks = [0, 0]
 
@@ -283,6 +416,7 @@ class Timeline:
             counted = self.first_step_end_s is not None
             for r in readings:
                 self._samples.append(r)
+                self._add_energy(r)
                 recent = self._recent.get(r.gpu)
                 if recent is not None:
                     recent.append(r)
@@ -297,6 +431,12 @@ class Timeline:
                 self._last_tick_s = readings[0].time_s
                 return self._track_idle(readings) if counted else None
             return None
+
+    def _add_energy(self, r: Reading) -> None:
+        for meters in (self._run_energy, self._epoch_energy):
+            meter = meters.get(r.gpu)
+            if meter is not None:
+                meter.add(r)
 
     def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
         now = readings[0].time_s
@@ -393,15 +533,17 @@ class Timeline:
     def epoch_stats(self) -> list[GPUStats]:
         """Each watched GPU's statistics over the current epoch (see `run_stats`)."""
         with self._lock:
-            return [self._epoch_stats[g].stats(g)
-                    if g in self._epoch_stats and self._run_stats[g].measured
-                    else self._or_warmup(self._epoch_stats.get(g), g) for g in self.gpus]
+            stats = [self._epoch_stats[g].stats(g)
+                     if g in self._epoch_stats and self._run_stats[g].measured
+                     else self._or_warmup(self._epoch_stats.get(g), g) for g in self.gpus]
+            return _with_energy(stats, self._epoch_energy)
 
     def run_stats(self) -> list[GPUStats]:
         """Each watched GPU's statistics over the run so far, after the first step; a run too
         short for a reading after it falls back on the readings taken during it."""
         with self._lock:
-            return [self._or_warmup(self._run_stats[g], g) for g in self.gpus]
+            return _with_energy([self._or_warmup(self._run_stats[g], g) for g in self.gpus],
+                                self._run_energy)
 
     def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
         if span is not None and span.measured:
@@ -414,3 +556,8 @@ def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float
     sampled = data_ticks[0] / data_ticks[1] if data_ticks[1] else None
     known = [f for f in (gaps, sampled) if f is not None]
     return max(known) if known else None
+
+
+def _with_energy(stats: list[GPUStats], meters: dict[int, EnergyMeter]) -> list[GPUStats]:
+    return [dataclasses.replace(s, **meters[s.gpu].result()) if s.gpu in meters else s
+            for s in stats]

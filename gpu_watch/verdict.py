@@ -38,6 +38,21 @@ BY_DEVICE = "device"
 # Other processes named in a cause's message (all of them are in its evidence).
 NAMED_PROCESSES = 3
 _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
+# Where GPM gives SM activity (the share of SMs busy, averaged over time), a GPU judged `ok`
+# (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
+# SM activity under 0.5 as likely ineffective use (0.8 is necessary, not sufficient, for good
+# use). Utilization counts any kernel running as 100 %, so SM activity is at or under it: at or
+# under half of it, fewer than half of the SMs worked while kernels ran on average. Measured on
+# an H200 (benchmarks/gpu_check.py, steady epochs): large Dense layers ran at 72 % utilization
+# and 62 % SM activity on JAX (ratio 0.86), 39 % and 38 % on torch (0.96); a deep, narrow MLP
+# on batches of 32 ran at 13 % and 2.6 % on JAX (0.20), an LSTM(64) at 7.3 % and 1.3 % on torch.
+SM_ACTIVE_LOW_PCT = 50.0  # SM activity under this: DCGM's "likely ineffective"
+SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs mostly idle
+# Tensor-core activity under this, while non-tensor FP32 math is at least FP32_ACTIVE_PCT and
+# above FP16's, is float32 training that leaves the tensor cores unused (every GPU that has GPM
+# has tensor cores).
+TENSOR_IDLE_PCT = 1.0
+FP32_ACTIVE_PCT = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,14 @@ class GPUStats:
         proc_seen: This process appeared in NVML's compute process list.
         others_seen: Other processes appeared in it.
         lost: NVML reported the GPU lost.
+        sm_active_mean: Mean share of SMs busy (GPM), percent; None where GPM is unsupported.
+        sm_occupancy_mean, tensor_active_mean, dram_bw_mean, fp32_active_mean,
+            fp16_active_mean: Means of the other GPM percentages (see `gpu_watch.nvml`).
+        energy_j: Energy the whole GPU used over the span, joules (NVML has no per-process
+            energy); None when neither the counter nor power readings allow it.
+        energy_method: "counter" (NVML's energy counter) or "power" (power readings integrated
+            over time, where the counter is unsupported or was reset).
+        power_mean_w: Mean power over the span, watts (`energy_j` over the time it covers).
         proc_util_samples: Readings with this process's own SM utilization (NVML attributed
             a figure to its PID); 0 when per-process utilization is not available.
         proc_util_mean: This process's mean SM utilization, percent.
@@ -109,6 +132,15 @@ class GPUStats:
     proc_seen: bool = False
     others_seen: bool = False
     lost: bool = False
+    sm_active_mean: float | None = None
+    sm_occupancy_mean: float | None = None
+    tensor_active_mean: float | None = None
+    dram_bw_mean: float | None = None
+    fp32_active_mean: float | None = None
+    fp16_active_mean: float | None = None
+    energy_j: float | None = None
+    energy_method: str | None = None
+    power_mean_w: float | None = None
     proc_util_samples: int = 0
     proc_util_mean: float | None = None
     proc_util_p95: float | None = None
@@ -139,6 +171,13 @@ class GPUStats:
         if self.proc_seen or self.proc_util_samples:
             return self.others_seen or bool(self.others)
         return (self.procs_max or 0) > 1
+
+    @property
+    def others_worked(self) -> bool:
+        """Whether other processes ran kernels on the GPU during the span, or may have: it was
+        shared, and they were not all measured running none (holding memory only)."""
+        return self.shared and not (self.others and
+                                    all(o.util_mean_pct == 0 for o in self.others))
 
 
 @dataclass(frozen=True)
@@ -222,7 +261,7 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
         return Judgement(CPU_FALLBACK, cpu_fallback_causes(setting, gpus))
     per_gpu = {s.gpu: gpu_verdict(s, setting.nvml_error) for s in gpus}
     judged_by = {s.gpu: s.judged_by for s in gpus}
-    causes = attribution_causes(setting, gpus)
+    causes = attribution_causes(setting, gpus) + activity_causes(setting, gpus, per_gpu)
     shared = shared_causes(gpus, per_gpu)
     if not per_gpu or all(v == UNMONITORED for v in per_gpu.values()):
         return Judgement(UNMONITORED, causes + shared, per_gpu, judged_by)
@@ -366,11 +405,9 @@ def shared_causes(gpus: Sequence[GPUStats], per_gpu: dict[int, str]) -> list[Cau
     evidence; the message says what it meant for this training."""
     causes = []
     for stats in gpus:
-        if not stats.shared:
+        if not stats.others_worked:
             continue
         others = sorted(stats.others, key=lambda o: -(o.util_mean_pct or 0.0))
-        if others and all(o.util_mean_pct == 0 for o in others):
-            continue  # listed, but measured running no kernels: they only hold memory
         if others:
             names = ", ".join(_process_text(o) for o in others[:NAMED_PROCESSES])
             if len(others) > NAMED_PROCESSES:
@@ -430,6 +467,54 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 def _gpu_list(gpus: Sequence[int]) -> str:
     return ("GPU " if len(gpus) == 1 else "GPUs ") + ", ".join(map(str, gpus))
+
+
+def activity_causes(setting: Setting, gpus: Sequence[GPUStats],
+                    per_gpu: dict[int, str]) -> list[Cause]:
+    """How well a GPU judged `ok` was used, where GPM tells (Hopper and newer): SMs mostly idle
+    under a busy utilization (a warning), tensor cores idle in float32 training (a hint).
+    Neither changes the verdict; a GPU without GPM readings gets neither, and so does a GPU
+    other processes worked on: GPM measures the whole GPU, so its figures there are not this
+    training's."""
+    causes = []
+    gpus = [s for s in gpus if not s.others_worked]
+    for s in gpus:
+        if per_gpu.get(s.gpu) != OK or s.sm_active_mean is None or s.util_mean is None:
+            continue
+        if (s.sm_active_mean < SM_ACTIVE_LOW_PCT
+                and s.sm_active_mean <= SM_ACTIVE_UTIL_RATIO * s.util_mean):
+            share = s.sm_active_mean / s.util_mean if s.util_mean > 0 else 0.0
+            causes.append(cause(
+                "low_sm_activity",
+                f"GPU {s.gpu}'s utilization was {s.util_mean:.0f}%, but its SMs were active "
+                f"only {s.sm_active_mean:.0f}% of the time "
+                f"({s.util_mean - s.sm_active_mean:.0f} points apart): while kernels ran, about "
+                f"{share:.0%} of its SMs worked. Each step launches kernels too small to fill "
+                "the GPU.",
+                facts=setting.facts,
+                gpu=s.gpu,
+                util_mean=round(s.util_mean, 1),
+                sm_active_mean=round(s.sm_active_mean, 1),
+                gap_pct=round(s.util_mean - s.sm_active_mean, 1),
+            ))
+    for s in gpus:
+        if per_gpu.get(s.gpu) != OK or s.tensor_active_mean is None \
+                or s.fp32_active_mean is None:
+            continue
+        fp16 = s.fp16_active_mean or 0.0
+        if (s.tensor_active_mean < TENSOR_IDLE_PCT and s.fp32_active_mean >= FP32_ACTIVE_PCT
+                and s.fp32_active_mean > fp16):
+            causes.append(cause(
+                "tensor_cores_unused",
+                f"GPU {s.gpu}'s tensor cores were active {s.tensor_active_mean:.1f}% of the "
+                f"time while float32 math kept its other cores {s.fp32_active_mean:.0f}% busy: "
+                "mixed precision would move the matrix products onto the tensor cores.",
+                facts=setting.facts,
+                gpu=s.gpu,
+                tensor_active_mean=round(s.tensor_active_mean, 2),
+                fp32_active_mean=round(s.fp32_active_mean, 1),
+            ))
+    return causes
 
 
 def _gpu_names(stats: Sequence[GPUStats]) -> str:

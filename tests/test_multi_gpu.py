@@ -84,7 +84,9 @@ def test_visible_gpus_are_watched_in_cuda_order(tmp_path, monkeypatch):
     epoch_gpu_columns = [c for c in run.epochs.columns if c.startswith("gpu")
                          and c not in EPOCH_COLUMNS]
     assert epoch_gpu_columns == ["gpu2_util_mean", "gpu2_proc_util_mean", "gpu2_verdict",
-                                 "gpu0_util_mean", "gpu0_proc_util_mean", "gpu0_verdict"]
+                                 "gpu0_util_mean", "gpu0_proc_util_mean", "gpu0_verdict",
+                                 "gpu2_sm_active_mean", "gpu2_energy_j", "gpu2_power_mean_w",
+                                 "gpu0_sm_active_mean", "gpu0_energy_j", "gpu0_power_mean_w"]
     assert run.epochs["gpu2_util_mean"].tolist() == pytest.approx([60] * EPOCHS)
     assert run.verdict == "cpu_fallback"  # TensorFlow here sees no GPU, whatever NVML shows
 

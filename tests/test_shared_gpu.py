@@ -307,6 +307,16 @@ def test_more_than_three_others_are_counted_in_the_message_and_all_kept_as_evide
     assert "your steps may have run slower" in shared.message  # overlap not measured
 
 
+def test_gpm_causes_are_not_given_for_a_gpu_other_processes_worked_on():
+    # GPM measures the whole GPU: beside another process, its SM figures are not this training's.
+    alone = stats(proc_util_samples=40, proc_util_mean=90.0, proc_idle_fraction=0.0,
+                  others_seen=False, procs_max=1, sm_active_mean=5.0)
+    assert [c.code for c in judge(SETTING, [alone], None).causes] == ["low_sm_activity"]
+    beside = dataclasses.replace(alone, others_seen=True, procs_max=2,
+                                 others=(OtherUse(OTHER, "job", 40.0, 100.0),))
+    assert [c.code for c in judge(SETTING, [beside], None).causes] == ["gpu_shared"]
+
+
 def test_an_unreadable_process_list_falls_back_to_the_device_and_says_why():
     j = judge(SETTING, [stats(proc_seen=False, others_seen=False, procs_max=None)], None)
     assert j.verdict == OK and [c.code for c in j.causes] == ["process_not_attributable"]

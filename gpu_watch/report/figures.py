@@ -54,6 +54,8 @@ _IDLE_SHADE = "#ffb74d"
 _OTHERS_COLOUR = "#c62828"
 _OTHERS_BAND = (0.9, 1.0)  # axes fraction: a strip along the top of each utilization row
 _DOT_COLOUR = "#263238"
+_SM_COLOUR = "#c2185b"
+_ENERGY_COLOUR = "#546e7a"
 # The epochs figure's x axis spans at least this many epochs, so one bar (0.8 wide) takes a
 # sixth of it, not all of it; up to this many epochs each gets a tick of its own.
 _MIN_EPOCH_SPAN = 5.0
@@ -248,13 +250,14 @@ def plot_utilization(run: Run) -> Figure:
     """The run's timeline: GPU utilization, memory, step time and data wait against time.
 
     One row per watched GPU: utilization in percent (device, and this process where NVML can
-    attribute it) with the stretches under the idle threshold shaded (judged by this process's
-    own utilization where NVML measured it, as the verdict is), a red strip along the top where
-    other processes kept the GPU busy, and memory in MiB with a percent-of-total axis. Below,
-    step time and the wait for data per batch, in seconds. Epoch starts are dotted lines. A
-    banner (see :func:`banner_text`) tops the figure when the GPU was not used, sat idle, was
-    shared or could not be read. Series longer than twice :data:`ENVELOPE_BUCKETS` points are
-    drawn as per-bucket means with a min/max band.
+    attribute it), with SM activity beside it where GPM measures it (Hopper and newer; a GPU
+    "busy" with most SMs idle shows as a gap between the two), the stretches under the idle
+    threshold shaded (judged by this process's own utilization where NVML measured it, as the
+    verdict is), a red strip along the top where other processes kept the GPU busy, and memory
+    in MiB with a percent-of-total axis. Below, step time and the wait for data per batch, in
+    seconds. Epoch starts are dotted lines. A banner (see :func:`banner_text`) tops the figure
+    when the GPU was not used, sat idle, was shared or could not be read. Series longer than
+    twice :data:`ENVELOPE_BUCKETS` points are drawn as per-bucket means with a min/max band.
 
     Args:
         run: A loaded run (see :func:`gpu_watch.load_run`).
@@ -291,7 +294,10 @@ def plot_utilization(run: Run) -> Figure:
     step_ax = fig.add_axes((left_in / _WIDTH_IN, 0.6 / height_in, full_w, step_in / height_in))
     if gpus:
         aggregated = any(g.time_s.size > 2 * ENVELOPE_BUCKETS for g in gpus)
-        fig.legend(handles=_gpu_legend(threshold, aggregated), loc="upper left", ncols=8,
+        handles = _gpu_legend(threshold, aggregated)
+        if any(g.sm_active_mean_pct is not None for g in gpus):
+            handles.insert(1, Line2D([], [], color=_SM_COLOUR, label="SM activity (GPM)"))
+        fig.legend(handles=handles, loc="upper left", ncols=8,
                    fontsize=8, frameon=False,
                    bbox_to_anchor=(left_in / _WIDTH_IN, 1 - (top_in + 0.02) / height_in))
 
@@ -373,6 +379,11 @@ def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_
               f"proc-util-gpu{gpu.index}", linewidth=1.0, linestyle="--")
     _draw(util_ax, gpu.time_s, gpu.util_pct, _UTIL_COLOUR, "GPU utilization",
           f"util-gpu{gpu.index}")
+    sm_mean = gpu.sm_active_mean_pct
+    if sm_mean is not None:
+        # Beside utilization, so a GPU that is "busy" with most SMs idle shows as a gap.
+        _draw(util_ax, gpu.time_s, gpu.sm_active_pct, _SM_COLOUR, "SM activity",
+              f"sm-active-gpu{gpu.index}")
     util_ax.axhline(threshold, color=VERDICT_COLOURS["idle"], linestyle="--", linewidth=0.8)
     util_ax.set_ylim(0, 105)
     util_ax.set_ylabel("util %", fontsize=9)
@@ -382,13 +393,17 @@ def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_
         _empty_note(util_ax, "no utilization readings (NVML could not read them)")
     else:
         heading += f" · {util} · idle {pct_text(gpu.idle.fraction)}"
+    if sm_mean is not None:
+        heading += f" · SM active {sm_mean:.0f}%"
     others = gpu.others_busy_fraction(threshold)
     if others:
         heading += f" · others busy {pct_text(others)}"
     if gpu.verdict:
         heading += f" · {gpu.verdict.upper()}"
-    util_ax.set_title(heading, loc="left", fontsize=10, fontweight="bold",
-                      color=VERDICT_COLOURS.get(gpu.verdict or "", "0.15"))
+    # A long heading (a shared GPU with GPM says the most) gets a smaller font, so it stays
+    # clear of the memory panel's title beside it.
+    util_ax.set_title(heading, loc="left", fontsize=10 if len(heading) <= 80 else 8.5,
+                      fontweight="bold", color=VERDICT_COLOURS.get(gpu.verdict or "", "0.15"))
 
     _draw(mem_ax, gpu.time_s, gpu.mem_used_mib, _MEM_COLOUR, "used (all processes)",
           f"mem-gpu{gpu.index}")
@@ -440,7 +455,9 @@ def _draw_steps(ax: Any, run: Run, batches: _Batches) -> None:
 
 
 def plot_epochs(run: Run) -> Figure:
-    """Per-epoch summary: mean and p95 GPU utilization, peak memory, step time and data wait.
+    """Per-epoch summary: mean and p95 GPU utilization (with SM activity where GPM measures
+    it), peak memory, step time and data wait, and, where measured, the whole GPU's energy and
+    mean power.
 
     Each epoch's bars take the colour of its verdict (ok green, idle orange, cpu_fallback red,
     unmonitored purple).
@@ -458,7 +475,9 @@ def plot_epochs(run: Run) -> Figure:
     title, colour = verdict_title(run)
     panel_in, gap_in = 1.9, 0.5
     subtitle = subtitle_for(run, gpu_series(run))
-    height_in = 0.1 + _header_in(None, subtitle) + 3 * (panel_in + gap_in) + 0.5
+    energy = floats(frame, "gpu_energy_j")
+    panels = 4 if not np.isnan(energy).all() else 3  # energy only where it was measured
+    height_in = 0.1 + _header_in(None, subtitle) + panels * (panel_in + gap_in) + 0.5
     fig = _new_figure(run, height_in)
     _header(fig, 0.1, height_in, None, colour, title, colour, subtitle)
     present = list(dict.fromkeys(verdicts))
@@ -469,11 +488,11 @@ def plot_epochs(run: Run) -> Figure:
                    bbox_to_anchor=(1 - 0.3 / _WIDTH_IN, 1 - 0.1 / height_in))
     width = (_WIDTH_IN - 0.75 - 0.85) / _WIDTH_IN
     axes = []
-    for i in range(3):
-        bottom_in = 0.5 + (2 - i) * (panel_in + gap_in)
+    for i in range(panels):
+        bottom_in = 0.5 + (panels - 1 - i) * (panel_in + gap_in)
         axes.append(fig.add_axes((0.75 / _WIDTH_IN, bottom_in / height_in, width,
                                   panel_in / height_in), sharex=axes[0] if axes else None))
-    util_ax, mem_ax, step_ax = axes
+    util_ax, mem_ax, step_ax = axes[:3]
 
     _bars(util_ax, epoch, floats(frame, "gpu_util_mean"), colours, "no utilization readings")
     p95 = floats(frame, "gpu_util_p95")
@@ -482,22 +501,30 @@ def plot_epochs(run: Run) -> Figure:
                      markeredgewidth=2, color="0.1", gid="util-p95")
     own = floats(frame, "proc_util_mean")
     if not np.isnan(own).all():
-        util_ax.plot(epoch, own, linestyle="none", marker="D", markersize=6, color=_PROC_COLOUR,
+        util_ax.plot(epoch, own, linestyle="none", marker="o", markersize=6, color=_PROC_COLOUR,
                      markeredgecolor="white", gid="proc-util")
     util_ax.axhline(threshold_pct(run), color=VERDICT_COLOURS["idle"], linestyle="--",
                     linewidth=0.8)
     util_ax.set_ylim(0, 105)
     util_ax.set_ylabel("util %", fontsize=9)
-    util_ax.set_title("GPU utilization per epoch: bar device mean, tick p95, diamond this "
-                      "process's mean (the verdict's figure where measured)", loc="left",
-                      fontsize=10)
-    util_ax.legend(handles=[Line2D([], [], color="0.1", marker="_", linestyle="none",
-                                   markersize=12, markeredgewidth=2, label="p95"),
-                            Line2D([], [], color=_PROC_COLOUR, marker="D", linestyle="none",
-                                   markersize=6, label="this process"),
-                            Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--",
-                                   label="idle threshold")],
-                   loc="upper left", fontsize=7, framealpha=0.8)
+    util_title = "GPU utilization per epoch: bar device mean, tick p95"
+    util_handles = [Line2D([], [], color="0.1", marker="_", linestyle="none", markersize=12,
+                           markeredgewidth=2, label="p95"),
+                    Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--",
+                           label="idle threshold")]
+    if not np.isnan(own).all():
+        util_title += "; dot: this process's mean (the verdict's figure where measured)"
+        util_handles.append(Line2D([], [], color=_PROC_COLOUR, marker="o", linestyle="none",
+                                   label="this process"))
+    sm_active = floats(frame, "gpu_sm_active_mean")
+    if not np.isnan(sm_active).all():
+        util_ax.plot(epoch, sm_active, linestyle="none", marker="D", markersize=6,
+                     color=_SM_COLOUR, markeredgecolor="white", gid="sm-active-epochs")
+        util_title += "; diamond: SM activity (share of SMs busy, GPM)"
+        util_handles.append(Line2D([], [], color=_SM_COLOUR, marker="D", linestyle="none",
+                                   label="SM activity"))
+    util_ax.set_title(util_title, loc="left", fontsize=10)
+    util_ax.legend(handles=util_handles, loc="upper left", fontsize=7, framealpha=0.8)
 
     _bars(mem_ax, epoch, floats(frame, "gpu_mem_peak_mib"), colours, "no memory readings")
     mem_ax.set_ylabel("MiB", fontsize=9)
@@ -517,12 +544,31 @@ def plot_epochs(run: Run) -> Figure:
         wait_ax.set_ylim(0, 105)
         wait_ax.set_ylabel("% waiting for data", fontsize=9)
         wait_ax.tick_params(labelsize=8)
-    step_ax.set_xlabel("epoch")
-    _epoch_axis(step_ax, epoch)
+    if panels == 4:
+        _draw_energy(axes[3], epoch, energy, floats(frame, "gpu_power_mean_w"), colours)
+    axes[-1].set_xlabel("epoch")
+    _epoch_axis(axes[-1], epoch)
     for ax in axes:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25, axis="y")
     return fig
+
+
+def _draw_energy(ax: Any, epoch: np.ndarray, energy_j: np.ndarray, power_w: np.ndarray,
+                 colours: list[str]) -> None:
+    """Energy per epoch as bars (kJ once large), mean power as dots on a second axis."""
+    scale, unit = (1e3, "kJ") if np.nanmax(energy_j) >= 1e4 else (1.0, "J")
+    _bars(ax, epoch, energy_j / scale, colours, "no energy readings")
+    ax.set_ylabel(unit, fontsize=9)
+    ax.set_title("energy per epoch, whole GPU (NVML has no per-process energy); dots: mean "
+                 "power", loc="left", fontsize=10)
+    if not np.isnan(power_w).all():
+        power_ax = ax.twinx()
+        power_ax.plot(epoch, power_w, linestyle="none", marker="o", markersize=5,
+                      color=_ENERGY_COLOUR, markeredgecolor="white", gid="power-epochs")
+        power_ax.set_ylim(0, np.nanmax(power_w) * 1.15)
+        power_ax.set_ylabel("mean power W", fontsize=9)
+        power_ax.tick_params(labelsize=8)
 
 
 def _epoch_axis(ax: Any, epoch: np.ndarray) -> None:

@@ -12,6 +12,7 @@ from gpu_watch.report.view import (
     banner_for,
     cause_message,
     duration_of,
+    energy_line,
     epoch_table,
     gpu_line,
     gpu_series,
@@ -134,6 +135,7 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
             ("host", writer.get("host")),
             ("readings", "SIMULATED (FakeNVML), not from a real GPU"
              if is_simulated(run) else None),
+            ("energy", energy_line(run)),
             ("NVML", "available, driver " + str(nvml.get("driver_version"))
              if nvml.get("available") else f"not available ({nvml.get('error')})"
              if nvml else None),
@@ -152,9 +154,11 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     else:
         parts.append('<h2>GPUs</h2><p class="muted">No GPU was watched.</p>')
     parts.append("<h2>Timeline</h2>" + _html_image(
-        utilization_png, "GPU utilization, memory, step time and data wait against time"))
+        utilization_png, "GPU utilization, SM activity, memory, step time and data wait "
+        "against time"))
     headings, rows = epoch_table(run)
-    parts.append("<h2>Per epoch</h2>" + _html_image(epochs_png, "per-epoch summary"))
+    parts.append("<h2>Per epoch</h2>" + _html_image(
+        epochs_png, "per-epoch summary: utilization, SM activity, memory, step time, energy"))
     parts.append(_html_table(headings, rows, "epochs") if rows
                  else '<p class="muted">No epoch finished.</p>')
     placement = info.get("placement") or {}

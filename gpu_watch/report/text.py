@@ -15,6 +15,7 @@ from gpu_watch.report.view import (
     banner_for,
     cause_message,
     duration_of,
+    energy_line,
     epoch_table,
     gpu_line,
     gpu_series,
@@ -72,6 +73,9 @@ def summary_text(run: Run) -> str:
     else:
         nvml_error = (run.info.get("nvml") or {}).get("error")
         lines.append("GPUs: none watched" + (f" (NVML: {nvml_error})" if nvml_error else ""))
+    energy = energy_line(run)
+    if energy:
+        lines.append(f"Energy: {energy}")
     lines.append(f"Placement: {placement_line(run)}")
     causes = [c for c in run.causes if isinstance(c, dict)]
     if causes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,10 @@ class GPUSeries:
     mem_total_mib: float
     idle: _Idle
     others_util_pct: np.ndarray
+    sm_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
+    tensor_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
+    energy_j: float | None = None
+    energy_method: str | None = None
     judged_by: str = "device"
 
     @property
@@ -143,6 +147,12 @@ class GPUSeries:
         idle threshold, 0-1."""
         known = self.others_util_pct[~np.isnan(self.others_util_pct)]
         return float((known >= threshold_pct).mean()) if known.size else None
+
+    @property
+    def sm_active_mean_pct(self) -> float | None:
+        """Mean SM activity (GPM), percent; None where the GPU has no GPM."""
+        known = self.sm_active_pct[~np.isnan(self.sm_active_pct)]
+        return float(known.mean()) if known.size else None
 
     @property
     def mem_peak_mib(self) -> float | None:
@@ -189,7 +199,8 @@ def gpu_series(run: Run) -> list[GPUSeries]:
             frame = samples[sample_gpu == index]
             columns = {name: floats(frame, name) for name in (
                 "time_s", "util_pct", "proc_util_pct", "mem_used_mib", "proc_mem_mib",
-                "mem_total_mib", "others_util_pct", "procs")}
+                "mem_total_mib", "sm_active_pct", "tensor_active_pct", "others_util_pct",
+                "procs")}
         else:
             # No sampler rows for this GPU (an older run, or samples.csv lost): the readings
             # the batches carry are the next best timeline.
@@ -199,13 +210,14 @@ def gpu_series(run: Run) -> list[GPUSeries]:
                 "util_pct": floats(batches, f"gpu{index}_util_pct"),
                 "mem_used_mib": floats(batches, f"gpu{index}_mem_used_mib"),
             }
-            for name in ("proc_util_pct", "proc_mem_mib", "mem_total_mib", "others_util_pct",
-                         "procs"):
+            for name in ("proc_util_pct", "proc_mem_mib", "mem_total_mib", "sm_active_pct",
+                         "tensor_active_pct", "others_util_pct", "procs"):
                 columns[name] = np.full(columns["time_s"].size, np.nan)
         keep = ~np.isnan(columns["time_s"])
         order = np.argsort(columns["time_s"][keep], kind="stable")
         columns = {name: values[keep][order] for name, values in columns.items()}
         device = devices.get(index, {})
+        energy = energy_of(run).get(str(index)) or {}
         totals = columns.pop("mem_total_mib")
         total = device.get("mem_total_mib")
         if total is None and not np.isnan(totals).all():
@@ -222,9 +234,57 @@ def gpu_series(run: Run) -> list[GPUSeries]:
             mem_total_mib=math.nan if total is None else float(total),
             idle=_idle(columns["time_s"], judged, threshold, interval_s),
             judged_by=basis,
+            energy_j=_number(energy.get("energy_j")),
+            energy_method=energy.get("method"),
             **columns,
         ))
     return gpus
+
+
+def energy_of(run: Run) -> dict[str, Any]:
+    """`run.json`'s energy per GPU (NVML index as text -> energy_j, method, power_mean_w)."""
+    record = run.info.get("energy")
+    gpus = record.get("gpus") if isinstance(record, dict) else None
+    return gpus if isinstance(gpus, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+ENERGY_METHODS = {
+    "counter": "NVML's energy counter",
+    "power": "power readings integrated over time",
+    "mixed": "the energy counter where supported, power readings elsewhere",
+}
+
+
+def energy_text(joules: float) -> str:
+    """Joules in the unit that reads best: "850 J", "12.3 kJ", "4.56 MJ"."""
+    unit, scale = next(((u, k) for u, k in (("MJ", 1e6), ("kJ", 1e3)) if abs(joules) >= k),
+                       ("J", 1.0))
+    value = joules / scale
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:,.{digits}f} {unit}"
+
+
+def energy_line(run: Run) -> str | None:
+    """The run's energy in one line, with its method and scope; None when not measured."""
+    record = run.info.get("energy")
+    total = _number(record.get("total_j")) if isinstance(record, dict) else None
+    if total is None:
+        return None
+    method = ENERGY_METHODS.get(str(record.get("method")), str(record.get("method")))
+    powers = [_number(g.get("power_mean_w")) for g in energy_of(run).values()
+              if isinstance(g, dict)]
+    known = [w for w in powers if w is not None]
+    power = f", {sum(known):,.0f} W on average" if known else ""
+    return (f"{energy_text(total)} over the run{power} (the whole GPU: NVML has no "
+            f"per-process energy; from {method})")
 
 
 def lead_cause(run: Run) -> dict[str, Any] | None:
@@ -398,15 +458,26 @@ _EPOCH_HEADINGS = {
     "gpu_mem_peak_mib": "mem MiB",
     "idle_fraction": "idle %",
     "verdict": "verdict",
+    "gpu_sm_active_mean": "SM active %",
+    "gpu_tensor_active_mean": "tensor %",
+    "gpu_dram_bw_mean": "DRAM bw %",
+    "gpu_energy_j": "energy J",
+    "gpu_power_mean_w": "power W",
 }
+# Shown only when measured: on GPUs without GPM, or without NVML, they would be columns of n/a.
+_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS)
+_PER_GPU_ACTIVITY = re.compile(
+    r"gpu\d+_(" + "|".join(runlog.EPOCH_GPU_ACTIVITY_COLUMNS) + ")")
 
 
 def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
     """The epoch table as headings and formatted cells ("n/a" for missing values)."""
     frame = run.epochs
-    columns = [c for c in _EPOCH_HEADINGS if c in frame.columns]
+    columns = [c for c in _EPOCH_HEADINGS if c in frame.columns
+               and (c not in _MEASURED_ONLY or frame[c].notna().any())]
     per_gpu = [c for c in frame.columns if re.fullmatch(r"gpu\d+_(proc_)?util_mean", c)]
-    logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in per_gpu]
+    logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in per_gpu
+            and not _PER_GPU_ACTIVITY.fullmatch(c)]
     headings = [_EPOCH_HEADINGS[c] for c in columns]
     headings += [c.replace("_util_mean", " util %").replace("_proc", " proc")
                  for c in per_gpu] + logs
@@ -418,7 +489,7 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
             if column in ("wait_fraction", "idle_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
             elif column in ("gpu_util_mean", "proc_util_mean", "gpu_util_p95",
-                            "gpu_mem_peak_mib") or column in per_gpu:
+                            "gpu_mem_peak_mib") or column in _MEASURED_ONLY or column in per_gpu:
                 value = number_text(None if pd.isna(value) else round(float(value)))
             elif column == "verdict":
                 value = "n/a" if pd.isna(value) else str(value)
@@ -460,4 +531,9 @@ def gpu_line(gpu: GPUSeries) -> str:
         line += f" of {gpu.mem_total_mib:,.0f} MiB" if gpu.mem_total_mib > 0 else " MiB"
     if gpu.proc_mem_peak_mib is not None:
         line += f" (this process {gpu.proc_mem_peak_mib:,.0f} MiB)"
+    sm = gpu.sm_active_mean_pct
+    if sm is not None:
+        line += f", SM activity {sm:.0f}% (share of SMs busy, from GPM)"
+    if gpu.energy_j is not None:
+        line += f", energy {energy_text(gpu.energy_j)} (whole GPU)"
     return line

@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ _MAX_FAULTS = 200
 # With this process listed on a GPU, no sample of it for two of the longest periods means a whole
 # period ended in which it ran no kernels: 0 %. Before that, "no new sample" is unknown, not idle.
 PROC_UTIL_QUIET_S = 2.0
+# Process names come from other users' processes: untrusted text, kept short and printable.
+PROCESS_NAME_MAX_CHARS = 120
+_MAX_NAMES = 1024  # names remembered per session (PIDs are reused, so never a growing map)
 
 # GPU Performance Monitoring (GPM, Hopper and newer): the metrics read, by the column they fill,
 # with their NVML_GPM_METRIC_* ids from nvml.h. Percentages are 0-100; PCIe is MiB per second.
@@ -69,6 +73,9 @@ READING_FIELDS = (
     "idle_clock_event",
     *GPM_METRICS,
     "energy_counter_mj",
+    "proc_listed",
+    "others_util_pct",
+    "others_mem_mib",
 )
 
 
@@ -114,6 +121,9 @@ class Reading:
     The GPM fields (`sm_active_pct` ... `pcie_rx_mib_s`, see :data:`GPM_METRICS`) describe the
     time since the previous GPM sample, on GPUs that support GPM (Hopper and newer).
     `energy_counter_mj` is the whole GPU's energy counter: millijoules since the driver loaded.
+    `others` are the other compute processes NVML lists (see :meth:`NVML.other_processes`);
+    `others_util_pct` is their summed SM utilization and `others_mem_mib` their memory, both
+    None when unknown.
     """
 
     time_s: float
@@ -140,6 +150,9 @@ class Reading:
     pcie_rx_mib_s: float | None = None
     energy_counter_mj: int | None = None
     proc_listed: bool | None = None
+    others: tuple[OtherProcess, ...] | None = None
+    others_util_pct: float | None = None
+    others_mem_mib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,24 @@ class GPUProcess:
 
     pid: int
     used_mib: float | None
+
+
+@dataclass(frozen=True)
+class OtherProcess:
+    """Another compute process on a GPU at one sampler tick.
+
+    Attributes:
+        pid: Its PID, as NVML reports it (a host PID when this process runs in a container).
+        name: Its process name (`nvidia-smi`'s "Process name"), made printable and cut to
+            :data:`PROCESS_NAME_MAX_CHARS`; None when NVML could not read it.
+        used_mib: GPU memory it holds, MiB; None when NVML cannot say.
+        sm_util_pct: Its SM utilization since the previous tick, percent; None when unknown.
+    """
+
+    pid: int
+    name: str | None
+    used_mib: float | None
+    sm_util_pct: float | None
 
 
 def error_name(exc: BaseException) -> str:
@@ -201,6 +232,9 @@ class NVML:
         self._gpm: dict[tuple[int, str], _GpmState] = {}
         self._proc_read_s: dict[int, float] = {}
         self._proc_quiet_s: dict[int, float] = {}
+        self._others_seen_us: dict[int, int] = {}
+        self._names: dict[int, str | None] = {}
+        self._pid_listed = False
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -454,6 +488,7 @@ class NVML:
             else:
                 reading.proc_mem_mib = 0.0
         reading.proc_util_pct = self._proc_util(device, bool(reading.proc_listed), time_s)
+        self._read_sharing(reading, device, procs)
         power_mw = self.query("power", gpu, "nvmlDeviceGetPowerUsage", h)
         reading.power_w = power_mw / 1000.0 if power_mw is not None else None
         temp = self.query("temperature", gpu, "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
@@ -637,6 +672,81 @@ class NVML:
         # or lost.
         self.query("gpm_free", None, "nvmlGpmSampleFree", sample)
 
+    def _read_sharing(self, reading: Reading, device: Device,
+                      procs: list[GPUProcess] | None) -> None:
+        """Fill in who else uses `device`: `proc_listed`, `others`, `others_util_pct`,
+        `others_mem_mib`; and this process's 0 % on a GPU where it holds no context."""
+        if procs is None:
+            return
+        reading.proc_listed = any(p.pid == os.getpid() for p in procs)
+        self._pid_listed = self._pid_listed or reading.proc_listed
+        if reading.proc_util_pct is None and not reading.proc_listed and self._pid_listed:
+            # NVML lists every compute process, and lists this one on another GPU: without a
+            # context here it ran no kernels here. NVML's answer is 0 %, not a gap.
+            reading.proc_util_pct = 0.0
+        others = [p for p in procs if p.pid != os.getpid()]
+        reading.others = self.other_processes(device, others)
+        used = [p.used_mib for p in reading.others if p.used_mib is not None]
+        reading.others_mem_mib = sum(used) if len(used) == len(others) else None
+        utils = [p.sm_util_pct for p in reading.others]
+        # Until NVML has listed this PID, any listed PID may be this process's (a container's
+        # PID namespace): the others' share is then unknown.
+        if self._pid_listed and None not in utils:
+            reading.others_util_pct = min(100.0, sum(utils))
+
+    @property
+    def pid_listed(self) -> bool:
+        """Whether NVML has listed this process's PID on any GPU in this session. Until it
+        does (in a container's PID namespace it never does) NVML's PIDs cannot be told from
+        this process's own."""
+        return self._pid_listed
+
+    def other_processes(self, device: Device, listed: list[GPUProcess]
+                        ) -> tuple[OtherProcess, ...]:
+        """The compute processes in `listed` (other than this one) with names and SM use.
+
+        SM utilization comes from ``nvmlDeviceGetProcessUtilization``, asked for the samples
+        taken since the newest one this method saw on `device` (its own timestamp, apart from
+        the one kept for this process's figure). NVML returns one sample per process per
+        sample period in which the process ran kernels, so a process's figure is the mean of
+        its samples in the window, and a listed process without any ran none: 0 %. ``NotFound``
+        means no process ran kernels since the timestamp: 0 % for each. Any other error leaves
+        the figures unknown (None). Nothing is queried when no other process is listed.
+        """
+        if not listed:
+            return ()
+        since = self._others_seen_us.get(device.nvml_index, 0)
+        samples = self.query("proc_util", device.nvml_index, "nvmlDeviceGetProcessUtilization",
+                             device.handle, since, not_found=())
+        per_pid: dict[int, list[float]] = {}
+        if samples:
+            self._others_seen_us[device.nvml_index] = max(int(s.timeStamp) for s in samples)
+            for sample in samples:
+                per_pid.setdefault(int(sample.pid), []).append(float(sample.smUtil))
+        others = []
+        for process in listed:
+            if samples is None:
+                util = None
+            else:
+                mine = per_pid.get(process.pid)
+                util = sum(mine) / len(mine) if mine else 0.0
+            others.append(OtherProcess(process.pid, self.process_name(process.pid),
+                                       process.used_mib, util))
+        return tuple(others)
+
+    def process_name(self, pid: int) -> str | None:
+        """`pid`'s name as NVML reports it (``nvmlSystemGetProcessName``), made safe to print
+        (see :func:`printable`), or None when NVML cannot read it (``NoPermission`` for
+        another user's process, ``NotFound`` once it has exited). Remembered per PID."""
+        if pid in self._names:
+            return self._names[pid]
+        raw = self.query("process_name", None, "nvmlSystemGetProcessName", pid)
+        name = printable(raw, PROCESS_NAME_MAX_CHARS) if raw is not None else None
+        if len(self._names) >= _MAX_NAMES:
+            self._names.clear()
+        self._names[pid] = name or None
+        return name or None
+
 
 @dataclass
 class _GpmState:
@@ -652,6 +762,27 @@ class _GpmState:
     request: Any
     previous_s: float | None = None
     asked: tuple[str, ...] = ()
+
+
+def printable(value: Any, limit: int) -> str:
+    """`value` as one line of plain text: bytes decoded (bad bytes replaced), every control,
+    format or unassigned character (escape sequences, newlines, bidirectional overrides)
+    replaced by "?", other spaces by " ", surrounding space stripped, and cut to `limit`
+    characters ("..." ends a cut). For text from outside the program, such as other users'
+    process names, before it reaches a terminal, a JSON file or a page; HTML escaping still
+    happens where HTML is made.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = text[: 4 * limit]  # a 10,000-character name is cut before it is scanned
+    text = "".join(_printable_char(ch) for ch in text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    return "?" if category[0] == "C" or category in ("Zl", "Zp") else ch
 
 
 def parse_visible_devices(value: str) -> list[str]:

@@ -315,7 +315,9 @@ class Timeline:
     process's, so the training was idle too), or when no other process is listed and this GPU
     never gave this process a figure of its own (the device's work is then taken as this
     training's, as in a container's PID namespace). Otherwise the reading says nothing either
-    way: another process may have done the work.
+    way (another process may have done the work, or NVML has no new sample of this process
+    yet), and the GPU's latest judged figure stands: training counts as idle only while every
+    GPU judged so far last read idle.
 
     Args:
         gpus: NVML indices of the watched GPUs (the per-GPU columns of `batches.csv`).
@@ -349,6 +351,7 @@ class Timeline:
         self._idle_since: float | None = None
         self._idle_sums: dict[int, list[float]] = {}
         self._own_seen: set[int] = set()  # GPUs that gave this process a figure of its own
+        self._last_judged: dict[int, float] = {}  # each GPU's latest judged utilization
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
@@ -442,13 +445,17 @@ class Timeline:
 
     def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
         now = readings[0].time_s
-        # A GPU without a judged value this tick (unsupported, lost, a failed read, busy with
-        # work that may be someone else's) is not evidence either way; at least one GPU must
-        # have been judged idle.
+        # A GPU without a judged value this tick (no new NVML sample of this process yet,
+        # unsupported, lost, a failed read, busy with work that may be someone else's) keeps
+        # its latest one: NVML samples processes every 1/6 s to 1 s, so most ticks bring no new
+        # figure of a busy training, and a GPU that last worked must not let the others'
+        # idleness stand for all. A GPU never judged is not evidence either way; at least one
+        # GPU must have been judged idle this tick.
         judged = [(r, self._judged_util(r)) for r in readings if r.gpu in self._run_stats]
         measured = [(r, u) for r, u in judged if u is not None]
+        self._last_judged.update((r.gpu, u) for r, u in measured)
         idle = (not self.idle_paused and bool(measured)
-                and all(u < self.threshold for _, u in measured))
+                and all(u < self.threshold for u in self._last_judged.values()))
         if not idle:
             self._idle_since = None
             self._idle_sums = {}

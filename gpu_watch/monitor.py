@@ -411,6 +411,8 @@ class Monitor:
             environment=tuple(self.environment_findings),
             idle_threshold_pct=self.config.idle_threshold_pct,
             facts=RunFacts.from_run(self.info),
+            no_process_utilization=tuple(
+                off["gpu"] for off in self.nvml.switched_off if off["metric"] == "proc_util"),
         )
 
     def _judge_run(self) -> Judgement:

@@ -197,6 +197,8 @@ class Setting:
         idle_threshold_pct: Utilization under this is idle, percent.
         facts: The user's setup (backend, input pipeline, distribution, device scope), which
             picks the remedies that fit it.
+        no_process_utilization: GPUs (NVML indices) on which NVML refused per-process
+            utilization (``NotSupported``, or a driver without the function).
     """
 
     compute_on_gpu: bool | None = None
@@ -210,6 +212,7 @@ class Setting:
     environment: Sequence[Cause] = ()
     idle_threshold_pct: float = 10.0
     facts: RunFacts = field(default_factory=RunFacts)
+    no_process_utilization: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -368,14 +371,17 @@ def _forced_cpu(setting: Setting) -> Cause:
 def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
     """GPUs judged by the device's utilization because NVML gave this process none of its own:
     its PID is not listed (a container's PID namespace, where NVML reports host PIDs), the
-    process list could not be read, or the GPU does not report per-process utilization (MIG
-    instances, some drivers)."""
+    process list could not be read, the GPU does not report per-process utilization (MIG
+    instances, some drivers), or NVML had no sample of it yet (a process listed without running
+    kernels reads 0 % only after a quiet period, see `gpu_watch.nvml.PROC_UTIL_QUIET_S`)."""
     fallback = [s for s in gpus if not s.proc_util_samples and s.util_samples and not s.lost]
     if setting.nvml_error is not None or not fallback:
         return []
     hidden = [s.gpu for s in fallback if not s.proc_seen and s.procs_max is not None]
     unlisted = [s.gpu for s in fallback if not s.proc_seen and s.procs_max is None]
-    unsupported = [s.gpu for s in fallback if s.proc_seen]
+    refused = set(setting.no_process_utilization)
+    unsupported = [s.gpu for s in fallback if s.proc_seen and s.gpu in refused]
+    unsampled = [s.gpu for s in fallback if s.proc_seen and s.gpu not in refused]
     reasons = []
     if hidden:
         reasons.append(f"NVML does not list this process's PID on {_gpu_list(hidden)} (in a "
@@ -385,17 +391,27 @@ def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause
     if unsupported:
         reasons.append(f"{_gpu_list(unsupported)} report{'s' if len(unsupported) == 1 else ''}"
                        " no per-process utilization (MIG instances and some drivers do not)")
+    if unsampled:
+        reasons.append(f"NVML had no sample of this process's own utilization on "
+                       f"{_gpu_list(unsampled)} yet (a process that runs no kernels reads 0 % "
+                       "only after a quiet period)")
     shared = [s.gpu for s in fallback if s.shared]
     message = "; ".join(reasons) + ": the device's utilization is used instead"
     message += (f", and on {_gpu_list(shared)}, which other processes shared, this training's "
                 "own use is unknown." if shared else ".")
-    remedy = None if hidden or unlisted else (
-        "Nothing to fix in the training. For its own figures, train on a whole GPU (not a MIG "
-        "instance) with a driver that reports per-process utilization (`nvidia-smi pmon -c 1` "
-        "shows whether it does).")
+    if hidden or unlisted:
+        remedy = None
+    elif unsupported:
+        remedy = ("Nothing to fix in the training. For its own figures, train on a whole GPU "
+                  "(not a MIG instance) with a driver that reports per-process utilization "
+                  "(`nvidia-smi pmon -c 1` shows whether it does).")
+    else:
+        remedy = ("Nothing to fix: this training's own figure comes with NVML's next sample "
+                  "of it, or reads 0 % once it has run no kernels for a quiet period.")
     return [cause("process_not_attributable", message[0].upper() + message[1:], remedy,
                   facts=setting.facts, gpus=[s.gpu for s in fallback], pid_not_listed=hidden,
-                  process_list_unreadable=unlisted, no_process_utilization=unsupported)]
+                  process_list_unreadable=unlisted, no_process_utilization=unsupported,
+                  no_sample_yet=unsampled)]
 
 
 def shared_causes(gpus: Sequence[GPUStats], per_gpu: dict[int, str]) -> list[Cause]:

@@ -192,7 +192,7 @@ def test_without_per_process_utilization_the_device_decides_and_says_so(tmp_path
     assert run.verdict == OK and codes(run) == ["process_not_attributable"]
     [note] = run.causes
     assert note["evidence"] == {"gpus": [0], "pid_not_listed": [], "process_list_unreadable": [],
-                                "no_process_utilization": [0]}
+                                "no_process_utilization": [0], "no_sample_yet": []}
     assert "no per-process utilization" in note["message"]
     assert run.info["gpu_judged_by"] == {"0": "device"}
     assert run.epochs["proc_util_mean"].isna().all()  # not measured, never 0

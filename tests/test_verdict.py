@@ -160,7 +160,8 @@ def test_process_not_attributable_when_our_pid_never_appears():
     j = judge(ON_GPU, [alone], None)
     assert j.verdict == OK and codes(j) == ["process_not_attributable"]
     assert j.causes[0].evidence == {"gpus": [0], "pid_not_listed": [0],
-                                    "process_list_unreadable": [], "no_process_utilization": []}
+                                    "process_list_unreadable": [], "no_process_utilization": [],
+                                    "no_sample_yet": []}
     assert "PID namespace" in j.causes[0].message and "--pid=host" in j.causes[0].remedy
 
 

@@ -283,7 +283,7 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if busy:
         causes.append(cause(
             "process_not_on_gpu",
-            f"{_gpu_names(idle)} sat idle while GPU {', '.join(map(str, busy))} worked: "
+            f"{_gpu_names(idle)} sat idle while {_gpu_list(busy)} worked: "
             "check the distribution setup and device placement.",
             severity="warning",
             facts=setting.facts,

@@ -1,5 +1,5 @@
-"""Does GPUWatch see what really happens on an NVIDIA GPU? Five trainings whose answer is known,
-on the JAX and torch backends, each next to what GPUWatch reported.
+"""Does GPUWatch see what really happens on an NVIDIA GPU? Trainings whose answer is known, on
+the JAX and torch backends, each next to what GPUWatch reported.
 
 Scenarios, each in a child process of its own (the Keras backend and CUDA_VISIBLE_DEVICES are
 fixed when a process starts):
@@ -18,6 +18,12 @@ fixed when a process starts):
   `cpu_fallback` with cause `forced_cpu_placement`, whose remedy names `keras.device` and no
   TensorFlow API; the CPU device scope recorded. Without a GPU: `cpu_fallback`
   (`no_nvidia_driver`) with the scope recorded, so this one runs anywhere too.
+- shared: the starved training while a second process, started by this script, keeps the same
+  GPU busy with matrix products (torch, or JAX without torch). Expected: stopped early, verdict
+  `idle` with causes `input_bound` and `gpu_shared` naming the second process's PID: the
+  device's utilization is the other process's, never this training's.
+- contended: the healthy training beside the same second process. Expected: verdict `ok`, this
+  process's own utilization above zero, and the `gpu_shared` warning naming the other PID.
 - doctor: ``gpu-watch doctor --json --backend B`` for each backend checked and for TensorFlow.
   Expected: exit 0 naming the GPU; exit 1 with `backend_not_installed` for a backend that is
   not installed (TensorFlow, on the GPU machines at hand); exit 1 with `no_nvidia_driver`
@@ -32,7 +38,8 @@ fixed when a process starts):
 On a GPU with GPM the healthy run must also keep its SMs busy (SM activity at least half of the
 utilization, no `low_sm_activity`); on any GPU from Volta on, each epoch's energy is positive.
 
-Run it on an otherwise idle machine: utilization is the whole GPU's, whoever uses it. TensorFlow
+Run it on an otherwise idle machine: the scenarios without a second process expect the GPU to
+themselves. TensorFlow
 is not needed (and is never imported on these backends); keras, nvidia-ml-py, pandas and numpy
 are, plus jax with its CUDA plugin and/or a CUDA build of torch. gpu-watch runs from this
 checkout without being installed. Each run folder lands under OUT_DIR (see them with
@@ -52,6 +59,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -61,8 +69,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # gpu-watch from this checkout: installing it would pull TensorFlow
 
-SCENARIOS = ("healthy", "hidden", "starved", "forced", "small_kernels")
+SCENARIOS = ("healthy", "hidden", "starved", "forced", "small_kernels", "shared", "contended")
 ANYWHERE = ("hidden", "forced")  # scenarios with a known answer on a machine without a GPU
+# Scenarios that run beside a second, busy process, and the training each of them runs.
+BESIDE_BUSY = {"shared": "starved", "contended": "healthy"}
+BUSY_START_TIMEOUT_S = 90
 BACKENDS = ("jax", "torch")
 NEEDED = ("keras", "pynvml", "pandas", "numpy")
 CHILD_TIMEOUT_S = 150
@@ -80,8 +91,11 @@ SMALL_STEPS, SMALL_UNITS = 512, 64  # LSTM: timesteps and units
 # -- the child: one scenario on one backend ----------------------------------------------------
 
 
-def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
+def train(scenario: str, log_dir: str, seconds: float,
+          run_name: str | None = None) -> dict[str, Any]:
     """Run `scenario` with the backend of KERAS_BACKEND; return what its run folder shows."""
+    if scenario in BESIDE_BUSY:
+        return train_beside_busy_process(scenario, log_dir, seconds)
     import keras
     import numpy as np
 
@@ -89,7 +103,7 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
 
     rng = np.random.default_rng(0)
     backend = keras.backend.backend()
-    name = f"{backend}-{scenario}"
+    name = run_name or f"{backend}-{scenario}"
 
     def scope():
         """The forced scenario builds, compiles and fits inside a CPU device scope: an
@@ -157,10 +171,13 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
     run = load_run(watch.run_dir)
     placement = run.info.get("placement") or {}
     util = run.epochs["gpu_util_mean"].dropna()
+    proc_util = run.epochs["proc_util_mean"].dropna()
     proc_mem = run.samples["proc_mem_mib"].dropna()
     sm_active = run.samples["sm_active_pct"].dropna()
     tensor = run.samples["tensor_active_pct"].dropna()
     energy = run.epochs["gpu_energy_j"].dropna()
+    shared_pids = sorted({p["pid"] for c in run.causes if c["code"] == "gpu_shared"
+                          for p in c["evidence"].get("processes") or []})
     return {
         "run_dir": str(run.path),
         "backend": backend,
@@ -178,6 +195,8 @@ def train(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
         "nvml_gpus_seen": run.info["nvml"]["gpus_seen"],
         "watched_gpus": run.gpus,
         "util_mean_pct": float(util.mean()) if len(util) else None,
+        "proc_util_mean_pct": float(proc_util.mean()) if len(proc_util) else None,
+        "shared_pids": shared_pids,
         "proc_mem_peak_mib": float(proc_mem.max()) if len(proc_mem) else None,
         "epochs": len(run.epochs),
         "batches": len(run.batches),
@@ -217,6 +236,87 @@ def small_kernels(log_dir: str, name: str, stop: Any) -> tuple[Any, Any, dict[st
     return model, watch, fit
 
 
+def train_beside_busy_process(scenario: str, log_dir: str, seconds: float) -> dict[str, Any]:
+    """`shared` or `contended`: start a second process that keeps the GPU busy, wait until it
+    runs, train beside it (`BESIDE_BUSY` names the training), stop it; report its PID too."""
+    import keras
+
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # leave memory to training
+    busy = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), log_dir, "--busy-process",
+         str(seconds + CHILD_TIMEOUT_S)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = _wait_for_line(busy, "BUSY ", BUSY_START_TIMEOUT_S)
+        seen = train(BESIDE_BUSY[scenario], log_dir, seconds,
+                     run_name=f"{keras.backend.backend()}-{scenario}")
+    finally:
+        busy.terminate()
+        try:
+            busy.wait(10)
+        except subprocess.TimeoutExpired:
+            busy.kill()
+    return {**seen, "busy_pid": busy.pid, "busy_with": ready.split()[1]}
+
+
+def _wait_for_line(process: subprocess.Popen, prefix: str, timeout_s: float) -> str:
+    """The first line of `process`'s output that starts with `prefix`; without one in time,
+    a RuntimeError with its last lines. A thread keeps reading its output, so the process never
+    blocks on a full pipe."""
+    found: list[str] = []
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            del lines[:-20]
+            if line.startswith(prefix) and not found:
+                found.append(line.strip())
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if ready.wait(timeout_s):
+        return found[0]
+    raise RuntimeError("the second process did not start its GPU work: "
+                       + " | ".join(lines[-5:]))
+
+
+def busy_process(seconds: float) -> None:
+    """The second process: bf16 8192x8192 matrix products on the GPU for `seconds`, with torch
+    where it has CUDA, else JAX. Prints "BUSY <library>" once the GPU is working."""
+    step = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+            def step() -> None:
+                a @ a
+                torch.cuda.synchronize()
+
+            library = "torch"
+    except ImportError:
+        pass
+    if step is None:
+        import jax
+        import jax.numpy as jnp
+
+        a = jnp.ones((8192, 8192), jnp.bfloat16)
+        product = jax.jit(lambda m: m @ m)
+
+        def step() -> None:
+            product(a).block_until_ready()
+
+        library = f"jax-{jax.default_backend()}"
+    step()
+    print(f"BUSY {library}", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        step()
+
+
 # -- the parent: expectations, children, the table ---------------------------------------------
 
 
@@ -233,6 +333,10 @@ class Row:
 
 
 def expected_text(scenario: str, gpu: bool, gpm: bool = False) -> str:
+    if scenario == "shared":
+        return "stopped early; idle + input_bound + gpu_shared (other PID)"
+    if scenario == "contended":
+        return "ok; own util>0; gpu_shared (other PID)"
     if scenario == "healthy":
         return "ok; util>0; proc mem>0; step 0 on GPU; energy>0" + (
             "; SM>=util/2, no low_sm_activity" if gpm else "")
@@ -258,7 +362,10 @@ def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any],
     notes = [] if not seen["tensorflow_imported"] else ["TensorFlow was imported"]
     if seen["error"]:
         notes.append(seen["error"][:160])
-    if scenario == "healthy":
+    if scenario in BESIDE_BUSY:
+        text, passed = judge_beside_busy(scenario, seen, verdict)
+        checks.append(passed)
+    elif scenario == "healthy":
         util, mem = seen["util_mean_pct"], seen["proc_mem_peak_mib"]
         where = "GPU" if seen["compute_on_gpu"] else "CPU" if seen["compute_on_gpu"] is False \
             else "unknown"
@@ -319,6 +426,27 @@ def judge_scenario(scenario: str, gpu: bool, seen: dict[str, Any],
     return "; ".join([text, *notes]), all(checks)
 
 
+def judge_beside_busy(scenario: str, seen: dict[str, Any], verdict: str) -> tuple[str, bool]:
+    """`shared` and `contended`: this training's own use decides, and the other PID is named."""
+    named = seen["busy_pid"] in seen["shared_pids"]
+    util = (f"util {_num(seen['proc_util_mean_pct'], '%')} own, "
+            f"{_num(seen['util_mean_pct'], '%')} device")
+    other = (f"other PID {seen['busy_pid']} ({seen['busy_with']}) "
+             f"{'named' if named else 'NOT named'}")
+    causes = seen["causes"]
+    if scenario == "shared":
+        total = STARVED_EPOCHS * STARVED_STEPS
+        text = f"{seen['status']} after {seen['batches']} of {total} batches; {verdict}; {util}"
+        checks = [seen["status"] == "stopped_idle", seen["batches"] < total,
+                  seen["verdict"] == "idle", "input_bound" in causes]
+    else:
+        text = f"{verdict}; {util}; {seen['batches']} batches in {seen['fit_s']} s"
+        checks = [seen["verdict"] == "ok", (seen["proc_util_mean_pct"] or 0) > 0,
+                  seen["compute_on_gpu"] is True, seen["error"] is None]
+    checks += ["gpu_shared" in causes, named]
+    return f"{text}; {other}", all(checks)
+
+
 def _num(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:,.0f}{unit}"
 
@@ -377,7 +505,9 @@ def run_child(backend: str, scenario: str, out_dir: Path, seconds: float,
         env["CUDA_VISIBLE_DEVICES"] = "0"  # one model on one GPU: the others would sit idle
     command = [sys.executable, str(Path(__file__).resolve()), str(out_dir), "--child", scenario,
                "--seconds", str(seconds)]
-    timeout_s = CHILD_TIMEOUT_S + (seconds if scenario in ("healthy", "small_kernels") else 0)
+    timeout_s = CHILD_TIMEOUT_S + (seconds if BESIDE_BUSY.get(scenario, scenario) in (
+        "healthy", "small_kernels") else 0) + (BUSY_START_TIMEOUT_S if scenario in BESIDE_BUSY
+                                               else 0)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=timeout_s)
@@ -506,7 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long the healthy training keeps the GPU busy (default: 20)")
     parser.add_argument("--child", choices=SCENARIOS, help=argparse.SUPPRESS)
+    parser.add_argument("--busy-process", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.busy_process is not None:
+        busy_process(args.busy_process)
+        return 0
     out_dir = Path(args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.child:

@@ -340,6 +340,12 @@ CATALOGUE: dict[str, CauseSpec] = {
         'keras.mixed_precision.set_global_policy("mixed_bfloat16")  # before building the '
         "model: matrix products then run on the tensor cores",
     ),
+    "gpu_shared": CauseSpec(
+        RESOURCES, WARNING,
+        "Other processes used the GPU while this training ran.",
+        "Train on a GPU no one else uses: `nvidia-smi` lists each GPU's processes; pick a "
+        "free one with CUDA_VISIBLE_DEVICES=<index>, or stop the processes named here.",
+    ),
 }
 
 CODES = tuple(CATALOGUE)

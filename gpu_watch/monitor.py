@@ -191,6 +191,7 @@ class Monitor:
             "verdict": None,
             "causes": [],
             "gpu_verdicts": {},
+            "gpu_judged_by": {},
             "idle": {"events": self.idle_events},
             "faults": [],
             "error": None,
@@ -218,7 +219,8 @@ class Monitor:
     def _epoch_columns(self) -> list[str]:
         columns = list(runlog.EPOCH_COLUMNS)
         for d in self.devices:
-            columns += [f"gpu{d.nvml_index}_util_mean", f"gpu{d.nvml_index}_verdict"]
+            columns += [f"gpu{d.nvml_index}_util_mean", f"gpu{d.nvml_index}_proc_util_mean",
+                        f"gpu{d.nvml_index}_verdict"]
         return columns
 
     # -- the training thread's side ----------------------------------------------------------
@@ -278,14 +280,17 @@ class Monitor:
             "step_s_mean": step_s / batches if batches else None,
             "wait_fraction": wait_fraction,
             "gpu_util_mean": _mean([s.util_mean for s in with_util]),
+            "proc_util_mean": _mean([s.proc_util_mean for s in stats]),
             "gpu_util_p95": max((s.util_p95 for s in with_util), default=None),
             "gpu_mem_peak_mib": max((s.mem_peak_mib for s in stats if s.mem_peak_mib is not None),
                                     default=None),
-            "idle_fraction": _mean([s.idle_fraction for s in with_util]),
+            # The share that decided the verdict: this process's own where NVML measured it.
+            "idle_fraction": _mean([s.judged_idle_fraction for s in stats]),
             "verdict": verdict.verdict,
         }
         for s in stats:
             row[f"gpu{s.gpu}_util_mean"] = s.util_mean
+            row[f"gpu{s.gpu}_proc_util_mean"] = s.proc_util_mean
             row[f"gpu{s.gpu}_verdict"] = verdict.gpu_verdicts.get(s.gpu)
         row.update(activity_row(stats))
         for key, value in logs.items():
@@ -426,6 +431,8 @@ class Monitor:
             environment=tuple(self.environment_findings),
             idle_threshold_pct=self.config.idle_threshold_pct,
             facts=RunFacts.from_run(self.info),
+            no_process_utilization=tuple(
+                off["gpu"] for off in self.nvml.switched_off if off["metric"] == "proc_util"),
         )
 
     def _judge_run(self) -> Judgement:
@@ -435,6 +442,7 @@ class Monitor:
         self.info["verdict"] = judgement.verdict
         self.info["causes"] = [c.to_dict() for c in judgement.causes]
         self.info["gpu_verdicts"] = {str(k): v for k, v in judgement.gpu_verdicts.items()}
+        self.info["gpu_judged_by"] = {str(k): v for k, v in judgement.judged_by.items()}
         self.info["faults"] = [
             {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}
             for f in self.nvml.faults
@@ -494,12 +502,19 @@ class Monitor:
 
 
 def idle_message(event: IdleEvent, config: Config) -> str:
-    """A sentence with the evidence for an idle stretch."""
-    utils = ", ".join(f"GPU {g} {u:.0f}%" for g, u in event.util_mean_pct.items())
+    """A sentence with the evidence for an idle stretch: this training's use of each GPU and,
+    where other processes kept it busier, the device's."""
+    parts = []
+    for gpu, util in event.util_mean_pct.items():
+        device = event.device_util_mean_pct.get(gpu)
+        text = f"GPU {gpu} {util:.0f}%"
+        if device is not None and device >= config.idle_threshold_pct:
+            text += f" (the device {device:.0f}%: other processes kept it busy)"
+        parts.append(text)
     return (
-        f"GPU idle: every watched GPU stayed under {config.idle_threshold_pct:g}% utilization "
-        f"for {event.end_s - event.start_s:.1f} s (from {event.start_s:.1f} s into training; "
-        f"mean {utils})."
+        f"GPU idle: this training's use of every watched GPU stayed under "
+        f"{config.idle_threshold_pct:g}% utilization for {event.end_s - event.start_s:.1f} s "
+        f"(from {event.start_s:.1f} s into training; mean {', '.join(parts)})."
     )
 
 

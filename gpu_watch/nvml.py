@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,13 @@ _CLOCK_SM = 1  # NVML_CLOCK_SM
 _CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
 _MAX_FAULTS = 200
 # NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).
-# With this process listed on a GPU, no sample of it for two of the longest periods means a whole
+# With a process listed on a GPU, no sample of it for two of the longest periods means a whole
 # period ended in which it ran no kernels: 0 %. Before that, "no new sample" is unknown, not idle.
+# The rule is the same for this process and for the others on the GPU.
 PROC_UTIL_QUIET_S = 2.0
+# Process names come from other users' processes: untrusted text, kept short and printable.
+PROCESS_NAME_MAX_CHARS = 120
+_MAX_NAMES = 1024  # names remembered per session (PIDs are reused, so never a growing map)
 
 # GPU Performance Monitoring (GPM, Hopper and newer): the metrics read, by the column they fill,
 # with their NVML_GPM_METRIC_* ids from nvml.h. Percentages are 0-100; PCIe is MiB per second.
@@ -69,6 +74,9 @@ READING_FIELDS = (
     "idle_clock_event",
     *GPM_METRICS,
     "energy_counter_mj",
+    "proc_listed",
+    "others_util_pct",
+    "others_mem_mib",
 )
 
 
@@ -114,6 +122,10 @@ class Reading:
     The GPM fields (`sm_active_pct` ... `pcie_rx_mib_s`, see :data:`GPM_METRICS`) describe the
     time since the previous GPM sample, on GPUs that support GPM (Hopper and newer).
     `energy_counter_mj` is the whole GPU's energy counter: millijoules since the driver loaded.
+    `others` are the other compute processes NVML lists, each with its SM utilization read by
+    the same rule as this process's `proc_util_pct` (see :meth:`NVML.process_utilization`);
+    `others_util_pct` is their summed SM utilization and `others_mem_mib` their memory, both
+    None when unknown.
     """
 
     time_s: float
@@ -140,6 +152,9 @@ class Reading:
     pcie_rx_mib_s: float | None = None
     energy_counter_mj: int | None = None
     proc_listed: bool | None = None
+    others: tuple[OtherProcess, ...] | None = None
+    others_util_pct: float | None = None
+    others_mem_mib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,25 @@ class GPUProcess:
 
     pid: int
     used_mib: float | None
+
+
+@dataclass(frozen=True)
+class OtherProcess:
+    """Another compute process on a GPU at one sampler tick.
+
+    Attributes:
+        pid: Its PID, as NVML reports it (a host PID when this process runs in a container).
+        name: Its process name (`nvidia-smi`'s "Process name"), made printable and cut to
+            :data:`PROCESS_NAME_MAX_CHARS`; None when NVML could not read it.
+        used_mib: GPU memory it holds, MiB; None when NVML cannot say.
+        sm_util_pct: Its SM utilization since the previous tick, percent, by the rule of
+            :meth:`NVML.process_utilization`; None when unknown (no new sample yet).
+    """
+
+    pid: int
+    name: str | None
+    used_mib: float | None
+    sm_util_pct: float | None
 
 
 def error_name(exc: BaseException) -> str:
@@ -197,10 +231,14 @@ class NVML:
         self._lost: set[int] = set()
         self._faults: list[Fault] = []
         self._fault_keys: set[tuple[str, str, int | None]] = set()
-        self._proc_util_seen_us: dict[int, int] = {}
         self._gpm: dict[tuple[int, str], _GpmState] = {}
-        self._proc_read_s: dict[int, float] = {}
-        self._proc_quiet_s: dict[int, float] = {}
+        # Per GPU: the newest process-utilization sample seen (NVML's microseconds), the time
+        # of the last reading, and each listed PID's seconds of readings without a sample.
+        self._util_seen_us: dict[int, int] = {}
+        self._util_read_s: dict[int, float] = {}
+        self._quiet_s: dict[int, dict[int, float]] = {}
+        self._names: dict[int, str | None] = {}
+        self._pid_listed = False
         self._all_devices: list[Device] | None = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -464,7 +502,11 @@ class NVML:
                 reading.proc_mem_mib = sum(used) if used else None
             else:
                 reading.proc_mem_mib = 0.0
-        reading.proc_util_pct = self._proc_util(device, bool(reading.proc_listed), time_s)
+        listed = {p.pid for p in procs} if procs is not None else set()
+        figures = self.process_utilization(device, listed, time_s)
+        if figures is not None:
+            reading.proc_util_pct = figures.get(os.getpid())
+        self._read_sharing(reading, procs, figures)
         power_mw = self.query("power", gpu, "nvmlDeviceGetPowerUsage", h)
         reading.power_w = power_mw / 1000.0 if power_mw is not None else None
         temp = self.query("temperature", gpu, "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
@@ -483,50 +525,68 @@ class NVML:
         reading.lost = gpu in self._lost
         return reading
 
-    def _proc_util(self, device: Device, listed: bool, time_s: float) -> float | None:
-        """This process's SM utilization on `device` since the last reading, in percent.
+    def process_utilization(self, device: Device, listed: set[int], time_s: float
+                            ) -> dict[int, float | None] | None:
+        """The SM utilization of the processes on `device` since its last reading, percent, by
+        PID; None when NVML would not say (an error; ``NotSupported`` switches it off).
 
-        The driver samples each process at its own period (1/6 s to 1 s, by product) and
-        buffers one sample per process per period "that had some non-zero utilization";
+        The driver samples processes at its own period (1/6 s to 1 s, by product) and buffers
+        one sample per process per period "that had some non-zero utilization";
         ``nvmlDeviceGetProcessUtilization`` returns every sample newer than the timestamp
         passed in (several per process when polled slower than the driver samples), and
-        ``NotFound`` when there is none. Passing back the newest timestamp seen, the rule is:
+        ``NotFound`` when there is none. One call per reading serves this process and the
+        others alike, passing back the newest timestamp seen on the device, and one rule holds
+        for every PID:
 
-        - samples of this process: their mean, each covering one driver period since the last
-          reading (the first reading takes only the newest: the buffer reaches back to before
-          training);
-        - none, with this process listed on the device (`listed`): 0 % once no sample of it has
-          come for `PROC_UTIL_QUIET_S` seconds of readings, as a whole driver period then ended
-          with nothing to report; before that None, since polling faster than the driver
-          samples must not read as idle;
-        - none, and not listed (a container's PID namespace, or not on this GPU): None.
+        - samples of it: their mean, each covering one driver period since the last reading
+          (the first reading of a device takes only the newest: the buffer reaches back to
+          before training);
+        - none, for a PID in `listed` (NVML lists it on the device): 0 % once it has been
+          listed for `PROC_UTIL_QUIET_S` seconds of readings without a sample, as a whole
+          driver period then ended with nothing to report; before that None, since polling
+          faster than the driver samples must not read as idle;
+        - a PID neither sampled nor listed is left out: unknown (a container's PID namespace,
+          or not on this GPU).
 
-        `time_s` is the reading's time; a clock that goes back (a new run's) counts as no time.
+        `read` calls it once per reading; each call moves the device's timestamp on, so a
+        call of one's own between readings takes their samples away.
+
+        Args:
+            device: The GPU.
+            listed: The PIDs NVML lists on it now (empty when the list could not be read).
+            time_s: The reading's time, seconds; a clock that goes back (a new run's) counts as
+                no time.
         """
         gpu = device.nvml_index
-        last_s = self._proc_read_s.get(gpu)
-        quiet_s = self._proc_quiet_s.get(gpu, 0.0)
-        if last_s is not None:
-            quiet_s += max(0.0, time_s - last_s)
-        self._proc_read_s[gpu] = time_s
-        self._proc_quiet_s[gpu] = quiet_s
-        since = self._proc_util_seen_us.get(gpu, 0)
+        last_s = self._util_read_s.get(gpu)
+        elapsed_s = 0.0 if last_s is None else max(0.0, time_s - last_s)
+        self._util_read_s[gpu] = time_s
+        # Only PIDs listed now are tracked, so the map never outgrows the process list; one
+        # that drops off the list and comes back starts over.
+        before = self._quiet_s.get(gpu, {})
+        quiet = {pid: before[pid] + elapsed_s if pid in before else 0.0 for pid in listed}
+        self._quiet_s[gpu] = quiet
+        since = self._util_seen_us.get(gpu, 0)
         samples = self.query("proc_util", gpu, "nvmlDeviceGetProcessUtilization",
                              device.handle, since, not_found=())
         if samples is None:
             return None
+        by_pid: dict[int, list[Any]] = {}
+        for sample in samples:
+            by_pid.setdefault(int(sample.pid), []).append(sample)
         if samples:
-            self._proc_util_seen_us[gpu] = max(int(s.timeStamp) for s in samples)
-        mine = [s for s in samples if int(s.pid) == os.getpid()]
-        if mine:
-            self._proc_quiet_s[gpu] = 0.0
+            self._util_seen_us[gpu] = max(int(s.timeStamp) for s in samples)
+        figures: dict[int, float | None] = {}
+        for pid, own in by_pid.items():
             if not since:
-                newest = max(int(s.timeStamp) for s in mine)
-                mine = [s for s in mine if int(s.timeStamp) == newest]
-            return sum(float(s.smUtil) for s in mine) / len(mine)
-        if listed and quiet_s >= PROC_UTIL_QUIET_S:
-            return 0.0
-        return None
+                newest = max(int(s.timeStamp) for s in own)
+                own = [s for s in own if int(s.timeStamp) == newest]
+            figures[pid] = sum(float(s.smUtil) for s in own) / len(own)
+            if pid in quiet:
+                quiet[pid] = 0.0
+        for pid in listed - by_pid.keys():
+            figures[pid] = 0.0 if quiet[pid] >= PROC_UTIL_QUIET_S else None
+        return figures
 
     # -- GPM and energy --------------------------------------------------------------------------
 
@@ -648,6 +708,50 @@ class NVML:
         # or lost.
         self.query("gpm_free", None, "nvmlGpmSampleFree", sample)
 
+    def _read_sharing(self, reading: Reading, procs: list[GPUProcess] | None,
+                      figures: dict[int, float | None] | None) -> None:
+        """Fill in who else uses the GPU: `others` with their names and SM utilization (from
+        `figures`, see `process_utilization`), `others_util_pct`, `others_mem_mib`; and this
+        process's 0 % on a GPU where it holds no context."""
+        if procs is None:
+            return
+        self._pid_listed = self._pid_listed or bool(reading.proc_listed)
+        if reading.proc_util_pct is None and not reading.proc_listed and self._pid_listed:
+            # NVML lists every compute process, and lists this one on another GPU: without a
+            # context here it ran no kernels here. NVML's answer is 0 %, not a gap.
+            reading.proc_util_pct = 0.0
+        reading.others = tuple(
+            OtherProcess(p.pid, self.process_name(p.pid), p.used_mib,
+                         None if figures is None else figures.get(p.pid))
+            for p in procs if p.pid != os.getpid())
+        used = [p.used_mib for p in reading.others if p.used_mib is not None]
+        reading.others_mem_mib = sum(used) if len(used) == len(reading.others) else None
+        utils = [p.sm_util_pct for p in reading.others]
+        # Until NVML has listed this PID, any listed PID may be this process's (a container's
+        # PID namespace): the others' share is then unknown.
+        if self._pid_listed and None not in utils:
+            reading.others_util_pct = min(100.0, sum(utils))
+
+    @property
+    def pid_listed(self) -> bool:
+        """Whether NVML has listed this process's PID on any GPU in this session. Until it
+        does (in a container's PID namespace it never does) NVML's PIDs cannot be told from
+        this process's own."""
+        return self._pid_listed
+
+    def process_name(self, pid: int) -> str | None:
+        """`pid`'s name as NVML reports it (``nvmlSystemGetProcessName``), made safe to print
+        (see :func:`printable`), or None when NVML cannot read it (``NoPermission`` for
+        another user's process, ``NotFound`` once it has exited). Remembered per PID."""
+        if pid in self._names:
+            return self._names[pid]
+        raw = self.query("process_name", None, "nvmlSystemGetProcessName", pid)
+        name = printable(raw, PROCESS_NAME_MAX_CHARS) if raw is not None else None
+        if len(self._names) >= _MAX_NAMES:
+            self._names.clear()
+        self._names[pid] = name or None
+        return name or None
+
 
 @dataclass
 class _GpmState:
@@ -663,6 +767,27 @@ class _GpmState:
     request: Any
     previous_s: float | None = None
     asked: tuple[str, ...] = ()
+
+
+def printable(value: Any, limit: int) -> str:
+    """`value` as one line of plain text: bytes decoded (bad bytes replaced), every control,
+    format or unassigned character (escape sequences, newlines, bidirectional overrides)
+    replaced by "?", other spaces by " ", surrounding space stripped, and cut to `limit`
+    characters ("..." ends a cut). For text from outside the program, such as other users'
+    process names, before it reaches a terminal, a JSON file or a page; HTML escaping still
+    happens where HTML is made.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = text[: 4 * limit]  # a 10,000-character name is cut before it is scanned
+    text = "".join(_printable_char(ch) for ch in text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    return "?" if category[0] == "C" or category in ("Zl", "Zp") else ch
 
 
 def parse_visible_devices(value: str) -> list[str]:

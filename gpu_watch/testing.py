@@ -52,6 +52,7 @@ _MIB = 1024 * 1024
 PROC_SAMPLE_BUFFER = 100
 # Slots for MIG devices on A100/H100-class GPUs (nvmlDeviceGetMaxMigDeviceCount).
 MIG_SLOTS = 7
+_NAME_BUFFER_BYTES = 1024  # what pynvml passes to nvmlSystemGetProcessName
 
 # The functions each fault "field" covers, so a test can fail one reading without naming NVML.
 FIELDS = {
@@ -144,11 +145,15 @@ class FakeProcess:
             `proc_sample_period_s`. A sample exists only for a period in which it was above 0:
             NVML returns "one utilization sample structure per process running, that had some
             non-zero utilization during the last sample period".
+        name: What ``nvmlSystemGetProcessName`` returns for it (as bytes, cut to NVML's
+            1024-byte buffer). None: NVML may not read it (``NoPermission``, as for another
+            user's process without the rights).
     """
 
     pid: int | None = None
     used_mib: Timeline = 300.0
     sm_util_pct: Timeline = 0.0
+    name: str | None = "python"
 
 
 @dataclass
@@ -533,6 +538,16 @@ class FakeNVML:
         if not samples:
             raise pynvml.NVMLError_NotFound()
         return samples
+
+    def nvmlSystemGetProcessName(self, pid: int) -> bytes:  # noqa: N802
+        self._enter("nvmlSystemGetProcessName")
+        for gpu in self.gpus:
+            for proc in [p for g in (gpu, *gpu.mig_devices) for p in g.processes]:
+                if _pid(proc) == pid:
+                    if proc.name is None:
+                        raise pynvml.NVMLError_NoPermission()
+                    return proc.name.encode("utf-8", "replace")[:_NAME_BUFFER_BYTES - 1]
+        raise pynvml.NVMLError_NotFound()
 
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
         self._enter("nvmlDeviceGetPowerUsage", handle, "power")

@@ -2,8 +2,8 @@
 
 The training thread adds batch timings (a tuple append); the sampler thread adds NVML readings.
 `drain` pairs each batch with the readings that overlap it and hands back rows ready to write.
-Statistics are kept as running sums and a 0-100 % histogram per GPU and span, so memory
-stays flat over days.
+Statistics are kept as running sums and 0-100 % histograms (the device's utilization and this
+process's own) per GPU and span, so memory stays flat over days.
 """
 
 from __future__ import annotations
@@ -14,21 +14,28 @@ import math
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_watch.nvml import Reading
-from gpu_watch.verdict import GPUStats
+from gpu_watch.verdict import GPUStats, OtherUse
 
 
 @dataclass(frozen=True)
 class IdleEvent:
-    """Every watched GPU stayed under the threshold from `start_s` to `end_s` (seconds since
-    training started); `util_mean_pct` is each GPU's mean utilization over that stretch."""
+    """This training left every watched GPU under the threshold from `start_s` to `end_s`
+    (seconds since training started).
+
+    `util_mean_pct` is each GPU's mean utilization over that stretch as judged: this process's
+    own where NVML attributes it, else the device's (see `Timeline`). `device_util_mean_pct`
+    is the device's, whoever used it: far above the other when another process kept the GPU
+    busy meanwhile.
+    """
 
     start_s: float
     end_s: float
     util_mean_pct: dict[int, float]
+    device_util_mean_pct: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON-ready record written to `run.json` and carried by `GPUIdleError`."""
@@ -37,9 +44,13 @@ class IdleEvent:
             "end_s": round(self.end_s, 3),
             "duration_s": round(self.end_s - self.start_s, 3),
             "util_mean_pct": {str(k): round(v, 1) for k, v in self.util_mean_pct.items()},
+            "device_util_mean_pct": {str(k): round(v, 1)
+                                     for k, v in self.device_util_mean_pct.items()},
         }
 
 
+# Other processes tracked per GPU and span: enough for any real GPU, and memory stays flat.
+MAX_OTHER_PIDS = 32
 # GPM readings averaged per span: (Reading field, GPUStats field).
 ACTIVITY_FIELDS = (
     ("sm_active_pct", "sm_active_mean"),
@@ -51,45 +62,108 @@ ACTIVITY_FIELDS = (
 )
 
 
-class SpanStats:
-    """Running statistics of one GPU over a span: a utilization histogram, peaks, flags, and
-    running sums of the GPM readings."""
+class _Histogram:
+    """Counts of 0-100 % readings with their sum and how many were under the threshold."""
 
-    __slots__ = ("counts", "total", "idle", "mem_peak", "proc_peak", "proc_seen", "others_seen",
-                 "lost", "activity")
+    __slots__ = ("counts", "total", "idle")
 
     def __init__(self) -> None:
         self.counts = [0] * 101
         self.total = 0.0
         self.idle = 0
+
+    def add(self, pct: float, threshold_pct: float) -> None:
+        self.counts[min(100, max(0, int(round(pct))))] += 1
+        self.total += pct
+        if pct < threshold_pct:
+            self.idle += 1
+
+    def summary(self) -> tuple[int, float | None, float | None, float | None]:
+        """(readings, mean, p95, share under the threshold); None without readings."""
+        n = sum(self.counts)
+        if not n:
+            return 0, None, None, None
+        target, seen, p95 = 0.95 * n, 0, 100
+        for pct, c in enumerate(self.counts):
+            seen += c
+            if seen >= target:
+                p95 = pct
+                break
+        return n, self.total / n, float(p95), self.idle / n
+
+
+class SpanStats:
+    """Running statistics of one GPU over a span: the device's utilization and this process's
+    own (histograms), the other processes seen, peaks, flags, and running sums of the GPM
+    readings."""
+
+    __slots__ = ("device", "own", "mem_peak", "proc_peak", "proc_seen", "others_seen", "lost",
+                 "others_sum", "others_n", "others_busy", "contended", "others_mem_peak",
+                 "procs_max", "others", "activity")
+
+    def __init__(self) -> None:
+        self.device = _Histogram()
+        self.own = _Histogram()
         self.mem_peak: float | None = None
         self.proc_peak: float | None = None
         self.proc_seen = False
         self.others_seen = False
         self.lost = False
+        self.others_sum = 0.0
+        self.others_n = 0
+        self.others_busy = 0
+        self.contended = 0  # readings in which this process and the others both worked
+        self.others_mem_peak: float | None = None
+        self.procs_max: int | None = None
+        self.others: dict[int, list] = {}  # pid -> [name, util sum, util readings, mem peak]
         self.activity = [[0.0, 0] for _ in ACTIVITY_FIELDS]  # [sum, readings] per field
+
+    @property
+    def measured(self) -> bool:
+        """Whether any reading gave a utilization figure, the device's or this process's."""
+        return any(self.device.counts) or any(self.own.counts)
 
     def add(self, r: Reading, threshold_pct: float) -> None:
         """Count one reading; readings without a value change nothing (NaN is not idle)."""
         if r.util_pct is not None:
-            self.counts[min(100, max(0, int(round(r.util_pct))))] += 1
-            self.total += r.util_pct
-            if r.util_pct < threshold_pct:
-                self.idle += 1
+            self.device.add(r.util_pct, threshold_pct)
+        if r.proc_util_pct is not None:
+            self.own.add(r.proc_util_pct, threshold_pct)
         if r.mem_used_mib is not None:
-            self.mem_peak = r.mem_used_mib if self.mem_peak is None else max(self.mem_peak,
-                                                                            r.mem_used_mib)
+            self.mem_peak = _max(self.mem_peak, r.mem_used_mib)
         if r.proc_mem_mib is not None:
-            self.proc_peak = r.proc_mem_mib if self.proc_peak is None else max(self.proc_peak,
-                                                                              r.proc_mem_mib)
+            self.proc_peak = _max(self.proc_peak, r.proc_mem_mib)
         listed = r.proc_listed
         if listed is None and r.proc_mem_mib is not None:
             # Readings without the flag (read back from a run folder): memory held means listed.
             listed = r.proc_mem_mib > 0
         if listed:
             self.proc_seen = True
-        if listed is not None and r.procs is not None and r.procs > int(listed):
-            self.others_seen = True
+        if r.procs is not None:
+            self.procs_max = r.procs if self.procs_max is None else max(self.procs_max, r.procs)
+            if listed is not None and r.procs > int(listed):
+                self.others_seen = True
+        if r.others_util_pct is not None:
+            self.others_sum += r.others_util_pct
+            self.others_n += 1
+            if r.others_util_pct >= threshold_pct:
+                self.others_busy += 1
+                if r.proc_util_pct is not None and r.proc_util_pct >= threshold_pct:
+                    self.contended += 1
+        if r.others_mem_mib is not None:
+            self.others_mem_peak = _max(self.others_mem_peak, r.others_mem_mib)
+        for other in r.others or ():
+            entry = self.others.get(other.pid)
+            if entry is None:
+                if len(self.others) >= MAX_OTHER_PIDS:
+                    continue
+                entry = self.others[other.pid] = [other.name, 0.0, 0, None]
+            entry[0] = entry[0] or other.name
+            if other.sm_util_pct is not None:
+                entry[1] += other.sm_util_pct
+                entry[2] += 1
+            if other.used_mib is not None:
+                entry[3] = _max(entry[3], other.used_mib)
         self.lost = self.lost or r.lost
         for (name, _), running in zip(ACTIVITY_FIELDS, self.activity, strict=True):
             value = getattr(r, name)
@@ -104,20 +178,27 @@ class SpanStats:
 
     def stats(self, gpu: int) -> GPUStats:
         """The span's statistics as the verdict rules take them."""
-        n = sum(self.counts)
-        if not n:
-            return GPUStats(gpu, 0, None, None, None, self.mem_peak, self.proc_peak,
-                            self.proc_seen, self.others_seen, self.lost,
-                            **self.activity_means())
-        mean = self.total / n
-        target, seen, p95 = 0.95 * n, 0, 100
-        for pct, c in enumerate(self.counts):
-            seen += c
-            if seen >= target:
-                p95 = pct
-                break
-        return GPUStats(gpu, n, mean, float(p95), self.idle / n, self.mem_peak, self.proc_peak,
-                        self.proc_seen, self.others_seen, self.lost, **self.activity_means())
+        n, mean, p95, idle = self.device.summary()
+        own_n, own_mean, own_p95, own_idle = self.own.summary()
+        others = tuple(
+            OtherUse(pid, name, util_sum / util_n if util_n else None, mem_peak)
+            for pid, (name, util_sum, util_n, mem_peak) in self.others.items()
+        )
+        return GPUStats(
+            gpu, n, mean, p95, idle, self.mem_peak, self.proc_peak, self.proc_seen,
+            self.others_seen, self.lost,
+            proc_util_samples=own_n, proc_util_mean=own_mean, proc_util_p95=own_p95,
+            proc_idle_fraction=own_idle,
+            others_util_mean=self.others_sum / self.others_n if self.others_n else None,
+            others_busy_fraction=self.others_busy / self.others_n if self.others_n else None,
+            contended_fraction=self.contended / self.others_n if self.others_n else None,
+            others_mem_peak_mib=self.others_mem_peak, procs_max=self.procs_max, others=others,
+            **self.activity_means(),
+        )
+
+
+def _max(current: float | None, value: float) -> float:
+    return value if current is None else max(current, value)
 
 
 class EnergyMeter:
@@ -228,6 +309,16 @@ def energy_summary(stats: Sequence[GPUStats]) -> dict[str, Any]:
 class Timeline:
     """Batch timings and NVML readings of one run, paired up.
 
+    The idle detector judges this training's own use of each GPU: its SM utilization where NVML
+    attributes one (`Reading.proc_util_pct`). Without that figure in a reading, the device's
+    utilization stands in when it is under the threshold (the device's figure bounds any one
+    process's, so the training was idle too), or when no other process is listed and this GPU
+    never gave this process a figure of its own (the device's work is then taken as this
+    training's, as in a container's PID namespace). Otherwise the reading says nothing either
+    way (another process may have done the work, or NVML has no new sample of this process
+    yet), and the GPU's latest judged figure stands: training counts as idle only while every
+    GPU judged so far last read idle.
+
     Args:
         gpus: NVML indices of the watched GPUs (the per-GPU columns of `batches.csv`).
         idle_threshold_pct: Utilization under this counts as idle, percent.
@@ -259,6 +350,8 @@ class Timeline:
         self._last_batch_end_s = -math.inf
         self._idle_since: float | None = None
         self._idle_sums: dict[int, list[float]] = {}
+        self._own_seen: set[int] = set()  # GPUs that gave this process a figure of its own
+        self._last_judged: dict[int, float] = {}  # each GPU's latest judged utilization
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
@@ -352,26 +445,51 @@ class Timeline:
 
     def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
         now = readings[0].time_s
-        # A GPU without a value this tick (unsupported, lost, a failed read) is not evidence
-        # either way; at least one GPU must have been measured idle.
-        measured = [r for r in readings if r.gpu in self._run_stats and r.util_pct is not None]
+        # A GPU without a judged value this tick (no new NVML sample of this process yet,
+        # unsupported, lost, a failed read, busy with work that may be someone else's) keeps
+        # its latest one: NVML samples processes every 1/6 s to 1 s, so most ticks bring no new
+        # figure of a busy training, and a GPU that last worked must not let the others'
+        # idleness stand for all. A GPU never judged is not evidence either way; at least one
+        # GPU must have been judged idle this tick.
+        judged = [(r, self._judged_util(r)) for r in readings if r.gpu in self._run_stats]
+        measured = [(r, u) for r, u in judged if u is not None]
+        self._last_judged.update((r.gpu, u) for r, u in measured)
         idle = (not self.idle_paused and bool(measured)
-                and all(r.util_pct < self.threshold for r in measured))
+                and all(u < self.threshold for u in self._last_judged.values()))
         if not idle:
             self._idle_since = None
             self._idle_sums = {}
             return None
         if self._idle_since is None:
             self._idle_since = now
-        for r in measured:
-            total = self._idle_sums.setdefault(r.gpu, [0.0, 0])
-            total[0] += r.util_pct
+        for r, util in measured:
+            total = self._idle_sums.setdefault(r.gpu, [0.0, 0, 0.0, 0])
+            total[0] += util
             total[1] += 1
+            if r.util_pct is not None:
+                total[2] += r.util_pct
+                total[3] += 1
         if self.idle_event is None and now - self._idle_since >= self.patience:
-            means = {g: s / n for g, (s, n) in self._idle_sums.items() if n}
-            self.idle_event = IdleEvent(self._idle_since, now, means)
+            means = {g: s / n for g, (s, n, _, _) in self._idle_sums.items() if n}
+            device = {g: s / n for g, (_, _, s, n) in self._idle_sums.items() if n}
+            self.idle_event = IdleEvent(self._idle_since, now, means, device)
             return self.idle_event
         return None
+
+    def _judged_util(self, r: Reading) -> float | None:
+        """This training's utilization of a GPU in one reading, percent, as the idle detector
+        judges it (see the class docstring); None when the reading cannot tell. Remembers the
+        GPUs that gave this process a figure of its own."""
+        if r.proc_util_pct is not None:
+            self._own_seen.add(r.gpu)
+            return r.proc_util_pct
+        if r.util_pct is None:
+            return None
+        if r.util_pct < self.threshold:
+            return r.util_pct
+        if r.gpu in self._own_seen or (r.procs or 0) > 1:
+            return None
+        return r.util_pct
 
     # -- either thread (under the lock) ----------------------------------------------------------
 
@@ -429,7 +547,7 @@ class Timeline:
             stats = []
             for g in self.gpus:
                 span = self._epoch_stats.get(g) or SpanStats()
-                if self.epoch == self._first_step_epoch and not any(self._run_stats[g].counts):
+                if self.epoch == self._first_step_epoch and not self._run_stats[g].measured:
                     stats.append(self._or_warmup(span, g))
                 else:
                     stats.append(span.stats(g))
@@ -442,15 +560,10 @@ class Timeline:
             return _with_energy([self._or_warmup(self._run_stats[g], g) for g in self.gpus],
                                 self._run_energy)
 
-    def _or_warmup(self, span: SpanStats, gpu: int) -> GPUStats:
-        if any(span.counts):
+    def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
+        if span is not None and span.measured:
             return span.stats(gpu)
         return self._warmup_stats[gpu].stats(gpu)
-
-
-def _with_energy(stats: list[GPUStats], meters: dict[int, EnergyMeter]) -> list[GPUStats]:
-    return [dataclasses.replace(s, **meters[s.gpu].result()) if s.gpu in meters else s
-            for s in stats]
 
 
 def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float | None:
@@ -458,3 +571,8 @@ def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float
     sampled = data_ticks[0] / data_ticks[1] if data_ticks[1] else None
     known = [f for f in (gaps, sampled) if f is not None]
     return max(known) if known else None
+
+
+def _with_energy(stats: list[GPUStats], meters: dict[int, EnergyMeter]) -> list[GPUStats]:
+    return [dataclasses.replace(s, **meters[s.gpu].result()) if s.gpu in meters else s
+            for s in stats]

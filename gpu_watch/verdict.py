@@ -1,6 +1,14 @@
 """Verdict rules: from what training showed to `ok`, `idle`, `cpu_fallback` or `unmonitored`,
 with the causes that explain it.
 
+"Busy" and "idle" describe this training's own use of a GPU. Where NVML attributes SM
+utilization to this process (`GPUStats.proc_util_samples`), that figure decides, and another
+process's work on the same GPU can never make this training `ok`. Where it does not (MIG
+instances, drivers without per-process figures, a container's PID namespace), the device's
+utilization decides, and the causes say so (`process_not_attributable`); a busy device then
+counts for this training only when no other process was listed on it, else its own use is
+unknown (`unmonitored`). Other processes that used a watched GPU are named (`gpu_shared`).
+
 Pure functions over plain records: no I/O and no framework imports, so every rule can be tested
 on synthetic inputs.
 """
@@ -24,6 +32,11 @@ IDLE_FRACTION_LIMIT = 0.5
 INPUT_BOUND_WAIT_FRACTION = 0.3
 # Another process keeping a GPU this busy, while ours is not on it, is "busy, but not with us".
 BUSY_UTIL_PCT = 20.0
+# Judged by: this process's own SM utilization, or the device's (per-process not available).
+BY_PROCESS = "process"
+BY_DEVICE = "device"
+# Other processes named in a cause's message (all of them are in its evidence).
+NAMED_PROCESSES = 3
 _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
 # Where GPM gives SM activity (the share of SMs busy, averaged over time), a GPU judged `ok`
 # (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
@@ -40,6 +53,33 @@ SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs
 # has tensor cores).
 TENSOR_IDLE_PCT = 1.0
 FP32_ACTIVE_PCT = 1.0
+
+
+@dataclass(frozen=True)
+class OtherUse:
+    """Another process's use of a GPU over a span.
+
+    Attributes:
+        pid: Its PID as NVML lists it.
+        name: Its name, already made printable by the NVML seam; None when unreadable.
+        util_mean_pct: Its mean SM utilization over the readings that measured it, percent.
+        mem_peak_mib: The most GPU memory it held, MiB.
+    """
+
+    pid: int
+    name: str | None = None
+    util_mean_pct: float | None = None
+    mem_peak_mib: float | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON-ready record in a cause's evidence."""
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "sm_util_mean_pct": None if self.util_mean_pct is None
+            else round(self.util_mean_pct, 1),
+            "mem_peak_mib": None if self.mem_peak_mib is None else round(self.mem_peak_mib, 1),
+        }
 
 
 @dataclass(frozen=True)
@@ -65,6 +105,21 @@ class GPUStats:
         energy_method: "counter" (NVML's energy counter) or "power" (power readings integrated
             over time, where the counter is unsupported or was reset).
         power_mean_w: Mean power over the span, watts (`energy_j` over the time it covers).
+        proc_util_samples: Readings with this process's own SM utilization (NVML attributed
+            a figure to its PID); 0 when per-process utilization is not available.
+        proc_util_mean: This process's mean SM utilization, percent.
+        proc_util_p95: Its 95th percentile, percent.
+        proc_idle_fraction: Share of those readings under the idle threshold, 0-1.
+        others_util_mean: Mean summed SM utilization of the other processes, percent; None
+            when unknown.
+        others_busy_fraction: Share of readings in which they were at or above the idle
+            threshold, 0-1.
+        contended_fraction: Share of those readings in which they and this process both
+            were at or above the threshold (both ran kernels, so both were slowed), 0-1.
+        others_mem_peak_mib: The most memory they held together, MiB.
+        procs_max: The most compute processes NVML listed at once (this one included); None
+            when the list could not be read.
+        others: Each other process seen, with its use of the GPU.
     """
 
     gpu: int
@@ -86,6 +141,43 @@ class GPUStats:
     energy_j: float | None = None
     energy_method: str | None = None
     power_mean_w: float | None = None
+    proc_util_samples: int = 0
+    proc_util_mean: float | None = None
+    proc_util_p95: float | None = None
+    proc_idle_fraction: float | None = None
+    others_util_mean: float | None = None
+    others_busy_fraction: float | None = None
+    contended_fraction: float | None = None
+    others_mem_peak_mib: float | None = None
+    procs_max: int | None = None
+    others: tuple[OtherUse, ...] = ()
+
+    @property
+    def judged_by(self) -> str:
+        """`BY_PROCESS` when this process's own utilization was measured, else `BY_DEVICE`."""
+        return BY_PROCESS if self.proc_util_samples else BY_DEVICE
+
+    @property
+    def judged_idle_fraction(self) -> float | None:
+        """The idle share that decides: this process's where measured, else the device's."""
+        return self.proc_idle_fraction if self.proc_util_samples else self.idle_fraction
+
+    @property
+    def shared(self) -> bool:
+        """Whether another process was on the GPU during the span: one other than this process
+        was listed where NVML knows this process's PID (it listed it here, or measured its
+        utilization here); else, where any listed PID may be this process's own, two or more
+        were listed at once."""
+        if self.proc_seen or self.proc_util_samples:
+            return self.others_seen or bool(self.others)
+        return (self.procs_max or 0) > 1
+
+    @property
+    def others_worked(self) -> bool:
+        """Whether other processes ran kernels on the GPU during the span, or may have: it was
+        shared, and they were not all measured running none (holding memory only)."""
+        return self.shared and not (self.others and
+                                    all(o.util_mean_pct == 0 for o in self.others))
 
 
 @dataclass(frozen=True)
@@ -105,6 +197,8 @@ class Setting:
         idle_threshold_pct: Utilization under this is idle, percent.
         facts: The user's setup (backend, input pipeline, distribution, device scope), which
             picks the remedies that fit it.
+        no_process_utilization: GPUs (NVML indices) on which NVML refused per-process
+            utilization (``NotSupported``, or a driver without the function).
     """
 
     compute_on_gpu: bool | None = None
@@ -118,15 +212,18 @@ class Setting:
     environment: Sequence[Cause] = ()
     idle_threshold_pct: float = 10.0
     facts: RunFacts = field(default_factory=RunFacts)
+    no_process_utilization: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """A verdict with its causes, and the verdict of each watched GPU (by NVML index)."""
+    """A verdict with its causes, the verdict of each watched GPU (by NVML index), and what
+    each GPU's verdict was judged by (`BY_PROCESS` or `BY_DEVICE`)."""
 
     verdict: str
     causes: list[Cause] = field(default_factory=list)
     gpu_verdicts: dict[int, str] = field(default_factory=dict)
+    judged_by: dict[int, str] = field(default_factory=dict)
 
 
 def on_gpu(setting: Setting) -> bool:
@@ -137,12 +234,22 @@ def on_gpu(setting: Setting) -> bool:
 
 
 def gpu_verdict(stats: GPUStats, nvml_error: str | None) -> str:
-    """One GPU's verdict over a span, given that training ran on the GPUs."""
-    if nvml_error is not None or stats.lost or not stats.util_samples:
+    """One GPU's verdict over a span, given that training ran on the GPUs.
+
+    This process's own utilization decides where NVML measured it. Otherwise the device's
+    does: an idle device means an idle training (the device's figure bounds every process's),
+    and a busy one counts as this training's work only when no other process was listed.
+    """
+    if nvml_error is not None or stats.lost:
+        return UNMONITORED
+    if stats.proc_util_samples:
+        idle = stats.proc_idle_fraction
+        return IDLE if idle is not None and idle > IDLE_FRACTION_LIMIT else OK
+    if not stats.util_samples:
         return UNMONITORED
     if stats.idle_fraction is not None and stats.idle_fraction > IDLE_FRACTION_LIMIT:
         return IDLE
-    return OK
+    return UNMONITORED if stats.shared else OK
 
 
 def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | None) -> Judgement:
@@ -156,12 +263,14 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if not on_gpu(setting):
         return Judgement(CPU_FALLBACK, cpu_fallback_causes(setting, gpus))
     per_gpu = {s.gpu: gpu_verdict(s, setting.nvml_error) for s in gpus}
+    judged_by = {s.gpu: s.judged_by for s in gpus}
     causes = attribution_causes(setting, gpus) + activity_causes(setting, gpus, per_gpu)
+    shared = shared_causes(gpus, per_gpu)
     if not per_gpu or all(v == UNMONITORED for v in per_gpu.values()):
-        return Judgement(UNMONITORED, causes, per_gpu)
+        return Judgement(UNMONITORED, causes + shared, per_gpu, judged_by)
     idle = [s for s in gpus if per_gpu[s.gpu] == IDLE]
     if not idle:
-        return Judgement(OK, causes, per_gpu)
+        return Judgement(OK, causes + shared, per_gpu, judged_by)
     busy = [s.gpu for s in gpus if per_gpu[s.gpu] == OK]
     if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
         causes.insert(0, cause(
@@ -174,14 +283,14 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if busy:
         causes.append(cause(
             "process_not_on_gpu",
-            f"{_gpu_names(idle)} sat idle while GPU {', '.join(map(str, busy))} worked: "
+            f"{_gpu_names(idle)} sat idle while {_gpu_list(busy)} worked: "
             "check the distribution setup and device placement.",
             severity="warning",
             facts=setting.facts,
             idle_gpus=[s.gpu for s in idle],
             busy_gpus=busy,
         ))
-    return Judgement(IDLE, causes, per_gpu)
+    return Judgement(IDLE, causes + shared, per_gpu, judged_by)
 
 
 def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
@@ -260,20 +369,131 @@ def _forced_cpu(setting: Setting) -> Cause:
 
 
 def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
-    """Training ran on a GPU, yet NVML never listed this process: in a container's PID
-    namespace NVML reports host PIDs, so per-process figures fall back to device-level ones."""
-    unattributed = [s.gpu for s in gpus if s.others_seen and not s.proc_seen]
-    if not unattributed:
+    """GPUs judged by the device's utilization because NVML gave this process none of its own:
+    its PID is not listed (a container's PID namespace, where NVML reports host PIDs), the
+    process list could not be read, the GPU does not report per-process utilization (MIG
+    instances, some drivers), or NVML had no sample of it yet (a process listed without running
+    kernels reads 0 % only after a quiet period, see `gpu_watch.nvml.PROC_UTIL_QUIET_S`)."""
+    fallback = [s for s in gpus if not s.proc_util_samples and s.util_samples and not s.lost]
+    if setting.nvml_error is not None or not fallback:
         return []
-    return [cause("process_not_attributable", facts=setting.facts, gpus=unattributed)]
+    hidden = [s.gpu for s in fallback if not s.proc_seen and s.procs_max is not None]
+    unlisted = [s.gpu for s in fallback if not s.proc_seen and s.procs_max is None]
+    refused = set(setting.no_process_utilization)
+    unsupported = [s.gpu for s in fallback if s.proc_seen and s.gpu in refused]
+    unsampled = [s.gpu for s in fallback if s.proc_seen and s.gpu not in refused]
+    reasons = []
+    if hidden:
+        reasons.append(f"NVML does not list this process's PID on {_gpu_list(hidden)} (in a "
+                       "container's PID namespace NVML reports host PIDs)")
+    if unlisted:
+        reasons.append(f"NVML could not list the processes on {_gpu_list(unlisted)}")
+    if unsupported:
+        reasons.append(f"{_gpu_list(unsupported)} report{'s' if len(unsupported) == 1 else ''}"
+                       " no per-process utilization (MIG instances and some drivers do not)")
+    if unsampled:
+        reasons.append(f"NVML had no sample of this process's own utilization on "
+                       f"{_gpu_list(unsampled)} yet (a process that runs no kernels reads 0 % "
+                       "only after a quiet period)")
+    shared = [s.gpu for s in fallback if s.shared]
+    message = "; ".join(reasons) + ": the device's utilization is used instead"
+    message += (f", and on {_gpu_list(shared)}, which other processes shared, this training's "
+                "own use is unknown." if shared else ".")
+    if hidden or unlisted:
+        remedy = None
+    elif unsupported:
+        remedy = ("Nothing to fix in the training. For its own figures, train on a whole GPU "
+                  "(not a MIG instance) with a driver that reports per-process utilization "
+                  "(`nvidia-smi pmon -c 1` shows whether it does).")
+    else:
+        remedy = ("Nothing to fix: this training's own figure comes with NVML's next sample "
+                  "of it, or reads 0 % once it has run no kernels for a quiet period.")
+    return [cause("process_not_attributable", message[0].upper() + message[1:], remedy,
+                  facts=setting.facts, gpus=[s.gpu for s in fallback], pid_not_listed=hidden,
+                  process_list_unreadable=unlisted, no_process_utilization=unsupported,
+                  no_sample_yet=unsampled)]
+
+
+def shared_causes(gpus: Sequence[GPUStats], per_gpu: dict[int, str]) -> list[Cause]:
+    """`gpu_shared` for each watched GPU that other processes used while this training ran:
+    they ran kernels on it, or their use cannot be measured (processes measured holding memory
+    without running kernels do not count). Their PIDs, names, SM share and memory are the
+    evidence; the message says what it meant for this training."""
+    causes = []
+    for stats in gpus:
+        if not stats.others_worked:
+            continue
+        others = sorted(stats.others, key=lambda o: -(o.util_mean_pct or 0.0))
+        if others:
+            names = ", ".join(_process_text(o) for o in others[:NAMED_PROCESSES])
+            if len(others) > NAMED_PROCESSES:
+                names += f" and {len(others) - NAMED_PROCESSES} more"
+            them = "them" if len(others) > 1 else f"PID {others[0].pid}"
+        else:  # a run recorded without per-process details: only the count is known
+            count = max(1, (stats.procs_max or 2) - 1)
+            names = them = "another process" if count == 1 else f"{count} other processes"
+        verdict = per_gpu.get(stats.gpu)
+        device = "" if stats.util_mean is None else f" {stats.util_mean:.0f}%"
+        if not stats.proc_seen and not stats.proc_util_samples:
+            effect = ("NVML does not list this training's PID, so one of them may be this "
+                      "training: the device's utilization cannot tell whose work it was.")
+        elif verdict == IDLE:
+            own = "" if stats.proc_util_mean is None else \
+                f" (its own SM use {stats.proc_util_mean:.0f}%)"
+            effect = f"your training was idle{own} while the GPU was{device} busy with {them}."
+        elif verdict == UNMONITORED:
+            effect = "this training's own use of the GPU cannot be told apart from theirs."
+        elif stats.contended_fraction:
+            effect = (f"both ran kernels {stats.contended_fraction:.0%} of the time, and your "
+                      "steps ran slower then.")
+        elif stats.contended_fraction == 0:
+            effect = "they ran while your training did not, so they did not slow your steps."
+        else:
+            effect = "your steps may have run slower while they ran."
+        causes.append(cause(
+            "gpu_shared",
+            f"GPU {stats.gpu} was shared with {names}: {effect}",
+            gpu=stats.gpu,
+            processes=[o.to_dict() for o in others],
+            others_util_mean_pct=_round(stats.others_util_mean),
+            others_busy_fraction=_round(stats.others_busy_fraction, 3),
+            contended_fraction=_round(stats.contended_fraction, 3),
+            others_mem_peak_mib=_round(stats.others_mem_peak_mib),
+            proc_util_mean_pct=_round(stats.proc_util_mean),
+            device_util_mean_pct=_round(stats.util_mean),
+        ))
+    return causes
+
+
+def _process_text(other: OtherUse) -> str:
+    text = f"PID {other.pid}"
+    if other.name:
+        text += f" ({other.name})"
+    details = []
+    if other.util_mean_pct is not None:
+        details.append(f"{other.util_mean_pct:.0f}% SM")
+    if other.mem_peak_mib is not None:
+        details.append(f"{other.mem_peak_mib:,.0f} MiB")
+    return text + (f" [{', '.join(details)}]" if details else "")
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _gpu_list(gpus: Sequence[int]) -> str:
+    return ("GPU " if len(gpus) == 1 else "GPUs ") + ", ".join(map(str, gpus))
 
 
 def activity_causes(setting: Setting, gpus: Sequence[GPUStats],
                     per_gpu: dict[int, str]) -> list[Cause]:
     """How well a GPU judged `ok` was used, where GPM tells (Hopper and newer): SMs mostly idle
     under a busy utilization (a warning), tensor cores idle in float32 training (a hint).
-    Neither changes the verdict; a GPU without GPM readings gets neither."""
+    Neither changes the verdict; a GPU without GPM readings gets neither, and so does a GPU
+    other processes worked on: GPM measures the whole GPU, so its figures there are not this
+    training's."""
     causes = []
+    gpus = [s for s in gpus if not s.others_worked]
     for s in gpus:
         if per_gpu.get(s.gpu) != OK or s.sm_active_mean is None or s.util_mean is None:
             continue

@@ -20,10 +20,21 @@ NO_DRIVER = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
 
 
 def stats(gpu=0, **kw):
+    """A GPU judged by the device's figures: NVML gave this process none of its own."""
     values = {"util_samples": 100, "util_mean": 85.0, "util_p95": 99.0, "idle_fraction": 0.0,
               "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True}
     values.update(kw)
     return GPUStats(gpu, **values)
+
+
+def mine(gpu=0, **kw):
+    """A GPU this process uses alone, judged by its own figures (the device's, unless given)."""
+    values = {"util_samples": 100, "util_mean": 85.0, "idle_fraction": 0.0, "procs_max": 1}
+    values.update(kw)
+    values.setdefault("proc_util_samples", values["util_samples"])
+    values.setdefault("proc_util_mean", values["util_mean"])
+    values.setdefault("proc_idle_fraction", values["idle_fraction"])
+    return stats(gpu, **values)
 
 
 def codes(judgement):
@@ -51,10 +62,16 @@ def feed(tl, utils, gpu=0, start_s=0.25, step_s=0.25):
 # -- idle: "under the idle threshold (default 10 %) for more than half the readings" -------------
 
 
+@pytest.mark.parametrize("judged_by", ["process", "device"])
 @pytest.mark.parametrize(("idle_fraction", "verdict"),
                          [(0.0, OK), (0.49, OK), (0.5, OK), (0.51, IDLE), (0.7, IDLE), (1.0, IDLE)])
-def test_idle_means_more_than_half_the_readings(idle_fraction, verdict):
-    assert judge(ON_GPU, [stats(idle_fraction=idle_fraction)], None).verdict == verdict
+def test_idle_means_more_than_half_the_readings(idle_fraction, verdict, judged_by):
+    if judged_by == "process":  # the device's figures say the opposite: they do not decide
+        gpu = mine(proc_idle_fraction=idle_fraction, idle_fraction=1.0 - idle_fraction)
+    else:
+        gpu = stats(idle_fraction=idle_fraction)
+    j = judge(ON_GPU, [gpu], None)
+    assert (j.verdict, j.judged_by) == (verdict, {0: judged_by})
 
 
 @pytest.mark.parametrize(("idle_readings", "verdict"), [(5, OK), (6, IDLE)])
@@ -105,12 +122,12 @@ def test_zero_patience_fires_on_the_first_idle_reading():
                          [(None, []), (0.0, []), (0.3, []), (0.31, ["input_bound"]),
                           (0.9, ["input_bound"])])
 def test_input_bound_above_thirty_percent_of_the_time(wait_fraction, expected):
-    j = judge(ON_GPU, [stats(idle_fraction=0.9, util_mean=2.0)], wait_fraction)
+    j = judge(ON_GPU, [mine(idle_fraction=0.9, util_mean=2.0)], wait_fraction)
     assert j.verdict == IDLE and codes(j) == expected
 
 
 def test_input_bound_is_never_a_cause_of_an_ok_run():
-    assert codes(judge(ON_GPU, [stats()], 0.9)) == []
+    assert codes(judge(ON_GPU, [mine()], 0.9)) == []
 
 
 def test_input_bound_comes_first():

@@ -18,14 +18,24 @@ from gpu_watch.verdict import (
 
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=4, nvml_gpus=4, visible_gpus=4,
                  cuda_build=True)
-STRATEGY = ("strategy = tf.distribute.MirroredStrategy()  # build and compile the model under "
-            "strategy.scope(), or set CUDA_VISIBLE_DEVICES to the GPUs you train on")
+SPREAD = ("Spread training over every GPU with your framework's data parallelism "
+          "(tf.distribute.MirroredStrategy, keras.distribution.DataParallel on JAX, torchrun with "
+          "DistributedDataParallel on torch), or set CUDA_VISIBLE_DEVICES to the GPUs you train on")
+
+
+def stakes(share, speedup):
+    """What `input_bound`'s remedy adds to the catalogue's: the run's own wait and its cost."""
+    return (f"{CATALOGUE['input_bound'].remedy}; {share} of training time went to waiting for "
+            f"data: a pipeline that keeps up could make each epoch up to {speedup} faster")
 
 
 def gpu(index, util_mean=85.0, idle_fraction=0.0, **kw):
+    """A GPU this process uses alone, judged by its own figures (the device's, unless given)."""
     values = {"util_samples": 40, "util_mean": util_mean, "util_p95": 99.0,
               "idle_fraction": idle_fraction, "mem_peak_mib": 9000.0,
-              "proc_mem_peak_mib": 8000.0, "proc_seen": True}
+              "proc_mem_peak_mib": 8000.0, "proc_seen": True, "procs_max": 1,
+              "proc_util_samples": 40, "proc_util_mean": util_mean,
+              "proc_idle_fraction": idle_fraction}
     values.update(kw)
     return GPUStats(index, **values)
 
@@ -55,10 +65,11 @@ def test_idle_gpus_beside_busy_ones_input_bound():
     assert j.gpu_verdicts == {0: OK, 1: IDLE, 2: OK, 3: IDLE}
     assert as_dicts(j) == [
         catalogue("input_bound", message="The training loop waited for data 51% of the time, "
-                  "leaving GPUs 1, 3 idle.", evidence={"wait_fraction": 0.512}),
+                  "leaving GPUs 1, 3 idle.", remedy=stakes("51%", "2.0x"),
+                  evidence={"wait_fraction": 0.512}),
         catalogue("process_not_on_gpu", severity="warning",
-                  message="GPUs 1, 3 sat idle while GPU 0, 2 worked: check the distribution "
-                  "strategy and device placement.", remedy=STRATEGY,
+                  message="GPUs 1, 3 sat idle while GPUs 0, 2 worked: check the distribution "
+                  "setup and device placement.", remedy=SPREAD,
                   evidence={"idle_gpus": [1, 3], "busy_gpus": [0, 2]}),
     ]
 
@@ -67,7 +78,7 @@ def test_one_idle_gpu_is_named_alone():
     j = judge(ON_GPU, [idle(2)], 0.9)
     assert as_dicts(j) == [catalogue(
         "input_bound", message="The training loop waited for data 90% of the time, leaving "
-        "GPU 2 idle.", evidence={"wait_fraction": 0.9})]
+        "GPU 2 idle.", remedy=stakes("90%", "10.0x"), evidence={"wait_fraction": 0.9})]
 
 
 def test_an_nvml_error_leaves_every_gpu_unmonitored_whatever_the_readings():
@@ -77,10 +88,39 @@ def test_an_nvml_error_leaves_every_gpu_unmonitored_whatever_the_readings():
 
 
 def test_a_process_nvml_never_lists_is_not_attributable():
-    j = judge(ON_GPU, [gpu(0, proc_seen=False, others_seen=True), gpu(1),
-                       gpu(2, proc_seen=False, others_seen=True)], None)
-    assert j.verdict == OK
-    assert as_dicts(j) == [catalogue("process_not_attributable", evidence={"gpus": [0, 2]})]
+    # NVML lists one process on GPUs 0 and 2, not this PID, and measures no figure of its own.
+    unlisted = {"proc_seen": False, "others_seen": True, "proc_util_samples": 0,
+                "proc_util_mean": None, "proc_idle_fraction": None}
+    j = judge(ON_GPU, [gpu(0, **unlisted), gpu(1), gpu(2, **unlisted)], None)
+    assert j.verdict == OK and j.judged_by == {0: "device", 1: "process", 2: "device"}
+    assert as_dicts(j) == [catalogue(
+        "process_not_attributable", message="NVML does not list this process's PID on GPUs 0, "
+        "2 (in a container's PID namespace NVML reports host PIDs): the device's utilization "
+        "is used instead.", evidence={"gpus": [0, 2], "pid_not_listed": [0, 2],
+                                      "process_list_unreadable": [],
+                                      "no_process_utilization": [], "no_sample_yet": []})]
+
+
+def test_a_listed_process_without_a_figure_of_its_own_yet():
+    unsampled = {"proc_util_samples": 0, "proc_util_mean": None, "proc_idle_fraction": None}
+    setting = Setting(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,
+                      cuda_build=True, no_process_utilization=(1,))
+    j = judge(setting, [gpu(0, **unsampled), gpu(1, **unsampled)], None)
+    assert j.verdict == OK and j.judged_by == {0: "device", 1: "device"}
+    assert as_dicts(j) == [catalogue(
+        "process_not_attributable", message="GPU 1 reports no per-process utilization (MIG "
+        "instances and some drivers do not); NVML had no sample of this process's own "
+        "utilization on GPU 0 yet (a process that runs no kernels reads 0 % only after a quiet "
+        "period): the device's utilization is used instead.",
+        remedy="Nothing to fix in the training. For its own figures, train on a whole GPU (not "
+        "a MIG instance) with a driver that reports per-process utilization (`nvidia-smi pmon "
+        "-c 1` shows whether it does).",
+        evidence={"gpus": [0, 1], "pid_not_listed": [], "process_list_unreadable": [],
+                  "no_process_utilization": [1], "no_sample_yet": [0]})]
+    j = judge(setting, [gpu(0, **unsampled)], None)
+    assert j.causes[0].remedy == ("Nothing to fix: this training's own figure comes with NVML's "
+                                  "next sample of it, or reads 0 % once it has run no kernels "
+                                  "for a quiet period.")
 
 
 # -- a run on the CPU -------------------------------------------------------------------------
@@ -108,14 +148,16 @@ def test_forced_placement_names_at_most_five_ops():
     assert as_dicts(judge(setting, [], None)) == [catalogue(
         "forced_cpu_placement", message="The framework sees 2 GPU(s), but step 0's compute ran "
         "on the CPU (e.g. MatMul, Relu, Conv2D, BiasAdd, Softmax).",
-        evidence={"cpu_compute_examples": list(ops[:5])})]
+        evidence={"cpu_compute_examples": list(ops[:5]), "cpu_variable_examples": [],
+                  "device_scope": None, "cpu_settings": {}})]
 
 
 def test_forced_placement_without_examples():
     setting = Setting(compute_on_gpu=False, framework_gpus=1)
     assert as_dicts(judge(setting, [], None)) == [catalogue(
         "forced_cpu_placement", message="The framework sees 1 GPU(s), but step 0's compute ran "
-        "on the CPU.", evidence={"cpu_compute_examples": []})]
+        "on the CPU.", evidence={"cpu_compute_examples": [], "cpu_variable_examples": [],
+                                 "device_scope": None, "cpu_settings": {}})]
 
 
 def test_cpu_only_build():

@@ -206,10 +206,16 @@ def test_this_process_listed_without_memory_is_seen_and_so_is_the_other(mine_mib
 
 
 @pytest.mark.parametrize("mine_mib", [None, 0.0])
-def test_gpuwatch_never_calls_a_listed_process_unattributable(tmp_path, mine_mib):
+def test_gpuwatch_never_takes_a_listed_process_for_an_unlisted_one(tmp_path, mine_mib):
     monitor = monitor_on_gpu(tmp_path, busy_neighbour(mine_mib))
     run = run_monitor(monitor)
-    assert "process_not_attributable" not in codes(run)
+    # Listed, but idle for less than PROC_UTIL_QUIET_S: NVML has no figure of its own yet, so
+    # the busy, shared device leaves its use unknown; its PID is not said to be missing.
+    assert run.verdict == "unmonitored" and codes(run) == ["process_not_attributable",
+                                                           "gpu_shared"]
+    assert run.causes[0]["evidence"] == {"gpus": [0], "pid_not_listed": [],
+                                         "process_list_unreadable": [],
+                                         "no_process_utilization": [], "no_sample_yet": [0]}
     (stats,) = monitor.timeline.run_stats()
     assert (stats.proc_seen, stats.others_seen) == (True, True)
     assert run.samples["proc_mem_mib"].isna().all() == (mine_mib is None)

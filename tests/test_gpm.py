@@ -286,9 +286,13 @@ def test_span_means_skip_missing_readings():
 
 
 def busy(**kw) -> GPUStats:
+    """A GPU this process uses alone: its own utilization is the device's unless given."""
     values = {"util_samples": 50, "util_mean": 95.0, "util_p95": 99.0, "idle_fraction": 0.0,
-              "proc_seen": True}
+              "proc_seen": True, "procs_max": 1}
     values.update(kw)
+    values.setdefault("proc_util_samples", values["util_samples"])
+    values.setdefault("proc_util_mean", values["util_mean"])
+    values.setdefault("proc_idle_fraction", values["idle_fraction"])
     return GPUStats(0, **values)
 
 
@@ -450,7 +454,8 @@ def test_runs_written_before_gpm_read_back_with_nan_columns(tmp_path):
     run_dir = tmp_path / "old"
     run_dir.mkdir()
     runlog.write_run_json(run_dir, {"schema_version": 1, "status": "completed"})
-    old_samples = [c for c in runlog.SAMPLE_COLUMNS if c not in runlog.SAMPLE_ACTIVITY_COLUMNS]
+    newer = (*runlog.SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib")
+    old_samples = [c for c in runlog.SAMPLE_COLUMNS if c not in newer]
     old_epochs = [c for c in runlog.EPOCH_COLUMNS if c not in runlog.EPOCH_ACTIVITY_COLUMNS]
     (run_dir / runlog.SAMPLES_CSV).write_text(",".join(old_samples) + "\n"
                                               + "0.2,0" + "," * (len(old_samples) - 2) + "\n")

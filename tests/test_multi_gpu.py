@@ -23,10 +23,10 @@ EPOCHS = 2
 
 
 def four_gpus(util_pct=(30, 77, 60, 99)) -> FakeNVML:
-    """GPUs 0-3 in NVML order, each with its own utilization and this process on it."""
+    """GPUs 0-3 in NVML order, each with its own utilization and this process alone on it."""
     return FakeNVML([
         FakeGPU(name=f"NVIDIA A100-SXM4-80GB #{i}", uuid=UUIDS[i], util_pct=util,
-                processes=[FakeProcess(used_mib=1000.0 * (i + 1))])
+                processes=[FakeProcess(used_mib=1000.0 * (i + 1), sm_util_pct=util)])
         for i, util in enumerate(util_pct)
     ])
 
@@ -83,10 +83,10 @@ def test_visible_gpus_are_watched_in_cuda_order(tmp_path, monkeypatch):
 
     epoch_gpu_columns = [c for c in run.epochs.columns if c.startswith("gpu")
                          and c not in EPOCH_COLUMNS]
-    assert epoch_gpu_columns == ["gpu2_util_mean", "gpu2_verdict", "gpu0_util_mean",
-                                 "gpu0_verdict", "gpu2_sm_active_mean", "gpu2_energy_j",
-                                 "gpu2_power_mean_w", "gpu0_sm_active_mean", "gpu0_energy_j",
-                                 "gpu0_power_mean_w"]
+    assert epoch_gpu_columns == ["gpu2_util_mean", "gpu2_proc_util_mean", "gpu2_verdict",
+                                 "gpu0_util_mean", "gpu0_proc_util_mean", "gpu0_verdict",
+                                 "gpu2_sm_active_mean", "gpu2_energy_j", "gpu2_power_mean_w",
+                                 "gpu0_sm_active_mean", "gpu0_energy_j", "gpu0_power_mean_w"]
     assert run.epochs["gpu2_util_mean"].tolist() == pytest.approx([60] * EPOCHS)
     assert run.verdict == "cpu_fallback"  # TensorFlow here sees no GPU, whatever NVML shows
 

@@ -61,17 +61,26 @@ def test_readings_have_nvml_units(clock):
 
 
 def test_process_utilization_not_found_means_zero_for_a_process_on_the_device(clock):
-    fake = FakeNVML([FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=0)]),
-                     FakeGPU(processes=[FakeProcess(pid=1, used_mib=500, sm_util_pct=50)])],
-                    clock=clock)
-    nvml = NVML(fake)
+    def gpus():
+        return [FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=0)]),
+                FakeGPU(processes=[FakeProcess(pid=1, used_mib=500, sm_util_pct=50)])]
+
+    nvml = NVML(FakeNVML(gpus(), clock=clock))
     on_it, not_on_it = nvml.devices()
+    assert nvml.read(not_on_it, 0).proc_util_pct is None  # no PID of ours listed yet: unknown
     assert nvml.read(on_it, 0).proc_util_pct is None  # no sample yet is not idle
-    assert nvml.read(not_on_it, 0).proc_util_pct is None  # unknown, not idle
+    # Listed on GPU 0 and not on GPU 1: no context there, so no kernels there, a measured 0 %.
+    assert nvml.read(not_on_it, 0).proc_util_pct == 0.0
     clock.advance(PROC_UTIL_QUIET_S)  # a whole driver period without a sample of ours
     assert nvml.read(on_it, clock.now).proc_util_pct == 0.0
-    assert nvml.read(not_on_it, clock.now).proc_util_pct is None
     assert nvml.faults == []  # NotFound is NVML's "no samples", not a fault
+
+    # A PID NVML never lists (a container's PID namespace) stays unknown, however long.
+    nvml = NVML(FakeNVML(gpus()[1:], clock=clock))
+    (alone,) = nvml.devices()
+    assert nvml.read(alone, clock.now).proc_util_pct is None
+    clock.advance(2 * PROC_UTIL_QUIET_S)
+    assert nvml.read(alone, clock.now).proc_util_pct is None
 
 
 def test_process_utilization_passes_back_the_last_seen_timestamp(clock):
@@ -272,3 +281,93 @@ def test_fake_timelines_lists_and_functions(clock):
         got.append((r.util_pct, r.mem_used_mib))
         clock.advance(0.5)
     assert got == [(10, 0), (20, 50), (30, 100), (30, 150)]
+
+
+# -- other processes' SM utilization: the rule this process's figure follows ---------------------
+
+OTHER_PID = 4242
+
+
+def test_other_processes_figures_follow_the_rule_of_this_process_s(clock):
+    mine = FakeProcess(used_mib=500, sm_util_pct=60)
+    busy = FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=95)
+    holds_memory = FakeProcess(pid=OTHER_PID + 1, used_mib=500, sm_util_pct=0)
+    fake = FakeNVML([FakeGPU(processes=[mine, busy, holds_memory], proc_sample_period_s=1.0)],
+                    clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    got = []
+    for _ in range(12):  # 3 s, polled 4x faster than the driver samples
+        r = nvml.read(device, clock.now)
+        theirs = {o.pid: o.sm_util_pct for o in r.others}
+        got.append((r.proc_util_pct, theirs[OTHER_PID], theirs[OTHER_PID + 1], r.others_util_pct))
+        clock.advance(0.25)
+    unknown = (None, None, None, None)
+    assert got[0] == (60, 95, None, None)  # the newest buffered sample of each
+    assert got[1:4] == [unknown] * 3  # no new sample: unknown, never 0
+    assert got[4] == (60, 95, None, None)
+    assert got[5:8] == [unknown] * 3
+    # 2 s listed without a sample: a whole driver period ended with nothing to report, 0 %.
+    assert got[8] == (60, 95, 0.0, 95.0)
+    assert got[9:] == [(None, None, 0.0, None)] * 3
+    # One call per reading serves this process and the others.
+    assert fake.calls[("nvmlDeviceGetProcessUtilization", "MainThread")] == 12
+    assert nvml.faults == []
+
+
+def test_a_slow_poll_takes_the_mean_of_another_process_s_periods(clock):
+    ramp = FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=[10, 20, 30, 40, 50, 60])
+    fake = FakeNVML([FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=5), ramp],
+                             proc_sample_period_s=1.0)], clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    clock.advance(1.0)
+    assert nvml.read(device, 1.0).others[0].sm_util_pct == 20  # the first: only the newest
+    clock.advance(3.0)
+    r = nvml.read(device, 4.0)
+    assert r.others[0].sm_util_pct == pytest.approx(40)  # mean of 30, 40, 50
+    assert (r.proc_util_pct, r.others_util_pct) == (5, pytest.approx(40))
+
+
+def test_another_process_s_quiet_time_starts_when_nvml_lists_it(clock):
+    late = FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=0)
+    gpu = FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=5)])
+    nvml = NVML(FakeNVML([gpu], clock=clock))
+    (device,) = nvml.devices()
+    assert nvml.read(device, 0.0).others == ()
+    clock.advance(PROC_UTIL_QUIET_S)
+    gpu.processes.append(late)  # it starts now: no sample of it yet is not idle
+    assert nvml.read(device, clock.now).others[0].sm_util_pct is None
+    clock.advance(PROC_UTIL_QUIET_S - 0.25)
+    assert nvml.read(device, clock.now).others[0].sm_util_pct is None
+    clock.advance(0.25)
+    assert nvml.read(device, clock.now).others[0].sm_util_pct == 0.0
+    gpu.processes.remove(late)  # gone, and back: it starts over
+    assert nvml.read(device, clock.now).others == ()
+    gpu.processes.append(late)
+    assert nvml.read(device, clock.now).others[0].sm_util_pct is None
+
+
+def test_a_process_utilization_error_leaves_every_figure_unknown(clock):
+    gpu = FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=50),
+                             FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=0)])
+    gpu.fail("process_utilization", pynvml.NVMLError_Unknown, until_s=3.0)
+    nvml = NVML(FakeNVML([gpu], clock=clock))
+    (device,) = nvml.devices()
+    r = nvml.read(device, 0.0)
+    assert (r.proc_util_pct, r.others[0].sm_util_pct, r.others_util_pct) == (None, None, None)
+    clock.advance(3.0)  # quiet time ran on meanwhile: the answer covers it
+    r = nvml.read(device, 3.0)
+    assert (r.proc_util_pct, r.others[0].sm_util_pct, r.others_util_pct) == (50, 0.0, 0.0)
+
+
+def test_this_process_s_quiet_time_starts_when_nvml_lists_it(clock):
+    gpu = FakeGPU(processes=[])
+    nvml = NVML(FakeNVML([gpu], clock=clock))
+    (device,) = nvml.devices()
+    assert nvml.read(device, 0.0).proc_util_pct is None  # no context here yet
+    clock.advance(PROC_UTIL_QUIET_S)
+    gpu.processes.append(FakeProcess(sm_util_pct=0))  # its CUDA context, created only now
+    assert nvml.read(device, clock.now).proc_util_pct is None
+    clock.advance(PROC_UTIL_QUIET_S)
+    assert nvml.read(device, clock.now).proc_util_pct == 0.0

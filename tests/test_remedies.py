@@ -83,6 +83,9 @@ PASTE = {
     ("tensor_cores_unused", "tensorflow"): 'set_global_policy("mixed_bfloat16")',
     ("tensor_cores_unused", "jax"): 'set_global_policy("mixed_bfloat16")',
     ("tensor_cores_unused", "torch"): 'set_global_policy("mixed_bfloat16")',
+    ("gpu_shared", "tensorflow"): "CUDA_VISIBLE_DEVICES=<index>",
+    ("gpu_shared", "jax"): "CUDA_VISIBLE_DEVICES=<index>",
+    ("gpu_shared", "torch"): "CUDA_VISIBLE_DEVICES=<index>",
 }
 # Words that only make sense to a user of one framework.
 FOREIGN = {"tensorflow": ("jax", "torch."), "jax": ("tf.", "tensorflow", "torch."),
@@ -277,12 +280,14 @@ def test_facts_are_read_back_from_run_json():
 
 def idle_gpu(gpu=0):
     return GPUStats(gpu, util_samples=50, util_mean=2.0, util_p95=4.0, idle_fraction=0.95,
-                    proc_seen=True)
+                    proc_seen=True, proc_util_samples=50, proc_util_mean=2.0,
+                    proc_idle_fraction=0.95)
 
 
 def busy_gpu(gpu):
     return GPUStats(gpu, util_samples=50, util_mean=90.0, util_p95=99.0, idle_fraction=0.0,
-                    proc_seen=True)
+                    proc_seen=True, proc_util_samples=50, proc_util_mean=90.0,
+                    proc_idle_fraction=0.0)
 
 
 ON_GPU = dict(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,

@@ -29,9 +29,10 @@ def test_every_failing_field_is_recorded_under_its_metric_and_gpu(clock):
     assert (device.uuid, device.name, device.mem_total_mib) == ("", "unknown GPU", None)
     r = nvml.read(device, 0.0)
     assert (r.util_pct, r.mem_used_mib, r.procs, r.proc_util_pct, r.power_w, r.temp_c,
-            r.sm_clock_mhz, r.idle_clock_event) == (None,) * 8
+            r.sm_clock_mhz, r.idle_clock_event, r.sm_active_pct, r.energy_counter_mj,
+            r.others, r.others_util_pct) == (None,) * 12
     metrics = ("uuid", "name", "memory", "util", "processes", "proc_util", "power",
-               "temperature", "sm_clock", "clock_events")
+               "temperature", "sm_clock", "clock_events", "gpm", "energy")
     assert faults(nvml) == {(m, "NVMLError_Unknown", 1) for m in metrics}
 
 

@@ -158,3 +158,25 @@ def test_validation_does_not_count_towards_idle_patience():
     tl.idle_paused = False
     fired = [e for e in (tl.add_readings(tick(4.0 + 0.2 * k, 0)) for k in range(7)) if e]
     assert len(fired) == 1 and fired[0].start_s == pytest.approx(4.0)
+
+
+def test_a_gpu_that_last_worked_holds_off_the_idle_event_until_a_new_figure_says_idle():
+    # NVML samples a process every 1/6 s to 1 s, so most ticks bring no new figure of its own;
+    # GPU 1, shared and busy, says nothing either way without one.
+    tl = Timeline([0, 1], 10.0, 0.5, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+
+    def readings(t, own_1):
+        return [Reading(time_s=t, gpu=0, util_pct=2.0, proc_util_pct=2.0, procs=1),
+                Reading(time_s=t, gpu=1, util_pct=90.0, proc_util_pct=own_1, procs=2)]
+
+    quiet = [tl.add_readings(readings(0.2 * k, 80.0 if k == 1 else None)) for k in range(1, 8)]
+    assert quiet == [None] * 7  # GPU 1 last worked: GPU 0 alone idle is not the stop signal
+    events = [tl.add_readings(readings(1.6 + 0.2 * k, 0.0 if k == 0 else None))
+              for k in range(5)]
+    fired = [e for e in events if e is not None]
+    assert len(fired) == 1 and fired[0] is events[3]
+    assert fired[0].start_s == pytest.approx(1.6)
+    assert fired[0].util_mean_pct == {0: 2.0, 1: 0.0}  # the figures NVML gave, none repeated
+    assert fired[0].device_util_mean_pct == {0: 2.0, 1: 90.0}

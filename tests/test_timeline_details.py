@@ -20,9 +20,11 @@ def timeline(gpus=(0,), interval_s=0.25):
 
 
 def test_the_idle_event_record():
-    event = IdleEvent(0.12345, 1.98765, {0: 3.14159, 1: 12.3456})
+    event = IdleEvent(0.12345, 1.98765, {0: 3.14159, 1: 12.3456}, {0: 97.0612, 1: 12.3456})
     assert event.to_dict() == {"start_s": 0.123, "end_s": 1.988, "duration_s": 1.864,
-                               "util_mean_pct": {"0": 3.1, "1": 12.3}}
+                               "util_mean_pct": {"0": 3.1, "1": 12.3},
+                               "device_util_mean_pct": {"0": 97.1, "1": 12.3}}
+    assert IdleEvent(0.0, 1.0, {0: 1.0}).to_dict()["device_util_mean_pct"] == {}
 
 
 def test_a_batch_row_has_every_field():

@@ -24,9 +24,14 @@ NO_DRIVER = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
 
 
 def busy(gpu=0, **kw):
+    """A GPU this process uses alone: its own figures are the device's unless given."""
     values = {"util_samples": 50, "util_mean": 85.0, "util_p95": 99.0, "idle_fraction": 0.05,
-              "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True}
+              "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True,
+              "procs_max": 1}
     values.update(kw)
+    values.setdefault("proc_util_samples", values["util_samples"])
+    values.setdefault("proc_util_mean", values["util_mean"])
+    values.setdefault("proc_idle_fraction", values["idle_fraction"])
     return GPUStats(gpu, **values)
 
 
@@ -151,9 +156,13 @@ def test_unknown_placement_falls_back_to_the_framework_gpu_count():
 
 
 def test_process_not_attributable_when_our_pid_never_appears():
-    j = judge(ON_GPU, [busy(proc_seen=False, others_seen=True)], None)
+    alone = busy(proc_seen=False, others_seen=True, proc_util_samples=0)  # its host PID
+    j = judge(ON_GPU, [alone], None)
     assert j.verdict == OK and codes(j) == ["process_not_attributable"]
-    assert j.causes[0].evidence == {"gpus": [0]}
+    assert j.causes[0].evidence == {"gpus": [0], "pid_not_listed": [0],
+                                    "process_list_unreadable": [], "no_process_utilization": [],
+                                    "no_sample_yet": []}
+    assert "PID namespace" in j.causes[0].message and "--pid=host" in j.causes[0].remedy
 
 
 def test_every_cause_in_the_catalogue_has_a_message_and_remedy():

@@ -33,6 +33,7 @@ from gpu_watch.report.view import (
     pct_text,
     subtitle_for,
     threshold_pct,
+    util_text,
     verdict_title,
 )
 from gpu_watch.runlog import Run
@@ -50,6 +51,8 @@ _PROC_COLOUR = "#00897b"
 _MEM_COLOUR = "#6a1b9a"
 _WAIT_COLOUR = "#ef6c00"
 _IDLE_SHADE = "#ffb74d"
+_OTHERS_COLOUR = "#c62828"
+_OTHERS_BAND = (0.9, 1.0)  # axes fraction: a strip along the top of each utilization row
 _DOT_COLOUR = "#263238"
 _SM_COLOUR = "#c2185b"
 _ENERGY_COLOUR = "#546e7a"
@@ -110,16 +113,20 @@ def _draw(ax: Any, time_s: np.ndarray, values: np.ndarray, colour: str, label: s
     return env
 
 
+def _join_spans(spans: np.ndarray, span_s: float) -> np.ndarray:
+    """Join stretches closer than about a pixel, so a GPU that flaps for a week draws as
+    bands rather than millions of slivers."""
+    if len(spans) <= 1:
+        return spans
+    tolerance_s = span_s / (2 * ENVELOPE_BUCKETS)
+    breaks = spans[1:, 0] - spans[:-1, 1] > tolerance_s
+    begin = np.flatnonzero(np.r_[True, breaks])
+    end = np.flatnonzero(np.r_[breaks, True])
+    return np.column_stack((spans[begin, 0], spans[end, 1]))
+
+
 def _shade_idle(ax: Any, gpu: GPUSeries, span_s: float, threshold_pct: float) -> None:
-    spans = gpu.idle.spans
-    if len(spans) > 1:
-        # Join stretches closer than about a pixel, so a GPU that flaps for a week draws as
-        # bands rather than millions of slivers.
-        tolerance_s = span_s / (2 * ENVELOPE_BUCKETS)
-        breaks = spans[1:, 0] - spans[:-1, 1] > tolerance_s
-        begin = np.flatnonzero(np.r_[True, breaks])
-        end = np.flatnonzero(np.r_[breaks, True])
-        spans = np.column_stack((spans[begin, 0], spans[end, 1]))
+    spans = _join_spans(gpu.idle.spans, span_s)
     verts = np.empty((len(spans), 4, 2))
     verts[:, :, 0] = spans[:, [0, 0, 1, 1]]
     verts[:, :, 1] = [0, 1, 1, 0]
@@ -199,8 +206,10 @@ def _header(fig: Figure, top_in: float, height_in: float, banner: str | None,
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
+        # Cause messages are shown as written: a "$" in them is not mathtext.
         ax.text(0.5, 0.5, "\n".join(lines), transform=ax.transAxes, ha="center",
-                va="center", color="white", fontsize=15, fontweight="bold", gid="banner")
+                va="center", color="white", fontsize=15, fontweight="bold", gid="banner",
+                parse_math=False)
         used += banner_in
     title_y = height_in - top_in - used - 0.15
     fig.text(0.75 / _WIDTH_IN, title_y / height_in, title, color=colour, fontsize=16,
@@ -243,11 +252,12 @@ def plot_utilization(run: Run) -> Figure:
     One row per watched GPU: utilization in percent (device, and this process where NVML can
     attribute it), with SM activity beside it where GPM measures it (Hopper and newer; a GPU
     "busy" with most SMs idle shows as a gap between the two), the stretches under the idle
-    threshold shaded, and memory in MiB with a
-    percent-of-total axis. Below, step time and the wait for data per batch, in seconds. Epoch
-    starts are dotted lines. A banner (see :func:`banner_text`) tops the figure when the GPU
-    was not used, sat idle, or could not be read. Series longer than twice
-    :data:`ENVELOPE_BUCKETS` points are drawn as per-bucket means with a min/max band.
+    threshold shaded (judged by this process's own utilization where NVML measured it, as the
+    verdict is), a red strip along the top where other processes kept the GPU busy, and memory
+    in MiB with a percent-of-total axis. Below, step time and the wait for data per batch, in
+    seconds. Epoch starts are dotted lines. A banner (see :func:`banner_text`) tops the figure
+    when the GPU was not used, sat idle, was shared or could not be read. Series longer than
+    twice :data:`ENVELOPE_BUCKETS` points are drawn as per-bucket means with a min/max band.
 
     Args:
         run: A loaded run (see :func:`gpu_watch.load_run`).
@@ -259,7 +269,7 @@ def plot_utilization(run: Run) -> Figure:
     threshold = threshold_pct(run)
     title, colour = verdict_title(run)
     banner = banner_for(run, gpus)
-    # Under an "ok" verdict (or none yet) a banner can only be about a GPU left idle.
+    # Under an "ok" verdict (or none yet) a banner is about a GPU left idle or shared.
     banner_colour = colour if run.verdict in ("cpu_fallback", "idle", "unmonitored") \
         else VERDICT_COLOURS["idle"]
 
@@ -334,6 +344,7 @@ def _gpu_legend(threshold: float, aggregated: bool) -> list[Any]:
         Line2D([], [], color=_MEM_COLOUR, label="memory used (all processes)"),
         Line2D([], [], color=_PROC_COLOUR, linestyle="--", label="this process"),
         Patch(facecolor=_IDLE_SHADE, alpha=0.35, label=f"idle (< {threshold:g}%)"),
+        Patch(facecolor=_OTHERS_COLOUR, alpha=0.6, label="other processes busy"),
         Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--", linewidth=0.8,
                label="idle threshold"),
         Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="total memory"),
@@ -344,8 +355,25 @@ def _gpu_legend(threshold: float, aggregated: bool) -> list[Any]:
     return handles
 
 
+def _mark_others(ax: Any, gpu: GPUSeries, threshold: float, span_s: float) -> None:
+    """A strip along the top of the row where other processes were at or above the idle
+    threshold: the time someone else kept this GPU busy."""
+    spans = _join_spans(gpu.others_busy_spans(threshold), span_s)
+    if not len(spans):
+        return
+    low, high = _OTHERS_BAND
+    verts = np.empty((len(spans), 4, 2))
+    verts[:, :, 0] = spans[:, [0, 0, 1, 1]]
+    verts[:, :, 1] = [low, high, high, low]
+    ax.add_collection(PolyCollection(
+        verts, transform=ax.get_xaxis_transform(), facecolor=_OTHERS_COLOUR, alpha=0.6,
+        edgecolor="none", label="other processes busy", gid=f"others-gpu{gpu.index}",
+    ), autolim=False)
+
+
 def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_s: float) -> None:
     _shade_idle(util_ax, gpu, span_s, threshold)
+    _mark_others(util_ax, gpu, threshold, span_s)
     if not np.isnan(gpu.proc_util_pct).all():
         _draw(util_ax, gpu.time_s, gpu.proc_util_pct, _PROC_COLOUR, "this process",
               f"proc-util-gpu{gpu.index}", linewidth=1.0, linestyle="--")
@@ -360,17 +388,22 @@ def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_
     util_ax.set_ylim(0, 105)
     util_ax.set_ylabel("util %", fontsize=9)
     heading = f"GPU {gpu.index} · {gpu.name}"
-    mean = gpu.util_mean_pct
-    if mean is None:
+    util = util_text(gpu, short=True)
+    if util is None:
         _empty_note(util_ax, "no utilization readings (NVML could not read them)")
     else:
-        heading += f" · mean {mean:.0f}% · idle {pct_text(gpu.idle.fraction)} of measured time"
+        heading += f" · {util} · idle {pct_text(gpu.idle.fraction)}"
     if sm_mean is not None:
         heading += f" · SM active {sm_mean:.0f}%"
+    others = gpu.others_busy_fraction(threshold)
+    if others:
+        heading += f" · others busy {pct_text(others)}"
     if gpu.verdict:
         heading += f" · {gpu.verdict.upper()}"
-    util_ax.set_title(heading, loc="left", fontsize=10, fontweight="bold",
-                      color=VERDICT_COLOURS.get(gpu.verdict or "", "0.15"))
+    # A long heading (a shared GPU with GPM says the most) gets a smaller font, so it stays
+    # clear of the memory panel's title beside it.
+    util_ax.set_title(heading, loc="left", fontsize=10 if len(heading) <= 80 else 8.5,
+                      fontweight="bold", color=VERDICT_COLOURS.get(gpu.verdict or "", "0.15"))
 
     _draw(mem_ax, gpu.time_s, gpu.mem_used_mib, _MEM_COLOUR, "used (all processes)",
           f"mem-gpu{gpu.index}")
@@ -466,15 +499,23 @@ def plot_epochs(run: Run) -> Figure:
     if not np.isnan(p95).all():
         util_ax.plot(epoch, p95, linestyle="none", marker="_", markersize=14,
                      markeredgewidth=2, color="0.1", gid="util-p95")
+    own = floats(frame, "proc_util_mean")
+    if not np.isnan(own).all():
+        util_ax.plot(epoch, own, linestyle="none", marker="o", markersize=6, color=_PROC_COLOUR,
+                     markeredgecolor="white", gid="proc-util")
     util_ax.axhline(threshold_pct(run), color=VERDICT_COLOURS["idle"], linestyle="--",
                     linewidth=0.8)
     util_ax.set_ylim(0, 105)
     util_ax.set_ylabel("util %", fontsize=9)
-    util_title = "GPU utilization per epoch: bar mean, tick p95"
+    util_title = "GPU utilization per epoch: bar device mean, tick p95"
     util_handles = [Line2D([], [], color="0.1", marker="_", linestyle="none", markersize=12,
                            markeredgewidth=2, label="p95"),
                     Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--",
                            label="idle threshold")]
+    if not np.isnan(own).all():
+        util_title += "; dot: this process's mean (the verdict's figure where measured)"
+        util_handles.append(Line2D([], [], color=_PROC_COLOUR, marker="o", linestyle="none",
+                                   label="this process"))
     sm_active = floats(frame, "gpu_sm_active_mean")
     if not np.isnan(sm_active).all():
         util_ax.plot(epoch, sm_active, linestyle="none", marker="D", markersize=6,

@@ -1,7 +1,9 @@
 """The run as a reader sees it: per-GPU series, idle stretches, the verdict's words, the
 banner and the epoch table, shared by the figures, the text summary and the HTML page.
 
-Missing readings stay NaN, because "not measured" must not read as "idle".
+Idle stretches and shares describe this training's own use of a GPU wherever NVML measured it
+(`proc_util_pct`), as the verdict does; the device's utilization stays alongside. Missing
+readings stay NaN, because "not measured" must not read as "idle".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ VERDICT_COLOURS = {
 }
 NO_VERDICT_COLOUR = "#757575"
 VERDICT_WORDS = {
-    "ok": "OK: training kept the GPU busy",
+    "ok": "OK: this training kept the GPU busy",
     "idle": "IDLE: training ran on the GPU but left it idle much of the time",
     "cpu_fallback": "CPU FALLBACK: training ran on the CPU, not the GPU",
     "unmonitored": "UNMONITORED: training uses a GPU, but its utilization could not be read",
@@ -95,7 +97,12 @@ def _idle(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
 
 @dataclass
 class GPUSeries:
-    """One watched GPU's readings, sorted by time."""
+    """One watched GPU's readings, sorted by time.
+
+    `judged_by` is "process" when this process's own utilization decided its verdict, else
+    "device"; `idle` is computed from the figure that decided. `others_util_pct` is the other
+    processes' summed SM utilization (NaN where unknown).
+    """
 
     index: int
     name: str
@@ -107,15 +114,39 @@ class GPUSeries:
     proc_mem_mib: np.ndarray
     mem_total_mib: float
     idle: _Idle
+    others_util_pct: np.ndarray
     sm_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     tensor_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     energy_j: float | None = None
     energy_method: str | None = None
+    judged_by: str = "device"
 
     @property
     def util_mean_pct(self) -> float | None:
-        known = self.util_pct[~np.isnan(self.util_pct)]
-        return float(known.mean()) if known.size else None
+        """The device's mean utilization, whoever used it."""
+        return _nanmean(self.util_pct)
+
+    @property
+    def proc_util_mean_pct(self) -> float | None:
+        """This process's mean SM utilization, where NVML measured it."""
+        return _nanmean(self.proc_util_pct)
+
+    @property
+    def judged_util_pct(self) -> np.ndarray:
+        """The utilization that decides the verdict: this process's, or the device's."""
+        return self.proc_util_pct if self.judged_by == "process" else self.util_pct
+
+    def others_busy_spans(self, threshold_pct: float) -> np.ndarray:
+        """(start_s, end_s) rows where other processes were at or above the idle threshold."""
+        busy = np.nan_to_num(self.others_util_pct, nan=-1.0) >= threshold_pct
+        # The idle finder over a series that is 0 where they were busy: same time model.
+        return _idle(self.time_s, np.where(busy, 0.0, 100.0), 50.0, DEFAULT_INTERVAL_S).spans
+
+    def others_busy_fraction(self, threshold_pct: float) -> float | None:
+        """Share of the readings with a figure in which other processes were at or above the
+        idle threshold, 0-1."""
+        known = self.others_util_pct[~np.isnan(self.others_util_pct)]
+        return float((known >= threshold_pct).mean()) if known.size else None
 
     @property
     def sm_active_mean_pct(self) -> float | None:
@@ -134,6 +165,22 @@ class GPUSeries:
         return float(known.max()) if known.size else None
 
 
+def _nanmean(values: np.ndarray) -> float | None:
+    known = values[~np.isnan(values)]
+    return float(known.mean()) if known.size else None
+
+
+def _others_util(columns: dict[str, np.ndarray], procs: np.ndarray) -> np.ndarray:
+    """The other processes' utilization; for a run written before it was recorded, the
+    device's utilization less this process's wherever NVML listed more than one process."""
+    others = columns["others_util_pct"]
+    if not np.isnan(others).all() or np.isnan(procs).all():
+        return others
+    with np.errstate(invalid="ignore"):
+        estimate = np.clip(columns["util_pct"] - columns["proc_util_pct"], 0, 100)
+        return np.where(procs > 1, estimate, np.nan)
+
+
 def gpu_series(run: Run) -> list[GPUSeries]:
     devices = {}
     for device in run.info.get("devices") or []:
@@ -143,6 +190,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
     sample_gpu = floats(samples, "gpu")
     seen = {int(g) for g in np.unique(sample_gpu[~np.isnan(sample_gpu)])}
     verdicts = run.info.get("gpu_verdicts") or {}
+    judged_by = run.info.get("gpu_judged_by") or {}
     threshold = threshold_pct(run)
     interval_s = float(config_of(run).get("interval_s") or DEFAULT_INTERVAL_S)
     gpus = []
@@ -151,7 +199,8 @@ def gpu_series(run: Run) -> list[GPUSeries]:
             frame = samples[sample_gpu == index]
             columns = {name: floats(frame, name) for name in (
                 "time_s", "util_pct", "proc_util_pct", "mem_used_mib", "proc_mem_mib",
-                "mem_total_mib", "sm_active_pct", "tensor_active_pct")}
+                "mem_total_mib", "sm_active_pct", "tensor_active_pct", "others_util_pct",
+                "procs")}
         else:
             # No sampler rows for this GPU (an older run, or samples.csv lost): the readings
             # the batches carry are the next best timeline.
@@ -162,7 +211,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
                 "mem_used_mib": floats(batches, f"gpu{index}_mem_used_mib"),
             }
             for name in ("proc_util_pct", "proc_mem_mib", "mem_total_mib", "sm_active_pct",
-                         "tensor_active_pct"):
+                         "tensor_active_pct", "others_util_pct", "procs"):
                 columns[name] = np.full(columns["time_s"].size, np.nan)
         keep = ~np.isnan(columns["time_s"])
         order = np.argsort(columns["time_s"][keep], kind="stable")
@@ -173,12 +222,18 @@ def gpu_series(run: Run) -> list[GPUSeries]:
         total = device.get("mem_total_mib")
         if total is None and not np.isnan(totals).all():
             total = float(np.nanmax(totals))
+        columns["others_util_pct"] = _others_util(columns, columns.pop("procs"))
+        # Runs written before the verdict recorded its basis: own figures present decide.
+        basis = judged_by.get(str(index)) or (
+            "device" if np.isnan(columns["proc_util_pct"]).all() else "process")
+        judged = columns["proc_util_pct"] if basis == "process" else columns["util_pct"]
         gpus.append(GPUSeries(
             index=index,
             name=str(device.get("name") or "unknown GPU"),
             verdict=verdicts.get(str(index)),
             mem_total_mib=math.nan if total is None else float(total),
-            idle=_idle(columns["time_s"], columns["util_pct"], threshold, interval_s),
+            idle=_idle(columns["time_s"], judged, threshold, interval_s),
+            judged_by=basis,
             energy_j=_number(energy.get("energy_j")),
             energy_method=energy.get("method"),
             **columns,
@@ -256,33 +311,66 @@ def _idle_gpus(run: Run, gpus: Sequence[GPUSeries]) -> list[GPUSeries]:
     return list(gpus)  # a run judged idle without per-GPU verdicts: every GPU shares the blame
 
 
+def shared_text(run: Run) -> str | None:
+    """One clause per GPU that other processes used (the `gpu_shared` causes), naming their
+    PIDs (never their names, which are other users' text) and how long they kept it busy."""
+    parts = []
+    for item in run.causes:
+        if not isinstance(item, dict) or item.get("code") != "gpu_shared":
+            continue
+        evidence = item.get("evidence") or {}
+        pids = [str(p.get("pid")) for p in evidence.get("processes") or [] if isinstance(p, dict)]
+        text = f"GPU {evidence.get('gpu', '?')} shared with PID " + ", ".join(pids[:3])
+        if len(pids) > 3:
+            text += f" and {len(pids) - 3} more"
+        busy = evidence.get("others_busy_fraction")
+        if isinstance(busy, (int, float)):
+            text += f", busy with them {round(100 * busy)}% of the time"
+        parts.append(text)
+    return "; ".join(parts) or None
+
+
+def _sentences(*parts: str | None) -> str:
+    return ". ".join(p.rstrip(". ") for p in parts if p) + "."
+
+
 def banner_for(run: Run, gpus: Sequence[GPUSeries]) -> str | None:
     verdict = run.verdict
     lead = lead_cause(run)
     if verdict == "cpu_fallback":
         return "Training ran on the CPU" + (f": {cause_message(lead)}" if lead else "")
+    shared = shared_text(run)
     idle = _idle_gpus(run, gpus)
     if idle:
         text = "; ".join(
             f"GPU {g.index} idle {pct_text(g.idle.fraction)} of training"
             if g.idle.fraction is not None else f"GPU {g.index} idle" for g in idle)
-        return text + (f". {cause_message(lead)}" if lead else "")
+        why = cause_message(lead) if lead and lead.get("code") != "gpu_shared" else None
+        return _sentences(text, why, shared) if why or shared else text
     if verdict == "unmonitored":
         error = (run.info.get("nvml") or {}).get("error")
+        if error is None and lead is not None:
+            return _sentences("This training's own GPU utilization is unknown",
+                              cause_message(lead), shared)
         return "GPU utilization unknown: NVML could not be read" + (f" ({error})" if error else "")
+    if shared:
+        return _sentences(shared, "This training kept the GPU busy, but shared its time")
     return None
 
 
 def banner_text(run: Run) -> str | None:
-    """The one line a reader must see first, or None when the GPU did its work.
+    """The one line a reader must see first, or None when the GPU did its work alone.
 
     Args:
         run: A loaded run.
 
     Returns:
         "Training ran on the CPU: <cause>" for CPU fallback; "GPU <i> idle <p>% of training"
-        for each idle GPU (p is the share of the measured time under the idle threshold,
-        missing readings excluded); "GPU utilization unknown: ..." when unmonitored; else None.
+        for each idle GPU (p is the share of the measured time under the idle threshold, by
+        this process's own utilization where NVML measured it, missing readings excluded),
+        with the lead cause; "GPU utilization unknown: ..." when unmonitored; and, with any
+        verdict, which GPUs other processes shared (their PIDs, and how long they were busy);
+        else None.
     """
     return banner_for(run, gpu_series(run))
 
@@ -365,6 +453,7 @@ _EPOCH_HEADINGS = {
     "step_s_mean": "step s",
     "wait_fraction": "wait %",
     "gpu_util_mean": "util %",
+    "proc_util_mean": "proc util %",
     "gpu_util_p95": "p95 %",
     "gpu_mem_peak_mib": "mem MiB",
     "idle_fraction": "idle %",
@@ -386,11 +475,12 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
     frame = run.epochs
     columns = [c for c in _EPOCH_HEADINGS if c in frame.columns
                and (c not in _MEASURED_ONLY or frame[c].notna().any())]
-    per_gpu = [c for c in frame.columns if re.fullmatch(r"gpu\d+_util_mean", c)]
+    per_gpu = [c for c in frame.columns if re.fullmatch(r"gpu\d+_(proc_)?util_mean", c)]
     logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in per_gpu
             and not _PER_GPU_ACTIVITY.fullmatch(c)]
     headings = [_EPOCH_HEADINGS[c] for c in columns]
-    headings += [c.replace("_util_mean", " util %") for c in per_gpu] + logs
+    headings += [c.replace("_util_mean", " util %").replace("_proc", " proc")
+                 for c in per_gpu] + logs
     rows = []
     for record in frame.to_dict("records"):
         cells = []
@@ -398,8 +488,8 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
             value = record.get(column)
             if column in ("wait_fraction", "idle_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
-            elif column in ("gpu_util_mean", "gpu_util_p95", "gpu_mem_peak_mib") or \
-                    column in _MEASURED_ONLY or column in per_gpu:
+            elif column in ("gpu_util_mean", "proc_util_mean", "gpu_util_p95",
+                            "gpu_mem_peak_mib") or column in _MEASURED_ONLY or column in per_gpu:
                 value = number_text(None if pd.isna(value) else round(float(value)))
             elif column == "verdict":
                 value = "n/a" if pd.isna(value) else str(value)
@@ -412,15 +502,30 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
 
 
 
+def util_text(gpu: GPUSeries, short: bool = False) -> str | None:
+    """The GPU's mean utilization as the verdict saw it: "this process 3% (device 99%)", or
+    the device's alone where this process's own was not measured; None without readings.
+    `short` gives "own 3%, device 99%" for a figure's heading."""
+    device, own = gpu.util_mean_pct, gpu.proc_util_mean_pct
+    if gpu.judged_by == "process" and own is not None:
+        if device is None:
+            return f"own {own:.0f}%" if short else f"this process {own:.0f}%"
+        return (f"own {own:.0f}%, device {device:.0f}%" if short
+                else f"this process {own:.0f}% (device {device:.0f}%)")
+    if device is None:
+        return None
+    return f"device {device:.0f}%" + ("" if short else " (this process's own not measured)")
+
+
 def gpu_line(gpu: GPUSeries) -> str:
-    mean = gpu.util_mean_pct
+    util = util_text(gpu)
     line = f"GPU {gpu.index} ({gpu.name})"
     if gpu.verdict:
         line += f" [{gpu.verdict}]"
-    if mean is None:
+    if util is None:
         line += ": no utilization readings"
     else:
-        line += f": mean util {mean:.0f}%, idle {pct_text(gpu.idle.fraction)} of measured time"
+        line += f": mean util {util}, idle {pct_text(gpu.idle.fraction)} of measured time"
     if gpu.mem_peak_mib is not None:
         line += f", peak memory {gpu.mem_peak_mib:,.0f}"
         line += f" of {gpu.mem_total_mib:,.0f} MiB" if gpu.mem_total_mib > 0 else " MiB"

@@ -92,9 +92,13 @@ def starved(log_dir: str, x, y) -> dict:
 
     probe_for = placement.probe_for
     placement.probe_for = lambda backend: OnGPU()
+    # A starved training still runs a few kernels: NVML has a sample of it (2 %) from the
+    # first reading, so its own use decides (an idle process without one reads 0 % only after
+    # nvml.PROC_UTIL_QUIET_S, longer than this run).
+    starving = FakeProcess(used_mib=9, sm_util_pct=2)
     try:
         watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02,
-                         nvml=FakeNVML([FakeGPU(util_pct=0, processes=[FakeProcess(used_mib=9)])]))
+                         nvml=FakeNVML([FakeGPU(util_pct=2, processes=[starving])]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GPUWatchWarning)
             build().fit(slow(), epochs=1, steps_per_epoch=12, verbose=0, callbacks=[watch])

@@ -257,6 +257,7 @@ def test_a_hostile_process_name_reaches_every_output_harmless(tmp_path, on_gpu, 
     assert "\x1b" not in line and "\r" not in line and "\u202e" not in line
     assert "<script>alert" in line  # plain text in a terminal: shown, not interpreted
 
+    assert watch.wait_for_report(timeout_s=60)  # drawn in a separate process
     page = (run.path / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)" in page
 

@@ -29,10 +29,13 @@ LOG_KEYS = {
     "gpu_mem_peak_gib": "gpu_mem_peak_mib",  # GiB, reads better than MiB at 4 decimals
     "gpu_idle_frac": "idle_fraction",  # 0-1, share of readings under the idle threshold
     "gpu_verdict": "verdict",  # VERDICT_CODES
+    "gpu_sm_active": "gpu_sm_active_mean",  # percent of SMs busy (GPM: Hopper and newer)
+    "gpu_energy_kj": "gpu_energy_j",  # kJ the watched GPUs used in the epoch (whole GPUs)
 }
 # The epoch's verdict as a number for charts: 0 is healthy, the higher the worse.
 VERDICT_CODES = {OK: 0, UNMONITORED: 1, IDLE: 2, CPU_FALLBACK: 3}
 _MIB_PER_GIB = 1024.0
+_J_PER_KJ = 1000.0
 
 
 class GPUWatch(keras.callbacks.Callback):
@@ -74,7 +77,9 @@ class GPUWatch(keras.callbacks.Callback):
             find them: `gpu_util` and `gpu_proc_util` (mean utilization of the watched GPUs
             and this process's share, percent), `gpu_mem_peak_gib` (peak memory used, GiB),
             `gpu_idle_frac` (share of readings under the idle threshold, 0-1) and
-            `gpu_verdict` (0 ok, 1 unmonitored, 2 idle, 3 cpu_fallback). The same keys every
+            `gpu_verdict` (0 ok, 1 unmonitored, 2 idle, 3 cpu_fallback), `gpu_sm_active` (SM
+            activity, percent, where the GPU has GPM) and `gpu_energy_kj` (the watched GPUs'
+            energy in the epoch, kJ, whole GPUs). The same keys every
             epoch, NaN when not measured; a key already in the logs is left as it is.
             Default True.
 
@@ -349,6 +354,8 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = VERDICT_CODES.get(value)
         elif column.endswith("_mib") and value is not None:
             value = value / _MIB_PER_GIB
+        elif column.endswith("_j") and value is not None:
+            value = value / _J_PER_KJ
         values[key] = math.nan if value is None else float(value)
     return values
 

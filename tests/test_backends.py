@@ -91,7 +91,7 @@ def test_the_run_folder_is_complete(run):
 def test_the_epoch_figures_reach_history(run):
     figures = run["history_gpu"]
     assert set(figures) == {"gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac",
-                            "gpu_verdict"}
+                            "gpu_verdict", "gpu_sm_active", "gpu_energy_kj"}
     assert all(len(values) == EPOCHS for values in figures.values())
     assert figures["gpu_verdict"] == [3.0] * EPOCHS  # cpu_fallback
     assert all(math.isnan(v) for v in figures["gpu_util"])  # no driver here: not measured

@@ -18,7 +18,8 @@ from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.callback import LOG_KEYS, VERDICT_CODES, log_values
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
-KEYS = ("gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac", "gpu_verdict")
+KEYS = ("gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac", "gpu_verdict",
+        "gpu_sm_active", "gpu_energy_kj")
 EPOCHS = 2
 STEPS = 4
 
@@ -172,10 +173,11 @@ def test_log_metrics_must_be_a_bool(value):
 
 def test_log_values_converts_units_and_codes_the_verdict():
     row = {"gpu_util_mean": 55.5, "proc_util_mean": 40.0, "gpu_mem_peak_mib": 3072.0,
-           "idle_fraction": 0.25, "verdict": "idle"}
+           "idle_fraction": 0.25, "verdict": "idle", "gpu_sm_active_mean": 12.5,
+           "gpu_energy_j": 840.0}
     assert log_values(row) == {"gpu_util": 55.5, "gpu_proc_util": 40.0,
                                "gpu_mem_peak_gib": 3.0, "gpu_idle_frac": 0.25,
-                               "gpu_verdict": 2.0}
+                               "gpu_verdict": 2.0, "gpu_sm_active": 12.5, "gpu_energy_kj": 0.84}
     assert list(LOG_KEYS) == list(KEYS)
     codes = {verdict: log_values({"verdict": verdict})["gpu_verdict"]
              for verdict in ("ok", "unmonitored", "idle", "cpu_fallback")}

@@ -577,11 +577,11 @@ class NVML:
         if samples:
             self._util_seen_us[gpu] = max(int(s.timeStamp) for s in samples)
         figures: dict[int, float | None] = {}
-        for pid, own in by_pid.items():
+        for pid, taken in by_pid.items():
             if not since:
-                newest = max(int(s.timeStamp) for s in own)
-                own = [s for s in own if int(s.timeStamp) == newest]
-            figures[pid] = sum(float(s.smUtil) for s in own) / len(own)
+                newest = max(int(s.timeStamp) for s in taken)
+                taken = [s for s in taken if int(s.timeStamp) == newest]
+            figures[pid] = sum(float(s.smUtil) for s in taken) / len(taken)
             if pid in quiet:
                 quiet[pid] = 0.0
         for pid in listed - by_pid.keys():

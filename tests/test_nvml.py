@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices
+from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices, printable
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 UUIDS = [
@@ -371,3 +371,24 @@ def test_this_process_s_quiet_time_starts_when_nvml_lists_it(clock):
     assert nvml.read(device, clock.now).proc_util_pct is None
     clock.advance(PROC_UTIL_QUIET_S)
     assert nvml.read(device, clock.now).proc_util_pct == 0.0
+
+
+# -- other processes' names ---------------------------------------------------------------
+
+
+def test_printable_text():
+    assert printable(b"caf\xc3\xa9 \xff", 20) == "caf\u00e9 \ufffd"
+    assert printable("a\tb\u2028c\u00a0d", 20) == "a?b?c d"
+    assert printable("x" * 30, 10) == "xxxxxxx..."
+
+
+def test_names_are_read_once_per_pid_and_unreadable_names_are_none():
+    other = FakeProcess(pid=OTHER_PID, used_mib=10, sm_util_pct=5, name=None)  # NoPermission
+    fake = FakeNVML([FakeGPU(util_pct=5, processes=[FakeProcess(used_mib=1), other])])
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    for t in range(3):
+        reading = nvml.read(device, t)
+    assert reading.others[0].pid == OTHER_PID and reading.others[0].name is None
+    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 1
+    assert [f.error for f in nvml.faults] == ["NVMLError_NoPermission"]

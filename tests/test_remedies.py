@@ -1,26 +1,17 @@
 """Every remedy fits the user's backend and input pipeline.
 
 The choice is a pure function of the run's facts (`causes.choose_remedy`), so the remedies of
-causes only a GPU shows are tested here as the line a user of each setup would paste. Real
-training on this machine's CPU shows that the facts the choice needs reach run.json: the Keras
-data adapter, the device scope and the variables on the CPU (JAX and torch: test_backends.py).
+causes only a GPU shows are tested here as the line a user of each setup would paste, without
+TensorFlow (these tests also kill mutants of causes.py: `make mutate`). Real training on this
+machine's CPU shows that the facts the choice needs reach run.json: test_remedy_facts.py (JAX
+and torch: test_backends.py).
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-
-import keras
-import numpy as np
 import pytest
-import tensorflow as tf
-from runfolders import synthetic_run
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement, report
 from gpu_watch.causes import BACKENDS, CATALOGUE, DATA_SOURCES, RunFacts, cause, choose_remedy
-from gpu_watch.placement import Probe, data_source, tf_data_transformations
-from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.verdict import GPUStats, Setting, judge
 
 WAIT = 0.62  # share of training time spent waiting for data
@@ -343,154 +334,3 @@ def test_a_cpu_only_build_names_the_framework_installed():
     [found] = judge(setting, [], None).causes
     assert found.message == "The installed PyTorch is a CPU-only build."
     assert "download.pytorch.org" in found.remedy
-
-
-# -- real training records what feeds fit -------------------------------------------------------
-
-
-X = np.random.default_rng(0).random((64, 8), dtype=np.float32)
-Y = np.random.default_rng(1).random((64, 1), dtype=np.float32)
-
-
-class Batches(keras.utils.PyDataset):
-    def __init__(self):
-        super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
-
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, index):
-        return X[index * 16:(index + 1) * 16], Y[index * 16:(index + 1) * 16]
-
-
-def generator():
-    while True:
-        for i in range(0, 64, 16):
-            yield X[i:i + 16], Y[i:i + 16]
-
-
-def test_real_fits_record_the_data_adapter(tmp_path):
-    import torch
-
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y)), batch_size=16)
-    pipeline = (tf.data.Dataset.from_tensor_slices((X, Y)).map(lambda a, b: (a, b))
-                .batch(16).prefetch(2))
-    fits = {
-        "arrays": ((X, Y), {"batch_size": 16}),
-        "tf_data": ((pipeline,), {}),
-        "py_dataset": ((Batches(),), {}),
-        "generator": ((generator(),), {"steps_per_epoch": 4}),
-        "torch_dataloader": ((loader,), {}),
-    }
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    seen = {}
-    for source, (args, kwargs) in fits.items():
-        watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", GPUWatchWarning)
-            model.fit(*args, epochs=1, verbose=0, callbacks=[watch], **kwargs)
-        seen[source] = load_run(watch.run_dir).info["data"]
-    assert {s: d["source"] for s, d in seen.items()} == {s: s for s in fits}
-    assert seen["arrays"] == {"source": "arrays", "adapter": "ArrayDataAdapter", "batch_size": 16}
-    assert seen["tf_data"]["transformations"] == ["prefetch", "batch", "map", "tensor_slice"]
-    assert seen["py_dataset"] == {"source": "py_dataset", "adapter": "PyDatasetAdapter",
-                                  "workers": 2, "use_multiprocessing": False,
-                                  "max_queue_size": 4}
-    assert (seen["torch_dataloader"]["num_workers"],
-            seen["torch_dataloader"]["pin_memory"]) == (0, False)
-    assert seen["generator"]["adapter"] == "GeneratorDataAdapter"
-    # The remedy each would get, from what was recorded:
-    facts = RunFacts(backend="tensorflow", data=seen["py_dataset"])
-    assert "it ran with workers=2, use_multiprocessing=False" in \
-        choose_remedy("input_bound", facts, {"wait_fraction": WAIT})
-
-
-def test_hooks_called_without_fit_leave_the_source_unknown():
-    assert data_source(None) == {"source": "unknown", "adapter": None}
-
-
-def test_tf_data_pipelines_read_back_as_their_steps():
-    base = tf.data.Dataset.from_tensor_slices((X, Y))
-    parallel = base.map(lambda a, b: (a, b), num_parallel_calls=tf.data.AUTOTUNE).cache()
-    assert tf_data_transformations(parallel.batch(8).prefetch(tf.data.AUTOTUNE)) == \
-        ["prefetch", "batch", "cache", "parallel_map", "tensor_slice"]
-    from_generator = tf.data.Dataset.from_generator(
-        generator, output_signature=(tf.TensorSpec((16, 8)), tf.TensorSpec((16, 1))))
-    assert tf_data_transformations(from_generator.take(4))[:2] == ["take", "from_generator"]
-
-
-class OnGPU(Probe):
-    """What a framework training on one GPU reports: this machine has none."""
-
-    backend = "tensorflow"
-
-    def framework_gpus(self):
-        return ["/physical_device:GPU:0"]
-
-    def cuda_build(self):
-        return True
-
-    def after_first_step(self, model, logs):
-        return self._report("variables", {"GPU": 2})
-
-
-def test_a_starved_training_gets_the_generator_remedy(tmp_path, monkeypatch):
-    """An idle GPU (FakeNVML) and a generator that sleeps: the run's input_bound cause says
-    how to fix a generator, and what the wait costs."""
-    def slow():
-        for batch in generator():
-            time.sleep(0.03)
-            yield batch
-
-    monkeypatch.setattr(placement, "probe_for", lambda backend: OnGPU())
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02,
-                     nvml=FakeNVML([FakeGPU(util_pct=0, processes=[FakeProcess(used_mib=9)])]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(slow(), epochs=1, steps_per_epoch=12, verbose=0, callbacks=[watch])
-    run = load_run(watch.run_dir)
-    [found] = [c for c in run.causes if c["code"] == "input_bound"]
-    wait = found["evidence"]["wait_fraction"]
-    assert found["remedy"].startswith("Rewrite the generator as a keras.utils.PyDataset")
-    assert f"{wait:.0%} of training time went to waiting for data" in found["remedy"]
-
-
-# -- epochs.png for one or a few epochs -------------------------------------------------------
-
-
-def epoch_axis(run):
-    fig = report.plot_epochs(run)
-    fig.canvas.draw()
-    [ax] = [a for a in fig.axes if a.get_xlabel() == "epoch"]
-    return ax
-
-
-@pytest.mark.parametrize(("epochs", "initial", "ticks"), [
-    (1, 0, ["0"]), (3, 0, ["0", "1", "2"]), (2, 5, ["5", "6"]),
-])
-def test_few_epochs_get_whole_epoch_ticks_and_narrow_bars(tmp_path, epochs, initial, ticks):
-    path = synthetic_run(tmp_path, "few", epochs=epochs, batches_per_epoch=5)
-    run = load_run(path)
-    run.epochs["epoch"] += initial
-    ax = epoch_axis(run)
-    visible = [t.get_text() for t in ax.get_xticklabels()
-               if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
-    assert visible == ticks
-    low, high = ax.get_xlim()
-    assert low < initial and high > initial + epochs - 1
-    assert high - low >= 4  # one bar is a sixth of the axis, not all of it
-    assert all(bar.get_width() / (high - low) <= 0.2 for bar in ax.patches)
-
-
-def test_many_epochs_keep_integer_ticks_over_the_epochs_run(tmp_path):
-    run = load_run(synthetic_run(tmp_path, "many", epochs=30, batches_per_epoch=2))
-    ax = epoch_axis(run)
-    low, high = ax.get_xlim()
-    assert -1 < low < 0 and 29 < high < 30  # half a bar's room either side, no empty epochs
-    positions = [t.get_position()[0] for t in ax.get_xticklabels() if low <= t.get_position()[0]
-                 <= high]
-    assert len(positions) >= 5 and all(float(p).is_integer() for p in positions)

@@ -333,3 +333,40 @@ def test_importing_report_loads_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+# -- epochs.png for one or a few epochs -------------------------------------------------------
+
+
+def epoch_axis(run):
+    fig = report.plot_epochs(run)
+    fig.canvas.draw()
+    [ax] = [a for a in fig.axes if a.get_xlabel() == "epoch"]
+    return ax
+
+
+@pytest.mark.parametrize(("epochs", "initial", "ticks"), [
+    (1, 0, ["0"]), (3, 0, ["0", "1", "2"]), (2, 5, ["5", "6"]),
+])
+def test_few_epochs_get_whole_epoch_ticks_and_narrow_bars(tmp_path, epochs, initial, ticks):
+    path = synthetic_run(tmp_path, "few", epochs=epochs, batches_per_epoch=5)
+    run = load_run(path)
+    run.epochs["epoch"] += initial
+    ax = epoch_axis(run)
+    visible = [t.get_text() for t in ax.get_xticklabels()
+               if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert visible == ticks
+    low, high = ax.get_xlim()
+    assert low < initial and high > initial + epochs - 1
+    assert high - low >= 4  # one bar is a sixth of the axis, not all of it
+    assert all(bar.get_width() / (high - low) <= 0.2 for bar in ax.patches)
+
+
+def test_many_epochs_keep_integer_ticks_over_the_epochs_run(tmp_path):
+    run = load_run(synthetic_run(tmp_path, "many", epochs=30, batches_per_epoch=2))
+    ax = epoch_axis(run)
+    low, high = ax.get_xlim()
+    assert -1 < low < 0 and 29 < high < 30  # half a bar's room either side, no empty epochs
+    positions = [t.get_position()[0] for t in ax.get_xticklabels() if low <= t.get_position()[0]
+                 <= high]
+    assert len(positions) >= 5 and all(float(p).is_integer() for p in positions)

@@ -7,7 +7,6 @@ Each scenario's answer differs from what the device's utilization alone would gi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import warnings
@@ -23,11 +22,11 @@ from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
 from gpu_watch import placement as placement_module
 from gpu_watch.callback import summary_line
 from gpu_watch.cli import main as cli_main
-from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading, printable
+from gpu_watch.nvml import PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading
 from gpu_watch.placement import Probe
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import IDLE, OK, UNMONITORED, GPUStats, OtherUse, Setting, judge
+from gpu_watch.verdict import IDLE, OK, UNMONITORED, Setting, judge
 
 OTHER = 4242
 STEPS = 10
@@ -264,74 +263,6 @@ def test_a_hostile_process_name_reaches_every_output_harmless(tmp_path, on_gpu, 
     assert cli_main(["report", str(run.path), "--no-plots"]) == 0
     printed = capsys.readouterr().out
     assert "\x1b" not in printed and "\u202e" not in printed
-
-
-def test_printable_text():
-    assert printable(b"caf\xc3\xa9 \xff", 20) == "caf\u00e9 \ufffd"
-    assert printable("a\tb\u2028c\u00a0d", 20) == "a?b?c d"
-    assert printable("x" * 30, 10) == "xxxxxxx..."
-
-
-def test_names_are_read_once_per_pid_and_unreadable_names_are_none():
-    other = FakeProcess(pid=OTHER, used_mib=10, sm_util_pct=5, name=None)  # NoPermission
-    fake = FakeNVML([FakeGPU(util_pct=5, processes=[FakeProcess(used_mib=1), other])])
-    nvml = NVML(fake)
-    (device,) = nvml.devices()
-    for t in range(3):
-        reading = nvml.read(device, t)
-    assert reading.others[0].pid == OTHER and reading.others[0].name is None
-    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 1
-    assert [f.error for f in nvml.faults] == ["NVMLError_NoPermission"]
-
-
-# -- the rules on their own ------------------------------------------------------------------
-
-SETTING = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
-                  cuda_build=True)
-
-
-def stats(**kw):
-    values = {"util_samples": 40, "util_mean": 95.0, "util_p95": 99.0, "idle_fraction": 0.0,
-              "proc_seen": True, "others_seen": True, "procs_max": 2}
-    return GPUStats(0, **{**values, **kw})
-
-
-def test_processes_that_only_hold_memory_are_not_named():
-    idle_others = (OtherUse(1, "notebook", 0.0, 9000.0), OtherUse(2, "notebook", 0.0, 500.0))
-    mine = stats(proc_util_samples=40, proc_util_mean=90.0, proc_idle_fraction=0.0,
-                 others=idle_others, others_util_mean=0.0, others_busy_fraction=0.0)
-    assert judge(SETTING, [mine], None).causes == []
-    busy = (*idle_others, OtherUse(3, "job", 0.5, 100.0))
-    [shared] = judge(SETTING, [dataclasses.replace(mine, others=busy)], None).causes
-    assert shared.code == "gpu_shared" and [p["pid"] for p in shared.evidence["processes"]] == [
-        3, 1, 2]
-
-
-def test_more_than_three_others_are_counted_in_the_message_and_all_kept_as_evidence():
-    others = tuple(OtherUse(10 + i, f"p{i}", 10.0 + i, 100.0) for i in range(5))
-    j = judge(SETTING, [stats(proc_util_samples=40, proc_util_mean=50.0, proc_idle_fraction=0.0,
-                              others=others, procs_max=6)], None)
-    [shared] = j.causes
-    assert "PID 14 (p4) [14% SM, 100 MiB]" in shared.message and "and 2 more" in shared.message
-    assert len(shared.evidence["processes"]) == 5
-    assert "your steps may have run slower" in shared.message  # overlap not measured
-
-
-def test_gpm_causes_are_not_given_for_a_gpu_other_processes_worked_on():
-    # GPM measures the whole GPU: beside another process, its SM figures are not this training's.
-    alone = stats(proc_util_samples=40, proc_util_mean=90.0, proc_idle_fraction=0.0,
-                  others_seen=False, procs_max=1, sm_active_mean=5.0)
-    assert [c.code for c in judge(SETTING, [alone], None).causes] == ["low_sm_activity"]
-    beside = dataclasses.replace(alone, others_seen=True, procs_max=2,
-                                 others=(OtherUse(OTHER, "job", 40.0, 100.0),))
-    assert [c.code for c in judge(SETTING, [beside], None).causes] == ["gpu_shared"]
-
-
-def test_an_unreadable_process_list_falls_back_to_the_device_and_says_why():
-    j = judge(SETTING, [stats(proc_seen=False, others_seen=False, procs_max=None)], None)
-    assert j.verdict == OK and [c.code for c in j.causes] == ["process_not_attributable"]
-    assert j.causes[0].evidence["process_list_unreadable"] == [0]
-    assert "could not list the processes" in j.causes[0].message
 
 
 # -- the bug as seen on an H200 --------------------------------------------------------------

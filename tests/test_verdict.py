@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gpu_watch.causes import CATALOGUE, cause
@@ -14,6 +16,7 @@ from gpu_watch.verdict import (
     OK,
     UNMONITORED,
     GPUStats,
+    OtherUse,
     Setting,
     judge,
 )
@@ -171,3 +174,54 @@ def test_every_cause_in_the_catalogue_has_a_message_and_remedy():
         assert c.message and c.remedy and c.group == spec.group, code
     with pytest.raises(ValueError, match="'no_such_code'"):
         cause("no_such_code")
+
+
+# -- a GPU shared with other processes ----------------------------------------------------------
+
+OTHER_PID = 4242
+
+
+def beside_others(**kw):
+    """GPU 0, where NVML listed this process and another one."""
+    values = {"util_samples": 40, "util_mean": 95.0, "util_p95": 99.0, "idle_fraction": 0.0,
+              "proc_seen": True, "others_seen": True, "procs_max": 2}
+    return GPUStats(0, **{**values, **kw})
+
+
+def test_processes_that_only_hold_memory_are_not_named():
+    idle_others = (OtherUse(1, "notebook", 0.0, 9000.0), OtherUse(2, "notebook", 0.0, 500.0))
+    mine = beside_others(proc_util_samples=40, proc_util_mean=90.0, proc_idle_fraction=0.0,
+                         others=idle_others, others_util_mean=0.0, others_busy_fraction=0.0)
+    assert judge(ON_GPU, [mine], None).causes == []
+    busy = (*idle_others, OtherUse(3, "job", 0.5, 100.0))
+    [shared] = judge(ON_GPU, [dataclasses.replace(mine, others=busy)], None).causes
+    assert shared.code == "gpu_shared" and [p["pid"] for p in shared.evidence["processes"]] == [
+        3, 1, 2]
+
+
+def test_more_than_three_others_are_counted_in_the_message_and_all_kept_as_evidence():
+    others = tuple(OtherUse(10 + i, f"p{i}", 10.0 + i, 100.0) for i in range(5))
+    gpu = beside_others(proc_util_samples=40, proc_util_mean=50.0, proc_idle_fraction=0.0,
+                        others=others, procs_max=6)
+    j = judge(ON_GPU, [gpu], None)
+    [shared] = j.causes
+    assert "PID 14 (p4) [14% SM, 100 MiB]" in shared.message and "and 2 more" in shared.message
+    assert len(shared.evidence["processes"]) == 5
+    assert "your steps may have run slower" in shared.message  # overlap not measured
+
+
+def test_gpm_causes_are_not_given_for_a_gpu_other_processes_worked_on():
+    # GPM measures the whole GPU: beside another process, its SM figures are not this training's.
+    alone = beside_others(proc_util_samples=40, proc_util_mean=90.0, proc_idle_fraction=0.0,
+                          others_seen=False, procs_max=1, sm_active_mean=5.0)
+    assert [c.code for c in judge(ON_GPU, [alone], None).causes] == ["low_sm_activity"]
+    beside = dataclasses.replace(alone, others_seen=True, procs_max=2,
+                                 others=(OtherUse(OTHER_PID, "job", 40.0, 100.0),))
+    assert [c.code for c in judge(ON_GPU, [beside], None).causes] == ["gpu_shared"]
+
+
+def test_an_unreadable_process_list_falls_back_to_the_device_and_says_why():
+    j = judge(ON_GPU, [beside_others(proc_seen=False, others_seen=False, procs_max=None)], None)
+    assert j.verdict == OK and [c.code for c in j.causes] == ["process_not_attributable"]
+    assert j.causes[0].evidence["process_list_unreadable"] == [0]
+    assert "could not list the processes" in j.causes[0].message

@@ -142,7 +142,7 @@ def test_a_listed_process_without_a_figure_of_its_own_yet():
 
 TWO_GPUS = Setting(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,
                    cuda_build=True)
-A_PY = OtherUse(11, "a.py", 60.04, 1000.06)
+A_PY = OtherUse(11, "a.py", 59.64, 1000.06)
 UNNAMED = OtherUse(12, None, None, None)
 SHARED_WITH_A = "GPU 0 was shared with PID 11 (a.py) [60% SM, 1,000 MiB]: "
 
@@ -167,7 +167,7 @@ def shared_message(stats):
 
 def test_the_shared_gpu_cause_of_an_idle_training_names_them_and_its_evidence():
     stats = beside(**own(2.4, 1.0), others=(UNNAMED, A_PY), others_util_mean=60.04,
-                   others_busy_fraction=0.66666, contended_fraction=0.0,
+                   others_busy_fraction=0.66666, contended_fraction=0.12345,
                    others_mem_peak_mib=1000.06)
     j = judge(TWO_GPUS, [stats], None)
     assert j.verdict == IDLE
@@ -175,10 +175,10 @@ def test_the_shared_gpu_cause_of_an_idle_training_names_them_and_its_evidence():
         "gpu_shared", message="GPU 0 was shared with PID 11 (a.py) [60% SM, 1,000 MiB], PID 12: "
         "your training was idle (its own SM use 2%) while the GPU was 98% busy with them.",
         evidence={"gpu": 0, "processes": [
-            {"pid": 11, "name": "a.py", "sm_util_mean_pct": 60.0, "mem_peak_mib": 1000.1},
+            {"pid": 11, "name": "a.py", "sm_util_mean_pct": 59.6, "mem_peak_mib": 1000.1},
             {"pid": 12, "name": None, "sm_util_mean_pct": None, "mem_peak_mib": None}],
             "others_util_mean_pct": 60.0, "others_busy_fraction": 0.667,
-            "contended_fraction": 0.0, "others_mem_peak_mib": 1000.1,
+            "contended_fraction": 0.123, "others_mem_peak_mib": 1000.1,
             "proc_util_mean_pct": 2.4, "device_util_mean_pct": 97.6})]
 
 
@@ -237,12 +237,16 @@ def test_each_shared_gpu_gets_its_own_cause_and_memory_only_neighbours_none():
 
 
 def test_low_sm_activity_word_for_word():
-    j = judge(ON_GPU, [gpu(0, util_mean=72.046, sm_active_mean=30.064)], None)
+    j = judge(ON_GPU, [gpu(0, util_mean=72.46, sm_active_mean=30.064)], None)
     assert as_dicts(j) == [catalogue(
         "low_sm_activity", message="GPU 0's utilization was 72%, but its SMs were active only "
-        "30% of the time (42 points apart): while kernels ran, about 42% of its SMs worked. Each "
+        "30% of the time (42 points apart): while kernels ran, about 41% of its SMs worked. Each "
         "step launches kernels too small to fill the GPU.",
-        evidence={"gpu": 0, "util_mean": 72.0, "sm_active_mean": 30.1, "gap_pct": 42.0})]
+        evidence={"gpu": 0, "util_mean": 72.5, "sm_active_mean": 30.1, "gap_pct": 42.4})]
+    torch = Setting(compute_on_gpu=True, framework_gpus=1, cuda_build=True,
+                    facts=RunFacts(backend="torch"))
+    [found] = judge(torch, [gpu(0, util_mean=72.46, sm_active_mean=30.064)], None).causes
+    assert found.remedy == CATALOGUE["low_sm_activity"].variants["torch"]
 
 
 @pytest.mark.parametrize(("util_mean", "sm_active_mean", "share"),
@@ -255,12 +259,12 @@ def test_the_share_of_sms_at_work_is_sm_activity_over_utilization(util_mean, sm_
 
 
 def test_tensor_cores_unused_word_for_word():
-    j = judge(ON_GPU, [gpu(0, tensor_active_mean=0.456, fp32_active_mean=1.04)], None)
+    j = judge(ON_GPU, [gpu(0, tensor_active_mean=0.456, fp32_active_mean=1.46)], None)
     assert as_dicts(j) == [catalogue(
         "tensor_cores_unused", message="GPU 0's tensor cores were active 0.5% of the time while "
         "float32 math kept its other cores 1% busy: mixed precision would move the matrix "
         "products onto the tensor cores.",
-        evidence={"gpu": 0, "tensor_active_mean": 0.46, "fp32_active_mean": 1.0})]
+        evidence={"gpu": 0, "tensor_active_mean": 0.46, "fp32_active_mean": 1.5})]
 
 
 @pytest.mark.parametrize(("fp32", "fp16", "fires"), [

@@ -348,8 +348,8 @@ def test_names_are_read_once_per_pid_and_unreadable_names_are_none():
     (device,) = nvml.devices()
     for t in range(3):
         reading = nvml.read(device, t)
-    assert [(o.pid, o.name) for o in reading.others] == [(OTHER_PID, None),
-                                                         (OTHER_PID + 1, "train?.py")]
+        assert [(o.pid, o.name) for o in reading.others] == [(OTHER_PID, None),
+                                                             (OTHER_PID + 1, "train?.py")]
     assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 2
     assert [(f.metric, f.error, f.gpu) for f in nvml.faults] == [
         ("process_name", "NVMLError_NoPermission", None)]

@@ -263,6 +263,19 @@ def test_a_mig_instance_without_its_parent_or_instance_id_has_no_gpm(clock, lack
     assert faults(nvml) == {("gpm", "NVMLError_FunctionNotFound", 0)} | refused_on_mig(0)
 
 
+def test_a_mig_instance_whose_parent_cannot_be_had_now_has_no_gpm_now(clock):
+    mig = FakeGPU(uuid=MIG_UUID, sm_active_pct=33.0)
+    fake, nvml = gpm_session(FakeGPU(mig_devices=[mig]), clock=clock)
+
+    def refuse(handle):
+        raise UNKNOWN()
+
+    fake.nvmlDeviceGetDeviceHandleFromMigDeviceHandle = refuse
+    (device,) = nvml.devices(visible=MIG_UUID)
+    assert read_twice(nvml, device, clock).sm_active_pct is None
+    assert faults(nvml) == {("gpm", "NVMLError_Unknown", 0)} | refused_on_mig(0)
+
+
 def test_a_failing_gpm_sample_is_recorded_under_gpm_and_its_gpu(clock):
     plain = FakeGPU().fail("gpm", UNKNOWN, from_s=0.1)
     mig = FakeGPU(uuid=MIG_UUID)
@@ -295,9 +308,12 @@ def test_gpm_samples_follow_the_interval_and_nvml_s_minimum_gap(clock):
     assert fake.calls[("nvmlGpmSampleGet", "MainThread")] == 1
     clock.advance(0.95)
     assert nvml.read(device, 0.95).sm_active_pct is not None  # 95 % of the interval will do
-    nvml.gpm_interval_s = 0.1
-    clock.advance(0.1)
-    assert nvml.read(device, 1.05).sm_active_pct is not None  # exactly NVML's 100 ms
+
+
+def test_gpm_samples_exactly_100_ms_apart_give_metrics(clock):
+    fake, nvml = gpm_session(FakeGPU(), clock=clock, interval_s=0.1)
+    (device,) = nvml.devices()
+    assert read_twice(nvml, device, clock, gap_s=0.1).sm_active_pct is not None
 
 
 def test_bindings_older_than_gpm_switch_it_off_quietly(clock):

@@ -192,23 +192,26 @@ def test_span_statistics_of_other_processes_in_full():
     span = SpanStats()
     span.add(reading(0.25, 90.0, procs=3, proc_listed=True, proc_util_pct=10.0,
                      others_util_pct=10.0, others_mem_mib=800.0,
-                     others=(other(7, 10.0, 300.0), other(8, None, 500.0, "b"))), 10.0)
+                     others=(other(7, 10.0, 600.0), other(8, None, 500.0, "b"))), 10.0)
     span.add(reading(0.5, 90.0, procs=2, proc_listed=True, proc_util_pct=9.9,
                      others_util_pct=30.0, others_mem_mib=600.0,
-                     others=(other(7, 30.0, 600.0, "a"),)), 10.0)
+                     others=(other(7, 30.0, 300.0, "a"),)), 10.0)
     span.add(reading(0.75, 90.0, procs=2, proc_listed=True, proc_util_pct=50.0,
                      others_util_pct=9.9, others_mem_mib=None,
                      others=(other(7, None, None, "renamed"),)), 10.0)
-    span.add(reading(1.0, 90.0, procs=2, proc_listed=True, others=()), 10.0)
+    span.add(reading(1.0, 90.0, procs=2, proc_listed=True, proc_util_pct=20.0,
+                     others_util_pct=40.0, others=()), 10.0)
+    span.add(reading(1.25, 90.0, procs=2, proc_listed=True, others=()), 10.0)
     stats = span.stats(0)
     assert stats.procs_max == 3
-    assert stats.others_util_mean == pytest.approx((10.0 + 30.0 + 9.9) / 3)
-    # at or above the 10 % threshold counts as busy: 10.0 and 30.0, not 9.9
-    assert stats.others_busy_fraction == pytest.approx(2 / 3)
-    # both busy: only the first reading (this process at exactly 10.0; then 9.9)
-    assert stats.contended_fraction == pytest.approx(1 / 3)
+    assert stats.others_util_mean == pytest.approx((10.0 + 30.0 + 9.9 + 40.0) / 4)
+    # at or above the 10 % threshold counts as busy: 10.0, 30.0 and 40.0, not 9.9
+    assert stats.others_busy_fraction == pytest.approx(3 / 4)
+    # both busy: the first reading (this process at exactly 10.0; then 9.9) and the fourth
+    assert stats.contended_fraction == pytest.approx(2 / 4)
     assert stats.others_mem_peak_mib == 800.0
-    # the first name NVML gave stays; util is the mean of the readings that measured it
+    # the first name NVML gave stays; util is the mean of the readings that measured it, and
+    # memory the peak
     assert stats.others == (OtherUse(7, "a", 20.0, 600.0), OtherUse(8, "b", None, 500.0))
 
 

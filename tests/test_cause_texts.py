@@ -237,15 +237,15 @@ def test_each_shared_gpu_gets_its_own_cause_and_memory_only_neighbours_none():
 
 
 def test_low_sm_activity_word_for_word():
-    j = judge(ON_GPU, [gpu(0, util_mean=72.46, sm_active_mean=30.064)], None)
+    j = judge(ON_GPU, [gpu(0, util_mean=72.46, sm_active_mean=30.034)], None)
     assert as_dicts(j) == [catalogue(
         "low_sm_activity", message="GPU 0's utilization was 72%, but its SMs were active only "
         "30% of the time (42 points apart): while kernels ran, about 41% of its SMs worked. Each "
         "step launches kernels too small to fill the GPU.",
-        evidence={"gpu": 0, "util_mean": 72.5, "sm_active_mean": 30.1, "gap_pct": 42.4})]
+        evidence={"gpu": 0, "util_mean": 72.5, "sm_active_mean": 30.0, "gap_pct": 42.4})]
     torch = Setting(compute_on_gpu=True, framework_gpus=1, cuda_build=True,
                     facts=RunFacts(backend="torch"))
-    [found] = judge(torch, [gpu(0, util_mean=72.46, sm_active_mean=30.064)], None).causes
+    [found] = judge(torch, [gpu(0, util_mean=72.46, sm_active_mean=30.034)], None).causes
     assert found.remedy == CATALOGUE["low_sm_activity"].variants["torch"]
 
 

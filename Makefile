@@ -39,8 +39,8 @@ demo: $(DEMO_STAMP)
 	$(PY) -m gpu_watch demo
 
 # Mutation testing (mutmut) of verdict.py, timeline.py, nvml.py and causes.py with the fast tests
-# that cover them: 3 to 10 minutes on 2 cores, less when run again (unchanged functions keep
-# their results). Prints the score per module; fails below the targets.
+# that cover them: about 8 minutes from scratch on 2 cores, less when run again (unchanged
+# functions keep their results). Prints the score per module; fails below the targets.
 mutate: $(STAMP)
 	$(VENV)/bin/mutmut run > /dev/null || true
 	$(PY) tests/mutation_score.py

@@ -543,8 +543,6 @@ def _input_bound_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts,
     template = spec.variants.get(source)
     if template is None:  # an unknown pipeline: the default lists what to check for each kind
         return spec.remedy + more
-    if "  # " not in template and more:
-        more = "; " + more[2:]
     return template.format(more=more, **fields)
 
 

@@ -558,8 +558,7 @@ class NVML:
                 no time.
         """
         gpu = device.nvml_index
-        last_s = self._util_read_s.get(gpu)
-        elapsed_s = 0.0 if last_s is None else max(0.0, time_s - last_s)
+        elapsed_s = max(0.0, time_s - self._util_read_s.get(gpu, time_s))
         self._util_read_s[gpu] = time_s
         # Only PIDs listed now are tracked, so the map never outgrows the process list; one
         # that drops off the list and comes back starts over.

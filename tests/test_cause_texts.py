@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.causes import CATALOGUE, CODES, Cause, cause
+from gpu_watch.causes import CATALOGUE, CODES, Cause, RunFacts, cause
 from gpu_watch.verdict import (
     CPU_FALLBACK,
     IDLE,
     OK,
     UNMONITORED,
     GPUStats,
+    OtherUse,
     Setting,
     judge,
 )
@@ -85,6 +86,7 @@ def test_an_nvml_error_leaves_every_gpu_unmonitored_whatever_the_readings():
     setting = Setting(compute_on_gpu=True, framework_gpus=1, nvml_error="NVMLError_Unknown: x")
     j = judge(setting, [gpu(0)], None)
     assert (j.verdict, j.gpu_verdicts, j.causes) == (UNMONITORED, {0: UNMONITORED}, [])
+    assert j.judged_by == {0: "process"}
 
 
 def test_a_process_nvml_never_lists_is_not_attributable():
@@ -99,6 +101,19 @@ def test_a_process_nvml_never_lists_is_not_attributable():
         "is used instead.", evidence={"gpus": [0, 2], "pid_not_listed": [0, 2],
                                       "process_list_unreadable": [],
                                       "no_process_utilization": [], "no_sample_yet": []})]
+
+
+def test_gpus_without_per_process_figures_one_of_them_shared():
+    unsampled = {"proc_util_samples": 0, "proc_util_mean": None, "proc_idle_fraction": None}
+    setting = Setting(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,
+                      cuda_build=True, no_process_utilization=(0, 1))
+    j = judge(setting, [gpu(0, **unsampled),
+                        gpu(1, **unsampled, others_seen=True, procs_max=2)], None)
+    assert j.gpu_verdicts == {0: OK, 1: UNMONITORED}
+    assert j.causes[0].message == (
+        "GPUs 0, 1 report no per-process utilization (MIG instances and some drivers do not): "
+        "the device's utilization is used instead, and on GPU 1, which other processes "
+        "shared, this training's own use is unknown.")
 
 
 def test_a_listed_process_without_a_figure_of_its_own_yet():
@@ -123,6 +138,155 @@ def test_a_listed_process_without_a_figure_of_its_own_yet():
                                   "for a quiet period.")
 
 
+# -- a GPU shared with other processes ----------------------------------------------------------
+
+TWO_GPUS = Setting(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,
+                   cuda_build=True)
+A_PY = OtherUse(11, "a.py", 59.64, 1000.06)
+UNNAMED = OtherUse(12, None, None, None)
+SHARED_WITH_A = "GPU 0 was shared with PID 11 (a.py) [60% SM, 1,000 MiB]: "
+
+
+def beside(gpu=0, **kw):
+    """A GPU on which NVML listed this process and others, busy at 97.6 %."""
+    values = {"util_samples": 40, "util_mean": 97.6, "util_p95": 99.0, "idle_fraction": 0.0,
+              "proc_seen": True, "others_seen": True, "procs_max": 3}
+    values.update(kw)
+    return GPUStats(gpu, **values)
+
+
+def own(util_mean, idle_fraction=0.0):
+    return {"proc_util_samples": 40, "proc_util_mean": util_mean,
+            "proc_idle_fraction": idle_fraction}
+
+
+def shared_message(stats):
+    [found] = [c for c in judge(TWO_GPUS, [stats], None).causes if c.code == "gpu_shared"]
+    return found.message
+
+
+def test_the_shared_gpu_cause_of_an_idle_training_names_them_and_its_evidence():
+    stats = beside(**own(2.4, 1.0), others=(UNNAMED, A_PY), others_util_mean=60.04,
+                   others_busy_fraction=0.66666, contended_fraction=0.12345,
+                   others_mem_peak_mib=1000.06)
+    j = judge(TWO_GPUS, [stats], None)
+    assert j.verdict == IDLE
+    assert as_dicts(j) == [catalogue(
+        "gpu_shared", message="GPU 0 was shared with PID 11 (a.py) [60% SM, 1,000 MiB], PID 12: "
+        "your training was idle (its own SM use 2%) while the GPU was 98% busy with them.",
+        evidence={"gpu": 0, "processes": [
+            {"pid": 11, "name": "a.py", "sm_util_mean_pct": 59.6, "mem_peak_mib": 1000.1},
+            {"pid": 12, "name": None, "sm_util_mean_pct": None, "mem_peak_mib": None}],
+            "others_util_mean_pct": 60.0, "others_busy_fraction": 0.667,
+            "contended_fraction": 0.123, "others_mem_peak_mib": 1000.1,
+            "proc_util_mean_pct": 2.4, "device_util_mean_pct": 97.6})]
+
+
+@pytest.mark.parametrize(("stats", "effect"), [
+    (beside(util_samples=0, util_mean=None, idle_fraction=None, **own(0.0, 1.0), others=(A_PY,)),
+     "your training was idle (its own SM use 0%) while the GPU was busy with PID 11."),
+    (beside(util_mean=5.0, idle_fraction=1.0, others=(A_PY,)),
+     "your training was idle while the GPU was 5% busy with PID 11."),
+    (beside(others=(A_PY,)),
+     "this training's own use of the GPU cannot be told apart from theirs."),
+    (beside(**own(50.0), others=(A_PY,), contended_fraction=0.25),
+     "both ran kernels 25% of the time, and your steps ran slower then."),
+    (beside(**own(50.0), others=(A_PY,), contended_fraction=0.0),
+     "they ran while your training did not, so they did not slow your steps."),
+    (beside(**own(50.0), others=(A_PY,)),
+     "your steps may have run slower while they ran."),
+], ids=["idle-device-unread", "idle-by-device", "unmonitored", "contended", "apart",
+        "overlap-unknown"])
+def test_the_shared_gpu_cause_says_what_sharing_meant_for_this_training(stats, effect):
+    assert shared_message(stats) == SHARED_WITH_A + effect
+
+
+@pytest.mark.parametrize(("procs_max", "names"), [(3, "2 other processes"),
+                                                  (2, "another process")])
+def test_where_nvml_does_not_list_this_pid_the_shared_gpu_cause_counts_them(procs_max, names):
+    assert shared_message(beside(proc_seen=False, procs_max=procs_max)) == (
+        f"GPU 0 was shared with {names}: NVML does not list this training's PID, so one of "
+        "them may be this training: the device's utilization cannot tell whose work it was.")
+
+
+def test_a_run_recorded_without_process_details_names_another_process():
+    assert shared_message(beside(**own(50.0), procs_max=None)) == (
+        "GPU 0 was shared with another process: your steps may have run slower while they ran.")
+
+
+def test_the_shared_gpu_cause_names_three_processes_and_counts_the_rest():
+    three = tuple(OtherUse(20 + i, f"p{i}", 10.0 * (i + 1), 100.0) for i in range(3))
+    assert shared_message(beside(**own(50.0), others=three)) == (
+        "GPU 0 was shared with PID 22 (p2) [30% SM, 100 MiB], PID 21 (p1) [20% SM, 100 MiB], "
+        "PID 20 (p0) [10% SM, 100 MiB]: your steps may have run slower while they ran.")
+    four = (*three, OtherUse(19, None, 5.0, None))
+    assert shared_message(beside(**own(50.0), others=four)).startswith(
+        "GPU 0 was shared with PID 22 (p2) [30% SM, 100 MiB], PID 21 (p1) [20% SM, 100 MiB], "
+        "PID 20 (p0) [10% SM, 100 MiB] and 1 more: ")
+
+
+def test_each_shared_gpu_gets_its_own_cause_and_memory_only_neighbours_none():
+    quiet = beside(0, **own(50.0), others=(OtherUse(30, "notebook", 0.0, 9000.0),))
+    busy = beside(1, **own(50.0), others=(A_PY,), contended_fraction=0.5)
+    j = judge(TWO_GPUS, [quiet, busy], None)
+    assert [(c.code, c.evidence["gpu"]) for c in j.causes] == [("gpu_shared", 1)]
+    assert j.causes[0].message.startswith("GPU 1 was shared with PID 11 (a.py)")
+
+
+# -- how well a GPU judged ok was used (GPM) ------------------------------------------------------
+
+
+def test_low_sm_activity_word_for_word():
+    j = judge(ON_GPU, [gpu(0, util_mean=72.46, sm_active_mean=30.034)], None)
+    assert as_dicts(j) == [catalogue(
+        "low_sm_activity", message="GPU 0's utilization was 72%, but its SMs were active only "
+        "30% of the time (42 points apart): while kernels ran, about 41% of its SMs worked. Each "
+        "step launches kernels too small to fill the GPU.",
+        evidence={"gpu": 0, "util_mean": 72.5, "sm_active_mean": 30.0, "gap_pct": 42.4})]
+    torch = Setting(compute_on_gpu=True, framework_gpus=1, cuda_build=True,
+                    facts=RunFacts(backend="torch"))
+    [found] = judge(torch, [gpu(0, util_mean=72.46, sm_active_mean=30.034)], None).causes
+    assert found.remedy == CATALOGUE["low_sm_activity"].variants["torch"]
+
+
+@pytest.mark.parametrize(("util_mean", "sm_active_mean", "share"),
+                         [(0.5, 0.2, "40%"), (0.0, 0.0, "0%")])
+def test_the_share_of_sms_at_work_is_sm_activity_over_utilization(util_mean, sm_active_mean,
+                                                                   share):
+    [found] = judge(ON_GPU, [gpu(0, util_mean=util_mean, sm_active_mean=sm_active_mean)],
+                    None).causes
+    assert f"about {share} of its SMs worked" in found.message
+
+
+def test_tensor_cores_unused_word_for_word():
+    j = judge(ON_GPU, [gpu(0, tensor_active_mean=0.456, fp32_active_mean=1.46)], None)
+    assert as_dicts(j) == [catalogue(
+        "tensor_cores_unused", message="GPU 0's tensor cores were active 0.5% of the time while "
+        "float32 math kept its other cores 1% busy: mixed precision would move the matrix "
+        "products onto the tensor cores.",
+        evidence={"gpu": 0, "tensor_active_mean": 0.46, "fp32_active_mean": 1.5})]
+
+
+@pytest.mark.parametrize(("fp32", "fp16", "fires"), [
+    (1.0, None, True),  # FP32 at the 1 % floor, FP16 not measured (0)
+    (1.0, 1.0, False),  # as much FP16 as FP32: not float32 training
+    (0.99, None, False),
+])
+def test_tensor_cores_unused_needs_float32_math_above_fp16(fp32, fp16, fires):
+    stats = gpu(0, tensor_active_mean=0.0, fp32_active_mean=fp32, fp16_active_mean=fp16)
+    assert bool(judge(ON_GPU, [stats], None).causes) is fires
+
+
+def test_gpm_causes_for_each_gpu_that_qualifies():
+    # GPU 0 has no GPM figures, GPU 1 is idle: neither stops GPU 2 from being looked at.
+    no_gpm = gpu(0)
+    idle_one = idle(1, sm_active_mean=0.5, tensor_active_mean=0.0, fp32_active_mean=5.0)
+    low = gpu(2, sm_active_mean=10.0, tensor_active_mean=0.0, fp32_active_mean=5.0)
+    j = judge(ON_GPU, [no_gpm, idle_one, low], None)
+    assert [(c.code, c.evidence.get("gpu")) for c in j.causes] == [
+        ("low_sm_activity", 2), ("tensor_cores_unused", 2), ("process_not_on_gpu", None)]
+
+
 # -- a run on the CPU -------------------------------------------------------------------------
 
 
@@ -140,6 +304,36 @@ def test_hidden_gpus():
     assert as_dicts(judge(setting, [], None)) == [catalogue(
         "gpus_hidden", message="CUDA_VISIBLE_DEVICES='-1' hides all 3 GPU(s) NVML sees from "
         "this process.", evidence={"cuda_visible_devices": "-1", "nvml_gpus": 3})]
+
+
+def test_hidden_gpus_get_the_remedy_of_the_backend():
+    setting = Setting(framework_gpus=0, nvml_gpus=3, visible_gpus=0, cuda_visible_devices="",
+                      facts=RunFacts(backend="jax"))
+    [found] = judge(setting, [], None).causes
+    assert found.remedy == ("unset CUDA_VISIBLE_DEVICES  # or set it to the GPUs to use, e.g. "
+                            "CUDA_VISIBLE_DEVICES=0, before JAX starts")
+
+
+def test_forced_placement_names_the_ops_and_at_most_five_variables():
+    variables = tuple(f"dense_{i}/kernel" for i in range(6))
+    setting = Setting(compute_on_gpu=False, framework_gpus=1, cpu_compute_examples=("MatMul",
+                      "Relu"), facts=RunFacts(backend="torch", cpu_variables=variables))
+    [found] = judge(setting, [], None).causes
+    assert found.message == (
+        "The framework sees 1 GPU(s), but step 0's compute ran on the CPU (e.g. MatMul, Relu; "
+        "variables dense_0/kernel, dense_1/kernel, dense_2/kernel, dense_3/kernel, "
+        "dense_4/kernel).")
+    assert found.evidence["cpu_variable_examples"] == list(variables[:5])
+
+
+def test_forced_placement_names_every_setting_that_keeps_the_cpu():
+    facts = RunFacts(backend="jax", cpu_settings={"JAX_PLATFORMS": "cpu",
+                                                  "CUDA_VISIBLE_DEVICES": ""})
+    setting = Setting(compute_on_gpu=False, framework_gpus=0, nvml_gpus=1, visible_gpus=1,
+                      cuda_build=True, facts=facts)
+    [found] = judge(setting, [], None).causes
+    assert found.message == ("NVML sees 1 GPU(s), but JAX_PLATFORMS='cpu', "
+                             "CUDA_VISIBLE_DEVICES='' keeps JAX on the CPU.")
 
 
 def test_forced_placement_names_at_most_five_ops():

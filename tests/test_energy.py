@@ -14,7 +14,7 @@ from gpu_watch.monitor import Config, Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import EnergyMeter, Timeline, energy_summary
+from gpu_watch.timeline import EnergyMeter, Timeline, activity_row, energy_summary
 from gpu_watch.verdict import GPUStats
 
 
@@ -175,3 +175,53 @@ def test_no_energy_panel_without_energy(tmp_path):
     titles = [ax.get_title(loc="left") for ax in figures.plot_epochs(cpu).axes]
     assert not any("energy" in t for t in titles)
     assert "Energy:" not in report.summary_text(cpu)
+
+
+def test_a_counter_that_does_not_move_is_no_reset():
+    meter = EnergyMeter()
+    for t, mj in [(0.0, 7_000), (1.0, 7_000), (2.0, 9_000)]:
+        meter.add(reading(t, mj, power_w=500.0))
+    assert meter.result() == {"energy_j": pytest.approx(2.0), "energy_method": "counter",
+                              "power_mean_w": pytest.approx(1.0)}
+
+
+def test_power_is_integrated_by_trapezoids_over_the_time_between_readings():
+    meter = EnergyMeter()
+    for t, w in [(0.0, 100.0), (2.0, 200.0), (2.0, 200.0), (5.0, 200.0)]:
+        meter.add(reading(t, None, w))
+    assert meter.result() == {"energy_j": pytest.approx(300.0 + 600.0),
+                              "energy_method": "power", "power_mean_w": pytest.approx(180.0)}
+
+
+def test_counter_readings_at_one_moment_give_energy_without_a_mean_power():
+    meter = EnergyMeter()
+    meter.add(reading(1.0, 5_000))
+    meter.add(reading(1.0, 5_000))
+    assert meter.result() == {"energy_j": 0.0, "energy_method": "counter", "power_mean_w": None}
+
+
+def test_the_epoch_row_s_activity_and_energy_cells():
+    stats = [GPUStats(0, sm_active_mean=10.0, tensor_active_mean=1.0, dram_bw_mean=20.0,
+                      energy_j=100.0, power_mean_w=50.0),
+             GPUStats(1, sm_active_mean=30.0, tensor_active_mean=None, dram_bw_mean=40.0,
+                      energy_j=20.0, power_mean_w=10.0)]
+    assert activity_row(stats) == {
+        "gpu_sm_active_mean": 20.0, "gpu_tensor_active_mean": 1.0, "gpu_dram_bw_mean": 30.0,
+        "gpu_energy_j": 120.0, "gpu_power_mean_w": 60.0,
+        "gpu0_sm_active_mean": 10.0, "gpu0_energy_j": 100.0, "gpu0_power_mean_w": 50.0,
+        "gpu1_sm_active_mean": 30.0, "gpu1_energy_j": 20.0, "gpu1_power_mean_w": 10.0}
+    assert activity_row([GPUStats(2)]) == {
+        "gpu_sm_active_mean": None, "gpu_tensor_active_mean": None, "gpu_dram_bw_mean": None,
+        "gpu_energy_j": None, "gpu_power_mean_w": None,
+        "gpu2_sm_active_mean": None, "gpu2_energy_j": None, "gpu2_power_mean_w": None}
+
+
+def test_the_run_summary_word_for_word():
+    stats = [GPUStats(0, energy_j=100.12345, energy_method="counter", power_mean_w=50.12345),
+             GPUStats(1, energy_j=20.00049, energy_method="counter", power_mean_w=None)]
+    assert energy_summary(stats) == {
+        "total_j": 120.124, "method": "counter",
+        "scope": "whole GPU: NVML does not measure energy per process",
+        "gpus": {"0": {"energy_j": 100.123, "method": "counter", "power_mean_w": 50.12},
+                 "1": {"energy_j": 20.0, "method": "counter", "power_mean_w": None}}}
+    assert energy_summary([GPUStats(0)])["method"] is None

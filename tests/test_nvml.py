@@ -378,17 +378,51 @@ def test_this_process_s_quiet_time_starts_when_nvml_lists_it(clock):
 
 def test_printable_text():
     assert printable(b"caf\xc3\xa9 \xff", 20) == "caf\u00e9 \ufffd"
-    assert printable("a\tb\u2028c\u00a0d", 20) == "a?b?c d"
+    assert printable("a\tb\u2028c\u00a0d\u2029e", 20) == "a?b?c d?e"
     assert printable("x" * 30, 10) == "xxxxxxx..."
+    assert printable("x" * 10, 10) == "x" * 10  # at the limit: whole
+    # Only the first 4 x limit characters are looked at: a huge name costs no more.
+    assert printable(" " * 40 + "tail", 10) == ""
+    assert printable(" " * 39 + "tail", 10) == "t"
 
 
 def test_names_are_read_once_per_pid_and_unreadable_names_are_none():
     other = FakeProcess(pid=OTHER_PID, used_mib=10, sm_util_pct=5, name=None)  # NoPermission
-    fake = FakeNVML([FakeGPU(util_pct=5, processes=[FakeProcess(used_mib=1), other])])
+    named = FakeProcess(pid=OTHER_PID + 1, used_mib=20, sm_util_pct=5, name="train\x1b.py")
+    fake = FakeNVML([FakeGPU(util_pct=5, processes=[FakeProcess(used_mib=1), other, named])])
     nvml = NVML(fake)
+    assert nvml.pid_listed is False
     (device,) = nvml.devices()
     for t in range(3):
         reading = nvml.read(device, t)
-    assert reading.others[0].pid == OTHER_PID and reading.others[0].name is None
-    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 1
-    assert [f.error for f in nvml.faults] == ["NVMLError_NoPermission"]
+        assert [(o.pid, o.name) for o in reading.others] == [(OTHER_PID, None),
+                                                             (OTHER_PID + 1, "train?.py")]
+    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 2
+    assert [(f.metric, f.error, f.gpu) for f in nvml.faults] == [
+        ("process_name", "NVMLError_NoPermission", None)]
+    assert nvml.pid_listed is True
+
+
+def test_names_are_remembered_for_at_most_1024_pids():
+    fake = FakeNVML([FakeGPU()])
+    nvml = NVML(fake)
+    for pid in range(1, 1025):  # 1024 PIDs that have exited: NotFound, None, remembered
+        assert nvml.process_name(pid) is None
+    nvml.process_name(1)
+    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 1024
+    nvml.process_name(1025)  # one more: the memory starts over rather than grow
+    nvml.process_name(1)
+    assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 1026
+
+
+def test_other_processes_memory_and_summed_use():
+    gpu = FakeGPU(processes=[FakeProcess(sm_util_pct=5),
+                             FakeProcess(pid=OTHER_PID, used_mib=1000, sm_util_pct=60),
+                             FakeProcess(pid=OTHER_PID + 1, used_mib=2000, sm_util_pct=70)])
+    nvml = NVML(FakeNVML([gpu]))
+    (device,) = nvml.devices()
+    r = nvml.read(device, 0.0)
+    assert [(o.used_mib, o.sm_util_pct) for o in r.others] == [(1000, 60), (2000, 70)]
+    assert (r.others_mem_mib, r.others_util_pct) == (3000, 100.0)  # SM use tops out at 100 %
+    gpu.processes[2].used_mib = None  # NVML_VALUE_NOT_AVAILABLE: the sum is unknown
+    assert nvml.read(device, 0.1).others_mem_mib is None

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.causes import BACKENDS, CATALOGUE, DATA_SOURCES, RunFacts, cause, choose_remedy
+from gpu_watch.causes import (
+    BACKENDS,
+    CATALOGUE,
+    DATA_SOURCES,
+    RunFacts,
+    cause,
+    choose_remedy,
+    framework_name,
+)
 from gpu_watch.verdict import GPUStats, Setting, judge
 
 WAIT = 0.62  # share of training time spent waiting for data
@@ -334,3 +342,82 @@ def test_a_cpu_only_build_names_the_framework_installed():
     [found] = judge(setting, [], None).causes
     assert found.message == "The installed PyTorch is a CPU-only build."
     assert "download.pytorch.org" in found.remedy
+
+
+# -- each fact the remedy is chosen from, exactly ------------------------------------------------
+
+
+def test_the_framework_is_named_as_its_users_write_it():
+    assert [framework_name(b) for b in ("tensorflow", "jax", "torch", None, "mxnet")] == [
+        "TensorFlow", "JAX", "PyTorch", "the framework", "the framework"]
+
+
+def test_an_unknown_code_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"known codes: cpu_only_build, cuda_libs_missing, "):
+        choose_remedy("gpu_on_fire")
+
+
+@pytest.mark.parametrize(("backend", "data", "remedy"), [
+    ("jax", {"source": "torch_dataloader", "num_workers": 8, "pin_memory": False},
+     "DataLoader(dataset, batch_size=..., num_workers=16, persistent_workers=True)  # worker "
+     "processes make the batches ahead of the training step; it ran with num_workers=8; "
+     "50% of training time went to waiting for data: a pipeline that keeps up could make each "
+     "epoch up to 2.0x faster"),
+    ("torch", {"source": "torch_dataloader", "num_workers": 2, "pin_memory": False},
+     "DataLoader(dataset, batch_size=..., num_workers=8, persistent_workers=True, "
+     "pin_memory=True)  # worker processes make the batches ahead of the training step; it "
+     "ran with num_workers=2, pin_memory=False; 50% of training time went to waiting for data: "
+     "a pipeline that keeps up could make each epoch up to 2.0x faster"),
+    ("tensorflow", {"source": "py_dataset", "workers": 1, "use_multiprocessing": False,
+                    "max_queue_size": 32},
+     "super().__init__(workers=8, use_multiprocessing=True, max_queue_size=32)  # in your "
+     "PyDataset's __init__; it ran with workers=1, use_multiprocessing=False, "
+     "max_queue_size=32; 50% of training time went to waiting for data: a pipeline that keeps "
+     "up could make each epoch up to 2.0x faster"),
+    ("jax", {"source": "generator"},
+     "Rewrite the generator as a keras.utils.PyDataset (one batch per __getitem__) with "
+     "super().__init__(workers=8, use_multiprocessing=True): fit pulls a generator's batches "
+     "one at a time on the training thread; 50% of training time went to waiting for data: a "
+     "pipeline that keeps up could make each epoch up to 2.0x faster"),
+])
+def test_the_input_bound_remedy_word_for_word(backend, data, remedy):
+    facts = RunFacts(backend=backend, data=data)
+    assert choose_remedy("input_bound", facts, {"wait_fraction": 0.5}) == remedy
+
+
+def test_an_adapter_without_a_name_is_the_data_adapter():
+    facts = RunFacts(backend="tensorflow", data={"source": "other"})
+    assert choose_remedy("input_bound", facts, {}) == (
+        "Check how the data adapter makes its batches: it should prepare them ahead of the "
+        "training step, in background workers")
+
+
+@pytest.mark.parametrize(("wait", "stakes"), [
+    (0.99, "99% of training time went to waiting for data: nearly every epoch was spent "
+           "waiting"),
+    (0.98, "98% of training time went to waiting for data: a pipeline that keeps up could make "
+           "each epoch up to 50.0x faster"),
+])
+def test_nearly_all_the_time_waiting_is_said_so_from_99_percent(wait, stakes):
+    text = choose_remedy("input_bound", data_facts("jax", "generator"), {"wait_fraction": wait})
+    assert text.endswith("on the training thread; " + stakes)
+
+
+@pytest.mark.parametrize(("distribution", "start"), [
+    ({"replicas": 2}, "tf.distribute.MirroredStrategy(devices=[...])  # your distribution "
+                      "runs 2 replica(s): list the idle GPUs too"),
+    ({"name": "MirroredStrategy", "replicas": 0}, "strategy = tf.distribute.MirroredStrategy()"),
+    ({"name": "MirroredStrategy"}, "strategy = tf.distribute.MirroredStrategy()"),
+])
+def test_the_spread_remedy_names_a_distribution_only_with_its_replicas(distribution, start):
+    facts = RunFacts(backend="tensorflow", distribution=distribution)
+    assert choose_remedy("process_not_on_gpu", facts, TWO_GPUS_ONE_IDLE).startswith(start)
+
+
+def test_the_distribution_and_the_settings_that_keep_the_cpu_are_read_back():
+    info = {"backend": "tensorflow", "distribution": {"name": "MirroredStrategy", "replicas": 2},
+            "placement": {"cpu_settings": {"CUDA_VISIBLE_DEVICES": "-1"}}}
+    facts = RunFacts.from_run(info)
+    assert facts.distribution == {"name": "MirroredStrategy", "replicas": 2}
+    assert facts.cpu_settings == {"CUDA_VISIBLE_DEVICES": "-1"}
+    assert RunFacts.from_run({"distribution": {}}).distribution is None

@@ -219,3 +219,172 @@ def test_the_current_clock_event_function_is_asked_before_its_deprecated_name():
     assert nvml.read(device, 0.0).idle_clock_event is False
     assert fake.calls[("nvmlDeviceGetCurrentClocksEventReasons", "MainThread")] == 1
     assert fake.calls[("nvmlDeviceGetCurrentClocksThrottleReasons", "MainThread")] == 0
+
+
+# -- GPM (Hopper and newer): every call's faults, timing and buffers -----------------------------
+
+
+def gpm_session(*gpus, clock, interval_s=0.2, **fake_kw):
+    fake = FakeNVML(list(gpus), clock=clock, **fake_kw)
+    nvml = NVML(fake)
+    nvml.gpm_interval_s = interval_s
+    return fake, nvml
+
+
+def refused_on_mig(gpu):
+    """What NVML refuses on a MIG instance, besides GPM."""
+    return {(metric, "NVMLError_NotSupported", gpu) for metric in ("util", "proc_util", "energy")}
+
+
+def read_twice(nvml, device, clock, gap_s=0.2):
+    nvml.read(device, clock.now)
+    clock.advance(gap_s)
+    return nvml.read(device, clock.now)
+
+
+@pytest.mark.parametrize("lacking", ["nvmlGpmSampleAlloc", "nvmlGpmSampleGet",
+                                     "nvmlGpmMetricsGet"])
+def test_a_gpm_call_the_driver_lacks_switches_gpm_off_for_that_gpu(clock, lacking):
+    fake, nvml = gpm_session(FakeGPU(), FakeGPU(), clock=clock, driver_lacks=[lacking])
+    _, device = nvml.devices()
+    assert read_twice(nvml, device, clock).sm_active_pct is None
+    assert faults(nvml) == {("gpm", "NVMLError_FunctionNotFound", 1)}
+    assert {"metric": "gpm", "gpu": 1} in nvml.switched_off
+
+
+@pytest.mark.parametrize("lacking", ["nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+                                     "nvmlDeviceGetGpuInstanceId"])
+def test_a_mig_instance_without_its_parent_or_instance_id_has_no_gpm(clock, lacking):
+    mig = FakeGPU(uuid=MIG_UUID, sm_active_pct=33.0)
+    fake, nvml = gpm_session(FakeGPU(sm_active_pct=77.0, mig_devices=[mig]), clock=clock,
+                             driver_lacks=[lacking])
+    (device,) = nvml.devices(visible=MIG_UUID)
+    assert read_twice(nvml, device, clock).sm_active_pct is None  # never the parent's 77 %
+    assert faults(nvml) == {("gpm", "NVMLError_FunctionNotFound", 0)} | refused_on_mig(0)
+
+
+def test_a_mig_instance_whose_parent_cannot_be_had_now_has_no_gpm_now(clock):
+    mig = FakeGPU(uuid=MIG_UUID, sm_active_pct=33.0)
+    fake, nvml = gpm_session(FakeGPU(mig_devices=[mig]), clock=clock)
+
+    def refuse(handle):
+        raise UNKNOWN()
+
+    fake.nvmlDeviceGetDeviceHandleFromMigDeviceHandle = refuse
+    (device,) = nvml.devices(visible=MIG_UUID)
+    assert read_twice(nvml, device, clock).sm_active_pct is None
+    assert faults(nvml) == {("gpm", "NVMLError_Unknown", 0)} | refused_on_mig(0)
+
+
+def test_a_failing_gpm_sample_is_recorded_under_gpm_and_its_gpu(clock):
+    plain = FakeGPU().fail("gpm", UNKNOWN, from_s=0.1)
+    mig = FakeGPU(uuid=MIG_UUID)
+    parent = FakeGPU(mig_devices=[mig]).fail("gpm", UNKNOWN, from_s=0.1)
+    fake, nvml = gpm_session(FakeGPU(), plain, parent, clock=clock)
+    _, device, _ = nvml.devices()
+    (instance,) = nvml.devices(visible=MIG_UUID)
+    nvml.read(device, 0.0)
+    nvml.read(instance, 0.0)
+    clock.advance(0.2)
+    nvml.read(device, 0.2)
+    nvml.read(instance, 0.2)
+    assert faults(nvml) == {("gpm", "NVMLError_Unknown", 1),
+                            ("gpm", "NVMLError_Unknown", 2)} | refused_on_mig(2)
+
+
+def test_a_failing_metric_is_recorded_under_its_own_name_and_gpu(clock):
+    fake, nvml = gpm_session(FakeGPU(), FakeGPU().fail("gpm_sm_active", UNKNOWN), clock=clock)
+    _, device = nvml.devices()
+    r = read_twice(nvml, device, clock)
+    assert r.sm_active_pct is None and r.dram_bw_pct is not None
+    assert faults(nvml) == {("sm_active_pct", "NVMLError_Unknown", 1)}
+
+
+def test_gpm_samples_follow_the_interval_and_nvml_s_minimum_gap(clock):
+    fake, nvml = gpm_session(FakeGPU(), clock=clock, interval_s=1.0)
+    (device,) = nvml.devices()
+    nvml.read(device, 0.0)
+    nvml.read(device, 0.0)  # the same moment again: no second sample
+    assert fake.calls[("nvmlGpmSampleGet", "MainThread")] == 1
+    clock.advance(0.95)
+    assert nvml.read(device, 0.95).sm_active_pct is not None  # 95 % of the interval will do
+
+
+def test_gpm_samples_exactly_100_ms_apart_give_metrics(clock):
+    fake, nvml = gpm_session(FakeGPU(), clock=clock, interval_s=0.1)
+    (device,) = nvml.devices()
+    assert read_twice(nvml, device, clock, gap_s=0.1).sm_active_pct is not None
+
+
+def test_bindings_older_than_gpm_switch_it_off_quietly(clock):
+    class OldBindings(FakeNVML):
+        def __getattribute__(self, name):
+            if name == "nvmlGpmQueryDeviceSupport":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    nvml = NVML(OldBindings([FakeGPU()], clock=clock))
+    (device,) = nvml.devices()
+    assert read_twice(nvml, device, clock).sm_active_pct is None
+    assert nvml.faults == [] and nvml.switched_off == [{"metric": "gpm", "gpu": 0}]
+
+
+def test_the_request_structure_comes_from_the_bindings_in_use(clock):
+    made = []
+
+    class Request(pynvml.c_nvmlGpmMetricsGet_t):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    fake, nvml = gpm_session(FakeGPU(), clock=clock)
+    fake.c_nvmlGpmMetricsGet_t = Request
+    (device,) = nvml.devices()
+    assert read_twice(nvml, device, clock).sm_active_pct is not None
+    assert len(made) == 1
+
+
+def test_gpm_buffers_are_freed_when_one_cannot_be_had(clock):
+    fake, nvml = gpm_session(FakeGPU(), FakeGPU(), clock=clock)
+    allocate = fake.nvmlGpmSampleAlloc
+    answers = iter([UNKNOWN, "ok", UNKNOWN])  # the first fails; then the second of a pair
+
+    def flaky_alloc():
+        answer = next(answers, "ok")
+        if answer is UNKNOWN:
+            fake.calls[("nvmlGpmSampleAlloc", "flaky")] += 1
+            raise UNKNOWN()
+        return allocate()
+
+    fake.nvmlGpmSampleAlloc = flaky_alloc
+    _, device = nvml.devices()
+    nvml.read(device, 0.0)  # the first buffer fails: the second is not asked for
+    assert fake.calls[("nvmlGpmSampleAlloc", "MainThread")] == 0
+    nvml.read(device, 0.1)  # the first of the pair is had, the second fails: the first is freed
+    assert fake.gpm_samples_allocated == 0
+    assert faults(nvml) == {("gpm", "NVMLError_Unknown", 1)}
+    nvml.read(device, 0.2)
+    assert fake.gpm_samples_allocated == 2
+
+
+def test_a_buffer_that_cannot_be_freed_is_a_fault_of_no_gpu(clock):
+    fake, nvml = gpm_session(FakeGPU(), clock=clock)
+    (device,) = nvml.devices()
+    nvml.read(device, 0.0)
+
+    def refuse(sample):
+        raise UNKNOWN()
+
+    fake.nvmlGpmSampleFree = refuse
+    nvml.release_gpm([device])
+    nvml.release_gpm([device])  # nothing left to release: no error
+    assert faults(nvml) == {("gpm_free", "NVMLError_Unknown", None)}
+
+
+def test_a_metric_switched_off_is_no_longer_read(clock):
+    fake, nvml = gpm_session(FakeGPU(), FakeGPU(), clock=clock)
+    _, device = nvml.devices()
+    nvml.switch_off("energy", 1)
+    assert nvml.read(device, 0.0).energy_counter_mj is None
+    assert fake.calls[("nvmlDeviceGetTotalEnergyConsumption", "MainThread")] == 0
+    assert {"metric": "energy", "gpu": 1} in nvml.switched_off

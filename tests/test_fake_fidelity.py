@@ -5,13 +5,11 @@ listed without its memory, buffered process-utilization samples, and MIG-enabled
 from __future__ import annotations
 
 import os
-import time
 
 import pynvml
 import pytest
+from monitors import monitor_on_gpu, run_monitor
 
-from gpu_watch import load_run
-from gpu_watch.monitor import Config, Monitor
 from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S
 from gpu_watch.testing import MIG_SLOTS, PROC_SAMPLE_BUFFER, FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
@@ -26,23 +24,6 @@ def three_gpus(clock=None, error=pynvml.NVMLError_NoPermission) -> FakeNVML:
     gpus = [FakeGPU(uuid=u, util_pct=10 * (i + 1)) for i, u in enumerate(UUIDS)]
     gpus[1].fail("handle", error)
     return FakeNVML(gpus, **({"clock": clock} if clock else {}))
-
-
-def monitor_on_gpu(tmp_path, fake, interval_s=0.02):
-    """A Monitor whose framework uses a GPU (TensorFlow here cannot)."""
-    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
-    return Monitor(Config(log_dir=str(tmp_path), plot=False, interval_s=interval_s),
-                   NVML(fake), "tensorflow", (0, 1), framework, None)
-
-
-def run_monitor(monitor, seconds=0.3):
-    monitor.begin_epoch(0)
-    monitor.timeline.add_batch(0, 0, 1, 0.0, 0.01, None)
-    monitor.first_step({"compute_on_gpu": True})
-    time.sleep(seconds)
-    monitor.end_epoch(0, {})
-    monitor.finish("completed")
-    return load_run(monitor.run_dir)
 
 
 def codes(run):
@@ -94,7 +75,7 @@ def test_a_gpu_without_handle_reads_as_unmeasured_and_a_lost_one_as_lost():
 def test_gpuwatch_watches_the_gpu_cuda_visible_devices_names_when_another_is_refused(
         tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
-    run = run_monitor(monitor_on_gpu(tmp_path / "two", three_gpus()))
+    run = run_monitor(monitor_on_gpu(tmp_path / "two", three_gpus()), seconds=0.3)
     assert [d["nvml_index"] for d in run.info["devices"]] == [2]
     assert run.info["nvml"]["gpus_seen"] == 3
     assert set(run.samples["gpu"]) == {2}
@@ -102,7 +83,7 @@ def test_gpuwatch_watches_the_gpu_cuda_visible_devices_names_when_another_is_ref
     assert run.verdict == "ok"
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    run = run_monitor(monitor_on_gpu(tmp_path / "one", three_gpus()))
+    run = run_monitor(monitor_on_gpu(tmp_path / "one", three_gpus()), seconds=0.3)
     assert [d["nvml_index"] for d in run.info["devices"]] == [1]
     assert set(run.samples["gpu"]) == {1} and run.samples["util_pct"].isna().all()
     assert run.verdict == "unmonitored"  # the GPU it trains on cannot be read: never "ok"
@@ -166,7 +147,7 @@ def test_the_library_mismatch_error_of_an_unversioned_binding_is_contained():
 def test_gpuwatch_on_an_old_driver_keeps_every_other_reading(tmp_path):
     fake = FakeNVML([FakeGPU(util_pct=60, processes=[FakeProcess(used_mib=64)])],
                     driver_lacks=OLD_DRIVER)
-    run = run_monitor(monitor_on_gpu(tmp_path, fake))
+    run = run_monitor(monitor_on_gpu(tmp_path, fake), seconds=0.3)
     assert run.info["sampler"]["errors"] == []
     assert len(run.samples) >= 5 and run.samples["util_pct"].eq(60).all()
     assert run.samples["procs"].isna().all()
@@ -208,7 +189,7 @@ def test_this_process_listed_without_memory_is_seen_and_so_is_the_other(mine_mib
 @pytest.mark.parametrize("mine_mib", [None, 0.0])
 def test_gpuwatch_never_takes_a_listed_process_for_an_unlisted_one(tmp_path, mine_mib):
     monitor = monitor_on_gpu(tmp_path, busy_neighbour(mine_mib))
-    run = run_monitor(monitor)
+    run = run_monitor(monitor, seconds=0.3)
     # Listed, but idle for less than PROC_UTIL_QUIET_S: NVML has no figure of its own yet, so
     # the busy, shared device leaves its use unknown; its PID is not said to be missing.
     assert run.verdict == "unmonitored" and codes(run) == ["process_not_attributable",
@@ -223,7 +204,7 @@ def test_gpuwatch_never_takes_a_listed_process_for_an_unlisted_one(tmp_path, min
 
 def test_a_process_not_listed_is_still_unattributable(tmp_path):
     fake = FakeNVML([FakeGPU(util_pct=95, processes=[FakeProcess(pid=1, used_mib=None)])])
-    run = run_monitor(monitor_on_gpu(tmp_path, fake))
+    run = run_monitor(monitor_on_gpu(tmp_path, fake), seconds=0.3)
     assert codes(run) == ["process_not_attributable"]
 
 
@@ -379,7 +360,7 @@ def test_a_mig_instance_in_a_later_slot_is_found_by_its_uuid():
 
 
 def test_gpuwatch_on_a_mig_enabled_gpu_is_unmonitored_never_idle(tmp_path):
-    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([mig_parent()])))
+    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([mig_parent()])), seconds=0.3)
     assert run.samples["util_pct"].isna().all() and run.samples["proc_util_pct"].isna().all()
     assert run.samples["mem_used_mib"].notna().all()
     assert run.verdict == "unmonitored"

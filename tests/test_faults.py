@@ -19,11 +19,10 @@ import keras
 import numpy as np
 import pynvml
 import pytest
+from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.cli import main as cli_main
-from gpu_watch.monitor import Config, Monitor
-from gpu_watch.nvml import NVML
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -150,24 +149,6 @@ def test_an_unexpected_exception_in_the_sampler_is_contained(tmp_path):
     assert "ValueError: a corrupted reply" in run.info["sampler"]["errors"][0]
     assert run.samples[run.samples.gpu == 1]["util_pct"].eq(30).all()
     assert run.samples[run.samples.gpu == 0]["util_pct"].isna().all()
-
-
-def monitor_on_gpu(tmp_path, fake, **config):
-    """A Monitor whose framework uses a GPU (TensorFlow here cannot), to reach the verdicts
-    that need one."""
-    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
-    return Monitor(Config(log_dir=str(tmp_path), plot=False, interval_s=0.02, **config),
-                   NVML(fake), "tensorflow", (0, 1), framework, None)
-
-
-def run_monitor(monitor, seconds=0.5):
-    monitor.begin_epoch(0)
-    monitor.timeline.add_batch(0, 0, 1, 0.0, 0.01, None)
-    monitor.first_step({"compute_on_gpu": True})
-    time.sleep(seconds)
-    monitor.end_epoch(0, {})
-    monitor.finish("completed")
-    return load_run(monitor.run_dir)
 
 
 def test_missing_utilization_is_unmonitored_not_idle(tmp_path):

@@ -1,0 +1,29 @@
+"""A `Monitor` driven without Keras, on a fake GPU, for tests of what NVML readings become."""
+
+from __future__ import annotations
+
+import time
+
+from gpu_watch import load_run
+from gpu_watch.monitor import Config, Monitor
+from gpu_watch.nvml import NVML
+
+
+def monitor_on_gpu(tmp_path, fake, **config):
+    """A Monitor whose framework uses a GPU (TensorFlow here cannot), to reach the verdicts
+    that need one. `config` overrides GPUWatch's options (sampling every 0.02 s by default)."""
+    config.setdefault("interval_s", 0.02)
+    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
+    return Monitor(Config(log_dir=str(tmp_path), plot=False, **config),
+                   NVML(fake), "tensorflow", (0, 1), framework, None)
+
+
+def run_monitor(monitor, seconds=0.5):
+    """One epoch of one batch, then `seconds` of sampling; returns the loaded run."""
+    monitor.begin_epoch(0)
+    monitor.timeline.add_batch(0, 0, 1, 0.0, 0.01, None)
+    monitor.first_step({"compute_on_gpu": True})
+    time.sleep(seconds)
+    monitor.end_epoch(0, {})
+    monitor.finish("completed")
+    return load_run(monitor.run_dir)

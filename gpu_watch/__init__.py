@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from gpu_watch._version import __version__
 
 if TYPE_CHECKING:
+    from gpu_watch.assessment import rejudge
     from gpu_watch.callback import GPUWatch
     from gpu_watch.doctor import doctor
     from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
@@ -26,6 +27,7 @@ _EXPORTS = {
     "GPUNotUsedError": "gpu_watch.errors",
     "GPUWatchWarning": "gpu_watch.errors",
     "load_run": "gpu_watch.runlog",
+    "rejudge": "gpu_watch.assessment",
     "Run": "gpu_watch.runlog",
     "RunFolderError": "gpu_watch.runlog",
 }
@@ -41,6 +43,7 @@ __all__ = [
     "__version__",
     "doctor",
     "load_run",
+    "rejudge",
 ]
 
 

@@ -6,14 +6,13 @@ import math
 import os
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from gpu_watch import placement, runlog
-from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
+from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
@@ -180,8 +179,7 @@ class GPUWatch(keras.callbacks.Callback):
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
                               "train without gpu-watch's logs.") from exc
-            warnings.warn(f"{message}; training goes on without it.", GPUWatchWarning,
-                          stacklevel=2)
+            warn(f"{message}; training goes on without it.")
             return
         self.monitor.watch_thread(frame)
         self._epoch = 0
@@ -296,22 +294,24 @@ class GPUWatch(keras.callbacks.Callback):
             try:
                 report = self._probe.after_first_step(self._model, logs)
             except Exception as exc:  # an unexpected model must not stop training
-                warnings.warn(f"gpu-watch could not check placement: {exc!r}", GPUWatchWarning,
-                              stacklevel=4)
+                warn(f"gpu-watch could not check placement: {exc!r}")
         judgement = self.monitor.first_step(report)
         if judgement.verdict != CPU_FALLBACK:
             return
-        reasons = "; ".join(c.message for c in judgement.causes) or "cause unknown"
+        codes = [c.code for c in judgement.causes]
         if self.config.require_gpu:
+            reasons = "; ".join(c.message.rstrip(". ") for c in judgement.causes)
             error = GPUNotUsedError(
-                f"Training is running on the CPU: {reasons} "
+                f"Training is running on the CPU: {reasons or 'cause unknown'} "
                 f"(run folder: {self.monitor.run_dir})",
-                [c.code for c in judgement.causes],
+                codes,
             )
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
-        warnings.warn(f"Training is running on the CPU: {reasons}", GPUWatchWarning,
-                      stacklevel=4)
+        # One line: the causes' words come once, in the summary and the run folder.
+        warn(f"gpu-watch: training is running on the CPU, not the GPU "
+             f"({', then '.join(codes) or 'cause unknown'}); why and what to do: "
+             f"gpu-watch report {self.monitor.run_dir}")
 
     def _act_on_idle(self, event: IdleEvent) -> None:
         self._idle_acted = True
@@ -319,7 +319,7 @@ class GPUWatch(keras.callbacks.Callback):
         message = idle_message(event, self.config)
         self.monitor.record_idle(event, action)
         if action == "warn":
-            warnings.warn(message, GPUIdleWarning, stacklevel=4)
+            warn(message, GPUIdleWarning)
         elif action == "stop":
             self._stopped_idle = True
             self._model.stop_training = True
@@ -333,8 +333,7 @@ class GPUWatch(keras.callbacks.Callback):
         try:
             distribution = self._probe.before_training(self._model)
         except Exception as exc:  # an unexpected setup must not stop training
-            warnings.warn(f"gpu-watch could not read the training setup: {exc!r}",
-                          GPUWatchWarning, stacklevel=3)
+            warn(f"gpu-watch could not read the training setup: {exc!r}")
             distribution = None
         return {"data": placement.data_source(frame), "distribution": distribution}
 

@@ -22,6 +22,10 @@ RESOURCES = "resources"
 CODE = "code"
 OTHER = "other"
 
+# The order in which a user must fix what blocks the GPU: without a driver nothing else can be
+# checked, then what is installed, then code and settings, then resources.
+FIX_ORDER = (DRIVER, INSTALL, CODE, RESOURCES, OTHER)
+
 ERROR = "error"  # stops the GPU from being used
 WARNING = "warning"  # the GPU is used, but poorly or not by this process's measure
 INFO = "info"
@@ -567,6 +571,21 @@ def _spread_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts) -> str
         return spec.variants[f"{backend}:distributed"].format(
             name=dist.get("name") or "distribution", replicas=dist.get("replicas"))
     return spec.variants[f"{backend}:spread"]
+
+
+def blocks_gpu(finding: Cause) -> bool:
+    """Whether a finding keeps the GPU from being used: an error, or a warning of a code that
+    is an error by nature, told as a warning only because another blocker comes first (CUDA
+    libraries missing on a machine that has no driver yet)."""
+    spec = CATALOGUE.get(finding.code)
+    return finding.severity == ERROR or (spec is not None and spec.severity == ERROR)
+
+
+def fix_rank(finding: Cause) -> int:
+    """Where a finding comes in `FIX_ORDER` (by its code's group)."""
+    spec = CATALOGUE.get(finding.code)
+    group = spec.group if spec is not None else OTHER
+    return FIX_ORDER.index(group) if group in FIX_ORDER else len(FIX_ORDER)
 
 
 def cause(code: str, message: str | None = None, remedy: str | None = None,

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("path", help="a run folder or a folder of runs (e.g. gpu_watch_logs)")
     report.add_argument("--no-plots", action="store_true", help="print the summary only")
+    report.add_argument(
+        "--rejudge", action="store_true",
+        help="judge the run again with this version's rules (runs recorded before the judged "
+        "figures existed always are); the run's own files are left as they are")
 
     demo = commands.add_parser(
         "demo",
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     if args.command == "report":
         from gpu_watch.report import run_report_command
 
-        return run_report_command(args.path, plots=not args.no_plots, out=out)
+        return run_report_command(args.path, plots=not args.no_plots, out=out,
+                                  rejudge=args.rejudge)
     if args.command == "demo":
         from gpu_watch.demo import run_demo
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class GPUWatchWarning(UserWarning):
     """A problem GPUWatch noticed that does not stop training (an NVML fault, a failed write)."""
@@ -34,3 +38,23 @@ class GPUNotUsedError(RuntimeError):
     def __init__(self, message: str, causes: list[str]) -> None:
         super().__init__(message)
         self.causes = causes
+
+
+def warn(message: str, category: type[Warning] = GPUWatchWarning) -> None:
+    """Issue a warning attributed to the user's code: the first frame of the stack outside
+    gpu-watch and Keras (the line that called `fit`), so that the warning shows that line and
+    the user's warning filters apply. Where no such frame exists (a batch hook run on one of
+    Keras' worker threads), the caller of the hook is named instead."""
+    skip = (_package_dir(__name__), _package_dir("keras"))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
+def _package_dir(module: str) -> str:
+    """The folder of the top-level package of `module` (with a trailing separator), or a
+    string no file name starts with when it is not imported."""
+    top = sys.modules.get(module.split(".")[0])
+    path = getattr(top, "__file__", None)
+    return os.path.dirname(path) + os.sep if path else "\0"

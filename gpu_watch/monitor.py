@@ -10,7 +10,6 @@ so what was measured is never lost.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime as dt
 import os
 import signal
@@ -24,11 +23,11 @@ from typing import Any
 
 from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
-from gpu_watch.causes import Cause, RunFacts
+from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
-from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
+from gpu_watch.timeline import EpochSpan, IdleEvent, Timeline
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 
 ON_IDLE = ("warn", "stop", "raise")
@@ -155,6 +154,9 @@ class Monitor:
         self._first_render_s = FIRST_RENDER_S
         self._last_flush = self.t0
         self._interrupted = False
+        self._sampling_closed = False
+        self._closed = threading.Event()
+        self._written: dict[int, EpochEnd] = {}  # epochs written by a flush, not yet returned
         self._watch: tuple[int, Any] | None = None
         self._previous_sigint: Any = None
 
@@ -192,14 +194,14 @@ class Monitor:
             "causes": [],
             "gpu_verdicts": {},
             "gpu_judged_by": {},
+            "judged": {},
+            "wait": None,
+            "first_step_s": None,
             "idle": {"events": self.idle_events},
             "faults": [],
             "error": None,
             "config": asdict(config),
         }
-        self.environment_findings = [
-            Cause.from_dict(f) for f in (environment or {}).get("findings", [])
-        ]
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s)
@@ -208,7 +210,6 @@ class Monitor:
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
-        self._epoch_start_s = 0.0
         self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
@@ -249,8 +250,7 @@ class Monitor:
 
     def begin_epoch(self, epoch: int) -> None:
         """An epoch starts."""
-        self._epoch_start_s = self.elapsed_s()
-        self.timeline.begin_epoch(epoch)
+        self.timeline.begin_epoch(epoch, self.elapsed_s())
 
     def first_step(self, placement: dict[str, Any] | None) -> Judgement:
         """Record step 0's placement; return the verdict it implies so far."""
@@ -267,45 +267,29 @@ class Monitor:
         return verdict
 
     def end_epoch(self, epoch: int, logs: dict[str, Any]) -> EpochEnd:
-        """Close an epoch: write its row (with the Keras logs); return its verdict and row."""
-        batches, step_s, _, _ = self.timeline.epoch_loop()
-        stats = self.timeline.epoch_stats()
-        wait_fraction = self.timeline.epoch_wait_fraction()
-        verdict = judge(self.setting(), stats, wait_fraction)
-        with_util = [s for s in stats if s.util_mean is not None]
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "batches": batches,
-            "duration_s": self.elapsed_s() - self._epoch_start_s,
-            "step_s_mean": step_s / batches if batches else None,
-            "wait_fraction": wait_fraction,
-            "gpu_util_mean": _mean([s.util_mean for s in with_util]),
-            "proc_util_mean": _mean([s.proc_util_mean for s in stats]),
-            "gpu_util_p95": max((s.util_p95 for s in with_util), default=None),
-            "gpu_mem_peak_mib": max((s.mem_peak_mib for s in stats if s.mem_peak_mib is not None),
-                                    default=None),
-            # The share that decided the verdict: this process's own where NVML measured it.
-            "idle_fraction": _mean([s.judged_idle_fraction for s in stats]),
-            "verdict": verdict.verdict,
-        }
-        for s in stats:
-            row[f"gpu{s.gpu}_util_mean"] = s.util_mean
-            row[f"gpu{s.gpu}_proc_util_mean"] = s.proc_util_mean
-            row[f"gpu{s.gpu}_verdict"] = verdict.gpu_verdicts.get(s.gpu)
-        row.update(activity_row(stats))
-        for key, value in logs.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row[key] = float(value)
+        """Close an epoch: write its row (with the Keras logs) once its figures are complete;
+        return its verdict and row.
+
+        An epoch shorter than the sampling interval has no reading of its own yet: its row is
+        written when the reading that covers it comes, and the row returned now has its loop
+        figures, with the GPU figures and the verdict None (not measured yet)."""
+        span = self.timeline.end_epoch(self.elapsed_s(), logs)
         with self._lock:
-            if self._finished:
-                return EpochEnd(verdict, row)
+            if self._finished or span is None:
+                if span is None:
+                    return EpochEnd(judge(self.setting(), [], None), {"epoch": epoch})
+                judgement, row = epoch_row(span, self.setting())
+                return EpochEnd(judgement, row)
             self.flush()
-            self._guard_write(lambda: (self.epochs.widen(list(row)), self.epochs.append([row])))
+            written = self._written.pop(span.epoch, None)
+            self._written.clear()
             self.judgement = self._judge_run()
-            self._store_judgement(self.judgement)
             self._write_json()
         self._render(final=False)
-        return EpochEnd(verdict, row)
+        if written is None:
+            judgement, row = epoch_row(span, self.setting())
+            return EpochEnd(judgement, {**row, **dict.fromkeys(_GPU_FIGURES)})
+        return written
 
     def record_idle(self, event: IdleEvent, action: str) -> None:
         """Record what was done about an idle stretch."""
@@ -314,26 +298,50 @@ class Monitor:
     def finish(self, status: str, error: BaseException | None = None) -> None:
         """End the run: stop sampling, write every remaining row and the verdict, and ask for
         the figures (drawn by another process: `wait_for_drawing` waits for them). Safe to call
-        more than once and from any thread; only the first call counts."""
+        more than once and from any thread; only the first call counts, and `wait_closed`
+        waits for it. A step that fails is recorded in `run.json` ("close_errors") and the
+        others still run, so the final status is written whatever happens."""
         with self._lock:
             if self._finished:
                 return
             self._finished = True
-        _open_monitors.discard(self)
-        self.sampler.stop()
+        try:
+            self._close(status, error)
+        finally:
+            self._closed.set()
+            _open_monitors.discard(self)
+
+    def _close(self, status: str, error: BaseException | None) -> None:
+        failures: list[str] = []
+
+        def attempt(step: Any) -> None:
+            try:
+                step()
+            except Exception as exc:  # recorded below: the final status must still be written
+                failures.append(f"{getattr(step, '__name__', 'step')}: "
+                                f"{type(exc).__name__}: {exc}")
+
+        attempt(lambda: self.sampler.stop(closing_tick=True))
+        self._sampling_closed = True
         self._watch = None  # the fit frame holds the user's data: let it go
-        self.restore_sigint()
+        attempt(self.restore_sigint)
         with self._lock:
             self.status = status
             if error is not None:
                 self.error = {"type": type(error).__name__, "message": str(error)[:2000]}
-            self.flush(final=True)
-            self.judgement = self._judge_run()
-            self._store_judgement(self.judgement)
+            attempt(lambda: self.flush(final=True))
+            attempt(self._judge_run)
             self.info.update(status=status, ended_at=_now_iso(),
                              duration_s=round(self.elapsed_s(), 3), error=self.error)
+            if failures:
+                self.info["close_errors"] = failures
             self._write_json()
         self._render(final=True)
+
+    def wait_closed(self, timeout_s: float) -> bool:
+        """Wait until `finish`, called from any thread, has written the final status; at most
+        `timeout_s` seconds. Returns whether it has."""
+        return self._closed.wait(timeout_s)
 
     @property
     def finished(self) -> bool:
@@ -343,12 +351,13 @@ class Monitor:
     # -- the sampler thread's side -----------------------------------------------------------
 
     def _on_tick(self, readings: list) -> None:
-        if self._finished:  # a tick that outlived `finish` (a read that hung) writes nothing
+        if self._sampling_closed:  # a tick that outlived `finish` (a read that hung)
             return
-        self.timeline.add_readings(readings)
         watch = self._watch
-        if watch is not None:
-            self.timeline.add_data_tick(self._fetching_data(watch[0]))
+        self.timeline.add_readings(
+            readings, None if watch is None else self._fetching_data(watch[0]))
+        if self._finished:  # the closing tick: `finish` writes it
+            return
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
         watch = self._watch
@@ -386,7 +395,8 @@ class Monitor:
         return True
 
     def flush(self, final: bool = False) -> None:
-        """Write the readings and batch rows that are ready, a bounded chunk at a time."""
+        """Write the readings, batch rows and epoch rows that are ready, a bounded chunk at a
+        time."""
         with self._lock:
             self._last_flush = self.clock()
             while True:
@@ -397,7 +407,14 @@ class Monitor:
                 if rows:
                     self._guard_write(self.batches.append, rows)
                 if len(rows) < FLUSH_ROWS:
-                    return
+                    break
+            for span in self.timeline.ready_epochs(final=final):
+                self._write_epoch(span)
+
+    def _write_epoch(self, span: EpochSpan) -> None:
+        judgement, row = epoch_row(span, self.setting())
+        self._written[span.epoch] = EpochEnd(judgement, row)
+        self._guard_write(lambda: (self.epochs.widen(list(row)), self.epochs.append([row])))
 
     def _guard_write(self, write, *args: Any) -> None:
         try:
@@ -416,33 +433,12 @@ class Monitor:
 
     def setting(self) -> Setting:
         """The run's facts as the verdict rules take them."""
-        placement = self.placement or {}
-        framework = self.info["framework"]
-        gpus = framework.get("gpus")
-        return Setting(
-            compute_on_gpu=placement.get("compute_on_gpu"),
-            framework_gpus=None if gpus is None else len(gpus),
-            nvml_error=self.nvml.error,
-            nvml_gpus=self.info["nvml"]["gpus_seen"],
-            visible_gpus=len(self.devices),
-            cuda_visible_devices=self.info["cuda_visible_devices"],
-            cuda_build=framework.get("cuda_build"),
-            cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
-            environment=tuple(self.environment_findings),
-            idle_threshold_pct=self.config.idle_threshold_pct,
-            facts=RunFacts.from_run(self.info),
-            no_process_utilization=tuple(
-                off["gpu"] for off in self.nvml.switched_off if off["metric"] == "proc_util"),
-        )
+        return setting_of(self.info, self.nvml.switched_off)
 
     def _judge_run(self) -> Judgement:
-        return judge(self.setting(), self.timeline.run_stats(), self.timeline.run_wait_fraction())
-
-    def _store_judgement(self, judgement: Judgement) -> None:
-        self.info["verdict"] = judgement.verdict
-        self.info["causes"] = [c.to_dict() for c in judgement.causes]
-        self.info["gpu_verdicts"] = {str(k): v for k, v in judgement.gpu_verdicts.items()}
-        self.info["gpu_judged_by"] = {str(k): v for k, v in judgement.judged_by.items()}
+        """Judge the run so far and record the judgement in `run.json`'s record."""
+        judgement, record = run_record(self.timeline, self.setting())
+        self.info.update(record)
         self.info["faults"] = [
             {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}
             for f in self.nvml.faults
@@ -452,7 +448,7 @@ class Monitor:
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
-        self.info["energy"] = energy_summary(self.timeline.run_stats())
+        return judgement
 
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))
@@ -518,16 +514,25 @@ def idle_message(event: IdleEvent, config: Config) -> str:
     )
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+# The GPU figures of an epoch row: None in the row returned for an epoch whose covering
+# reading has not come yet.
+_GPU_FIGURES = ("gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
+                "gpu_mem_peak_mib", "idle_fraction", "verdict", "gpu_sm_active_mean",
+                "gpu_energy_j")
+
+
+# How long the exit handler waits for a run that another thread is closing (the sampler
+# thread closes a run whose `fit` left the stack): a daemon thread dies with the interpreter.
+CLOSE_AT_EXIT_S = 10.0
 
 
 @atexit.register
 def _finish_open_runs() -> None:
-    """A script that dies with an exception still leaves a closed run folder."""
+    """A script that dies with an exception still leaves a closed run folder: each run still
+    open is closed as `interrupted` (Ctrl-C) or `failed`, and a run another thread is closing
+    is waited for. A failure is recorded in the run's `run.json` by `finish` itself."""
     interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
     for monitor in list(_open_monitors):
-        with contextlib.suppress(Exception):
-            monitor.finish(runlog.STATUS_INTERRUPTED if interrupted or monitor._interrupted
-                           else runlog.STATUS_FAILED)
+        monitor.finish(runlog.STATUS_INTERRUPTED if interrupted or monitor._interrupted
+                       else runlog.STATUS_FAILED)
+        monitor.wait_closed(CLOSE_AT_EXIT_S)

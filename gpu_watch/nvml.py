@@ -125,7 +125,9 @@ class Reading:
     `others` are the other compute processes NVML lists, each with its SM utilization read by
     the same rule as this process's `proc_util_pct` (see :meth:`NVML.process_utilization`);
     `others_util_pct` is their summed SM utilization and `others_mem_mib` their memory, both
-    None when unknown.
+    None when unknown. `judged_util_pct` is not NVML's: the timeline sets it to this training's
+    utilization of the GPU as the verdicts judge it (see `Timeline.judge_reading`), and
+    `fetching_data` to whether training was fetching data at that tick.
     """
 
     time_s: float
@@ -152,6 +154,8 @@ class Reading:
     pcie_rx_mib_s: float | None = None
     energy_counter_mj: int | None = None
     proc_listed: bool | None = None
+    judged_util_pct: float | None = None
+    fetching_data: bool | None = None
     others: tuple[OtherProcess, ...] | None = None
     others_util_pct: float | None = None
     others_mem_mib: float | None = None

@@ -51,6 +51,7 @@ SAMPLE_COLUMNS = (
     "time_s", "gpu", "util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib",
     "proc_mem_mib", "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
     "idle_clock_event", "lost", *SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib",
+    "judged_util_pct", "fetching_data",
 )
 BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
 BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
@@ -62,14 +63,15 @@ EPOCH_ACTIVITY_COLUMNS = (
 )
 EPOCH_GPU_ACTIVITY_COLUMNS = ("sm_active_mean", "energy_j", "power_mean_w")
 EPOCH_COLUMNS = (
-    "epoch", "batches", "duration_s", "step_s_mean", "wait_fraction", "gpu_util_mean",
-    "proc_util_mean", "gpu_util_p95", "gpu_mem_peak_mib", "idle_fraction", "verdict",
-    *EPOCH_ACTIVITY_COLUMNS,
+    "epoch", "batches", "duration_s", "first_step_s", "step_s_mean", "wait_fraction",
+    "wait_measure", "gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
+    "gpu_mem_peak_mib", "idle_fraction", "verdict", *EPOCH_ACTIVITY_COLUMNS,
 )
 # Columns added after the first release: a run folder written before them still loads, with
 # the column all NaN.
 _OPTIONAL_COLUMNS = frozenset(SAMPLE_ACTIVITY_COLUMNS + EPOCH_ACTIVITY_COLUMNS) | {
-    "others_util_pct", "others_mem_mib", "proc_util_mean"}
+    "others_util_pct", "others_mem_mib", "proc_util_mean", "judged_util_pct", "fetching_data",
+    "first_step_s", "judged_util_mean", "wait_measure"}
 
 
 class RunFolderError(ValueError):

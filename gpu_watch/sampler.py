@@ -73,6 +73,7 @@ class Sampler:
         self._clock = clock
         self._t0 = t0
         self._stop = threading.Event()
+        self._closing_tick = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.ticks = 0
@@ -92,14 +93,20 @@ class Sampler:
             if self._t0 is None:
                 self._t0 = self._clock()
             self._stop.clear()
+            self._closing_tick = False
             self._thread = threading.Thread(target=self._run, name="gpu-watch-sampler", daemon=True)
             self._thread.start()
             _running.add(self)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread and wait for it (at most `timeout_s`). Idempotent."""
+    def stop(self, timeout_s: float = 5.0, closing_tick: bool = False) -> None:
+        """Stop the thread and wait for it (at most `timeout_s`). Idempotent.
+
+        With `closing_tick`, the thread reads every device once more before it ends: NVML's
+        utilization describes the period before a reading, so the end of training is measured
+        too (a last epoch shorter than the interval has a reading of its own)."""
         with self._lock:
             thread = self._thread
+            self._closing_tick = closing_tick and thread is not None
             self._stop.set()
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout_s)
@@ -150,6 +157,11 @@ class Sampler:
                 self.skipped_ticks += missed
                 due += missed * self.interval_s
             self._stop.wait(due - now)
+        if self._closing_tick:
+            try:
+                self.tick()
+            except Exception:
+                self._record_error()
 
 
 @atexit.register

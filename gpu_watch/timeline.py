@@ -97,11 +97,12 @@ class SpanStats:
     own (histograms), the other processes seen, peaks, flags, and running sums of the GPM
     readings."""
 
-    __slots__ = ("device", "own", "mem_peak", "proc_peak", "proc_seen", "others_seen", "lost",
-                 "others_sum", "others_n", "others_busy", "contended", "others_mem_peak",
-                 "procs_max", "others", "activity")
+    __slots__ = ("readings", "device", "own", "mem_peak", "proc_peak", "proc_seen",
+                 "others_seen", "lost", "others_sum", "others_n", "others_busy", "contended",
+                 "others_mem_peak", "procs_max", "others", "activity")
 
     def __init__(self) -> None:
+        self.readings = 0
         self.device = _Histogram()
         self.own = _Histogram()
         self.mem_peak: float | None = None
@@ -125,6 +126,7 @@ class SpanStats:
 
     def add(self, r: Reading, threshold_pct: float) -> None:
         """Count one reading; readings without a value change nothing (NaN is not idle)."""
+        self.readings += 1
         if r.util_pct is not None:
             self.device.add(r.util_pct, threshold_pct)
         if r.proc_util_pct is not None:
@@ -193,7 +195,7 @@ class SpanStats:
             others_busy_fraction=self.others_busy / self.others_n if self.others_n else None,
             contended_fraction=self.contended / self.others_n if self.others_n else None,
             others_mem_peak_mib=self.others_mem_peak, procs_max=self.procs_max, others=others,
-            **self.activity_means(),
+            readings=self.readings, **self.activity_means(),
         )
 
 
@@ -306,18 +308,129 @@ def energy_summary(stats: Sequence[GPUStats]) -> dict[str, Any]:
     }
 
 
+# A share of sampler ticks is a sample: from n ticks its standard error is at most
+# 0.5 / sqrt(n), 11 points at 20 ticks (4 s at the default 0.2 s interval). Fewer ticks than
+# this give no sampled wait share: a short epoch whose few ticks happened to land in the data
+# adapter's set-up would otherwise read as half spent waiting.
+MIN_WAIT_TICKS = 20
+# The measures of waiting for data (see `Loop.wait`).
+BATCH_GAPS = "batch_gaps"
+SAMPLED_TICKS = "sampled_ticks"
+GAPS_ONLY = "batch_gaps_only"  # too few ticks to see waits inside a step: a lower bound
+
+
+@dataclass(frozen=True)
+class Wait:
+    """How long a span of training waited for data.
+
+    Attributes:
+        fraction: The share of the loop's time spent waiting, 0-1; None when neither measure
+            has enough evidence.
+        measure: Which measure `fraction` comes from: `SAMPLED_TICKS` (the share of the
+            sampler's ticks that found training fetching data), `BATCH_GAPS` (the time
+            between one batch hook's end and the next one's begin, where it is larger), or
+            `GAPS_ONLY` (the gaps, with too few ticks to see a wait inside a step: a lower
+            bound); None with no fraction.
+        wait_s: Seconds between batches (the batch-gap measure's numerator).
+        loop_s: Seconds of the loop: steps plus the gaps between them, step 0 left out.
+        ticks: Sampler ticks counted, of which `fetching_ticks` found training fetching data.
+    """
+
+    fraction: float | None
+    measure: str | None
+    wait_s: float
+    loop_s: float
+    ticks: int
+    fetching_ticks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready record written to `run.json` as "wait"."""
+        return {"fraction": None if self.fraction is None else round(self.fraction, 4),
+                "measure": self.measure, "wait_s": round(self.wait_s, 4),
+                "loop_s": round(self.loop_s, 4), "ticks": self.ticks,
+                "fetching_ticks": self.fetching_ticks, "min_ticks": MIN_WAIT_TICKS}
+
+
+@dataclass(slots=True)
+class Loop:
+    """The training loop's counts over a span, step 0 left out (it compiles)."""
+
+    batches: int = 0
+    steps: int = 0
+    step_s: float = 0.0
+    wait_s: float = 0.0
+    ticks: int = 0
+    fetching_ticks: int = 0
+
+    def add_batch(self, steps: int, step_s: float, wait_s: float | None) -> None:
+        self.batches += 1
+        self.steps += steps
+        self.step_s += step_s
+        self.wait_s += wait_s or 0.0
+
+    def add_tick(self, fetching: bool) -> None:
+        self.ticks += 1
+        self.fetching_ticks += fetching
+
+    def wait(self) -> Wait:
+        """The share of the loop spent waiting for data, by the measure that counts.
+
+        The gaps between batch hooks see waiting between steps (torch's DataLoader, a Python
+        loop feeding `fit`), but not inside one: on TensorFlow and JAX, Keras fetches the next
+        batch inside the step. The share of ticks that found training fetching data sees both,
+        but is a sample: it counts only from `MIN_WAIT_TICKS` ticks on, and with fewer the gaps
+        alone are a lower bound. Where both are known the larger counts: the gaps are exact
+        where they see the wait, the ticks see the wait they miss.
+        """
+        loop_s = self.step_s + self.wait_s
+        gaps = self.wait_s / loop_s if loop_s > 0 else None
+        sampled = (self.fetching_ticks / self.ticks if self.ticks >= MIN_WAIT_TICKS else None)
+        if sampled is not None and (gaps is None or sampled > gaps):
+            fraction, measure = sampled, SAMPLED_TICKS
+        elif gaps is not None:
+            fraction, measure = gaps, BATCH_GAPS if sampled is not None else GAPS_ONLY
+        else:
+            fraction, measure = None, None
+        return Wait(fraction, measure, self.wait_s, loop_s, self.ticks, self.fetching_ticks)
+
+
+class EpochSpan:
+    """One epoch's readings and loop counts, from its begin until its figures are complete.
+
+    An epoch takes the readings whose NVML sample period overlaps it, by the rule batch rows
+    use: the readings inside it, or, for an epoch shorter than the sampling interval, the
+    first reading after its end (NVML's utilization describes the period before a reading).
+    Readings taken while step 0 ran are left out, as they are from the run's figures.
+    """
+
+    __slots__ = ("epoch", "start_s", "end_s", "stats", "energy", "loop", "first_step_s",
+                 "logs", "readings", "ready")
+
+    def __init__(self, epoch: int, start_s: float, gpus: Sequence[int],
+                 run_energy: dict[int, EnergyMeter]) -> None:
+        self.epoch = epoch
+        self.start_s = start_s
+        self.end_s: float | None = None
+        self.stats = {g: SpanStats() for g in gpus}
+        self.energy = {g: EnergyMeter().follow(run_energy[g]) for g in gpus}
+        self.loop = Loop()
+        self.first_step_s: float | None = None
+        self.logs: dict[str, Any] = {}
+        self.readings = 0  # ticks counted into `stats`
+        self.ready = False
+
+    def gpu_stats(self) -> list[GPUStats]:
+        """Each watched GPU's statistics over the epoch, its energy included."""
+        return _with_energy([s.stats(g) for g, s in self.stats.items()], self.energy)
+
+
 class Timeline:
     """Batch timings and NVML readings of one run, paired up.
 
-    The idle detector judges this training's own use of each GPU: its SM utilization where NVML
-    attributes one (`Reading.proc_util_pct`). Without that figure in a reading, the device's
-    utilization stands in when it is under the threshold (the device's figure bounds any one
-    process's, so the training was idle too), or when no other process is listed and this GPU
-    never gave this process a figure of its own (the device's work is then taken as this
-    training's, as in a container's PID namespace). Otherwise the reading says nothing either
-    way (another process may have done the work, or NVML has no new sample of this process
-    yet), and the GPU's latest judged figure stands: training counts as idle only while every
-    GPU judged so far last read idle.
+    Each reading gets this training's judged utilization of its GPU (`judge_reading`), stored
+    with it in `samples.csv`; the idle detector and the statistics that decide the verdicts
+    are built on the same readings. Step 0 (compilation, the first batch) is left out of the
+    run's and every epoch's figures, and of the loop counts; its duration is kept apart.
 
     Args:
         gpus: NVML indices of the watched GPUs (the per-GPU columns of `batches.csv`).
@@ -338,108 +451,165 @@ class Timeline:
         self._samples: list[Reading] = []
         self._recent: dict[int, deque[Reading]] = {g: deque() for g in self.gpus}
         self._last_tick_s = -math.inf
-        self.epoch: int | None = None
         self.first_step_end_s: float | None = None
-        self._first_step_epoch: int | None = None
-        self._epoch_stats: dict[int, SpanStats] = {}
+        self.first_step_s: float | None = None
         self._run_stats = {g: SpanStats() for g in self.gpus}
-        self._warmup_stats = {g: SpanStats() for g in self.gpus}  # readings during step 0
         # Energy counts every reading, step 0 included: compiling costs energy too.
         self._run_energy = {g: EnergyMeter() for g in self.gpus}
-        self._epoch_energy: dict[int, EnergyMeter] = {}
+        self._open: EpochSpan | None = None
+        self._closing: list[EpochSpan] = []  # ended, waiting for a reading that covers them
         self._last_batch_end_s = -math.inf
         self._idle_since: float | None = None
-        self._idle_sums: dict[int, list[float]] = {}
+        self._idle_sums: dict[int, _IdleSums] = {}
         self._own_seen: set[int] = set()  # GPUs that gave this process a figure of its own
         self._last_judged: dict[int, float] = {}  # each GPU's latest judged utilization
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
-        self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
-        self._run_loop = [0.0, 0.0]  # step_s sum, wait_s sum
-        self._epoch_data_ticks = [0, 0]  # ticks fetching data, ticks
-        self._run_data_ticks = [0, 0]
+        self._run_loop = Loop()
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch running now, or None between epochs."""
+        span = self._open
+        return None if span is None else span.epoch
 
     # -- training thread -------------------------------------------------------------------------
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Start counting a new epoch."""
+    def begin_epoch(self, epoch: int, start_s: float = 0.0) -> None:
+        """Start counting a new epoch that began `start_s` seconds into training (an epoch
+        still open, which Keras never ended, ends there)."""
+        if self._open is not None:
+            self.end_epoch(start_s)
         with self._lock:
-            self.epoch = epoch
-            self._epoch_stats = {g: SpanStats() for g in self.gpus}
-            self._epoch_energy = {g: EnergyMeter().follow(self._run_energy[g]) for g in self.gpus}
-            self._epoch_loop = [0, 0.0, 0.0, 0.0]
-            self._epoch_data_ticks = [0, 0]
+            self._open = EpochSpan(epoch, start_s, self.gpus, self._run_energy)
+
+    def end_epoch(self, end_s: float, logs: dict[str, Any] | None = None) -> EpochSpan | None:
+        """Close the running epoch at `end_s`, keeping the Keras `logs` for its row. It is
+        ready at once when it has readings of its own or no GPU is watched; else once the
+        reading that covers it comes (`ready_epochs`)."""
+        with self._lock:
+            span, self._open = self._open, None
+            if span is None:
+                return None
+            span.end_s = end_s
+            span.logs = dict(logs or {})
+            span.ready = bool(span.readings) or not self.gpus
+            self._closing.append(span)
+            return span
+
+    def ready_epochs(self, final: bool = False) -> list[EpochSpan]:
+        """Take the closed epochs whose figures are complete, oldest first; with `final`,
+        every closed epoch (the run is over: no reading will come)."""
+        with self._lock:
+            ready = []
+            while self._closing and (final or self._closing[0].ready):
+                ready.append(self._closing.pop(0))
+            return ready
 
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
                   wait_s: float | None) -> None:
-        """Record one batch hook's timing (seconds since training started). Cheap: no lock."""
+        """Record one batch hook's timing (seconds since training started). Cheap: no lock
+        but the first time."""
         self._batches.append((epoch, batch, steps, begin_s, end_s, wait_s))
-        loop = self._epoch_loop
-        loop[0] += 1
-        loop[1] += end_s - begin_s
-        loop[2] += wait_s or 0.0
-        loop[3] += steps
-        run = self._run_loop
-        run[0] += end_s - begin_s
-        run[1] += wait_s or 0.0
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
+        span = self._open
         if self.first_step_end_s is None:
-            self.first_step_end_s = end_s
-            self._first_step_epoch = epoch
+            with self._lock:
+                self.first_step_s = end_s - begin_s
+                self.first_step_end_s = end_s
+                if span is not None:
+                    span.first_step_s = self.first_step_s
+            return
+        if span is not None:
+            span.loop.add_batch(steps, end_s - begin_s, wait_s)
+        self._run_loop.add_batch(steps, end_s - begin_s, wait_s)
 
     def add_data_tick(self, fetching: bool) -> None:
         """Count one sampler tick, and whether training was fetching data at that moment."""
         if self.first_step_end_s is None:
-            return
-        for counts in (self._epoch_data_ticks, self._run_data_ticks):
-            counts[0] += fetching
-            counts[1] += 1
+            return  # step 0 compiles: not waiting
+        span = self._open
+        if span is not None:
+            span.loop.add_tick(fetching)
+        self._run_loop.add_tick(fetching)
+
+    def epoch_wait(self) -> Wait:
+        """How long the running epoch has waited for data so far (see `Loop.wait`)."""
+        span = self._open
+        return (span.loop if span is not None else Loop()).wait()
+
+    def run_wait(self) -> Wait:
+        """How long the run has waited for data so far, step 0 left out (see `Loop.wait`)."""
+        return self._run_loop.wait()
 
     def epoch_wait_fraction(self) -> float | None:
-        """Share of this epoch's time spent waiting for data, 0-1 (see `run_wait_fraction`)."""
-        _, step_s, wait_s, _ = self._epoch_loop
-        return _wait_fraction(step_s, wait_s, self._epoch_data_ticks)
+        """Share of the running epoch's loop spent waiting for data, 0-1."""
+        return self.epoch_wait().fraction
 
     def run_wait_fraction(self) -> float | None:
-        """Share of the run's time spent waiting for data, 0-1: the gaps between batches, or,
-        when larger, the share of ticks that found training fetching data (the wait inside a
-        step, where TensorFlow and JAX fetch the next batch)."""
-        step_s, wait_s = self._run_loop
-        return _wait_fraction(step_s, wait_s, self._run_data_ticks)
+        """Share of the run's loop spent waiting for data, 0-1."""
+        return self.run_wait().fraction
 
     def epoch_loop(self) -> tuple[int, float, float, int]:
-        """This epoch's batches, summed step seconds, summed wait seconds and steps."""
-        batches, step_s, wait_s, steps = self._epoch_loop
-        return int(batches), step_s, wait_s, int(steps)
+        """The running epoch's batches, summed step seconds, summed wait seconds and steps,
+        step 0 left out."""
+        span = self._open
+        loop = span.loop if span is not None else Loop()
+        return loop.batches, loop.step_s, loop.wait_s, loop.steps
 
     # -- sampler thread --------------------------------------------------------------------------
 
-    def add_readings(self, readings: Sequence[Reading]) -> IdleEvent | None:
-        """Take one sampler tick; return an `IdleEvent` the first time idleness lasts the
-        patience (it fires once per run)."""
+    def add_readings(self, readings: Sequence[Reading], fetching: bool | None = None
+                     ) -> IdleEvent | None:
+        """Take one sampler tick, and whether training was fetching data at that moment (None
+        when not looked at); return an `IdleEvent` the first time idleness lasts the patience
+        (it fires once per run)."""
+        if fetching is not None:
+            self.add_data_tick(fetching)
         with self._lock:
             counted = self.first_step_end_s is not None
+            spans = self._spans_for(readings[0].time_s) if readings and counted else []
             for r in readings:
+                r.judged_util_pct = self.judge_reading(r)
+                r.fetching_data = fetching
                 self._samples.append(r)
                 self._add_energy(r)
                 recent = self._recent.get(r.gpu)
                 if recent is not None:
                     recent.append(r)
-                if not counted:
-                    if r.gpu in self._warmup_stats:
-                        self._warmup_stats[r.gpu].add(r, self.threshold)
+                if not counted or r.gpu not in self._run_stats:
                     continue
                 self._run_stats[r.gpu].add(r, self.threshold)
-                if self.epoch is not None and r.gpu in self._epoch_stats:
-                    self._epoch_stats[r.gpu].add(r, self.threshold)
+                for span in spans:
+                    span.stats[r.gpu].add(r, self.threshold)
+            for span in spans:
+                span.readings += 1
             if readings:
                 self._last_tick_s = readings[0].time_s
+                self._settle_closing(self._last_tick_s)
                 return self._track_idle(readings) if counted else None
             return None
 
+    def _spans_for(self, time_s: float) -> list[EpochSpan]:
+        """The epochs a tick at `time_s` describes: the running one, and a closed one that has
+        no reading yet and ended at most two intervals before it."""
+        spans = [self._open] if self._open is not None else []
+        spans += [s for s in self._closing if not s.ready and s.end_s is not None
+                  and s.readings == 0 and 0.0 <= time_s - s.end_s <= 2 * self.interval]
+        return spans
+
+    def _settle_closing(self, time_s: float) -> None:
+        for span in self._closing:
+            if span.readings or (span.end_s is not None
+                                 and time_s - span.end_s > 2 * self.interval):
+                span.ready = True
+
     def _add_energy(self, r: Reading) -> None:
-        for meters in (self._run_energy, self._epoch_energy):
-            meter = meters.get(r.gpu)
+        meter = self._run_energy.get(r.gpu)
+        if meter is not None:
+            meter.add(r)
+        if self._open is not None:
+            meter = self._open.energy.get(r.gpu)
             if meter is not None:
                 meter.add(r)
 
@@ -451,9 +621,9 @@ class Timeline:
         # figure of a busy training, and a GPU that last worked must not let the others'
         # idleness stand for all. A GPU never judged is not evidence either way; at least one
         # GPU must have been judged idle this tick.
-        judged = [(r, self._judged_util(r)) for r in readings if r.gpu in self._run_stats]
-        measured = [(r, u) for r, u in judged if u is not None]
-        self._last_judged.update((r.gpu, u) for r, u in measured)
+        measured = [r for r in readings
+                    if r.gpu in self._run_stats and r.judged_util_pct is not None]
+        self._last_judged.update((r.gpu, r.judged_util_pct) for r in measured)
         idle = (not self.idle_paused and bool(measured)
                 and all(u < self.threshold for u in self._last_judged.values()))
         if not idle:
@@ -462,24 +632,34 @@ class Timeline:
             return None
         if self._idle_since is None:
             self._idle_since = now
-        for r, util in measured:
-            total = self._idle_sums.setdefault(r.gpu, [0.0, 0, 0.0, 0])
-            total[0] += util
-            total[1] += 1
+        for r in measured:
+            sums = self._idle_sums.setdefault(r.gpu, _IdleSums())
+            sums.judged_pct += r.judged_util_pct
+            sums.judged_n += 1
             if r.util_pct is not None:
-                total[2] += r.util_pct
-                total[3] += 1
+                sums.device_pct += r.util_pct
+                sums.device_n += 1
         if self.idle_event is None and now - self._idle_since >= self.patience:
-            means = {g: s / n for g, (s, n, _, _) in self._idle_sums.items() if n}
-            device = {g: s / n for g, (_, _, s, n) in self._idle_sums.items() if n}
+            means = {g: s.judged_pct / s.judged_n for g, s in self._idle_sums.items()
+                     if s.judged_n}
+            device = {g: s.device_pct / s.device_n for g, s in self._idle_sums.items()
+                      if s.device_n}
             self.idle_event = IdleEvent(self._idle_since, now, means, device)
             return self.idle_event
         return None
 
-    def _judged_util(self, r: Reading) -> float | None:
-        """This training's utilization of a GPU in one reading, percent, as the idle detector
-        judges it (see the class docstring); None when the reading cannot tell. Remembers the
-        GPUs that gave this process a figure of its own."""
+    def judge_reading(self, r: Reading) -> float | None:
+        """This training's utilization of a GPU in one reading, percent; None when the reading
+        cannot tell.
+
+        Its own SM utilization where NVML attributes one. Without it, the device's stands in
+        when it is under the idle threshold (the device's figure bounds any one process's, so
+        the training was idle too), or when no other process is listed and this GPU never gave
+        this process a figure of its own (the device's work is then taken as this training's,
+        as in a container's PID namespace). Otherwise another process may have done the work,
+        or NVML has no new sample of this process yet. Remembers the GPUs that gave this
+        process a figure of its own.
+        """
         if r.proc_util_pct is not None:
             self._own_seen.add(r.gpu)
             return r.proc_util_pct
@@ -540,37 +720,28 @@ class Timeline:
                 recent.popleft()
 
     def epoch_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the current epoch. The epoch that ran the first
-        step, too short for a reading after it, falls back on the readings taken during it (see
-        `run_stats`); any other epoch has only its own readings."""
+        """Each watched GPU's statistics over the running epoch so far, step 0 left out."""
         with self._lock:
-            stats = []
-            for g in self.gpus:
-                span = self._epoch_stats.get(g) or SpanStats()
-                if self.epoch == self._first_step_epoch and not self._run_stats[g].measured:
-                    stats.append(self._or_warmup(span, g))
-                else:
-                    stats.append(span.stats(g))
-            return _with_energy(stats, self._epoch_energy)
+            span = self._open
+            if span is None:
+                return [SpanStats().stats(g) for g in self.gpus]
+            return span.gpu_stats()
 
     def run_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the run so far, after the first step; a run too
-        short for a reading after it falls back on the readings taken during it."""
+        """Each watched GPU's statistics over the run so far, step 0 left out."""
         with self._lock:
-            return _with_energy([self._or_warmup(self._run_stats[g], g) for g in self.gpus],
+            return _with_energy([self._run_stats[g].stats(g) for g in self.gpus],
                                 self._run_energy)
 
-    def _or_warmup(self, span: SpanStats | None, gpu: int) -> GPUStats:
-        if span is not None and span.measured:
-            return span.stats(gpu)
-        return self._warmup_stats[gpu].stats(gpu)
 
+@dataclass(slots=True)
+class _IdleSums:
+    """Running sums of an idle stretch on one GPU: the judged figure and the device's."""
 
-def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float | None:
-    gaps = wait_s / (step_s + wait_s) if step_s + wait_s > 0 else None
-    sampled = data_ticks[0] / data_ticks[1] if data_ticks[1] else None
-    known = [f for f in (gaps, sampled) if f is not None]
-    return max(known) if known else None
+    judged_pct: float = 0.0
+    judged_n: int = 0
+    device_pct: float = 0.0
+    device_n: int = 0
 
 
 def _with_energy(stats: list[GPUStats], meters: dict[int, EnergyMeter]) -> list[GPUStats]:

@@ -18,13 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpu_watch.causes import ERROR, Cause, RunFacts, cause, framework_name
+from gpu_watch.causes import Cause, RunFacts, blocks_gpu, cause, fix_rank, framework_name
 
 OK = "ok"
 IDLE = "idle"
 CPU_FALLBACK = "cpu_fallback"
 UNMONITORED = "unmonitored"
-VERDICTS = (OK, IDLE, CPU_FALLBACK, UNMONITORED)
+# A span without a single reading (an epoch over before NVML's next sample): not a failure,
+# nothing to judge by.
+UNMEASURED = "unmeasured"
+VERDICTS = (OK, IDLE, CPU_FALLBACK, UNMONITORED, UNMEASURED)
 
 # A GPU is idle over a span when more than this share of its readings are under the threshold.
 IDLE_FRACTION_LIMIT = 0.5
@@ -120,6 +123,8 @@ class GPUStats:
         procs_max: The most compute processes NVML listed at once (this one included); None
             when the list could not be read.
         others: Each other process seen, with its use of the GPU.
+        readings: Sampler readings of the GPU in the span, whatever they held; None when not
+            counted (statistics built by hand).
     """
 
     gpu: int
@@ -151,6 +156,7 @@ class GPUStats:
     others_mem_peak_mib: float | None = None
     procs_max: int | None = None
     others: tuple[OtherUse, ...] = ()
+    readings: int | None = None
 
     @property
     def judged_by(self) -> str:
@@ -161,6 +167,12 @@ class GPUStats:
     def judged_idle_fraction(self) -> float | None:
         """The idle share that decides: this process's where measured, else the device's."""
         return self.proc_idle_fraction if self.proc_util_samples else self.idle_fraction
+
+    @property
+    def judged_util_mean(self) -> float | None:
+        """The mean utilization that decides: this process's where measured, else the
+        device's."""
+        return self.proc_util_mean if self.proc_util_samples else self.util_mean
 
     @property
     def shared(self) -> bool:
@@ -242,6 +254,8 @@ def gpu_verdict(stats: GPUStats, nvml_error: str | None) -> str:
     """
     if nvml_error is not None or stats.lost:
         return UNMONITORED
+    if stats.readings == 0:
+        return UNMEASURED
     if stats.proc_util_samples:
         idle = stats.proc_idle_fraction
         return IDLE if idle is not None and idle > IDLE_FRACTION_LIMIT else OK
@@ -266,7 +280,9 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     judged_by = {s.gpu: s.judged_by for s in gpus}
     causes = attribution_causes(setting, gpus) + activity_causes(setting, gpus, per_gpu)
     shared = shared_causes(gpus, per_gpu)
-    if not per_gpu or all(v == UNMONITORED for v in per_gpu.values()):
+    if per_gpu and all(v == UNMEASURED for v in per_gpu.values()):
+        return Judgement(UNMEASURED, causes + shared, per_gpu, judged_by)
+    if not per_gpu or all(v in (UNMONITORED, UNMEASURED) for v in per_gpu.values()):
         return Judgement(UNMONITORED, causes + shared, per_gpu, judged_by)
     idle = [s for s in gpus if per_gpu[s.gpu] == IDLE]
     if not idle:
@@ -294,10 +310,12 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
 
 
 def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
-    """Why training ran on the CPU: the most specific explanation first."""
+    """Why training ran on the CPU: the most specific explanation first, then every other
+    finding of the environment check that blocks the GPU, in the order a user must fix
+    them."""
     causes: list[Cause] = []
     facts = setting.facts
-    env = {c.code: c for c in setting.environment if c.severity == ERROR}
+    env = {c.code: c for c in setting.environment if blocks_gpu(c)}
     if setting.nvml_error is not None and setting.nvml_error.startswith(_DRIVER_ERRORS):
         causes.append(env.pop("no_nvidia_driver", None) or cause(
             "no_nvidia_driver",
@@ -332,7 +350,7 @@ def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Caus
             "libraries are missing or cannot be loaded.",
             facts=facts,
         )])
-    causes.extend(env.values())
+    causes.extend(sorted(env.values(), key=fix_rank))
     for stats in gpus:
         if stats.others_seen and not stats.proc_seen and (stats.util_mean or 0) >= BUSY_UTIL_PCT:
             causes.append(cause(

@@ -105,13 +105,14 @@ def test_idle_stretch_resets_on_work_and_on_missing_readings():
     assert all(e is None for e in events)
 
 
-def test_wait_fraction_over_the_run():
+def test_wait_fraction_over_the_run_leaves_step_0_out():
     tl = Timeline([], 10.0, 60.0, 0.2)
     tl.begin_epoch(0)
-    tl.add_batch(0, 0, 1, 0.0, 1.0, None)
+    tl.add_batch(0, 0, 1, 0.0, 1.0, None)  # step 0: compiling, not the loop
     tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
-    assert tl.run_wait_fraction() == pytest.approx(0.6)
-    assert tl.epoch_loop() == (2, 2.0, 3.0, 2)
+    assert tl.run_wait_fraction() == pytest.approx(0.75)
+    assert tl.epoch_loop() == (1, 1.0, 3.0, 1)
+    assert tl.first_step_s == 1.0
 
 
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
@@ -127,16 +128,22 @@ def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
     assert rows[0]["gpu0_mem_used_mib"] == 1000.0
 
 
-def test_a_run_shorter_than_an_interval_after_step_0_uses_step_0_readings():
+def test_readings_during_step_0_count_for_no_span_and_the_next_one_does():
     tl = Timeline([0], 10.0, 60.0, 0.2)
     tl.begin_epoch(0)
     tl.add_readings(tick(0.2, 95))
     tl.add_readings(tick(0.4, 95))
-    tl.add_batch(0, 0, 1, 0.0, 0.5, None)  # no reading after the first step
+    tl.add_batch(0, 0, 1, 0.0, 0.5, None)  # step 0 compiled while the GPU read 95 %
     (run,) = tl.run_stats()
     (epoch,) = tl.epoch_stats()
-    assert run.util_samples == 2 and run.util_mean == 95
-    assert epoch.util_mean == 95
+    assert (run.readings, run.util_samples, epoch.readings) == (0, 0, 0)
+    span = tl.end_epoch(0.55)
+    assert not span.ready  # shorter than the interval after step 0: waits for its reading
+    tl.add_readings(tick(0.6, 40))
+    (ready,) = tl.ready_epochs()
+    (stats,) = ready.gpu_stats()
+    assert (stats.readings, stats.util_mean, ready.first_step_s) == (1, 40, 0.5)
+    assert tl.run_stats()[0].util_mean == 40
 
 
 def test_a_gpu_without_utilization_does_not_block_idle_detection():

@@ -90,37 +90,56 @@ def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl.add_data_tick(True)  # before the first step: compiling, not waiting
     tl.begin_epoch(0)
     assert tl.epoch_wait_fraction() is None
-    tl.add_batch(0, 0, 1, 0.0, 0.25, 0.125)
+    tl.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0
     tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125)
-    assert tl.epoch_loop() == (2, 0.375, 0.25, 2)
-    assert tl.run_wait_fraction() == pytest.approx(0.25 / 0.625)
-    for fetching in (True, False, False, False, False):
+    tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125)
+    assert tl.epoch_loop() == (2, 0.25, 0.25, 2)
+    assert tl.run_wait_fraction() == pytest.approx(0.5)
+    for fetching in [True] * 5 + [False] * 19:  # 24 ticks: too few to count
         tl.add_data_tick(fetching)
-    assert tl.run_wait_fraction() == pytest.approx(0.4)  # the gaps, larger than 1 tick in 5
+    wait = tl.run_wait()
+    assert (wait.fraction, wait.measure, wait.ticks, wait.fetching_ticks) == (
+        pytest.approx(0.5), "batch_gaps", 24, 5)
+    tl.add_data_tick(True)  # the 25th: 6 in 25, still under the gaps' half
+    assert (tl.run_wait().measure, tl.run_wait_fraction()) == ("batch_gaps", pytest.approx(0.5))
     tl.begin_epoch(1)
     assert tl.epoch_wait_fraction() is None
     tl.add_batch(1, 0, 1, 1.0, 1.25, None)
-    for fetching in (True, True, True, False):
+    for fetching in [True] * 18 + [False] * 7:
         tl.add_data_tick(fetching)
-    assert tl.epoch_wait_fraction() == 0.75  # the ticks, larger than no gap
+    epoch = tl.epoch_wait()
+    assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.72, "sampled_ticks", 25)
     assert tl.epoch_loop() == (1, 0.25, 0.0, 1)
-    assert tl.run_wait_fraction() == pytest.approx(4 / 9)
+    assert tl.run_wait().to_dict() == {"fraction": 0.48, "measure": "sampled_ticks",
+                                       "wait_s": 0.25, "loop_s": 0.75, "ticks": 50,
+                                       "fetching_ticks": 24, "min_ticks": 25}
 
 
-def test_epoch_figures_before_any_epoch_began_are_the_readings_so_far():
+@pytest.mark.parametrize(("ticks", "fraction"), [(24, None), (25, 1.0)])
+def test_a_tick_share_counts_from_25_ticks_on(ticks, fraction):
+    tl = timeline()
+    tl.add_batch(0, 0, 1, 0.0, 0.25, None)
+    for _ in range(ticks):
+        tl.add_data_tick(True)
+    assert tl.epoch_wait_fraction() == fraction == tl.run_wait_fraction()
+
+
+def test_epoch_figures_before_step_0_ended_are_empty():
     tl = Timeline([0], 10.0, 60.0, 0.25)
     tl.add_readings([reading(0.25, 40.0)])
     (stats,) = tl.epoch_stats()
-    assert (stats.util_samples, stats.util_mean) == (1, 40.0)
+    assert (stats.readings, stats.util_samples, stats.util_mean) == (0, 0, None)
 
 
-def test_readings_during_step_0_are_kept_for_every_gpu():
+def test_readings_during_step_0_are_written_for_every_gpu_and_judged_by_none():
     tl = timeline(gpus=(0, 3))
     tl.add_readings([reading(0.25, 20.0), reading(0.25, 40.0, gpu=3)])
     tl.add_batch(0, 0, 1, 0.0, 0.3, None)
     samples, _ = tl.drain()
-    assert [r.gpu for r in samples] == [0, 3]
-    assert [(s.gpu, s.util_mean) for s in tl.run_stats()] == [(0, 20.0), (3, 40.0)]
+    assert [(r.gpu, r.judged_util_pct) for r in samples] == [(0, 20.0), (3, 40.0)]
+    assert [(s.gpu, s.readings) for s in tl.run_stats()] == [(0, 0), (3, 0)]
+    tl.add_readings([reading(0.5, 60.0), reading(0.5, 80.0, gpu=3)])
+    assert [(s.gpu, s.util_mean) for s in tl.run_stats()] == [(0, 60.0), (3, 80.0)]
 
 
 def test_span_statistics_in_full():
@@ -155,15 +174,6 @@ def test_readings_without_the_listed_flag_infer_it_from_memory(proc_mem_mib, pro
     assert (stats.proc_seen, stats.others_seen) == seen
 
 
-def test_warmup_figures_keep_their_gpu():
-    tl = timeline(gpus=(3,))
-    tl.add_readings([reading(0.25, 95.0, gpu=3)])
-    tl.add_batch(0, 0, 1, 0.0, 0.5, None)
-    (run,) = tl.run_stats()
-    (epoch,) = tl.epoch_stats()
-    assert (run.gpu, run.util_mean, epoch.gpu) == (3, 95.0, 3)
-
-
 @pytest.mark.parametrize(("listed", "procs", "lost"), [(False, None, True), (True, 2, False)])
 def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
     span = SpanStats()
@@ -173,108 +183,9 @@ def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
         0, listed, procs is not None, lost)
 
 
-def test_ticks_before_any_epoch_began_count_for_the_first():
+def test_ticks_before_any_epoch_began_count_for_the_run_alone():
     tl = Timeline([0], 10.0, 60.0, 0.25)
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
-    for _ in range(4):
+    for _ in range(25):
         tl.add_data_tick(False)
-    assert tl.epoch_wait_fraction() == 0.0
-
-
-# -- other processes on a GPU over a span ---------------------------------------------------------
-
-
-def other(pid, util=None, mem=None, name=None):
-    return OtherProcess(pid, name, mem, util)
-
-
-def test_span_statistics_of_other_processes_in_full():
-    span = SpanStats()
-    span.add(reading(0.25, 90.0, procs=3, proc_listed=True, proc_util_pct=10.0,
-                     others_util_pct=10.0, others_mem_mib=800.0,
-                     others=(other(7, 10.0, 600.0), other(8, None, 500.0, "b"))), 10.0)
-    span.add(reading(0.5, 90.0, procs=2, proc_listed=True, proc_util_pct=9.9,
-                     others_util_pct=30.0, others_mem_mib=600.0,
-                     others=(other(7, 30.0, 300.0, "a"),)), 10.0)
-    span.add(reading(0.75, 90.0, procs=2, proc_listed=True, proc_util_pct=50.0,
-                     others_util_pct=9.9, others_mem_mib=None,
-                     others=(other(7, None, None, "renamed"),)), 10.0)
-    span.add(reading(1.0, 90.0, procs=2, proc_listed=True, proc_util_pct=20.0,
-                     others_util_pct=40.0, others=()), 10.0)
-    span.add(reading(1.25, 90.0, procs=2, proc_listed=True, others=()), 10.0)
-    stats = span.stats(0)
-    assert stats.procs_max == 3
-    assert stats.others_util_mean == pytest.approx((10.0 + 30.0 + 9.9 + 40.0) / 4)
-    # at or above the 10 % threshold counts as busy: 10.0, 30.0 and 40.0, not 9.9
-    assert stats.others_busy_fraction == pytest.approx(3 / 4)
-    # both busy: the first reading (this process at exactly 10.0; then 9.9) and the fourth
-    assert stats.contended_fraction == pytest.approx(2 / 4)
-    assert stats.others_mem_peak_mib == 800.0
-    # the first name NVML gave stays; util is the mean of the readings that measured it, and
-    # memory the peak
-    assert stats.others == (OtherUse(7, "a", 20.0, 600.0), OtherUse(8, "b", None, 500.0))
-
-
-def test_span_statistics_without_other_processes_measured():
-    span = SpanStats()
-    span.add(reading(0.25, 90.0, procs=1, proc_listed=True, proc_util_pct=80.0), 10.0)
-    stats = span.stats(0)
-    assert (stats.others_util_mean, stats.others_busy_fraction, stats.contended_fraction,
-            stats.others_mem_peak_mib, stats.others) == (None, None, None, None, ())
-    assert (stats.proc_util_samples, stats.proc_util_mean, stats.proc_util_p95,
-            stats.proc_idle_fraction) == (1, 80.0, 80.0, 0.0)
-
-
-def test_at_most_32_other_processes_are_tracked_per_span():
-    span = SpanStats()
-    crowd = tuple(other(100 + k, 1.0) for k in range(33))
-    span.add(reading(0.25, 90.0, others=crowd), 10.0)
-    span.add(reading(0.5, 90.0, others=(other(132, 5.0), other(100, 3.0))), 10.0)
-    tracked = {o.pid: o.util_mean_pct for o in span.stats(0).others}
-    assert len(tracked) == 32 and 132 not in tracked
-    assert tracked[100] == pytest.approx(2.0)  # a known PID after the 33rd is still counted
-
-
-# -- which figure the idle detector takes from a reading ------------------------------------------
-
-
-def idle_detector(patience_s=0.5):
-    tl = Timeline([0, 1], 10.0, patience_s, 0.25)
-    tl.begin_epoch(0)
-    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
-    return tl
-
-
-def fires(tl, ticks):
-    """Feed (time, GPU 0's reading kwargs, GPU 1's reading kwargs) ticks; the events fired."""
-    events = [tl.add_readings([reading(t, gpu=0, **a), reading(t, gpu=1, **b)])
-              for t, a, b in ticks]
-    return [e for e in events if e is not None]
-
-
-IDLE_0 = {"util": 1.0, "proc_util_pct": 1.0, "procs": 1}
-
-
-@pytest.mark.parametrize(("gpu_1", "fired"), [
-    ({"util": 50.0, "procs": 1}, False),  # alone on it, no figure of its own: the device's work
-    ({"util": 50.0, "procs": 2}, True),  # shared: the work may be the other's, no evidence
-    ({"util": 50.0}, False),  # the process list unread: taken as alone
-])
-def test_a_busy_device_without_figures_of_its_own(gpu_1, fired):
-    tl = idle_detector()
-    assert bool(fires(tl, [(0.25 * k, IDLE_0, gpu_1) for k in range(1, 5)])) is fired
-
-
-def test_once_a_gpu_gave_its_own_figure_its_busy_device_says_nothing():
-    tl = idle_detector()
-    ticks = [(0.25, IDLE_0, {"util": 50.0, "proc_util_pct": 0.0, "procs": 1})]
-    ticks += [(0.25 * k, IDLE_0, {"util": 50.0, "procs": 1}) for k in range(2, 5)]
-    [event] = fires(tl, ticks)  # GPU 1's own 0 % stands while its device works
-    assert event.util_mean_pct == {0: 1.0, 1: 0.0}
-
-
-def test_a_device_at_the_threshold_is_no_idle_figure_of_this_training():
-    tl = idle_detector()
-    ticks = [(0.25, IDLE_0, {"util": 0.0, "proc_util_pct": 0.0, "procs": 2})]
-    ticks += [(0.25 * k, IDLE_0, {"util": 10.0, "procs": 2}) for k in range(2, 5)]
-    assert len(fires(tl, ticks)) == 1  # 10 % shared: unknown, and GPU 1's last own 0 % stands
+    assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, 0.0)

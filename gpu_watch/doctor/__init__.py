@@ -50,6 +50,7 @@ from gpu_watch.doctor.backends import (
     BACKENDS,
     CHOICES,
     BackendChoice,
+    UnknownBackendError,
     backends_to_check,
     configured_backend,
     is_installed,
@@ -230,6 +231,13 @@ def run_doctor_command(as_json: bool, timeout_s: float, out: TextIO,
     """
     try:
         report = doctor(backend=backend, timeout_s=timeout_s)
+    except UnknownBackendError as exc:
+        if as_json:
+            out.write(json.dumps({"gpu_usable": False, "exit_code": EXIT_ERROR,
+                                  "error": str(exc)}, indent=2) + "\n")
+        else:
+            out.write(f"gpu-watch doctor: {exc}\n")
+        return EXIT_ERROR
     except Exception as exc:  # exit code 2 is the contract for "could not run"
         error = f"{type(exc).__name__}: {exc}"
         if as_json:

@@ -23,6 +23,12 @@ KERAS_DEFAULT = "tensorflow"
 
 # How each backend is named for people.
 TITLES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "torch"}
+# Keras backends that never train on an NVIDIA GPU, so the doctor has nothing to check.
+CPU_BACKENDS = ("numpy", "openvino")
+
+
+class UnknownBackendError(ValueError):
+    """The configured Keras backend is not one the doctor checks. One line for users."""
 
 
 @dataclass(frozen=True)
@@ -88,15 +94,33 @@ def backends_to_check(requested: str | None, configured: BackendChoice) -> list[
     Raises:
         ValueError: `requested` is not None, a backend, or ``"all"``.
     """
+    if requested != ALL and requested not in BACKENDS:
+        _check_known(configured)
     if requested is None:
         return [configured.name]
     if requested in BACKENDS:
         return [requested]
     if requested == ALL:
+        _check_known(configured)
         first = [configured.name]
         return first + [b for b in BACKENDS if b != configured.name and is_installed(b)]
     raise ValueError(f"backend={requested!r} is not one the doctor checks; use one of "
                      f"{', '.join(CHOICES)}, or None for the backend Keras will use")
+
+
+def _check_known(configured: BackendChoice) -> None:
+    if configured.name in BACKENDS:
+        return
+    where = (f"KERAS_BACKEND={configured.name!r}" if configured.source == "KERAS_BACKEND"
+             else f"backend {configured.name!r} (from {configured.source})")
+    known = ", ".join(BACKENDS)
+    if configured.name in CPU_BACKENDS:
+        raise UnknownBackendError(
+            f"{where} is a Keras backend that never uses an NVIDIA GPU: set KERAS_BACKEND to "
+            f"one of {known} to train on a GPU")
+    raise UnknownBackendError(
+        f"{where} is not a Keras backend: set KERAS_BACKEND to one of {known} (or unset it "
+        f"for Keras' default, {KERAS_DEFAULT})")
 
 
 def is_installed(module: str) -> bool:

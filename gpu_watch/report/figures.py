@@ -37,6 +37,7 @@ from gpu_watch.report.view import (
     verdict_title,
 )
 from gpu_watch.runlog import Run
+from gpu_watch.timeline import GAPS_ONLY
 
 # Beyond twice this many points a series is drawn as a per-bucket mean with a min/max band:
 # about one bucket per pixel column, so no spike or dip is lost and drawing time stays flat.
@@ -51,6 +52,7 @@ _PROC_COLOUR = "#00897b"
 _MEM_COLOUR = "#6a1b9a"
 _WAIT_COLOUR = "#ef6c00"
 _IDLE_SHADE = "#ffb74d"
+_COMPILE_SHADE = "#cfd8dc"
 _OTHERS_COLOUR = "#c62828"
 _OTHERS_BAND = (0.9, 1.0)  # axes fraction: a strip along the top of each utilization row
 _DOT_COLOUR = "#263238"
@@ -126,7 +128,7 @@ def _join_spans(spans: np.ndarray, span_s: float) -> np.ndarray:
 
 
 def _shade_idle(ax: Any, gpu: GPUSeries, span_s: float, threshold_pct: float) -> None:
-    spans = _join_spans(gpu.idle.spans, span_s)
+    spans = _join_spans(gpu.idle_spans, span_s)
     verts = np.empty((len(spans), 4, 2))
     verts[:, :, 0] = spans[:, [0, 0, 1, 1]]
     verts[:, :, 1] = [0, 1, 1, 0]
@@ -230,11 +232,15 @@ class _Batches:
 
 
 def _batches(run: Run) -> _Batches:
+    """The batch rows, step 0 left out of the step times: it compiles, and would set the
+    scale for every step after it (it is drawn as its own span, see `_first_step`)."""
     time_s = floats(run.batches, "time_s")
     keep = ~np.isnan(time_s)
     order = np.argsort(time_s[keep], kind="stable")
     time_s = time_s[keep][order]
     step_s = floats(run.batches, "step_s")[keep][order]
+    if step_s.size:
+        step_s[0] = np.nan
     wait_s = floats(run.batches, "wait_s")[keep][order]
     epoch = floats(run.batches, "epoch")[keep][order]
     breaks = np.flatnonzero(epoch[1:] != epoch[:-1]) + 1
@@ -246,6 +252,29 @@ def _batches(run: Run) -> _Batches:
     )
 
 
+def _first_step(run: Run) -> tuple[float, float] | None:
+    """(start_s, end_s) of step 0, the first batch (compilation included)."""
+    time_s = floats(run.batches, "time_s")
+    step_s = floats(run.batches, "step_s")
+    known = ~(np.isnan(time_s) | np.isnan(step_s))
+    if not known.any():
+        return None
+    first = int(np.flatnonzero(known)[np.argmin(time_s[known])])
+    return max(time_s[first] - step_s[first], 0.0), float(time_s[first])
+
+
+def _mark_first_step(ax: Any, span: tuple[float, float] | None, label: bool) -> None:
+    """Shade step 0 (compilation): its readings are left out of every verdict."""
+    if span is None:
+        return
+    ax.axvspan(*span, facecolor=_COMPILE_SHADE, alpha=0.5, edgecolor="none", zorder=0,
+               gid="first-step")
+    if label:
+        ax.text((span[0] + span[1]) / 2, 0.5, f"step 0 (compile)\n{span[1] - span[0]:.2f} s",
+                transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=8,
+                color="0.3")
+
+
 def plot_utilization(run: Run) -> Figure:
     """The run's timeline: GPU utilization, memory, step time and data wait against time.
 
@@ -255,7 +284,10 @@ def plot_utilization(run: Run) -> Figure:
     threshold shaded (judged by this process's own utilization where NVML measured it, as the
     verdict is), a red strip along the top where other processes kept the GPU busy, and memory
     in MiB with a percent-of-total axis. Below, step time and the wait for data per batch, in
-    seconds. Epoch starts are dotted lines. A banner (see :func:`banner_text`) tops the figure
+    seconds, step 0 (compilation, left out of every verdict) shaded and labelled rather than
+    drawn, so that it does not set the scale. Epoch starts are dotted lines. A banner (see
+    :func:`banner_text`, with every cause that blocks the GPU and the first remedy) tops the
+    figure
     when the GPU was not used, sat idle, was shared or could not be read. Series longer than
     twice :data:`ENVELOPE_BUCKETS` points are drawn as per-bucket means with a min/max band.
 
@@ -305,8 +337,9 @@ def plot_utilization(run: Run) -> Figure:
     ends = [batches.time_s[-1]] if batches.rows else []
     ends += [g.time_s[-1] for g in gpus if g.time_s.size]
     end_s = max(ends) if ends else 1.0
-    start_s = min([0.0] + [g.idle.spans[0, 0] for g in gpus if len(g.idle.spans)])
+    start_s = min([0.0] + [g.idle_spans[0, 0] for g in gpus if len(g.idle_spans)])
     epochs, epoch_starts = _epoch_starts(run)
+    first_step = _first_step(run)
 
     y_in = height_in - top_in - legend_in
     for row, gpu in enumerate(gpus):
@@ -317,11 +350,13 @@ def plot_utilization(run: Run) -> Figure:
                               sharex=step_ax)
         _draw_gpu(util_ax, mem_ax, gpu, threshold, end_s - start_s)
         for ax in (util_ax, mem_ax):
+            _mark_first_step(ax, first_step, label=False)
             _mark_epochs(ax, epoch_starts)
             ax.tick_params(labelsize=8, labelbottom=row == len(gpus) - 1)
             ax.grid(alpha=0.25)
 
     _draw_steps(step_ax, run, batches)
+    _mark_first_step(step_ax, first_step, label=True)
     _mark_epochs(step_ax, epoch_starts)
     _label_epochs(step_ax, epochs, epoch_starts)
     for event in ((run.info.get("idle") or {}).get("events") or [])[:20]:
@@ -349,6 +384,7 @@ def _gpu_legend(threshold: float, aggregated: bool) -> list[Any]:
                label="idle threshold"),
         Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="total memory"),
         Line2D([], [], color="0.35", linestyle=":", linewidth=0.8, label="epoch start"),
+        Patch(facecolor=_COMPILE_SHADE, alpha=0.5, label="step 0 (compile): not judged"),
     ]
     if aggregated:
         handles.append(Patch(facecolor="0.6", alpha=0.3, label="min to max per bucket"))
@@ -392,7 +428,7 @@ def _draw_gpu(util_ax: Any, mem_ax: Any, gpu: GPUSeries, threshold: float, span_
     if util is None:
         _empty_note(util_ax, "no utilization readings (NVML could not read them)")
     else:
-        heading += f" · {util} · idle {pct_text(gpu.idle.fraction)}"
+        heading += f" · {util} · idle {pct_text(gpu.idle_fraction)}"
     if sm_mean is not None:
         heading += f" · SM active {sm_mean:.0f}%"
     others = gpu.others_busy_fraction(threshold)
@@ -476,7 +512,15 @@ def plot_epochs(run: Run) -> Figure:
     panel_in, gap_in = 1.9, 0.5
     subtitle = subtitle_for(run, gpu_series(run))
     energy = floats(frame, "gpu_energy_j")
-    panels = 4 if not np.isnan(energy).all() else 3  # energy only where it was measured
+    judged = floats(frame, "judged_util_mean")
+    device = floats(frame, "gpu_util_mean")
+    if np.isnan(judged).all():  # a run recorded before the judged figure was
+        judged = device
+    memory = floats(frame, "gpu_mem_peak_mib")
+    read = not (np.isnan(judged).all() and np.isnan(device).all() and np.isnan(memory).all())
+    # Without a single GPU reading, one note says why instead of empty utilization and
+    # memory panels; energy only where it was measured.
+    panels = (3 if read else 2) + (not np.isnan(energy).all())
     height_in = 0.1 + _header_in(None, subtitle) + panels * (panel_in + gap_in) + 0.5
     fig = _new_figure(run, height_in)
     _header(fig, 0.1, height_in, None, colour, title, colour, subtitle)
@@ -492,30 +536,39 @@ def plot_epochs(run: Run) -> Figure:
         bottom_in = 0.5 + (panels - 1 - i) * (panel_in + gap_in)
         axes.append(fig.add_axes((0.75 / _WIDTH_IN, bottom_in / height_in, width,
                                   panel_in / height_in), sharex=axes[0] if axes else None))
+    if not read:
+        note_ax, step_ax = axes[:2]
+        note_ax.set_axis_off()
+        note_ax.text(0.5, 0.5, _no_readings_text(run), transform=note_ax.transAxes,
+                     ha="center", va="center", fontsize=11, color="0.3", wrap=True,
+                     gid="no-readings")
+        _draw_epoch_steps(step_ax, run, epoch, colours)
+        _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
+        return fig
     util_ax, mem_ax, step_ax = axes[:3]
 
-    _bars(util_ax, epoch, floats(frame, "gpu_util_mean"), colours, "no utilization readings")
+    _bars(util_ax, epoch, judged, colours, "no utilization readings after step 0")
     p95 = floats(frame, "gpu_util_p95")
     if not np.isnan(p95).all():
         util_ax.plot(epoch, p95, linestyle="none", marker="_", markersize=14,
                      markeredgewidth=2, color="0.1", gid="util-p95")
-    own = floats(frame, "proc_util_mean")
-    if not np.isnan(own).all():
-        util_ax.plot(epoch, own, linestyle="none", marker="o", markersize=6, color=_PROC_COLOUR,
-                     markeredgecolor="white", gid="proc-util")
+    if not np.isnan(device).all() and not np.array_equal(device, judged, equal_nan=True):
+        util_ax.plot(epoch, device, linestyle="none", marker="o", markersize=6,
+                     color=_UTIL_COLOUR, markeredgecolor="white", gid="device-util")
     util_ax.axhline(threshold_pct(run), color=VERDICT_COLOURS["idle"], linestyle="--",
                     linewidth=0.8)
     util_ax.set_ylim(0, 105)
     util_ax.set_ylabel("util %", fontsize=9)
-    util_title = "GPU utilization per epoch: bar device mean, tick p95"
+    util_title = ("GPU utilization per epoch (step 0 left out): bar this training's mean, "
+                  "the verdict's figure; tick device p95")
     util_handles = [Line2D([], [], color="0.1", marker="_", linestyle="none", markersize=12,
-                           markeredgewidth=2, label="p95"),
+                           markeredgewidth=2, label="device p95"),
                     Line2D([], [], color=VERDICT_COLOURS["idle"], linestyle="--",
                            label="idle threshold")]
-    if not np.isnan(own).all():
-        util_title += "; dot: this process's mean (the verdict's figure where measured)"
-        util_handles.append(Line2D([], [], color=_PROC_COLOUR, marker="o", linestyle="none",
-                                   label="this process"))
+    if not np.isnan(device).all() and not np.array_equal(device, judged, equal_nan=True):
+        util_title += "; dot: the device's mean, whoever used it"
+        util_handles.append(Line2D([], [], color=_UTIL_COLOUR, marker="o", linestyle="none",
+                                   label="device"))
     sm_active = floats(frame, "gpu_sm_active_mean")
     if not np.isnan(sm_active).all():
         util_ax.plot(epoch, sm_active, linestyle="none", marker="D", markersize=6,
@@ -531,27 +584,61 @@ def plot_epochs(run: Run) -> Figure:
     mem_ax.yaxis.set_major_formatter(FuncFormatter(lambda mib, _: f"{mib:,.0f}"))
     mem_ax.set_title("peak GPU memory per epoch", loc="left", fontsize=10)
 
-    _bars(step_ax, epoch, floats(frame, "step_s_mean"), colours, "no batches")
-    step_ax.set_ylabel("seconds", fontsize=9)
-    step_ax.set_title("mean step time per epoch; dots: share of the epoch spent waiting for data",
-                      loc="left", fontsize=10)
+    _draw_epoch_steps(step_ax, run, epoch, colours)
+    _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
+    return fig
+
+
+def _no_readings_text(run: Run) -> str:
+    error = (run.info.get("nvml") or {}).get("error")
+    if run.verdict == "cpu_fallback":
+        return "No GPU readings: training ran on the CPU" + (
+            " and NVML could not be used" if error else "")
+    if error:
+        return f"No GPU readings: NVML could not be used ({error})"
+    return "No GPU readings after step 0: each epoch ended before NVML's next sample"
+
+
+def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) -> None:
+    """Mean step time per epoch (step 0 left out, its compile time written over its epoch's
+    bar) and the share of each epoch spent waiting for data; a share from batch gaps alone
+    (too few ticks to see a wait inside a step) is a lower bound, drawn hollow."""
+    frame = run.epochs
+    _bars(ax, epoch, floats(frame, "step_s_mean"), colours, "no batches")
+    ax.set_ylabel("seconds", fontsize=9)
+    ax.set_title("mean step time per epoch (step 0 left out); dots: share of the epoch spent "
+                 "waiting for data (hollow: at least)", loc="left", fontsize=10)
+    first = floats(frame, "first_step_s")
+    for x, seconds in zip(epoch, first, strict=True):
+        if not np.isnan(seconds):
+            ax.text(x, 0.97, f"step 0: {seconds:.2f} s (compile)", ha="center", va="top",
+                    transform=ax.get_xaxis_transform(), fontsize=8, color="0.3",
+                    gid="first-step-label")
     wait = floats(frame, "wait_fraction")
-    if not np.isnan(wait).all():
-        wait_ax = step_ax.twinx()
-        # Dark dots: they sit on bars of any verdict colour, orange included.
-        wait_ax.plot(epoch, wait * 100, linestyle="none", marker="o", markersize=5,
-                     color=_DOT_COLOUR, markeredgecolor="white", gid="wait-fraction")
-        wait_ax.set_ylim(0, 105)
-        wait_ax.set_ylabel("% waiting for data", fontsize=9)
-        wait_ax.tick_params(labelsize=8)
-    if panels == 4:
-        _draw_energy(axes[3], epoch, energy, floats(frame, "gpu_power_mean_w"), colours)
+    if np.isnan(wait).all():
+        return
+    lower = np.array([m == GAPS_ONLY for m in frame.get("wait_measure", [None] * len(frame))])
+    wait_ax = ax.twinx()
+    # Dark dots: they sit on bars of any verdict colour, orange included.
+    for mask, face, gid in ((~lower, _DOT_COLOUR, "wait-fraction"),
+                            (lower, "white", "wait-fraction-lower-bound")):
+        if mask.any():
+            wait_ax.plot(epoch[mask], wait[mask] * 100, linestyle="none", marker="o",
+                         markersize=5, color=_DOT_COLOUR, markerfacecolor=face, gid=gid)
+    wait_ax.set_ylim(0, 105)
+    wait_ax.set_ylabel("% waiting for data", fontsize=9)
+    wait_ax.tick_params(labelsize=8)
+
+
+def _finish_epoch_axes(axes: list[Any], epoch: np.ndarray, energy: np.ndarray, frame: Any,
+                       colours: list[str], panels: int) -> None:
+    if len(axes) == panels and not np.isnan(energy).all():
+        _draw_energy(axes[-1], epoch, energy, floats(frame, "gpu_power_mean_w"), colours)
     axes[-1].set_xlabel("epoch")
     _epoch_axis(axes[-1], epoch)
     for ax in axes:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25, axis="y")
-    return fig
 
 
 def _draw_energy(ax: Any, epoch: np.ndarray, energy_j: np.ndarray, power_w: np.ndarray,

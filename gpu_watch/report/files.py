@@ -65,13 +65,18 @@ def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
 
 
 
-def run_report_command(path: str, plots: bool, out: TextIO) -> int:
+def run_report_command(path: str, plots: bool, out: TextIO, rejudge: bool = False) -> int:
     """`gpu-watch report PATH`: summarise a run folder, or list the runs in a log folder.
+
+    A run recorded before the run folder held its judged figures is judged again with
+    today's rules (see `gpu_watch.rejudge`) before it is summarised; so is any run with
+    `rejudge`. The run folder's own `run.json` and CSV files are left as they are.
 
     Args:
         path: A run folder (redrawn and summarised) or a folder of runs (listed).
         plots: Whether to redraw `utilization.png`, `epochs.png` and `report.html`.
         out: Where to print.
+        rejudge: Judge the run again with today's rules even if it records its judgement.
 
     Returns:
         0 on success; 2 when `path` is missing, not a run folder and holds no runs, or its
@@ -87,6 +92,10 @@ def run_report_command(path: str, plots: bool, out: TextIO) -> int:
         return EXIT_ERROR
     try:
         run = load_run(folder)
+        if rejudge or "judged" not in run.info:
+            from gpu_watch.assessment import rejudge as judge_again
+
+            run = judge_again(run)
     except RunFolderError as exc:
         out.write(f"gpu-watch report: {exc}\n")
         return EXIT_ERROR

@@ -13,12 +13,14 @@ from typing import Any
 from gpu_watch import runlog
 from gpu_watch.report.view import (
     banner_for,
+    blocking_causes,
     cause_message,
     duration_of,
     energy_line,
     epoch_table,
     gpu_line,
     gpu_series,
+    nvml_error_told,
     placement_line,
     verdict_title,
 )
@@ -52,7 +54,7 @@ def summary_text(run: Run) -> str:
     title, _ = verdict_title(run)
     lines = [f"Run {run.info.get('run_name') or run.path.name}  ({run.path})",
              f"Verdict: {title}"]
-    banner = banner_for(run, gpus)
+    banner = banner_for(run, gpus, causes=False)
     if banner:
         lines.append(f"  >>> {banner}")
     status = f"Status: {run.status}"
@@ -71,7 +73,7 @@ def summary_text(run: Run) -> str:
         lines.append("GPUs:")
         lines += [f"  {gpu_line(g)}" for g in gpus]
     else:
-        nvml_error = (run.info.get("nvml") or {}).get("error")
+        nvml_error = None if nvml_error_told(run) else (run.info.get("nvml") or {}).get("error")
         lines.append("GPUs: none watched" + (f" (NVML: {nvml_error})" if nvml_error else ""))
     energy = energy_line(run)
     if energy:
@@ -80,9 +82,11 @@ def summary_text(run: Run) -> str:
     causes = [c for c in run.causes if isinstance(c, dict)]
     if causes:
         lines.append("Causes:")
+        blockers = [id(c) for c in blocking_causes(run)]
         for number, item in enumerate(causes, 1):
+            then = "then: " if id(item) in blockers[1:] else ""
             lines.append(f"  {number}. [{item.get('severity', '?')}] {item.get('code', '?')}: "
-                         f"{cause_message(item)}")
+                         f"{then}{cause_message(item)}")
             if item.get("remedy"):
                 lines.append(f"     Remedy: {item['remedy']}")
     else:
@@ -93,6 +97,11 @@ def summary_text(run: Run) -> str:
         lines += text_table(headings, rows)
     else:
         lines.append("Epochs: none finished")
+    rejudged = run.info.get("rejudged")
+    if isinstance(rejudged, dict):
+        lines.append(f"Note: judged again with the rules of gpu-watch "
+                     f"{rejudged.get('gpu_watch_version')}; the run recorded the verdict "
+                     f"{rejudged.get('recorded_verdict') or 'none'}")
     lines += [f"Note: {warning}" for warning in run.warnings]
     return "\n".join(lines) + "\n"
 

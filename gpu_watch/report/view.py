@@ -18,13 +18,17 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
+from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.runlog import Run
+from gpu_watch.sampler import DEFAULT_INTERVAL_S
+from gpu_watch.timeline import GAPS_ONLY
 
 VERDICT_COLOURS = {
     "ok": "#2e7d32",
     "idle": "#e65100",
     "cpu_fallback": "#c62828",
     "unmonitored": "#6a1b9a",
+    "unmeasured": "#757575",
 }
 NO_VERDICT_COLOUR = "#757575"
 VERDICT_WORDS = {
@@ -32,9 +36,9 @@ VERDICT_WORDS = {
     "idle": "IDLE: training ran on the GPU but left it idle much of the time",
     "cpu_fallback": "CPU FALLBACK: training ran on the CPU, not the GPU",
     "unmonitored": "UNMONITORED: training uses a GPU, but its utilization could not be read",
+    "unmeasured": "UNMEASURED: training ended before any GPU reading after step 0",
 }
 DEFAULT_IDLE_THRESHOLD_PCT = 10.0
-DEFAULT_INTERVAL_S = 1.0
 
 # -- reading the run -------------------------------------------------------------------------
 
@@ -57,27 +61,13 @@ def threshold_pct(run: Run) -> float:
     return DEFAULT_IDLE_THRESHOLD_PCT if value is None else float(value)
 
 
-@dataclass(frozen=True)
-class _Idle:
-    """Where a GPU's utilization stayed under the idle threshold.
-
-    `spans` holds (start_s, end_s) rows; `idle_s` and `measured_s` are the seconds covered by
-    idle readings and by readings at all, so a missing reading counts as neither.
-    """
-
-    spans: np.ndarray
-    idle_s: float
-    measured_s: float
-
-    @property
-    def fraction(self) -> float | None:
-        return self.idle_s / self.measured_s if self.measured_s > 0 else None
-
-
-def _idle(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
-          interval_s: float) -> _Idle:
+def idle_spans(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
+               interval_s: float) -> np.ndarray:
+    """(start_s, end_s) rows where `util_pct` stayed under the threshold, for shading. A
+    missing reading (NaN) is never idle. The idle *share* is not computed here: it is the
+    one in `run.json`'s "judged", which the verdict was decided by."""
     if time_s.size == 0:
-        return _Idle(np.empty((0, 2)), 0.0, 0.0)
+        return np.empty((0, 2))
     gaps = np.diff(time_s)
     typical_s = float(np.median(gaps)) if gaps.size else interval_s
     # NVML's utilization is the share of the last sample period, so a reading stands for the
@@ -85,14 +75,11 @@ def _idle(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
     starts = np.empty_like(time_s)
     starts[1:] = time_s[:-1]
     starts[0] = max(time_s[0] - typical_s, min(time_s[0], 0.0))
-    durations = time_s - starts
-    measured = ~np.isnan(util_pct)
-    idle = measured & (np.nan_to_num(util_pct, nan=math.inf) < threshold_pct)
+    idle = np.nan_to_num(util_pct, nan=math.inf) < threshold_pct
     edges = np.diff(np.concatenate(([0], idle.astype(np.int8), [0])))
     first = np.flatnonzero(edges == 1)
     last = np.flatnonzero(edges == -1) - 1
-    spans = np.column_stack((starts[first], time_s[last]))
-    return _Idle(spans, float(durations[idle].sum()), float(durations[measured].sum()))
+    return np.column_stack((starts[first], time_s[last]))
 
 
 @dataclass
@@ -100,8 +87,10 @@ class GPUSeries:
     """One watched GPU's readings, sorted by time.
 
     `judged_by` is "process" when this process's own utilization decided its verdict, else
-    "device"; `idle` is computed from the figure that decided. `others_util_pct` is the other
-    processes' summed SM utilization (NaN where unknown).
+    "device"; `judged_util_pct` is each reading's judged figure and `idle_spans` where it was
+    under the threshold; `idle_fraction`, `judged_util_mean_pct` and `device_util_mean_pct`
+    are the figures the verdict was decided by (step 0 left out), read from `run.json`.
+    `others_util_pct` is the other processes' summed SM utilization (NaN where unknown).
     """
 
     index: int
@@ -113,34 +102,23 @@ class GPUSeries:
     mem_used_mib: np.ndarray
     proc_mem_mib: np.ndarray
     mem_total_mib: float
-    idle: _Idle
+    idle_spans: np.ndarray
     others_util_pct: np.ndarray
+    judged_util_pct: np.ndarray
     sm_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     tensor_active_pct: np.ndarray = field(default_factory=lambda: np.empty(0))
     energy_j: float | None = None
     energy_method: str | None = None
     judged_by: str = "device"
-
-    @property
-    def util_mean_pct(self) -> float | None:
-        """The device's mean utilization, whoever used it."""
-        return _nanmean(self.util_pct)
-
-    @property
-    def proc_util_mean_pct(self) -> float | None:
-        """This process's mean SM utilization, where NVML measured it."""
-        return _nanmean(self.proc_util_pct)
-
-    @property
-    def judged_util_pct(self) -> np.ndarray:
-        """The utilization that decides the verdict: this process's, or the device's."""
-        return self.proc_util_pct if self.judged_by == "process" else self.util_pct
+    idle_fraction: float | None = None
+    judged_util_mean_pct: float | None = None
+    device_util_mean_pct: float | None = None
 
     def others_busy_spans(self, threshold_pct: float) -> np.ndarray:
         """(start_s, end_s) rows where other processes were at or above the idle threshold."""
         busy = np.nan_to_num(self.others_util_pct, nan=-1.0) >= threshold_pct
         # The idle finder over a series that is 0 where they were busy: same time model.
-        return _idle(self.time_s, np.where(busy, 0.0, 100.0), 50.0, DEFAULT_INTERVAL_S).spans
+        return idle_spans(self.time_s, np.where(busy, 0.0, 100.0), 50.0, DEFAULT_INTERVAL_S)
 
     def others_busy_fraction(self, threshold_pct: float) -> float | None:
         """Share of the readings with a figure in which other processes were at or above the
@@ -165,11 +143,6 @@ class GPUSeries:
         return float(known.max()) if known.size else None
 
 
-def _nanmean(values: np.ndarray) -> float | None:
-    known = values[~np.isnan(values)]
-    return float(known.mean()) if known.size else None
-
-
 def _others_util(columns: dict[str, np.ndarray], procs: np.ndarray) -> np.ndarray:
     """The other processes' utilization; for a run written before it was recorded, the
     device's utilization less this process's wherever NVML listed more than one process."""
@@ -191,7 +164,9 @@ def gpu_series(run: Run) -> list[GPUSeries]:
     seen = {int(g) for g in np.unique(sample_gpu[~np.isnan(sample_gpu)])}
     verdicts = run.info.get("gpu_verdicts") or {}
     judged_by = run.info.get("gpu_judged_by") or {}
+    judged = run.info.get("judged") or {}
     threshold = threshold_pct(run)
+    compiled_s = first_step_end_s(run)  # readings until then are not judged: not shaded
     interval_s = float(config_of(run).get("interval_s") or DEFAULT_INTERVAL_S)
     gpus = []
     for index in sorted(set(devices) | seen):
@@ -200,7 +175,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
             columns = {name: floats(frame, name) for name in (
                 "time_s", "util_pct", "proc_util_pct", "mem_used_mib", "proc_mem_mib",
                 "mem_total_mib", "sm_active_pct", "tensor_active_pct", "others_util_pct",
-                "procs")}
+                "procs", "judged_util_pct")}
         else:
             # No sampler rows for this GPU (an older run, or samples.csv lost): the readings
             # the batches carry are the next best timeline.
@@ -211,7 +186,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
                 "mem_used_mib": floats(batches, f"gpu{index}_mem_used_mib"),
             }
             for name in ("proc_util_pct", "proc_mem_mib", "mem_total_mib", "sm_active_pct",
-                         "tensor_active_pct", "others_util_pct", "procs"):
+                         "tensor_active_pct", "others_util_pct", "procs", "judged_util_pct"):
                 columns[name] = np.full(columns["time_s"].size, np.nan)
         keep = ~np.isnan(columns["time_s"])
         order = np.argsort(columns["time_s"][keep], kind="stable")
@@ -223,22 +198,33 @@ def gpu_series(run: Run) -> list[GPUSeries]:
         if total is None and not np.isnan(totals).all():
             total = float(np.nanmax(totals))
         columns["others_util_pct"] = _others_util(columns, columns.pop("procs"))
-        # Runs written before the verdict recorded its basis: own figures present decide.
-        basis = judged_by.get(str(index)) or (
-            "device" if np.isnan(columns["proc_util_pct"]).all() else "process")
-        judged = columns["proc_util_pct"] if basis == "process" else columns["util_pct"]
+        figures = judged.get(str(index)) or {}
+        basis = figures.get("by") or judged_by.get(str(index)) or "device"
         gpus.append(GPUSeries(
             index=index,
             name=str(device.get("name") or "unknown GPU"),
             verdict=verdicts.get(str(index)),
             mem_total_mib=math.nan if total is None else float(total),
-            idle=_idle(columns["time_s"], judged, threshold, interval_s),
+            idle_spans=idle_spans(columns["time_s"], np.where(
+                columns["time_s"] <= compiled_s, np.nan, columns["judged_util_pct"]),
+                threshold, interval_s),
             judged_by=basis,
+            idle_fraction=_number(figures.get("idle_fraction")),
+            judged_util_mean_pct=_number(figures.get("util_mean_pct")),
+            device_util_mean_pct=_number(figures.get("device_util_mean_pct")),
             energy_j=_number(energy.get("energy_j")),
             energy_method=energy.get("method"),
             **columns,
         ))
     return gpus
+
+
+def first_step_end_s(run: Run) -> float:
+    """When step 0 (compilation, the first batch) ended, seconds since training started;
+    -inf without batches."""
+    time_s = floats(run.batches, "time_s")
+    known = time_s[~np.isnan(time_s)]
+    return float(known.min()) if known.size else -math.inf
 
 
 def energy_of(run: Run) -> dict[str, Any]:
@@ -320,7 +306,8 @@ def shared_text(run: Run) -> str | None:
             continue
         evidence = item.get("evidence") or {}
         pids = [str(p.get("pid")) for p in evidence.get("processes") or [] if isinstance(p, dict)]
-        text = f"GPU {evidence.get('gpu', '?')} shared with PID " + ", ".join(pids[:3])
+        who = ("PID " + ", ".join(pids[:3])) if pids else "another process"
+        text = f"GPU {evidence.get('gpu', '?')} shared with {who}"
         if len(pids) > 3:
             text += f" and {len(pids) - 3} more"
         busy = evidence.get("others_busy_fraction")
@@ -334,28 +321,57 @@ def _sentences(*parts: str | None) -> str:
     return ". ".join(p.rstrip(". ") for p in parts if p) + "."
 
 
-def banner_for(run: Run, gpus: Sequence[GPUSeries]) -> str | None:
+def blocking_causes(run: Run) -> list[dict[str, Any]]:
+    """The run's causes that keep the GPU from being used, in the order to fix them (the
+    order the verdict rules list them in)."""
+    return [c for c in run.causes if isinstance(c, dict) and c.get("code")
+            and blocks_gpu(Cause.from_dict(c))]
+
+
+def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True) -> str | None:
+    """The banner's text (see `banner_text`). Without `causes`, no cause's message is
+    repeated: for a summary that lists the causes below it; None where nothing is left."""
     verdict = run.verdict
     lead = lead_cause(run)
     if verdict == "cpu_fallback":
-        return "Training ran on the CPU" + (f": {cause_message(lead)}" if lead else "")
+        if not causes:
+            return None
+        blockers = blocking_causes(run) or ([lead] if lead else [])
+        if not blockers:
+            return "Training ran on the CPU"
+        parts = [f"Training ran on the CPU: {cause_message(blockers[0])}"]
+        parts += [f"Then: {cause_message(b)}" for b in blockers[1:]]
+        remedy = str(blockers[0].get("remedy") or "").strip().splitlines()
+        if remedy:
+            parts.append(f"First: {remedy[0]}")
+        return _sentences(*parts)
     shared = shared_text(run)
     idle = _idle_gpus(run, gpus)
     if idle:
         text = "; ".join(
-            f"GPU {g.index} idle {pct_text(g.idle.fraction)} of training"
-            if g.idle.fraction is not None else f"GPU {g.index} idle" for g in idle)
-        why = cause_message(lead) if lead and lead.get("code") != "gpu_shared" else None
+            f"GPU {g.index} idle {pct_text(g.idle_fraction)} of training"
+            if g.idle_fraction is not None else f"GPU {g.index} idle" for g in idle)
+        why = (cause_message(lead) if causes and lead and lead.get("code") != "gpu_shared"
+               else None)
         return _sentences(text, why, shared) if why or shared else text
     if verdict == "unmonitored":
         error = (run.info.get("nvml") or {}).get("error")
         if error is None and lead is not None:
             return _sentences("This training's own GPU utilization is unknown",
-                              cause_message(lead), shared)
+                              cause_message(lead) if causes else None, shared)
         return "GPU utilization unknown: NVML could not be read" + (f" ({error})" if error else "")
+    if verdict == "unmeasured":
+        return "No GPU reading after step 0: training ended before NVML's next sample"
     if shared:
         return _sentences(shared, "This training kept the GPU busy, but shared its time")
     return None
+
+
+def nvml_error_told(run: Run) -> bool:
+    """Whether a cause already names NVML's error (no driver), so no other line repeats it."""
+    return any(isinstance(c, dict) and (c.get("code") == "no_nvidia_driver"
+                                        or "nvml_error" in (c.get("evidence") or {}))
+               for c in run.causes)
 
 
 def banner_text(run: Run) -> str | None:
@@ -424,7 +440,7 @@ def subtitle_for(run: Run, gpus: Sequence[GPUSeries]) -> str:
     if gpus:
         parts.append(f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} watched")
     else:
-        error = (run.info.get("nvml") or {}).get("error")
+        error = None if nvml_error_told(run) else (run.info.get("nvml") or {}).get("error")
         parts.append("no GPU watched" + (f" (NVML: {error})" if error else ""))
     parts.append(placement_line(run))
     return "  ·  ".join(parts)
@@ -450,11 +466,11 @@ _EPOCH_HEADINGS = {
     "epoch": "epoch",
     "batches": "batches",
     "duration_s": "time s",
+    "first_step_s": "step 0 s",
     "step_s_mean": "step s",
     "wait_fraction": "wait %",
-    "gpu_util_mean": "util %",
-    "proc_util_mean": "proc util %",
-    "gpu_util_p95": "p95 %",
+    "judged_util_mean": "util %",
+    "gpu_util_mean": "device util %",
     "gpu_mem_peak_mib": "mem MiB",
     "idle_fraction": "idle %",
     "verdict": "verdict",
@@ -464,22 +480,33 @@ _EPOCH_HEADINGS = {
     "gpu_energy_j": "energy J",
     "gpu_power_mean_w": "power W",
 }
-# Shown only when measured: on GPUs without GPM, or without NVML, they would be columns of n/a.
-_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS)
-_PER_GPU_ACTIVITY = re.compile(
-    r"gpu\d+_(" + "|".join(runlog.EPOCH_GPU_ACTIVITY_COLUMNS) + ")")
+# In epochs.csv, not in the table: this process's figure is "util %" wherever it decides.
+_NOT_SHOWN = frozenset({"proc_util_mean", "gpu_util_p95", "wait_measure"})
+# Shown only when measured: on GPUs without GPM, or without NVML, they would be columns of n/a;
+# step 0's duration only in the epoch that ran it.
+_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS) | {"first_step_s"}
+_ROUNDED = frozenset({"judged_util_mean", "gpu_util_mean", "gpu_mem_peak_mib",
+                      *runlog.EPOCH_ACTIVITY_COLUMNS})
+_PER_GPU = re.compile(r"gpu\d+_((proc_)?util_mean|verdict|"
+                      + "|".join(runlog.EPOCH_GPU_ACTIVITY_COLUMNS) + ")")
+_PER_GPU_SHOWN = re.compile(r"gpu\d+_(util_mean|verdict)")
 
 
 def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
-    """The epoch table as headings and formatted cells ("n/a" for missing values)."""
+    """The epoch table as headings and formatted cells ("n/a" for missing values).
+
+    Runs of several GPUs get each GPU's utilization and verdict too; the Keras logs follow.
+    """
     frame = run.epochs
     columns = [c for c in _EPOCH_HEADINGS if c in frame.columns
                and (c not in _MEASURED_ONLY or frame[c].notna().any())]
-    per_gpu = [c for c in frame.columns if re.fullmatch(r"gpu\d+_(proc_)?util_mean", c)]
-    logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in per_gpu
-            and not _PER_GPU_ACTIVITY.fullmatch(c)]
+    per_gpu = [c for c in frame.columns if _PER_GPU_SHOWN.fullmatch(c)]
+    if len({c.split("_")[0] for c in per_gpu}) < 2:
+        per_gpu = []
+    logs = [c for c in frame.columns if c not in _EPOCH_HEADINGS and c not in _NOT_SHOWN
+            and not _PER_GPU.fullmatch(c)]
     headings = [_EPOCH_HEADINGS[c] for c in columns]
-    headings += [c.replace("_util_mean", " util %").replace("_proc", " proc")
+    headings += [c.replace("_util_mean", " util %").replace("_verdict", " verdict")
                  for c in per_gpu] + logs
     rows = []
     for record in frame.to_dict("records"):
@@ -488,11 +515,14 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
             value = record.get(column)
             if column in ("wait_fraction", "idle_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
-            elif column in ("gpu_util_mean", "proc_util_mean", "gpu_util_p95",
-                            "gpu_mem_peak_mib") or column in _MEASURED_ONLY or column in per_gpu:
+                if column == "wait_fraction" and record.get("wait_measure") == GAPS_ONLY:
+                    value = f">={value}"
+            elif column in _ROUNDED or column.endswith("_util_mean"):
                 value = number_text(None if pd.isna(value) else round(float(value)))
-            elif column == "verdict":
+            elif column == "verdict" or column.endswith("_verdict"):
                 value = "n/a" if pd.isna(value) else str(value)
+            elif column == "first_step_s" and pd.isna(value):
+                value = ""
             else:
                 value = number_text(None if pd.isna(value) else value)
             cells.append(value)
@@ -503,18 +533,18 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
 
 
 def util_text(gpu: GPUSeries, short: bool = False) -> str | None:
-    """The GPU's mean utilization as the verdict saw it: "this process 3% (device 99%)", or
-    the device's alone where this process's own was not measured; None without readings.
-    `short` gives "own 3%, device 99%" for a figure's heading."""
-    device, own = gpu.util_mean_pct, gpu.proc_util_mean_pct
-    if gpu.judged_by == "process" and own is not None:
-        if device is None:
-            return f"own {own:.0f}%" if short else f"this process {own:.0f}%"
-        return (f"own {own:.0f}%, device {device:.0f}%" if short
-                else f"this process {own:.0f}% (device {device:.0f}%)")
-    if device is None:
+    """The GPU's mean utilization as the verdict saw it (step 0 left out): "this process 3%
+    (device 99%)", or the device's alone where this process's own was not measured; None
+    without a judged figure. `short` gives "own 3%, device 99%" for a figure's heading."""
+    judged, device = gpu.judged_util_mean_pct, gpu.device_util_mean_pct
+    if judged is None:
         return None
-    return f"device {device:.0f}%" + ("" if short else " (this process's own not measured)")
+    if gpu.judged_by == "process":
+        if device is None:
+            return f"own {judged:.0f}%" if short else f"this process {judged:.0f}%"
+        return (f"own {judged:.0f}%, device {device:.0f}%" if short
+                else f"this process {judged:.0f}% (device {device:.0f}%)")
+    return f"device {judged:.0f}%" + ("" if short else " (this process's own not measured)")
 
 
 def gpu_line(gpu: GPUSeries) -> str:
@@ -523,9 +553,11 @@ def gpu_line(gpu: GPUSeries) -> str:
     if gpu.verdict:
         line += f" [{gpu.verdict}]"
     if util is None:
-        line += ": no utilization readings"
+        line += ": no utilization readings after step 0"
     else:
-        line += f": mean util {util}, idle {pct_text(gpu.idle.fraction)} of measured time"
+        line += f": mean util {util}"
+        if gpu.idle_fraction is not None:
+            line += f", idle {pct_text(gpu.idle_fraction)} of its readings after step 0"
     if gpu.mem_peak_mib is not None:
         line += f", peak memory {gpu.mem_peak_mib:,.0f}"
         line += f" of {gpu.mem_total_mib:,.0f} MiB" if gpu.mem_total_mib > 0 else " MiB"

@@ -1,0 +1,299 @@
+"""From what a run showed to what its run folder says: epoch rows and the run's judgement.
+
+A live run (`Monitor`) and a recorded one judged again (`rejudge`) both go through here, so a
+run folder written long ago reads, once judged again, exactly as a new one would: the same
+rules, the same figures, the same words.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from gpu_watch import runlog
+from gpu_watch._version import __version__
+from gpu_watch.causes import Cause, RunFacts
+from gpu_watch.nvml import Reading
+from gpu_watch.runlog import Run
+from gpu_watch.timeline import EpochSpan, Timeline, activity_row, energy_summary
+from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
+
+# The order of a replay's events at one instant (see `rejudge`).
+_BATCH, _TICK, _END, _BEGIN, _FIRST_BATCH = range(5)
+# The sampler's interval of runs recorded without it in their config, seconds.
+RECORDED_INTERVAL_S = 0.2
+
+
+def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None) -> Setting:
+    """The run's facts as the verdict rules take them, from its `run.json` record.
+
+    Args:
+        info: The run's record (`Monitor.info`, or a loaded `run.json`).
+        switched_off: NVML metrics switched off per GPU; default the record's own.
+    """
+    placement = info.get("placement") or {}
+    framework = info.get("framework") or {}
+    nvml = info.get("nvml") or {}
+    gpus = framework.get("gpus")
+    off = nvml.get("switched_off") if switched_off is None else switched_off
+    findings = (info.get("environment") or {}).get("findings") or []
+    return Setting(
+        compute_on_gpu=placement.get("compute_on_gpu"),
+        framework_gpus=None if gpus is None else len(gpus),
+        nvml_error=nvml.get("error"),
+        nvml_gpus=int(nvml.get("gpus_seen") or 0),
+        visible_gpus=len(info.get("devices") or []),
+        cuda_visible_devices=info.get("cuda_visible_devices"),
+        cuda_build=framework.get("cuda_build"),
+        cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
+        environment=tuple(Cause.from_dict(f) for f in findings if isinstance(f, dict)),
+        idle_threshold_pct=float((info.get("config") or {}).get("idle_threshold_pct", 10.0)),
+        facts=RunFacts.from_run(info),
+        no_process_utilization=tuple(o["gpu"] for o in off or ()
+                                     if isinstance(o, dict) and o.get("metric") == "proc_util"),
+    )
+
+
+def epoch_row(span: EpochSpan, setting: Setting) -> tuple[Judgement, dict[str, Any]]:
+    """An epoch's verdict and its `epochs.csv` row, the Keras logs included.
+
+    Step 0 is left out of the loop figures and of the verdict; its duration is the row's
+    `first_step_s`. Missing figures are None, never 0.
+    """
+    stats = span.gpu_stats()
+    loop = span.loop
+    wait = loop.wait()
+    judgement = judge(setting, stats, wait.fraction)
+    with_util = [s for s in stats if s.util_mean is not None]
+    row: dict[str, Any] = {
+        "epoch": span.epoch,
+        "batches": loop.batches + (span.first_step_s is not None),
+        "duration_s": None if span.end_s is None else span.end_s - span.start_s,
+        "first_step_s": span.first_step_s,
+        "step_s_mean": loop.step_s / loop.batches if loop.batches else None,
+        "wait_fraction": wait.fraction,
+        "wait_measure": wait.measure,
+        "gpu_util_mean": _mean([s.util_mean for s in with_util]),
+        "proc_util_mean": _mean([s.proc_util_mean for s in stats]),
+        "judged_util_mean": _mean([s.judged_util_mean for s in stats]),
+        "gpu_util_p95": max((s.util_p95 for s in with_util), default=None),
+        "gpu_mem_peak_mib": max((s.mem_peak_mib for s in stats if s.mem_peak_mib is not None),
+                                default=None),
+        "idle_fraction": _mean([s.judged_idle_fraction for s in stats]),
+        "verdict": judgement.verdict,
+    }
+    for s in stats:
+        row[f"gpu{s.gpu}_util_mean"] = s.util_mean
+        row[f"gpu{s.gpu}_proc_util_mean"] = s.proc_util_mean
+        row[f"gpu{s.gpu}_verdict"] = judgement.gpu_verdicts.get(s.gpu)
+    row.update(activity_row(stats))
+    for key, value in span.logs.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = float(value)
+    return judgement, row
+
+
+def judged_record(stats: Sequence[GPUStats], judgement: Judgement) -> dict[str, Any]:
+    """`run.json`'s "judged": per GPU, the figure its verdict was judged by, step 0 left out.
+    The summary, the figures and the report show these; nothing computes them again."""
+    return {str(s.gpu): {"by": judgement.judged_by.get(s.gpu, s.judged_by),
+                         "util_mean_pct": _round(s.judged_util_mean, 2),
+                         "device_util_mean_pct": _round(s.util_mean, 2),
+                         "idle_fraction": _round(s.judged_idle_fraction, 4),
+                         "readings": s.proc_util_samples if s.proc_util_samples
+                         else s.util_samples}
+            for s in stats}
+
+
+def run_record(timeline: Timeline, setting: Setting) -> tuple[Judgement, dict[str, Any]]:
+    """The run's verdict and the `run.json` fields it fills: verdict, causes, per-GPU
+    verdicts and bases, the judged figures, the wait for data, step 0's duration, energy."""
+    stats = timeline.run_stats()
+    wait = timeline.run_wait()
+    judgement = judge(setting, stats, wait.fraction)
+    return judgement, {
+        "verdict": judgement.verdict,
+        "causes": [c.to_dict() for c in judgement.causes],
+        "gpu_verdicts": {str(k): v for k, v in judgement.gpu_verdicts.items()},
+        "gpu_judged_by": {str(k): v for k, v in judgement.judged_by.items()},
+        "judged": judged_record(stats, judgement),
+        "wait": wait.to_dict(),
+        "first_step_s": _round(timeline.first_step_s, 4),
+        "energy": energy_summary(stats),
+    }
+
+
+def rejudge(path: str | os.PathLike | Run) -> Run:
+    """Judge a recorded run folder again with today's rules.
+
+    The readings and batches are fed through a `Timeline` in the order they happened, as the
+    sampler and the training thread did, and judged with the run's own facts from `run.json`.
+    The run comes back as today's code would have written it: verdict, causes, the judged
+    figures, each sample's `judged_util_pct`, and the epoch rows (with their Keras logs). The
+    folder itself is left as it is. `run.info["rejudged"]` says which version judged it and
+    what the recorded verdict was.
+
+    Runs recorded before the per-tick `fetching_data` flag existed get each epoch's recorded
+    wait share spread over that epoch's ticks, so that the tick measure's minimum applies.
+
+    Args:
+        path: A run folder, or a `Run` already loaded.
+
+    Raises:
+        RunFolderError: The folder cannot be read as a run (see `load_run`).
+    """
+    import pandas as pd
+
+    run = path if isinstance(path, Run) else runlog.load_run(path)
+    info = dict(run.info)
+    config = info.get("config") or {}
+    gpus = [int(d["nvml_index"]) for d in info.get("devices") or []
+            if isinstance(d, dict) and d.get("nvml_index") is not None]
+    timeline = Timeline(gpus, float(config.get("idle_threshold_pct", 10.0)),
+                        float(config.get("idle_patience_s", 60.0)),
+                        float(config.get("interval_s") or RECORDED_INTERVAL_S))
+    setting = setting_of(info)
+    samples = run.samples.copy() if run.samples is not None else pd.DataFrame()
+    batches = run.batches if run.batches is not None else pd.DataFrame()
+    epochs = run.epochs if run.epochs is not None else pd.DataFrame()
+    fetching = _fetching_flags(samples, batches, epochs)
+    events: list[tuple[float, int, Any]] = []
+    bounds = {}
+    # At one instant: batches and readings of the epoch ending, its end, the next epoch's
+    # begin, then that epoch's batches.
+    for epoch, start_s, end_s in _epoch_spans(batches, epochs):
+        bounds[epoch] = (start_s, end_s)
+        events.append((start_s, _BEGIN, ("begin", epoch)))
+        events.append((end_s, _END, ("end", epoch)))
+    for b in batches.itertuples():  # each batch inside its own epoch, whatever its timing
+        start_s, end_s = bounds[int(b.epoch)]
+        time_s = min(max(float(b.time_s), start_s), end_s)
+        events.append((time_s, _FIRST_BATCH if time_s == start_s else _BATCH, b))
+    readings_by_row: dict[Any, Reading] = {}
+    if len(samples):
+        for time_s, rows in samples.groupby("time_s", sort=True):
+            tick = []
+            for index, r in zip(rows.index, rows.itertuples(), strict=True):
+                reading = _reading(float(time_s), r)
+                readings_by_row[index] = reading
+                tick.append(reading)
+            events.append((float(time_s), _TICK, (tick, fetching.get(float(time_s)))))
+    logs = _keras_logs(epochs)
+    rows: list[dict[str, Any]] = []
+    for time_s, kind, payload in sorted(events, key=lambda e: (e[0], e[1])):
+        if kind == _BEGIN:
+            timeline.begin_epoch(int(payload[1]), time_s)
+        elif kind in (_BATCH, _FIRST_BATCH):
+            timeline.add_batch(int(payload.epoch), int(payload.batch),
+                               int(_number(payload.steps) or 1), payload.time_s - payload.step_s,
+                               payload.time_s, _number(payload.wait_s))
+        elif kind == _TICK:
+            timeline.add_readings(*payload)
+        else:
+            timeline.end_epoch(time_s, logs.get(int(payload[1]), {}))
+        rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs()]
+    rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs(final=True)]
+    judgement, record = run_record(timeline, setting)
+    record["energy"] = info.get("energy", record["energy"])  # recorded from every reading
+    info.update(record)
+    info["rejudged"] = {"gpu_watch_version": __version__,
+                        "recorded_verdict": run.info.get("verdict"),
+                        "recorded_causes": [c.get("code") for c in run.causes]}
+    if len(samples):
+        samples["judged_util_pct"] = [readings_by_row[i].judged_util_pct for i in samples.index]
+    new_epochs = pd.DataFrame(rows) if rows else epochs.iloc[0:0].copy()
+    return Run(run.path, info, samples, run.batches, new_epochs, list(run.warnings))
+
+
+def _epoch_spans(batches: Any, epochs: Any) -> list[tuple[int, float, float]]:
+    """(epoch, start_s, end_s) of each recorded epoch: from its first batch's begin, for the
+    epoch's recorded duration (its end is not recorded)."""
+    spans = []
+    durations = {int(e): _number(d) for e, d in zip(epochs.get("epoch", []),
+                                                  epochs.get("duration_s", []), strict=False)}
+    if not len(batches):
+        return spans
+    for epoch, rows in batches.groupby("epoch", sort=True):
+        first = rows.iloc[0]
+        start = float(first.time_s) - float(first.step_s)
+        end = float(rows["time_s"].max())
+        duration = durations.get(int(epoch))
+        spans.append((int(epoch), start, max(end, start + duration) if duration else end))
+    # Epochs follow each other: one ends before the next begins (a recorded duration starts a
+    # little before the first batch, and batch hooks run on worker threads may end late).
+    ordered: list[tuple[int, float, float]] = []
+    for i, (epoch, start, end) in enumerate(spans):
+        if ordered:
+            start = max(start, ordered[-1][2])
+        last_end = float(batches.loc[batches["epoch"] == epoch, "time_s"].max())
+        if i + 1 < len(spans):
+            end = max(min(end, spans[i + 1][1]), min(last_end, spans[i + 1][2]))
+        ordered.append((epoch, start, max(end, start)))
+    return ordered
+
+
+def _fetching_flags(samples: Any, batches: Any, epochs: Any) -> dict[float, bool | None]:
+    """Per tick time, whether training was fetching data: as recorded, or, for runs recorded
+    without the flag, each epoch's recorded wait share spread over its ticks."""
+    if not len(samples):
+        return {}
+    if "fetching_data" in samples.columns and samples["fetching_data"].notna().any():
+        flags = samples.groupby("time_s", sort=True)["fetching_data"].first()
+        return {float(t): (None if _number(v) is None else bool(v)) for t, v in flags.items()}
+    ticks = sorted({float(t) for t in samples["time_s"]})
+    shares = {int(e): _number(w) for e, w in zip(epochs.get("epoch", []),
+                                               epochs.get("wait_fraction", []), strict=False)}
+    flags: dict[float, bool | None] = {t: False for t in ticks}
+    times = batches.get("time_s")
+    first_step_end_s = float(times.min()) if times is not None and len(times) else 0.0
+    for epoch, start_s, end_s in _epoch_spans(batches, epochs):
+        # The recorded share counted the ticks after step 0 only.
+        inside = [t for t in ticks if max(start_s, first_step_end_s) < t <= end_s]
+        share = shares.get(epoch) or 0.0
+        for t in inside[:round(share * len(inside))]:
+            flags[t] = True
+    return flags
+
+
+_READING_FIELDS = ("util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib", "proc_mem_mib",
+                   "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
+                   "sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_bw_pct",
+                   "fp32_active_pct", "fp16_active_pct", "energy_counter_mj",
+                   "others_util_pct", "others_mem_mib")
+
+
+def _reading(time_s: float, row: Any) -> Reading:
+    values = {name: _number(getattr(row, name, None)) for name in _READING_FIELDS}
+    for name in ("procs", "energy_counter_mj"):
+        if values[name] is not None:
+            values[name] = int(values[name])
+    return Reading(time_s=time_s, gpu=int(row.gpu), lost=bool(_number(row.lost) or 0),
+                   **values)
+
+
+def _keras_logs(epochs: Any) -> dict[int, dict[str, float]]:
+    """Each recorded epoch's Keras logs: the columns GPUWatch does not write itself."""
+    ours = set(runlog.EPOCH_COLUMNS)
+    columns = [c for c in epochs.columns if c not in ours and not c.startswith("gpu")]
+    return {int(r["epoch"]): {c: r[c] for c in columns if _number(r[c]) is not None}
+            for r in epochs.to_dict("records")}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+

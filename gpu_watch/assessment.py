@@ -17,7 +17,7 @@ from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.nvml import Reading
 from gpu_watch.runlog import Run
-from gpu_watch.timeline import EpochSpan, Timeline, activity_row, energy_summary
+from gpu_watch.timeline import DataTick, EpochSpan, Timeline, activity_row, energy_summary
 from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 
 # The order of a replay's events at one instant (see `rejudge`).
@@ -158,7 +158,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     samples = run.samples.copy() if run.samples is not None else pd.DataFrame()
     batches = run.batches if run.batches is not None else pd.DataFrame()
     epochs = run.epochs if run.epochs is not None else pd.DataFrame()
-    fetching = _fetching_flags(samples, batches, epochs)
+    data = _data_ticks(samples, batches, epochs)
     events: list[tuple[float, int, Any]] = []
     bounds = {}
     # At one instant: batches and readings of the epoch ending, its end, the next epoch's
@@ -179,7 +179,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
                 reading = _reading(float(time_s), r)
                 readings_by_row[index] = reading
                 tick.append(reading)
-            events.append((float(time_s), _TICK, (tick, fetching.get(float(time_s)))))
+            events.append((float(time_s), _TICK, (tick, data.get(float(time_s)))))
     logs = _keras_logs(epochs)
     rows: list[dict[str, Any]] = []
     for time_s, kind, payload in sorted(events, key=lambda e: (e[0], e[1])):
@@ -234,27 +234,35 @@ def _epoch_spans(batches: Any, epochs: Any) -> list[tuple[int, float, float]]:
     return ordered
 
 
-def _fetching_flags(samples: Any, batches: Any, epochs: Any) -> dict[float, bool | None]:
-    """Per tick time, whether training was fetching data: as recorded, or, for runs recorded
-    without the flag, each epoch's recorded wait share spread over its ticks."""
+def _data_ticks(samples: Any, batches: Any, epochs: Any) -> dict[float, DataTick | None]:
+    """Per tick time, what the input pipeline was doing: as recorded, or, for runs recorded
+    without it, each epoch's recorded wait share spread over its ticks after step 0."""
     if not len(samples):
         return {}
     if "fetching_data" in samples.columns and samples["fetching_data"].notna().any():
-        flags = samples.groupby("time_s", sort=True)["fetching_data"].first()
-        return {float(t): (None if _number(v) is None else bool(v)) for t, v in flags.items()}
-    ticks = sorted({float(t) for t in samples["time_s"]})
+        columns = [c for c in ("fetching_data", "producing_data") if c in samples.columns]
+        firsts = samples.groupby("time_s", sort=True)[columns].first()
+        ticks: dict[float, DataTick | None] = {}
+        for time_s, row in firsts.iterrows():
+            fetching = _number(row["fetching_data"])
+            producing = _number(row.get("producing_data"))
+            ticks[float(time_s)] = None if fetching is None else DataTick(
+                bool(fetching), bool(producing or 0))
+        return ticks
+    times = sorted({float(t) for t in samples["time_s"]})
     shares = {int(e): _number(w) for e, w in zip(epochs.get("epoch", []),
                                                epochs.get("wait_fraction", []), strict=False)}
-    flags: dict[float, bool | None] = {t: False for t in ticks}
-    times = batches.get("time_s")
-    first_step_end_s = float(times.min()) if times is not None and len(times) else 0.0
+    ticks = {t: DataTick(False) for t in times}
+    batch_times = batches.get("time_s")
+    first_step_end_s = (float(batch_times.min()) if batch_times is not None
+                        and len(batch_times) else 0.0)
     for epoch, start_s, end_s in _epoch_spans(batches, epochs):
         # The recorded share counted the ticks after step 0 only.
-        inside = [t for t in ticks if max(start_s, first_step_end_s) < t <= end_s]
+        inside = [t for t in times if max(start_s, first_step_end_s) < t <= end_s]
         share = shares.get(epoch) or 0.0
         for t in inside[:round(share * len(inside))]:
-            flags[t] = True
-    return flags
+            ticks[t] = DataTick(True)
+    return ticks
 
 
 _READING_FIELDS = ("util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib", "proc_mem_mib",

@@ -27,7 +27,7 @@ from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
-from gpu_watch.timeline import EpochSpan, IdleEvent, Timeline
+from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 
 ON_IDLE = ("warn", "stop", "raise")
@@ -355,7 +355,7 @@ class Monitor:
             return
         watch = self._watch
         self.timeline.add_readings(
-            readings, None if watch is None else self._fetching_data(watch[0]))
+            readings, None if watch is None else self._data_tick(watch[0]))
         if self._finished:  # the closing tick: `finish` writes it
             return
         if self.clock() - self._last_flush >= FLUSH_S:
@@ -366,23 +366,23 @@ class Monitor:
                         else runlog.STATUS_FAILED)
 
     @staticmethod
-    def _fetching_data(ident: int) -> bool:
-        """Whether training is busy with its input pipeline right now.
+    def _data_tick(ident: int) -> DataTick:
+        """What the input pipeline is doing right now.
 
         Keras fetches the next batch inside the training step on TensorFlow and JAX, so the
         gap between batch hooks misses most of the wait; a look at the stacks does not. The
-        training thread counts when it runs the data adapters or a torch DataLoader; any
-        thread counts when it runs the Python generator behind a `tf.data` pipeline."""
+        training thread is fetching when it runs the data adapters or a torch DataLoader;
+        another thread is producing when it runs the Python generator behind a `tf.data`
+        pipeline (which runs ahead of the step: see `Loop.wait`)."""
+        fetching = producing = False
         for thread, frame in sys._current_frames().items():
-            markers = _DATA_CODE if thread == ident else _GENERATOR_CODE
-            depth = 0
-            while frame is not None and depth < _MAX_DEPTH:
-                filename = frame.f_code.co_filename
-                if any(marker in filename for marker in markers):
-                    return True
-                frame = frame.f_back
-                depth += 1
-        return False
+            mine = thread == ident
+            if _runs(frame, _DATA_CODE if mine else _GENERATOR_CODE):
+                if mine:
+                    fetching = True
+                else:
+                    producing = True
+        return DataTick(fetching, producing)
 
     @staticmethod
     def _left_watched_frame(watch: tuple[int, Any]) -> bool:
@@ -519,6 +519,17 @@ def idle_message(event: IdleEvent, config: Config) -> str:
 _GPU_FIGURES = ("gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
                 "gpu_mem_peak_mib", "idle_fraction", "verdict", "gpu_sm_active_mean",
                 "gpu_energy_j")
+
+
+def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
+    """Whether a thread's stack, from `frame` down, runs code from a file matching `markers`."""
+    depth = 0
+    while frame is not None and depth < _MAX_DEPTH:
+        if any(marker in frame.f_code.co_filename for marker in markers):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
 
 
 # How long the exit handler waits for a run that another thread is closing (the sampler

@@ -127,7 +127,8 @@ class Reading:
     `others_util_pct` is their summed SM utilization and `others_mem_mib` their memory, both
     None when unknown. `judged_util_pct` is not NVML's: the timeline sets it to this training's
     utilization of the GPU as the verdicts judge it (see `Timeline.judge_reading`), and
-    `fetching_data` to whether training was fetching data at that tick.
+    `fetching_data` and `producing_data` to what the input pipeline was doing at that tick
+    (see `timeline.DataTick`).
     """
 
     time_s: float
@@ -156,6 +157,7 @@ class Reading:
     proc_listed: bool | None = None
     judged_util_pct: float | None = None
     fetching_data: bool | None = None
+    producing_data: bool | None = None
     others: tuple[OtherProcess, ...] | None = None
     others_util_pct: float | None = None
     others_mem_mib: float | None = None

@@ -51,7 +51,7 @@ SAMPLE_COLUMNS = (
     "time_s", "gpu", "util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib",
     "proc_mem_mib", "proc_util_pct", "procs", "power_w", "temp_c", "sm_clock_mhz",
     "idle_clock_event", "lost", *SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib",
-    "judged_util_pct", "fetching_data",
+    "judged_util_pct", "fetching_data", "producing_data",
 )
 BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
 BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
@@ -71,7 +71,7 @@ EPOCH_COLUMNS = (
 # the column all NaN.
 _OPTIONAL_COLUMNS = frozenset(SAMPLE_ACTIVITY_COLUMNS + EPOCH_ACTIVITY_COLUMNS) | {
     "others_util_pct", "others_mem_mib", "proc_util_mean", "judged_util_pct", "fetching_data",
-    "first_step_s", "judged_util_mean", "wait_measure"}
+    "producing_data", "first_step_s", "judged_util_mean", "wait_measure"}
 
 
 class RunFolderError(ValueError):

@@ -319,6 +319,21 @@ SAMPLED_TICKS = "sampled_ticks"
 GAPS_ONLY = "batch_gaps_only"  # too few ticks to see waits inside a step: a lower bound
 
 
+# A Python generator behind `tf.data` runs on a thread of its own, ahead of the step: busy in
+# fewer ticks than this share, it keeps up and delays nothing. Busier, it is the bottleneck, and
+# the share of ticks it was busy bounds the wait from above (the step's own work overlapped it).
+PRODUCER_SATURATED = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class DataTick:
+    """What the input pipeline was doing at one sampler tick: the training thread fetching
+    data (it waits meanwhile), or another thread producing it (a generator behind tf.data)."""
+
+    fetching: bool
+    producing: bool = False
+
+
 @dataclass(frozen=True)
 class Wait:
     """How long a span of training waited for data.
@@ -333,7 +348,8 @@ class Wait:
             bound); None with no fraction.
         wait_s: Seconds between batches (the batch-gap measure's numerator).
         loop_s: Seconds of the loop: steps plus the gaps between them, step 0 left out.
-        ticks: Sampler ticks counted, of which `fetching_ticks` found training fetching data.
+        ticks: Sampler ticks counted, of which `fetching_ticks` found the training thread
+            fetching data and `producing_ticks` another thread producing it.
     """
 
     fraction: float | None
@@ -342,13 +358,15 @@ class Wait:
     loop_s: float
     ticks: int
     fetching_ticks: int
+    producing_ticks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready record written to `run.json` as "wait"."""
         return {"fraction": None if self.fraction is None else round(self.fraction, 4),
                 "measure": self.measure, "wait_s": round(self.wait_s, 4),
                 "loop_s": round(self.loop_s, 4), "ticks": self.ticks,
-                "fetching_ticks": self.fetching_ticks, "min_ticks": MIN_WAIT_TICKS}
+                "fetching_ticks": self.fetching_ticks, "producing_ticks": self.producing_ticks,
+                "min_ticks": MIN_WAIT_TICKS}
 
 
 @dataclass(slots=True)
@@ -361,6 +379,7 @@ class Loop:
     wait_s: float = 0.0
     ticks: int = 0
     fetching_ticks: int = 0
+    producing_ticks: int = 0
 
     def add_batch(self, steps: int, step_s: float, wait_s: float | None) -> None:
         self.batches += 1
@@ -368,30 +387,39 @@ class Loop:
         self.step_s += step_s
         self.wait_s += wait_s or 0.0
 
-    def add_tick(self, fetching: bool) -> None:
+    def add_tick(self, tick: DataTick) -> None:
         self.ticks += 1
-        self.fetching_ticks += fetching
+        self.fetching_ticks += tick.fetching
+        self.producing_ticks += tick.producing and not tick.fetching
 
     def wait(self) -> Wait:
         """The share of the loop spent waiting for data, by the measure that counts.
 
         The gaps between batch hooks see waiting between steps (torch's DataLoader, a Python
         loop feeding `fit`), but not inside one: on TensorFlow and JAX, Keras fetches the next
-        batch inside the step. The share of ticks that found training fetching data sees both,
+        batch inside the step. The share of ticks that found the training thread fetching data
+        sees both (with a generator behind tf.data, the share it kept its thread busy, once
+        that is `PRODUCER_SATURATED`: the generator is the bottleneck),
         but is a sample: it counts only from `MIN_WAIT_TICKS` ticks on, and with fewer the gaps
         alone are a lower bound. Where both are known the larger counts: the gaps are exact
         where they see the wait, the ticks see the wait they miss.
         """
         loop_s = self.step_s + self.wait_s
         gaps = self.wait_s / loop_s if loop_s > 0 else None
-        sampled = (self.fetching_ticks / self.ticks if self.ticks >= MIN_WAIT_TICKS else None)
+        sampled = None
+        if self.ticks >= MIN_WAIT_TICKS:
+            sampled = self.fetching_ticks / self.ticks
+            producing = (self.fetching_ticks + self.producing_ticks) / self.ticks
+            if producing >= PRODUCER_SATURATED:
+                sampled = producing
         if sampled is not None and (gaps is None or sampled > gaps):
             fraction, measure = sampled, SAMPLED_TICKS
         elif gaps is not None:
             fraction, measure = gaps, BATCH_GAPS if sampled is not None else GAPS_ONLY
         else:
             fraction, measure = None, None
-        return Wait(fraction, measure, self.wait_s, loop_s, self.ticks, self.fetching_ticks)
+        return Wait(fraction, measure, self.wait_s, loop_s, self.ticks, self.fetching_ticks,
+                    self.producing_ticks)
 
 
 class EpochSpan:
@@ -524,14 +552,16 @@ class Timeline:
             span.loop.add_batch(steps, end_s - begin_s, wait_s)
         self._run_loop.add_batch(steps, end_s - begin_s, wait_s)
 
-    def add_data_tick(self, fetching: bool) -> None:
-        """Count one sampler tick, and whether training was fetching data at that moment."""
+    def add_data_tick(self, fetching: bool, producing: bool = False) -> None:
+        """Count one sampler tick: whether the training thread was fetching data at that
+        moment, and whether another thread was producing it."""
         if self.first_step_end_s is None:
             return  # step 0 compiles: not waiting
+        tick = DataTick(fetching, producing)
         span = self._open
         if span is not None:
-            span.loop.add_tick(fetching)
-        self._run_loop.add_tick(fetching)
+            span.loop.add_tick(tick)
+        self._run_loop.add_tick(tick)
 
     def epoch_wait(self) -> Wait:
         """How long the running epoch has waited for data so far (see `Loop.wait`)."""
@@ -559,19 +589,20 @@ class Timeline:
 
     # -- sampler thread --------------------------------------------------------------------------
 
-    def add_readings(self, readings: Sequence[Reading], fetching: bool | None = None
+    def add_readings(self, readings: Sequence[Reading], data: DataTick | None = None
                      ) -> IdleEvent | None:
-        """Take one sampler tick, and whether training was fetching data at that moment (None
+        """Take one sampler tick, and what the input pipeline was doing at that moment (None
         when not looked at); return an `IdleEvent` the first time idleness lasts the patience
         (it fires once per run)."""
-        if fetching is not None:
-            self.add_data_tick(fetching)
+        if data is not None:
+            self.add_data_tick(data.fetching, data.producing)
         with self._lock:
             counted = self.first_step_end_s is not None
             spans = self._spans_for(readings[0].time_s) if readings and counted else []
             for r in readings:
                 r.judged_util_pct = self.judge_reading(r)
-                r.fetching_data = fetching
+                if data is not None:
+                    r.fetching_data, r.producing_data = data.fetching, data.producing
                 self._samples.append(r)
                 self._add_energy(r)
                 recent = self._recent.get(r.gpu)

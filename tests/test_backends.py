@@ -131,6 +131,12 @@ def test_the_data_adapter_and_the_cpu_evidence_are_recorded(run):
         ["kernel", "bias"] * 2
 
 
+def test_a_generator_that_sleeps_half_of_each_step_reads_about_half(run):
+    wait = run["half_wait"]
+    assert wait["ticks"] >= 20
+    assert 0.35 <= wait["fraction"] <= 0.65, wait
+
+
 def test_a_starved_training_gets_a_remedy_for_its_generator_not_tf_data(run):
     starved = run["starved"]
     assert starved["verdict"] == "idle"

@@ -146,28 +146,31 @@ def test_the_demo_s_in_memory_fit_never_shows_a_false_wait():
     assert all(w <= 0.10 for _, _, w in shares if w == w), shares
 
 
-def test_a_generator_that_sleeps_half_of_each_step_reads_about_half(tmp_path):
-    step_s = 0.03
-
+@pytest.mark.parametrize(("generator_s", "compute_s", "low", "high"), [
+    (0.01, 0.03, 0.0, 0.2),  # it keeps up: tf.data runs it ahead of the step, nothing waits
+    (0.06, 0.01, 0.6, 1.0),  # it cannot: the step waits for it most of the time
+])
+def test_a_generator_behind_tf_data_counts_only_when_it_holds_training_up(
+        tmp_path, generator_s, compute_s, low, high):
     def batches():
         while True:
-            time.sleep(step_s)
+            time.sleep(generator_s)
             yield np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32")
 
-    class Compute(keras.callbacks.Callback):  # the other half of each step, before GPUWatch
+    class Compute(keras.callbacks.Callback):  # the step's own work, inside GPUWatch's hooks
         def on_train_batch_end(self, batch, logs=None):
-            time.sleep(step_s)
+            time.sleep(compute_s)
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(batches(), steps_per_epoch=40, epochs=1, verbose=0,
+        warnings.simplefilter("ignore")
+        model.fit(batches(), steps_per_epoch=25, epochs=1, verbose=0,
                   callbacks=[Compute(), watch])
     wait = load_run(watch.run_dir).info["wait"]
     assert wait["ticks"] >= 20
-    assert 0.3 <= wait["fraction"] <= 0.7, wait
+    assert low <= wait["fraction"] <= high, wait
 
 
 # -- causes, once each and in the order to fix them ------------------------------------------
@@ -196,8 +199,8 @@ def test_this_machine_s_run_names_every_blocker_once_and_points_at_the_fit_line(
     watch = GPUWatch(log_dir=tmp_path, verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[watch]); line = \
-            _line()  # noqa: E702
+        line = _line() + 1  # the next line: the user's fit call
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[watch])
     ours = [w for w in caught if issubclass(w.category, GPUWatchWarning)]
     assert len(ours) == 1
     (warning,) = ours
@@ -307,8 +310,7 @@ def test_the_step_panel_leaves_step_0_out_and_labels_it(tmp_path):
                   "step_s": 0.01} for b in range(1, 50))]
     run = load_run(write_run(tmp_path, "steps", run_info("steps"), batches=batches))
     fig = plot_utilization(run)
-    step_ax = fig.axes[-1] if fig.axes[-1].get_title().startswith("step") else next(
-        ax for ax in fig.axes if ax.get_title().startswith("step time"))
+    step_ax = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("step time"))
     assert step_ax.get_ylim()[1] < 0.1  # the 2.9 s compile step does not set the scale
     gids = {artist.get_gid() for artist in step_ax.get_children()}
     assert "first-step" in gids

@@ -16,7 +16,7 @@ from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import IDLE, UNMONITORED, Setting, judge
+from gpu_watch.verdict import IDLE, UNMEASURED, UNMONITORED, Setting, judge
 
 THRESHOLD = 10.0
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
@@ -48,14 +48,15 @@ def test_a_missing_reading_never_counts_as_idle(values, patience_s):
     assert stats.util_samples == len(measured)
     if measured:
         assert stats.idle_fraction == sum(u < THRESHOLD for u in measured) / len(measured)
+        # the same readings without the missing ones are judged the same
+        alone = after_step_0(patience_s)
+        for i, util in enumerate(measured):
+            alone.add_readings([Reading(time_s=0.25 * (i + 1), gpu=0, util_pct=util)])
+        assert judge(ON_GPU, alone.run_stats(), None) == judge(ON_GPU, [stats], None)
     else:
+        # readings that could not tell: unknown; no reading at all: nothing to judge by
         assert stats.idle_fraction is None
-        assert judge(ON_GPU, [stats], None).verdict == UNMONITORED
-    # the same readings without the missing ones are judged the same
-    alone = after_step_0(patience_s)
-    for i, util in enumerate(measured):
-        alone.add_readings([Reading(time_s=0.25 * (i + 1), gpu=0, util_pct=util)])
-    assert judge(ON_GPU, alone.run_stats(), None) == judge(ON_GPU, [stats], None)
+        assert judge(ON_GPU, [stats], None).verdict == (UNMONITORED if values else UNMEASURED)
     # an idle stretch holds only readings measured under the threshold
     for event in events:
         inside = [u for i, u in enumerate(values) if event.start_s <= 0.25 * (i + 1) <= event.end_s]
@@ -65,7 +66,7 @@ def test_a_missing_reading_never_counts_as_idle(values, patience_s):
 @FAST
 @given(st.lists(readings, max_size=6), st.lists(st.lists(readings, max_size=12), min_size=1,
                                                  max_size=4))
-@example(step_0=[(0.0, 5.0)], epochs=[[], []])  # a later epoch must not borrow step 0's readings
+@example(step_0=[(0.0, 5.0)], epochs=[[], []])  # no epoch borrows step 0's readings
 def test_each_epoch_s_figures_lie_within_its_own_readings(step_0, epochs):
     tl = Timeline([0], THRESHOLD, 60.0, 0.25)
     t = 0.0
@@ -79,10 +80,10 @@ def test_each_epoch_s_figures_lie_within_its_own_readings(step_0, epochs):
     for epoch, batch in enumerate(epochs):
         tl.begin_epoch(epoch)
         if epoch == 0:
-            add(step_0)  # readings while step 0 runs belong to the first epoch
+            add(step_0)  # readings while step 0 compiles belong to no epoch's figures
             tl.add_batch(0, 0, 1, 0.0, t + 0.01, None)
         add(batch)
-        own = batch + (step_0 if epoch == 0 else [])
+        own = batch
         own_utils = [u for u, _ in own if u is not None]
         own_mems = [m for _, m in own if m is not None]
         (stats,) = tl.epoch_stats()
@@ -94,9 +95,12 @@ def test_each_epoch_s_figures_lie_within_its_own_readings(step_0, epochs):
             assert stats.util_p95 in {round(u) for u in own_utils}
             assert 0.0 <= stats.idle_fraction <= 1.0
         assert stats.mem_peak_mib is None or stats.mem_peak_mib in own_mems
-        if [m for _, m in batch if m is not None] and epoch > 0:
+        if [m for _, m in batch if m is not None]:
             assert stats.mem_peak_mib == max(m for _, m in batch if m is not None)
-        if not own_utils:
+        assert stats.readings == len(own)
+        if not own:
+            assert judge(ON_GPU, [stats], None).verdict == UNMEASURED
+        elif not own_utils:
             assert judge(ON_GPU, [stats], None).verdict == UNMONITORED
         elif judge(ON_GPU, [stats], None).verdict == IDLE:
             assert any(u < THRESHOLD for u in own_utils)
@@ -135,11 +139,17 @@ def test_epochs_add_up_to_the_run(watch, batches_per_epoch):
         e: n for e, n in enumerate(batches_per_epoch) if n}
     assert epochs["duration_s"].sum() <= run.info["duration_s"] + 0.0005  # run.json rounds to ms
     steps = rows.groupby("epoch")["step_s"].sum()
+    first = epochs["first_step_s"].notna()
+    assert first.sum() == (sum(batches_per_epoch) > 0)  # step 0 is in one epoch: the first
     for epoch, row in epochs.iterrows():
         if row["batches"]:
             assert steps[epoch] <= row["duration_s"] + 1e-6 * (row["batches"] + 1)
-            # batches.csv keeps 6 decimals a row
-            assert row["step_s_mean"] * row["batches"] == pytest.approx(
+            # step 0 is its own column; the mean is over the others (batches.csv keeps 6
+            # decimals a row)
+            step_0 = row["first_step_s"] if first[epoch] else 0.0
+            others = row["batches"] - first[epoch]
+            mean = row["step_s_mean"] if others else 0.0
+            assert mean * others + step_0 == pytest.approx(
                 steps[epoch], abs=1e-6 * (row["batches"] + 1))
         else:
             assert row.isna()["step_s_mean"]

@@ -125,7 +125,7 @@ def test_a_starved_training_gets_the_generator_remedy(tmp_path, monkeypatch):
                      nvml=FakeNVML([FakeGPU(util_pct=0, processes=[FakeProcess(used_mib=9)])]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(slow(), epochs=1, steps_per_epoch=12, verbose=0, callbacks=[watch])
+        model.fit(slow(), epochs=1, steps_per_epoch=24, verbose=0, callbacks=[watch])
     run = load_run(watch.run_dir)
     [found] = [c for c in run.causes if c["code"] == "input_bound"]
     wait = found["evidence"]["wait_fraction"]

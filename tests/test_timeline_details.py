@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.nvml import OtherProcess, Reading
+from gpu_watch.nvml import Reading
 from gpu_watch.timeline import IdleEvent, SpanStats, Timeline
-from gpu_watch.verdict import OtherUse
 
 
 def reading(t, util=None, gpu=0, **kw):
@@ -95,33 +94,46 @@ def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125)
     assert tl.epoch_loop() == (2, 0.25, 0.25, 2)
     assert tl.run_wait_fraction() == pytest.approx(0.5)
-    for fetching in [True] * 5 + [False] * 19:  # 24 ticks: too few to count
+    for fetching in [True] * 5 + [False] * 14:  # 19 ticks: too few to count
         tl.add_data_tick(fetching)
     wait = tl.run_wait()
     assert (wait.fraction, wait.measure, wait.ticks, wait.fetching_ticks) == (
-        pytest.approx(0.5), "batch_gaps", 24, 5)
-    tl.add_data_tick(True)  # the 25th: 6 in 25, still under the gaps' half
+        pytest.approx(0.5), "batch_gaps_only", 19, 5)
+    tl.add_data_tick(True)  # the 20th: 6 in 20, still under the gaps' half
     assert (tl.run_wait().measure, tl.run_wait_fraction()) == ("batch_gaps", pytest.approx(0.5))
     tl.begin_epoch(1)
     assert tl.epoch_wait_fraction() is None
     tl.add_batch(1, 0, 1, 1.0, 1.25, None)
-    for fetching in [True] * 18 + [False] * 7:
+    for fetching in [True] * 14 + [False] * 6:
         tl.add_data_tick(fetching)
     epoch = tl.epoch_wait()
-    assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.72, "sampled_ticks", 25)
+    assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.7, "sampled_ticks", 20)
     assert tl.epoch_loop() == (1, 0.25, 0.0, 1)
-    assert tl.run_wait().to_dict() == {"fraction": 0.48, "measure": "sampled_ticks",
-                                       "wait_s": 0.25, "loop_s": 0.75, "ticks": 50,
-                                       "fetching_ticks": 24, "min_ticks": 25}
+    assert tl.run_wait().to_dict() == {"fraction": 0.5, "measure": "sampled_ticks",
+                                       "wait_s": 0.25, "loop_s": 0.75, "ticks": 40,
+                                       "fetching_ticks": 20, "producing_ticks": 0,
+                                       "min_ticks": 20}
 
 
-@pytest.mark.parametrize(("ticks", "fraction"), [(24, None), (25, 1.0)])
-def test_a_tick_share_counts_from_25_ticks_on(ticks, fraction):
+@pytest.mark.parametrize(("ticks", "fraction"), [(19, None), (20, 1.0)])
+def test_a_tick_share_counts_from_20_ticks_on(ticks, fraction):
     tl = timeline()
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
     for _ in range(ticks):
         tl.add_data_tick(True)
     assert tl.epoch_wait_fraction() == fraction == tl.run_wait_fraction()
+
+
+@pytest.mark.parametrize(("producing", "fraction"), [(17, 0.0), (18, 0.9), (20, 1.0)])
+def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fraction):
+    tl = timeline()
+    tl.add_batch(0, 0, 1, 0.0, 0.25, None)
+    for i in range(20):  # busy in under 90 % of the ticks, it runs ahead and delays nothing
+        tl.add_data_tick(False, producing=i < producing)
+    wait = tl.epoch_wait()
+    assert (wait.fraction, wait.producing_ticks) == (fraction, producing)
+    tl.add_data_tick(True, producing=True)  # the training thread itself waits: counted once
+    assert tl.run_wait().fetching_ticks == 1 and tl.run_wait().producing_ticks == producing
 
 
 def test_epoch_figures_before_step_0_ended_are_empty():
@@ -186,6 +198,6 @@ def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
 def test_ticks_before_any_epoch_began_count_for_the_run_alone():
     tl = Timeline([0], 10.0, 60.0, 0.25)
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
-    for _ in range(25):
+    for _ in range(20):
         tl.add_data_tick(False)
     assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, 0.0)

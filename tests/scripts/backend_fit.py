@@ -10,8 +10,9 @@ made from gpu-watch's code.
 
 Two short fits follow: one built and fitted inside `with keras.device("cpu")` and fed by a
 `keras.utils.PyDataset`, for the facts a remedy is chosen from (the data adapter, the device
-scope, the variables on the CPU); and one fed by a slow Python generator while FakeNVML shows an
-idle GPU and the probe reports step 0 on it, for the remedy of a starved training.
+scope, the variables on the CPU); one fed by a slow Python generator while FakeNVML shows an
+idle GPU and the probe reports step 0 on it, for the remedy of a starved training; and one whose
+generator takes half of each step, for the share of time spent waiting for data.
 """
 
 from __future__ import annotations
@@ -101,11 +102,31 @@ def starved(log_dir: str, x, y) -> dict:
                          nvml=FakeNVML([FakeGPU(util_pct=2, processes=[starving])]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GPUWatchWarning)
-            build().fit(slow(), epochs=1, steps_per_epoch=12, verbose=0, callbacks=[watch])
+            build().fit(slow(), epochs=1, steps_per_epoch=24, verbose=0, callbacks=[watch])
     finally:
         placement.probe_for = probe_for
     run = load_run(watch.run_dir)
     return {"verdict": run.verdict, "data": run.info["data"], "causes": run.causes}
+
+
+def half_wait(log_dir: str) -> dict:
+    """A generator that sleeps half of each step: on JAX and torch Keras pulls it on the
+    training thread, between steps, so half the loop waits for it."""
+    def batches():
+        while True:
+            time.sleep(0.03)
+            yield np.zeros((BATCH, 8), "float32"), np.zeros((BATCH, 1), "float32")
+
+    class Compute(keras.callbacks.Callback):  # the other half, inside GPUWatch's batch hooks
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(0.03)
+
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build().fit(batches(), epochs=1, steps_per_epoch=30, verbose=0,
+                    callbacks=[Compute(), watch])
+    return load_run(watch.run_dir).info["wait"]
 
 
 def main(log_dir: str) -> dict:
@@ -170,6 +191,7 @@ def main(log_dir: str) -> dict:
         "data": run.info["data"],
         "cpu_scope": in_a_cpu_scope(log_dir, x, y),
         "starved": starved(log_dir, x, y),
+        "half_wait": half_wait(log_dir),
         "run_dir": str(run.path),
         "files": sorted(p.name for p in run.path.iterdir()),
         "status": run.status,

@@ -40,6 +40,10 @@ class GPUNotUsedError(RuntimeError):
         self.causes = causes
 
 
+# gpu-watch's own modules that call `fit` as a user would.
+_USER_MODULES = ("demo.py",)
+
+
 def warn(message: str, category: type[Warning] = GPUWatchWarning) -> None:
     """Issue a warning attributed to the user's code: the first frame of the stack outside
     gpu-watch and Keras (the line that called `fit`), so that the warning shows that line and
@@ -47,7 +51,8 @@ def warn(message: str, category: type[Warning] = GPUWatchWarning) -> None:
     Keras' worker threads), the caller of the hook is named instead."""
     skip = (_package_dir(__name__), _package_dir("keras"))
     frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
+    while frame is not None and frame.f_code.co_filename.startswith(skip) \
+            and not frame.f_code.co_filename.endswith(_USER_MODULES):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level if frame is not None else 2)
 

@@ -14,18 +14,24 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monitors import monitor_on_gpu
 from runfolders import run_info, write_run
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, rejudge
+from gpu_watch import GPUWatch, GPUWatchWarning, Run, load_run, rejudge
+from gpu_watch.assessment import epoch_row, run_record
 from gpu_watch.causes import Cause, cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.monitor import _finish_open_runs
+from gpu_watch.nvml import Reading
 from gpu_watch.report import summary_text
 from gpu_watch.report.figures import plot_epochs, plot_utilization
 from gpu_watch.report.view import banner_text
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.timeline import Timeline
 from gpu_watch.verdict import CPU_FALLBACK, GPUStats, Setting, judge
 
 DATA = Path(__file__).parent / "data"
@@ -316,3 +322,57 @@ def test_the_step_panel_leaves_step_0_out_and_labels_it(tmp_path):
     assert "first-step" in gids
     texts = [t.get_text() for t in step_ax.texts]
     assert any(t.startswith("step 0 (compile)") and "2.90 s" in t for t in texts)
+
+
+# -- generated runs --------------------------------------------------------------------------
+
+ON_ONE_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
+                     cuda_build=True)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.one_of(st.none(), st.floats(0, 100)), max_size=40),
+       st.lists(st.floats(0.01, 10.0), min_size=1, max_size=5))
+def test_generated_runs_never_disagree_with_themselves(values, lengths):
+    """Readings of this training's own use every 0.25 s, epochs of any length (many shorter
+    than the interval): the summary's idle share, each epoch row and the run verdict agree."""
+    tl = Timeline([0], 10.0, 60.0, 0.25)
+    ends = np.cumsum(lengths) * (0.25 * (len(values) + 1) / sum(lengths))
+    rows, start = [], 0.0
+    tick = 0
+    for epoch, end in enumerate(ends):
+        tl.begin_epoch(epoch, start)
+        if epoch == 0:
+            tl.add_batch(0, 0, 1, 0.0, 0.001, None)
+        while tick < len(values) and 0.25 * (tick + 1) <= end:
+            util = values[tick]
+            tl.add_readings([Reading(time_s=0.25 * (tick + 1), gpu=0, util_pct=util,
+                                     proc_util_pct=util, procs=1, proc_listed=True)])
+            tick += 1
+        tl.end_epoch(end)
+        rows += [epoch_row(span, ON_ONE_GPU)[1] for span in tl.ready_epochs()]
+        start = end
+    rows += [epoch_row(span, ON_ONE_GPU)[1] for span in tl.ready_epochs(final=True)]
+    judgement, record = run_record(tl, ON_ONE_GPU)
+    share = record["judged"]["0"]["idle_fraction"]
+    measured = [v for v in values if v is not None]
+    assert share == (None if not measured else
+                     pytest.approx(sum(v < 10.0 for v in measured) / len(measured), abs=1e-4))
+    if judgement.verdict in ("ok", "idle"):
+        assert (judgement.verdict == "idle") == (share > 0.5)
+    for row in rows:
+        if row["verdict"] in ("ok", "idle"):
+            assert (row["verdict"] == "idle") == (row["idle_fraction"] > 0.5)
+        elif row["verdict"] == "unmeasured":
+            assert row["idle_fraction"] is None and row["gpu_util_mean"] is None
+    if all(row["verdict"] == "idle" for row in rows) and measured:
+        assert judgement.verdict == "idle"  # idle in every epoch: idle over the run
+    info = {"run_name": "generated", "status": "completed", "verdict": judgement.verdict,
+            "devices": [{"nvml_index": 0, "name": "GPU"}], **record}
+    run = Run(Path("generated"), info, pd.DataFrame({"time_s": [], "gpu": []}),
+              pd.DataFrame(), pd.DataFrame(rows))
+    text = summary_text(run)
+    if share is not None:
+        assert f"idle {round(100 * share)}% of its readings after step 0" in text
+    if None not in values:  # "unmonitored" only where a reading could not tell
+        assert "unmonitored" not in text

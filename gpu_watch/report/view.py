@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.causes import Cause, blocks_gpu
+from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
 from gpu_watch.runlog import Run
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.timeline import GAPS_ONLY
@@ -340,10 +340,11 @@ def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True) -> str 
         if not blockers:
             return "Training ran on the CPU"
         parts = [f"Training ran on the CPU: {cause_message(blockers[0])}"]
-        parts += [f"Then: {cause_message(b)}" for b in blockers[1:]]
-        remedy = str(blockers[0].get("remedy") or "").strip().splitlines()
+        # The causes after the first in a word each: the summary and report.html say more.
+        parts += [f"Then: {_short_message(b)}" for b in blockers[1:]]
+        remedy = first_clause(str(blockers[0].get("remedy") or ""))
         if remedy:
-            parts.append(f"First: {remedy[0]}")
+            parts.append(f"First: {remedy}")
         return _sentences(*parts)
     shared = shared_text(run)
     idle = _idle_gpus(run, gpus)
@@ -365,6 +366,19 @@ def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True) -> str 
     if shared:
         return _sentences(shared, "This training kept the GPU busy, but shared its time")
     return None
+
+
+def _short_message(item: dict[str, Any]) -> str:
+    spec = CATALOGUE.get(str(item.get("code")))
+    return spec.message if spec is not None else cause_message(item)
+
+
+def first_clause(text: str, limit: int = 160) -> str:
+    """A remedy's first clause (up to its first "; " or its first line), at most `limit`
+    characters: what a banner has room for."""
+    clause = text.strip().splitlines()[0] if text.strip() else ""
+    clause = clause.split("; ")[0].split("  # ")[0].rstrip(". ")
+    return clause if len(clause) <= limit else clause[:limit - 3].rstrip() + "..."
 
 
 def nvml_error_told(run: Run) -> bool:

@@ -26,6 +26,7 @@ from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.export import Exports, check_targets
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
 from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
@@ -63,6 +64,7 @@ class Config:
     plot: bool = True
     on_log_error: str = "raise"
     log_metrics: bool = True
+    export: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -89,6 +91,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
+        object.__setattr__(self, "export", check_targets(self.export))
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None, unit: str) -> None:
@@ -204,6 +207,7 @@ class Monitor:
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s)
         self._write_json()
+        self.exports = Exports(config.export, self.info, self.devices)
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
                                        runlog.batch_columns(gpus))
@@ -263,6 +267,7 @@ class Monitor:
             if verdict.verdict == CPU_FALLBACK:
                 self.info["verdict"] = CPU_FALLBACK
                 self.info["causes"] = [c.to_dict() for c in verdict.causes]
+                self.exports.judged(self.info)
             self._write_json()
         return verdict
 
@@ -304,6 +309,7 @@ class Monitor:
             self.judgement = self._judge_run()
             self._store_judgement(self.judgement)
             self._write_json()
+            self.exports.judged(self.info)
         self._render(final=False)
         return EpochEnd(verdict, row)
 
@@ -333,6 +339,7 @@ class Monitor:
             self.info.update(status=status, ended_at=_now_iso(),
                              duration_s=round(self.elapsed_s(), 3), error=self.error)
             self._write_json()
+            self.exports.finish(self.info)
         self._render(final=True)
 
     @property
@@ -349,6 +356,8 @@ class Monitor:
         watch = self._watch
         if watch is not None:
             self.timeline.add_data_tick(self._fetching_data(watch[0]))
+        steps, step_s, _ = self.timeline.run_loop()
+        self.exports.tick(readings, steps, step_s, self.timeline.run_wait_fraction())
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
         watch = self._watch

@@ -355,7 +355,7 @@ class Timeline:
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._epoch_loop = [0, 0.0, 0.0, 0.0]  # batches, step_s sum, wait_s sum, steps
-        self._run_loop = [0.0, 0.0]  # step_s sum, wait_s sum
+        self._run_loop = [0.0, 0.0, 0]  # step_s sum, wait_s sum, steps
         self._epoch_data_ticks = [0, 0]  # ticks fetching data, ticks
         self._run_data_ticks = [0, 0]
 
@@ -382,6 +382,7 @@ class Timeline:
         run = self._run_loop
         run[0] += end_s - begin_s
         run[1] += wait_s or 0.0
+        run[2] += steps
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         if self.first_step_end_s is None:
             self.first_step_end_s = end_s
@@ -404,8 +405,13 @@ class Timeline:
         """Share of the run's time spent waiting for data, 0-1: the gaps between batches, or,
         when larger, the share of ticks that found training fetching data (the wait inside a
         step, where TensorFlow and JAX fetch the next batch)."""
-        step_s, wait_s = self._run_loop
+        step_s, wait_s, _ = self._run_loop
         return _wait_fraction(step_s, wait_s, self._run_data_ticks)
+
+    def run_loop(self) -> tuple[int, float, float]:
+        """The run's steps, summed step seconds and summed wait seconds so far."""
+        step_s, wait_s, steps = self._run_loop
+        return int(steps), step_s, wait_s
 
     def epoch_loop(self) -> tuple[int, float, float, int]:
         """This epoch's batches, summed step seconds, summed wait seconds and steps."""

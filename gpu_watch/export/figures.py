@@ -19,6 +19,11 @@ from gpu_watch.nvml import Device, Reading
 from gpu_watch.timeline import EnergyMeter
 
 _BYTES_PER_MIB = 1024 * 1024
+# Not every tick brings every figure: NVML samples processes every 1/6 s to 1 s, GPM is read
+# once a second, and slow-changing figures may be read at a slower rate. A figure stands until
+# a newer one, for at most this long; then it has no series (NVML's reading turns a listed
+# process without a sample for 2 s into 0 %, so an idle process is never held as busy).
+HOLD_S = 5.0
 _MISSING = object()
 
 
@@ -104,6 +109,7 @@ class Snapshot:
         self._uuids = {d.nvml_index: d.uuid for d in devices}
         self._energy = {d.nvml_index: EnergyMeter() for d in devices}
         self._gpus = {d.nvml_index: GPUFigures(d.nvml_index, d.uuid) for d in devices}
+        self._held: dict[tuple[int, str], tuple[float, float]] = {}
         self._figures = Figures(labels=RunLabels.from_info(info))
         self.judged(info)
 
@@ -116,22 +122,33 @@ class Snapshot:
                     continue
                 meter = self._energy[r.gpu]
                 meter.add(r)
+                read = {
+                    "util_ratio": _ratio(r.util_pct),
+                    "training_util_ratio": _ratio(training_util_pct(r)),
+                    "memory_used_bytes": _bytes(r.mem_used_mib),
+                    "memory_total_bytes": _bytes(r.mem_total_mib),
+                    "training_memory_bytes": _bytes(r.proc_mem_mib),
+                    "sm_active_ratio": _ratio(r.sm_active_pct),
+                    "energy_j": meter.result()["energy_j"],
+                    "others_util_ratio": _ratio(r.others_util_pct),
+                    "other_processes": None if r.procs is None or r.proc_listed is None
+                    else r.procs - int(r.proc_listed),
+                }
                 self._gpus[r.gpu] = GPUFigures(
                     index=r.gpu, uuid=self._uuids[r.gpu],
-                    util_ratio=_ratio(r.util_pct),
-                    training_util_ratio=_ratio(training_util_pct(r)),
-                    memory_used_bytes=_bytes(r.mem_used_mib),
-                    memory_total_bytes=_bytes(r.mem_total_mib),
-                    training_memory_bytes=_bytes(r.proc_mem_mib),
-                    sm_active_ratio=_ratio(r.sm_active_pct),
-                    energy_j=meter.result()["energy_j"],
-                    others_util_ratio=_ratio(r.others_util_pct),
-                    other_processes=None if r.procs is None or r.proc_listed is None
-                    else r.procs - int(r.proc_listed),
-                )
+                    **{name: self._hold(r, name, value) for name, value in read.items()})
             self._figures = replace(self._figures, gpus=tuple(self._gpus.values()),
                                     steps=steps, step_seconds=step_seconds,
                                     wait_ratio=wait_ratio)
+
+    def _hold(self, r: Reading, name: str, value: float | None) -> float | None:
+        """A figure of this reading, or the GPU's last one if it is recent enough."""
+        key = (r.gpu, name)
+        if value is not None:
+            self._held[key] = (r.time_s, value)
+            return value
+        held = self._held.get(key)
+        return held[1] if held is not None and r.time_s - held[0] <= HOLD_S else None
 
     def judged(self, info: dict[str, Any]) -> None:
         """Take the run's record (`run.json`): its verdict, causes and status."""

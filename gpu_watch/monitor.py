@@ -309,6 +309,7 @@ class Monitor:
             self.judgement = self._judge_run()
             self._store_judgement(self.judgement)
             self._write_json()
+            self._export_tick([])
             self.exports.judged(self.info)
         self._render(final=False)
         return EpochEnd(verdict, row)
@@ -339,6 +340,7 @@ class Monitor:
             self.info.update(status=status, ended_at=_now_iso(),
                              duration_s=round(self.elapsed_s(), 3), error=self.error)
             self._write_json()
+            self._export_tick([])
             self.exports.finish(self.info)
         self._render(final=True)
 
@@ -356,14 +358,19 @@ class Monitor:
         watch = self._watch
         if watch is not None:
             self.timeline.add_data_tick(self._fetching_data(watch[0]))
-        steps, step_s, _ = self.timeline.run_loop()
-        self.exports.tick(readings, steps, step_s, self.timeline.run_wait_fraction())
+        self._export_tick(readings)
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
         watch = self._watch
         if watch is not None and not self._finished and self._left_watched_frame(watch):
             self.finish(runlog.STATUS_INTERRUPTED if self._interrupted
                         else runlog.STATUS_FAILED)
+
+    def _export_tick(self, readings: list) -> None:
+        """Hand the exporters the readings and the loop's totals (the steps the training thread
+        recorded since the last tick are counted at epoch and run ends too)."""
+        steps, step_s, _ = self.timeline.run_loop()
+        self.exports.tick(readings, steps, step_s, self.timeline.run_wait_fraction())
 
     @staticmethod
     def _fetching_data(ident: int) -> bool:

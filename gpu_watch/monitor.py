@@ -207,12 +207,12 @@ class Monitor:
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s)
         self._write_json()
-        self.exports = Exports(config.export, self.info, self.devices)
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
         self._epoch_start_s = 0.0
+        self.exports = Exports(config.export, self.info, self.devices)
         self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)

@@ -370,3 +370,81 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
     assert held.training_util_ratio == 0.6 and held.sm_active_ratio == 0.5
     assert tick(HOLD_S + 0.1).training_util_ratio is None  # too old: not measured, never 0
     assert tick(HOLD_S + 0.2, proc_util_pct=0.0).training_util_ratio == 0.0
+
+
+def test_consecutive_runs_serve_on_the_same_port(tmp_path):
+    """The next run's endpoint opens after the last one closed: a training script that calls
+    `fit` again (one epoch at a time, tuners) keeps its port."""
+    port = free_port()
+    urls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUWatchWarning)
+        for attempt in range(2):
+            monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
+                            export=Prometheus(port=port))
+            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            families, _ = scrape(url)
+            run = families["gpu_watch_steps"].samples[0].labels["run"]
+            assert run == monitor.info["run_name"]
+            urls.append(url)
+            monitor.end_epoch(0, {})
+            monitor.finish("completed")  # the next run starts at once
+    assert urls == [f"http://127.0.0.1:{port}/metrics"] * 2
+
+
+def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
+    """GPUWatch's own meter provider sends OTLP/HTTP protobuf to a receiver on the loopback
+    address, and its last export (at the end of the run) carries the final status."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    received: list = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            received.append((self.path, self.headers["Content-Type"], request))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/metrics"
+        gpu = busy_shared_gpu()
+        monitor = start(tmp_path, gpu, export=OpenTelemetry(endpoint=endpoint))
+        time.sleep(0.5)
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received, "nothing reached the receiver"
+    path, content_type, request = received[-1]
+    assert path == "/v1/metrics" and content_type == "application/x-protobuf"
+    resource = request.resource_metrics[0]
+    resource_attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
+    assert resource_attributes["service.name"] == "gpu-watch"
+    metrics = {m.name: m for scope in resource.scope_metrics for m in scope.metrics}
+    energy = metrics["hw.energy"]
+    assert energy.unit == "J" and energy.sum.is_monotonic
+    ids = {a.value.string_value for p in energy.sum.data_points for a in p.attributes
+           if a.key == "hw.id"}
+    assert ids == {gpu.uuid}
+    status = {a.value.string_value: p.as_double
+              for p in metrics["gpu_watch.run.status"].gauge.data_points
+              for a in p.attributes if a.key == "gpu_watch.run.status"}
+    assert status["completed"] == 1.0 and status["running"] == 0.0

@@ -20,8 +20,9 @@ from gpu_watch import GPUWatch, GPUWatchWarning
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 pytest.importorskip("prometheus_client")
-from gpu_watch.export import Prometheus  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from gpu_watch.export import Prometheus  # noqa: E402
 
 STEPS = 8
 

@@ -3,6 +3,7 @@ under CI, whose machine must have them: `.ci/run` installs Debian's packages).""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
@@ -28,6 +29,15 @@ def program(name: str) -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message}: under CI it must be there")
     pytest.skip(message)
+
+
+def library(name: str):
+    """Import the Python library `name` (an exporter's extra, in the test install); skip when
+    it is missing, fail under CI=true, where `make test` installs it."""
+    if os.environ.get("CI", "").lower() == "true":
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{name} is not installed: pip install -e "
+                                            '".[test]" installs it')
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 from monitors import monitor_on_gpu
+from prometheus_tools import free_port, library
 
 from gpu_watch import load_run
 from gpu_watch.errors import GPUWatchWarning
@@ -23,7 +24,7 @@ from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
-prometheus_client = pytest.importorskip("prometheus_client")
+library("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 MIB = 1024 * 1024
@@ -59,12 +60,6 @@ def wait_for(predicate, timeout_s=10.0):
 def scrape(url: str) -> dict[str, list]:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}, text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
@@ -216,7 +211,7 @@ def test_a_failing_exporter_is_one_warning_and_training_goes_on(tmp_path):
         def get_meter(self, *args, **kwargs):
             raise RuntimeError("collector configuration is broken")
 
-    pytest.importorskip("opentelemetry.sdk")
+    library("opentelemetry.sdk")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         monitor = start(tmp_path, busy_shared_gpu(),
@@ -262,7 +257,7 @@ def test_bad_export_option_names_the_value(export):
 
 
 def test_bad_opentelemetry_settings_name_the_value():
-    pytest.importorskip("opentelemetry.sdk")
+    library("opentelemetry.sdk")
     with pytest.raises(ValueError, match="endpoint must be an http:// or https:// URL, got "
                                          "'127.0.0.1:4318'"):
         OpenTelemetry(endpoint="127.0.0.1:4318")
@@ -295,7 +290,7 @@ def otel_points(reader) -> dict[str, list]:
 
 
 def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
-    pytest.importorskip("opentelemetry.sdk")
+    library("opentelemetry.sdk")
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -340,7 +335,7 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
 
 
 def test_an_unreachable_otlp_endpoint_is_one_warning(tmp_path):
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    library("opentelemetry.exporter.otlp.proto.http")
     endpoint = f"http://127.0.0.1:{free_port()}/v1/metrics"
     monitor = start(tmp_path, busy_shared_gpu(), export=OpenTelemetry(endpoint=endpoint))
     time.sleep(0.3)
@@ -395,7 +390,7 @@ def test_consecutive_runs_serve_on_the_same_port(tmp_path):
 def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
     """GPUWatch's own meter provider sends OTLP/HTTP protobuf to a receiver on the loopback
     address, and its last export (at the end of the run) carries the final status."""
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    library("opentelemetry.exporter.otlp.proto.http")
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

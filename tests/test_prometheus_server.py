@@ -13,13 +13,12 @@ import warnings
 
 import keras
 import numpy as np
-import pytest
-from prometheus_tools import free_port, program, serve, stop
+from prometheus_tools import free_port, library, program, serve, stop
 
 from gpu_watch import GPUWatch, GPUWatchWarning
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
-pytest.importorskip("prometheus_client")
+library("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from gpu_watch.export import Prometheus  # noqa: E402

@@ -39,8 +39,9 @@ class RunLabels:
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> RunLabels:
         """The labels of a run from its `run.json` record."""
-        return cls(run=str(info["run_name"]), rank=int(info.get("rank") or 0),
-                   host=socket.gethostname(), backend=str(info.get("backend") or ""))
+        host = (info.get("writer") or {}).get("host") or socket.gethostname()
+        return cls(run=str(info["run_name"]), rank=int(info.get("rank") or 0), host=host,
+                   backend=str(info.get("backend") or ""))
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class Config:
     plot: bool = True
     on_log_error: str = "raise"
     log_metrics: bool = True
-    export: tuple = ()
+    export: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):

@@ -443,3 +443,33 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
               for p in metrics["gpu_watch.run.status"].gauge.data_points
               for a in p.attributes if a.key == "gpu_watch.run.status"}
     assert status["completed"] == 1.0 and status["running"] == 0.0
+
+
+def test_a_scrape_that_fails_to_render_is_a_500_and_one_warning():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from gpu_watch.export.prometheus import _Server
+
+    class Broken:
+        def collect(self):
+            raise RuntimeError("figures unreadable")
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Broken())
+    server = _Server(("127.0.0.1", 0), registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                with pytest.raises(urllib.error.HTTPError) as err:
+                    urllib.request.urlopen(url, timeout=5)
+                assert err.value.code == 500
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
+    assert len(failed) == 1 and "figures unreadable" in failed[0]

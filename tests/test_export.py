@@ -473,3 +473,27 @@ def test_a_scrape_that_fails_to_render_is_a_500_and_one_warning():
         server.server_close()
     failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
     assert len(failed) == 1 and "figures unreadable" in failed[0]
+
+
+def test_one_meter_provider_serves_run_after_run(tmp_path):
+    """Instruments are created once per provider (it refuses a second of the same name); a
+    finished run stays observable until the next run through it starts."""
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    runs = []
+    for attempt in range(2):
+        monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
+                        export=OpenTelemetry(meter_provider=provider))
+        wait_for(lambda m=monitor: m.exports.exporters)
+        seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
+        runs.append(monitor.info["run_name"])
+        assert seen == {runs[-1]}  # the last run, finished, is no longer observed
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
+    assert seen == {runs[-1]}

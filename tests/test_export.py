@@ -497,3 +497,12 @@ def test_one_meter_provider_serves_run_after_run(tmp_path):
         assert monitor.exports.wait(10)
     seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
     assert seen == {runs[-1]}
+
+
+def test_an_exporter_without_its_library_names_the_install_line():
+    from gpu_watch.export import _needs
+
+    with pytest.raises(ImportError, match=r'needs the no_such_library package: pip install '
+                                          r'"gpu-watch\[prometheus\]"'):
+        _needs("no_such_library.client", "prometheus", "Prometheus export")
+    _needs("json", "prometheus", "Prometheus export")  # present: no error

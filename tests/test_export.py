@@ -506,3 +506,6 @@ def test_an_exporter_without_its_library_names_the_install_line():
                                           r'"gpu-watch\[prometheus\]"'):
         _needs("no_such_library.client", "prometheus", "Prometheus export")
     _needs("json", "prometheus", "Prometheus export")  # present: no error
+    with pytest.raises(ImportError, match=r'needs the no_such_library package: pip install '
+                                          r'"gpu-watch\[otel\]"'):
+        _needs("no_such_library", "otel", "OpenTelemetry export")

@@ -48,7 +48,11 @@ class Exporter(Protocol):
 
 
 def _needs(module: str, extra: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too
+        found = False
+    if not found:
         raise ImportError(f"{what} needs the {module.split('.')[0]} package: "
                           f'pip install "gpu-watch[{extra}]"')
 

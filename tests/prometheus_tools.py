@@ -47,6 +47,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports_in_a_row(count: int, tries: int = 50) -> int:
+    """The first of `count` consecutive loopback ports that nothing listens on right now."""
+    for _ in range(tries):
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError(f"no {count} free ports in a row in {tries} tries")
+
+
 def serve(args: list[str], ready_url: str, log_path, timeout_s: float = 60.0
           ) -> subprocess.Popen:
     """Start a server and wait (bounded) until `ready_url` answers 200."""

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 from monitors import monitor_on_gpu
-from prometheus_tools import free_port, library
+from prometheus_tools import free_port, free_ports_in_a_row, library
 
 from gpu_watch import load_run
 from gpu_watch.errors import GPUWatchWarning
@@ -509,3 +509,31 @@ def test_an_exporter_without_its_library_names_the_install_line():
     with pytest.raises(ImportError, match=r'needs the no_such_library package: pip install '
                                           r'"gpu-watch\[otel\]"'):
         _needs("no_such_library", "otel", "OpenTelemetry export")
+
+
+def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypatch):
+    """Ranks 0 and 1 of one run on this host, both asked for the same base port: each serves
+    on port + its rank, and each endpoint carries its own rank."""
+    from gpu_watch.export.prometheus import LOCAL_RANK_VARIABLES
+    from gpu_watch.monitor import Config, Monitor
+    from gpu_watch.nvml import NVML
+
+    for name in LOCAL_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    base = free_ports_in_a_row(2)
+    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
+    monitors = [Monitor(Config(log_dir=str(tmp_path), run_name="exp1", plot=False,
+                               interval_s=0.02, export=Prometheus(port=base)),
+                        NVML(FakeNVML([busy_shared_gpu()], step_s=0.05)), "tensorflow",
+                        (rank, 2), framework, None) for rank in (0, 1)]
+    try:
+        for rank, monitor in enumerate(monitors):
+            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            assert url == f"http://127.0.0.1:{base + rank}/metrics"
+            families, _ = scrape(url)
+            labels = families["gpu_watch_steps"].samples[0].labels
+            assert (labels["run"], labels["rank"]) == (f"exp1-rank{rank}", str(rank))
+    finally:
+        for monitor in monitors:
+            monitor.finish("completed")
+            monitor.exports.wait(10)

@@ -17,6 +17,10 @@ no callback, a no-op callback, `GPUWatch(plot=False)` and `GPUWatch()`, interlea
 median wall time of `fit`, its extra over no callback, and `on_train_begin` + `on_train_end`
 timed inside the process (target: at most 25 ms with the default options).
 
+One GPUWatch row also exports to Prometheus (`export=Prometheus()`) while a scraper thread reads
+its `/metrics` endpoint every second, as a Prometheus server would, only 30 times more often than
+dcgm-exporter's default; after the table, the scrapes answered and their latency.
+
 The GPUWatch rows read a simulated GPU (`gpu_watch.testing.FakeNVML`, one busy GPU with this
 process on it), so that the sampler thread does the work it does on a GPU machine.
 
@@ -25,7 +29,8 @@ Usage:
     python benchmarks/overhead.py --repeats 9 --epochs 5 --models cnn --fixed-repeats 15
 
 The TensorBoard row needs the `tensorboard` package (``pip install -e ".[bench]"`` or
-``pip install tensorboard``); without it the row is skipped.
+``pip install tensorboard``), the Prometheus row `prometheus-client` (``pip install -e
+".[prometheus]"``); without them the rows are skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -174,7 +180,50 @@ class Config:
     around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
-def configurations(has_tensorboard: bool) -> list[Config]:
+@dataclass
+class Scrapes:
+    """What the scraper thread of the Prometheus row saw, across its fits."""
+
+    port: int
+    answered_ms: list[float] = field(default_factory=list)
+    refused: int = 0
+
+    @contextlib.contextmanager
+    def every_second(self) -> Iterator[None]:
+        """Scrape the endpoint once a second while the fit runs (its first scrape at once)."""
+        stop = threading.Event()
+
+        def scrape() -> None:
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(
+                            f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+                        response.read()
+                    self.answered_ms.append(1e3 * (time.perf_counter() - start))
+                except OSError:  # the endpoint opens just after the fit starts
+                    self.refused += 1
+                stop.wait(1.0)
+
+        thread = threading.Thread(target=scrape, name="bench-scraper", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configurations(has_tensorboard: bool, scrapes: Scrapes | None = None) -> list[Config]:
     rows = [
         Config("no callback", lambda d: []),
         Config("no-op per-batch callback", lambda d: [NoOpBatchCallback()]),
@@ -188,6 +237,14 @@ def configurations(has_tensorboard: bool) -> list[Config]:
                "simulated GPU"),
         Config("CSVLogger", lambda d: [keras.callbacks.CSVLogger(str(d / "log.csv"))]),
     ]
+    if scrapes is not None:
+        from gpu_watch.export import Prometheus
+
+        rows.append(Config(
+            "GPUWatch(plot=False, export=Prometheus()), scraped every 1 s",
+            lambda d: [GPUWatch(log_dir=d, nvml=simulated_gpu(), plot=False, verbose=0,
+                                export=Prometheus(port=scrapes.port))],
+            "simulated GPU", around=scrapes.every_second))
     if has_tensorboard:
         rows.append(Config('TensorBoard(update_freq="batch")',
                            lambda d: [keras.callbacks.TensorBoard(log_dir=str(d),
@@ -461,7 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
-              root: Path) -> None:
+              root: Path, scrapes: Scrapes | None = None) -> None:
     """Time every configuration on `work`, then GPUWatch's parts; print the results."""
     print(f"\n{work.name}: {work.model.count_params():,} parameters, "
           f"{work.steps_per_epoch} steps of {work.batch_size} per epoch, {args.epochs} epochs "
@@ -483,6 +540,13 @@ def benchmark(work: Workload, configs: list[Config], args: argparse.Namespace,
                 timings[config.name].fit_s.append(fit.fit_s)
                 timings[config.name].periods_s.extend(fit.periods_s)
     print_table(configs, timings)
+    if scrapes is not None and scrapes.answered_ms:
+        print(f"Prometheus row: {len(scrapes.answered_ms)} scrapes answered, median "
+              f"{statistics.median(scrapes.answered_ms):.1f} ms, p99 "
+              f"{percentile(scrapes.answered_ms, 99):.1f} ms (on the endpoint's thread); "
+              f"{scrapes.refused} refused while the endpoint was not yet open")
+        scrapes.answered_ms.clear()
+        scrapes.refused = 0
     noisy = sum(b > args.max_others for b in busy)
     print(f"other processes on this machine: median {statistics.median(busy):.2f} of a core "
           f"during the fits kept; {reruns} fits rerun because they took more than "
@@ -693,7 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("ignore", GPUWatchWarning)  # "training runs on the CPU": known here
     has_tensorboard = importlib.util.find_spec("tensorboard") is not None
-    configs = configurations(has_tensorboard)
+    has_prometheus = importlib.util.find_spec("prometheus_client") is not None
+    scrapes = Scrapes(free_port()) if has_prometheus else None
+    configs = configurations(has_tensorboard, scrapes)
     print("gpu-watch overhead benchmark: Keras fit with TensorFlow on the CPU")
     for line in machine_lines():
         print(line)
@@ -701,9 +767,12 @@ def main(argv: list[str] | None = None) -> int:
     if not has_tensorboard:
         print('TensorBoard row skipped: tensorboard is not installed (pip install -e ".[bench]" '
               "or pip install tensorboard)")
+    if not has_prometheus:
+        print('Prometheus row skipped: prometheus-client is not installed (pip install -e '
+              '".[prometheus]")')
     with tempfile.TemporaryDirectory(prefix="gpu-watch-bench-") as tmp:
         for key in args.models:
-            benchmark(WORKLOADS[key](), configs, args, Path(tmp))
+            benchmark(WORKLOADS[key](), configs, args, Path(tmp), scrapes)
         if args.fixed_repeats:
             fixed_cost(args.fixed_repeats, Path(tmp))
     print()

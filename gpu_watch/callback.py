@@ -81,6 +81,12 @@ class GPUWatch(keras.callbacks.Callback):
             energy in the epoch, kJ, whole GPUs). The same keys every
             epoch, NaN when not measured; a key already in the logs is left as it is.
             Default True.
+        export: Where else to publish the run's figures and verdicts while it trains:
+            `gpu_watch.export.Prometheus(...)` (a `/metrics` endpoint on 127.0.0.1 and a
+            final push to a Pushgateway), `gpu_watch.export.OpenTelemetry(...)` (OTLP), or a
+            list of them. Served and sent off the training thread; a failure is one
+            `GPUWatchWarning`. Needs the extras `gpu-watch[prometheus]` / `gpu-watch[otel]`.
+            Default None (the run folder only). See docs/cluster.md.
 
     Example:
         >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
@@ -102,13 +108,14 @@ class GPUWatch(keras.callbacks.Callback):
         on_log_error: str = "raise",
         verbose: int = 1,
         log_metrics: bool = True,
+        export: Any = None,
     ) -> None:
         super().__init__()
         self.config = Config(
             log_dir=log_dir, run_name=run_name, interval_s=interval_s,
             idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
             on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
-            plot=plot, on_log_error=on_log_error, log_metrics=log_metrics,
+            plot=plot, on_log_error=on_log_error, log_metrics=log_metrics, export=export,
         )
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")

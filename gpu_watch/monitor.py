@@ -25,6 +25,7 @@ from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
 from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.export import Exports, check_targets
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
@@ -62,6 +63,7 @@ class Config:
     plot: bool = True
     on_log_error: str = "raise"
     log_metrics: bool = True
+    export: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -88,6 +90,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
+        object.__setattr__(self, "export", check_targets(self.export))
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None, unit: str) -> None:
@@ -210,6 +213,7 @@ class Monitor:
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
+        self.exports = Exports(config.export, self.info, self.devices)
         self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
@@ -263,6 +267,7 @@ class Monitor:
             if verdict.verdict == CPU_FALLBACK:
                 self.info["verdict"] = CPU_FALLBACK
                 self.info["causes"] = [c.to_dict() for c in verdict.causes]
+                self.exports.judged(self.info)
             self._write_json()
         return verdict
 
@@ -285,6 +290,8 @@ class Monitor:
             self._written.clear()
             self.judgement = self._judge_run()
             self._write_json()
+            self._export_tick([])
+            self.exports.judged(self.info)
         self._render(final=False)
         if written is None:
             judgement, row = epoch_row(span, self.setting())
@@ -336,6 +343,8 @@ class Monitor:
             if failures:
                 self.info["close_errors"] = failures
             self._write_json()
+            self._export_tick([])
+            self.exports.finish(self.info)
         self._render(final=True)
 
     def wait_closed(self, timeout_s: float) -> bool:
@@ -356,6 +365,7 @@ class Monitor:
         watch = self._watch
         self.timeline.add_readings(
             readings, None if watch is None else self._data_tick(watch[0]))
+        self._export_tick(readings)
         if self._finished:  # the closing tick: `finish` writes it
             return
         if self.clock() - self._last_flush >= FLUSH_S:
@@ -364,6 +374,12 @@ class Monitor:
         if watch is not None and not self._finished and self._left_watched_frame(watch):
             self.finish(runlog.STATUS_INTERRUPTED if self._interrupted
                         else runlog.STATUS_FAILED)
+
+    def _export_tick(self, readings: list) -> None:
+        """Hand the exporters the readings and the loop's totals (the steps the training thread
+        recorded since the last tick are counted at epoch and run ends too)."""
+        steps, step_s, _ = self.timeline.run_loop()
+        self.exports.tick(readings, steps, step_s, self.timeline.run_wait_fraction())
 
     @staticmethod
     def _data_tick(ident: int) -> DataTick:

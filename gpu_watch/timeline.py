@@ -494,6 +494,8 @@ class Timeline:
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._run_loop = Loop()
+        self._steps = 0  # every step, step 0 included, and their seconds: the run's totals
+        self._steps_s = 0.0
 
     @property
     def epoch(self) -> int | None:
@@ -540,6 +542,8 @@ class Timeline:
         but the first time."""
         self._batches.append((epoch, batch, steps, begin_s, end_s, wait_s))
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
+        self._steps += steps
+        self._steps_s += end_s - begin_s
         span = self._open
         if self.first_step_end_s is None:
             with self._lock:
@@ -579,6 +583,11 @@ class Timeline:
     def run_wait_fraction(self) -> float | None:
         """Share of the run's loop spent waiting for data, 0-1."""
         return self.run_wait().fraction
+
+    def run_loop(self) -> tuple[int, float, float]:
+        """The run's steps and their summed seconds so far, step 0 included (totals, as a
+        counter wants them), and the seconds spent waiting between steps."""
+        return self._steps, self._steps_s, self._run_loop.wait_s
 
     def epoch_loop(self) -> tuple[int, float, float, int]:
         """The running epoch's batches, summed step seconds, summed wait seconds and steps,

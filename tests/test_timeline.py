@@ -115,6 +115,18 @@ def test_wait_fraction_over_the_run_leaves_step_0_out():
     assert tl.first_step_s == 1.0
 
 
+def test_the_run_loop_counts_steps_across_epochs():
+    """Steps (several per hook under steps_per_execution), step and wait seconds, whole run."""
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 3, 4, 0.0, 1.0, None)
+    tl.begin_epoch(1)
+    tl.add_batch(1, 0, 1, 2.0, 2.5, 1.0)
+    tl.add_batch(1, 1, 1, 3.0, 3.25, 0.5)
+    assert tl.run_loop() == (6, 1.75, 1.5)
+    assert tl.epoch_loop() == (2, 0.75, 1.5, 2)
+
+
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
     tl = Timeline([0], 10.0, 60.0, 0.2)
     tl.begin_epoch(0)

@@ -1,0 +1,242 @@
+"""Prometheus: a `/metrics` endpoint while `fit` runs, and the final figures pushed to a
+Pushgateway for batch jobs that end between two scrapes.
+
+Built on `prometheus-client` (``pip install "gpu-watch[prometheus]"``), imported only when a run
+exports to Prometheus. Names follow Prometheus' conventions: base units, ratios from 0 to 1,
+counters ending in `_total`. The metrics are rendered at scrape time from the run's latest
+`Figures`, so a scrape costs the training nothing and a figure not measured has no series.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpu_watch import runlog
+from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.export.figures import Figures, Snapshot
+from gpu_watch.verdict import VERDICTS
+
+PATH = "/metrics"
+JOB = "gpu_watch"
+PUSH_TIMEOUT_S = 5.0
+# Launchers that start several workers per host say which one a process is; the first set wins.
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
+RUN_LABELS = ("run", "rank", "host", "backend")
+GPU_LABELS = (*RUN_LABELS, "gpu", "uuid")
+STATUSES = (runlog.STATUS_RUNNING, runlog.STATUS_COMPLETED, runlog.STATUS_STOPPED_IDLE,
+            runlog.STATUS_INTERRUPTED, runlog.STATUS_FAILED)
+
+# GPU figures: (metric name, type, help, Figures.gpus attribute).
+GPU_METRICS = (
+    ("gpu_watch_gpu_utilization_ratio", "gauge",
+     "The device's utilization: share of the last sample period in which a kernel ran, any "
+     "process's (NVML), 0-1.", "util_ratio"),
+    ("gpu_watch_training_gpu_utilization_ratio", "gauge",
+     "This training's own utilization of the GPU as the verdict judges it, 0-1.",
+     "training_util_ratio"),
+    ("gpu_watch_gpu_memory_used_bytes", "gauge", "Memory used on the device, any process's.",
+     "memory_used_bytes"),
+    ("gpu_watch_gpu_memory_total_bytes", "gauge", "The device's memory.", "memory_total_bytes"),
+    ("gpu_watch_training_gpu_memory_used_bytes", "gauge",
+     "Memory this training's process holds on the GPU.", "training_memory_bytes"),
+    ("gpu_watch_gpu_sm_active_ratio", "gauge",
+     "Share of the GPU's SMs busy (NVML GPM, Hopper and newer), 0-1.", "sm_active_ratio"),
+    ("gpu_watch_gpu_energy_joules", "counter",
+     "Energy the whole GPU used since this run started (NVML has no per-process energy).",
+     "energy_j"),
+    ("gpu_watch_gpu_other_processes_utilization_ratio", "gauge",
+     "Summed SM utilization of the other processes on the GPU, 0-1.", "others_util_ratio"),
+    ("gpu_watch_gpu_other_processes", "gauge",
+     "Other compute processes NVML lists on the GPU.", "other_processes"),
+)
+
+
+def local_port(port: int, rank: int, environ: dict[str, str] | None = None) -> int:
+    """The port a worker serves on: `port` plus its local rank on the host (the launcher's
+    LOCAL_RANK, SLURM_LOCALID or OMPI_COMM_WORLD_LOCAL_RANK, else the worker's rank), so
+    several workers on one host never ask for the same port. Port 0 (any free port) stays 0."""
+    if port == 0:
+        return 0
+    environ = os.environ if environ is None else environ
+    offset = rank
+    for name in LOCAL_RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            offset = int(value)
+            break
+    return port + offset
+
+
+def families(figures: Figures) -> Iterator[Any]:
+    """The metric families of one snapshot (prometheus_client's custom-collector objects)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        StateSetMetricFamily,
+    )
+
+    labels = figures.labels
+    run = [labels.run, str(labels.rank), labels.host, labels.backend]
+    for name, kind, text, attribute in GPU_METRICS:
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        family = cls(name, text, labels=GPU_LABELS)
+        for gpu in figures.gpus:
+            value = getattr(gpu, attribute)
+            if value is not None:
+                family.add_metric([*run, str(gpu.index), gpu.uuid], float(value))
+        yield family
+    steps = CounterMetricFamily("gpu_watch_steps", "Training steps run so far.",
+                                labels=RUN_LABELS)
+    steps.add_metric(run, float(figures.steps))
+    yield steps
+    step_s = CounterMetricFamily(
+        "gpu_watch_step_seconds", "Time spent in training steps so far; divided by "
+        "gpu_watch_steps_total, the mean step time.", labels=RUN_LABELS)
+    step_s.add_metric(run, figures.step_seconds)
+    yield step_s
+    wait = GaugeMetricFamily("gpu_watch_data_wait_ratio",
+                             "Share of the training loop's time spent waiting for data, 0-1.",
+                             labels=RUN_LABELS)
+    if figures.wait_ratio is not None:
+        wait.add_metric(run, figures.wait_ratio)
+    yield wait
+    verdict = StateSetMetricFamily("gpu_watch_verdict",
+                                   "The run's verdict so far: 1 for the current one.",
+                                   labels=RUN_LABELS)
+    verdict.add_metric(run, {v: v == figures.verdict for v in VERDICTS})
+    yield verdict
+    causes = GaugeMetricFamily("gpu_watch_cause", "The causes the run's verdict names now.",
+                               labels=(*RUN_LABELS, "cause"))
+    for code in figures.causes:
+        causes.add_metric([*run, code], 1.0)
+    yield causes
+    status = StateSetMetricFamily("gpu_watch_run_status",
+                                  "Whether the run is running, or how it ended.",
+                                  labels=RUN_LABELS)
+    status.add_metric(run, {s: s == figures.status for s in STATUSES})
+    yield status
+
+
+class _Collector:
+    """Renders the run's latest figures at every scrape."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        yield from families(self._snapshot.figures())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], registry: Any) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.registry = registry
+        self.errors = 0
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics and nothing else (other paths 404, other methods 501)."""
+
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if urlsplit(self.path).path != PATH:
+            self.send_error(404, f"only {PATH} is served here")
+            return
+        from prometheus_client.exposition import choose_encoder
+
+        try:
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            body = encoder(self.server.registry)
+        except Exception as exc:  # a failed scrape must never reach training
+            self.server.errors += 1
+            if self.server.errors == 1:
+                warnings.warn(f"gpu-watch could not render its metrics for a scrape ({exc!r}); "
+                              "training and the run folder go on.", GPUWatchWarning,
+                              stacklevel=2)
+            self.send_error(500, "gpu-watch could not render its metrics")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Scrapes are not logged: they come every few seconds for as long as training runs."""
+
+
+class PrometheusExporter:
+    """A live Prometheus export of one run: the endpoint (when it could bind) and the push.
+
+    Attributes:
+        url: The endpoint's address, None when it is not served.
+    """
+
+    def __init__(self, settings: Any, snapshot: Snapshot) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self._settings = settings
+        self._snapshot = snapshot
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(snapshot))
+        self._server: _Server | None = None
+        self.url: str | None = None
+        if settings.port is not None:
+            self._serve()
+
+    def _serve(self) -> None:
+        labels = self._snapshot.figures().labels
+        port = local_port(self._settings.port, labels.rank)
+        address = self._settings.address
+        try:
+            server = _Server((address, port), self.registry)
+        except OSError as exc:
+            rule = "" if port == self._settings.port else (
+                f" (port {self._settings.port} + local rank {port - self._settings.port})")
+            warnings.warn(
+                f"gpu-watch could not serve Prometheus metrics on {address}:{port}{rule}: "
+                f"{exc}. Training goes on without the endpoint"
+                f"{'; the final figures are still pushed' if self._settings.pushgateway else ''}"
+                ". Pick a base port whose next ports are free: Prometheus(port=...).",
+                GPUWatchWarning, stacklevel=2)
+            return
+        self._server = server
+        host = f"[{address}]" if ":" in address else address
+        self.url = f"http://{host}:{server.server_address[1]}{PATH}"
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                         name="gpu-watch-metrics", daemon=True).start()
+
+    def close(self) -> None:
+        """Push the final figures (if a Pushgateway is named), then stop serving."""
+        try:
+            if self._settings.pushgateway:
+                self._push()
+        finally:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
+
+    def _push(self) -> None:
+        from prometheus_client import push_to_gateway
+
+        labels = self._snapshot.figures().labels
+        try:
+            push_to_gateway(self._settings.pushgateway, job=JOB, registry=self.registry,
+                            grouping_key={"run": labels.run, "rank": str(labels.rank)},
+                            timeout=PUSH_TIMEOUT_S)
+        except Exception as exc:  # unreachable, refused, timed out: one warning, nothing lost
+            warnings.warn(f"gpu-watch could not push its final figures to the Pushgateway at "
+                          f"{self._settings.pushgateway} ({exc}); the run folder has them.",
+                          GPUWatchWarning, stacklevel=2)

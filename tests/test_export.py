@@ -1,0 +1,538 @@
+"""Exporters: the Prometheus text a scrape gets, parsed back; the OpenTelemetry metrics an
+in-memory reader collects; the port rule; and failures that stay warnings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+
+import pytest
+from monitors import monitor_on_gpu
+from prometheus_tools import free_port, free_ports_in_a_row, library
+
+from gpu_watch import load_run
+from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
+from gpu_watch.export.figures import training_util_pct
+from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
+from gpu_watch.nvml import Reading
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+library("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def busy_shared_gpu() -> FakeGPU:
+    """An H100 at 90 %: this process at 70 % SM and 6000 MiB, another at 20 % and 2000 MiB."""
+    return FakeGPU(name="NVIDIA H100 80GB HBM3", util_pct=90.0, power_w=300.0,
+                   processes=[FakeProcess(used_mib=6000.0, sm_util_pct=70.0),
+                              FakeProcess(pid=4242, used_mib=2000.0, sm_util_pct=20.0,
+                                          name="other")])
+
+
+def start(tmp_path, gpu, **config):
+    monitor = monitor_on_gpu(tmp_path, FakeNVML([gpu], step_s=0.05), **config)
+    monitor.begin_epoch(0)
+    for step in range(3):
+        monitor.timeline.add_batch(0, step, 1, 0.01 * step, 0.01 * step + 0.005, None)
+    monitor.first_step({"compute_on_gpu": True})
+    return monitor
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s")
+
+
+def scrape(url: str) -> dict[str, list]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}, text
+
+
+def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
+    gpu = busy_shared_gpu()
+    monitor = start(tmp_path, gpu, export=Prometheus(port=0))
+    try:
+        url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+        assert url.startswith("http://127.0.0.1:")
+        time.sleep(1.2)  # NVML's process samples and GPM need a period or two
+        monitor.end_epoch(0, {})
+        families, _ = scrape(url)
+        time.sleep(0.4)
+        later, _ = scrape(url)
+    finally:
+        monitor.finish("completed")
+    run = monitor.info["run_name"]
+    assert all(name.startswith("gpu_watch_") for name in families)
+
+    def one(name, fams=families, **labels):
+        samples = [s for s in fams[name].samples
+                   if all(s.labels.get(k) == v for k, v in labels.items())]
+        assert len(samples) == 1, (name, labels, fams[name].samples)
+        return samples[0]
+
+    util = one("gpu_watch_gpu_utilization_ratio")
+    assert set(util.labels) == set(GPU_LABELS)
+    assert util.labels["uuid"] == gpu.uuid and util.labels["gpu"] == "0"
+    assert util.labels["run"] == run and util.labels["rank"] == "0"
+    assert util.labels["backend"] == "tensorflow" and util.labels["host"] == socket.gethostname()
+    assert util.value == pytest.approx(0.9)
+    assert one("gpu_watch_training_gpu_utilization_ratio").value == pytest.approx(0.7)
+    assert one("gpu_watch_gpu_other_processes_utilization_ratio").value == pytest.approx(0.2)
+    assert one("gpu_watch_gpu_other_processes").value == 1
+    assert one("gpu_watch_training_gpu_memory_used_bytes").value == 6000 * MIB
+    assert one("gpu_watch_gpu_memory_total_bytes").value == 81559 * MIB
+    assert one("gpu_watch_gpu_sm_active_ratio").value == pytest.approx(0.9)
+    # Counters: type counter, samples ending in _total, energy growing with time.
+    for name in ("gpu_watch_gpu_energy_joules", "gpu_watch_steps", "gpu_watch_step_seconds"):
+        assert families[name].type == "counter"
+        assert all(s.name == f"{name}_total" for s in families[name].samples)
+    energy = one("gpu_watch_gpu_energy_joules").value
+    assert 300 * 0.5 < energy < 300 * 5  # 300 W for one to a few seconds
+    assert one("gpu_watch_gpu_energy_joules", later).value > energy
+    steps = one("gpu_watch_steps")
+    assert set(steps.labels) == set(RUN_LABELS) and steps.value == 3
+    assert one("gpu_watch_step_seconds").value == pytest.approx(0.015)
+    assert one("gpu_watch_data_wait_ratio").value == pytest.approx(0.0)
+    # The verdict as a state set: one series per verdict, 1 for the current one.
+    verdicts = {s.labels["gpu_watch_verdict"]: s.value
+                for s in families["gpu_watch_verdict"].samples}
+    assert verdicts == {"ok": 1, "idle": 0, "cpu_fallback": 0, "unmonitored": 0, "unmeasured": 0}
+    assert monitor.info["verdict"] == "ok"
+    causes = {s.labels["cause"] for s in families["gpu_watch_cause"].samples}
+    assert causes == {c["code"] for c in monitor.info["causes"]} and "gpu_shared" in causes
+    status = {s.labels["gpu_watch_run_status"]: s.value
+              for s in families["gpu_watch_run_status"].samples}
+    assert status["running"] == 1 and sum(status.values()) == 1
+    # Nothing unbounded: no PID, no process name anywhere.
+    for family in families.values():
+        for sample in family.samples:
+            assert "4242" not in sample.labels.values() and "other" not in sample.labels.values()
+
+
+def test_the_end_of_the_run_closes_the_endpoint_with_the_final_status(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0))
+    url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+    monitor.end_epoch(0, {})
+    monitor.finish("completed")
+    assert monitor.exports.wait(10)
+    figures = monitor.exports.snapshot.figures()
+    assert figures.status == "completed" and figures.verdict == monitor.info["verdict"]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_endpoint_serves_metrics_and_nothing_else(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0))
+    try:
+        url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+        root = url.removesuffix("/metrics")
+        for path in ("/", "/metrics/../run.json", "/favicon.ico"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(root + path, timeout=5)
+            assert err.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"),
+                                   timeout=5)
+        assert err.value.code == 501
+        request = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert response.read().decode().rstrip().endswith("# EOF")
+    finally:
+        monitor.finish("completed")
+
+
+@pytest.mark.parametrize(("environ", "rank", "expected"), [
+    ({}, 0, 9445),
+    ({}, 3, 9448),  # no launcher variable: the worker's rank
+    ({"LOCAL_RANK": "1"}, 9, 9446),  # torchrun on the second host: rank 9, local rank 1
+    ({"SLURM_LOCALID": "2"}, 10, 9447),
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "7"}, 15, 9452),
+    ({"LOCAL_RANK": "", "SLURM_LOCALID": "4"}, 12, 9449),
+    ({"LOCAL_RANK": "x1"}, 2, 9447),  # not a number: the rank
+])
+def test_each_worker_on_a_host_gets_port_plus_its_local_rank(environ, rank, expected):
+    assert local_port(9445, rank, environ) == expected
+
+
+def test_port_zero_lets_the_system_pick_for_every_worker():
+    assert local_port(0, 5, {"LOCAL_RANK": "5"}) == 0
+
+
+def test_a_port_in_use_is_one_warning_and_the_run_goes_on(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.warns(GPUWatchWarning, match=f"127.0.0.1:{port}.*Training goes on"):
+            monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=port))
+            wait_for(lambda: monitor.exports.exporters)
+        assert monitor.exports.exporters[0].url is None
+        time.sleep(0.3)
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    run = load_run(monitor.run_dir)
+    assert run.status == "completed" and run.verdict == "ok" and len(run.samples) > 0
+
+
+def test_an_unreachable_pushgateway_is_one_warning_and_the_run_folder_is_whole(tmp_path):
+    gateway = f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    monitor = start(tmp_path, busy_shared_gpu(),
+                    export=Prometheus(port=None, pushgateway=gateway))
+    time.sleep(0.3)
+    monitor.end_epoch(0, {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    pushes = [w for w in caught if issubclass(w.category, GPUWatchWarning)]
+    assert len(pushes) == 1 and gateway in str(pushes[0].message)
+    run = load_run(monitor.run_dir)
+    assert run.status == "completed" and run.verdict == "ok" and len(run.epochs) == 1
+
+
+def test_a_failing_exporter_is_one_warning_and_training_goes_on(tmp_path):
+    class BrokenProvider:
+        def get_meter(self, *args, **kwargs):
+            raise RuntimeError("collector configuration is broken")
+
+    library("opentelemetry.sdk")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = start(tmp_path, busy_shared_gpu(),
+                        export=[OpenTelemetry(meter_provider=BrokenProvider()),
+                                Prometheus(port=0)])
+        time.sleep(0.3)
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
+    assert len(failed) == 1 and "OpenTelemetry export failed" in failed[0]
+    assert len(monitor.exports.exporters) == 1  # the Prometheus one still served
+    assert load_run(monitor.run_dir).status == "completed"
+
+
+def test_training_utilization_is_the_judged_figure_where_a_reading_has_one():
+    reading = Reading(time_s=1.0, gpu=0, util_pct=90.0, proc_util_pct=40.0,
+                      judged_util_pct=40.0)
+    assert training_util_pct(reading) == 40.0
+    reading.judged_util_pct = None  # the judged figure cannot tell: no series, not 0
+    assert training_util_pct(reading) is None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"port": 70000}, "port must be None or a TCP port from 0 to 65535, got 70000"),
+    ({"port": True}, "got True"),
+    ({"port": "9445"}, "got '9445'"),
+    ({"address": ""}, "address must be"),
+    ({"pushgateway": ""}, "pushgateway must be"),
+    ({"port": None}, "needs a pushgateway"),
+])
+def test_bad_prometheus_settings_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Prometheus(**kwargs)
+
+
+@pytest.mark.parametrize("export", ["prometheus", [Prometheus(), "otel"], 9445])
+def test_bad_export_option_names_the_value(export):
+    with pytest.raises(ValueError, match=f"export must be None.*got {export!r}"[:60]
+                       .replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        check_targets(export)
+
+
+def test_bad_opentelemetry_settings_name_the_value():
+    library("opentelemetry.sdk")
+    with pytest.raises(ValueError, match="endpoint must be an http:// or https:// URL, got "
+                                         "'127.0.0.1:4318'"):
+        OpenTelemetry(endpoint="127.0.0.1:4318")
+    with pytest.raises(ValueError, match="interval_s must be between 1 and 3600 seconds, got 0"):
+        OpenTelemetry(interval_s=0)
+
+
+def test_the_base_install_never_imports_the_exporters_libraries():
+    code = ("import sys, gpu_watch.monitor, gpu_watch.callback; "
+            "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', "
+            "'opentelemetry'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# -- OpenTelemetry ---------------------------------------------------------------------------
+
+
+def otel_points(reader) -> dict[str, list]:
+    data = reader.get_metrics_data()
+    points: dict[str, list] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(
+                    (metric, p) for p in metric.data.data_points)
+    return points
+
+
+def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    gpu = busy_shared_gpu()
+    monitor = start(tmp_path, gpu, export=OpenTelemetry(meter_provider=provider))
+    try:
+        time.sleep(1.2)
+        monitor.end_epoch(0, {})
+        points = otel_points(reader)
+    finally:
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    run = monitor.info["run_name"]
+
+    def one(name, **attributes):
+        found = [(m, p) for m, p in points[name]
+                 if all(p.attributes.get(k) == v for k, v in attributes.items())]
+        assert len(found) == 1, (name, points.get(name))
+        return found[0]
+
+    metric, util = one("hw.gpu.utilization")
+    assert metric.unit == "1" and util.value == pytest.approx(0.9)
+    assert util.attributes["hw.id"] == gpu.uuid and util.attributes["hw.type"] == "gpu"
+    assert util.attributes["gpu_watch.run"] == run and util.attributes["gpu_watch.rank"] == 0
+    metric, memory = one("hw.gpu.memory.usage")
+    assert metric.unit == "By" and memory.value == pytest.approx(
+        (6000 + 2000 + 300) * MIB)  # the processes' memory and the driver's 300 MiB
+    metric, energy = one("hw.energy")
+    assert metric.unit == "J" and metric.data.is_monotonic and energy.value > 0
+    assert one("gpu_watch.training.gpu.utilization")[1].value == pytest.approx(0.7)
+    assert one("gpu_watch.steps")[1].value == 3
+    assert one("gpu_watch.verdict", **{"gpu_watch.verdict": "ok"})[1].value == 1
+    assert one("gpu_watch.verdict", **{"gpu_watch.verdict": "idle"})[1].value == 0
+    assert one("gpu_watch.cause", **{"gpu_watch.cause": "gpu_shared"})[1].value == 1
+    # After the run: its final status, until another run exports through this provider.
+    final = otel_points(reader)
+    status = {p.attributes["gpu_watch.run.status"]: p.value
+              for _, p in final["gpu_watch.run.status"]}
+    assert status["completed"] == 1 and status["running"] == 0
+
+
+def test_an_unreachable_otlp_endpoint_is_one_warning(tmp_path):
+    library("opentelemetry.exporter.otlp.proto.http")
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/metrics"
+    monitor = start(tmp_path, busy_shared_gpu(), export=OpenTelemetry(endpoint=endpoint))
+    time.sleep(0.3)
+    monitor.end_epoch(0, {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor.finish("completed")
+        assert monitor.exports.wait(30)
+    failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
+    assert len(failed) == 1 and endpoint in failed[0]
+    assert load_run(monitor.run_dir).status == "completed"
+
+
+def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_series():
+    from gpu_watch.export.figures import HOLD_S, Snapshot
+    from gpu_watch.nvml import Device
+
+    info = {"run_name": "r", "rank": 0, "backend": "jax", "verdict": None, "causes": []}
+    snapshot = Snapshot(info, [Device(0, 0, "GPU-a", "NVIDIA H100 80GB HBM3", 81559.0)])
+
+    def tick(t, **fields):
+        snapshot.tick([Reading(time_s=t, gpu=0, util_pct=80.0, **fields)], 0, 0.0, None)
+        return snapshot.figures().gpus[0]
+
+    assert tick(0.0, judged_util_pct=60.0, sm_active_pct=50.0).training_util_ratio == 0.6
+    held = tick(HOLD_S)  # NVML had no new process sample or GPM reading this tick
+    assert held.training_util_ratio == 0.6 and held.sm_active_ratio == 0.5
+    assert tick(HOLD_S + 0.1).training_util_ratio is None  # too old: not measured, never 0
+    assert tick(HOLD_S + 0.2, judged_util_pct=0.0).training_util_ratio == 0.0
+
+
+def test_consecutive_runs_serve_on_the_same_port(tmp_path):
+    """The next run's endpoint opens after the last one closed: a training script that calls
+    `fit` again (one epoch at a time, tuners) keeps its port."""
+    port = free_port()
+    urls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUWatchWarning)
+        for attempt in range(2):
+            monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
+                            export=Prometheus(port=port))
+            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            families, _ = scrape(url)
+            run = families["gpu_watch_steps"].samples[0].labels["run"]
+            assert run == monitor.info["run_name"]
+            urls.append(url)
+            monitor.end_epoch(0, {})
+            monitor.finish("completed")  # the next run starts at once
+    assert urls == [f"http://127.0.0.1:{port}/metrics"] * 2
+
+
+def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
+    """GPUWatch's own meter provider sends OTLP/HTTP protobuf to a receiver on the loopback
+    address, and its last export (at the end of the run) carries the final status."""
+    library("opentelemetry.exporter.otlp.proto.http")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    received: list = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            received.append((self.path, self.headers["Content-Type"], request))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/metrics"
+        gpu = busy_shared_gpu()
+        monitor = start(tmp_path, gpu, export=OpenTelemetry(endpoint=endpoint))
+        time.sleep(0.5)
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received, "nothing reached the receiver"
+    path, content_type, request = received[-1]
+    assert path == "/v1/metrics" and content_type == "application/x-protobuf"
+    resource = request.resource_metrics[0]
+    resource_attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
+    assert resource_attributes["service.name"] == "gpu-watch"
+    metrics = {m.name: m for scope in resource.scope_metrics for m in scope.metrics}
+    energy = metrics["hw.energy"]
+    assert energy.unit == "J" and energy.sum.is_monotonic
+    ids = {a.value.string_value for p in energy.sum.data_points for a in p.attributes
+           if a.key == "hw.id"}
+    assert ids == {gpu.uuid}
+    status = {a.value.string_value: p.as_double
+              for p in metrics["gpu_watch.run.status"].gauge.data_points
+              for a in p.attributes if a.key == "gpu_watch.run.status"}
+    assert status["completed"] == 1.0 and status["running"] == 0.0
+
+
+def test_a_scrape_that_fails_to_render_is_a_500_and_one_warning():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from gpu_watch.export.prometheus import _Server
+
+    class Broken:
+        def collect(self):
+            raise RuntimeError("figures unreadable")
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Broken())
+    server = _Server(("127.0.0.1", 0), registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                with pytest.raises(urllib.error.HTTPError) as err:
+                    urllib.request.urlopen(url, timeout=5)
+                assert err.value.code == 500
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
+    assert len(failed) == 1 and "figures unreadable" in failed[0]
+
+
+def test_one_meter_provider_serves_run_after_run(tmp_path):
+    """Instruments are created once per provider (it refuses a second of the same name); a
+    finished run stays observable until the next run through it starts."""
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    runs = []
+    for attempt in range(2):
+        monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
+                        export=OpenTelemetry(meter_provider=provider))
+        wait_for(lambda m=monitor: m.exports.exporters)
+        seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
+        runs.append(monitor.info["run_name"])
+        assert seen == {runs[-1]}  # the last run, finished, is no longer observed
+        monitor.end_epoch(0, {})
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
+    assert seen == {runs[-1]}
+
+
+def test_an_exporter_without_its_library_names_the_install_line():
+    from gpu_watch.export import _needs
+
+    with pytest.raises(ImportError, match=r'needs the no_such_library package: pip install '
+                                          r'"gpu-watch\[prometheus\]"'):
+        _needs("no_such_library.client", "prometheus", "Prometheus export")
+    _needs("json", "prometheus", "Prometheus export")  # present: no error
+    with pytest.raises(ImportError, match=r'needs the no_such_library package: pip install '
+                                          r'"gpu-watch\[otel\]"'):
+        _needs("no_such_library", "otel", "OpenTelemetry export")
+
+
+def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypatch):
+    """Ranks 0 and 1 of one run on this host, both asked for the same base port: each serves
+    on port + its rank, and each endpoint carries its own rank."""
+    from gpu_watch.export.prometheus import LOCAL_RANK_VARIABLES
+    from gpu_watch.monitor import Config, Monitor
+    from gpu_watch.nvml import NVML
+
+    for name in LOCAL_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    base = free_ports_in_a_row(2)
+    framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
+    monitors = [Monitor(Config(log_dir=str(tmp_path), run_name="exp1", plot=False,
+                               interval_s=0.02, export=Prometheus(port=base)),
+                        NVML(FakeNVML([busy_shared_gpu()], step_s=0.05)), "tensorflow",
+                        (rank, 2), framework, None) for rank in (0, 1)]
+    try:
+        for rank, monitor in enumerate(monitors):
+            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            assert url == f"http://127.0.0.1:{base + rank}/metrics"
+            families, _ = scrape(url)
+            labels = families["gpu_watch_steps"].samples[0].labels
+            assert (labels["run"], labels["rank"]) == (f"exp1-rank{rank}", str(rank))
+    finally:
+        for monitor in monitors:
+            monitor.finish("completed")
+            monitor.exports.wait(10)

@@ -128,6 +128,7 @@ def test_each_rank_report_html_gets_the_table(tmp_path):
     write_run(tmp_path, "alone", run_info("alone"))
     out = io.StringIO()
     assert run_report_command(str(tmp_path), plots=True, out=out) == 0
+    assert "Wrote the table into report.html of 2 rank folders" in out.getvalue()
     for rank in range(2):
         page = (tmp_path / f"exp1-rank{rank}" / REPORT_HTML).read_text()
         assert '<p id="cluster-verdict">Run exp1 (2 workers): straggler rank1' in page

@@ -153,13 +153,18 @@ def _report_clusters(folder: Path, plots: bool, out: TextIO) -> int:
         out.write("\n" + cluster_text(view))
         if not plots:
             continue
+        written = 0
         for row in view.rows:
             if row.status == UNREADABLE:
                 continue  # its row says so; there is no page of its own to put the table in
             try:
                 render_cluster_html(row.path)
+                written += 1
             except (RunFolderError, OSError) as exc:
                 out.write(f"gpu-watch report: could not write {runlog.REPORT_HTML} in "
                           f"{row.path}: {getattr(exc, 'strerror', None) or exc}\n")
                 code = EXIT_ERROR
+        if written:
+            out.write(f"Wrote the table into {runlog.REPORT_HTML} of {written} rank "
+                      f"folder{'s' if written > 1 else ''}\n")
     return code

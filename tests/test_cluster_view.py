@@ -165,3 +165,15 @@ def test_an_unreadable_rank_is_a_row_and_no_part_of_the_verdict(tmp_path):
     assert run_report_command(str(tmp_path), plots=True, out=out) == 0
     assert "Run exp1 (2 workers): no straggler can be named" in out.getvalue()
     assert (tmp_path / "exp1-rank0" / REPORT_HTML).exists()
+
+
+def test_a_rank_with_figures_gpu_watch_never_writes_is_unreadable_not_fatal(tmp_path):
+    rank_run(tmp_path, "exp1", 0, wait=0.0, step_s=0.1)
+    rank_run(tmp_path, "exp1", 1, wait=0.5, step_s=0.1)
+    batches_csv = tmp_path / "exp1-rank1" / "batches.csv"
+    batches_csv.write_text(batches_csv.read_text().replace("0.1,", "fast,"))
+    [view] = clusters(tmp_path)
+    assert [r.status for r in view.rows] == ["completed", UNREADABLE]
+    render(tmp_path / "exp1-rank0")  # the rank's own report is still drawn, with the table
+    assert "<td>rank1</td><td>n/a</td><td>unreadable</td>" in (
+        tmp_path / "exp1-rank0" / REPORT_HTML).read_text()

@@ -180,13 +180,15 @@ def step_time_s(run: Run) -> float | None:
 
 
 def cluster_view(name: str, members: list[Member]) -> ClusterView:
-    """Read each member's run folder and judge the run; an unreadable folder is a row that
-    says so and takes no part in the verdict."""
+    """Read each member's run folder and judge the run; a folder that cannot be read is a row
+    that says so and takes no part in the verdict."""
     rows = []
     for rank, path, _ in sorted(members, key=lambda m: m[0] or 0):
         try:
             rows.append(rank_row(rank or 0, load_run(path)))
-        except RunFolderError:
+        except (RunFolderError, ValueError, TypeError, KeyError):
+            # One rank's folder that cannot be read (or holds what gpu-watch never writes)
+            # must not take the others' table, or a rank's own report, down with it.
             rows.append(RankRow(rank or 0, path, None, UNREADABLE, None, None, None, None))
     judgement = judge_cluster([RankFigures(r.rank, r.wait_fraction, r.step_s) for r in rows])
     return ClusterView(name, tuple(rows), judgement)

@@ -182,7 +182,7 @@ def slowed_runs(tmp_path_factory) -> Path:
 def cluster_rows(text: str, name: str) -> list[list[str]]:
     """The rows of `name`'s table in the report's text."""
     block = text.split(f"Run {name} (")[1].split("\n\n")[0]
-    return [line.split() for line in block.splitlines()[2:]]
+    return [line.split() for line in block.splitlines()[2:] if line.startswith("  rank")]
 
 
 def test_the_cluster_view_names_the_rank_whose_input_was_slowed(slowed_runs):
@@ -190,6 +190,7 @@ def test_the_cluster_view_names_the_rank_whose_input_was_slowed(slowed_runs):
     assert report.run_report_command(str(slowed_runs), plots=True, out=out) == 0
     text = out.getvalue()
     assert "Run slow-rank1 (2 workers): straggler rank1: it waits for data" in text
+    assert text.count("Wrote the table into report.html of 2 rank folders") == 2
     rows = cluster_rows(text, "slow-rank1")
     assert [row[0] for row in rows] == ["rank0", "rank1"]
     assert rows[1][1] == "(straggler)"

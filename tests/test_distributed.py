@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpu_watch import report
-from gpu_watch.cluster import BALANCED, STRAGGLER
+from gpu_watch.cluster import BALANCED, STRAGGLER, UNKNOWN
 from gpu_watch.report.cluster import clusters
 from gpu_watch.runlog import REPORT_HTML, find_runs
 
@@ -148,12 +148,15 @@ def test_the_report_lists_the_workers_side_by_side(tensorflow_runs):
 def test_a_balanced_run_names_no_straggler(tensorflow_runs):
     _, _, cluster_dir = tensorflow_runs
     [view] = clusters(cluster_dir)
-    assert view.judgement.verdict == BALANCED and view.judgement.straggler is None
+    # Balanced; or, where a wait share needs more ticks than these few seconds give, unknown.
+    # Either way no rank is named (the slowed runs below judge with ticks to spare).
+    assert view.judgement.verdict in (BALANCED, UNKNOWN) and view.judgement.straggler is None
     assert [row.rank for row in view.rows] == [0, 1]
     assert all(row.host == socket.gethostname() for row in view.rows)
     out = io.StringIO()
     assert report.run_report_command(str(cluster_dir), plots=False, out=out) == 0
-    assert f"Run {RUN_NAME} (2 workers): balanced, no straggler" in out.getvalue()
+    assert (f"Run {RUN_NAME} (2 workers): balanced, no straggler" in out.getvalue()
+            or f"Run {RUN_NAME} (2 workers): no straggler can be named" in out.getvalue())
     assert "(straggler)" not in out.getvalue()
 
 

@@ -64,6 +64,14 @@ def test_a_process_that_starts_shows_within_the_interval(clock):
     assert (r.procs, r.others_mem_mib) == (2, 1000.0)
 
 
+def test_two_readings_at_one_time_read_the_list_once():
+    fake, nvml = session(FakeGPU(), FakeGPU())
+    first, second = nvml.devices()
+    for device in (first, first, second, second):
+        nvml.read(device, 3.0)
+    assert calls(fake, LIST) == 2  # once per GPU
+
+
 def test_the_interval_can_be_set_and_zero_reads_it_every_time():
     fake, nvml = session(FakeGPU())
     nvml.process_interval_s = 0.0

@@ -37,14 +37,14 @@ def replace_file(path: Path, data: bytes) -> None:
 def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
     """Draw `utilization.png`, `epochs.png` and `report.html` into the run folder.
 
+    For a rank of a multi-worker run, `report.html` holds the table of all its ranks, as the
+    folders beside it show them now.
+
     Each file is replaced atomically. Safe to call from a background thread while training
     goes on (no pyplot).
 
     Args:
         run_or_path: A loaded run, or the path of a run folder.
-
-    For a rank of a multi-worker run, `report.html` holds the table of all its ranks, as the
-    folders beside it show them now.
 
     Returns:
         The paths written: the timeline PNG, the epoch PNG and the HTML report.

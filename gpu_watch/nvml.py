@@ -59,6 +59,13 @@ GPM_MIN_GAP_S = 0.1
 # 10.3 ms of CPU against 3.7 ms without them: at every 0.2 s tick GPM would almost triple the
 # sampler's cost.
 GPM_INTERVAL_S = 1.0
+# The list of compute processes changes when a process starts or ends on the GPU, seconds or
+# hours apart, yet reading it is by far the dearest call a tick makes: the driver walks every
+# process with a context on the GPU (milliseconds where other NVML reads take microseconds;
+# `benchmarks/sampler_cost.py` measures each call). Read once a second, the list a reading
+# carries is at most a second old; the per-process utilization that decides the verdict is
+# still read at every tick, from NVML's own per-process samples.
+PROCESS_LIST_INTERVAL_S = 1.0
 
 READING_FIELDS = (
     "util_pct",
@@ -216,6 +223,9 @@ class NVML:
         gpm_interval_s: Seconds between two GPM samples of a device (default
             :data:`GPM_INTERVAL_S`; never under NVML's 0.1 s). Readings between them have no
             GPM values.
+        process_interval_s: Seconds between two reads of a device's process list (default
+            :data:`PROCESS_LIST_INTERVAL_S`; 0 reads it at every reading). Readings between
+            them carry the last list read.
 
     Example:
         >>> nvml = NVML()
@@ -227,6 +237,7 @@ class NVML:
     """
 
     gpm_interval_s = GPM_INTERVAL_S
+    process_interval_s = PROCESS_LIST_INTERVAL_S
 
     def __init__(self, lib: Any = None) -> None:
         self._lib = lib if lib is not None else pynvml
@@ -244,6 +255,9 @@ class NVML:
         self._util_read_s: dict[int, float] = {}
         self._quiet_s: dict[int, dict[int, float]] = {}
         self._names: dict[int, str | None] = {}
+        # Per device (NVML index, UUID): when its process list was last read (the reading's
+        # time) and the list.
+        self._listed: dict[tuple[int, str], tuple[float, list[GPUProcess]]] = {}
         self._pid_listed = False
         self._all_devices: list[Device] | None = None
 
@@ -313,6 +327,7 @@ class NVML:
             self._initialised = False
             self._error = None
             self._all_devices = None
+            self._listed.clear()
 
     # -- the one function every query goes through ------------------------------------------------
 
@@ -498,7 +513,7 @@ class NVML:
         if memory is not None:
             reading.mem_used_mib = memory.used / MIB
             reading.mem_total_mib = memory.total / MIB
-        procs = self.processes(device)
+        procs = self._recent_processes(device, time_s)
         if procs is not None:
             reading.procs = len(procs)
             mine = [p for p in procs if p.pid == os.getpid()]
@@ -530,6 +545,24 @@ class NVML:
         self._read_activity(device, reading)
         reading.lost = gpu in self._lost
         return reading
+
+    def _recent_processes(self, device: Device, time_s: float) -> list[GPUProcess] | None:
+        """`device`'s process list, read anew every `process_interval_s` and reused between.
+
+        A failed read is not kept (the next reading tries again), and a time before the last
+        read (a new run's time axis) reads anew. A reading a few milliseconds early counts as
+        on time, as for GPM, or jitter would push every read a tick late.
+        """
+        key = (device.nvml_index, device.uuid)
+        last = self._listed.get(key)
+        if last is not None and 0 <= time_s - last[0] < 0.95 * self.process_interval_s:
+            return last[1]
+        procs = self.processes(device)
+        if procs is None:
+            self._listed.pop(key, None)
+        else:
+            self._listed[key] = (time_s, procs)
+        return procs
 
     def process_utilization(self, device: Device, listed: set[int], time_s: float
                             ) -> dict[int, float | None] | None:
@@ -693,11 +726,13 @@ class NVML:
                 self._disabled.add((name, gpu))
 
     def release_gpm(self, devices: Sequence[Device]) -> None:
-        """Free the GPM sample buffers of `devices` (the sampler calls it when it stops).
+        """Free the GPM sample buffers of `devices` and forget their last process lists (the
+        sampler calls it when it stops).
 
-        The next reading of such a device starts afresh with new buffers.
+        The next reading of such a device starts afresh with new buffers and a new list.
         """
         for device in devices:
+            self._listed.pop((device.nvml_index, device.uuid), None)
             state = self._gpm.pop((device.nvml_index, device.uuid), None)
             if state is not None:
                 for sample in (state.previous, state.current):

@@ -39,6 +39,7 @@ def run_info(
     interval_s: float = 0.5,
     rank: int = 0,
     world_size: int = 1,
+    judged: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A complete `run.json` as the callback writes it.
 
@@ -55,6 +56,7 @@ def run_info(
         interval_s: The sampler interval recorded in the config, seconds.
         rank: This worker's rank.
         world_size: Number of workers.
+        judged: Per GPU, the judged figures (`run.json`'s "judged"); default none measured.
     """
     return {
         "schema_version": runlog.SCHEMA_VERSION,
@@ -64,6 +66,7 @@ def run_info(
         "world_size": world_size,
         "writer": {"host": "test-host", "pid": 1},
         "status": status,
+        "judged": judged or {},
         "started_at": started_at,
         "ended_at": None if status == runlog.STATUS_RUNNING else started_at,
         "duration_s": duration_s,
@@ -205,6 +208,22 @@ def synthetic_run(
         batches[f"gpu{gpu}_util_pct"] = np.asarray(util(time_s, gpu), dtype=float)
         batches[f"gpu{gpu}_mem_used_mib"] = proc_mem_mib + 300.0
     samples = pd.concat(frames, ignore_index=True) if frames else None
+    if samples is not None:
+        samples["judged_util_pct"] = samples["proc_util_pct"]
+    # This training's own figures decide, step 0 (the first batch) left out.
+    counted = sample_t > (time_s[0] if n else 0.0)
+    judged = {}
+    for gpu in gpus:
+        values = np.asarray(util(sample_t[counted], gpu), dtype=float)
+        values = values[~np.isnan(values)]
+        judged[str(gpu)] = {
+            "by": "process", "readings": int(values.size),
+            "util_mean_pct": float(values.mean()) if values.size else None,
+            "device_util_mean_pct": float(values.mean()) if values.size else None,
+            "idle_fraction": float(np.mean(values < IDLE_THRESHOLD_PCT)) if values.size
+            else None,
+        }
+    info.setdefault("judged", judged)
 
     first = np.flatnonzero(np.r_[True, epoch[1:] != epoch[:-1]]) if n else np.array([], int)
     bounds = np.r_[time_s[first] - step[first] - wait[first], end_s] if n else np.array([0.0])

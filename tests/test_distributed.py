@@ -18,13 +18,17 @@ from pathlib import Path
 import pytest
 
 from gpu_watch import report
-from gpu_watch.runlog import find_runs
+from gpu_watch.cluster import BALANCED, STRAGGLER, UNKNOWN
+from gpu_watch.report.cluster import clusters
+from gpu_watch.runlog import REPORT_HTML, find_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "scripts" / "distributed_fit.py"
 TIMEOUT_S = 240
 STEPS, EPOCHS = 8, 2  # distributed_fit.py: 128 samples in global batches of 16
 RUN_NAME = "cluster-run"
+SLOW_S = 0.3  # seconds a slowed input takes per global batch (half of it per worker step,
+# well over the step itself: the input, not the step, sets the pace)
 
 
 def free_ports(count: int) -> list[int]:
@@ -136,9 +140,98 @@ def test_the_report_lists_the_workers_side_by_side(tensorflow_runs):
     assert report.run_report_command(str(cluster_dir), plots=False, out=out) == 0
     text = out.getvalue()
     assert f"{RUN_NAME} (2 workers)" in text
-    rows = [line.split() for line in text.splitlines() if re.match(r"\s+rank\d", line)]
+    listing = text.split("\n\n")[0]  # the run's own table follows
+    rows = [line.split() for line in listing.splitlines() if re.match(r"\s+rank\d", line)]
     assert [row[:3] for row in rows] == [["rank0", "completed", "cpu_fallback"],
                                          ["rank1", "completed", "cpu_fallback"]]
+
+
+def test_a_balanced_run_names_no_straggler(tensorflow_runs):
+    _, _, cluster_dir = tensorflow_runs
+    [view] = clusters(cluster_dir)
+    # Balanced; or, where a wait share needs more ticks than these few seconds give, unknown.
+    # Either way no rank is named (the slowed runs below judge with ticks to spare).
+    assert view.judgement.verdict in (BALANCED, UNKNOWN) and view.judgement.straggler is None
+    assert [row.rank for row in view.rows] == [0, 1]
+    assert all(row.host == socket.gethostname() for row in view.rows)
+    out = io.StringIO()
+    assert report.run_report_command(str(cluster_dir), plots=False, out=out) == 0
+    assert (f"Run {RUN_NAME} (2 workers): balanced, no straggler" in out.getvalue()
+            or f"Run {RUN_NAME} (2 workers): no straggler can be named" in out.getvalue())
+    assert "(straggler)" not in out.getvalue()
+
+
+def start_cluster(log_dir: Path, logs: Path, name: str, delays: str) -> list[Child]:
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    children = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        children.append(Child(logs, f"{name}{index}", "multi_worker", str(log_dir), name,
+                              delays, TF_CONFIG=json.dumps(config)))
+    return children
+
+
+@pytest.fixture(scope="module")
+def slowed_runs(tmp_path_factory) -> Path:
+    """Two MultiWorkerMirroredStrategy runs in one log folder: "slow-rank1", whose rank 1
+    reads its input from a generator that takes `SLOW_S` per batch while rank 0's is instant,
+    and "slow-both", where both ranks' inputs take that long."""
+    log_dir = tmp_path_factory.mktemp("slowed")
+    logs = tmp_path_factory.mktemp("slowed-output")
+    collect(start_cluster(log_dir, logs, "slow-rank1", f"0,{SLOW_S}")
+            + start_cluster(log_dir, logs, "slow-both", f"{SLOW_S},{SLOW_S}"))
+    return log_dir
+
+
+def cluster_rows(text: str, name: str) -> list[list[str]]:
+    """The rows of `name`'s table in the report's text."""
+    block = text.split(f"Run {name} (")[1].split("\n\n")[0]
+    return [line.split() for line in block.splitlines()[2:] if line.startswith("  rank")]
+
+
+def test_the_cluster_view_names_the_rank_whose_input_was_slowed(slowed_runs):
+    out = io.StringIO()
+    assert report.run_report_command(str(slowed_runs), plots=True, out=out) == 0
+    text = out.getvalue()
+    assert "Run slow-rank1 (2 workers): straggler rank1: it waits for data" in text
+    assert text.count("Wrote the table into report.html of 2 rank folders") == 2
+    rows = cluster_rows(text, "slow-rank1")
+    assert [row[0] for row in rows] == ["rank0", "rank1"]
+    assert rows[1][1] == "(straggler)"
+    # rank, host, status, verdict, util %, data wait %, step ms: no GPU here, so no utilization;
+    # the slowed rank waits, the other does not, and both move at the slowed rank's pace.
+    rank0, rank1 = rows[0], rows[1][1:]
+    assert rank0[1:5] == [socket.gethostname(), "completed", "cpu_fallback", "n/a"]
+    assert rank1[1:5] == [socket.gethostname(), "completed", "cpu_fallback", "n/a"]
+    wait0, wait1 = float(rank0[5]), float(rank1[5])
+    step0, step1 = float(rank0[6]), float(rank1[6])
+    assert wait1 >= 50 and wait0 <= 25, text
+    assert step1 >= 1000 * SLOW_S / 2 * 0.8 and step0 >= 0.8 * step1, text
+    [view] = [v for v in clusters(slowed_runs) if v.name == "slow-rank1"]
+    assert (view.judgement.verdict, view.judgement.straggler) == (STRAGGLER, 1)
+    # Each rank's report.html has the same table and verdict.
+    for row in view.rows:
+        page = (row.path / REPORT_HTML).read_text()
+        assert '<table id="cluster">' in page
+        assert "straggler rank1: it waits for data" in page
+        assert "<td>rank1 (straggler)</td>" in page and "<td>rank0</td>" in page
+
+
+def test_ranks_that_all_wait_alike_name_no_straggler(slowed_runs):
+    out = io.StringIO()
+    assert report.run_report_command(str(slowed_runs), plots=False, out=out) == 0
+    text = out.getvalue()
+    assert "Run slow-both (2 workers): balanced, no straggler" in text
+    rows = cluster_rows(text, "slow-both")
+    assert [row[0] for row in rows] == ["rank0", "rank1"]
+    assert min(float(row[5]) for row in rows) >= 50, text  # both input bound
+
+
+def test_a_rank_folder_shows_its_run_table(slowed_runs):
+    out = io.StringIO()
+    assert report.run_report_command(str(slowed_runs / "slow-rank1-rank0"), plots=False,
+                                     out=out) == 0
+    assert "Run slow-rank1 (2 workers): straggler rank1" in out.getvalue()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")

@@ -23,6 +23,7 @@ from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.cli import main as cli_main
+from gpu_watch.nvml import NVML
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -83,7 +84,11 @@ def test_every_metric_failing_mid_run_is_recorded_and_the_healthy_gpu_goes_on(tm
     for field in FIELD_METRICS:
         faulty.fail(field, error, from_s=0.15)
     healthy = FakeGPU(util_pct=40, processes=[FakeProcess(used_mib=200)])
-    cb = quiet(log_dir=tmp_path, nvml=FakeNVML([faulty, healthy]))
+    nvml = NVML(FakeNVML([faulty, healthy]))
+    # The process list at every reading, as the other metrics: read once a second, as shipped,
+    # a run of 0.4 s would never ask for it after the fault begins.
+    nvml.process_interval_s = 0.0
+    cb = quiet(log_dir=tmp_path, nvml=nvml)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
         run = drive(cb)

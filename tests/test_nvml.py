@@ -333,6 +333,7 @@ def test_another_process_s_quiet_time_starts_when_nvml_lists_it(clock):
     late = FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=0)
     gpu = FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=5)])
     nvml = NVML(FakeNVML([gpu], clock=clock))
+    nvml.process_interval_s = 0.0  # the list at every reading: what it says is tested here
     (device,) = nvml.devices()
     assert nvml.read(device, 0.0).others == ()
     clock.advance(PROC_UTIL_QUIET_S)
@@ -420,6 +421,7 @@ def test_other_processes_memory_and_summed_use():
                              FakeProcess(pid=OTHER_PID, used_mib=1000, sm_util_pct=60),
                              FakeProcess(pid=OTHER_PID + 1, used_mib=2000, sm_util_pct=70)])
     nvml = NVML(FakeNVML([gpu]))
+    nvml.process_interval_s = 0.0  # the list at every reading: what it says is tested here
     (device,) = nvml.devices()
     r = nvml.read(device, 0.0)
     assert [(o.used_mib, o.sm_util_pct) for o in r.others] == [(1000, 60), (2000, 70)]

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_table, verdict_line
 from gpu_watch.report.view import (
     banner_for,
     cause_message,
@@ -99,14 +100,17 @@ def _html_image(png: bytes | None, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | None) -> str:
+def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | None,
+                cluster: ClusterView | None = None) -> str:
     """`report.html`: one self-contained page with the verdict, causes and remedies, GPUs,
-    both figures (embedded as base64 PNG), the epoch table and the placement report.
+    both figures (embedded as base64 PNG), the epoch table and the placement report; for a
+    rank of a multi-worker run, the table of all its ranks and the run's straggler verdict.
 
     Args:
         run: A loaded run.
         utilization_png: The timeline PNG's bytes, or None to leave it out.
         epochs_png: The epoch figure's bytes, or None to leave it out.
+        cluster: The multi-worker run `run` is a rank of, or None.
 
     Returns:
         The page as text; every value from the run is HTML-escaped.
@@ -148,6 +152,10 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         parts.append(f"<h2>Error</h2><p><code>{_e(error.get('type', ''))}</code>: "
                      f"{_e(error.get('message', ''))}</p>")
     parts.append(f"<h2>Causes and remedies</h2>{_html_causes(run.causes)}")
+    if cluster is not None:
+        parts.append(f'<h2>All ranks of this run</h2><p id="cluster-verdict">'
+                     f"{_e(verdict_line(cluster))}</p>"
+                     + _html_table(CLUSTER_HEADINGS, cluster_table(cluster), "cluster"))
     if gpus:
         parts.append("<h2>GPUs</h2><ul>" + "".join(f"<li>{_e(gpu_line(g))}</li>" for g in gpus)
                      + "</ul>")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpu_watch import runlog
+from gpu_watch.report.cluster import (
+    CLUSTER_HEADINGS,
+    ClusterView,
+    cluster_table,
+    run_groups,
+    verdict_line,
+)
 from gpu_watch.report.view import (
     banner_for,
     blocking_causes,
@@ -24,9 +27,7 @@ from gpu_watch.report.view import (
     placement_line,
     verdict_title,
 )
-from gpu_watch.runlog import Run, find_runs
-
-_RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
+from gpu_watch.runlog import Run
 
 
 def text_table(headings: Sequence[str], rows: Sequence[Sequence[str]],
@@ -110,9 +111,7 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     """The runs in `log_dir`, newest first, with status, verdict and duration.
 
     Workers of one multi-worker run (folders named ``<base>-rank<N>``) are grouped under their
-    base name, one line per rank. Workers whose default names differ (each picks its own
-    suffix) are grouped too when they share the number of workers and started within
-    `WORKER_START_WINDOW_S` of each other.
+    base name, one line per rank (see `gpu_watch.report.cluster.run_groups`).
 
     Args:
         log_dir: A folder of run folders (e.g. ``gpu_watch_logs``).
@@ -120,21 +119,8 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     Returns:
         Several lines, each ending in a newline.
     """
-    runs = find_runs(log_dir)
-    groups: dict[str, list[tuple[int | None, Path, dict[str, Any]]]] = {}
-    for path in runs:
-        try:
-            info = json.loads((path / runlog.RUN_JSON).read_text())
-        except (OSError, ValueError):
-            info = None
-        if not isinstance(info, dict):
-            info = {"verdict": "unreadable run.json"}
-        match = _RANK_NAME.fullmatch(path.name)
-        if match and (info.get("world_size") or 2) > 1:
-            groups.setdefault(match["base"], []).append((int(match["rank"]), path, info))
-        else:
-            groups[path.name] = [(None, path, info)]
-    _join_lone_workers(groups)
+    groups = run_groups(log_dir)
+    count = sum(len(members) for members in groups.values())
     rows = []
     for base, members in groups.items():
         if len(members) > 1 or members[0][0] is not None:
@@ -146,42 +132,27 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
         else:
             _, path, info = members[0]
             rows.append([str(info.get("started_at") or ""), path.name, *_run_cells(path, info)])
-    noun = "run" if len(runs) == 1 else "runs"
-    lines = [f"{len(runs)} {noun} in {log_dir}, newest first:"]
+    noun = "run" if count == 1 else "runs"
+    lines = [f"{count} {noun} in {log_dir}, newest first:"]
     lines += text_table(["started", "run", "status", "verdict", "duration"], rows,
                          left=(0, 1, 2, 3))
     return "\n".join(lines) + "\n"
 
 
-WORKER_START_WINDOW_S = 60.0
+def cluster_text(view: ClusterView) -> str:
+    """A multi-worker run as one table: each rank's host, status, verdict, this training's
+    utilization, data-wait share and step time, under the run-level verdict that names a
+    straggler, if any.
 
+    Args:
+        view: The run (see `gpu_watch.report.cluster.clusters`).
 
-def _join_lone_workers(groups: dict[str, list[tuple[int | None, Path, dict[str, Any]]]]) -> None:
-    lone = [(base, members[0]) for base, members in groups.items()
-            if len(members) == 1 and members[0][0] is not None]
-    lone.sort(key=lambda item: str(item[1][2].get("started_at") or ""))
-    jobs: list[list[tuple[int | None, Path, dict[str, Any]]]] = []
-    for base, member in lone:
-        rank, _, info = member
-        start = _started(info)
-        for job in jobs:
-            first = job[0][2]
-            first_start = _started(first)
-            if (first.get("world_size") == info.get("world_size") and start and first_start
-                    and abs((start - first_start).total_seconds()) <= WORKER_START_WINDOW_S
-                    and rank not in {m[0] for m in job}):
-                job.append(member)
-                del groups[base]
-                break
-        else:
-            jobs.append(groups[base])
-
-
-def _started(info: dict[str, Any]) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(info.get("started_at")).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    Returns:
+        Several lines, each ending in a newline.
+    """
+    lines = [verdict_line(view)]
+    lines += text_table(CLUSTER_HEADINGS, cluster_table(view), left=(0, 1, 2, 3))
+    return "\n".join(lines) + "\n"
 
 
 def _run_cells(path: Path, info: dict[str, Any]) -> list[str]:

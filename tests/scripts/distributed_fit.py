@@ -4,8 +4,10 @@ folder shows as one line: "RESULT {json}".
 Usage:
     python distributed_fit.py mirrored LOG_DIR
         TensorFlow MirroredStrategy over two logical CPU devices, in this one process.
-    TF_CONFIG=... python distributed_fit.py multi_worker LOG_DIR [RUN_NAME]
-        One worker of a TensorFlow MultiWorkerMirroredStrategy cluster.
+    TF_CONFIG=... python distributed_fit.py multi_worker LOG_DIR [RUN_NAME [DELAYS]]
+        One worker of a TensorFlow MultiWorkerMirroredStrategy cluster. DELAYS, seconds per
+        batch by rank ("0,0.1": rank 1's input takes 0.1 s a batch), reads the samples from a
+        Python generator that sleeps that long per batch (TensorFlow's `from_generator`).
     KERAS_BACKEND=jax python distributed_fit.py jax_process LOG_DIR COORDINATOR PROCESS_ID
         One of two JAX processes (`jax.distributed`); TensorFlow is never imported.
 """
@@ -66,6 +68,26 @@ def build(strategy, multi_worker: bool, np):
     return model
 
 
+def slow_input(x, y, delay_s: float):
+    """The same samples through a Python generator that takes `delay_s` per batch. Each worker
+    reads all of them (no auto-sharding: a generator cannot be sharded by file), so every rank
+    runs the same steps."""
+    import time
+
+    import tensorflow as tf
+
+    def samples():
+        for i in range(len(x)):
+            time.sleep(delay_s / BATCH)  # evenly: every step of every worker waits its share
+            yield x[i], y[i]
+
+    spec = (tf.TensorSpec((8,), tf.float32), tf.TensorSpec((1,), tf.float32))
+    data = tf.data.Dataset.from_generator(samples, output_signature=spec).batch(BATCH)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return data.with_options(options)
+
+
 def main(argv: list[str]) -> dict:
     mode, log_dir, *rest = argv
     strategy = None
@@ -86,14 +108,24 @@ def main(argv: list[str]) -> dict:
     from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 
     run_name = rest[0] if mode == "multi_worker" and rest else None
+    delays = [float(d) for d in rest[1].split(",")] if mode == "multi_worker" and len(rest) > 1 \
+        else None
     model = build(strategy, mode == "multi_worker", np)
-    watch = GPUWatch(log_dir=log_dir, run_name=run_name, plot=False, verbose=0)
+    # A run whose input is slowed on purpose is judged by its share of waiting: sampled at
+    # 20 ticks a second, a few seconds of training give enough ticks to tell.
+    watch = GPUWatch(log_dir=log_dir, run_name=run_name, plot=False, verbose=0,
+                     interval_s=0.2 if delays is None else 0.05)
     rng = np.random.default_rng(0)
     x = rng.random((SAMPLES, 8), dtype=np.float32)
     y = rng.random((SAMPLES, 1), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[watch])
+        if delays is None:
+            model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[watch])
+        else:
+            rank = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+            model.fit(slow_input(x, y, delays[rank]), epochs=EPOCHS, verbose=0,
+                      callbacks=[watch])
     run = load_run(watch.run_dir)
     return {
         "mode": mode,

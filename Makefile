@@ -13,9 +13,9 @@ PIP_QUIET := -qq
 
 # `make test-keras-oldest`: the Keras-facing tests (the callback, the logs keys, where step 0
 # ran, what feeds fit) against the oldest Keras that pyproject.toml allows, in a venv of its own,
-# with the newest TensorFlow that supports that Keras.
+# with the oldest TensorFlow the tensorflow extra allows (and torch, for its DataLoader).
 KERAS_OLDEST := $(shell sed -n 's/^ *"keras>=\([0-9.]*\)".*/\1/p' pyproject.toml)
-TENSORFLOW_FOR_KERAS_OLDEST := 2.16.2
+TENSORFLOW_OLDEST := 2.16.2
 OLDEST_VENV ?= .venv-keras-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
@@ -44,8 +44,8 @@ $(DEMO_STAMP): pyproject.toml
 $(OLDEST_STAMP): pyproject.toml Makefile
 	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_PY) -m pip install $(PIP_QUIET) --upgrade pip
-	$(OLDEST_PY) -m pip install $(PIP_QUIET) -e ".[tensorflow]" "keras==$(KERAS_OLDEST)" \
-		"tensorflow==$(TENSORFLOW_FOR_KERAS_OLDEST)" "pytest>=8" "hypothesis>=6.100"
+	$(OLDEST_PY) -m pip install $(PIP_QUIET) -e ".[tensorflow,torch]" "keras==$(KERAS_OLDEST)" \
+		"tensorflow==$(TENSORFLOW_OLDEST)" "torch==2.13.0" "pytest>=8" "hypothesis>=6.100"
 	touch $(OLDEST_STAMP)
 
 install: $(STAMP)

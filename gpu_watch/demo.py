@@ -74,13 +74,12 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
     # The demo's own process only: a user's training keeps the framework's logs as it set them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_logs_held_back():
-        try:
-            import keras
-
+        try:  # the callback imports Keras, and names the extra when its framework is missing
             from gpu_watch.callback import GPUWatch
-        except ModuleNotFoundError as exc:  # the backend's framework: the message names its extra
+        except ModuleNotFoundError as exc:
             print(f"gpu-watch demo: {exc}", file=out)
             return 2
+        import keras
         x, y = make_images(3000)
         model = build_model()
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",

@@ -76,3 +76,15 @@ def test_another_missing_module_is_left_as_python_said_it():
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         "ModuleNotFoundError: import of ml_dtypes halted; None in sys.modules")
+
+
+def test_the_demo_without_its_framework_says_which_extra_to_install(tmp_path):
+    done = run_python("import sys; sys.modules['tensorflow'] = None; "
+                      "from gpu_watch.cli import main; "
+                      f"sys.exit(main(['demo', '--log-dir', {str(tmp_path)!r}]))",
+                      KERAS_BACKEND="tensorflow")
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == (
+        "gpu-watch demo: Keras is set to use the tensorflow backend (KERAS_BACKEND=tensorflow), "
+        'but TensorFlow is not installed: pip install "gpu-watch[tensorflow]", or train with an '
+        "installed backend: export KERAS_BACKEND=jax.\n")

@@ -1,19 +1,33 @@
 # `make demo` and `make test` set everything up on a fresh machine: they create .venv when it is
-# missing and reinstall only when pyproject.toml changed. `make demo` installs the package alone
-# (TensorFlow, Keras, NumPy, pandas, matplotlib, nvidia-ml-py); `make test` adds the test tools,
-# TensorBoard and the JAX and torch backends. A test install serves the demo too.
+# missing and reinstall only when pyproject.toml changed. `make demo` installs the package with
+# its TensorFlow extra (Keras, NumPy, pandas, matplotlib, nvidia-ml-py and TensorFlow); `make
+# test` adds the JAX and torch backends, the test tools and TensorBoard. A test install serves
+# the demo too. The installs are editable, so tests and the demo run the working tree; pip runs
+# with -qq, which still prints errors but not setuptools' notice about editable installs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
+PIP_QUIET := -qq
 
-.PHONY: install test lint demo mutate clean prometheus-tools
+# `make test-keras-oldest`: the Keras-facing tests (the callback, the logs keys, where step 0
+# ran, what feeds fit) against the oldest Keras that pyproject.toml allows, in a venv of its own,
+# with the oldest TensorFlow the tensorflow extra allows (and torch, for its DataLoader).
+KERAS_OLDEST := $(shell sed -n 's/^ *"keras>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+TENSORFLOW_OLDEST := 2.16.2
+OLDEST_VENV ?= .venv-keras-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py \
+	tests/test_backends.py tests/test_multi_gpu.py tests/test_shared_gpu.py
+
+.PHONY: install test lint demo mutate test-keras-oldest clean prometheus-tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,backends]"
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) -e ".[test]"
 	touch $(STAMP) $(DEMO_STAMP)
 
 $(DEMO_STAMP): pyproject.toml
@@ -22,10 +36,17 @@ $(DEMO_STAMP): pyproject.toml
 	else \
 		set -e; \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
-		$(PY) -m pip install --quiet --upgrade pip; \
-		$(PY) -m pip install --quiet -e .; \
+		$(PY) -m pip install $(PIP_QUIET) --upgrade pip; \
+		$(PY) -m pip install $(PIP_QUIET) -e ".[tensorflow]"; \
 	fi
 	touch $(DEMO_STAMP)
+
+$(OLDEST_STAMP): pyproject.toml Makefile
+	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(OLDEST_PY) -m pip install $(PIP_QUIET) -e ".[tensorflow,torch]" "keras==$(KERAS_OLDEST)" \
+		"tensorflow==$(TENSORFLOW_OLDEST)" "torch==2.13.0" "pytest>=8" "hypothesis>=6.100"
+	touch $(OLDEST_STAMP)
 
 install: $(STAMP)
 
@@ -49,6 +70,10 @@ prometheus-tools:
 test: lint prometheus-tools
 	$(PY) -m pytest
 
+test-keras-oldest: $(OLDEST_STAMP)
+	$(OLDEST_PY) -c "import keras; assert keras.__version__ == '$(KERAS_OLDEST)', keras.__version__"
+	$(OLDEST_PY) -m pytest -p no:cacheprovider $(KERAS_TESTS)
+
 demo: $(DEMO_STAMP)
 	$(PY) -m gpu_watch demo
 
@@ -60,4 +85,4 @@ mutate: $(STAMP)
 	$(PY) tests/mutation_score.py
 
 clean:
-	rm -rf $(VENV) gpu_watch_logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) gpu_watch_logs .pytest_cache .ruff_cache

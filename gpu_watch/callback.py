@@ -9,7 +9,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import keras
+try:
+    import keras
+except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an extra of ours
+    from gpu_watch.doctor.backends import BACKENDS, missing_framework_message
+
+    missing = (exc.name or "").partition(".")[0]
+    if missing not in BACKENDS:
+        raise
+    raise ModuleNotFoundError(missing_framework_message(missing, os.environ),
+                              name=exc.name) from exc
 
 from gpu_watch import placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn

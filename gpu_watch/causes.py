@@ -256,14 +256,17 @@ CATALOGUE: dict[str, CauseSpec] = {
     "backend_not_installed": CauseSpec(
         INSTALL, ERROR,
         "The framework of the Keras backend is not installed or cannot be imported.",
-        'pip install "tensorflow[and-cuda]"  # or: pip install -U "jax[cuda12]"; or: '
-        "pip install torch; or choose an installed backend with KERAS_BACKEND",
+        'pip install "gpu-watch[tensorflow]"  # or gpu-watch[jax], gpu-watch[torch]; or choose '
+        "an installed backend with KERAS_BACKEND",
         {
-            "tensorflow": 'pip install "tensorflow[and-cuda]"  # or train with a backend that is '
-                          "installed: export KERAS_BACKEND=<its name>",
-            "jax": 'pip install -U "jax[cuda12]"  # "jax[cuda13]" for a CUDA 13 driver',
-            "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu126  # "
-                     "cu<version> of the CUDA your driver supports",
+            "tensorflow": 'pip install "tensorflow[and-cuda]" && pip install '
+                          '"gpu-watch[tensorflow]"  # or train with a backend that is installed: '
+                          "export KERAS_BACKEND=<its name>",
+            "jax": 'pip install -U "jax[cuda12]" && pip install "gpu-watch[jax]"  # '
+                   '"jax[cuda13]" for a CUDA 13 driver',
+            "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu126 && "
+                     'pip install "gpu-watch[torch]"  # cu<version> of the CUDA your driver '
+                     "supports",
         },
     ),
     "gpu_not_supported": CauseSpec(

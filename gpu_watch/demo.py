@@ -6,8 +6,11 @@ download and runs the same on a laptop, a CI runner or a GPU server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import TextIO
 
 import numpy as np
@@ -65,26 +68,77 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
     if epochs < 1:
         print(f"gpu-watch demo: --epochs must be at least 1, got {epochs}", file=out)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    from gpu_watch.callback import GPUWatch
     from gpu_watch.report import summary_text
     from gpu_watch.runlog import load_run
 
-    x, y = make_images(3000)
-    model = build_model()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    watch = GPUWatch(log_dir=log_dir, verbose=0)
-    print(f"gpu-watch demo: training a small CNN ({model.count_params():,} parameters) for "
-          f"{epochs} epoch(s) with the {keras.backend.backend()} backend ...", file=out)
-    model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.2, callbacks=[watch],
-              verbose=0)
-    watch.wait_for_report()  # drawn by another process: the summary points at report.html
+    # The demo's own process only: a user's training keeps the framework's logs as it set them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_logs_held_back():
+        try:  # the callback imports Keras, and names the extra when its framework is missing
+            from gpu_watch.callback import GPUWatch
+        except ModuleNotFoundError as exc:
+            print(f"gpu-watch demo: {exc}", file=out)
+            return 2
+        import keras
+        x, y = make_images(3000)
+        model = build_model()
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        watch = GPUWatch(log_dir=log_dir, verbose=0)
+        print(f"gpu-watch demo: training a small CNN ({model.count_params():,} parameters) for "
+              f"{epochs} epoch(s) with the {keras.backend.backend()} backend ...", file=out,
+              flush=True)
+        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.2, callbacks=[watch],
+                  verbose=0)
+        watch.wait_for_report()  # drawn by another process: the summary points at report.html
     run = load_run(watch.run_dir)
     print(summary_text(run), file=out)
     print(f"\nRun folder: {run.path}", file=out)
     print(f"Open {run.path / 'report.html'} in a browser, or run "
           f"`gpu-watch report {run.path}`.", file=out)
     return 0
+
+
+@contextlib.contextmanager
+def native_logs_held_back() -> Iterator[None]:
+    """Hold back what native code writes to the process's standard error (file descriptor 2).
+
+    TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog() ...",
+    "Could not find cuda drivers ...", "failed call to cuInit ...") are written before its log
+    level is read, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them. Python's own ``sys.stderr``
+    (warnings, tracebacks) keeps going to the terminal. If the block raises, what was held back
+    is written out before the exception, so nothing that explains a failure is lost.
+    """
+    try:
+        python_stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a notebook, a test)
+        python_stderr_fd = None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    keep_python = python_stderr_fd == 2
+    previous = sys.stderr
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        if keep_python:
+            sys.stderr = open(saved, "w", closefd=False, encoding=previous.encoding,  # noqa: SIM115
+                              errors=previous.errors, buffering=1)
+        try:
+            yield
+        except BaseException:
+            _restore_stderr(saved, previous, keep_python)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            sys.stderr.flush()
+            raise
+        else:
+            _restore_stderr(saved, previous, keep_python)
+        finally:
+            os.close(saved)
+
+
+def _restore_stderr(saved: int, previous: TextIO, replaced: bool) -> None:
+    if replaced:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = previous
+    os.dup2(saved, 2)

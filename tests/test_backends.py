@@ -69,7 +69,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(params=BACKENDS)
 def run(request, runs) -> dict:
     if request.param not in runs:
-        pytest.skip(f"{request.param} is not installed (pip install -e '.[backends]')")
+        pytest.skip(f"{request.param} is not installed (pip install -e '.[{request.param}]')")
     return runs[request.param]
 
 

@@ -131,9 +131,32 @@ def test_a_backend_that_is_not_installed_is_named_with_its_import_error():
     assert found.message == ("Keras is set to use the tensorflow backend (Keras' default), but "
                              "TensorFlow is not installed: ModuleNotFoundError: No module named "
                              "'tensorflow'.")
-    assert found.remedy == ('pip install "tensorflow[and-cuda]"  # or train with an installed '
-                            'backend: export KERAS_BACKEND=jax')
+    assert found.remedy == ('pip install "tensorflow[and-cuda]" && pip install '
+                            '"gpu-watch[tensorflow]"  # or train with an installed backend: '
+                            'export KERAS_BACKEND=jax')
     assert found.evidence["installed_backends"] == ["jax", "torch"]
+
+
+@pytest.mark.parametrize(("backend", "gpu", "remedy"), [
+    ("tensorflow", False, 'pip install "gpu-watch[tensorflow]"'),
+    ("jax", False, 'pip install "gpu-watch[jax]"'),
+    ("torch", False, 'pip install "gpu-watch[torch]"'),
+    ("jax", True, 'pip install -U "jax[cuda12]" && pip install "gpu-watch[jax]"'),
+    ("torch", True, "pip install torch --index-url https://download.pytorch.org/whl/cu128 && "
+                    'pip install "gpu-watch[torch]"'),
+])
+def test_a_missing_backend_is_installed_with_its_extra(backend, gpu, remedy):
+    """Without a GPU the extra alone; with one, the framework's CUDA build for this driver first
+    (installed after the extra, torch from its own index would change nothing)."""
+    facts = healthy(backend)
+    facts["keras"]["backend"] = "numpy"  # asked for with --backend: no "or train with" advice
+    if not gpu:
+        facts["nvml"]["gpus"] = []
+    set_framework(facts, backend, {"name": backend, "installed": False, "gpus": [],
+                                   "import_error": f"ModuleNotFoundError: No module named "
+                                                   f"'{backend}'"})
+    found = only(check_backend_not_installed(facts), "backend_not_installed")
+    assert found.remedy == remedy
 
 
 @pytest.mark.parametrize(("backend", "remedy"), [

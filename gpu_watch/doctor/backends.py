@@ -131,6 +131,38 @@ def is_installed(module: str) -> bool:
         return False
 
 
+def install_extra(backend: str) -> str:
+    """The command that installs gpu-watch's extra for `backend`: its framework as PyPI serves it.
+
+    >>> install_extra("jax")
+    'pip install "gpu-watch[jax]"'
+    """
+    return f'pip install "gpu-watch[{backend}]"'
+
+
+def missing_framework_message(module: str, environ: Mapping[str, str]) -> str:
+    """What to say when importing Keras fails because `module`, a backend's framework, is
+    missing: which backend Keras was set to and how, and the extra that installs it."""
+    configured = configured_backend(environ)
+    how = (f"Keras is set to use the {module} backend "
+           f"({source_text(configured.name, configured.source)}), but "
+           if configured.name == module else "Keras needs ")
+    others = [b for b in BACKENDS if b != module and is_installed(b)]
+    instead = (f", or train with an installed backend: export KERAS_BACKEND={others[0]}"
+               if others else "")
+    return f"{how}{title(module)} is not installed: {install_extra(module)}{instead}."
+
+
+def source_text(backend: str, source: str | None) -> str:
+    """How the backend was chosen, for a sentence: "KERAS_BACKEND=jax", "in <path>", "Keras'
+    default"."""
+    if source == "KERAS_BACKEND":
+        return f"KERAS_BACKEND={backend}"
+    if source and source.endswith("keras.json"):
+        return f"in {source}"
+    return source or "Keras' default"
+
+
 def title(backend: str) -> str:
     """The backend's name for people ("TensorFlow", "JAX", "torch")."""
     return TITLES.get(backend, backend)

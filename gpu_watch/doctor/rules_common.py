@@ -13,7 +13,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from gpu_watch.causes import ERROR, WARNING, Cause, cause
-from gpu_watch.doctor.backends import BACKENDS, title
+from gpu_watch.doctor.backends import BACKENDS, install_extra, source_text, title
 from gpu_watch.nvml import parse_visible_devices
 
 Facts = dict[str, Any]
@@ -32,7 +32,7 @@ DRIVER_ERRORS = (
     "NVMLError_LibRmVersionMismatch",
 )
 
-# What to install for each backend, with CUDA (the remedies of backend_not_installed).
+# Each backend's CUDA build (the remedies of backend_not_installed on a machine with a GPU).
 _INSTALL = {
     "tensorflow": 'pip install "tensorflow[and-cuda]"',
     "jax": 'pip install -U "jax[{cuda}]"',
@@ -398,13 +398,19 @@ def driver_remedy(plat: Mapping[str, Any]) -> str:
 
 
 def install_remedy(backend: str, facts: Facts, reinstall: bool = False) -> str:
-    """The command that installs `backend` with CUDA, for the driver this machine has."""
+    """The command that installs `backend`: gpu-watch's extra for it, after the framework's CUDA
+    build for this machine's driver where NVML sees a GPU; a reinstall of that build when the
+    framework is there but fails to import."""
     driver = major_minor(facts["nvml"]["cuda_driver_version"])
     command = _INSTALL[backend].format(cuda=jax_cuda_extra(driver),
                                        cu=torch_cuda_index(driver))
     if reinstall:
-        command = command.replace("pip install", "pip install --force-reinstall", 1)
-    return command
+        return command.replace("pip install", "pip install --force-reinstall", 1)
+    if not facts["nvml"]["gpus"]:
+        return install_extra(backend)
+    # The CUDA build first: installed after the extra, torch from its own index would find
+    # PyPI's build already there and change nothing.
+    return f"{command} && {install_extra(backend)}"
 
 
 def jax_cuda_extra(driver: tuple[int, int] | None) -> str:
@@ -459,12 +465,7 @@ def shorten(names: list[str], shown: int = 4) -> str:
 
 
 def _source_text(keras: Mapping[str, Any]) -> str:
-    source = keras.get("backend_source")
-    if source == "KERAS_BACKEND":
-        return f"KERAS_BACKEND={keras.get('backend')}"
-    if source and source.endswith("keras.json"):
-        return f"in {source}"
-    return source or "Keras' default"
+    return source_text(keras.get("backend"), keras.get("backend_source"))
 
 
 def _match_gpu(token: str, gpus: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from gpu_watch import placement, runlog
+from gpu_watch import live, placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
@@ -70,8 +70,10 @@ class GPUWatch(keras.callbacks.Callback):
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
             training time is spent) or "warn" (train without logging). Default "raise".
-        verbose: 1 prints a summary (verdict, causes, run folder) when training ends; 0 is
-            silent. Default 1.
+        verbose: 1 prints a summary (verdict, causes, run folder) when training ends and, in
+            a Jupyter notebook, keeps a live line under the cell (utilization, memory,
+            verdict; redrawn at most once a second by a thread of its own); 0 is silent.
+            Default 1.
         log_metrics: Add the epoch's GPU figures to the epoch `logs`, where the progress bar,
             `History`, `CSVLogger`, `TensorBoard` and trackers' callbacks placed after GPUWatch
             find them: `gpu_util` and `gpu_proc_util` (mean utilization of the watched GPUs
@@ -81,6 +83,9 @@ class GPUWatch(keras.callbacks.Callback):
             activity, percent, where the GPU has GPM) and `gpu_energy_kj` (the watched GPUs'
             energy in the epoch, kJ, whole GPUs). The same keys every
             epoch, NaN when not measured; a key already in the logs is left as it is.
+            During the epoch the batch `logs` carry `gpu_util`, `gpu_proc_util`,
+            `gpu_mem_peak_gib` and `gpu_sm_active` as the latest reading (`live.LIVE_KEYS`),
+            so the progress bar and `TensorBoard(update_freq="batch")` show them live.
             Default True.
 
     Example:
@@ -125,6 +130,8 @@ class GPUWatch(keras.callbacks.Callback):
         self._lib = nvml
         self._nvml: NVML | None = nvml if isinstance(nvml, NVML) else None
         self.monitor: Monitor | None = None
+        self._live: live.LiveFigures | None = None
+        self._line: live.NotebookLine | None = None
 
     @property
     def run_dir(self) -> Path | None:
@@ -166,6 +173,7 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
             self.monitor.restore_sigint()
         self.monitor = None
+        self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
                                     else _process_nvml())
@@ -184,6 +192,16 @@ class GPUWatch(keras.callbacks.Callback):
                           stacklevel=2)
             return
         self.monitor.watch_thread(frame)
+        # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
+        # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
+        self._live = self.monitor.live if self.config.log_metrics else None
+        self._line = None
+        if self.verbose:
+            handle = live.notebook_display()
+            if handle is not None:
+                monitor = self.monitor
+                self._line = live.NotebookLine(handle, lambda: _live_line(monitor),
+                                               lambda: monitor.finished)
         self._epoch = 0
         self._step0 = True
         self._begins: dict[int, tuple[float, float | None]] = {}
@@ -226,6 +244,9 @@ class GPUWatch(keras.callbacks.Callback):
                 self._begins[batch] = (end, None)
             self._ends[batch] = (end, logs)
             self._record_batches()
+        if self._live is not None and logs is not None:
+            for key, value in self._live.values.items():
+                logs.setdefault(key, value)  # never overwrite what another callback put there
 
     def _step_range(self, end_batch: int) -> range:
         """The batch indices whose begin a hook call for `end_batch` can close."""
@@ -285,6 +306,8 @@ class GPUWatch(keras.callbacks.Callback):
             return
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
+        if self._line is not None:
+            self._line.stop()
         if self.verbose:
             print(summary_line(monitor), file=sys.stdout)
 
@@ -415,6 +438,12 @@ def environment_report(nvml: NVML) -> dict[str, Any]:
         return report.to_dict()
     facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
     return DoctorReport(facts, diagnose(facts)).to_dict()
+
+
+def _live_line(monitor: Monitor) -> str:
+    """The notebook's live line for a run: its latest readings and current verdict."""
+    return live.live_line(monitor.live.values, monitor.info.get("verdict"), monitor.status,
+                          monitor.elapsed_s())
 
 
 def summary_line(monitor: Monitor) -> str:

@@ -26,6 +26,7 @@ from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.live import LiveFigures
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
 from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
@@ -209,6 +210,8 @@ class Monitor:
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
         self._epoch_start_s = 0.0
+        # The latest readings for the live displays, deposited by the sampler thread.
+        self.live = LiveFigures(config.interval_s)
         self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
@@ -346,6 +349,7 @@ class Monitor:
         if self._finished:  # a tick that outlived `finish` (a read that hung) writes nothing
             return
         self.timeline.add_readings(readings)
+        self.live.add(readings)
         watch = self._watch
         if watch is not None:
             self.timeline.add_data_tick(self._fetching_data(watch[0]))

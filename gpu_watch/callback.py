@@ -195,6 +195,7 @@ class GPUWatch(keras.callbacks.Callback):
         # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
         # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
         self._live = self.monitor.live if self.config.log_metrics else None
+        self._bars = placement.progress_bars(frame) if self._live is not None else []
         self._line = None
         if self.verbose:
             handle = live.notebook_display()
@@ -247,6 +248,8 @@ class GPUWatch(keras.callbacks.Callback):
         if self._live is not None and logs is not None:
             for key, value in self._live.values.items():
                 logs.setdefault(key, value)  # never overwrite what another callback put there
+            if self._bars:  # Keras < 3.15 would show a running mean of the readings
+                self._bars = placement.show_as_is(self._bars, live.LIVE_KEYS)
 
     def _step_range(self, end_batch: int) -> range:
         """The batch indices whose begin a hook call for `end_batch` can close."""

@@ -131,6 +131,7 @@ class GPUWatch(keras.callbacks.Callback):
         self._nvml: NVML | None = nvml if isinstance(nvml, NVML) else None
         self.monitor: Monitor | None = None
         self._live: live.LiveFigures | None = None
+        self._bars: list[Any] = []
         self._line: live.NotebookLine | None = None
 
     @property

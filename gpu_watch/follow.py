@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from gpu_watch import runlog
 WINDOW_S = 120.0  # seconds of readings kept per GPU, for the sparklines
 TAIL_BYTES = 4 << 20  # a long run's files are read from this far before their end
 RATE_WINDOW_S = 20.0  # steps per second: over this much training time
+# A run written on another host (a shared file system) cannot have its writer checked: it counts
+# as running while rows keep coming (they reach the disk every 2 s) and `run.json` says so.
+REMOTE_QUIET_S = 60.0
 
 
 def _float(text: str | None) -> float:
@@ -188,17 +192,28 @@ class RunFollower:
                 self._elapsed_s = max(self._elapsed_s or 0.0, t)
         while self._steps and self._steps[0][0] < self._steps[-1][0] - RATE_WINDOW_S:
             self._steps.popleft()
+        age = self._last_row_age()
         return Snapshot(
             info=self.info or {},
-            status=runlog.Run(self.run_dir, self.info or {}, None, None, None).status,
+            status=self._status(age),
             gpus=[self._gpus[g] for g in sorted(self._gpus)],
             elapsed_s=self._elapsed_s,
             steps_per_s=self._rate(),
             wait_fraction=self._wait_fraction(),
-            last_row_age_s=self._last_row_age(),
+            last_row_age_s=age,
             epochs=len(self._epochs),
             torn=self._samples.torn or self._batches.torn,
         )
+
+    def _status(self, last_row_age_s: float | None) -> str:
+        info = self.info or {}
+        status = runlog.Run(self.run_dir, info, None, None, None).status
+        remote = (info.get("writer") or {}).get("host") != socket.gethostname()
+        if (status == runlog.STATUS_INCOMPLETE and info.get("status") == runlog.STATUS_RUNNING
+                and remote and last_row_age_s is not None
+                and last_row_age_s < REMOTE_QUIET_S):
+            return runlog.STATUS_RUNNING
+        return status
 
     def _gone(self) -> runlog.RunFolderError:
         return runlog.RunFolderError(

@@ -19,7 +19,7 @@ import pytest
 
 from gpu_watch import runlog
 from gpu_watch.cli import main
-from gpu_watch.follow import RunFollower, TailReader, find_run, judged_util
+from gpu_watch.follow import REMOTE_QUIET_S, RunFollower, TailReader, find_run, judged_util
 from gpu_watch.terminal import run_watch_command, sparkline
 from tests.runfolders import synthetic_run
 
@@ -113,6 +113,16 @@ def test_the_runs_wait_share_comes_first_where_run_json_has_one(tmp_path):
                     "ticks": 40}
     runlog.write_run_json(run_dir, info)
     assert RunFollower(run_dir).poll().wait_fraction == 0.37
+
+
+def test_a_run_written_on_another_host_runs_while_its_rows_keep_coming(tmp_path):
+    run_dir = synthetic_run(tmp_path, "remote", epochs=1)
+    info = json.loads((run_dir / runlog.RUN_JSON).read_text())
+    info.update(status=runlog.STATUS_RUNNING, writer={"host": "elsewhere", "pid": 4242})
+    runlog.write_run_json(run_dir, info)
+    assert RunFollower(run_dir, clock=lambda: time.time() + 5).poll().running
+    quiet = RunFollower(run_dir, clock=lambda: time.time() + REMOTE_QUIET_S + 1).poll()
+    assert quiet.status == runlog.STATUS_INCOMPLETE
 
 
 def test_find_run_takes_the_newest_run_of_a_log_folder(tmp_path):

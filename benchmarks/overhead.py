@@ -463,9 +463,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"column), got {args.epochs}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in WORKLOADS]
-    if unknown or not (args.models or args.fixed_repeats):
-        parser.error(f"--models takes {', '.join(WORKLOADS)} (or nothing, with --fixed-repeats), "
-                     f"got {','.join(unknown) or '?'}")
+    if unknown or not (args.models or args.fixed_repeats or args.live_batches):
+        parser.error(f"--models takes {', '.join(WORKLOADS)} (or nothing, with --fixed-repeats "
+                     f"or --live-batches), got {','.join(unknown) or '?'}")
     return args
 
 

@@ -19,8 +19,7 @@ TENSORFLOW_OLDEST := 2.16.2
 OLDEST_VENV ?= .venv-keras-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
-KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py \
-	tests/test_backends.py tests/test_multi_gpu.py tests/test_shared_gpu.py
+KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py
 
 .PHONY: install test lint demo mutate test-keras-oldest clean prometheus-tools
 

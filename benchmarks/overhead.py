@@ -12,6 +12,10 @@ background leaves the training that goes on meanwhile alone. GPUWatch's own cost
 down: its per-batch hooks (timed inside the process), its fixed costs per `fit`, the CPU time of
 its sampler thread per second of training, and the figures drawn by its drawing process.
 
+The live batch keys (the latest readings GPUWatch adds to each batch's `logs`) are priced apart:
+GPUWatch's batch hooks driven directly for many batches with `log_metrics=True` and `False`,
+interleaved, and the copy of the keys alone (target: a couple of microseconds per batch).
+
 A further section measures the fixed cost per `fit`: many short fits (10 steps of a small MLP), with
 no callback, a no-op callback, `GPUWatch(plot=False)` and `GPUWatch()`, interleaved; for each the
 median wall time of `fit`, its extra over no callback, and `on_train_begin` + `on_train_end`
@@ -496,10 +500,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default="mlp,cnn",
                         help="comma-separated, from: mlp, cnn; empty for the fixed cost per fit "
                              "alone (default: mlp,cnn)")
+    parser.add_argument("--live-batches", type=int, default=20_000,
+                        help="batches per round for the price of the live batch keys; 0 skips "
+                             "it (default: 20000)")
     parser.add_argument("--fixed-repeats", type=int, default=15,
                         help="rounds of short fits for the fixed cost per fit; 0 skips it "
                              "(default: 15)")
     args = parser.parse_args(argv)
+    if args.live_batches < 0:
+        parser.error(f"--live-batches must be at least 0, got {args.live_batches}")
     if args.fixed_repeats < 0:
         parser.error(f"--fixed-repeats must be at least 0, got {args.fixed_repeats}")
     if args.tries < 1:
@@ -511,9 +520,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"column), got {args.epochs}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in WORKLOADS]
-    if unknown or not (args.models or args.fixed_repeats):
-        parser.error(f"--models takes {', '.join(WORKLOADS)} (or nothing, with --fixed-repeats), "
-                     f"got {','.join(unknown) or '?'}")
+    if unknown or not (args.models or args.fixed_repeats or args.live_batches):
+        parser.error(f"--models takes {', '.join(WORKLOADS)} (or nothing, with --fixed-repeats "
+                     f"or --live-batches), got {','.join(unknown) or '?'}")
     return args
 
 
@@ -712,6 +721,63 @@ class GpmCost:
     gpus: int = 0
 
 
+def _hook_s_per_batch(log_metrics: bool, batches: int, root: Path) -> float:
+    """GPUWatch's two batch hooks driven directly on a simulated GPU: seconds per batch."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    watch = GPUWatch(log_dir=root, nvml=simulated_gpu(), plot=False, verbose=0,
+                     check_placement=False, log_metrics=log_metrics)
+    watch.set_model(model)
+    watch.on_train_begin()
+    watch.on_epoch_begin(0)
+    time.sleep(0.5)  # the sampler has deposited readings: the keys carry numbers, not NaN
+    begin, end = watch.on_train_batch_begin, watch.on_train_batch_end
+    start = time.perf_counter()
+    for batch in range(batches):
+        begin(batch, None)
+        end(batch, {"loss": 0.5})  # Keras hands every batch a new dict
+    elapsed = time.perf_counter() - start
+    watch.on_epoch_end(0, {"loss": 0.5})
+    watch.on_train_end()
+    return elapsed / batches
+
+
+def live_keys_cost(batches: int, root: Path, rounds: int = 5) -> None:
+    """The price of the live batch keys: the batch hooks with and without them, interleaved
+    (medians of `rounds`), and the copy of the keys alone."""
+    import timeit
+
+    from gpu_watch.live import LiveFigures
+
+    per_batch: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for flag in ((True, False) if r % 2 == 0 else (False, True)):
+            per_batch[flag].append(_hook_s_per_batch(flag, batches, root))
+    with_keys = statistics.median(per_batch[True]) * 1e6
+    without = statistics.median(per_batch[False]) * 1e6
+    live = LiveFigures(DEFAULT_INTERVAL_S)
+    live.add([Reading(time_s=1.0, gpu=0, util_pct=90, proc_util_pct=85, mem_used_mib=6000)])
+
+    def copy() -> None:
+        logs = {"loss": 0.5}
+        for key, value in live.values.items():
+            logs.setdefault(key, value)
+
+    def bare() -> None:
+        logs = {"loss": 0.5}  # noqa: F841  (the dict Keras makes anyway)
+
+    n = 200_000
+    copy_us = (min(timeit.repeat(copy, number=n, repeat=5))
+               - min(timeit.repeat(bare, number=n, repeat=5))) / n * 1e6
+    print()
+    print(f"Live batch keys ({batches:,} batches per round, {rounds} rounds, simulated GPU; "
+          f"medians):")
+    print(f"  batch hooks with the keys    {with_keys:6.2f} us per batch")
+    print(f"  batch hooks without them     {without:6.2f} us per batch "
+          f"(log_metrics=False)")
+    print(f"  difference                   {with_keys - without:+6.2f} us per batch")
+    print(f"  the copy of the keys alone   {copy_us:6.2f} us per batch")
+
+
 def gpm_sampler_cost(make_nvml: Callable[[], NVML], rounds: int = 3, seconds: float = 2.0,
                      interval_s: float = DEFAULT_INTERVAL_S) -> GpmCost:
     """Run the sampler for `seconds` with GPM and energy on, then off, `rounds` times (a fresh
@@ -773,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-watch-bench-") as tmp:
         for key in args.models:
             benchmark(WORKLOADS[key](), configs, args, Path(tmp), scrapes)
+        if args.live_batches:
+            live_keys_cost(args.live_batches, Path(tmp))
         if args.fixed_repeats:
             fixed_cost(args.fixed_repeats, Path(tmp))
     print()

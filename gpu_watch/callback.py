@@ -20,7 +20,7 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
     raise ModuleNotFoundError(missing_framework_message(missing, os.environ),
                               name=exc.name) from exc
 
-from gpu_watch import placement, runlog
+from gpu_watch import live, placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
@@ -78,8 +78,10 @@ class GPUWatch(keras.callbacks.Callback):
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
             training time is spent) or "warn" (train without logging). Default "raise".
-        verbose: 1 prints a summary (verdict, causes, run folder) when training ends; 0 is
-            silent. Default 1.
+        verbose: 1 prints a summary (verdict, causes, run folder) when training ends and, in
+            a Jupyter notebook, keeps a live line under the cell (utilization, memory,
+            verdict; redrawn at most once a second by a thread of its own); 0 is silent.
+            Default 1.
         log_metrics: Add the epoch's GPU figures to the epoch `logs`, where the progress bar,
             `History`, `CSVLogger`, `TensorBoard` and trackers' callbacks placed after GPUWatch
             find them: `gpu_util` and `gpu_proc_util` (mean utilization of the watched GPUs
@@ -89,6 +91,9 @@ class GPUWatch(keras.callbacks.Callback):
             activity, percent, where the GPU has GPM) and `gpu_energy_kj` (the watched GPUs'
             energy in the epoch, kJ, whole GPUs). The same keys every
             epoch, NaN when not measured; a key already in the logs is left as it is.
+            During the epoch the batch `logs` carry `gpu_util`, `gpu_proc_util`,
+            `gpu_mem_peak_gib` and `gpu_sm_active` as the latest reading (`live.LIVE_KEYS`),
+            so the progress bar and `TensorBoard(update_freq="batch")` show them live.
             Default True.
         export: Where else to publish the run's figures and verdicts while it trains:
             `gpu_watch.export.Prometheus(...)` (a `/metrics` endpoint on 127.0.0.1 and a
@@ -140,6 +145,9 @@ class GPUWatch(keras.callbacks.Callback):
         self._lib = nvml
         self._nvml: NVML | None = nvml if isinstance(nvml, NVML) else None
         self.monitor: Monitor | None = None
+        self._live: live.LiveFigures | None = None
+        self._bars: list[Any] = []
+        self._line: live.NotebookLine | None = None
 
     @property
     def run_dir(self) -> Path | None:
@@ -181,6 +189,7 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
             self.monitor.restore_sigint()
         self.monitor = None
+        self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
                                     else _process_nvml())
@@ -198,6 +207,17 @@ class GPUWatch(keras.callbacks.Callback):
             warn(f"{message}; training goes on without it.")
             return
         self.monitor.watch_thread(frame)
+        # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
+        # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
+        self._live = self.monitor.live if self.config.log_metrics else None
+        self._bars = placement.progress_bars(frame) if self._live is not None else []
+        self._line = None
+        if self.verbose:
+            handle = live.notebook_display()
+            if handle is not None:
+                monitor = self.monitor
+                self._line = live.NotebookLine(handle, lambda: _live_line(monitor),
+                                               lambda: monitor.finished)
         self._epoch = 0
         self._step0 = True
         self._begins: dict[int, tuple[float, float | None]] = {}
@@ -240,6 +260,11 @@ class GPUWatch(keras.callbacks.Callback):
                 self._begins[batch] = (end, None)
             self._ends[batch] = (end, logs)
             self._record_batches()
+        if self._live is not None and logs is not None:
+            for key, value in self._live.values.items():
+                logs.setdefault(key, value)  # never overwrite what another callback put there
+            if self._bars:  # Keras < 3.15 would show a running mean of the readings
+                self._bars = placement.show_as_is(self._bars, live.LIVE_KEYS)
 
     def _step_range(self, end_batch: int) -> range:
         """The batch indices whose begin a hook call for `end_batch` can close."""
@@ -299,6 +324,8 @@ class GPUWatch(keras.callbacks.Callback):
             return
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
+        if self._line is not None:
+            self._line.stop()
         if self.verbose:
             print(summary_line(monitor), file=sys.stdout)
 
@@ -430,6 +457,12 @@ def environment_report(nvml: NVML) -> dict[str, Any]:
         return report.to_dict()
     facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
     return DoctorReport(facts, diagnose(facts)).to_dict()
+
+
+def _live_line(monitor: Monitor) -> str:
+    """The notebook's live line for a run: its latest readings and current verdict."""
+    return live.live_line(monitor.live.values, monitor.info.get("verdict"), monitor.status,
+                          monitor.elapsed_s())
 
 
 def summary_line(monitor: Monitor) -> str:

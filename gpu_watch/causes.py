@@ -577,11 +577,10 @@ def _spread_remedy(spec: CauseSpec, backend: str | None, facts: RunFacts) -> str
 
 
 def blocks_gpu(finding: Cause) -> bool:
-    """Whether a finding keeps the GPU from being used: an error, or a warning of a code that
-    is an error by nature, told as a warning only because another blocker comes first (CUDA
-    libraries missing on a machine that has no driver yet)."""
-    spec = CATALOGUE.get(finding.code)
-    return finding.severity == ERROR or (spec is not None and spec.severity == ERROR)
+    """Whether a finding keeps the GPU from being used: an error, or a warning whose evidence
+    says it blocks the GPU once an earlier blocker is fixed (`blocks_gpu`: CUDA libraries
+    missing on a machine that has no driver yet)."""
+    return finding.severity == ERROR or finding.evidence.get("blocks_gpu") is True
 
 
 def fix_rank(finding: Cause) -> int:

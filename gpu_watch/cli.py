@@ -1,4 +1,4 @@
-"""The `gpu-watch` command: `doctor`, `report` and `demo`.
+"""The `gpu-watch` command: `doctor`, `report`, `watch` and `demo`.
 
 Each subcommand imports its module only when it runs, so `gpu-watch --help` stays instant.
 """
@@ -62,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge the run again with this version's rules (runs recorded before the judged "
         "figures existed always are); the run's own files are left as they are")
 
+    watch = commands.add_parser(
+        "watch",
+        help="follow a running training in the terminal: utilization, memory, verdict",
+        description="Follow a run folder while its training runs: per GPU a sparkline of this "
+        "training's and the device's utilization, memory, power, the current verdict and "
+        "causes, the data-wait share, steps per second and the age of the last row; it ends "
+        "with the final verdict when the run ends. Reads only the run folder (any process's "
+        "or user's run, over ssh too), never the GPU. Plain lines when the output is not a "
+        "terminal. Exit code 2 when the folder is not a run or a folder of runs, or vanishes.",
+    )
+    watch.add_argument("path", nargs="?", default="gpu_watch_logs",
+                       help="a run folder, or a folder of runs whose newest is followed "
+                       "(default: gpu_watch_logs)")
+    watch.add_argument("--refresh", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                       help="seconds between reads of the run folder (default: 1)")
+    watch.add_argument("--window", type=_positive_seconds, default=120.0, metavar="SECONDS",
+                       help="seconds of readings the sparklines cover (default: 120)")
+
     demo = commands.add_parser(
         "demo",
         help="train a small CNN with GPUWatch and print what it found",
@@ -98,6 +116,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
         return run_report_command(args.path, plots=not args.no_plots, out=out,
                                   rejudge=args.rejudge)
+    if args.command == "watch":
+        from gpu_watch.terminal import run_watch_command
+
+        return run_watch_command(args.path, out=out, refresh_s=args.refresh,
+                                 window_s=args.window)
     if args.command == "demo":
         from gpu_watch.demo import run_demo
 

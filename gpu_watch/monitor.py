@@ -26,6 +26,7 @@ from gpu_watch._version import __version__
 from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports, check_targets
+from gpu_watch.live import LiveFigures
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
@@ -214,6 +215,8 @@ class Monitor:
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
         self.exports = Exports(config.export, self.info, self.devices)
+        # The latest readings for the live displays, deposited by the sampler thread.
+        self.live = LiveFigures(config.interval_s)
         self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
@@ -365,6 +368,7 @@ class Monitor:
         watch = self._watch
         self.timeline.add_readings(
             readings, None if watch is None else self._data_tick(watch[0]))
+        self.live.add(readings)
         self._export_tick(readings)
         if self._finished:  # the closing tick: `finish` writes it
             return

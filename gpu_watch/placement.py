@@ -167,6 +167,41 @@ def variable_devices(model: Any, device_of, values: list | None = None
     return dict(counts), on_cpu
 
 
+def progress_bars(fit_frame: Any) -> list[Any]:
+    """The `keras.callbacks.ProgbarLogger`s of the running `fit` call (in its `CallbackList`,
+    the frame's local `callbacks`, built before `on_train_begin`); [] without the frame."""
+    import keras
+
+    try:
+        callbacks = fit_frame.f_locals.get("callbacks") if fit_frame is not None else None
+        return [c for c in getattr(callbacks, "callbacks", None) or []
+                if isinstance(c, keras.callbacks.ProgbarLogger)]
+    except Exception:  # a frame of an unexpected shape: the bars stay as Keras made them
+        return []
+
+
+def show_as_is(loggers: list[Any], keys: Any) -> list[Any]:
+    """Have the progress bars of `loggers` show `keys` as they are, not averaged over the epoch.
+
+    Keras' `Progbar` averages every value not in its `stateful_metrics`. Up to Keras 3.14,
+    `ProgbarLogger` made each epoch's bar with none, so a reading would show as a running mean
+    of readings; from 3.15 it makes them with `stateless_metrics=set()` (`stateful_metrics` is
+    then None) and shows every value as it is. Called per batch: a new bar each epoch.
+
+    Returns:
+        The loggers to call this for again: those whose bar averages, or has not been made yet.
+    """
+    again = []
+    for logger in loggers:
+        bar = getattr(logger, "progbar", None)
+        stateful = getattr(bar, "stateful_metrics", None)
+        if bar is None or isinstance(stateful, set):
+            again.append(logger)
+            if isinstance(stateful, set) and not stateful.issuperset(keys):
+                stateful.update(keys)
+    return again
+
+
 def data_source(fit_frame: Any) -> dict[str, Any]:
     """What feeds `fit`: the Keras data adapter of the running `fit` call, with the settings
     that decide how fast it makes batches.

@@ -148,6 +148,16 @@ def test_a_starved_training_gets_a_remedy_for_its_generator_not_tf_data(run):
     assert "tf." not in found["remedy"]
 
 
+def test_the_batch_logs_carry_the_latest_reading(run):
+    batches = run["live_keys"]
+    assert len(batches) == STEPS
+    assert all(set(b) == {"gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_sm_active"}
+               for b in batches)
+    utils = [b["gpu_util"] for b in batches if not math.isnan(b["gpu_util"])]
+    assert len(utils) >= STEPS - 2 and set(utils) == {42.0}
+    assert {b["gpu_mem_peak_gib"] for b in batches if b["gpu_util"] == 42.0} == {2.0}
+
+
 def test_keras_keeps_async_dispatch(run):
     assert run["async_train"] is True
     assert run["async_train_control"] is False  # a batch-end hook without async_safe turns it off

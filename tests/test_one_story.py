@@ -23,7 +23,7 @@ from runfolders import run_info, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, Run, load_run, rejudge
 from gpu_watch.assessment import epoch_row, run_record
-from gpu_watch.causes import Cause, cause
+from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.monitor import _finish_open_runs
 from gpu_watch.nvml import Reading
@@ -184,15 +184,16 @@ def test_a_generator_behind_tf_data_counts_only_when_it_holds_training_up(
 
 def test_every_blocking_finding_is_a_cause_in_the_order_to_fix_them():
     libs = cause("cuda_libs_missing", "Even once a driver is installed, TensorFlow ...",
-                 severity="warning")
+                 severity="warning", blocks_gpu=True)
     driver = cause("no_nvidia_driver", "No NVIDIA driver is loaded.")
+    # A driver a minor CUDA version behind usually works: a warning that blocks nothing.
+    minor = cause("driver_too_old", "CUDA 12.4 < 12.5", severity="warning")
     setting = Setting(framework_gpus=0, nvml_error="NVMLError_LibraryNotFound: not found",
-                      environment=(libs, driver))
+                      environment=(libs, minor, driver))
     judgement = judge(setting, [], None)
     assert judgement.verdict == CPU_FALLBACK
     assert [c.code for c in judgement.causes] == ["no_nvidia_driver", "cuda_libs_missing"]
-    hint = Cause.from_dict({**libs.to_dict(), "code": "allocator_misconfigured",
-                            "severity": "info"})
+    hint = cause("allocator_misconfigured", severity="info")
     quiet = Setting(framework_gpus=0, nvml_error="NVMLError_LibraryNotFound: x",
                     environment=(hint,))
     assert [c.code for c in judge(quiet, [], None).causes] == ["no_nvidia_driver"]
@@ -275,8 +276,11 @@ def test_a_step_that_fails_while_closing_is_recorded_and_the_status_still_writte
     def broken(**_):
         raise RuntimeError("the sampler would not stop")
 
+    stop = monitor.sampler.stop
     monitor.sampler.stop = broken
     monitor.finish("interrupted")
+    monitor.sampler.stop = stop
+    stop()
     info = json.loads((monitor.run_dir / "run.json").read_text())
     assert info["status"] == "interrupted"
     assert len(info["close_errors"]) == 1

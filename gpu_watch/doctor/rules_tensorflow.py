@@ -201,6 +201,8 @@ def check_cuda_libs_missing(facts: Facts) -> list[Cause]:
         message + "; ".join(parts) + ".",
         remedy,
         severity=ERROR if driver_present else WARNING,
+        # Without a driver the driver comes first, but this blocks the GPU once it is there.
+        blocks_gpu=True,
         missing_wheels=wheels["missing"],
         wrong_version_wheels=wheels["wrong_version"],
         unloadable_libraries=libraries,

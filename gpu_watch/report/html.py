@@ -21,7 +21,11 @@ from gpu_watch.report.view import (
     placement_line,
     verdict_title,
 )
-from gpu_watch.runlog import Run
+from gpu_watch.runlog import STATUS_RUNNING, Run
+
+# While its run is running, the page reloads itself this often (seconds), so a browser left on
+# it follows the training: the figures are redrawn at epoch ends (see `monitor.RENDER_SHARE`).
+RELOAD_S = 5
 
 # -- HTML ------------------------------------------------------------------------------------
 
@@ -122,7 +126,10 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     name = info.get("run_name") or run.path.name
     nvml = info.get("nvml") or {}
     writer = info.get("writer") or {}
+    running = run.status == STATUS_RUNNING
     parts = [
+        f'<p class="muted" id="live">This run is still running: this page reloads every '
+        f'{RELOAD_S} s, and its figures are redrawn at epoch ends.</p>' if running else "",
         f'<header><p class="muted">gpu-watch run {_e(name)}</p>'
         f'<h1 id="verdict" style="color:{colour}">{_e(title)}</h1>',
         f'<p class="banner" id="banner" style="background:{colour}">{_e(banner)}</p>'
@@ -196,6 +203,7 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         parts.append("<h2>Notes</h2>" + _html_list(notes))
     parts.append(f'<p class="muted">gpu-watch {_e(info.get("gpu_watch_version", ""))}, '
                  f"schema {_e(info.get('schema_version', ''))}</p>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    reload = f'<meta http-equiv="refresh" content="{RELOAD_S}">' if running else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{reload}'
             f"<title>gpu-watch: {_e(name)}: {_e(run.verdict or 'no verdict')}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -129,6 +129,28 @@ def half_wait(log_dir: str) -> dict:
     return load_run(watch.run_dir).info["wait"]
 
 
+def live_keys(log_dir: str, x, y) -> list[dict]:
+    """The batch logs a callback after GPUWatch sees while a (simulated) busy GPU is read."""
+    seen: list[dict] = []
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.async_safe = True  # keep Keras' asynchronous batch hooks, as GPUWatch does
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append({k: v for k, v in logs.items() if k.startswith("gpu_")})
+            time.sleep(0.05)
+
+    gpu = FakeGPU(util_pct=42, mem_used_mib=2048, processes=[FakeProcess(used_mib=1024)])
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02,
+                     nvml=FakeNVML([gpu]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        build().fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[watch, Recorder()])
+    return seen
+
+
 def main(log_dir: str) -> dict:
     hook_threads: set[str] = set()
     model_reads: list[str] = []
@@ -192,6 +214,7 @@ def main(log_dir: str) -> dict:
         "cpu_scope": in_a_cpu_scope(log_dir, x, y),
         "starved": starved(log_dir, x, y),
         "half_wait": half_wait(log_dir),
+        "live_keys": live_keys(log_dir, x, y),
         "run_dir": str(run.path),
         "files": sorted(p.name for p in run.path.iterdir()),
         "status": run.status,

@@ -10,10 +10,7 @@ import sys
 from typing import TextIO
 
 from gpu_watch._version import __version__
-
-EXIT_OK = 0
-EXIT_NO_GPU = 1
-EXIT_ERROR = 2
+from gpu_watch.errors import EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,12 @@ import os
 import sys
 import warnings
 
+# The exit codes of every `gpu-watch` command: 0 done (for `doctor`, a GPU is usable), 1 no
+# usable GPU (`doctor`), 2 the command could not do its work (a bad folder, a bad argument).
+EXIT_OK = 0
+EXIT_NO_GPU = 1
+EXIT_ERROR = 2
+
 
 class GPUWatchWarning(UserWarning):
     """A problem GPUWatch noticed that does not stop training (an NVML fault, a failed write)."""

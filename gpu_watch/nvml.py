@@ -67,25 +67,6 @@ GPM_INTERVAL_S = 1.0
 # still read at every tick, from NVML's own per-process samples.
 PROCESS_LIST_INTERVAL_S = 1.0
 
-READING_FIELDS = (
-    "util_pct",
-    "mem_util_pct",
-    "mem_used_mib",
-    "mem_total_mib",
-    "proc_mem_mib",
-    "proc_util_pct",
-    "procs",
-    "power_w",
-    "temp_c",
-    "sm_clock_mhz",
-    "idle_clock_event",
-    *GPM_METRICS,
-    "energy_counter_mj",
-    "proc_listed",
-    "others_util_pct",
-    "others_mem_mib",
-)
-
 
 @dataclass(frozen=True)
 class Device:

@@ -39,7 +39,6 @@ STATUS_STOPPED_IDLE = "stopped_idle"
 STATUS_INTERRUPTED = "interrupted"
 STATUS_FAILED = "failed"
 STATUS_INCOMPLETE = "incomplete"  # read back: "running" on disk, but its writer is gone
-FINAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED_IDLE, STATUS_INTERRUPTED, STATUS_FAILED)
 
 # GPM readings (Hopper and newer; NaN elsewhere) and the whole GPU's energy counter (mJ since
 # the driver loaded). Runs written before these existed read back with the columns all NaN.
@@ -178,11 +177,12 @@ class CsvTable:
             os.close(fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes it private; a run folder is for others to read
-        with os.fdopen(fd, "w", newline="") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w",
+                       **({} if isinstance(text, bytes) else {"newline": ""})) as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -191,6 +191,12 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace a file of the run folder (a figure, `report.html`) atomically: readers see the
+    old file or the new one, never half of one."""
+    _atomic_write(path, data)
 
 
 def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:

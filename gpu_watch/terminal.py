@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TextIO
 
 from gpu_watch import runlog
+from gpu_watch.errors import EXIT_ERROR, EXIT_OK
 from gpu_watch.follow import WINDOW_S, GPUView, RunFollower, Snapshot, find_run
 
-EXIT_OK = 0
-EXIT_ERROR = 2
 REFRESH_S = 1.0
 SPARK_WIDTH = 60
 _BARS = "▁▂▃▄▅▆▇█"

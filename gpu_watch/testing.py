@@ -54,19 +54,20 @@ PROC_SAMPLE_BUFFER = 100
 MIG_SLOTS = 7
 _NAME_BUFFER_BYTES = 1024  # what pynvml passes to nvmlSystemGetProcessName
 
-# The functions each fault "field" covers, so a test can fail one reading without naming NVML.
+# The functions each fault "field" covers, so a test can fail one reading without naming NVML;
+# the fields carry the metric names the NVML seam uses (run.json's faults and switched_off).
 FIELDS = {
     "handle": ("nvmlDeviceGetHandleByIndex",),
     "uuid": ("nvmlDeviceGetUUID",),
     "name": ("nvmlDeviceGetName",),
     "memory": ("nvmlDeviceGetMemoryInfo",),
-    "utilization": ("nvmlDeviceGetUtilizationRates",),
+    "util": ("nvmlDeviceGetUtilizationRates",),
     "processes": ("nvmlDeviceGetComputeRunningProcesses_v3",
                   "nvmlDeviceGetComputeRunningProcesses_v2"),
-    "process_utilization": ("nvmlDeviceGetProcessUtilization",),
+    "proc_util": ("nvmlDeviceGetProcessUtilization",),
     "power": ("nvmlDeviceGetPowerUsage",),
     "temperature": ("nvmlDeviceGetTemperature",),
-    "clock": ("nvmlDeviceGetClockInfo",),
+    "sm_clock": ("nvmlDeviceGetClockInfo",),
     "clock_events": ("nvmlDeviceGetCurrentClocksEventReasons",
                      "nvmlDeviceGetCurrentClocksThrottleReasons"),
     "gpm": ("nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMigSampleGet",
@@ -472,7 +473,7 @@ class FakeNVML:
         return _Memory(total=total, free=total - used, used=used)
 
     def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:  # noqa: N802
-        self._enter("nvmlDeviceGetUtilizationRates", handle, "utilization")
+        self._enter("nvmlDeviceGetUtilizationRates", handle, "util")
         if _mig_enabled(handle):
             raise pynvml.NVMLError_NotSupported()
         gpu = handle.gpu
@@ -516,7 +517,7 @@ class FakeNVML:
         no valid sample entries are found since the lastSeenTimeStamp, NVML_ERROR_NOT_FOUND
         is returned". 0 reads the whole buffer. Samples exist only for processes with
         non-zero utilization in their period, and none on a MIG-enabled GPU."""
-        self._enter("nvmlDeviceGetProcessUtilization", handle, "process_utilization")
+        self._enter("nvmlDeviceGetProcessUtilization", handle, "proc_util")
         if _mig_enabled(handle):
             raise pynvml.NVMLError_NotSupported()
         period_s = handle.gpu.proc_sample_period_s
@@ -562,7 +563,7 @@ class FakeNVML:
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:  # noqa: N802
         """The clock in MHz; `clock_type` is an nvmlClockType_t (0 graphics, 1 SM, 2 memory,
         3 video), anything else ``InvalidArgument``. Every type reads `sm_clock_mhz`."""
-        self._enter("nvmlDeviceGetClockInfo", handle, "clock")
+        self._enter("nvmlDeviceGetClockInfo", handle, "sm_clock")
         if clock_type not in (0, 1, 2, 3):
             raise pynvml.NVMLError_InvalidArgument()
         return int(self.value(handle.gpu.sm_clock_mhz) or 0)

@@ -35,17 +35,10 @@ ERRORS = [
     pynvml.NVMLError_GpuIsLost,
     pynvml.NVMLError_FunctionNotFound,
 ]
-# FakeNVML field -> the metric name the NVML seam records in run.json's faults.
-FIELD_METRICS = {
-    "utilization": "util",
-    "memory": "memory",
-    "processes": "processes",
-    "process_utilization": "proc_util",
-    "power": "power",
-    "temperature": "temperature",
-    "clock": "sm_clock",
-    "clock_events": "clock_events",
-}
+# The FakeNVML fields whose faults the NVML seam records in run.json's faults, by the same
+# metric names.
+FIELD_METRICS = {name: name for name in ("util", "memory", "processes", "proc_util", "power",
+                                         "temperature", "sm_clock", "clock_events")}
 
 
 def gpu_threads():
@@ -113,7 +106,7 @@ def test_every_metric_failing_mid_run_is_recorded_and_the_healthy_gpu_goes_on(tm
 
 def test_transient_errors_recover_but_not_supported_stays_off(tmp_path):
     gpu = FakeGPU(util_pct=70, power_w=100)
-    gpu.fail("utilization", pynvml.NVMLError_Timeout, from_s=0.1, until_s=0.2)
+    gpu.fail("util", pynvml.NVMLError_Timeout, from_s=0.1, until_s=0.2)
     gpu.fail("power", pynvml.NVMLError_NotSupported, from_s=0.1, until_s=0.2)
     cb = quiet(log_dir=tmp_path, nvml=FakeNVML([gpu]))
     with warnings.catch_warnings():
@@ -157,7 +150,7 @@ def test_an_unexpected_exception_in_the_sampler_is_contained(tmp_path):
 
 
 def test_missing_utilization_is_unmonitored_not_idle(tmp_path):
-    gpu = FakeGPU(util_pct=0).fail("utilization", pynvml.NVMLError_Unknown)
+    gpu = FakeGPU(util_pct=0).fail("util", pynvml.NVMLError_Unknown)
     run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([gpu])))
     assert run.verdict == "unmonitored"
     assert run.epochs["verdict"].iloc[0] == "unmonitored"

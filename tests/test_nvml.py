@@ -267,7 +267,7 @@ def test_fake_rejects_bad_scripts():
     with pytest.raises(ValueError, match="'utilisation'"):
         FakeGPU().fail("utilisation", pynvml.NVMLError_Unknown)
     with pytest.raises(ValueError, match="NVMLError subclass"):
-        FakeGPU().fail("utilization", RuntimeError)
+        FakeGPU().fail("util", RuntimeError)
 
 
 def test_fake_timelines_lists_and_functions(clock):
@@ -352,7 +352,7 @@ def test_another_process_s_quiet_time_starts_when_nvml_lists_it(clock):
 def test_a_process_utilization_error_leaves_every_figure_unknown(clock):
     gpu = FakeGPU(processes=[FakeProcess(used_mib=500, sm_util_pct=50),
                              FakeProcess(pid=OTHER_PID, used_mib=500, sm_util_pct=0)])
-    gpu.fail("process_utilization", pynvml.NVMLError_Unknown, until_s=3.0)
+    gpu.fail("proc_util", pynvml.NVMLError_Unknown, until_s=3.0)
     nvml = NVML(FakeNVML([gpu], clock=clock))
     (device,) = nvml.devices()
     r = nvml.read(device, 0.0)

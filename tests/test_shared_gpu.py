@@ -186,7 +186,7 @@ def test_ours_busy_alone_is_ok_without_a_warning(tmp_path, on_gpu):
 
 def test_without_per_process_utilization_the_device_decides_and_says_so(tmp_path, on_gpu):
     alone = FakeGPU(util_pct=90, processes=[FakeProcess(used_mib=2000)])
-    alone.fail("process_utilization", pynvml.NVMLError_NotSupported)
+    alone.fail("proc_util", pynvml.NVMLError_NotSupported)
     run, _, _ = train(FakeNVML([alone]), log_dir=tmp_path / "alone")
     assert run.verdict == OK and codes(run) == ["process_not_attributable"]
     [note] = run.causes
@@ -199,7 +199,7 @@ def test_without_per_process_utilization_the_device_decides_and_says_so(tmp_path
     # Another process on it: the device's work may be theirs, so this training's is unknown.
     shared = FakeGPU(util_pct=90, processes=[
         FakeProcess(used_mib=2000), FakeProcess(pid=OTHER, used_mib=500, name="other")])
-    shared.fail("process_utilization", pynvml.NVMLError_NotSupported)
+    shared.fail("proc_util", pynvml.NVMLError_NotSupported)
     run, _, _ = train(FakeNVML([shared]), log_dir=tmp_path / "shared")
     assert run.verdict == "unmonitored"
     assert codes(run) == ["process_not_attributable", "gpu_shared"]

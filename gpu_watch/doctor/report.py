@@ -15,10 +15,7 @@ from gpu_watch.causes import CATALOGUE, ERROR, Cause
 from gpu_watch.doctor import facts_jax, facts_tensorflow, facts_torch
 from gpu_watch.doctor.backends import title
 from gpu_watch.doctor.rules_common import Facts, framework, mib_text, shorten
-
-EXIT_OK = 0
-EXIT_NO_GPU = 1
-EXIT_ERROR = 2
+from gpu_watch.errors import EXIT_ERROR, EXIT_NO_GPU, EXIT_OK
 
 USABLE = "usable"
 NO_GPU = "no_gpu"

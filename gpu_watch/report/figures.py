@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +42,6 @@ from gpu_watch.timeline import GAPS_ONLY
 # about one bucket per pixel column, so no spike or dip is lost and drawing time stays flat.
 ENVELOPE_BUCKETS = 1200
 DPI = 100
-EXIT_OK = 0
-EXIT_ERROR = 2
 
 _WIDTH_IN = 14.0
 _UTIL_COLOUR = "#1565c0"
@@ -62,7 +59,6 @@ _ENERGY_COLOUR = "#546e7a"
 # sixth of it, not all of it; up to this many epochs each gets a tick of its own.
 _MIN_EPOCH_SPAN = 5.0
 _MAX_EPOCH_TICKS = 20
-_RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 
 
 # -- drawing ---------------------------------------------------------------------------------

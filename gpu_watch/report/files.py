@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TextIO
 
 from gpu_watch import runlog
+from gpu_watch.errors import EXIT_ERROR, EXIT_OK
 from gpu_watch.report.cluster import UNREADABLE, ClusterView, cluster_of, clusters
 from gpu_watch.report.figures import plot_epochs, plot_utilization, png_bytes
 from gpu_watch.report.html import report_html
 from gpu_watch.report.text import cluster_text, list_runs_text, summary_text
 from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
-
-EXIT_OK = 0
-EXIT_ERROR = 2
-
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so no reader ever sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing, like the CSVs
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
@@ -64,7 +45,7 @@ def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
     }
     paths = []
     for name, data in files.items():
-        replace_file(run.path / name, data)
+        runlog.replace_file(run.path / name, data)
         paths.append(run.path / name)
     return paths
 
@@ -96,7 +77,7 @@ def render_cluster_html(run_dir: Path) -> Path:
         except OSError:
             pngs.append(None)
     page = report_html(run, pngs[0], pngs[1], _cluster_or_none(run))
-    replace_file(run.path / runlog.REPORT_HTML, page.encode("utf-8"))
+    runlog.replace_file(run.path / runlog.REPORT_HTML, page.encode("utf-8"))
     return run.path / runlog.REPORT_HTML
 
 

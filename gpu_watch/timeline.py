@@ -121,7 +121,7 @@ class SpanStats:
     @property
     def measured(self) -> bool:
         """Whether any reading gave a utilization figure, the device's or this process's."""
-        return any(self.device.counts) or any(self.own.counts)
+        return _measured(self)
 
     def add(self, r: Reading, threshold_pct: float) -> None:
         """Count one reading; readings without a value change nothing (NaN is not idle)."""
@@ -564,6 +564,11 @@ class Timeline:
         if span is not None and span.measured:
             return span.stats(gpu)
         return self._warmup_stats[gpu].stats(gpu)
+
+
+def _measured(span: SpanStats) -> bool:
+    """`SpanStats.measured`'s rule, in a plain function where the mutation run reaches it."""
+    return any(span.device.counts) or any(span.own.counts)
 
 
 def _wait_fraction(step_s: float, wait_s: float, data_ticks: list[int]) -> float | None:

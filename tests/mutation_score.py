@@ -13,7 +13,7 @@ or a listed equivalent matches no mutant, and 2 when the results are not those o
 run of today's code: a module without results, a mutant not tested, or results older than a
 source or test file.
 
-Usage: ``python tests/mutation_score.py [--survivors]``
+Usage: ``python tests/mutation_score.py [--survivors] [--root DIR]``
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+try:
+    from tomllib import loads as toml_loads
+except ModuleNotFoundError:  # Python 3.10: mutmut reads its settings with `toml` there
+    from toml import loads as toml_loads
+
 ROOT = Path(__file__).resolve().parent.parent
-EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.txt")
-MODULES = ("verdict.py", "timeline.py", "nvml.py", "causes.py")
+EQUIVALENTS = "tests/mutation_equivalents.txt"
 KILLED = {1, 3, 24, -24, 36, 152, 255, 37}  # failed, pytest error, timeouts, type check
 NOT_RUN = {None, 2}  # not checked yet, or the run was interrupted
 TARGET_PCT = 100.0  # of non-equivalent mutants, in every module (docs/mutation.md)
@@ -36,19 +40,31 @@ SEPARATOR = " | "
 LINE_BREAK = " ⏎ "  # joins the lines of a mutation that changed more than one
 
 
-def equivalents() -> dict[tuple[str, str], str]:
-    """(function, mutated line) -> why the mutant behaves as the original."""
+def config(root: Path = ROOT) -> dict:
+    """mutmut's section of pyproject.toml."""
+    return toml_loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
+def equivalents(root: Path = ROOT) -> dict[tuple[str, str], str]:
+    """(function or file, mutated line) -> why the mutant behaves as the original."""
     found = {}
-    for number, line in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
+    path = root / EQUIVALENTS
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         function, _, rest = line.partition(SEPARATOR)
         text, _, reason = rest.rpartition(SEPARATOR)
         if not (function and text and reason):
-            raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected 'function | mutated line "
+            raise SystemExit(f"{path.name}:{number}: expected 'function | mutated line "
                              f"| reason', got {line!r}")
         found[(function.strip(), text.strip())] = reason.strip()
     return found
+
+
+def function_equivalents(root: Path = ROOT) -> dict[tuple[str, str], str]:
+    """The equivalents of mutmut's mutants: those that name a function, not a file (a number
+    outside any function, which tests/mutation_constants.py changes)."""
+    return {key: why for key, why in equivalents(root).items() if not key[0].endswith(".py")}
 
 
 def readable(module: str, mutant: str) -> str:
@@ -89,11 +105,14 @@ def mutated_lines(mutated_source: Path) -> dict[str, str]:
             for n in short}
 
 
-def _newest_input() -> tuple[float, Path]:
-    """The newest of the files a mutmut run depends on: the package, the tests and the
-    settings (not these scoring scripts, which mutmut does not run)."""
-    files = [ROOT / "pyproject.toml", *(ROOT / "gpu_watch").rglob("*.py"),
-             *(f for f in (ROOT / "tests").rglob("*.py") if not f.name.startswith("mutation_"))]
+def _newest_input(root: Path) -> tuple[float, Path]:
+    """The newest of the files a mutmut run depends on: the package, the settings, the tests
+    it runs and their helpers (not other tests, nor these scoring scripts)."""
+    selected = {root / arg for arg in config(root)["pytest_add_cli_args_test_selection"]
+                if arg.startswith("tests/")}
+    files = [root / "pyproject.toml", *(root / "gpu_watch").rglob("*.py"),
+             *(f for f in (root / "tests").rglob("*.py")
+               if f in selected or not f.name.startswith(("test_", "mutation_")))]
     return max((f.stat().st_mtime, f) for f in files)
 
 
@@ -101,25 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true",
                         help="list surviving mutants as lines for the equivalents file")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this)")
     args = parser.parse_args(argv)
-    results = ROOT / "mutants" / "gpu_watch"
-    missing = [m for m in MODULES if not (results / f"{m}.meta").is_file()]
+    root = args.root.resolve()
+    results = root / "mutants" / "gpu_watch"
+    modules = [Path(path).name for path in config(root)["only_mutate"]]
+    missing = [m for m in modules if not (results / f"{m}.meta").is_file()]
     if missing:
         print(f"no mutmut results for {', '.join(missing)} under mutants/: run `mutmut run`",
               file=sys.stderr)
         return 2
-    newest_s, newest = _newest_input()
-    stale = [m for m in MODULES if (results / f"{m}.meta").stat().st_mtime < newest_s]
+    newest_s, newest = _newest_input(root)
+    stale = [m for m in modules if (results / f"{m}.meta").stat().st_mtime < newest_s]
     if stale:
-        print(f"the results for {', '.join(stale)} are older than {newest.relative_to(ROOT)}: "
+        print(f"the results for {', '.join(stale)} are older than {newest.relative_to(root)}: "
               "run `make mutate` again", file=sys.stderr)
         return 2
-    known = equivalents()
+    known = function_equivalents(root)
     matched: set[tuple[str, str]] = set()
     below, unfinished = [], []
     print(f"{'module':14s} {'mutants':>7s} {'killed':>6s} {'equiv':>5s} {'survived':>8s} "
           f"{'score':>6s} {'raw':>6s} {'target':>6s}")
-    for module_file in MODULES:
+    for module_file in modules:
         module = f"gpu_watch.{module_file.removesuffix('.py')}"
         codes = json.loads((results / f"{module_file}.meta").read_text())["exit_code_by_key"]
         texts = mutated_lines(results / module_file)

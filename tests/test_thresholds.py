@@ -229,3 +229,44 @@ def test_the_nvml_ids_are_those_of_nvml_h():
         "pcie_tx_mib_s": pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
         "pcie_rx_mib_s": pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
     }
+
+
+def test_another_process_s_name_is_cut_to_120_characters():
+    names = {2001: "n" * 120, 2002: "n" * 121, 2003: "n" * 400}
+    gpu = FakeGPU(processes=[FakeProcess(pid=pid, name=name) for pid, name in names.items()])
+    nvml = NVML(FakeNVML([gpu]))
+    assert nvml.process_name(2001) == "n" * 120  # at the limit: whole
+    assert nvml.process_name(2002) == "n" * 117 + "..."  # one over: cut to 120 with "..."
+    assert nvml.process_name(2003) == "n" * 117 + "..."
+
+
+def test_at_most_200_faults_are_kept():
+    fake = FakeNVML([FakeGPU()])
+
+    def failing():
+        raise pynvml.NVMLError_Unknown()
+
+    fake.nvmlDeviceGetCount = failing
+    nvml = NVML(fake)
+    for k in range(199):
+        nvml.query(f"metric{k}", None, "nvmlDeviceGetCount")
+    assert len(nvml.faults) == 199
+    nvml.query("metric199", None, "nvmlDeviceGetCount")
+    assert len(nvml.faults) == 200
+    nvml.query("metric200", None, "nvmlDeviceGetCount")
+    assert len(nvml.faults) == 200 and nvml.faults[-1].metric == "metric199"
+
+
+# -- the records' defaults -----------------------------------------------------------------------
+
+
+def test_a_gpu_without_readings_is_unmonitored_by_default():
+    assert gpu_verdict(GPUStats(0, proc_seen=True), None) == UNMONITORED
+
+
+def test_a_setting_without_gpu_counts_explains_no_fallback_and_hides_nothing():
+    # NVML's and the visible counts default to 0: no GPU NVML saw can have been hidden.
+    assert codes(judge(Setting(compute_on_gpu=False), [], None)) == []
+    # With NVML's count given and no visible one, every GPU it saw was hidden.
+    hidden = judge(Setting(compute_on_gpu=False, nvml_gpus=2), [], None)
+    assert codes(hidden) == ["gpus_hidden"]

@@ -270,3 +270,13 @@ def test_a_setting_without_gpu_counts_explains_no_fallback_and_hides_nothing():
     # With NVML's count given and no visible one, every GPU it saw was hidden.
     hidden = judge(Setting(compute_on_gpu=False, nvml_gpus=2), [], None)
     assert codes(hidden) == ["gpus_hidden"]
+
+
+def test_switched_off_lists_session_metrics_then_each_gpu_s_then_the_lost_gpus():
+    disabled = {("power", 1), ("gpm", 0), ("processes", None), ("energy", 1), ("util", 0)}
+    assert nvml_module._switched_off(disabled, {3, 2}) == [
+        {"metric": "processes", "gpu": None},
+        {"metric": "gpm", "gpu": 0}, {"metric": "util", "gpu": 0},
+        {"metric": "energy", "gpu": 1}, {"metric": "power", "gpu": 1},
+        {"metric": "*", "gpu": 2, "lost": True}, {"metric": "*", "gpu": 3, "lost": True},
+    ]

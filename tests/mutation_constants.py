@@ -217,7 +217,7 @@ def _run(root: Path, modules: list[str], mutants: list[Mutant], sources: dict[st
             return 2
         timeout_s = max(60.0, 5 * clean_s)
         print(f"{len(mutants)} mutants of numbers outside functions; the clean run took "
-              f"{clean_s:.0f} s, timeout {timeout_s:.0f} s")
+              f"{clean_s:.0f} s, timeout {timeout_s:.0f} s", flush=True)
         tally: dict[str, Counter] = {path: Counter() for path in modules}
         survivors = []
         for mutant in mutants:
@@ -225,9 +225,12 @@ def _run(root: Path, modules: list[str], mutants: list[Mutant], sources: dict[st
             original = target.read_text()
             target.write_text(apply(original, mutant))
             try:
-                rc, _ = runner.run(timeout_s)
+                rc, seconds = runner.run(timeout_s)
             finally:
                 target.write_text(original)
+            outcome = {None: "timeout", 0: "survived"}.get(rc, "killed" if rc in KILLED_RC
+                                                           else f"exit status {rc}")
+            print(f"  {outcome:8s} {seconds:5.1f} s  {mutant}", flush=True)
             key = (mutant.path, mutant.mutated_line(sources[mutant.path]))
             if rc is None or rc in KILLED_RC:
                 tally[mutant.path]["killed"] += 1

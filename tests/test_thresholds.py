@@ -280,3 +280,9 @@ def test_switched_off_lists_session_metrics_then_each_gpu_s_then_the_lost_gpus()
         {"metric": "energy", "gpu": 1}, {"metric": "power", "gpu": 1},
         {"metric": "*", "gpu": 2, "lost": True}, {"metric": "*", "gpu": 3, "lost": True},
     ]
+
+
+def test_switched_off_orders_one_gpu_s_metrics_by_name_whatever_order_they_came_in():
+    came_in = [("util", 0), ("processes", 0), ("power", 0), ("gpm", 0), ("energy", 0)]
+    assert [entry["metric"] for entry in nvml_module._switched_off(came_in, set())] == [
+        "energy", "gpm", "power", "processes", "util"]

@@ -437,12 +437,12 @@ class RunFacts:
     @property
     def data_source(self) -> str:
         """One of :data:`DATA_SOURCES`."""
-        return self.data.get("source", "unknown")
+        return _data_source(self)
 
     @property
     def cpu_scope(self) -> bool:
         """Training began inside a device scope that names the CPU."""
-        return bool(self.device_scope) and "cpu" in str(self.device_scope).lower()
+        return _cpu_scope(self)
 
     @classmethod
     def from_run(cls, info: Mapping[str, Any]) -> RunFacts:
@@ -457,6 +457,15 @@ class RunFacts:
                    device_scope=placement.get("device_scope"),
                    cpu_settings=dict(placement.get("cpu_settings") or {}),
                    cpu_variables=tuple(placement.get("cpu_variable_examples") or ()))
+
+
+# The rules behind RunFacts' properties, in plain functions where the mutation run reaches them.
+def _data_source(facts: RunFacts) -> str:
+    return facts.data.get("source", "unknown")
+
+
+def _cpu_scope(facts: RunFacts) -> bool:
+    return bool(facts.device_scope) and "cpu" in str(facts.device_scope).lower()
 
 
 def framework_name(backend: str | None) -> str:

@@ -271,9 +271,7 @@ class NVML:
     def switched_off(self) -> list[dict[str, Any]]:
         """Metrics turned off for the session (NotSupported, FunctionNotFound) and lost GPUs:
         they stay off across runs, so each run reports them."""
-        off = [{"metric": metric, "gpu": gpu} for metric, gpu in sorted(
-            self._disabled, key=lambda key: (key[1] if key[1] is not None else -1, key[0]))]
-        return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(self._lost)]
+        return _switched_off(self._disabled, self._lost)
 
     def clear_faults(self) -> None:
         """Forget the faults seen so far (a new run reports its own)."""
@@ -829,6 +827,15 @@ def parse_visible_devices(value: str) -> list[str]:
             break
         tokens.append(token)
     return tokens
+
+
+def _switched_off(disabled: set[tuple[str, int | None]],
+                  lost: set[int]) -> list[dict[str, Any]]:
+    """`NVML.switched_off`'s records, in a plain function where the mutation run reaches them:
+    session-wide metrics first, then by GPU and metric, then the lost GPUs."""
+    off = [{"metric": metric, "gpu": gpu} for metric, gpu in sorted(
+        disabled, key=lambda key: (key[1] if key[1] is not None else -1, key[0]))]
+    return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(lost)]
 
 
 def _with_cuda_index(device: Device, cuda_index: int) -> Device:

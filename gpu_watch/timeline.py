@@ -119,11 +119,6 @@ class SpanStats:
         self.others: dict[int, list] = {}  # pid -> [name, util sum, util readings, mem peak]
         self.activity = [[0.0, 0] for _ in ACTIVITY_FIELDS]  # [sum, readings] per field
 
-    @property
-    def measured(self) -> bool:
-        """Whether any reading gave a utilization figure, the device's or this process's."""
-        return any(self.device.counts) or any(self.own.counts)
-
     def add(self, r: Reading, threshold_pct: float) -> None:
         """Count one reading; readings without a value change nothing (NaN is not idle)."""
         self.readings += 1

@@ -161,12 +161,12 @@ class GPUStats:
     @property
     def judged_by(self) -> str:
         """`BY_PROCESS` when this process's own utilization was measured, else `BY_DEVICE`."""
-        return BY_PROCESS if self.proc_util_samples else BY_DEVICE
+        return judged_by(self)
 
     @property
     def judged_idle_fraction(self) -> float | None:
         """The idle share that decides: this process's where measured, else the device's."""
-        return self.proc_idle_fraction if self.proc_util_samples else self.idle_fraction
+        return judged_idle_fraction(self)
 
     @property
     def judged_util_mean(self) -> float | None:
@@ -176,20 +176,43 @@ class GPUStats:
 
     @property
     def shared(self) -> bool:
-        """Whether another process was on the GPU during the span: one other than this process
-        was listed where NVML knows this process's PID (it listed it here, or measured its
-        utilization here); else, where any listed PID may be this process's own, two or more
-        were listed at once."""
-        if self.proc_seen or self.proc_util_samples:
-            return self.others_seen or bool(self.others)
-        return (self.procs_max or 0) > 1
+        """Whether another process was on the GPU during the span (see :func:`shared`)."""
+        return shared(self)
 
     @property
     def others_worked(self) -> bool:
-        """Whether other processes ran kernels on the GPU during the span, or may have: it was
-        shared, and they were not all measured running none (holding memory only)."""
-        return self.shared and not (self.others and
-                                    all(o.util_mean_pct == 0 for o in self.others))
+        """Whether other processes ran kernels on the GPU during the span, or may have (see
+        :func:`others_worked`)."""
+        return others_worked(self)
+
+
+# The rules behind GPUStats' properties live in plain functions, where the mutation run reaches
+# them (it does not mutate decorated functions).
+def judged_by(stats: GPUStats) -> str:
+    """`BY_PROCESS` when this process's own utilization was measured, else `BY_DEVICE`."""
+    return BY_PROCESS if stats.proc_util_samples else BY_DEVICE
+
+
+def judged_idle_fraction(stats: GPUStats) -> float | None:
+    """The idle share that decides: this process's where measured, else the device's."""
+    return stats.proc_idle_fraction if stats.proc_util_samples else stats.idle_fraction
+
+
+def shared(stats: GPUStats) -> bool:
+    """Whether another process was on the GPU during the span: one other than this process
+    was listed where NVML knows this process's PID (it listed it here, or measured its
+    utilization here); else, where any listed PID may be this process's own, two or more
+    were listed at once."""
+    if stats.proc_seen or stats.proc_util_samples:
+        return stats.others_seen or bool(stats.others)
+    return (stats.procs_max or 0) > 1
+
+
+def others_worked(stats: GPUStats) -> bool:
+    """Whether other processes ran kernels on the GPU during the span, or may have: it was
+    shared, and they were not all measured running none (holding memory only)."""
+    return shared(stats) and not (stats.others and
+                                  all(o.util_mean_pct == 0 for o in stats.others))
 
 
 @dataclass(frozen=True)

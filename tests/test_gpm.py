@@ -24,15 +24,7 @@ from gpu_watch.report.view import epoch_table
 from gpu_watch.sampler import Sampler
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess, architecture_of
 from gpu_watch.timeline import SpanStats, Timeline
-from gpu_watch.verdict import (
-    FP32_ACTIVE_PCT,
-    OK,
-    SM_ACTIVE_LOW_PCT,
-    TENSOR_IDLE_PCT,
-    GPUStats,
-    Setting,
-    judge,
-)
+from gpu_watch.verdict import OK, GPUStats, Setting, judge
 
 SCRIPT = {"sm_active_pct": 12.0, "sm_occupancy_pct": 9.0, "tensor_active_pct": 0.5,
           "dram_bw_pct": 21.0, "fp32_active_pct": 4.0, "fp16_active_pct": 0.0,
@@ -302,8 +294,8 @@ def codes(judgement) -> list[str]:
 
 @pytest.mark.parametrize("util, sm, fires", [
     (95.0, 8.0, True),
-    (100.0, SM_ACTIVE_LOW_PCT - 0.1, True),
-    (100.0, SM_ACTIVE_LOW_PCT, False),  # DCGM's 0.5: at it, not "likely ineffective"
+    (100.0, 49.9, True),
+    (100.0, 50.0, False),  # DCGM's 0.5: at it, not "likely ineffective"
     (25.0, 1.0, True),  # a host-bound step: kernels run a quarter of the time, on few SMs
     (60.0, 30.0, True),  # SMs busy exactly half the time kernels ran
     (60.0, 31.0, False),  # more than half: the SMs are not "mostly idle"
@@ -342,8 +334,8 @@ def test_gpm_rules_leave_idle_and_cpu_runs_alone():
 
 @pytest.mark.parametrize("tensor, fp32, fp16, fires", [
     (0.2, 35.0, 0.0, True),
-    (TENSOR_IDLE_PCT, 35.0, 0.0, False),  # tensor cores in use
-    (0.2, FP32_ACTIVE_PCT - 0.1, 0.0, False),  # no float math to speak of
+    (1.0, 35.0, 0.0, False),  # tensor cores in use
+    (0.2, 0.9, 0.0, False),  # no float math to speak of
     (0.2, 20.0, 25.0, False),  # half precision, not float32
     (None, 35.0, 0.0, False),  # no GPM
 ])

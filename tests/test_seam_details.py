@@ -329,6 +329,23 @@ def test_bindings_older_than_gpm_switch_it_off_quietly(clock):
     assert nvml.faults == [] and nvml.switched_off == [{"metric": "gpm", "gpu": 0}]
 
 
+def test_a_gpu_lost_during_its_first_read_is_not_also_reported_without_gpm(clock):
+    # The loss comes in the middle of the read (the utilization query), before the GPM part of
+    # it: with bindings older than GPM, the lost GPU must not be asked for GPM after all.
+    class OldBindings(FakeNVML):
+        def __getattribute__(self, name):
+            if name == "nvmlGpmQueryDeviceSupport":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    nvml = NVML(OldBindings([FakeGPU().fail("*", pynvml.NVMLError_GpuIsLost, from_s=1.0)],
+                            clock=clock))
+    (device,) = nvml.devices()
+    clock.advance(1.0)
+    assert nvml.read(device, 1.0).lost
+    assert nvml.switched_off == [{"metric": "*", "gpu": 0, "lost": True}]
+
+
 def test_the_request_structure_comes_from_the_bindings_in_use(clock):
     made = []
 

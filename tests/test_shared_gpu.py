@@ -150,7 +150,9 @@ def test_ours_idle_while_another_process_keeps_the_gpu_busy(tmp_path, on_gpu):
     assert f"GPU 0 shared with PID {OTHER}, busy with them 100% of the time" in banner
     summary = report.summary_text(run)
     assert "mean util this process 0% (device 100%)" in summary
-    assert "proc util %" in summary
+    # The epoch table: this training's figure ("util %") beside the device's.
+    assert "util %" in summary and "device util %" in summary
+    assert run.epochs["judged_util_mean"].eq(0).all() and run.epochs["gpu_util_mean"].eq(100).all()
 
 
 def test_both_busy_is_ok_with_the_shared_warning(tmp_path, on_gpu):

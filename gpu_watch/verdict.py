@@ -170,9 +170,8 @@ class GPUStats:
 
     @property
     def judged_util_mean(self) -> float | None:
-        """The mean utilization that decides: this process's where measured, else the
-        device's."""
-        return self.proc_util_mean if self.proc_util_samples else self.util_mean
+        """This training's mean utilization (see :func:`judged_util_mean`)."""
+        return judged_util_mean(self)
 
     @property
     def shared(self) -> bool:
@@ -196,6 +195,15 @@ def judged_by(stats: GPUStats) -> str:
 def judged_idle_fraction(stats: GPUStats) -> float | None:
     """The idle share that decides: this process's where measured, else the device's."""
     return stats.proc_idle_fraction if stats.proc_util_samples else stats.idle_fraction
+
+
+def judged_util_mean(stats: GPUStats) -> float | None:
+    """This training's mean utilization over the span, percent: its own where NVML measured
+    it; else the device's, unless other processes were on the GPU, whose work the device's
+    figure may be (None: unknown)."""
+    if stats.proc_util_samples:
+        return stats.proc_util_mean
+    return None if shared(stats) else stats.util_mean
 
 
 def shared(stats: GPUStats) -> bool:

@@ -152,7 +152,11 @@ def test_ours_idle_while_another_process_keeps_the_gpu_busy(tmp_path, on_gpu):
     assert "mean util this process 0% (device 100%)" in summary
     # The epoch table: this training's figure ("util %") beside the device's.
     assert "util %" in summary and "device util %" in summary
-    assert run.epochs["judged_util_mean"].eq(0).all() and run.epochs["gpu_util_mean"].eq(100).all()
+    # Before NVML has a figure of this process's own (PROC_UTIL_QUIET_S), the busy device's
+    # figure may be the other's work: unknown, never 100 % for this training.
+    judged = run.epochs["judged_util_mean"]
+    assert judged.dropna().eq(0).all() and judged.notna().any()
+    assert run.epochs["gpu_util_mean"].eq(100).all()
 
 
 def test_both_busy_is_ok_with_the_shared_warning(tmp_path, on_gpu):

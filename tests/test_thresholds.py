@@ -22,6 +22,7 @@ from gpu_watch.verdict import (
     Setting,
     gpu_verdict,
     judge,
+    judged_util_mean,
 )
 
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
@@ -270,3 +271,13 @@ def test_switched_off_orders_one_gpu_s_metrics_by_name_whatever_order_they_came_
     came_in = [("util", 0), ("processes", 0), ("power", 0), ("gpm", 0), ("energy", 0)]
     assert [entry["metric"] for entry in nvml_module._switched_off(came_in, set())] == [
         "energy", "gpm", "power", "processes", "util"]
+
+
+def test_this_training_s_mean_is_unknown_on_a_shared_gpu_it_has_no_figure_of_its_own_on():
+    own = GPUStats(0, util_samples=4, util_mean=100.0, proc_util_samples=2, proc_util_mean=3.0,
+                   procs_max=2, others_seen=True, proc_seen=True)
+    assert judged_util_mean(own) == 3.0
+    shared_device = GPUStats(0, util_samples=4, util_mean=100.0, procs_max=2)
+    assert judged_util_mean(shared_device) is None
+    alone = GPUStats(0, util_samples=4, util_mean=100.0, procs_max=1)
+    assert judged_util_mean(alone) == 100.0

@@ -14,6 +14,7 @@ import keras
 
 from gpu_watch import placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
+from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
@@ -422,6 +423,9 @@ def summary_line(monitor: Monitor) -> str:
     info = monitor.info
     lines = [f"gpu-watch: verdict {info['verdict']} ({info['status']}); run folder "
              f"{monitor.run_dir}"]
+    impact = first_impact_line(info["causes"], info.get("duration_s"))
+    if impact:  # what it cost comes first: it decides whether the fix is worth the time
+        lines.append(f"  cost: {impact}")
     for cause in info["causes"]:
         lines.append(f"  - {cause['code']}: {cause['message']}\n    remedy: {cause['remedy']}")
     return "\n".join(lines)

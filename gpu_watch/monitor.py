@@ -26,6 +26,7 @@ from gpu_watch import drawing, runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.impact import UsageMeter, with_impacts
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
 from gpu_watch.timeline import IdleEvent, Timeline, activity_row, energy_summary
@@ -203,6 +204,8 @@ class Monitor:
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s)
+        # The rows written, summed for what each cause cost (`gpu_watch.impact`).
+        self.usage = UsageMeter(config.idle_threshold_pct, config.interval_s)
         self._write_json()
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
@@ -391,9 +394,11 @@ class Monitor:
             self._last_flush = self.clock()
             while True:
                 samples, rows = self.timeline.drain(final=final, limit=FLUSH_ROWS)
-                if samples:
-                    self._guard_write(self.samples.append, [
-                        {**asdict(r), "time_s": round(r.time_s, 4)} for r in samples])
+                sample_rows = [{**asdict(r), "time_s": round(r.time_s, 4)} for r in samples]
+                self.usage.add_batches(rows)  # first: the first row ends step 0
+                self.usage.add_samples(sample_rows)
+                if sample_rows:
+                    self._guard_write(self.samples.append, sample_rows)
                 if rows:
                     self._guard_write(self.batches.append, rows)
                 if len(rows) < FLUSH_ROWS:
@@ -453,6 +458,9 @@ class Monitor:
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
         self.info["energy"] = energy_summary(self.timeline.run_stats())
+        self.info["causes"] = with_impacts(
+            {**self.info, "duration_s": round(self.elapsed_s(), 3)},
+            self.usage.usage(self.elapsed_s()))
 
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))

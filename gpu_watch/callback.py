@@ -14,6 +14,7 @@ import keras
 
 from gpu_watch import placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
+from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
@@ -83,6 +84,12 @@ class GPUWatch(keras.callbacks.Callback):
             energy in the epoch, kJ, whole GPUs). The same keys every
             epoch, NaN when not measured; a key already in the logs is left as it is.
             Default True.
+        measure_gpu_speedup: When training ran on the CPU although a GPU is usable in the
+            process (`forced_cpu_placement`), time a few steps of copies of the model on the
+            GPU and on the CPU after training, with random inputs of its shapes, and state the
+            measured speed-up in the cause's impact. It costs time after `fit` (a compile and
+            a few steps on each device) and GPU memory (a copy of the model and a batch), so
+            it is off by default. Default False.
 
     Example:
         >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
@@ -104,6 +111,7 @@ class GPUWatch(keras.callbacks.Callback):
         on_log_error: str = "raise",
         verbose: int = 1,
         log_metrics: bool = True,
+        measure_gpu_speedup: bool = False,
     ) -> None:
         super().__init__()
         self.config = Config(
@@ -111,6 +119,7 @@ class GPUWatch(keras.callbacks.Callback):
             idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
             on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
             plot=plot, on_log_error=on_log_error, log_metrics=log_metrics,
+            measure_gpu_speedup=measure_gpu_speedup,
         )
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
@@ -286,6 +295,11 @@ class GPUWatch(keras.callbacks.Callback):
             return
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
+        if self.config.measure_gpu_speedup and any(
+                c["code"] == "forced_cpu_placement" for c in monitor.info["causes"]):
+            data = monitor.info.get("data") or {}
+            monitor.add_gpu_trial(gpu_trial(self._model, keras.backend.backend(),
+                                            data.get("batch_size")))
         if self.verbose:
             print(summary_line(monitor), file=sys.stdout)
 

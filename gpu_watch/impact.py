@@ -357,6 +357,10 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
         return Impact(not_measured="no wait share was measured")
     measure = wait.get("measure")
     lost = float(fraction) * float(loop_s)
+    # Step 0 fetched its batch too, but compiling hides how long: it is taken to have waited
+    # as long as the mean batch after it (never longer than step 0 took), which a fix removes.
+    first_batch = min(lost / usage.batches, usage.step0_end_s or 0.0) if usage.batches else 0.0
+    lost += first_batch
     gpus = _idle_gpus(info)
     energy, energy_method = _energy(info, usage, {g: lost for g in gpus})
     bound = _bound(usage.duration_s, lost)
@@ -367,7 +371,8 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
         energy_method=energy_method,
         speedup_bound_x=bound,
         method=(f"wait share ({measure or 'recorded'}) x the loop's {float(loop_s):.1f} s after "
-                "step 0; the bound is the run's wall time over it with the waiting removed"),
+                f"step 0, plus {first_batch:.2f} s for step 0's own batch (the mean batch's "
+                "wait); the bound is the run's wall time over it with the waiting removed"),
         not_measured=None if bound is not None else
         "no bound: the run spent all its time waiting",
     )

@@ -64,6 +64,7 @@ class Config:
     plot: bool = True
     on_log_error: str = "raise"
     log_metrics: bool = True
+    measure_gpu_speedup: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -86,7 +87,8 @@ class Config:
                 raise ValueError(
                     f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 )
-        for name in ("require_gpu", "check_placement", "plot", "log_metrics"):
+        for name in ("require_gpu", "check_placement", "plot", "log_metrics",
+                     "measure_gpu_speedup"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -335,6 +337,16 @@ class Monitor:
             self._store_judgement(self.judgement)
             self.info.update(status=status, ended_at=_now_iso(),
                              duration_s=round(self.elapsed_s(), 3), error=self.error)
+            self._write_json()
+        self._render(final=True)
+
+    def add_gpu_trial(self, trial: dict[str, Any]) -> None:
+        """Record, after `finish`, the GPU timed on this run's model (`gpu_watch.gpu_trial`),
+        and the causes' impacts it completes; the figures are asked for again."""
+        with self._lock:
+            self.info["gpu_trial"] = trial
+            self.info["causes"] = with_impacts(self.info,
+                                               self.usage.usage(self.info["duration_s"]))
             self._write_json()
         self._render(final=True)
 

@@ -41,6 +41,12 @@ def batches(ends, epoch=0, step_s=0.5, wait_s=None):
              "wait_s": wait_s} for i, t in enumerate(ends)]
 
 
+def loop(step0_end_s=1.0, batches_after=10, seconds=1.0):
+    """Step 0 ending at `step0_end_s`, then `batches_after` batches of `seconds` each."""
+    ends = [step0_end_s] + [step0_end_s + seconds * i for i in range(1, batches_after + 1)]
+    return batches(ends, step_s=seconds)
+
+
 def samples(gpu, times, util, power_w=100.0, others=None, column="util_pct", **extra):
     return [{"time_s": t, "gpu": gpu, column: util, "power_w": power_w,
              "others_util_pct": others, **extra} for t in times]
@@ -100,48 +106,57 @@ def test_the_verdicts_own_column_decides_where_the_run_has_it():
 
 
 def test_input_bound_costs_the_wait_and_bounds_the_speed_up():
-    # 10 s loop after step 0 (1 s), 12 s run; 40 % of the loop waiting, the GPU idle at 80 W.
+    # Step 0 ends at 1 s, ten batches of 1 s follow, the run lasts 12 s; 40 % of the loop
+    # waiting, the GPU idle at 80 W. Step 0's own batch waited as the mean batch did: 0.4 s.
     rows = samples(0, [1.0 + 0.5 * i for i in range(1, 23)], 0.0, power_w=80.0)
-    use = usage(batches([1.0, 11.0], step_s=10.0), rows, duration_s=12.0)
+    use = usage(loop(), rows, duration_s=12.0)
     info = info_for([cause("input_bound", wait_fraction=0.4)])
     [impact] = cause_impacts(info, use)
-    assert impact.wall_lost_s == pytest.approx(4.0)
-    assert impact.gpu_idle_s == pytest.approx(4.0)
-    assert impact.energy_lost_j == pytest.approx(320.0)
-    assert impact.speedup_bound_x == pytest.approx(12.0 / 8.0)
+    assert impact.wall_lost_s == pytest.approx(4.4)
+    assert impact.gpu_idle_s == pytest.approx(4.4)
+    assert impact.energy_lost_j == pytest.approx(352.0)
+    assert impact.speedup_bound_x == pytest.approx(12.0 / 7.6)
     assert "mean power while idle" in impact.energy_method and impact.not_measured is None
+    assert "plus 0.40 s for step 0's own batch" in impact.method
     assert impact_sentence("input_bound", impact, 12.0) == (
-        "input_bound: training waited for data 33% of its time (4.0 of 12.0 s) with the GPU "
-        "idle, about 0.3 kJ; a pipeline that keeps up would make it up to 1.5x faster.")
+        "input_bound: training waited for data 37% of its time (4.4 of 12.0 s) with the GPU "
+        "idle, about 0.4 kJ; a pipeline that keeps up would make it up to 1.6x faster.")
+
+
+def test_step_zero_never_waited_longer_than_it_took():
+    use = usage(loop(step0_end_s=0.1, batches_after=2), [], duration_s=2.1)
+    [impact] = cause_impacts(info_for([cause("input_bound", wait_fraction=0.5)]), use)
+    assert impact.wall_lost_s == pytest.approx(1.1)  # 1.0 s of the loop, 0.1 s of step 0
 
 
 def test_input_bound_reads_the_recorded_wait_share_and_loop_first():
-    use = usage(batches([1.0, 11.0], step_s=10.0), samples(0, [2.0], 0.0), duration_s=12.0)
+    use = usage(loop(), samples(0, [2.0], 0.0), duration_s=12.0)
     info = info_for([cause("input_bound", wait_fraction=0.4)],
                     wait={"fraction": 0.25, "wait_s": 2.0, "loop_s": 8.0,
                           "measure": "sampled_ticks", "ticks": 40})
     [impact] = cause_impacts(info, use)
-    assert impact.wall_lost_s == 2.0 and impact.speedup_bound_x == 1.2
+    assert impact.wall_lost_s == pytest.approx(2.2)
+    assert impact.speedup_bound_x == pytest.approx(12.0 / 9.8)
     assert "sampled_ticks" in impact.method
 
 
 def test_input_bound_on_every_idle_gpu_and_without_power():
-    use = usage(batches([1.0, 11.0], step_s=10.0),
+    use = usage(loop(),
                 samples(0, [2.0], 0.0, power_w=None) + samples(1, [2.0], 0.0, power_w=None),
                 duration_s=12.0)
     info = info_for([cause("input_bound", wait_fraction=0.5)], gpus=(0, 1))
     [impact] = cause_impacts(info, use)
-    assert impact.wall_lost_s == 5.0 and impact.gpu_idle_s == 10.0
+    assert impact.wall_lost_s == pytest.approx(5.5) and impact.gpu_idle_s == pytest.approx(11.0)
     assert impact.energy_lost_j is None and impact.energy_method.startswith("not measured")
 
 
 def test_input_bound_falls_back_on_the_runs_mean_power():
-    use = usage(batches([1.0, 11.0], step_s=10.0), samples(0, [2.0], 0.0, power_w=None),
-                duration_s=12.0)
+    use = usage(loop(), samples(0, [2.0], 0.0, power_w=None), duration_s=12.0)
     info = info_for([cause("input_bound", wait_fraction=0.5)],
                     energy={"gpus": {"0": {"power_mean_w": 200.0}}})
     [impact] = cause_impacts(info, use)
-    assert impact.energy_lost_j == 1000.0 and "over the run" in impact.energy_method
+    assert impact.energy_lost_j == pytest.approx(1100.0)
+    assert "over the run" in impact.energy_method
 
 
 def test_input_bound_with_no_time_left_has_no_bound():
@@ -277,18 +292,19 @@ def input_bound_folder(log_dir, name, wait_fraction=0.5, started_at="2026-11-26T
 def test_a_recorded_run_gets_its_impact_from_its_files(tmp_path):
     run = load_run(input_bound_folder(tmp_path, "old"))
     [item] = run_impacts(run)
-    # 30 batches of 0.2 s end at 6.0 s; step 0 ends at 0.2 s: a loop of 5.8 s, half waiting.
-    assert item["impact"]["wall_lost_s"] == 2.9
-    assert item["impact"]["gpu_idle_s"] == 2.9
-    assert item["impact"]["energy_lost_j"] == 203.0  # 70 W idle
-    assert item["impact"]["speedup_bound_x"] == pytest.approx(6.0 / 3.1, abs=5e-4)
+    # 30 batches of 0.2 s end at 6.0 s; step 0 ends at 0.2 s: a loop of 5.8 s (29 batches),
+    # half waiting: 2.9 s, and step 0's batch waited 0.1 s as well.
+    assert item["impact"]["wall_lost_s"] == 3.0
+    assert item["impact"]["gpu_idle_s"] == 3.0
+    assert item["impact"]["energy_lost_j"] == 210.0  # 70 W idle
+    assert item["impact"]["speedup_bound_x"] == 2.0
     text = report.summary_text(run)
     lines = text.splitlines()
     assert lines[1].startswith("Verdict: IDLE")
-    assert lines[2] == ("Cost: input_bound: training waited for data 48% of its time (2.9 of "
+    assert lines[2] == ("Cost: input_bound: training waited for data 50% of its time (3.0 of "
                         "6.0 s) with the GPU idle, about 0.2 kJ; a pipeline that keeps up would "
-                        "make it up to 1.9x faster.")
-    assert "     Cost: training waited for data 48% of its time" in text
+                        "make it up to 2.0x faster.")
+    assert "     Cost: training waited for data 50% of its time" in text
     assert lines[2][len("Cost: "):] in report.banner_text(run)
 
 
@@ -321,7 +337,7 @@ def test_the_report_of_a_log_folder_totals_the_cost_worst_runs_first(tmp_path):
     assert [line.split()[:6] for line in lines[start + 1:start + 4]] == [
         ["cause", "runs", "measured", "GPU-hours", "energy", "wall"],
         ["gpus_hidden", "1", "1", "2.000", "0", "J"],
-        ["input_bound", "2", "2", "0.001", "0.2", "kJ"],  # 2.9 s + 0.58 s; 203 J + 40.6 J
+        ["input_bound", "2", "2", "0.001", "0.3", "kJ"],  # 3.0 s + 0.6 s; 210 J + 42 J
     ]
     worst = lines.index("Costliest runs:")
     assert [line.split()[0] for line in lines[worst + 2:]] == ["hidden", "half", "tenth"]
@@ -340,8 +356,8 @@ def test_cause_totals_keep_unmeasured_causes_apart():
 def test_with_impacts_leaves_the_run_as_it_was():
     info = info_for([cause("input_bound", wait_fraction=0.5)])
     before = json.dumps(info, sort_keys=True)
-    [item] = with_impacts(info, usage(batches([1.0, 3.0], step_s=2.0), [], duration_s=3.0))
-    assert item["impact"]["wall_lost_s"] == 1.0 and json.dumps(info, sort_keys=True) == before
+    [item] = with_impacts(info, usage(loop(batches_after=2), [], duration_s=3.0))
+    assert item["impact"]["wall_lost_s"] == 1.5 and json.dumps(info, sort_keys=True) == before
 
 
 # -- a Monitor on a fake GPU: run.json carries the same figures ------------------------------
@@ -372,13 +388,14 @@ def test_the_monitor_stores_each_causes_impact(tmp_path):
     fraction = wait.get("fraction", found["input_bound"]["evidence"]["wait_fraction"])
     loop_s = wait.get("loop_s", 6.0)  # four batches of 1.5 s after step 0
     lost = fraction * loop_s
+    lost += min(lost / 4, 1.0)  # step 0's batch: the mean of the four after it
     impact = found["input_bound"]["impact"]
     assert impact["wall_lost_s"] == pytest.approx(lost, abs=1e-3)
     assert impact["gpu_idle_s"] == pytest.approx(lost, abs=1e-3)
     assert impact["energy_lost_j"] == pytest.approx(80.0 * lost, abs=0.1)
     assert impact["speedup_bound_x"] == pytest.approx(8.0 / (8.0 - lost), abs=1e-3)
     if "wait" not in info:  # today's wait share: 4 s waiting of 7 s of loop, step 0 included
-        assert impact["wall_lost_s"] == pytest.approx(0.571 * 6.0, abs=1e-3)
+        assert impact["wall_lost_s"] == pytest.approx(0.571 * 6.0 * 1.25, abs=1e-3)
     assert all("impact" in c for c in info["causes"])
     # Read back, the run gives the same figures from its stored records.
     assert run_impacts(load_run(monitor.run_dir)) == info["causes"]

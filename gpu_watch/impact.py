@@ -140,8 +140,6 @@ class RunUsage:
         loop_s: The training loop's seconds after step 0: step and wait times of the batches.
         batches: Batch rows after step 0.
         gpus: Per NVML index, per basis ("judged", "process", "device"), the GPU's use.
-        step_s_median: The median time per step after step 0 (its wait included), seconds:
-            the CPU's speed, for the measured GPU speed-up.
     """
 
     duration_s: float | None
@@ -149,7 +147,6 @@ class RunUsage:
     loop_s: float
     batches: int
     gpus: Mapping[int, Mapping[str, BasisUse]] = field(default_factory=dict)
-    step_s_median: float | None = None
 
     @property
     def span_s(self) -> float | None:
@@ -177,7 +174,6 @@ class UsageMeter:
         self.step0_end_s: float | None = None
         self.loop_s = 0.0
         self.batches = 0
-        self._steps: list[float] = []
         self._last_batch: tuple[Any, float] | None = None
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
@@ -203,8 +199,6 @@ class UsageMeter:
                 seconds = step + wait
             self.loop_s += seconds
             self.batches += 1
-            steps = row.get("steps")
-            self._steps.append(seconds / (1 if _missing(steps) or not steps else int(steps)))
 
     def add_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Count readings (`samples.csv` rows: `time_s`, `gpu`, the utilization figures,
@@ -243,13 +237,8 @@ class UsageMeter:
 
     def usage(self, duration_s: float | None) -> RunUsage:
         """The sums so far, for a run of `duration_s` seconds."""
-        steps = sorted(self._steps)
-        median = None
-        if steps:
-            mid = len(steps) // 2
-            median = steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
         return RunUsage(duration_s, self.step0_end_s, self.loop_s, self.batches,
-                        {g: dict(uses) for g, uses in self._gpus.items()}, median)
+                        {g: dict(uses) for g, uses in self._gpus.items()})
 
 
 def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunUsage:
@@ -429,8 +418,8 @@ def cpu_fallback_impact(info: Mapping[str, Any], usage: RunUsage) -> Impact:
         energy_method=energy_method,
         speedup_measured_x=speedup,
         method=(f"{gpus} GPU(s) unused for the run's {usage.duration_s:.1f} s"
-                + ("; the speed-up: the median CPU step over the GPU's, timed on the same "
-                   "model after training" if speedup is not None else "")),
+                + ("; the speed-up: the CPU's step time over the GPU's, both timed on copies "
+                   "of the model after training" if speedup is not None else "")),
         not_measured=why,
     )
 

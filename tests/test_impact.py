@@ -92,7 +92,7 @@ def test_overlapping_hooks_count_each_second_once():
              {"epoch": 1, "time_s": 3.1, "step_s": 0.7, "wait_s": None}]
     use = usage(rows, [], duration_s=3.1)
     assert use.loop_s == pytest.approx(1.0 + 0.25 + 0.1)  # the pause between epochs left out
-    assert use.step_s_median == pytest.approx(0.1)
+    assert use.batches == 12
 
 
 def test_the_verdicts_own_column_decides_where_the_run_has_it():
@@ -306,6 +306,9 @@ def test_a_recorded_run_gets_its_impact_from_its_files(tmp_path):
                         "make it up to 2.0x faster.")
     assert "     Cost: training waited for data 50% of its time" in text
     assert lines[2][len("Cost: "):] in report.banner_text(run)
+    page = report.report_html(run, None, None)
+    assert "Cost: training waited for data 50% of its time (3.0 of 6.0 s)" in page
+    assert "input_bound: training waited for data 50% of its time" in page  # the banner
 
 
 def test_a_stored_impact_is_read_not_recomputed(tmp_path):

@@ -139,6 +139,8 @@ class RunUsage:
             began; None before it ended.
         loop_s: The training loop's seconds after step 0: step and wait times of the batches.
         batches: Batch rows after step 0.
+        epoch_starts: Batch rows after step 0 that began an epoch: fetched before their hook
+            began, their wait was not measured.
         gpus: Per NVML index, per basis ("judged", "process", "device"), the GPU's use.
     """
 
@@ -147,6 +149,7 @@ class RunUsage:
     loop_s: float
     batches: int
     gpus: Mapping[int, Mapping[str, BasisUse]] = field(default_factory=dict)
+    epoch_starts: int = 0
 
     @property
     def span_s(self) -> float | None:
@@ -174,6 +177,7 @@ class UsageMeter:
         self.step0_end_s: float | None = None
         self.loop_s = 0.0
         self.batches = 0
+        self.epoch_starts = 0
         self._last_batch: tuple[Any, float] | None = None
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
@@ -197,6 +201,7 @@ class UsageMeter:
                 step = 0.0 if _missing(row.get("step_s")) else float(row["step_s"])
                 wait = 0.0 if _missing(row.get("wait_s")) else float(row["wait_s"])
                 seconds = step + wait
+                self.epoch_starts += _missing(row.get("wait_s"))
             self.loop_s += seconds
             self.batches += 1
 
@@ -238,7 +243,7 @@ class UsageMeter:
     def usage(self, duration_s: float | None) -> RunUsage:
         """The sums so far, for a run of `duration_s` seconds."""
         return RunUsage(duration_s, self.step0_end_s, self.loop_s, self.batches,
-                        {g: dict(uses) for g, uses in self._gpus.items()})
+                        {g: dict(uses) for g, uses in self._gpus.items()}, self.epoch_starts)
 
 
 def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunUsage:
@@ -346,10 +351,12 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
         return Impact(not_measured="no wait share was measured")
     measure = wait.get("measure")
     lost = float(fraction) * float(loop_s)
-    # Step 0 fetched its batch too, but compiling hides how long: it is taken to have waited
-    # as long as the mean batch after it (never longer than step 0 took), which a fix removes.
-    first_batch = min(lost / usage.batches, usage.step0_end_s or 0.0) if usage.batches else 0.0
-    lost += first_batch
+    # Batches whose wait nothing measured waited too, and a fix removes that as well: step 0's
+    # (compiling hides it; never longer than step 0 took) and the first of each later epoch
+    # (fetched before its hook began). Each is taken to have waited as the mean batch did.
+    mean_wait = lost / usage.batches if usage.batches else 0.0
+    unseen = min(mean_wait, usage.step0_end_s or 0.0) + mean_wait * usage.epoch_starts
+    lost += unseen
     gpus = _idle_gpus(info)
     energy, energy_method = _energy(info, usage, {g: lost for g in gpus})
     bound = _bound(usage.duration_s, lost)
@@ -360,8 +367,9 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
         energy_method=energy_method,
         speedup_bound_x=bound,
         method=(f"wait share ({measure or 'recorded'}) x the loop's {float(loop_s):.1f} s after "
-                f"step 0, plus {first_batch:.2f} s for step 0's own batch (the mean batch's "
-                "wait); the bound is the run's wall time over it with the waiting removed"),
+                f"step 0, plus {unseen:.2f} s for the batches whose wait was not measured (step "
+                "0's and each epoch's first: the mean batch's wait each); the bound is the "
+                "run's wall time over it with the waiting removed"),
         not_measured=None if bound is not None else
         "no bound: the run spent all its time waiting",
     )

@@ -117,7 +117,7 @@ def test_input_bound_costs_the_wait_and_bounds_the_speed_up():
     assert impact.energy_lost_j == pytest.approx(352.0)
     assert impact.speedup_bound_x == pytest.approx(12.0 / 7.6)
     assert "mean power while idle" in impact.energy_method and impact.not_measured is None
-    assert "plus 0.40 s for step 0's own batch" in impact.method
+    assert "plus 0.40 s for the batches whose wait was not measured" in impact.method
     assert impact_sentence("input_bound", impact, 12.0) == (
         "input_bound: training waited for data 37% of its time (4.4 of 12.0 s) with the GPU "
         "idle, about 0.4 kJ; a pipeline that keeps up would make it up to 1.6x faster.")
@@ -127,6 +127,17 @@ def test_step_zero_never_waited_longer_than_it_took():
     use = usage(loop(step0_end_s=0.1, batches_after=2), [], duration_s=2.1)
     [impact] = cause_impacts(info_for([cause("input_bound", wait_fraction=0.5)]), use)
     assert impact.wall_lost_s == pytest.approx(1.1)  # 1.0 s of the loop, 0.1 s of step 0
+
+
+def test_each_epochs_first_batch_waited_as_the_mean_batch():
+    # Epoch 1's first batch was fetched before its hook began: its wait is unmeasured (None).
+    rows = loop() + [{"epoch": 1, "batch": 0, "steps": 1, "time_s": 13.0, "step_s": 1.0,
+                      "wait_s": None}]
+    use = usage(rows, [], duration_s=13.0)
+    assert use.epoch_starts == 1 and use.batches == 11 and use.loop_s == 11.0
+    [impact] = cause_impacts(info_for([cause("input_bound", wait_fraction=0.5)]), use)
+    mean_wait = 5.5 / 11
+    assert impact.wall_lost_s == pytest.approx(5.5 + 2 * mean_wait)  # step 0's, epoch 1's
 
 
 def test_input_bound_reads_the_recorded_wait_share_and_loop_first():

@@ -190,6 +190,8 @@ class UsageMeter:
         their hooks overlap (JAX, torch). The first batch of a later epoch counts its own
         step and wait, leaving out the time between epochs (validation)."""
         for row in rows:
+            if _missing(row.get("time_s")):
+                continue  # a row torn by a crash and repaired on read
             end_s, epoch = float(row["time_s"]), row.get("epoch")
             last, self._last_batch = self._last_batch, (epoch, end_s)
             if self.step0_end_s is None:
@@ -209,6 +211,8 @@ class UsageMeter:
         """Count readings (`samples.csv` rows: `time_s`, `gpu`, the utilization figures,
         `power_w`, `others_util_pct`)."""
         for row in rows:
+            if _missing(row.get("gpu")) or _missing(row.get("time_s")):
+                continue
             gpu, time_s = int(row["gpu"]), float(row["time_s"])
             last = self._last_s.get(gpu, time_s - self.interval)
             self._last_s[gpu] = time_s

@@ -95,6 +95,14 @@ def test_overlapping_hooks_count_each_second_once():
     assert use.batches == 12
 
 
+def test_rows_without_a_time_or_gpu_are_skipped():
+    nan = float("nan")
+    use = usage(batches([1.0, nan, 2.0]), [{"time_s": nan, "gpu": 0, "util_pct": 0.0},
+                                           {"time_s": 1.5, "gpu": nan, "util_pct": 0.0}],
+                duration_s=2.0)
+    assert use.loop_s == 1.0 and use.batches == 1 and use.gpus == {}
+
+
 def test_the_verdicts_own_column_decides_where_the_run_has_it():
     rows = samples(0, [1.5, 2.0], 50.0, judged_util_pct=0.0, proc_util_pct=90.0)
     use = usage(batches([1.0, 2.0]), rows, duration_s=2.0)

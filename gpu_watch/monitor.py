@@ -333,10 +333,10 @@ class Monitor:
             if error is not None:
                 self.error = {"type": type(error).__name__, "message": str(error)[:2000]}
             self.flush(final=True)
+            self.info["duration_s"] = round(self.elapsed_s(), 3)  # the impacts' wall time too
             self.judgement = self._judge_run()
             self._store_judgement(self.judgement)
-            self.info.update(status=status, ended_at=_now_iso(),
-                             duration_s=round(self.elapsed_s(), 3), error=self.error)
+            self.info.update(status=status, ended_at=_now_iso(), error=self.error)
             self._write_json()
         self._render(final=True)
 
@@ -470,9 +470,9 @@ class Monitor:
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
         self.info["energy"] = energy_summary(self.timeline.run_stats())
-        self.info["causes"] = with_impacts(
-            {**self.info, "duration_s": round(self.elapsed_s(), 3)},
-            self.usage.usage(self.elapsed_s()))
+        duration = self.info["duration_s"] if self._finished else round(self.elapsed_s(), 3)
+        self.info["causes"] = with_impacts({**self.info, "duration_s": duration},
+                                           self.usage.usage(duration))
 
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))

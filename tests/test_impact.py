@@ -10,12 +10,16 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 
+import keras
+import numpy as np
 import pytest
 from monitors import monitor_on_gpu
 from runfolders import run_info, synthetic_run, write_run
 
-from gpu_watch import load_run, report
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
+from gpu_watch import placement as placement_module
 from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.impact import (
@@ -31,7 +35,8 @@ from gpu_watch.impact import (
     with_impacts,
 )
 from gpu_watch.nvml import Reading
-from gpu_watch.testing import FakeGPU, FakeNVML
+from gpu_watch.placement import Probe
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 THRESHOLD = 10.0
 
@@ -446,3 +451,54 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
     assert lines[0].startswith("gpu-watch: verdict idle")
     assert lines[1].startswith("  cost: input_bound: training waited for data ")
     assert "a pipeline that keeps up would make it up to" in lines[1]
+
+
+# -- a real Keras fit: the live record and the run folder read back agree --------------------
+
+
+class OnGPU(Probe):
+    """What a framework that trains on the GPU reports after step 0 (TensorFlow here has none)."""
+
+    backend = "tensorflow"
+
+    def framework_gpus(self):
+        return ["/physical_device:GPU:0"]
+
+    def cuda_build(self):
+        return True
+
+    def after_first_step(self, model, logs):
+        return self._report("variables", {"GPU": 2})
+
+
+def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
+    monkeypatch.setattr(placement_module, "probe_for", lambda backend: OnGPU())
+    fake = FakeNVML([FakeGPU(util_pct=0, power_w=75.0,
+                             processes=[FakeProcess(used_mib=900, sm_util_pct=0)])])
+    watch = GPUWatch(log_dir=tmp_path, nvml=fake, plot=False, verbose=0, interval_s=0.02)
+    x = np.zeros((8, 4), np.float32)
+
+    def starved():
+        while True:
+            time.sleep(0.05)
+            yield x, x[:, :1]
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        model.fit(starved(), steps_per_epoch=8, epochs=2, verbose=0, callbacks=[watch])
+    run = load_run(watch.run_dir)
+    stored = {c["code"]: c["impact"] for c in run.causes}
+    assert run.verdict == "idle" and "input_bound" in stored
+    fresh = {c["code"]: c["impact"] for c in with_impacts(
+        run.info, usage_of_frames(run.info, run.samples, run.batches))}
+    for field in ("wall_lost_s", "gpu_idle_s", "energy_lost_j", "speedup_bound_x"):
+        assert stored["input_bound"][field] == pytest.approx(fresh["input_bound"][field],
+                                                             rel=0.01), field
+    impact = stored["input_bound"]
+    assert impact["energy_lost_j"] == pytest.approx(75.0 * impact["gpu_idle_s"], rel=1e-3)
+    assert 0 < impact["wall_lost_s"] < run.info["duration_s"]
+    # From the stored figures, rounded to the millisecond: near a high bound that moves it more.
+    assert impact["speedup_bound_x"] == pytest.approx(
+        run.info["duration_s"] / (run.info["duration_s"] - impact["wall_lost_s"]), rel=1e-2)

@@ -29,7 +29,7 @@ thread, as it does on a GPU; TensorFlow's `fit` wraps a generator in a prefetchi
 pipeline, which already overlaps a cost under one step.
 
 Usage:
-    python benchmarks/impact_check.py            # about 15 minutes on 2 busy cores
+    python benchmarks/impact_check.py            # about 10 minutes on 2 busy cores
     python benchmarks/impact_check.py --epoch-s 4 --cases generator,py_dataset
 """
 
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epoch-s", type=float, default=6.0,
                         help="seconds per epoch of a problem run (default 6)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="runs of each case, problem and fix interleaved (default 5)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each case, problem and fix interleaved (default 3)")
     parser.add_argument("--cases", default="generator,py_dataset,tf_data,multi_gpu")
     parser.add_argument("--shares", default="0.1,0.3,0.6,0.8",
                         help="the generator's sleep shares of a step")

@@ -471,6 +471,13 @@ class OnGPU(Probe):
         return self._report("variables", {"GPU": 2})
 
 
+class Compute(keras.callbacks.Callback):
+    """Placed before GPUWatch: its pause counts as step time (the GPU at work)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.05)
+
+
 def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     monkeypatch.setattr(placement_module, "probe_for", lambda backend: OnGPU())
     fake = FakeNVML([FakeGPU(util_pct=0, power_w=75.0,
@@ -478,16 +485,17 @@ def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     watch = GPUWatch(log_dir=tmp_path, nvml=fake, plot=False, verbose=0, interval_s=0.02)
     x = np.zeros((8, 4), np.float32)
 
-    def starved():  # waiting dominates each step, even on a loaded machine
+    def starved():  # 0.1 s waiting before each step of 0.05 s or more: about 60 % waiting
         while True:
-            time.sleep(0.15)
+            time.sleep(0.1)
             yield x, x[:, :1]
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
-        model.fit(starved(), steps_per_epoch=8, epochs=2, verbose=0, callbacks=[watch])
+        model.fit(starved(), steps_per_epoch=8, epochs=2, verbose=0,
+                  callbacks=[Compute(), watch])
     run = load_run(watch.run_dir)
     stored = {c["code"]: c["impact"] for c in run.causes}
     assert run.verdict == "idle" and "input_bound" in stored

@@ -15,6 +15,7 @@ from typing import Any
 from gpu_watch import runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
+from gpu_watch.impact import usage_of_frames, with_impacts
 from gpu_watch.nvml import Reading
 from gpu_watch.runlog import Run
 from gpu_watch.timeline import DataTick, EpochSpan, Timeline, activity_row, energy_summary
@@ -198,11 +199,12 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     judgement, record = run_record(timeline, setting)
     record["energy"] = info.get("energy", record["energy"])  # recorded from every reading
     info.update(record)
+    if len(samples):
+        samples["judged_util_pct"] = [readings_by_row[i].judged_util_pct for i in samples.index]
+    info["causes"] = with_impacts(info, usage_of_frames(info, samples, batches))
     info["rejudged"] = {"gpu_watch_version": __version__,
                         "recorded_verdict": run.info.get("verdict"),
                         "recorded_causes": [c.get("code") for c in run.causes]}
-    if len(samples):
-        samples["judged_util_pct"] = [readings_by_row[i].judged_util_pct for i in samples.index]
     new_epochs = pd.DataFrame(rows) if rows else epochs.iloc[0:0].copy()
     return Run(run.path, info, samples, run.batches, new_epochs, list(run.warnings))
 

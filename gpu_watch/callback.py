@@ -22,6 +22,8 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
 
 from gpu_watch import live, placement, runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
+from gpu_watch.gpu_trial import gpu_trial
+from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Config, Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
@@ -101,6 +103,12 @@ class GPUWatch(keras.callbacks.Callback):
             list of them. Served and sent off the training thread; a failure is one
             `GPUWatchWarning`. Needs the extras `gpu-watch[prometheus]` / `gpu-watch[otel]`.
             Default None (the run folder only). See docs/cluster.md.
+        measure_gpu_speedup: When training ran on the CPU although a GPU is usable in the
+            process (`forced_cpu_placement`), time a few steps of copies of the model on the
+            GPU and on the CPU after training, with random inputs of its shapes, and state the
+            measured speed-up in the cause's impact. It costs time after `fit` (a compile and
+            a few steps on each device) and GPU memory (a copy of the model and a batch), so
+            it is off by default. Default False.
 
     Example:
         >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
@@ -123,6 +131,7 @@ class GPUWatch(keras.callbacks.Callback):
         verbose: int = 1,
         log_metrics: bool = True,
         export: Any = None,
+        measure_gpu_speedup: bool = False,
     ) -> None:
         super().__init__()
         self.config = Config(
@@ -130,6 +139,7 @@ class GPUWatch(keras.callbacks.Callback):
             idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
             on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
             plot=plot, on_log_error=on_log_error, log_metrics=log_metrics, export=export,
+            measure_gpu_speedup=measure_gpu_speedup,
         )
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
@@ -324,6 +334,11 @@ class GPUWatch(keras.callbacks.Callback):
             return
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
+        if self.config.measure_gpu_speedup and any(
+                c["code"] == "forced_cpu_placement" for c in monitor.info["causes"]):
+            data = monitor.info.get("data") or {}
+            monitor.add_gpu_trial(gpu_trial(self._model, keras.backend.backend(),
+                                            data.get("batch_size")))
         if self._line is not None:
             self._line.stop()
         if self.verbose:
@@ -470,6 +485,9 @@ def summary_line(monitor: Monitor) -> str:
     info = monitor.info
     lines = [f"gpu-watch: verdict {info['verdict']} ({info['status']}); run folder "
              f"{monitor.run_dir}"]
+    impact = first_impact_line(info["causes"], info.get("duration_s"))
+    if impact:  # what it cost comes first: it decides whether the fix is worth the time
+        lines.append(f"  cost: {impact}")
     for cause in info["causes"]:
         lines.append(f"  - {cause['code']}: {cause['message']}\n    remedy: {cause['remedy']}")
     return "\n".join(lines)

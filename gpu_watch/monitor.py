@@ -26,6 +26,7 @@ from gpu_watch._version import __version__
 from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports, check_targets
+from gpu_watch.impact import UsageMeter, with_impacts
 from gpu_watch.live import LiveFigures
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
@@ -65,6 +66,7 @@ class Config:
     on_log_error: str = "raise"
     log_metrics: bool = True
     export: tuple[Any, ...] = ()
+    measure_gpu_speedup: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -87,7 +89,8 @@ class Config:
                 raise ValueError(
                     f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 )
-        for name in ("require_gpu", "check_placement", "plot", "log_metrics"):
+        for name in ("require_gpu", "check_placement", "plot", "log_metrics",
+                     "measure_gpu_speedup"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -209,6 +212,8 @@ class Monitor:
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s)
+        # The rows written, summed for what each cause cost (`gpu_watch.impact`).
+        self.usage = UsageMeter(config.idle_threshold_pct, config.interval_s)
         self._write_json()
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
@@ -340,14 +345,27 @@ class Monitor:
             if error is not None:
                 self.error = {"type": type(error).__name__, "message": str(error)[:2000]}
             attempt(lambda: self.flush(final=True))
-            attempt(self._judge_run)
-            self.info.update(status=status, ended_at=_now_iso(),
-                             duration_s=round(self.elapsed_s(), 3), error=self.error)
+            self.info["duration_s"] = round(self.elapsed_s(), 3)  # the impacts' wall time too
+            attempt(self._judge_final)
+            self.info.update(status=status, ended_at=_now_iso(), error=self.error)
             if failures:
                 self.info["close_errors"] = failures
             self._write_json()
             self._export_tick([])
             self.exports.finish(self.info)
+        self._render(final=True)
+
+    def _judge_final(self) -> None:
+        self.judgement = self._judge_run()
+
+    def add_gpu_trial(self, trial: dict[str, Any]) -> None:
+        """Record, after `finish`, the GPU timed on this run's model (`gpu_watch.gpu_trial`),
+        and the causes' impacts it completes; the figures are asked for again."""
+        with self._lock:
+            self.info["gpu_trial"] = trial
+            self.info["causes"] = with_impacts(self.info,
+                                               self.usage.usage(self.info["duration_s"]))
+            self._write_json()
         self._render(final=True)
 
     def wait_closed(self, timeout_s: float) -> bool:
@@ -421,9 +439,11 @@ class Monitor:
             self._last_flush = self.clock()
             while True:
                 samples, rows = self.timeline.drain(final=final, limit=FLUSH_ROWS)
-                if samples:
-                    self._guard_write(self.samples.append, [
-                        {**asdict(r), "time_s": round(r.time_s, 4)} for r in samples])
+                sample_rows = [{**asdict(r), "time_s": round(r.time_s, 4)} for r in samples]
+                self.usage.add_batches(rows)  # first: the first row ends step 0
+                self.usage.add_samples(sample_rows)
+                if sample_rows:
+                    self._guard_write(self.samples.append, sample_rows)
                 if rows:
                     self._guard_write(self.batches.append, rows)
                 if len(rows) < FLUSH_ROWS:
@@ -468,6 +488,9 @@ class Monitor:
                                 "skipped_ticks": self.sampler.skipped_ticks,
                                 "errors": self.sampler.errors}
         self.info["write_errors"] = self.write_errors
+        duration = self.info["duration_s"] if self._finished else round(self.elapsed_s(), 3)
+        self.info["causes"] = with_impacts({**self.info, "duration_s": duration},
+                                           self.usage.usage(duration))
         return judgement
 
     def _write_json(self) -> None:

@@ -8,9 +8,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from gpu_watch.impact import run_impacts
 from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_table, verdict_line
 from gpu_watch.report.view import (
     banner_for,
+    cause_impact_text,
     cause_message,
     duration_of,
     energy_line,
@@ -72,7 +74,7 @@ def _html_list(items: Sequence[Any] | dict[str, Any]) -> str:
     return f"<ul>{cells}</ul>"
 
 
-def _html_causes(causes: Sequence[Any]) -> str:
+def _html_causes(causes: Sequence[Any], duration_s: float | None = None) -> str:
     if not causes:
         return '<p class="muted">No cause found.</p>'
     items = []
@@ -84,6 +86,9 @@ def _html_causes(causes: Sequence[Any]) -> str:
                 f"</strong>: {_e(cause_message(item))}")
         if item.get("remedy"):
             text += f"<br>Remedy: <code>{_e(item['remedy'])}</code>"
+        cost = cause_impact_text(item, duration_s)
+        if cost:
+            text += f'<br><span class="cost">Cost: {_e(cost)}</span>'
         if item.get("evidence"):
             text += (f"<details><summary>evidence</summary><pre>"
                      f"{_e(json.dumps(item['evidence'], indent=2, default=str))}</pre></details>")
@@ -158,7 +163,8 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     if error:
         parts.append(f"<h2>Error</h2><p><code>{_e(error.get('type', ''))}</code>: "
                      f"{_e(error.get('message', ''))}</p>")
-    parts.append(f"<h2>Causes and remedies</h2>{_html_causes(run.causes)}")
+    parts.append("<h2>Causes and remedies</h2>"
+                 + _html_causes(run_impacts(run), duration_of(run)))
     if cluster is not None:
         parts.append(f'<h2>All ranks of this run</h2><p id="cluster-verdict">'
                      f"{_e(verdict_line(cluster))}</p>"

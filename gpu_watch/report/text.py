@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gpu_watch.impact import cause_totals, joules_text, run_cost, run_impacts
 from gpu_watch.report.cluster import (
     CLUSTER_HEADINGS,
     ClusterView,
@@ -17,17 +18,19 @@ from gpu_watch.report.cluster import (
 from gpu_watch.report.view import (
     banner_for,
     blocking_causes,
+    cause_impact_text,
     cause_message,
     duration_of,
     energy_line,
     epoch_table,
     gpu_line,
     gpu_series,
+    impact_line,
     nvml_error_told,
     placement_line,
     verdict_title,
 )
-from gpu_watch.runlog import Run
+from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
 
 
 def text_table(headings: Sequence[str], rows: Sequence[Sequence[str]],
@@ -55,7 +58,10 @@ def summary_text(run: Run) -> str:
     title, _ = verdict_title(run)
     lines = [f"Run {run.info.get('run_name') or run.path.name}  ({run.path})",
              f"Verdict: {title}"]
-    banner = banner_for(run, gpus, causes=False)
+    impact = impact_line(run)
+    if impact:
+        lines.append(f"Cost: {impact}")
+    banner = banner_for(run, gpus, causes=False, with_impact=False)
     if banner:
         lines.append(f"  >>> {banner}")
     status = f"Status: {run.status}"
@@ -80,16 +86,19 @@ def summary_text(run: Run) -> str:
     if energy:
         lines.append(f"Energy: {energy}")
     lines.append(f"Placement: {placement_line(run)}")
-    causes = [c for c in run.causes if isinstance(c, dict)]
+    causes = run_impacts(run)
     if causes:
         lines.append("Causes:")
-        blockers = [id(c) for c in blocking_causes(run)]
+        blockers = [c.get("code") for c in blocking_causes(run)]
         for number, item in enumerate(causes, 1):
-            then = "then: " if id(item) in blockers[1:] else ""
+            then = "then: " if item.get("code") in blockers[1:] else ""
             lines.append(f"  {number}. [{item.get('severity', '?')}] {item.get('code', '?')}: "
                          f"{then}{cause_message(item)}")
             if item.get("remedy"):
                 lines.append(f"     Remedy: {item['remedy']}")
+            cost = cause_impact_text(item, duration)
+            if cost:
+                lines.append(f"     Cost: {cost}")
     else:
         lines.append("Causes: none found")
     headings, rows = epoch_table(run)
@@ -136,6 +145,7 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     lines = [f"{count} {noun} in {log_dir}, newest first:"]
     lines += text_table(["started", "run", "status", "verdict", "duration"], rows,
                          left=(0, 1, 2, 3))
+    lines += cost_lines(find_runs(log_dir))
     return "\n".join(lines) + "\n"
 
 
@@ -160,3 +170,49 @@ def _run_cells(path: Path, info: dict[str, Any]) -> list[str]:
     duration = info.get("duration_s")
     return [status, str(info.get("verdict") or "pending"),
             "" if duration is None else f"{float(duration):,.1f} s"]
+
+
+COSTLIEST_RUNS = 10  # runs listed under "Costliest runs"
+
+
+def cost_lines(runs: Sequence[Path]) -> list[str]:
+    """What the causes cost over `runs`: per cause, the GPU-hours left idle, the energy the
+    GPUs drew meanwhile and the wall time lost, the costliest first; then the costliest runs.
+    A run recorded before impacts were stored has them computed from its files."""
+    costs = []
+    for path in runs:
+        try:
+            run = load_run(path)
+            causes = run_impacts(run)
+        except (RunFolderError, OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable run is listed above; its cost is unknown
+        costs.append((path.name, run.verdict, causes))
+    totals = cause_totals(causes for _, _, causes in costs)
+    if not totals:
+        return []
+    noun = "run" if len(costs) == 1 else "runs"
+    lines = [f"Cost by cause over {len(costs)} {noun} (GPU time left idle, the energy the "
+             "GPUs drew meanwhile, wall time lost):"]
+    lines += text_table(
+        ["cause", "runs", "measured", "GPU-hours", "energy", "wall lost"],
+        [[t.code, str(t.runs), str(t.measured_runs), f"{t.gpu_idle_s / 3600:.3f}",
+          joules_text(t.energy_lost_j), f"{t.wall_lost_s:,.1f} s"] for t in totals],
+        left=(0,))
+    ranked = sorted(((run_cost(causes), name, verdict, causes)
+                     for name, verdict, causes in costs), key=lambda r: (-r[0][0], -r[0][1], r[1]))
+    ranked = [r for r in ranked if r[0][0] > 0 or r[0][1] > 0][:COSTLIEST_RUNS]
+    if ranked:
+        lines.append("Costliest runs:")
+        lines += text_table(
+            ["run", "verdict", "GPU-hours", "energy", "costliest cause"],
+            [[name, str(verdict or "pending"), f"{idle / 3600:.3f}", joules_text(energy),
+              _costliest_code(causes)] for (idle, energy), name, verdict, causes in ranked],
+            left=(0, 1, 4))
+    return lines
+
+
+def _costliest_code(causes: Sequence[dict[str, Any]]) -> str:
+    def idle(item: dict[str, Any]) -> float:
+        return (item.get("impact") or {}).get("gpu_idle_s") or 0.0
+
+    return str(max(causes, key=idle).get("code")) if causes else ""

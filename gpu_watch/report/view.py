@@ -19,6 +19,7 @@ import pandas as pd
 
 from gpu_watch import runlog
 from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
+from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
 from gpu_watch.runlog import Run
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.timeline import GAPS_ONLY
@@ -328,9 +329,39 @@ def blocking_causes(run: Run) -> list[dict[str, Any]]:
             and blocks_gpu(Cause.from_dict(c))]
 
 
-def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True) -> str | None:
-    """The banner's text (see `banner_text`). Without `causes`, no cause's message is
-    repeated: for a summary that lists the causes below it; None where nothing is left."""
+def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True,
+               with_impact: bool = True) -> str | None:
+    """The banner: what went wrong (see `banner_text`; without `causes`, no cause's message is
+    repeated: for a summary that lists the causes below it), then, `with_impact`, what it cost
+    and what a fix could buy (`impact_line`); None where nothing is left."""
+    parts = [p for p in (_cause_banner(run, gpus, causes), with_impact and impact_line(run))
+             if p]
+    return _sentences(*parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+
+def impact_line(run: Run) -> str | None:
+    """The costliest cause's cost and the speed-up a fix could bring at most, in one sentence
+    (see `gpu_watch.impact`); None where no cost was measured."""
+    return first_impact_line(run_impacts(run), duration_of(run))
+
+
+def cause_impact_text(item: dict[str, Any], duration_s: float | None) -> str | None:
+    """A cause's ``impact`` in words: its cost and bound, or why it was not measured; None for
+    a cause recorded without one."""
+    record = item.get("impact")
+    if not isinstance(record, dict):
+        return None
+    impact = Impact.from_dict(record)
+    sentence = impact_sentence(str(item.get("code")), impact, duration_s)
+    if sentence is None:
+        return f"not measured: {impact.not_measured or 'unknown'}"
+    sentence = sentence.split(": ", 1)[1]
+    if impact.wall_lost_s is not None and item.get("code") != "input_bound":
+        sentence = sentence.rstrip(".") + f"; {impact.wall_lost_s:.1f} s of wall time."
+    return sentence + (f" (method: {impact.method})" if impact.method else "")
+
+
+def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | None:
     verdict = run.verdict
     lead = lead_cause(run)
     if verdict == "cpu_fallback":

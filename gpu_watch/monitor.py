@@ -303,7 +303,10 @@ class Monitor:
         self._render(final=False)
         if written is None:
             judgement, row = epoch_row(span, self.setting())
-            return EpochEnd(judgement, {**row, **dict.fromkeys(_GPU_FIGURES)})
+            row = {**row, **dict.fromkeys(_GPU_FIGURES)}
+            if judgement.verdict == CPU_FALLBACK:  # the placement decided: no reading needed
+                row["verdict"] = CPU_FALLBACK
+            return EpochEnd(judgement, row)
         return written
 
     def record_idle(self, event: IdleEvent, action: str) -> None:

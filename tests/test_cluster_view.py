@@ -68,6 +68,7 @@ def test_utilization_is_the_judged_one_where_run_json_has_it(tmp_path):
     samples = [{"time_s": t, "gpu": 0, "util_pct": 90.0, "proc_util_pct": p}
                for t, p in ((0.5, 10.0), (1.0, 30.0), (1.5, None))]
     info = run_info("a", gpus=(0, 1))
+    del info["judged"]  # a run recorded before run.json held its judged figures
     path = write_run(tmp_path, "a", info, samples=samples)
     assert judged_util_pct(load_run(path)) == pytest.approx(20.0)  # own, where measured
     device_only = [{"time_s": t, "gpu": 0, "util_pct": u} for t, u in ((0.5, 40.0), (1.0, 60.0))]

@@ -32,7 +32,7 @@ def test_the_demo_prints_its_verdict_and_no_tensorflow_start_up_log(tmp_path):
     assert not [line for line in done.stderr.splitlines()
                 if any(mark in line for mark in TENSORFLOW_START_UP)], done.stderr
     # GPUWatch's own warning is Python's, and still reaches the terminal.
-    assert "GPUWatchWarning: Training is running on the CPU" in done.stderr
+    assert "GPUWatchWarning: gpu-watch: training is running on the CPU" in done.stderr
 
 
 HELD_BACK = """

@@ -292,7 +292,7 @@ def test_a_step_that_fails_while_closing_is_recorded_and_the_status_still_writte
 
 @pytest.mark.parametrize(("name", "words"), [
     ("nonsense", "is not a Keras backend"),
-    ("numpy", "never uses an NVIDIA GPU"),
+    ("TensorFlow", "is not a Keras backend"),
 ])
 def test_the_doctor_names_the_valid_backends_for_an_unknown_one(monkeypatch, name, words):
     monkeypatch.setenv("KERAS_BACKEND", name)

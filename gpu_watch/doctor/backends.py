@@ -109,15 +109,13 @@ def backends_to_check(requested: str | None, configured: BackendChoice) -> list[
 
 
 def _check_known(configured: BackendChoice) -> None:
-    if configured.name in BACKENDS:
+    """Raise `UnknownBackendError` for a name Keras does not know (its CPU-only backends are
+    known: the doctor says they never use a GPU)."""
+    if configured.name in BACKENDS or configured.name in CPU_BACKENDS:
         return
     where = (f"KERAS_BACKEND={configured.name!r}" if configured.source == "KERAS_BACKEND"
              else f"backend {configured.name!r} (from {configured.source})")
     known = ", ".join(BACKENDS)
-    if configured.name in CPU_BACKENDS:
-        raise UnknownBackendError(
-            f"{where} is a Keras backend that never uses an NVIDIA GPU: set KERAS_BACKEND to "
-            f"one of {known} to train on a GPU")
     raise UnknownBackendError(
         f"{where} is not a Keras backend: set KERAS_BACKEND to one of {known} (or unset it "
         f"for Keras' default, {KERAS_DEFAULT})")

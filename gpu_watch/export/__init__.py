@@ -164,6 +164,11 @@ def check_targets(export: Any) -> tuple[Target, ...]:
     return tuple(targets)
 
 
+# The export thread ends this long after its last job (a run's close); the next run starts it
+# again, so no thread outlives the trainings that need it.
+_IDLE_EXIT_S = 1.0
+
+
 class _Worker:
     """The process's export thread: runs jobs one at a time, in the order they came."""
 
@@ -191,7 +196,14 @@ class _Worker:
 
     def _run(self) -> None:
         while True:
-            job, done = self._jobs.get()
+            try:
+                job, done = self._jobs.get(timeout=_IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:  # `submit` starts a new thread for the next job
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 job()
             finally:

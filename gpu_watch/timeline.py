@@ -554,14 +554,16 @@ class Timeline:
         self._run_loop.add_batch(steps, end_s - begin_s, wait_s)
 
     def add_data_tick(self, fetching: bool, producing: bool = False) -> None:
-        """Count one sampler tick: whether the training thread was fetching data at that
-        moment, and whether another thread was producing it."""
-        if self.first_step_end_s is None:
-            return  # step 0 compiles: not waiting
-        tick = DataTick(fetching, producing)
+        """Count one sampler tick inside the training loop (an epoch open, after its first
+        batch, not validating): whether the training thread was fetching data at that moment,
+        and whether another thread was producing it."""
         span = self._open
-        if span is not None:
-            span.loop.add_tick(tick)
+        if span is None or self.idle_paused or not (span.loop.batches or span.first_step_s):
+            # Outside the loop: step 0 compiling, an epoch setting up its data before its first
+            # batch, validation, the time between epochs. Waiting there is not the loop's.
+            return
+        tick = DataTick(fetching, producing)
+        span.loop.add_tick(tick)
         self._run_loop.add_tick(tick)
 
     def epoch_wait(self) -> Wait:

@@ -195,9 +195,20 @@ def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
         0, listed, procs is not None, lost)
 
 
-def test_ticks_before_any_epoch_began_count_for_the_run_alone():
+def test_ticks_outside_the_loop_count_for_nothing():
     tl = Timeline([0], 10.0, 60.0, 0.25)
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
     for _ in range(20):
+        tl.add_data_tick(True)  # no epoch open: between epochs
+    tl.begin_epoch(1, 1.0)
+    for _ in range(20):
+        tl.add_data_tick(True)  # the epoch sets up its data before its first batch
+    tl.add_batch(1, 0, 1, 1.5, 1.75, None)
+    tl.idle_paused = True
+    for _ in range(20):
+        tl.add_data_tick(True)  # validation
+    tl.idle_paused = False
+    assert (tl.run_wait().ticks, tl.epoch_wait().ticks) == (0, 0)
+    for _ in range(20):
         tl.add_data_tick(False)
-    assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, 0.0)
+    assert (tl.run_wait_fraction(), tl.epoch_wait_fraction()) == (0.0, 0.0)

@@ -548,7 +548,7 @@ def impact_sentence(code: str, impact: Impact, duration_s: float | None) -> str 
               if impact.energy_lost_j is not None else "")
     lost = impact.wall_lost_s
     if code == "input_bound" and lost is not None:
-        share = f"{lost / duration_s:.0%} of its time " if duration_s else ""
+        share = f"{lost / duration_s:.0%} of the run's time " if duration_s else ""
         text = (f"training waited for data {share}({lost:.1f} of {duration_s:.1f} s) with the "
                 f"GPU idle{energy}")
         if impact.speedup_bound_x is not None:

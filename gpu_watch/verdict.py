@@ -322,8 +322,8 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
         causes.insert(0, cause(
             "input_bound",
-            f"The training loop waited for data {wait_fraction:.0%} of the time, leaving "
-            f"{_gpu_names(idle)} idle.",
+            f"The training loop waited for data {wait_fraction:.0%} of its time after step 0, "
+            f"leaving {_gpu_names(idle)} idle.",
             facts=setting.facts,
             wait_fraction=round(wait_fraction, 3),
         ))

@@ -65,8 +65,8 @@ def test_idle_gpus_beside_busy_ones_input_bound():
     assert j.verdict == IDLE
     assert j.gpu_verdicts == {0: OK, 1: IDLE, 2: OK, 3: IDLE}
     assert as_dicts(j) == [
-        catalogue("input_bound", message="The training loop waited for data 51% of the time, "
-                  "leaving GPUs 1, 3 idle.", remedy=stakes("51%", "2.0x"),
+        catalogue("input_bound", message="The training loop waited for data 51% of its time "
+                  "after step 0, leaving GPUs 1, 3 idle.", remedy=stakes("51%", "2.0x"),
                   evidence={"wait_fraction": 0.512}),
         catalogue("process_not_on_gpu", severity="warning",
                   message="GPUs 1, 3 sat idle while GPUs 0, 2 worked: check the distribution "
@@ -78,8 +78,8 @@ def test_idle_gpus_beside_busy_ones_input_bound():
 def test_one_idle_gpu_is_named_alone():
     j = judge(ON_GPU, [idle(2)], 0.9)
     assert as_dicts(j) == [catalogue(
-        "input_bound", message="The training loop waited for data 90% of the time, leaving "
-        "GPU 2 idle.", remedy=stakes("90%", "10.0x"), evidence={"wait_fraction": 0.9})]
+        "input_bound", message="The training loop waited for data 90% of its time after step 0, "
+        "leaving GPU 2 idle.", remedy=stakes("90%", "10.0x"), evidence={"wait_fraction": 0.9})]
 
 
 def test_an_nvml_error_leaves_every_gpu_unmonitored_whatever_the_readings():

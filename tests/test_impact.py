@@ -7,6 +7,7 @@ driven by `monitors`, whose `run.json` must carry the same figures.
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import time
@@ -132,7 +133,7 @@ def test_input_bound_costs_the_wait_and_bounds_the_speed_up():
     assert "mean power while idle" in impact.energy_method and impact.not_measured is None
     assert "plus 0.40 s for the batches whose wait was not measured" in impact.method
     assert impact_sentence("input_bound", impact, 12.0) == (
-        "input_bound: training waited for data 37% of its time (4.4 of 12.0 s) with the GPU "
+        "input_bound: training waited for data 37% of the run's time (4.4 of 12.0 s) with the GPU "
         "idle, about 0.4 kJ; a pipeline that keeps up would make it up to 1.6x faster.")
 
 
@@ -325,14 +326,14 @@ def test_a_recorded_run_gets_its_impact_from_its_files(tmp_path):
     text = report.summary_text(run)
     lines = text.splitlines()
     assert lines[1].startswith("Verdict: IDLE")
-    assert lines[2] == ("Cost: input_bound: training waited for data 50% of its time (3.0 of "
+    assert lines[2] == ("Cost: input_bound: training waited for data 50% of the run's time (3.0 of "
                         "6.0 s) with the GPU idle, about 0.2 kJ; a pipeline that keeps up would "
                         "make it up to 2.0x faster.")
-    assert "     Cost: training waited for data 50% of its time" in text
+    assert "     Cost: training waited for data 50% of the run's time" in text
     assert lines[2][len("Cost: "):] in report.banner_text(run)
-    page = report.report_html(run, None, None)
-    assert "Cost: training waited for data 50% of its time (3.0 of 6.0 s)" in page
-    assert "input_bound: training waited for data 50% of its time" in page  # the banner
+    page = html.unescape(report.report_html(run, None, None))
+    assert "Cost: training waited for data 50% of the run's time (3.0 of 6.0 s)" in page
+    assert "input_bound: training waited for data 50% of the run's time" in page  # the banner
 
 
 def test_a_stored_impact_is_read_not_recomputed(tmp_path):
@@ -344,7 +345,7 @@ def test_a_stored_impact_is_read_not_recomputed(tmp_path):
     run = load_run(write_run(tmp_path, "stored", info))
     assert run_impacts(run) == [stored]
     assert report.summary_text(run).splitlines()[2] == (
-        "Cost: input_bound: training waited for data 40% of its time (40.0 of 100.0 s) with "
+        "Cost: input_bound: training waited for data 40% of the run's time (40.0 of 100.0 s) with "
         "the GPU idle, about 4.0 kJ; a pipeline that keeps up would make it up to 1.7x faster.")
 
 

@@ -6,7 +6,7 @@ meet in practice: the installation, the driver, GPU resources, and code that for
 
 A remedy is the line a user pastes, so it must fit their setup: the catalogue holds, besides each
 code's default remedy, variants per Keras backend, per input pipeline and per placement finding,
-and :func:`remedy` picks one from a run's :class:`RunFacts`. Where the facts do not pin the
+and :func:`choose_remedy` picks one from a run's :class:`RunFacts`. Where the facts do not pin the
 remedy down, the chosen text says what to check instead of guessing.
 """
 
@@ -46,9 +46,9 @@ class CauseSpec:
         severity: "error", "warning" or "info".
         message: The default one-line message.
         remedy: The default remedy: what fits when nothing more is known.
-        variants: Remedies for particular setups, keyed as :func:`remedy` looks them up (a
+        variants: Remedies for particular setups, keyed as :func:`choose_remedy` looks them up (a
             backend, a data source, "<backend>:<finding>"); they may hold `str.format` fields
-            that :func:`remedy` fills from the run's facts.
+            that :func:`choose_remedy` fills from the run's facts.
     """
 
     group: str

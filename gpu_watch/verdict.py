@@ -45,10 +45,9 @@ _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
 # (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
 # SM activity under 0.5 as likely ineffective use (0.8 is necessary, not sufficient, for good
 # use). Utilization counts any kernel running as 100 %, so SM activity is at or under it: at or
-# under half of it, fewer than half of the SMs worked while kernels ran on average. Measured on
-# an H200 (benchmarks/gpu_check.py, steady epochs): large Dense layers ran at 72 % utilization
-# and 62 % SM activity on JAX (ratio 0.86), 39 % and 38 % on torch (0.96); a deep, narrow MLP
-# on batches of 32 ran at 13 % and 2.6 % on JAX (0.20), an LSTM(64) at 7.3 % and 1.3 % on torch.
+# under half of it, fewer than half of the SMs worked while kernels ran on average. Models that
+# fill the GPU keep the two close; small kernels launched one at a time drive them apart
+# (docs/plots.md has the H200 figures behind this).
 SM_ACTIVE_LOW_PCT = 50.0  # SM activity under this: DCGM's "likely ineffective"
 SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs mostly idle
 # Tensor-core activity under this, while non-tensor FP32 math is at least FP32_ACTIVE_PCT and

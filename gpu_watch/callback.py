@@ -21,6 +21,7 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
                               name=exc.name) from exc
 
 from gpu_watch import live, placement, runlog
+from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
 from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.impact import first_impact_line
@@ -488,8 +489,11 @@ def summary_line(monitor: Monitor) -> str:
     impact = first_impact_line(info["causes"], info.get("duration_s"))
     if impact:  # what it cost comes first: it decides whether the fix is worth the time
         lines.append(f"  cost: {impact}")
+    blockers = [c["code"] for c in info["causes"] if blocks_gpu(Cause.from_dict(c))]
     for cause in info["causes"]:
-        lines.append(f"  - {cause['code']}: {cause['message']}\n    remedy: {cause['remedy']}")
+        then = "then: " if cause["code"] in blockers[1:] else ""  # fixed in this order
+        lines.append(f"  - {cause['code']}: {then}{cause['message']}\n"
+                     f"    remedy: {cause['remedy']}")
     return "\n".join(lines)
 
 

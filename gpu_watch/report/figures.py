@@ -352,7 +352,10 @@ def plot_utilization(run: Run) -> Figure:
             ax.grid(alpha=0.25)
 
     _draw_steps(step_ax, run, batches)
-    _mark_first_step(step_ax, first_step, label=True)
+    # Labelled where the span has room for its words (a few percent of the axis).
+    _mark_first_step(step_ax, first_step,
+                     label=first_step is not None
+                     and first_step[1] - first_step[0] >= 0.08 * (end_s - start_s))
     _mark_epochs(step_ax, epoch_starts)
     _label_epochs(step_ax, epochs, epoch_starts)
     for event in ((run.info.get("idle") or {}).get("events") or [])[:20]:

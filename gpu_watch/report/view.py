@@ -334,8 +334,12 @@ def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True,
     """The banner: what went wrong (see `banner_text`; without `causes`, no cause's message is
     repeated: for a summary that lists the causes below it), then, `with_impact`, what it cost
     and what a fix could buy (`impact_line`); None where nothing is left."""
-    parts = [p for p in (_cause_banner(run, gpus, causes), with_impact and impact_line(run))
-             if p]
+    impact = impact_line(run) if with_impact else None
+    # The lead cause's cost names it and says the same in figures: its message would repeat it.
+    lead = lead_cause(run)
+    told = bool(impact and lead and impact.startswith(f"{lead.get('code')}:")
+                and run.verdict != "cpu_fallback")
+    parts = [p for p in (_cause_banner(run, gpus, causes and not told), impact) if p]
     return _sentences(*parts) if len(parts) > 1 else (parts[0] if parts else None)
 
 

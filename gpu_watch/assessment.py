@@ -7,7 +7,6 @@ rules, the same figures, the same words.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -188,8 +187,9 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
             timeline.begin_epoch(int(payload[1]), time_s)
         elif kind in (_BATCH, _FIRST_BATCH):
             timeline.add_batch(int(payload.epoch), int(payload.batch),
-                               int(_number(payload.steps) or 1), payload.time_s - payload.step_s,
-                               payload.time_s, _number(payload.wait_s))
+                               int(runlog.number(payload.steps) or 1),
+                               payload.time_s - payload.step_s, payload.time_s,
+                               runlog.number(payload.wait_s))
         elif kind == _TICK:
             timeline.add_readings(*payload)
         else:
@@ -213,7 +213,7 @@ def _epoch_spans(batches: Any, epochs: Any) -> list[tuple[int, float, float]]:
     """(epoch, start_s, end_s) of each recorded epoch: from its first batch's begin, for the
     epoch's recorded duration (its end is not recorded)."""
     spans = []
-    durations = {int(e): _number(d) for e, d in zip(epochs.get("epoch", []),
+    durations = {int(e): runlog.number(d) for e, d in zip(epochs.get("epoch", []),
                                                   epochs.get("duration_s", []), strict=False)}
     if not len(batches):
         return spans
@@ -246,13 +246,13 @@ def _data_ticks(samples: Any, batches: Any, epochs: Any) -> dict[float, DataTick
         firsts = samples.groupby("time_s", sort=True)[columns].first()
         ticks: dict[float, DataTick | None] = {}
         for time_s, row in firsts.iterrows():
-            fetching = _number(row["fetching_data"])
-            producing = _number(row.get("producing_data"))
+            fetching = runlog.number(row["fetching_data"])
+            producing = runlog.number(row.get("producing_data"))
             ticks[float(time_s)] = None if fetching is None else DataTick(
                 bool(fetching), bool(producing or 0))
         return ticks
     times = sorted({float(t) for t in samples["time_s"]})
-    shares = {int(e): _number(w) for e, w in zip(epochs.get("epoch", []),
+    shares = {int(e): runlog.number(w) for e, w in zip(epochs.get("epoch", []),
                                                epochs.get("wait_fraction", []), strict=False)}
     ticks = {t: DataTick(False) for t in times}
     batch_times = batches.get("time_s")
@@ -275,11 +275,11 @@ _READING_FIELDS = ("util_pct", "mem_util_pct", "mem_used_mib", "mem_total_mib", 
 
 
 def _reading(time_s: float, row: Any) -> Reading:
-    values = {name: _number(getattr(row, name, None)) for name in _READING_FIELDS}
+    values = {name: runlog.number(getattr(row, name, None)) for name in _READING_FIELDS}
     for name in ("procs", "energy_counter_mj"):
         if values[name] is not None:
             values[name] = int(values[name])
-    return Reading(time_s=time_s, gpu=int(row.gpu), lost=bool(_number(row.lost) or 0),
+    return Reading(time_s=time_s, gpu=int(row.gpu), lost=bool(runlog.number(row.lost) or 0),
                    **values)
 
 
@@ -287,16 +287,10 @@ def _keras_logs(epochs: Any) -> dict[int, dict[str, float]]:
     """Each recorded epoch's Keras logs: the columns GPUWatch does not write itself."""
     ours = set(runlog.EPOCH_COLUMNS)
     columns = [c for c in epochs.columns if c not in ours and not c.startswith("gpu")]
-    return {int(r["epoch"]): {c: r[c] for c in columns if _number(r[c]) is not None}
+    return {int(r["epoch"]): {c: r[c] for c in columns if runlog.number(r[c]) is not None}
             for r in epochs.to_dict("records")}
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _mean(values: list[float | None]) -> float | None:

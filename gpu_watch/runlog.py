@@ -77,6 +77,16 @@ class RunFolderError(ValueError):
     """A folder that cannot be read as a gpu-watch run. The message is one line for users."""
 
 
+def number(value: Any) -> float | None:
+    """A cell or `run.json` value read back as a float; None for an empty cell, NaN, or text
+    that is no number."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(result) else result
+
+
 def batch_columns(gpus: Sequence[int]) -> list[str]:
     """`batches.csv` columns for the watched GPUs (NVML indices)."""
     columns = list(BATCH_COLUMNS)

@@ -210,10 +210,10 @@ def gpu_series(run: Run) -> list[GPUSeries]:
                 columns["time_s"] <= compiled_s, np.nan, columns["judged_util_pct"]),
                 threshold, interval_s),
             judged_by=basis,
-            idle_fraction=_number(figures.get("idle_fraction")),
-            judged_util_mean_pct=_number(figures.get("util_mean_pct")),
-            device_util_mean_pct=_number(figures.get("device_util_mean_pct")),
-            energy_j=_number(energy.get("energy_j")),
+            idle_fraction=runlog.number(figures.get("idle_fraction")),
+            judged_util_mean_pct=runlog.number(figures.get("util_mean_pct")),
+            device_util_mean_pct=runlog.number(figures.get("device_util_mean_pct")),
+            energy_j=runlog.number(energy.get("energy_j")),
             energy_method=energy.get("method"),
             **columns,
         ))
@@ -235,12 +235,6 @@ def energy_of(run: Run) -> dict[str, Any]:
     return gpus if isinstance(gpus, dict) else {}
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 ENERGY_METHODS = {
@@ -262,11 +256,11 @@ def energy_text(joules: float) -> str:
 def energy_line(run: Run) -> str | None:
     """The run's energy in one line, with its method and scope; None when not measured."""
     record = run.info.get("energy")
-    total = _number(record.get("total_j")) if isinstance(record, dict) else None
+    total = runlog.number(record.get("total_j")) if isinstance(record, dict) else None
     if total is None:
         return None
     method = ENERGY_METHODS.get(str(record.get("method")), str(record.get("method")))
-    powers = [_number(g.get("power_mean_w")) for g in energy_of(run).values()
+    powers = [runlog.number(g.get("power_mean_w")) for g in energy_of(run).values()
               if isinstance(g, dict)]
     known = [w for w in powers if w is not None]
     power = f", {sum(known):,.0f} W on average" if known else ""

@@ -7,6 +7,7 @@ import time
 from gpu_watch import load_run
 from gpu_watch.monitor import Config, Monitor
 from gpu_watch.nvml import NVML
+from gpu_watch.placement import Probe
 
 
 def monitor_on_gpu(tmp_path, fake, **config):
@@ -27,3 +28,25 @@ def run_monitor(monitor, seconds=0.5):
     monitor.end_epoch(0, {})
     monitor.finish("completed")
     return load_run(monitor.run_dir)
+
+
+class FrameworkWithGPUs(Probe):
+    """The placement probe of a framework that sees `gpus` GPUs (TensorFlow here sees none),
+    reporting step 0's variables on `variables_on`: "GPU", or "CPU" for a training a device
+    scope forced onto the CPU."""
+
+    backend = "tensorflow"
+
+    def __init__(self, gpus: int = 1, variables_on: str = "GPU") -> None:
+        super().__init__()
+        self.gpus = gpus
+        self.variables_on = variables_on
+
+    def framework_gpus(self):
+        return [f"/physical_device:GPU:{i}" for i in range(self.gpus)]
+
+    def cuda_build(self):
+        return True
+
+    def after_first_step(self, model, logs):
+        return self._report("variables", {self.variables_on: 2})

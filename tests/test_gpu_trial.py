@@ -9,27 +9,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning
 from gpu_watch import placement as placement_module
 from gpu_watch.gpu_trial import batch_for, gpu_trial, step_seconds, usable_gpu
-from gpu_watch.placement import Probe
 from gpu_watch.testing import FakeGPU, FakeNVML
-
-
-class ForcedOnCPU(Probe):
-    """A framework that sees a GPU while step 0 ran on the CPU (a CPU device scope)."""
-
-    backend = "tensorflow"
-
-    def framework_gpus(self):
-        return ["/physical_device:GPU:0"]
-
-    def cuda_build(self):
-        return True
-
-    def after_first_step(self, model, logs):
-        return self._report("variables", {"CPU": 2})
 
 
 def small_model():
@@ -73,7 +58,8 @@ def test_measure_gpu_speedup_must_be_a_bool():
 
 
 def test_a_forced_cpu_run_records_the_trial_and_its_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(placement_module, "probe_for", lambda backend: ForcedOnCPU())
+    monkeypatch.setattr(placement_module, "probe_for",
+                        lambda backend: FrameworkWithGPUs(variables_on="CPU"))
     watch = GPUWatch(log_dir=tmp_path, nvml=FakeNVML([FakeGPU()]), plot=False, verbose=0,
                      interval_s=0.05, measure_gpu_speedup=True)
     x = np.zeros((32, 4), np.float32)

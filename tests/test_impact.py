@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from monitors import monitor_on_gpu
+from monitors import FrameworkWithGPUs, monitor_on_gpu
 from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
@@ -36,7 +36,6 @@ from gpu_watch.impact import (
     with_impacts,
 )
 from gpu_watch.nvml import Reading
-from gpu_watch.placement import Probe
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 THRESHOLD = 10.0
@@ -457,21 +456,6 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
 # -- a real Keras fit: the live record and the run folder read back agree --------------------
 
 
-class OnGPU(Probe):
-    """What a framework that trains on the GPU reports after step 0 (TensorFlow here has none)."""
-
-    backend = "tensorflow"
-
-    def framework_gpus(self):
-        return ["/physical_device:GPU:0"]
-
-    def cuda_build(self):
-        return True
-
-    def after_first_step(self, model, logs):
-        return self._report("variables", {"GPU": 2})
-
-
 class Compute(keras.callbacks.Callback):
     """Placed before GPUWatch: its pause counts as step time (the GPU at work)."""
 
@@ -480,7 +464,7 @@ class Compute(keras.callbacks.Callback):
 
 
 def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
-    monkeypatch.setattr(placement_module, "probe_for", lambda backend: OnGPU())
+    monkeypatch.setattr(placement_module, "probe_for", lambda backend: FrameworkWithGPUs())
     fake = FakeNVML([FakeGPU(util_pct=0, power_w=75.0,
                              processes=[FakeProcess(used_mib=900, sm_util_pct=0)])])
     watch = GPUWatch(log_dir=tmp_path, nvml=fake, plot=False, verbose=0, interval_s=0.02)

@@ -10,10 +10,11 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
 from gpu_watch.causes import RunFacts, choose_remedy
-from gpu_watch.placement import Probe, data_source, tf_data_transformations
+from gpu_watch.placement import data_source, tf_data_transformations
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 WAIT = 0.62  # share of training time spent waiting for data
@@ -95,21 +96,6 @@ def test_tf_data_pipelines_read_back_as_their_steps():
     assert tf_data_transformations(from_generator.take(4))[:2] == ["take", "from_generator"]
 
 
-class OnGPU(Probe):
-    """What a framework training on one GPU reports: this machine has none."""
-
-    backend = "tensorflow"
-
-    def framework_gpus(self):
-        return ["/physical_device:GPU:0"]
-
-    def cuda_build(self):
-        return True
-
-    def after_first_step(self, model, logs):
-        return self._report("variables", {"GPU": 2})
-
-
 def test_a_starved_training_gets_the_generator_remedy(tmp_path, monkeypatch):
     """An idle GPU (FakeNVML) and a generator that sleeps: the run's input_bound cause says
     how to fix a generator, and what the wait costs."""
@@ -118,7 +104,7 @@ def test_a_starved_training_gets_the_generator_remedy(tmp_path, monkeypatch):
             time.sleep(0.03)
             yield batch
 
-    monkeypatch.setattr(placement, "probe_for", lambda backend: OnGPU())
+    monkeypatch.setattr(placement, "probe_for", lambda backend: FrameworkWithGPUs())
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02,

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pynvml
 import pytest
+from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
 from gpu_watch import placement as placement_module
 from gpu_watch.callback import summary_line
 from gpu_watch.cli import main as cli_main
 from gpu_watch.nvml import PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading
-from gpu_watch.placement import Probe
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
 from gpu_watch.verdict import IDLE, OK, UNMONITORED, Setting, judge
@@ -33,29 +33,10 @@ STEPS = 10
 REPLAY = Path("/work/shared/measurements/h200-2026-11-27/runs/jax-shared-starved")
 
 
-class OnGPU(Probe):
-    """What a framework that trains on the visible GPUs reports after step 0."""
-
-    backend = "tensorflow"
-
-    def __init__(self, gpus: int = 1) -> None:
-        super().__init__()
-        self.gpus = gpus
-
-    def framework_gpus(self):
-        return [f"/physical_device:GPU:{i}" for i in range(self.gpus)]
-
-    def cuda_build(self):
-        return True
-
-    def after_first_step(self, model, logs):
-        return self._report("variables", {"GPU": 2})
-
-
 @pytest.fixture
 def on_gpu(monkeypatch):
     def install(gpus: int = 1) -> None:
-        monkeypatch.setattr(placement_module, "probe_for", lambda backend: OnGPU(gpus))
+        monkeypatch.setattr(placement_module, "probe_for", lambda backend: FrameworkWithGPUs(gpus))
 
     install()
     return install

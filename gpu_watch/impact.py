@@ -18,6 +18,7 @@ time with the waiting removed: a pipeline that keeps up removes the waiting and 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +160,9 @@ class RunUsage:
         return max(0.0, self.duration_s - (self.step0_end_s or 0.0))
 
 
+EARLY_READINGS = 1000  # readings kept while step 0's row has not come (see UsageMeter)
+
+
 class UsageMeter:
     """Sums a run's rows, as they are written or read back, into a `RunUsage`.
 
@@ -181,6 +185,10 @@ class UsageMeter:
         self._last_batch: tuple[Any, float] | None = None
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
+        # Readings that came before the first batch row: the sampler may write a reading taken
+        # after step 0 ended before the training thread has recorded step 0's row. Bounded: a
+        # long compile keeps only its latest readings, the ones that can count.
+        self._early: deque[Mapping[str, Any]] = deque(maxlen=EARLY_READINGS)
 
     def add_batches(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Count batch rows (`batches.csv`'s `epoch`, `time_s`, `step_s`, `wait_s`).
@@ -196,6 +204,8 @@ class UsageMeter:
             last, self._last_batch = self._last_batch, (epoch, end_s)
             if self.step0_end_s is None:
                 self.step0_end_s = end_s
+                early, self._early = list(self._early), deque(maxlen=EARLY_READINGS)
+                self.add_samples(early)
                 continue
             if last is not None and last[0] == epoch:
                 seconds = max(0.0, end_s - last[1])
@@ -213,10 +223,13 @@ class UsageMeter:
         for row in rows:
             if _missing(row.get("gpu")) or _missing(row.get("time_s")):
                 continue
+            if self.step0_end_s is None:
+                self._early.append(row)
+                continue
             gpu, time_s = int(row["gpu"]), float(row["time_s"])
             last = self._last_s.get(gpu, time_s - self.interval)
             self._last_s[gpu] = time_s
-            if self.step0_end_s is None or time_s <= self.step0_end_s:
+            if time_s <= self.step0_end_s:
                 continue
             seconds = time_s - max(last, self.step0_end_s)
             if seconds <= 0:

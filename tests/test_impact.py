@@ -495,3 +495,21 @@ def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     # From the stored figures, rounded to the millisecond: near a high bound that moves it more.
     assert impact["speedup_bound_x"] == pytest.approx(
         run.info["duration_s"] / (run.info["duration_s"] - impact["wall_lost_s"]), rel=1e-2)
+
+
+def test_readings_written_before_step_0_s_row_count_once_it_comes():
+    """The sampler may write a reading taken after step 0 ended before the training thread has
+    recorded step 0's row: the tally is the same in either order."""
+    batches = [{"epoch": 0, "time_s": 1.0, "step_s": 1.0, "wait_s": None},
+               {"epoch": 0, "time_s": 2.0, "step_s": 0.5, "wait_s": 0.5}]
+    samples = [{"time_s": t, "gpu": 0, "judged_util_pct": u, "power_w": 100.0}
+               for t, u in ((0.5, 0.0), (1.5, 0.0), (2.0, 90.0))]
+    in_order, racing = UsageMeter(10.0, 0.5), UsageMeter(10.0, 0.5)
+    in_order.add_batches(batches)
+    in_order.add_samples(samples)
+    racing.add_samples(samples[:2])  # the reading at 1.5 s before step 0's row (ends at 1.0 s)
+    racing.add_batches(batches)
+    racing.add_samples(samples[2:])
+    assert racing.usage(2.0) == in_order.usage(2.0)
+    use = racing.usage(2.0).gpus[0]["judged"]
+    assert (use.measured_s, use.idle_s) == (1.0, 0.5)

@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gpu_watch  # noqa: E402
-from gpu_watch import GPUWatch, GPUWatchWarning, callback, drawing, monitor  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning, callback, drawing  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
 from gpu_watch.nvml import NVML, Reading  # noqa: E402
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
@@ -165,12 +165,12 @@ def simulated_gpu() -> FakeNVML:
 @contextlib.contextmanager
 def redraw_every_epoch() -> Iterator[None]:
     """Lift GPUWatch's redraw budget: a redraw at every epoch end whose last drawing is done."""
-    saved = monitor.FIRST_RENDER_S, monitor.RENDER_SHARE
-    monitor.FIRST_RENDER_S, monitor.RENDER_SHARE = 0.0, 1.0
+    saved = drawing.FIRST_RENDER_S, drawing.RENDER_SHARE
+    drawing.FIRST_RENDER_S, drawing.RENDER_SHARE = 0.0, 1.0
     try:
         yield
     finally:
-        monitor.FIRST_RENDER_S, monitor.RENDER_SHARE = saved
+        drawing.FIRST_RENDER_S, drawing.RENDER_SHARE = saved
 
 
 @dataclass

@@ -22,12 +22,14 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
 
 from gpu_watch import live, placement, runlog
 from gpu_watch.causes import Cause, blocks_gpu
+from gpu_watch.config import Config
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
 from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.impact import first_impact_line
-from gpu_watch.monitor import Config, Monitor, idle_message
+from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
+from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 
@@ -198,7 +200,7 @@ class GPUWatch(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.monitor is not None:
             self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
-            self.monitor.restore_sigint()
+            self.monitor.watchdog.restore_sigint()
         self.monitor = None
         self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
@@ -206,9 +208,10 @@ class GPUWatch(keras.callbacks.Callback):
                                     else _process_nvml())
         frame = _fit_frame()
         try:
-            self.monitor = Monitor(self.config, self._nvml, keras.backend.backend(),
-                                   self._probe.rank(), _framework_facts(self._probe),
-                                   self._environment(), self._setup(frame))
+            self.monitor = Monitor(
+                self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
+                _framework_facts(self._probe), self._environment(), self._setup(frame),
+                int(getattr(self._model, "steps_per_execution", 1) or 1))
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
@@ -229,101 +232,43 @@ class GPUWatch(keras.callbacks.Callback):
                 monitor = self.monitor
                 self._line = live.NotebookLine(handle, lambda: _live_line(monitor),
                                                lambda: monitor.finished)
-        self._epoch = 0
-        self._step0 = True
-        self._begins: dict[int, tuple[float, float | None]] = {}
-        self._ends: dict[int, tuple[float, Any]] = {}
-        self._batch_lock = threading.Lock()
-        self._last_end: tuple[int, float] | None = None
-        self._idle_acted = False
         self._stopped_idle = False
-        self._steps_per_execution = int(getattr(self._model, "steps_per_execution", 1) or 1)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.monitor is None:
-            return
-        self._epoch = epoch
-        self._last_end = None
-        self.monitor.begin_epoch(epoch)
+        if self.monitor is not None:
+            self.monitor.begin_epoch(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         monitor = self.monitor
         if monitor is None:
             return
-        now = monitor.clock() - monitor.t0
-        last = self._last_end
-        wait = now - last[1] if last is not None and last[0] == batch - 1 else None
-        with self._batch_lock:
-            self._begins[batch] = (now, wait)
-        if self._step0 and self.config.check_placement:
+        monitor.batch_begin(batch)
+        if self.config.check_placement and monitor.in_first_step:
             self._probe.before_first_step()
 
     def on_train_batch_end(self, batch, logs=None):
         monitor = self.monitor
         if monitor is None:
             return
-        end = monitor.clock() - monitor.t0
-        # On JAX and torch, Keras runs this hook on a thread pool, several batches at a time
-        # and not always in order: batches are recorded one at a time, oldest first.
-        with self._batch_lock:
-            if batch not in self._begins and not any(
-                    b in self._begins for b in self._step_range(batch)):
-                self._begins[batch] = (end, None)
-            self._ends[batch] = (end, logs)
-            self._record_batches()
+        self._after_steps(monitor.batch_end(batch, logs))
         if self._live is not None and logs is not None:
             for key, value in self._live.values.items():
                 logs.setdefault(key, value)  # never overwrite what another callback put there
             if self._bars:  # Keras < 3.15 would show a running mean of the readings
                 self._bars = placement.show_as_is(self._bars, live.LIVE_KEYS)
 
-    def _step_range(self, end_batch: int) -> range:
-        """The batch indices whose begin a hook call for `end_batch` can close."""
-        return range(end_batch, end_batch - self._steps_per_execution, -1)
-
-    def _record_batches(self, final: bool = False) -> None:
-        """Record every batch whose end has been seen, in the order they began; with `final`
-        (no hook is still pending), drop begins that never ended (a data set that ran out)."""
-        monitor = self.monitor
-        while self._begins:
-            first = next(iter(self._begins))
-            last = first if first in self._ends else next(
-                (b for b in range(first + 1, first + self._steps_per_execution)
-                 if b in self._ends), None)
-            if last is None:
-                if not final:
-                    return
-                del self._begins[first]
-                continue
-            begin, wait = self._begins.pop(first)
-            end, logs = self._ends.pop(last)
-            if self._last_end is not None:  # steps run in sequence: none ends before the last
-                end = max(end, self._last_end[1])
-            self._last_end = (last, end)
-            monitor.timeline.add_batch(self._epoch, last, last - first + 1, begin, end, wait)
-            if self._step0:
-                self._step0 = False
-                self._after_first_step(logs)
-            event = monitor.timeline.idle_event
-            if event is not None and not self._idle_acted:
-                self._act_on_idle(event)
-
     def on_test_begin(self, logs=None):
-        # Validation inside fit: its first step compiles and its data loads, so an idle GPU
-        # then says nothing about training; the idle stretch starts again afterwards.
         if self.monitor is not None:
-            self.monitor.timeline.idle_paused = True
+            self.monitor.validating(True)
 
     def on_test_end(self, logs=None):
         if self.monitor is not None:
-            self.monitor.timeline.idle_paused = False
+            self.monitor.validating(False)
 
     def on_epoch_end(self, epoch, logs=None):
         row: dict[str, Any] = {}
-        if self.monitor is not None:
-            with self._batch_lock:  # Keras has waited for every batch hook of the epoch
-                self._record_batches(final=True)
-                self._ends.clear()
+        if self.monitor is not None:  # Keras has waited for every batch hook of the epoch
+            self._after_steps(self.monitor.end_batches())
             row = self.monitor.end_epoch(epoch, logs or {}).row
         if self.config.log_metrics and logs is not None:
             for key, value in log_values(row).items():
@@ -346,6 +291,14 @@ class GPUWatch(keras.callbacks.Callback):
             print(summary_line(monitor), file=sys.stdout)
 
     # -- what the hooks decide ---------------------------------------------------------------
+
+    def _after_steps(self, step0: Step | None) -> None:
+        """Act on what the steps just recorded brought: step 0's placement, an idle stretch."""
+        if step0 is not None:
+            self._after_first_step(step0.logs)
+        event = self.monitor.take_idle_event()
+        if event is not None:
+            self._act_on_idle(event)
 
     def _after_first_step(self, logs) -> None:
         report = None
@@ -373,7 +326,6 @@ class GPUWatch(keras.callbacks.Callback):
              f"gpu-watch report {self.monitor.run_dir}")
 
     def _act_on_idle(self, event: IdleEvent) -> None:
-        self._idle_acted = True
         action = self.config.on_idle
         message = idle_message(event, self.config)
         self.monitor.record_idle(event, action)
@@ -426,25 +378,37 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
 # again every time: CUDA_VISIBLE_DEVICES and the rest of the environment variables, the memory
 # and processes on each GPU, the rank.
 
-_process_facts: dict[Any, Any] = {}
-_process_lock = threading.Lock()
+class _ProcessFacts:
+    """What the first `fit` in a process gathered: its NVML session, the framework's facts per
+    probe class, the doctor's facts per backend."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget them all, as in a new process."""
+        self.nvml: NVML | None = None
+        self.framework: dict[type, dict[str, Any]] = {}
+        self.environment: dict[str, dict[str, Any]] = {}
+
+
+_process_facts = _ProcessFacts()
 
 
 def _process_nvml() -> NVML:
     """This process's session with the real NVML, opened once (its device list with it)."""
-    with _process_lock:
-        session = _process_facts.get("nvml")
-        if session is None:
-            session = _process_facts["nvml"] = NVML()
-        return session
+    with _process_facts.lock:
+        if _process_facts.nvml is None:
+            _process_facts.nvml = NVML()
+        return _process_facts.nvml
 
 
 def _framework_facts(probe: placement.Probe) -> dict[str, Any]:
     """The framework's name, version, GPUs and build, read once per process and probe."""
-    key = ("framework", type(probe))
-    facts = _process_facts.get(key)
+    facts = _process_facts.framework.get(type(probe))
     if facts is None:
-        facts = _process_facts[key] = {
+        facts = _process_facts.framework[type(probe)] = {
             "name": probe.backend,
             "version": probe.framework_version(),
             "keras_version": keras.__version__,
@@ -465,11 +429,11 @@ def environment_report(nvml: NVML) -> dict[str, Any]:
     from gpu_watch.doctor.facts_system import env_facts, nvml_facts
 
     # The in-process doctor reads the running backend, which Keras has imported by now.
-    key = ("environment", keras.backend.backend())
-    first = _process_facts.get(key)
+    backend = keras.backend.backend()
+    first = _process_facts.environment.get(backend)
     if first is None:
         report = doctor(nvml=nvml, in_process=True)
-        _process_facts[key] = report.facts
+        _process_facts.environment[backend] = report.facts
         return report.to_dict()
     facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
     return DoctorReport(facts, diagnose(facts)).to_dict()

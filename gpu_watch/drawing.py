@@ -338,6 +338,58 @@ def painter() -> Painter:
         return _painter
 
 
+
+# Redrawing costs the drawing process CPU (a few hundred milliseconds per redraw), which training
+# may be short of: redraws during training take at most this share of its time, and none
+# happens in its first seconds.
+RENDER_SHARE = 0.02
+FIRST_RENDER_S = 10.0
+
+
+class Redraws:
+    """When one run's figures are asked for: at the end of the run always; at an epoch end
+    only once `FIRST_RENDER_S` have passed, the last drawing is done and the redraw budget
+    (`RENDER_SHARE` of the training time) allows.
+
+    Args:
+        run_dir: The run folder to draw.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.first_s = FIRST_RENDER_S
+        self._last: Drawing | None = None
+        self._asked_s = 0.0
+
+    def ask(self, now_s: float, final: bool) -> None:
+        """Ask for the figures `now_s` seconds into training, if the budget allows (`final`:
+        the run has ended, so it always does)."""
+        the_painter = painter()
+        the_painter.poll()
+        last = self._last
+        if not final:
+            if now_s < self.first_s:
+                return
+            if last is not None and not last.done:
+                return  # the last one is still being drawn; a later epoch catches up
+            if last is not None and last.cpu_s is not None and (
+                    now_s < self._asked_s + last.cpu_s / RENDER_SHARE):
+                return
+        self._asked_s = now_s
+        self._last = the_painter.request(self.run_dir)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until the last figures asked for are drawn, at most `timeout_s` seconds.
+
+        Returns:
+            True when they are drawn, or none were asked for; False when drawing failed (a
+            `GPUWatchWarning` says why) or is still going on.
+        """
+        last = self._last
+        if last is None:
+            return True
+        return painter().wait([last], timeout_s) and last.error is None
+
 # Registered when this module is imported, which `gpu_watch.monitor` does before it registers
 # its own handler: handlers run last-registered first, so runs that die are closed (and their
 # drawings asked for) before this waits for the drawings.

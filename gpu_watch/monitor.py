@@ -10,9 +10,7 @@ so what was measured is never lost.
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import os
-import signal
 import sys
 import threading
 import time
@@ -22,91 +20,27 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gpu_watch import drawing, runlog
-from gpu_watch._version import __version__
 from gpu_watch.assessment import epoch_row, run_record, setting_of
+from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
-from gpu_watch.export import Exports, check_targets
+from gpu_watch.export import Exports
 from gpu_watch.impact import UsageMeter, with_impacts
 from gpu_watch.live import LiveFigures
 from gpu_watch.nvml import NVML
-from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler, check_interval
+from gpu_watch.sampler import Sampler
+from gpu_watch.steps import Step
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
+from gpu_watch.watchdog import FitWatchdog
 
-ON_IDLE = ("warn", "stop", "raise")
-ON_LOG_ERROR = ("raise", "warn")
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
 FLUSH_ROWS = 10_000  # rows written per chunk: a flush never holds more in memory
-# The figures are drawn by another process (`gpu_watch.drawing`), which still spends CPU: an
-# epoch-end redraw costs a few hundred milliseconds of it, so redraws may take at most this share
-# of training time, and none happens in the first seconds.
-RENDER_SHARE = 0.02
-FIRST_RENDER_S = 10.0
 # Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
 # tf.data runs a Python generator on.
 _GENERATOR_CODE = ("from_generator_op.py",)
 _DATA_CODE = (f"{os.sep}data_adapters{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}",
               *_GENERATOR_CODE)
 _MAX_DEPTH = 200
-
-
-@dataclass(frozen=True)
-class Config:
-    """GPUWatch's options, validated on construction (see `GPUWatch` for their meaning)."""
-
-    log_dir: str = "gpu_watch_logs"
-    run_name: str | None = None
-    interval_s: float = DEFAULT_INTERVAL_S
-    idle_threshold_pct: float = 10.0
-    idle_patience_s: float = 60.0
-    on_idle: str = "warn"
-    require_gpu: bool = False
-    check_placement: bool = True
-    plot: bool = True
-    on_log_error: str = "raise"
-    log_metrics: bool = True
-    export: tuple[Any, ...] = ()
-    measure_gpu_speedup: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
-            raise ValueError(f"log_dir must be a non-empty path, got {self.log_dir!r}")
-        object.__setattr__(self, "log_dir", os.fspath(self.log_dir))
-        if self.run_name is not None and (
-            not isinstance(self.run_name, str) or not self.run_name.strip()
-            or any(ch in self.run_name for ch in "/\\\0") or self.run_name in (".", "..")
-        ):
-            raise ValueError(
-                f"run_name must be None or a folder name without '/' or '\\', "
-                f"got {self.run_name!r}"
-            )
-        check_interval(self.interval_s)
-        _check_number("idle_threshold_pct", self.idle_threshold_pct, 0, 100, "percent")
-        _check_number("idle_patience_s", self.idle_patience_s, 0, None, "seconds")
-        for name, value, allowed in (("on_idle", self.on_idle, ON_IDLE),
-                                     ("on_log_error", self.on_log_error, ON_LOG_ERROR)):
-            if value not in allowed:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-                )
-        for name in ("require_gpu", "check_placement", "plot", "log_metrics",
-                     "measure_gpu_speedup"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
-        object.__setattr__(self, "export", check_targets(self.export))
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None, unit: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number ({unit}), got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {allowed} {unit}, got {value!r}")
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 _open_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
@@ -142,7 +76,7 @@ class Monitor:
 
     def __init__(self, config: Config, nvml: NVML, backend: str, rank: tuple[int, int],
                  framework: dict[str, Any], environment: dict[str, Any] | None,
-                 setup: dict[str, Any] | None = None) -> None:
+                 setup: dict[str, Any] | None = None, steps_per_execution: int = 1) -> None:
         self.config = config
         self.nvml = nvml
         self.clock = time.perf_counter
@@ -152,73 +86,41 @@ class Monitor:
         self.judgement: Judgement | None = None
         self.placement: dict[str, Any] | None = None
         self.error: dict[str, str] | None = None
-        self.idle_events: list[dict] = []
         self.write_errors = 0
+        self.watchdog = FitWatchdog()
         self._lock = threading.RLock()
         self._finished = False
-        self._drawing: drawing.Drawing | None = None
-        self._drawing_asked_s = 0.0
-        self._first_render_s = FIRST_RENDER_S
         self._last_flush = self.t0
-        self._interrupted = False
         self._sampling_closed = False
+        self._idle_taken = False
         self._closed = threading.Event()
         self._written: dict[int, EpochEnd] = {}  # epochs written by a flush, not yet returned
-        self._watch: tuple[int, Any] | None = None
-        self._previous_sigint: Any = None
 
         nvml.clear_faults()
         self.devices = nvml.devices() if nvml.available else []
         self.run_dir = runlog.new_run_dir(config.log_dir, config.run_name, *rank)
-        self.info: dict[str, Any] = {
-            "schema_version": runlog.SCHEMA_VERSION,
-            "gpu_watch_version": __version__,
-            "run_name": self.run_dir.name,
-            "rank": rank[0],
-            "world_size": rank[1],
-            "writer": runlog.run_identity(),
-            "status": self.status,
-            "started_at": _now_iso(),
-            "ended_at": None,
-            "duration_s": None,
-            "backend": backend,
-            "framework": framework,
-            "devices": [d.to_dict() for d in self.devices],
-            "nvml": {
+        self.redraws = drawing.Redraws(self.run_dir) if config.plot else None
+        self.info = runlog.new_run_info(
+            self.run_dir, rank, backend, framework, [d.to_dict() for d in self.devices], {
                 "available": nvml.available,
                 "error": nvml.error,
                 "driver_version": nvml.driver_version(),
                 "cuda_driver_version": nvml.cuda_driver_version(),
                 "gpus_seen": len(nvml.all_devices()),
                 "simulated": nvml.simulated,
-            },
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "environment": environment,
-            "data": (setup or {}).get("data"),
-            "distribution": (setup or {}).get("distribution"),
-            "placement": None,
-            "verdict": None,
-            "causes": [],
-            "gpu_verdicts": {},
-            "gpu_judged_by": {},
-            "judged": {},
-            "wait": None,
-            "first_step_s": None,
-            "idle": {"events": self.idle_events},
-            "faults": [],
-            "error": None,
-            "config": asdict(config),
-        }
+            }, environment, setup, asdict(config))
+        self.idle_events: list[dict] = self.info["idle"]["events"]
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
-                                 config.interval_s)
+                                 config.interval_s, steps_per_execution)
         # The rows written, summed for what each cause cost (`gpu_watch.impact`).
         self.usage = UsageMeter(config.idle_threshold_pct, config.interval_s)
         self._write_json()
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
         self.batches = runlog.CsvTable(self.run_dir / runlog.BATCHES_CSV,
                                        runlog.batch_columns(gpus))
-        self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV, self._epoch_columns())
+        self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV,
+                                      runlog.epoch_columns(gpus))
         self.exports = Exports(config.export, self.info, self.devices)
         # The latest readings for the live displays, deposited by the sampler thread.
         self.live = LiveFigures(config.interval_s)
@@ -229,13 +131,6 @@ class Monitor:
         if config.plot:  # the drawing process imports matplotlib while training goes on
             drawing.painter().start()
 
-    def _epoch_columns(self) -> list[str]:
-        columns = list(runlog.EPOCH_COLUMNS)
-        for d in self.devices:
-            columns += [f"gpu{d.nvml_index}_util_mean", f"gpu{d.nvml_index}_proc_util_mean",
-                        f"gpu{d.nvml_index}_verdict"]
-        return columns
-
     # -- the training thread's side ----------------------------------------------------------
 
     def elapsed_s(self) -> float:
@@ -244,21 +139,42 @@ class Monitor:
 
     def watch_thread(self, frame: Any) -> None:
         """Close the run as `failed`/`interrupted` if `frame` (the `fit` call on the current
-        thread) leaves the stack without `finish` being called: Keras does not call
-        `on_train_end` when training raises. Without a frame (hooks called directly), only the
-        end of the interpreter closes an unfinished run."""
-        if frame is None:
-            return
-        self._watch = (threading.get_ident(), frame)
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if callable(previous):
-                self._previous_sigint = previous
-                signal.signal(signal.SIGINT, self._on_sigint)
+        thread) leaves the stack without `finish` being called (see `watchdog.FitWatchdog`)."""
+        self.watchdog.watch(frame)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self._interrupted = True
-        self._previous_sigint(signum, frame)
+    def batch_begin(self, batch: int) -> None:
+        """Keras' begin hook of `batch`."""
+        self.timeline.batch_begin(batch, self.elapsed_s())
+
+    def batch_end(self, batch: int, logs: Any) -> Step | None:
+        """Keras' end hook of `batch`; returns step 0 when this hook completed it."""
+        return self.timeline.batch_end(batch, self.elapsed_s(), logs)
+
+    def end_batches(self) -> Step | None:
+        """The epoch's batch hooks are over; returns step 0 when it completed only now."""
+        return self.timeline.end_batches()
+
+    @property
+    def in_first_step(self) -> bool:
+        """Whether step 0 (the one that compiles) has not ended yet."""
+        return self.timeline.first_step_end_s is None
+
+    def take_idle_event(self) -> IdleEvent | None:
+        """The idle stretch that lasted `idle_patience_s`, the first time it is asked for after
+        it happened (it is acted on once per run); None otherwise."""
+        event = self.timeline.idle_event
+        if event is None:
+            return None
+        with self._lock:
+            if self._idle_taken:
+                return None
+            self._idle_taken = True
+        return event
+
+    def validating(self, running: bool) -> None:
+        """Validation inside `fit` starts (True) or ends (False): its first step compiles and
+        its data loads, so the GPU idling meanwhile says nothing about training."""
+        self.timeline.idle_paused = running
 
     def begin_epoch(self, epoch: int) -> None:
         """An epoch starts."""
@@ -341,8 +257,8 @@ class Monitor:
 
         attempt(lambda: self.sampler.stop(closing_tick=True))
         self._sampling_closed = True
-        self._watch = None  # the fit frame holds the user's data: let it go
-        attempt(self.restore_sigint)
+        self.watchdog.release()
+        attempt(self.watchdog.restore_sigint)
         with self._lock:
             self.status = status
             if error is not None:
@@ -350,7 +266,7 @@ class Monitor:
             attempt(lambda: self.flush(final=True))
             self.info["duration_s"] = round(self.elapsed_s(), 3)  # the impacts' wall time too
             attempt(self._judge_final)
-            self.info.update(status=status, ended_at=_now_iso(), error=self.error)
+            self.info.update(status=status, ended_at=runlog.now_iso(), error=self.error)
             if failures:
                 self.info["close_errors"] = failures
             self._write_json()
@@ -386,18 +302,17 @@ class Monitor:
     def _on_tick(self, readings: list) -> None:
         if self._sampling_closed:  # a tick that outlived `finish` (a read that hung)
             return
-        watch = self._watch
+        thread = self.watchdog.thread
         self.timeline.add_readings(
-            readings, None if watch is None else self._data_tick(watch[0]))
+            readings, None if thread is None else self._data_tick(thread))
         self.live.add(readings)
         self._export_tick(readings)
         if self._finished:  # the closing tick: `finish` writes it
             return
         if self.clock() - self._last_flush >= FLUSH_S:
             self.flush()
-        watch = self._watch
-        if watch is not None and not self._finished and self._left_watched_frame(watch):
-            self.finish(runlog.STATUS_INTERRUPTED if self._interrupted
+        if not self._finished and self.watchdog.fit_left():
+            self.finish(runlog.STATUS_INTERRUPTED if self.watchdog.interrupted
                         else runlog.STATUS_FAILED)
 
     def _export_tick(self, readings: list) -> None:
@@ -424,16 +339,6 @@ class Monitor:
                 else:
                     producing = True
         return DataTick(fetching, producing)
-
-    @staticmethod
-    def _left_watched_frame(watch: tuple[int, Any]) -> bool:
-        ident, frame = watch
-        current = sys._current_frames().get(ident)
-        while current is not None:
-            if current is frame:
-                return False
-            current = current.f_back
-        return True
 
     def flush(self, final: bool = False) -> None:
         """Write the readings, batch rows and epoch rows that are ready, a bounded chunk at a
@@ -499,36 +404,12 @@ class Monitor:
     def _write_json(self) -> None:
         self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))
 
-    def restore_sigint(self) -> None:
-        """Put back the SIGINT handler this run wrapped. Only the main thread may: a run closed
-        from another thread keeps its (delegating) wrapper until the next call from there."""
-        if self._previous_sigint is None or threading.current_thread() is not \
-                threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
-
     # -- plots -------------------------------------------------------------------------------
 
     def _render(self, final: bool) -> None:
-        """Ask for the figures: at the end of the run always, at an epoch end when the last
-        drawing is done and the redraw budget allows."""
-        if not self.config.plot:
-            return
-        painter = drawing.painter()
-        painter.poll()
-        last, now = self._drawing, self.elapsed_s()
-        if not final:
-            if now < self._first_render_s:
-                return
-            if last is not None and not last.done:
-                return  # the last one is still being drawn; a later epoch catches up
-            if last is not None and last.cpu_s is not None and (
-                    now < self._drawing_asked_s + last.cpu_s / RENDER_SHARE):
-                return
-        self._drawing_asked_s = now
-        self._drawing = painter.request(self.run_dir)
+        """Ask for the figures (at an epoch end only within the redraw budget)."""
+        if self.redraws is not None:
+            self.redraws.ask(self.elapsed_s(), final)
 
     def wait_for_drawing(self, timeout_s: float) -> bool:
         """Wait until the last figures asked for are drawn, at most `timeout_s` seconds.
@@ -537,10 +418,7 @@ class Monitor:
             True when they are drawn, or none were asked for; False when drawing failed (a
             `GPUWatchWarning` says why) or is still going on.
         """
-        last = self._drawing
-        if last is None:
-            return True
-        return drawing.painter().wait([last], timeout_s) and last.error is None
+        return self.redraws is None or self.redraws.wait(timeout_s)
 
 
 def idle_message(event: IdleEvent, config: Config) -> str:
@@ -590,6 +468,6 @@ def _finish_open_runs() -> None:
     is waited for. A failure is recorded in the run's `run.json` by `finish` itself."""
     interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
     for monitor in list(_open_monitors):
-        monitor.finish(runlog.STATUS_INTERRUPTED if interrupted or monitor._interrupted
+        monitor.finish(runlog.STATUS_INTERRUPTED if interrupted or monitor.watchdog.interrupted
                        else runlog.STATUS_FAILED)
         monitor.wait_closed(CLOSE_AT_EXIT_S)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -23,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gpu_watch._version import __version__
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
@@ -92,6 +95,15 @@ def batch_columns(gpus: Sequence[int]) -> list[str]:
     columns = list(BATCH_COLUMNS)
     for gpu in gpus:
         columns += [f"gpu{gpu}_{name}" for name in BATCH_GPU_COLUMNS]
+    return columns
+
+
+def epoch_columns(gpus: Sequence[int]) -> list[str]:
+    """`epochs.csv` columns for the watched GPUs (NVML indices); GPM and energy columns, and
+    the Keras logs, are added as they come."""
+    columns = list(EPOCH_COLUMNS)
+    for gpu in gpus:
+        columns += [f"gpu{gpu}_util_mean", f"gpu{gpu}_proc_util_mean", f"gpu{gpu}_verdict"]
     return columns
 
 
@@ -231,6 +243,62 @@ def _jsonable(value: Any) -> Any:
 def run_identity() -> dict[str, Any]:
     """Who writes the run: host and PID, so a reader can tell a live run from a dead one."""
     return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def now_iso() -> str:
+    """The time now, as `run.json` writes it (UTC, to the second)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: dict[str, Any],
+                 devices: list[dict[str, Any]], nvml: dict[str, Any],
+                 environment: dict[str, Any] | None, setup: dict[str, Any] | None,
+                 config: dict[str, Any]) -> dict[str, Any]:
+    """`run.json` as a run starts: every key it will have, the ones known later empty.
+
+    Args:
+        run_dir: The run folder.
+        rank: This process's rank and the number of processes.
+        backend: The Keras backend's name.
+        framework: The framework's name, version, GPUs and build.
+        devices: The watched GPUs (`nvml.Device.to_dict`).
+        nvml: What NVML said: "available", "error", driver versions, "gpus_seen", "simulated".
+        environment: The doctor's report, or None.
+        setup: "data" and "distribution": what the training is set up with.
+        config: The options.
+    """
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "gpu_watch_version": __version__,
+        "run_name": run_dir.name,
+        "rank": rank[0],
+        "world_size": rank[1],
+        "writer": run_identity(),
+        "status": STATUS_RUNNING,
+        "started_at": now_iso(),
+        "ended_at": None,
+        "duration_s": None,
+        "backend": backend,
+        "framework": framework,
+        "devices": devices,
+        "nvml": nvml,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "environment": environment,
+        "data": (setup or {}).get("data"),
+        "distribution": (setup or {}).get("distribution"),
+        "placement": None,
+        "verdict": None,
+        "causes": [],
+        "gpu_verdicts": {},
+        "gpu_judged_by": {},
+        "judged": {},
+        "wait": None,
+        "first_step_s": None,
+        "idle": {"events": []},
+        "faults": [],
+        "error": None,
+        "config": config,
+    }
 
 
 # -- reading ---------------------------------------------------------------------------------

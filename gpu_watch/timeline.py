@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_watch.nvml import Reading
+from gpu_watch.steps import BatchPairing, Step
 from gpu_watch.verdict import GPUStats, OtherUse
 
 
@@ -466,7 +467,7 @@ class Timeline:
     """
 
     def __init__(self, gpus: Sequence[int], idle_threshold_pct: float, idle_patience_s: float,
-                 interval_s: float) -> None:
+                 interval_s: float, steps_per_execution: int = 1) -> None:
         self.gpus = list(gpus)
         self.threshold = idle_threshold_pct
         self.patience = idle_patience_s
@@ -493,6 +494,9 @@ class Timeline:
         self._run_loop = Loop()
         self._steps = 0  # every step, step 0 included, and their seconds: the run's totals
         self._steps_s = 0.0
+        self._pairing = BatchPairing(steps_per_execution)
+        self._pairing_lock = threading.Lock()  # batch hooks may run on several threads at once
+        self._epoch_number = 0  # the epoch the batch hooks belong to
 
     @property
     def epoch(self) -> int | None:
@@ -507,6 +511,9 @@ class Timeline:
         still open, which Keras never ended, ends there)."""
         if self._open is not None:
             self.end_epoch(start_s)
+        with self._pairing_lock:
+            self._pairing.new_epoch()
+            self._epoch_number = epoch
         with self._lock:
             self._open = EpochSpan(epoch, start_s, self.gpus, self._run_energy)
 
@@ -532,6 +539,32 @@ class Timeline:
             while self._closing and (final or self._closing[0].ready):
                 ready.append(self._closing.pop(0))
             return ready
+
+    def batch_begin(self, batch: int, now_s: float) -> None:
+        """Keras' begin hook of `batch`, `now_s` seconds into training."""
+        with self._pairing_lock:
+            self._pairing.begin(batch, now_s)
+
+    def batch_end(self, batch: int, now_s: float, logs: Any) -> Step | None:
+        """Keras' end hook of `batch`: record the steps it completes (see `steps.BatchPairing`);
+        return step 0 when it is one of them."""
+        with self._pairing_lock:
+            return self._add_steps(self._pairing.end(batch, now_s, logs))
+
+    def end_batches(self) -> Step | None:
+        """The epoch's batch hooks are over: record the steps still to pair, forget begins that
+        never ended; return step 0 when it is one of them."""
+        with self._pairing_lock:
+            return self._add_steps(self._pairing.end_epoch())
+
+    def _add_steps(self, steps: list[Step]) -> Step | None:
+        first = None
+        for step in steps:
+            if self.first_step_end_s is None:
+                first = step
+            self.add_batch(self._epoch_number, step.last_batch, step.steps, step.begin_s,
+                           step.end_s, step.wait_s)
+        return first
 
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
                   wait_s: float | None) -> None:

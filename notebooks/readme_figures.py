@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 

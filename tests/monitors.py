@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from gpu_watch import load_run
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML
 from gpu_watch.placement import Probe
 

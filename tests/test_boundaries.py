@@ -7,7 +7,8 @@ import pytest
 
 from gpu_watch import load_run
 from gpu_watch.causes import cause
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML
 from gpu_watch.timeline import Timeline

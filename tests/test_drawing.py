@@ -20,8 +20,9 @@ import pytest
 
 import gpu_watch.report
 import gpu_watch.report.files
-from gpu_watch import GPUWatch, GPUWatchWarning, drawing, load_run, monitor
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch import GPUWatch, GPUWatchWarning, drawing, load_run
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML
 from gpu_watch.report import list_runs_text, run_report_command
 from gpu_watch.testing import FakeGPU, FakeNVML
@@ -95,7 +96,8 @@ def test_python_waits_for_the_figures_when_it_exits(tmp_path):
     when the process is gone, though neither was waited for."""
     script = textwrap.dedent("""
         import sys
-        from gpu_watch.monitor import Config, Monitor
+        from gpu_watch.config import Config
+        from gpu_watch.monitor import Monitor
         from gpu_watch.nvml import NVML
         from gpu_watch.testing import FakeGPU, FakeNVML
 
@@ -244,7 +246,7 @@ def test_epoch_end_redraws_wait_for_the_last_one_and_keep_to_their_budget(tmp_pa
         return asked[-1]
 
     monkeypatch.setattr(drawing.Painter, "request", counted)
-    monkeypatch.setattr(monitor, "FIRST_RENDER_S", 0.0)
+    monkeypatch.setattr(drawing, "FIRST_RENDER_S", 0.0)
     run = played_run(tmp_path, plot=True)  # epoch 0 ended: its redraw is asked for
     assert len(asked) == 1
     run.begin_epoch(1)
@@ -254,7 +256,7 @@ def test_epoch_end_redraws_wait_for_the_last_one_and_keep_to_their_budget(tmp_pa
     run.begin_epoch(2)
     run.end_epoch(2, {"loss": 0.4})
     assert len(asked) == 1  # that drawing's CPU time over 2% of training is not over yet
-    monkeypatch.setattr(monitor, "RENDER_SHARE", 1e9)
+    monkeypatch.setattr(drawing, "RENDER_SHARE", 1e9)
     run.begin_epoch(3)
     run.end_epoch(3, {"loss": 0.3})
     assert len(asked) == 2

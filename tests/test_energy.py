@@ -10,7 +10,8 @@ import pynvml
 import pytest
 
 from gpu_watch import report, runlog
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess

@@ -513,8 +513,9 @@ def test_an_exporter_without_its_library_names_the_install_line():
 def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypatch):
     """Ranks 0 and 1 of one run on this host, both asked for the same base port: each serves
     on port + its rank, and each endpoint carries its own rank."""
+    from gpu_watch.config import Config
     from gpu_watch.export.prometheus import LOCAL_RANK_VARIABLES
-    from gpu_watch.monitor import Config, Monitor
+    from gpu_watch.monitor import Monitor
     from gpu_watch.nvml import NVML
 
     for name in LOCAL_RANK_VARIABLES:

@@ -27,7 +27,7 @@ def fit(watch: GPUWatch) -> None:
 @pytest.fixture
 def fresh_process(monkeypatch):
     """Forget what this test process has gathered already, as if it had just started."""
-    monkeypatch.setattr(callback, "_process_facts", {})
+    monkeypatch.setattr(callback, "_process_facts", callback._ProcessFacts())
 
 
 def test_the_environment_check_runs_once_per_process(tmp_path, monkeypatch, fresh_process):

@@ -17,7 +17,8 @@ from matplotlib.text import Text
 
 from gpu_watch import report, runlog
 from gpu_watch.causes import RunFacts
-from gpu_watch.monitor import Config, Monitor
+from gpu_watch.config import Config
+from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.report.view import epoch_table

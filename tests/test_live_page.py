@@ -57,7 +57,7 @@ def test_the_page_drawn_during_training_reloads_and_the_final_one_does_not(tmp_p
 
     class DrawNow(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            watch.monitor._first_render_s = 0.0  # draw at the first epoch end, not after 10 s
+            watch.monitor.redraws.first_s = 0.0  # draw at the first epoch end, not after 10 s
 
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 0:

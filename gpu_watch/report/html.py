@@ -26,7 +26,7 @@ from gpu_watch.report.view import (
 from gpu_watch.runlog import STATUS_RUNNING, Run
 
 # While its run is running, the page reloads itself this often (seconds), so a browser left on
-# it follows the training: the figures are redrawn at epoch ends (see `monitor.RENDER_SHARE`).
+# it follows the training: the figures are redrawn at epoch ends (see `drawing.RENDER_SHARE`).
 RELOAD_S = 5
 
 # -- HTML ------------------------------------------------------------------------------------

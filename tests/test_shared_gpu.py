@@ -65,7 +65,7 @@ def train(fake, epochs=2, starved=False, **options):
 
     def slow_batches():
         while True:
-            time.sleep(0.03)  # a slow input pipeline: the loop waits for data
+            time.sleep(0.1)  # a slow input pipeline: the loop waits for data, even on a busy CPU
             yield x[:8], y[:8]
 
     with warnings.catch_warnings():

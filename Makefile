@@ -12,14 +12,15 @@ DEMO_STAMP := $(VENV)/.installed-demo
 PIP_QUIET := -qq
 
 # `make test-keras-oldest`: the Keras-facing tests (the callback, the logs keys, where step 0
-# ran, what feeds fit) against the oldest Keras that pyproject.toml allows, in a venv of its own,
+# ran, what feeds fit, the reads of Keras' private state) against the oldest Keras that pyproject.toml allows, in a venv of its own,
 # with the oldest TensorFlow the tensorflow extra allows (and torch, for its DataLoader).
 KERAS_OLDEST := $(shell sed -n 's/^ *"keras>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 TENSORFLOW_OLDEST := 2.16.2
 OLDEST_VENV ?= .venv-keras-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
-KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py
+KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py \
+	tests/test_keras_internals.py
 
 .PHONY: install test lint demo mutate test-keras-oldest clean prometheus-tools
 

@@ -20,7 +20,7 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
     raise ModuleNotFoundError(missing_framework_message(missing, os.environ),
                               name=exc.name) from exc
 
-from gpu_watch import live, placement, runlog
+from gpu_watch import keras_internals, live, placement, runlog
 from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
@@ -206,11 +206,12 @@ class GPUWatch(keras.callbacks.Callback):
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
                                     else _process_nvml())
-        frame = _fit_frame()
+        frame = keras_internals.fit_frame()
+        bars = keras_internals.progress_bars(frame.value)
         try:
             self.monitor = Monitor(
                 self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
-                _framework_facts(self._probe), self._environment(), self._setup(frame),
+                _framework_facts(self._probe), self._environment(), self._setup(frame, bars),
                 int(getattr(self._model, "steps_per_execution", 1) or 1))
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
@@ -220,11 +221,11 @@ class GPUWatch(keras.callbacks.Callback):
                               "train without gpu-watch's logs.") from exc
             warn(f"{message}; training goes on without it.")
             return
-        self.monitor.watch_thread(frame)
+        self.monitor.watch_thread(frame.value)
         # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
         # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
         self._live = self.monitor.live if self.config.log_metrics else None
-        self._bars = placement.progress_bars(frame) if self._live is not None else []
+        self._bars = bars.value if self._live is not None else []
         self._line = None
         if self.verbose:
             handle = live.notebook_display()
@@ -255,7 +256,7 @@ class GPUWatch(keras.callbacks.Callback):
             for key, value in self._live.values.items():
                 logs.setdefault(key, value)  # never overwrite what another callback put there
             if self._bars:  # Keras < 3.15 would show a running mean of the readings
-                self._bars = placement.show_as_is(self._bars, live.LIVE_KEYS)
+                self._bars = keras_internals.show_as_is(self._bars, live.LIVE_KEYS)
 
     def on_test_begin(self, logs=None):
         if self.monitor is not None:
@@ -339,14 +340,19 @@ class GPUWatch(keras.callbacks.Callback):
             self.monitor.finish(runlog.STATUS_STOPPED_IDLE, error)
             raise error
 
-    def _setup(self, frame: Any) -> dict[str, Any]:
-        """What the training is set up with, read as it begins (device scopes are per thread)."""
+    def _setup(self, frame: keras_internals.Probed,
+               bars: keras_internals.Probed) -> dict[str, Any]:
+        """What the training is set up with, read as it begins (device scopes are per thread),
+        and what the probes of Keras' internals found."""
         try:
             distribution = self._probe.before_training(self._model)
         except Exception as exc:  # an unexpected setup must not stop training
             warn(f"gpu-watch could not read the training setup: {exc!r}")
             distribution = None
-        return {"data": placement.data_source(frame), "distribution": distribution}
+        data = keras_internals.data_source(frame.value)
+        return {"data": data.value, "distribution": distribution,
+                "keras_probes": keras_internals.outcomes(frame, data_source=data,
+                                                         progress_bars=bars)}
 
     def _environment(self) -> dict[str, Any] | None:
         try:
@@ -460,14 +466,3 @@ def summary_line(monitor: Monitor) -> str:
                      f"    remedy: {cause['remedy']}")
     return "\n".join(lines)
 
-
-def _fit_frame() -> Any:
-    """The frame of the Keras `fit` call that is running the hooks, if any."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "fit" and str(frame.f_globals.get("__name__", "")).startswith(
-            "keras"
-        ):
-            return frame
-        frame = frame.f_back
-    return None

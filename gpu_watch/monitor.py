@@ -10,7 +10,6 @@ so what was measured is never lost.
 from __future__ import annotations
 
 import atexit
-import os
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpu_watch import drawing, runlog
+from gpu_watch import drawing, keras_internals, runlog
 from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
@@ -35,12 +34,6 @@ from gpu_watch.watchdog import FitWatchdog
 
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
 FLUSH_ROWS = 10_000  # rows written per chunk: a flush never holds more in memory
-# Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
-# tf.data runs a Python generator on.
-_GENERATOR_CODE = ("from_generator_op.py",)
-_DATA_CODE = (f"{os.sep}data_adapters{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}",
-              *_GENERATOR_CODE)
-_MAX_DEPTH = 200
 
 
 _open_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
@@ -71,7 +64,10 @@ class Monitor:
         framework: Facts about the framework: version, GPUs it sees, CUDA build.
         environment: The doctor's report (a dict with "findings") or None.
         setup: What the user's training is set up with: ``data`` (what feeds `fit`, see
-            `placement.data_source`) and ``distribution``; they pick the remedies that fit.
+            `keras_internals.data_source`) and ``distribution``, which pick the remedies that
+            fit, and ``keras_probes`` (`keras_internals.outcomes`).
+        steps_per_execution: The model's `steps_per_execution`: how many steps one batch hook
+            may close (see `steps.BatchPairing`).
     """
 
     def __init__(self, config: Config, nvml: NVML, backend: str, rank: tuple[int, int],
@@ -321,24 +317,15 @@ class Monitor:
         steps, step_s, _ = self.timeline.run_loop()
         self.exports.tick(readings, steps, step_s, self.timeline.run_wait_fraction())
 
-    @staticmethod
-    def _data_tick(ident: int) -> DataTick:
-        """What the input pipeline is doing right now.
-
-        Keras fetches the next batch inside the training step on TensorFlow and JAX, so the
-        gap between batch hooks misses most of the wait; a look at the stacks does not. The
-        training thread is fetching when it runs the data adapters or a torch DataLoader;
-        another thread is producing when it runs the Python generator behind a `tf.data`
-        pipeline (which runs ahead of the step: see `Loop.wait`)."""
-        fetching = producing = False
-        for thread, frame in sys._current_frames().items():
-            mine = thread == ident
-            if _runs(frame, _DATA_CODE if mine else _GENERATOR_CODE):
-                if mine:
-                    fetching = True
-                else:
-                    producing = True
-        return DataTick(fetching, producing)
+    def _data_tick(self, ident: int) -> DataTick | None:
+        """What the input pipeline is doing right now (`keras_internals.data_tick`); None when
+        the look at the stacks fails, and the first failure's reason goes to `run.json`."""
+        probed = keras_internals.data_tick(ident)
+        probes = self.info["keras_probes"]
+        if probed.reason is not None and probes.get("data_ticks") in (None, keras_internals.OK):
+            # A new dict: a writer on another thread may be reading the old one.
+            self.info["keras_probes"] = {**probes, "data_ticks": probed.reason}
+        return probed.value
 
     def flush(self, final: bool = False) -> None:
         """Write the readings, batch rows and epoch rows that are ready, a bounded chunk at a
@@ -443,17 +430,6 @@ def idle_message(event: IdleEvent, config: Config) -> str:
 _GPU_FIGURES = ("gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
                 "gpu_mem_peak_mib", "idle_fraction", "verdict", "gpu_sm_active_mean",
                 "gpu_energy_j")
-
-
-def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
-    """Whether a thread's stack, from `frame` down, runs code from a file matching `markers`."""
-    depth = 0
-    while frame is not None and depth < _MAX_DEPTH:
-        if any(marker in frame.f_code.co_filename for marker in markers):
-            return True
-        frame = frame.f_back
-        depth += 1
-    return False
 
 
 # How long the exit handler waits for a run that another thread is closing (the sampler

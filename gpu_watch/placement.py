@@ -9,16 +9,14 @@ model's arrays and tensors. After step 0 a probe costs nothing.
 
 As training begins, on the training thread (device scopes are per thread), a probe also records
 what decides which remedy fits the user: the device scope fit runs in, settings that keep the
-framework on the CPU, the distribution setup, and (from the `fit` call's epoch iterator) the
-Keras data adapter that feeds the batches.
+framework on the CPU and the distribution setup. (What feeds `fit` is read from Keras' private
+state: `gpu_watch.keras_internals`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import warnings
 from collections import Counter
 from typing import Any
@@ -38,14 +36,6 @@ _BOOKKEEPING_OPS = frozenset({
 })
 _XLA_OPS = frozenset({"_XlaCompile", "_XlaRun", "XlaLaunch", "_XlaMerge", "XlaLaunchV2"})
 _EXAMPLES = 8
-# Keras' data adapters (keras/src/trainers/data_adapters/) by class name, and the source each
-# reads, as `causes.DATA_SOURCES` names them.
-_ADAPTER_SOURCES = {
-    "ArrayDataAdapter": "arrays", "TFDatasetAdapter": "tf_data",
-    "PyDatasetAdapter": "py_dataset", "GeneratorDataAdapter": "generator",
-    "TorchDataLoaderAdapter": "torch_dataloader", "GrainDatasetAdapter": "grain",
-}
-_MAX_PIPELINE = 50  # tf.data transformations followed back from the last one
 _GPU_PLATFORMS = ("cuda", "gpu", "rocm")
 
 
@@ -165,105 +155,6 @@ def variable_devices(model: Any, device_of, values: list | None = None
         if device == "CPU" and len(on_cpu) < _EXAMPLES and i < len(variables):
             on_cpu.append(str(getattr(variables[i], "path", None) or f"variable {i}"))
     return dict(counts), on_cpu
-
-
-def progress_bars(fit_frame: Any) -> list[Any]:
-    """The `keras.callbacks.ProgbarLogger`s of the running `fit` call (in its `CallbackList`,
-    the frame's local `callbacks`, built before `on_train_begin`); [] without the frame."""
-    import keras
-
-    try:
-        callbacks = fit_frame.f_locals.get("callbacks") if fit_frame is not None else None
-        return [c for c in getattr(callbacks, "callbacks", None) or []
-                if isinstance(c, keras.callbacks.ProgbarLogger)]
-    except Exception:  # a frame of an unexpected shape: the bars stay as Keras made them
-        return []
-
-
-def show_as_is(loggers: list[Any], keys: Any) -> list[Any]:
-    """Have the progress bars of `loggers` show `keys` as they are, not averaged over the epoch.
-
-    Keras' `Progbar` averages every value not in its `stateful_metrics`. Up to Keras 3.14,
-    `ProgbarLogger` made each epoch's bar with none, so a reading would show as a running mean
-    of readings; from 3.15 it makes them with `stateless_metrics=set()` (`stateful_metrics` is
-    then None) and shows every value as it is. Called per batch: a new bar each epoch.
-
-    Returns:
-        The loggers to call this for again: those whose bar averages, or has not been made yet.
-    """
-    again = []
-    for logger in loggers:
-        bar = getattr(logger, "progbar", None)
-        stateful = getattr(bar, "stateful_metrics", None)
-        if bar is None or isinstance(stateful, set):
-            again.append(logger)
-            if isinstance(stateful, set) and not stateful.issuperset(keys):
-                stateful.update(keys)
-    return again
-
-
-def data_source(fit_frame: Any) -> dict[str, Any]:
-    """What feeds `fit`: the Keras data adapter of the running `fit` call, with the settings
-    that decide how fast it makes batches.
-
-    Every backend's `fit` builds its epoch iterator, which holds the data adapter, before it
-    calls `on_train_begin`. Without the frame, or with an iterator of another shape, the
-    source is "unknown" (and a remedy says what to check rather than guess).
-
-    Args:
-        fit_frame: The frame of Keras' `fit` call, or None.
-
-    Returns:
-        ``source`` (see `gpu_watch.causes.DATA_SOURCES`), ``adapter`` (the adapter's class
-        name, None when unknown) and the source's settings, e.g. ``workers`` of a PyDataset.
-    """
-    try:
-        iterator = fit_frame.f_locals.get("epoch_iterator") if fit_frame is not None else None
-        adapter = getattr(iterator, "data_adapter", None)
-    except Exception:  # a frame of an unexpected shape: the source stays unknown
-        adapter = None
-    if adapter is None:
-        return {"source": "unknown", "adapter": None}
-    known = next((cls.__name__ for cls in type(adapter).__mro__
-                  if cls.__name__ in _ADAPTER_SOURCES), None)
-    record: dict[str, Any] = {"source": _ADAPTER_SOURCES.get(known, "other"),
-                              "adapter": type(adapter).__name__}
-    # The settings sharpen a remedy; without them the source alone still picks one.
-    with contextlib.suppress(Exception):
-        record.update(_pipeline_settings(record["source"], adapter))
-    return record
-
-
-def _pipeline_settings(source: str, adapter: Any) -> dict[str, Any]:
-    if source == "py_dataset":
-        dataset = adapter.py_dataset
-        return {"workers": dataset.workers, "use_multiprocessing": dataset.use_multiprocessing,
-                "max_queue_size": dataset.max_queue_size}
-    if source == "torch_dataloader":
-        loader = adapter._dataloader
-        return {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
-                "persistent_workers": loader.persistent_workers,
-                "prefetch_factor": loader.prefetch_factor, "batch_size": loader.batch_size}
-    if source == "tf_data":
-        return {"transformations": tf_data_transformations(adapter._dataset)}
-    if source in ("arrays", "grain"):
-        return {"batch_size": getattr(adapter, "_batch_size", None)}
-    return {}
-
-
-def tf_data_transformations(dataset: Any) -> list[str]:
-    """A tf.data pipeline's steps, last first: "_ParallelMapDataset" -> "parallel_map"; the
-    flat map that `Dataset.from_generator` builds is "from_generator"."""
-    steps: list[str] = []
-    while dataset is not None and len(steps) < _MAX_PIPELINE:
-        name = type(dataset).__name__.lstrip("_")
-        name = re.sub(r"Dataset(V\d)?$", "", name) or name
-        step = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-        func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
-                       "__qualname__", "")
-        steps.append("from_generator" if "from_generator" in func else step)
-        dataset = getattr(dataset, "_input_dataset", None)
-    return steps
 
 
 class TensorFlowProbe(Probe):

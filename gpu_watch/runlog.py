@@ -264,7 +264,8 @@ def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: 
         devices: The watched GPUs (`nvml.Device.to_dict`).
         nvml: What NVML said: "available", "error", driver versions, "gpus_seen", "simulated".
         environment: The doctor's report, or None.
-        setup: "data" and "distribution": what the training is set up with.
+        setup: "data" and "distribution": what the training is set up with; "keras_probes":
+            what each read of Keras' internals gave (`keras_internals.outcomes`).
         config: The options.
     """
     return {
@@ -286,6 +287,7 @@ def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: 
         "environment": environment,
         "data": (setup or {}).get("data"),
         "distribution": (setup or {}).get("distribution"),
+        "keras_probes": dict((setup or {}).get("keras_probes") or {}),
         "placement": None,
         "verdict": None,
         "causes": [],

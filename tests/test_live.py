@@ -18,8 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
-from gpu_watch.callback import _fit_frame
+from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
 from gpu_watch.live import HOLD_S, LIVE_KEYS, LiveFigures, live_line, nan_values
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
@@ -282,7 +281,7 @@ def test_a_bar_that_averages_is_told_the_live_keys_are_readings():
     assert shown(averaging, [10.0, 20.0, 90.0]) == pytest.approx([10.0, 15.0, 40.0])
     bar = keras.utils.Progbar(target=10, verbose=0)
     logger = logger_with(bar)
-    assert placement.show_as_is([logger], LIVE_KEYS) == [logger]  # a new bar comes each epoch
+    assert keras_internals.show_as_is([logger], LIVE_KEYS) == [logger]  # a new bar comes each epoch
     assert set(LIVE_KEYS) <= bar.stateful_metrics
     assert shown(bar, [10.0, 20.0, 90.0]) == [10.0, 20.0, 90.0]
 
@@ -291,7 +290,7 @@ def test_a_bar_that_shows_values_as_they_are_is_left_alone():
     """Keras >= 3.15: `stateless_metrics=set()`; and no bar yet: asked again next batch."""
     as_is = logger_with(keras.utils.Progbar(target=10, verbose=0, stateless_metrics=set()))
     not_yet = logger_with(None)
-    assert placement.show_as_is([as_is, not_yet], LIVE_KEYS) == [not_yet]
+    assert keras_internals.show_as_is([as_is, not_yet], LIVE_KEYS) == [not_yet]
     assert as_is.progbar.stateful_metrics is None
 
 
@@ -300,9 +299,11 @@ def test_the_bars_of_the_running_fit_are_found():
 
     class Look(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            found.extend(placement.progress_bars(_fit_frame()))
+            bars = keras_internals.progress_bars(keras_internals.fit_frame().value)
+            assert bars.reason is None
+            found.extend(bars.value)
 
     with contextlib.redirect_stdout(io.StringIO()):
         fit([Look()], verbose=1)
     assert len(found) == 1 and isinstance(found[0], keras.callbacks.ProgbarLogger)
-    assert placement.progress_bars(None) == []
+    assert keras_internals.progress_bars(None).value == []

@@ -14,7 +14,7 @@ from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
 from gpu_watch.causes import RunFacts, choose_remedy
-from gpu_watch.placement import data_source, tf_data_transformations
+from gpu_watch.keras_internals import NO_FRAME, data_source, tf_data_transformations
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 WAIT = 0.62  # share of training time spent waiting for data
@@ -83,7 +83,9 @@ def test_real_fits_record_the_data_adapter(tmp_path):
 
 
 def test_hooks_called_without_fit_leave_the_source_unknown():
-    assert data_source(None) == {"source": "unknown", "adapter": None}
+    found = data_source(None)
+    assert found.value == {"source": "unknown", "adapter": None}
+    assert found.reason == f"data_source: {NO_FRAME}"
 
 
 def test_tf_data_pipelines_read_back_as_their_steps():

@@ -1,0 +1,285 @@
+"""Keras' private state: the only module that reads it.
+
+Some of what GPUWatch needs has no public Keras API: the frame of the running `fit` call (found
+by walking the stack), the data adapter that feeds it (fit's local `epoch_iterator` and the
+adapter's private attributes), the progress bars of fit's callback list (asked to show the live
+figures as they are), and, on every sampler tick, whether the training thread runs Keras' data
+adapters (read from the file names of its stack).
+
+Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
+and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build
+the same epoch iterator and callback list in their `fit`.
+
+A Keras release may rename any of it. So each probe returns a `Probed`: the value it read and,
+when it could not read what it looked for, the reason (None when it worked). A probe never
+raises: an exception becomes its reason, which names the probe, what it looked for and the
+error; the value then falls back to what means "unknown" (no frame, the "unknown" data source,
+no progress bars, no data tick), as it would without a `fit` call. `run.json` records each
+probe's outcome under "keras_probes" (`outcomes`), so a probe that stopped working shows there
+instead of in remedies that quietly got vaguer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from gpu_watch.timeline import DataTick
+
+OK = "ok"
+# Reasons that are no failure: without a `fit` call there is nothing to read.
+NO_FIT = "fit_frame: no Keras fit call on the stack: the hooks were called directly, not by fit"
+NO_FRAME = "nothing to read without a Keras fit call"
+NO_WATCH = "data_ticks: not run without a Keras fit call whose thread to watch"
+
+# Keras' data adapters (keras/src/trainers/data_adapters/) by class name, and the source each
+# reads, as `causes.DATA_SOURCES` names them.
+_ADAPTER_SOURCES = {
+    "ArrayDataAdapter": "arrays", "TFDatasetAdapter": "tf_data",
+    "PyDatasetAdapter": "py_dataset", "GeneratorDataAdapter": "generator",
+    "TorchDataLoaderAdapter": "torch_dataloader", "GrainDatasetAdapter": "grain",
+}
+_MAX_PIPELINE = 50  # tf.data transformations followed back from the last one
+# Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
+# tf.data runs a Python generator on.
+_GENERATOR_CODE = ("from_generator_op.py",)
+_DATA_CODE = (f"{os.sep}data_adapters{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}",
+              *_GENERATOR_CODE)
+_MAX_DEPTH = 200
+_MESSAGE_CHARS = 160  # of an exception's message in a reason
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """What a probe of Keras' internals found.
+
+    Attributes:
+        value: What it read; when it could not, the value that means "unknown".
+        reason: Why it could not read what it looked for; None when it worked.
+    """
+
+    value: Any
+    reason: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The probe's entry in `run.json`'s "keras_probes": "ok", or the reason."""
+        return OK if self.reason is None else self.reason
+
+
+def outcomes(fit_frame: Probed, **probes: Probed) -> dict[str, str]:
+    """`run.json`'s "keras_probes" as training begins: each probe's outcome by name, and
+    "data_ticks", which the sampler's ticks update if the stack probe fails (`data_tick`)."""
+    record = {"fit_frame": fit_frame.outcome}
+    record.update((name, probed.outcome) for name, probed in probes.items())
+    record["data_ticks"] = OK if fit_frame.value is not None else NO_WATCH
+    return record
+
+
+def _failure(probe: str, looked_for: str, exc: BaseException) -> str:
+    message = str(exc)
+    if len(message) > _MESSAGE_CHARS:
+        message = message[:_MESSAGE_CHARS - 3] + "..."
+    return f"{probe}: {looked_for} raised {type(exc).__name__}: {message}"
+
+
+# -- the fit call ------------------------------------------------------------------------------
+
+
+def fit_frame() -> Probed:
+    """The frame of the Keras `fit` call that runs the caller: None, with `NO_FIT`, when the
+    caller does not run inside one."""
+    try:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "fit" and str(
+                    frame.f_globals.get("__name__", "")).startswith("keras"):
+                return Probed(frame)
+            frame = frame.f_back
+    except Exception as exc:
+        return Probed(None, _failure("fit_frame", "walking the stack for Keras' fit", exc))
+    return Probed(None, NO_FIT)
+
+
+# -- the progress bars -------------------------------------------------------------------------
+
+
+def progress_bars(fit_frame: Any) -> Probed:
+    """The `keras.callbacks.ProgbarLogger`s of the running `fit` call: in its `CallbackList`,
+    fit's local `callbacks`, built before `on_train_begin` (none with `verbose=0`).
+
+    Args:
+        fit_frame: The frame of Keras' `fit` call, or None.
+
+    Returns:
+        The loggers; [] without the frame or when the callback list cannot be read (the bars
+        then stay as Keras made them).
+    """
+    if fit_frame is None:
+        return Probed([], f"progress_bars: {NO_FRAME}")
+    import keras
+
+    try:
+        callbacks = fit_frame.f_locals.get("callbacks")
+        if callbacks is None:
+            return Probed([], "progress_bars: Keras' fit frame has no local 'callbacks'")
+        listed = getattr(callbacks, "callbacks", None)
+        if listed is None:
+            return Probed([], f"progress_bars: fit's 'callbacks' ({type(callbacks).__name__}) "
+                              "has no attribute 'callbacks'")
+        bars = [c for c in listed if isinstance(c, keras.callbacks.ProgbarLogger)]
+    except Exception as exc:
+        return Probed([], _failure("progress_bars", "reading fit's callback list", exc))
+    if not all(hasattr(bar, "progbar") for bar in bars):
+        # `show_as_is` keeps asking such a logger for a bar that never comes.
+        return Probed(bars, "progress_bars: a ProgbarLogger has no attribute 'progbar'")
+    return Probed(bars)
+
+
+def show_as_is(loggers: list[Any], keys: Any) -> list[Any]:
+    """Have the progress bars of `loggers` show `keys` as they are, not averaged over the epoch.
+
+    Keras' `Progbar` averages every value not in its `stateful_metrics`. Up to Keras 3.14,
+    `ProgbarLogger` made each epoch's bar with none, so a reading would show as a running mean
+    of readings; from 3.15 it makes them with `stateless_metrics=set()` (`stateful_metrics` is
+    then None) and shows every value as it is. Called per batch: a new bar each epoch.
+
+    Returns:
+        The loggers to call this for again: those whose bar averages, or has not been made yet.
+    """
+    again = []
+    for logger in loggers:
+        bar = getattr(logger, "progbar", None)
+        stateful = getattr(bar, "stateful_metrics", None)
+        if bar is None or isinstance(stateful, set):
+            again.append(logger)
+            if isinstance(stateful, set) and not stateful.issuperset(keys):
+                stateful.update(keys)
+    return again
+
+
+# -- what feeds fit ----------------------------------------------------------------------------
+
+
+def data_source(fit_frame: Any) -> Probed:
+    """What feeds `fit`: the Keras data adapter of the running `fit` call, with the settings
+    that decide how fast it makes batches.
+
+    Every backend's `fit` builds its epoch iterator, which holds the data adapter, before it
+    calls `on_train_begin`. Without the frame, or with an iterator of another shape, the
+    source is "unknown" (and a remedy says what to check rather than guess); an adapter of a
+    class this module does not know is "other".
+
+    Args:
+        fit_frame: The frame of Keras' `fit` call, or None.
+
+    Returns:
+        ``source`` (see `gpu_watch.causes.DATA_SOURCES`), ``adapter`` (the adapter's class
+        name, None when unknown) and the source's settings, e.g. ``workers`` of a PyDataset.
+        The settings sharpen a remedy; without them (a reason says why) the source alone
+        still picks one.
+    """
+    unknown = {"source": "unknown", "adapter": None}
+    if fit_frame is None:
+        return Probed(unknown, f"data_source: {NO_FRAME}")
+    try:
+        iterator = fit_frame.f_locals.get("epoch_iterator")
+        if iterator is None:
+            return Probed(unknown, "data_source: Keras' fit frame has no local 'epoch_iterator'")
+        adapter = getattr(iterator, "data_adapter", None)
+    except Exception as exc:
+        return Probed(unknown, _failure("data_source", "reading fit's epoch iterator", exc))
+    if adapter is None:
+        return Probed(unknown, f"data_source: fit's epoch iterator "
+                               f"({type(iterator).__name__}) has no attribute 'data_adapter'")
+    name = type(adapter).__name__
+    known = next((cls.__name__ for cls in type(adapter).__mro__
+                  if cls.__name__ in _ADAPTER_SOURCES), None)
+    record: dict[str, Any] = {"source": _ADAPTER_SOURCES.get(known, "other"), "adapter": name}
+    if known is None:
+        return Probed(record, f"data_source: the data adapter class {name} is not one of "
+                              f"Keras' that gpu-watch knows ({', '.join(_ADAPTER_SOURCES)})")
+    try:
+        settings, missing = _pipeline_settings(record["source"], adapter)
+    except Exception as exc:
+        return Probed(record, _failure("data_source", f"reading the settings of {name}", exc))
+    record.update(settings)
+    if missing:
+        return Probed(record, f"data_source: the {name} has no attribute {missing!r}")
+    return Probed(record)
+
+
+def _pipeline_settings(source: str, adapter: Any) -> tuple[dict[str, Any], str | None]:
+    """The adapter's settings, and the name of one that is missing (None when none is)."""
+    if source == "py_dataset":
+        dataset = adapter.py_dataset
+        return {"workers": dataset.workers, "use_multiprocessing": dataset.use_multiprocessing,
+                "max_queue_size": dataset.max_queue_size}, None
+    if source == "torch_dataloader":
+        loader = adapter._dataloader
+        return {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
+                "persistent_workers": loader.persistent_workers,
+                "prefetch_factor": loader.prefetch_factor, "batch_size": loader.batch_size}, None
+    if source == "tf_data":
+        return {"transformations": tf_data_transformations(adapter._dataset)}, None
+    if source in ("arrays", "grain"):
+        missing = None if hasattr(adapter, "_batch_size") else "_batch_size"
+        return {"batch_size": getattr(adapter, "_batch_size", None)}, missing
+    return {}, None
+
+
+def tf_data_transformations(dataset: Any) -> list[str]:
+    """A tf.data pipeline's steps, last first: "_ParallelMapDataset" -> "parallel_map"; the
+    flat map that `Dataset.from_generator` builds is "from_generator"."""
+    steps: list[str] = []
+    while dataset is not None and len(steps) < _MAX_PIPELINE:
+        name = type(dataset).__name__.lstrip("_")
+        name = re.sub(r"Dataset(V\d)?$", "", name) or name
+        step = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
+                       "__qualname__", "")
+        steps.append("from_generator" if "from_generator" in func else step)
+        dataset = getattr(dataset, "_input_dataset", None)
+    return steps
+
+
+# -- the sampler's look at the stacks ----------------------------------------------------------
+
+
+def data_tick(ident: int) -> Probed:
+    """What the input pipeline is doing right now: a `DataTick`, or None with the reason.
+
+    Keras fetches the next batch inside the training step on TensorFlow and JAX, so the
+    gap between batch hooks misses most of the wait; a look at the stacks does not. The
+    training thread (`ident`) is fetching when it runs the data adapters or a torch
+    DataLoader; another thread is producing when it runs the Python generator behind a
+    `tf.data` pipeline (which runs ahead of the step: see `Loop.wait`). Runs on every sampler
+    tick: it only compares file names.
+    """
+    try:
+        fetching = producing = False
+        for thread, frame in sys._current_frames().items():
+            mine = thread == ident
+            if _runs(frame, _DATA_CODE if mine else _GENERATOR_CODE):
+                if mine:
+                    fetching = True
+                else:
+                    producing = True
+    except Exception as exc:
+        return Probed(None, _failure("data_ticks", "looking for Keras' data adapters in the "
+                                                   "threads' stacks", exc))
+    return Probed(DataTick(fetching, producing))
+
+
+def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
+    """Whether a thread's stack, from `frame` down, runs code from a file matching `markers`."""
+    depth = 0
+    while frame is not None and depth < _MAX_DEPTH:
+        if any(marker in frame.f_code.co_filename for marker in markers):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False

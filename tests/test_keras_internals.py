@@ -1,0 +1,279 @@
+"""The probes of Keras' private state: a real fit finds everything they look for, and each
+probe that cannot read what it looks for says why in `run.json`'s "keras_probes", falls back to
+"unknown" and never raises. Real Keras with TensorFlow on the CPU (this file runs against the
+oldest supported Keras too: `make test-keras-oldest`)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import threading
+import time
+import warnings
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+from monitors import monitor_on_gpu, run_monitor
+
+from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
+from gpu_watch.keras_internals import NO_FIT, Probed
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.timeline import DataTick
+
+UNKNOWN = {"source": "unknown", "adapter": None}
+X = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+Y = np.random.default_rng(1).random((64, 1), dtype=np.float32)
+
+
+def make_model():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def fake_gpu() -> FakeNVML:
+    return FakeNVML([FakeGPU(util_pct=[80] * 100, processes=[FakeProcess(used_mib=700)])])
+
+
+def frame_with(**local_variables):
+    """A stand-in for Keras' fit frame, holding `local_variables`."""
+    return SimpleNamespace(f_locals=local_variables)
+
+
+def fit_frame_with_adapter(adapter):
+    return frame_with(epoch_iterator=SimpleNamespace(data_adapter=adapter))
+
+
+class Unreadable:
+    """A frame whose locals raise when read."""
+
+    @property
+    def f_locals(self):
+        raise RuntimeError("frame locals are gone")
+
+
+class Failing:
+    """Stands in for `sys` in keras_internals: every stack read raises, numbered."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def _fail(self, *args):
+        self.calls += 1
+        raise RuntimeError(f"failure {self.calls}")
+
+    _getframe = _current_frames = _fail
+
+
+# -- a real fit ----------------------------------------------------------------------------------
+
+
+def test_a_real_fit_records_every_probe_as_ok(tmp_path):
+    class Slow(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(0.02)  # a few sampler ticks while batches run
+
+    watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02, nvml=fake_gpu())
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        # verbose=2: fit's callback list holds a progress bar for the probe to find
+        make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Slow()])
+    run = load_run(watch.run_dir)
+    assert run.info["keras_probes"] == {"fit_frame": "ok", "data_source": "ok",
+                                        "progress_bars": "ok", "data_ticks": "ok"}
+    assert run.info["data"] == {"source": "arrays", "adapter": "ArrayDataAdapter",
+                                "batch_size": 16}
+    assert run.samples["fetching_data"].notna().any()  # the stack probe ran on the ticks
+
+
+def test_the_progress_bar_of_a_real_fit_is_found():
+    found = []
+
+    class Look(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            found.append(keras_internals.progress_bars(keras_internals.fit_frame().value))
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        make_model().fit(X, Y, batch_size=32, epochs=1, verbose=2, callbacks=[Look()])
+    [bars] = found
+    assert bars.reason is None
+    assert [type(b) for b in bars.value] == [keras.callbacks.ProgbarLogger]
+
+
+# -- no fit on the stack ---------------------------------------------------------------------------
+
+
+def test_hooks_called_without_fit_say_so(tmp_path):
+    cb = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02, nvml=fake_gpu(),
+                  check_placement=False)
+    cb.set_model(make_model())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)  # training runs on the CPU here
+        cb.on_train_begin()
+        cb.on_epoch_begin(0)
+        cb.on_train_batch_begin(0)
+        time.sleep(0.05)
+        cb.on_train_batch_end(0, {"loss": 1.0})
+        cb.on_epoch_end(0, {"loss": 1.0})
+        cb.on_train_end()
+    run = load_run(cb.run_dir)
+    assert run.info["keras_probes"] == {
+        "fit_frame": "fit_frame: no Keras fit call on the stack: the hooks were called directly, "
+                     "not by fit",
+        "data_source": "data_source: nothing to read without a Keras fit call",
+        "progress_bars": "progress_bars: nothing to read without a Keras fit call",
+        "data_ticks": "data_ticks: not run without a Keras fit call whose thread to watch"}
+    assert run.info["data"] == UNKNOWN
+    assert run.status == "completed"
+
+
+def test_no_fit_frame_outside_fit():
+    assert keras_internals.fit_frame() == Probed(None, NO_FIT)
+
+
+# -- data_source -----------------------------------------------------------------------------------
+
+
+def test_a_frame_without_the_epoch_iterator_leaves_the_source_unknown():
+    found = keras_internals.data_source(frame_with(callbacks=None))
+    assert found == Probed(UNKNOWN, "data_source: Keras' fit frame has no local 'epoch_iterator'")
+
+
+def test_an_iterator_without_a_data_adapter_leaves_the_source_unknown():
+    class EpochIterator:
+        pass
+
+    found = keras_internals.data_source(frame_with(epoch_iterator=EpochIterator()))
+    assert found.value == UNKNOWN
+    assert found.reason == ("data_source: fit's epoch iterator (EpochIterator) has no attribute "
+                            "'data_adapter'")
+
+
+def test_an_adapter_of_an_unknown_class_is_other_and_named():
+    class SqliteDataAdapter:
+        pass
+
+    found = keras_internals.data_source(fit_frame_with_adapter(SqliteDataAdapter()))
+    assert found.value == {"source": "other", "adapter": "SqliteDataAdapter"}
+    assert found.reason.startswith("data_source: the data adapter class SqliteDataAdapter is "
+                                   "not one of Keras' that gpu-watch knows (ArrayDataAdapter, ")
+
+
+def test_a_subclass_of_a_known_adapter_is_known():
+    class Mine(ArrayDataAdapter):
+        pass
+
+    adapter = Mine(X, Y, batch_size=8)
+    found = keras_internals.data_source(fit_frame_with_adapter(adapter))
+    assert found == Probed({"source": "arrays", "adapter": "Mine", "batch_size": 8})
+
+
+def test_an_adapter_without_its_batch_size_names_the_attribute():
+    adapter = object.__new__(ArrayDataAdapter)  # as if Keras renamed `_batch_size`
+    found = keras_internals.data_source(fit_frame_with_adapter(adapter))
+    assert found.value == {"source": "arrays", "adapter": "ArrayDataAdapter", "batch_size": None}
+    assert found.reason == "data_source: the ArrayDataAdapter has no attribute '_batch_size'"
+
+
+def test_an_adapter_whose_settings_cannot_be_read_keeps_its_source():
+    adapter = object.__new__(PyDatasetAdapter)  # as if Keras renamed `py_dataset`
+    found = keras_internals.data_source(fit_frame_with_adapter(adapter))
+    assert found.value == {"source": "py_dataset", "adapter": "PyDatasetAdapter"}
+    assert found.reason.startswith("data_source: reading the settings of PyDatasetAdapter raised "
+                                   "AttributeError: ")
+    assert "py_dataset" in found.reason
+
+
+def test_an_exception_reading_the_frame_becomes_the_reason():
+    found = keras_internals.data_source(Unreadable())
+    assert found == Probed(UNKNOWN, "data_source: reading fit's epoch iterator raised "
+                                    "RuntimeError: frame locals are gone")
+
+
+def test_a_long_exception_message_is_cut_short():
+    class Loud:
+        @property
+        def f_locals(self):
+            raise ValueError("x" * 1000)
+
+    found = keras_internals.data_source(Loud())
+    assert found.reason.endswith("ValueError: " + "x" * 157 + "...")
+
+
+# -- progress_bars ---------------------------------------------------------------------------------
+
+
+def test_a_frame_without_the_callback_list_has_no_bars():
+    found = keras_internals.progress_bars(frame_with(epoch_iterator=None))
+    assert found == Probed([], "progress_bars: Keras' fit frame has no local 'callbacks'")
+
+
+def test_a_callback_list_of_another_shape_has_no_bars():
+    found = keras_internals.progress_bars(frame_with(callbacks=SimpleNamespace(items=[])))
+    assert found == Probed([], "progress_bars: fit's 'callbacks' (SimpleNamespace) has no "
+                               "attribute 'callbacks'")
+
+
+def test_a_logger_without_its_bar_is_kept_and_named():
+    logger = object.__new__(keras.callbacks.ProgbarLogger)  # as if Keras renamed `progbar`
+    found = keras_internals.progress_bars(
+        frame_with(callbacks=SimpleNamespace(callbacks=[keras.callbacks.History(), logger])))
+    assert found == Probed([logger], "progress_bars: a ProgbarLogger has no attribute 'progbar'")
+
+
+def test_an_exception_reading_the_callback_list_becomes_the_reason():
+    found = keras_internals.progress_bars(Unreadable())
+    assert found == Probed([], "progress_bars: reading fit's callback list raised "
+                               "RuntimeError: frame locals are gone")
+
+
+# -- fit_frame and data_tick -----------------------------------------------------------------------
+
+
+def test_an_exception_walking_the_stack_becomes_the_reason(monkeypatch):
+    monkeypatch.setattr(keras_internals, "sys", Failing())
+    assert keras_internals.fit_frame() == Probed(
+        None, "fit_frame: walking the stack for Keras' fit raised RuntimeError: failure 1")
+    assert keras_internals.data_tick(threading.get_ident()) == Probed(
+        None, "data_ticks: looking for Keras' data adapters in the threads' stacks raised "
+              "RuntimeError: failure 2")
+
+
+def test_the_training_thread_fetches_while_it_runs_a_data_adapter():
+    ident = threading.get_ident()
+    assert keras_internals.data_tick(ident) == Probed(DataTick(False, False))
+    adapter_file = os.path.join(os.sep, "keras", "src", "trainers", "data_adapters", "fake.py")
+    code = compile("def fetch(probe, ident):\n    return probe(ident)\n", adapter_file, "exec")
+    space: dict = {}
+    exec(code, space)
+    assert space["fetch"](keras_internals.data_tick, ident) == Probed(DataTick(True, False))
+
+
+def test_the_first_failure_of_the_stack_probe_reaches_run_json(tmp_path, monkeypatch):
+    failing = Failing()
+    monkeypatch.setattr(keras_internals, "sys", failing)
+    monitor = monitor_on_gpu(tmp_path, fake_gpu())
+    monitor.watch_thread(sys._getframe())
+    run = run_monitor(monitor, seconds=0.3)
+    assert failing.calls > 1
+    assert run.info["keras_probes"] == {
+        "data_ticks": "data_ticks: looking for Keras' data adapters in the threads' stacks "
+                      "raised RuntimeError: failure 1"}
+    assert run.status == "completed"
+    assert len(run.samples) > 1 and run.samples["fetching_data"].isna().all()
+
+
+@pytest.mark.parametrize("probe", [keras_internals.data_source, keras_internals.progress_bars])
+def test_probes_of_a_frame_never_raise(probe):
+    class Hostile:
+        def __getattr__(self, name):
+            raise KeyError(name)
+
+    found = probe(Hostile())
+    assert found.reason is not None and "KeyError: 'f_locals'" in found.reason

@@ -4,7 +4,8 @@ Some of what GPUWatch needs has no public Keras API: the frame of the running `f
 by walking the stack), the data adapter that feeds it (fit's local `epoch_iterator` and the
 adapter's private attributes), the progress bars of fit's callback list (asked to show the live
 figures as they are), and, on every sampler tick, whether the training thread runs Keras' data
-adapters (read from the file names of its stack).
+adapters (read from the file names of its stack); and, for the placement probes, the arrays
+Keras' JAX trainer carries from step to step and the device a `keras.device` scope set on torch.
 
 Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
 and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build
@@ -102,6 +103,39 @@ def fit_frame() -> Probed:
     except Exception as exc:
         return Probed(None, _failure("fit_frame", "walking the stack for Keras' fit", exc))
     return Probed(None, NO_FIT)
+
+
+# -- the trainers' state ------------------------------------------------------------------------
+
+
+def jax_train_state(model: Any) -> Probed:
+    """The trainable arrays Keras' JAX trainer passes from step to step during `fit`
+    (`model._jax_state`; between `fit` calls it is None, and the variables hold the weights):
+    the list, or None with the reason."""
+    try:
+        state = getattr(model, "_jax_state", None)
+        if not state:
+            return Probed(None, "jax_train_state: the model has no _jax_state (not inside fit)")
+        arrays = state.get("trainable_variables")
+    except Exception as exc:
+        return Probed(None, _failure("jax_train_state", "model._jax_state", exc))
+    if not arrays:
+        return Probed(None, "jax_train_state: model._jax_state has no trainable_variables")
+    return Probed(list(arrays))
+
+
+def torch_device_scope() -> Probed:
+    """The device a `keras.device(...)` scope set on the torch backend: Keras keeps it in its
+    own global attribute "torch_device", not in torch's default device. None when no scope
+    is open."""
+    try:
+        from keras.src.backend.common import global_state
+
+        device = global_state.get_global_attribute("torch_device")
+    except Exception as exc:
+        return Probed(None, _failure("torch_device_scope", "Keras' torch_device attribute",
+                                     exc))
+    return Probed(None if device is None else str(device))
 
 
 # -- the progress bars -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from gpu_watch import keras_internals
 from gpu_watch.errors import GPUWatchWarning
 
 # Nodes that move or hold data rather than compute: their device says nothing about where the
@@ -299,13 +300,13 @@ class JaxProbe(Probe):
         # During `fit`, Keras' JAX trainer detaches the weights from the variables and passes
         # them from step to step in a state tuple, which it hands to the model before the batch
         # hooks run: the arrays the steps return are where training really runs.
-        state = getattr(model, "_jax_state", None) or {}
-        arrays = state.get("trainable_variables") or []
-        if arrays:
+        arrays = keras_internals.jax_train_state(model)
+        if arrays.value:
             report = self._report("train_state",
-                                  *variable_devices(model, self._array_device, list(arrays)))
+                                  *variable_devices(model, self._array_device, arrays.value))
         else:
             report = super().after_first_step(model, logs)
+            report["train_state"] = arrays.reason  # why the variables were read instead
         report["default_backend"] = self._jax.default_backend()
         return report
 
@@ -359,11 +360,7 @@ class TorchProbe(Probe):
         return {"name": "torch.distributed", "replicas": size} if size > 1 else None
 
     def _device_scope(self) -> str | None:
-        # `keras.device` on this backend sets Keras' own torch device, not torch's default.
-        from keras.src.backend.common import global_state
-
-        device = global_state.get_global_attribute("torch_device")
-        return None if device is None else str(device)
+        return keras_internals.torch_device_scope().value
 
     def _cpu_settings(self) -> dict[str, str]:
         device = os.environ.get("KERAS_TORCH_DEVICE")

@@ -277,3 +277,37 @@ def test_probes_of_a_frame_never_raise(probe):
 
     found = probe(Hostile())
     assert found.reason is not None and "KeyError: 'f_locals'" in found.reason
+
+
+# -- the trainers' state -------------------------------------------------------------------------
+
+
+def test_the_jax_train_state_gives_the_arrays_that_training_carries():
+    arrays = ["w", "b"]
+    probed = keras_internals.jax_train_state(
+        SimpleNamespace(_jax_state={"trainable_variables": tuple(arrays)}))
+    assert probed == Probed(arrays)
+
+
+@pytest.mark.parametrize("model, reason", [
+    (SimpleNamespace(), "the model has no _jax_state (not inside fit)"),
+    (SimpleNamespace(_jax_state=None), "the model has no _jax_state (not inside fit)"),
+    (SimpleNamespace(_jax_state={"trainable_variables": []}),
+     "model._jax_state has no trainable_variables"),
+    (SimpleNamespace(_jax_state=("a", "tuple")), "model._jax_state raised AttributeError"),
+])
+def test_a_jax_train_state_that_cannot_be_read_says_why(model, reason):
+    probed = keras_internals.jax_train_state(model)
+    assert probed.value is None and probed.reason.startswith("jax_train_state: ")
+    assert reason in probed.reason
+
+
+def test_the_torch_device_scope_is_keras_own_attribute():
+    from keras.src.backend.common import global_state
+
+    assert keras_internals.torch_device_scope() == Probed(None)  # no scope open
+    global_state.set_global_attribute("torch_device", "cpu")
+    try:
+        assert keras_internals.torch_device_scope() == Probed("cpu")
+    finally:
+        global_state.set_global_attribute("torch_device", None)

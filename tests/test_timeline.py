@@ -54,7 +54,7 @@ def test_missing_readings_do_not_count_as_idle():
         tl.add_readings(tick(0.2 + t, None))
     tl.add_readings(tick(20.0, 90))
     (stats,) = tl.epoch_stats()
-    assert stats.util_samples == 1 and stats.idle_fraction == 0.0
+    assert stats.util_samples == 1 and stats.device_idle_fraction == 0.0
     assert stats.util_mean == 90
 
 
@@ -76,7 +76,7 @@ def test_statistics_mean_p95_and_threshold_edge():
     for i, u in enumerate([10] * 10 + [9.6] * 10):  # 10 is not under 10; 9.6 is
         tl.add_readings(tick(0.2 * (i + 1), u))
     (stats,) = tl.epoch_stats()
-    assert stats.idle_fraction == 0.5
+    assert stats.device_idle_fraction == 0.5
     assert stats.util_p95 == 10
     assert stats.util_mean == pytest.approx(9.8, abs=0.11)
 

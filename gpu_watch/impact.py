@@ -182,7 +182,8 @@ class UsageMeter:
         self.loop_s = 0.0
         self.batches = 0
         self.epoch_starts = 0
-        self._last_batch: tuple[Any, float] | None = None
+        self._last_epoch: Any = None  # the epoch of the batch row counted last
+        self._last_end_s: float | None = None  # and its end; None before the first
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
         # Readings that came before the first batch row: the sampler may write a reading taken
@@ -201,14 +202,15 @@ class UsageMeter:
             if _missing(row.get("time_s")):
                 continue  # a row torn by a crash and repaired on read
             end_s, epoch = float(row["time_s"]), row.get("epoch")
-            last, self._last_batch = self._last_batch, (epoch, end_s)
+            last_epoch, last_end_s = self._last_epoch, self._last_end_s
+            self._last_epoch, self._last_end_s = epoch, end_s
             if self.step0_end_s is None:
                 self.step0_end_s = end_s
                 early, self._early = list(self._early), deque(maxlen=EARLY_READINGS)
                 self.add_samples(early)
                 continue
-            if last is not None and last[0] == epoch:
-                seconds = max(0.0, end_s - last[1])
+            if last_end_s is not None and last_epoch == epoch:
+                seconds = max(0.0, end_s - last_end_s)
             else:
                 step = 0.0 if _missing(row.get("step_s")) else float(row["step_s"])
                 wait = 0.0 if _missing(row.get("wait_s")) else float(row["wait_s"])
@@ -580,7 +582,8 @@ def first_impact_line(causes: Sequence[Mapping[str, Any]], duration_s: float | N
                       ) -> str | None:
     """The sentence for the costliest cause (most GPU-seconds idle, then wall time lost);
     None where no cause has a measured cost."""
-    best: tuple[float, float, str] | None = None
+    best: str | None = None
+    best_cost = (-math.inf, -math.inf)  # (GPU-seconds idle, wall seconds lost)
     for item in causes:
         record = item.get("impact") if isinstance(item, Mapping) else None
         if not isinstance(record, Mapping):
@@ -589,10 +592,10 @@ def first_impact_line(causes: Sequence[Mapping[str, Any]], duration_s: float | N
         sentence = impact_sentence(str(item.get("code")), impact, duration_s)
         if sentence is None:
             continue
-        key = (impact.gpu_idle_s or 0.0, impact.wall_lost_s or 0.0, sentence)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else best[2]
+        cost = (impact.gpu_idle_s or 0.0, impact.wall_lost_s or 0.0)
+        if best is None or cost > best_cost:
+            best, best_cost = sentence, cost
+    return best
 
 
 # -- across runs -------------------------------------------------------------------------------

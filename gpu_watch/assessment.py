@@ -30,8 +30,6 @@ from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 
 # The order of a replay's events at one instant (see `rejudge`).
 _BATCH, _TICK, _END, _BEGIN, _FIRST_BATCH = range(5)
-# The sampler's interval of runs recorded without it in their config, seconds.
-RECORDED_INTERVAL_S = 0.2
 
 
 def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None) -> Setting:
@@ -161,7 +159,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
             if isinstance(d, dict) and d.get("nvml_index") is not None]
     timeline = Timeline(gpus, float(config.get("idle_threshold_pct", 10.0)),
                         float(config.get("idle_patience_s", 60.0)),
-                        float(config.get("interval_s") or RECORDED_INTERVAL_S))
+                        float(config.get("interval_s") or runlog.RECORDED_INTERVAL_S))
     setting = setting_of(info)
     samples = run.samples.copy() if run.samples is not None else pd.DataFrame()
     batches = run.batches if run.batches is not None else pd.DataFrame()

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpu_watch.runlog import RECORDED_INTERVAL_S
+
 # Which figure decided a GPU's verdict (run.json `gpu_judged_by`, `judged[gpu].by`), and the
 # samples.csv column that holds it. "judged" is the column the verdict itself writes.
 _BASIS_COLUMNS = {"judged": "judged_util_pct", "process": "proc_util_pct", "device": "util_pct"}
@@ -269,7 +271,7 @@ def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunU
     """A `RunUsage` from a run read back (`runlog.Run`'s `info`, `samples`, `batches`)."""
     config = info.get("config") or {}
     meter = UsageMeter(float(config.get("idle_threshold_pct") or 10.0),
-                       float(config.get("interval_s") or 0.2))
+                       float(config.get("interval_s") or RECORDED_INTERVAL_S))
     if batches is not None and len(batches):
         meter.add_batches(batches.sort_values("time_s", kind="stable").to_dict("records"))
     if samples is not None and len(samples):

@@ -353,8 +353,9 @@ GAPS_ONLY = "batch_gaps_only"  # too few ticks to see waits inside a step: a low
 # A Python generator behind `tf.data` runs on a thread of its own, ahead of the step: busy in
 # fewer ticks than this share, it keeps up and delays nothing. Busier, it is the bottleneck, and
 # the share of ticks it was busy bounds the wait from above (the step's own work overlapped it).
-# A generator that is the bottleneck reads 0.85-0.9 busy, not 1: between its items, tf.data's
-# own code runs (measured: 0.88 for one taking 0.1 s a batch with nothing else to do).
+# A generator that is the bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs
+# between its items (0.88 for one taking 0.1 s a batch on an otherwise idle machine): the
+# threshold sits under that range.
 PRODUCER_SATURATED = 0.8
 
 

@@ -42,12 +42,14 @@ BY_DEVICE = "device"
 NAMED_PROCESSES = 3
 _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
 # Where GPM gives SM activity (the share of SMs busy, averaged over time), a GPU judged `ok`
-# (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
-# SM activity under 0.5 as likely ineffective use (0.8 is necessary, not sufficient, for good
-# use). Utilization counts any kernel running as 100 %, so SM activity is at or under it: at or
-# under half of it, fewer than half of the SMs worked while kernels ran on average. Models that
-# fill the GPU keep the two close; small kernels launched one at a time drive them apart
-# (docs/plots.md has the H200 figures behind this).
+# (busy by utilization) has its SMs "mostly idle" when both hold. Under 50 %: NVIDIA's DCGM
+# guidance reads SM activity under 0.5 as likely ineffective use (0.8 is necessary, not
+# sufficient, for good use). At most half of utilization: utilization counts any kernel running
+# as 100 %, so SM activity is at or under it, and at half of it fewer than half of the SMs worked
+# while kernels ran; a GPU busy only part of the time with kernels that fill it keeps the two
+# close and is not flagged (its idle time is the idle rule's). On an H200, models that fill the
+# GPU keep the ratio near 0.9 and small kernels launched one at a time put it near 0.2, far
+# either side of 0.5 (docs/plots.md).
 SM_ACTIVE_LOW_PCT = 50.0  # SM activity under this: DCGM's "likely ineffective"
 SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs mostly idle
 # Tensor-core activity under this, while non-tensor FP32 math is at least FP32_ACTIVE_PCT and

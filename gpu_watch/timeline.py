@@ -456,6 +456,16 @@ class Loop:
                     self.producing_ticks)
 
 
+@dataclass(frozen=True, slots=True)
+class LoopTotals:
+    """The run's loop so far as a counter wants it: every step, step 0 included, their summed
+    seconds, and the seconds spent waiting between steps."""
+
+    steps: int
+    step_s: float
+    wait_s: float
+
+
 class EpochSpan:
     """One epoch's readings and loop counts, from its begin until its figures are complete.
 
@@ -620,17 +630,15 @@ class Timeline:
         """Share of the run's loop spent waiting for data, 0-1."""
         return self.run_wait().fraction
 
-    def run_loop(self) -> tuple[int, float, float]:
+    def run_loop(self) -> LoopTotals:
         """The run's steps and their summed seconds so far, step 0 included (totals, as a
         counter wants them), and the seconds spent waiting between steps."""
-        return self._steps, self._steps_s, self._run_loop.wait_s
+        return LoopTotals(self._steps, self._steps_s, self._run_loop.wait_s)
 
-    def epoch_loop(self) -> tuple[int, float, float, int]:
-        """The running epoch's batches, summed step seconds, summed wait seconds and steps,
-        step 0 left out."""
+    def epoch_loop(self) -> Loop:
+        """The running epoch's loop counts so far, step 0 left out (a copy)."""
         span = self._open
-        loop = span.loop if span is not None else Loop()
-        return loop.batches, loop.step_s, loop.wait_s, loop.steps
+        return dataclasses.replace(span.loop) if span is not None else Loop()
 
     # -- sampler thread --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gpu_watch import runlog
@@ -17,13 +18,18 @@ from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.impact import usage_of_frames, with_impacts
 from gpu_watch.nvml import Reading
 from gpu_watch.runlog import Run
-from gpu_watch.timeline import DataTick, EpochSpan, Timeline, activity_row, energy_summary
+from gpu_watch.timeline import (
+    DataTick,
+    EpochSpan,
+    Timeline,
+    activity_row,
+    energy_summary,
+    known_mean,
+)
 from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 
 # The order of a replay's events at one instant (see `rejudge`).
 _BATCH, _TICK, _END, _BEGIN, _FIRST_BATCH = range(5)
-# The sampler's interval of runs recorded without it in their config, seconds.
-RECORDED_INTERVAL_S = 0.2
 
 
 def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None) -> Setting:
@@ -75,13 +81,13 @@ def epoch_row(span: EpochSpan, setting: Setting) -> tuple[Judgement, dict[str, A
         "step_s_mean": loop.step_s / loop.batches if loop.batches else None,
         "wait_fraction": wait.fraction,
         "wait_measure": wait.measure,
-        "gpu_util_mean": _mean([s.util_mean for s in with_util]),
-        "proc_util_mean": _mean([s.proc_util_mean for s in stats]),
-        "judged_util_mean": _mean([s.judged_util_mean for s in stats]),
+        "gpu_util_mean": known_mean([s.util_mean for s in with_util]),
+        "proc_util_mean": known_mean([s.proc_util_mean for s in stats]),
+        "judged_util_mean": known_mean([s.judged_util_mean for s in stats]),
         "gpu_util_p95": max((s.util_p95 for s in with_util), default=None),
         "gpu_mem_peak_mib": max((s.mem_peak_mib for s in stats if s.mem_peak_mib is not None),
                                 default=None),
-        "idle_fraction": _mean([s.judged_idle_fraction for s in stats]),
+        "idle_fraction": known_mean([s.judged_idle_fraction for s in stats]),
         "verdict": judgement.verdict,
     }
     for s in stats:
@@ -153,24 +159,24 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
             if isinstance(d, dict) and d.get("nvml_index") is not None]
     timeline = Timeline(gpus, float(config.get("idle_threshold_pct", 10.0)),
                         float(config.get("idle_patience_s", 60.0)),
-                        float(config.get("interval_s") or RECORDED_INTERVAL_S))
+                        float(config.get("interval_s") or runlog.RECORDED_INTERVAL_S))
     setting = setting_of(info)
     samples = run.samples.copy() if run.samples is not None else pd.DataFrame()
     batches = run.batches if run.batches is not None else pd.DataFrame()
     epochs = run.epochs if run.epochs is not None else pd.DataFrame()
     data = _data_ticks(samples, batches, epochs)
-    events: list[tuple[float, int, Any]] = []
+    events: list[_Event] = []
     bounds = {}
     # At one instant: batches and readings of the epoch ending, its end, the next epoch's
     # begin, then that epoch's batches.
-    for epoch, start_s, end_s in _epoch_spans(batches, epochs):
-        bounds[epoch] = (start_s, end_s)
-        events.append((start_s, _BEGIN, ("begin", epoch)))
-        events.append((end_s, _END, ("end", epoch)))
+    for span in _epoch_spans(batches, epochs):
+        bounds[span.epoch] = span
+        events.append(_Event(span.start_s, _BEGIN, span.epoch))
+        events.append(_Event(span.end_s, _END, span.epoch))
     for b in batches.itertuples():  # each batch inside its own epoch, whatever its timing
-        start_s, end_s = bounds[int(b.epoch)]
-        time_s = min(max(float(b.time_s), start_s), end_s)
-        events.append((time_s, _FIRST_BATCH if time_s == start_s else _BATCH, b))
+        span = bounds[int(b.epoch)]
+        time_s = min(max(float(b.time_s), span.start_s), span.end_s)
+        events.append(_Event(time_s, _FIRST_BATCH if time_s == span.start_s else _BATCH, b))
     readings_by_row: dict[Any, Reading] = {}
     if len(samples):
         for time_s, rows in samples.groupby("time_s", sort=True):
@@ -179,21 +185,20 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
                 reading = _reading(float(time_s), r)
                 readings_by_row[index] = reading
                 tick.append(reading)
-            events.append((float(time_s), _TICK, (tick, data.get(float(time_s)))))
+            events.append(_Event(float(time_s), _TICK, tick))
     logs = _keras_logs(epochs)
     rows: list[dict[str, Any]] = []
-    for time_s, kind, payload in sorted(events, key=lambda e: (e[0], e[1])):
-        if kind == _BEGIN:
-            timeline.begin_epoch(int(payload[1]), time_s)
-        elif kind in (_BATCH, _FIRST_BATCH):
-            timeline.add_batch(int(payload.epoch), int(payload.batch),
-                               int(runlog.number(payload.steps) or 1),
-                               payload.time_s - payload.step_s, payload.time_s,
-                               runlog.number(payload.wait_s))
-        elif kind == _TICK:
-            timeline.add_readings(*payload)
+    for event in sorted(events, key=lambda e: (e.time_s, e.order)):
+        if event.order == _BEGIN:
+            timeline.begin_epoch(event.payload, event.time_s)
+        elif event.order in (_BATCH, _FIRST_BATCH):
+            b = event.payload
+            timeline.add_batch(int(b.epoch), int(b.batch), int(runlog.number(b.steps) or 1),
+                               b.time_s - b.step_s, b.time_s, runlog.number(b.wait_s))
+        elif event.order == _TICK:
+            timeline.add_readings(event.payload, data.get(event.time_s))
         else:
-            timeline.end_epoch(time_s, logs.get(int(payload[1]), {}))
+            timeline.end_epoch(event.time_s, logs.get(event.payload, {}))
         rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs()]
     rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs(final=True)]
     judgement, record = run_record(timeline, setting)
@@ -209,9 +214,31 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     return Run(run.path, info, samples, run.batches, new_epochs, list(run.warnings))
 
 
-def _epoch_spans(batches: Any, epochs: Any) -> list[tuple[int, float, float]]:
-    """(epoch, start_s, end_s) of each recorded epoch: from its first batch's begin, for the
-    epoch's recorded duration (its end is not recorded)."""
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One thing a recorded run did, replayed in time order (see `rejudge`).
+
+    `order` puts events of one instant in order (`_BATCH` ... `_FIRST_BATCH`); `payload` is
+    a `batches.csv` row, a tick's readings, or the epoch that begins or ends.
+    """
+
+    time_s: float
+    order: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _EpochBounds:
+    """When a recorded epoch began and ended, seconds since training started."""
+
+    epoch: int
+    start_s: float
+    end_s: float
+
+
+def _epoch_spans(batches: Any, epochs: Any) -> list[_EpochBounds]:
+    """The bounds of each recorded epoch: from its first batch's begin, for the epoch's
+    recorded duration (its end is not recorded)."""
     spans = []
     durations = {int(e): runlog.number(d) for e, d in zip(epochs.get("epoch", []),
                                                   epochs.get("duration_s", []), strict=False)}
@@ -222,17 +249,20 @@ def _epoch_spans(batches: Any, epochs: Any) -> list[tuple[int, float, float]]:
         start = float(first.time_s) - float(first.step_s)
         end = float(rows["time_s"].max())
         duration = durations.get(int(epoch))
-        spans.append((int(epoch), start, max(end, start + duration) if duration else end))
+        spans.append(_EpochBounds(int(epoch), start,
+                                  max(end, start + duration) if duration else end))
     # Epochs follow each other: one ends before the next begins (a recorded duration starts a
     # little before the first batch, and batch hooks run on worker threads may end late).
-    ordered: list[tuple[int, float, float]] = []
-    for i, (epoch, start, end) in enumerate(spans):
+    ordered: list[_EpochBounds] = []
+    for i, span in enumerate(spans):
+        start, end = span.start_s, span.end_s
         if ordered:
-            start = max(start, ordered[-1][2])
-        last_end = float(batches.loc[batches["epoch"] == epoch, "time_s"].max())
+            start = max(start, ordered[-1].end_s)
+        last_end = float(batches.loc[batches["epoch"] == span.epoch, "time_s"].max())
         if i + 1 < len(spans):
-            end = max(min(end, spans[i + 1][1]), min(last_end, spans[i + 1][2]))
-        ordered.append((epoch, start, max(end, start)))
+            after = spans[i + 1]
+            end = max(min(end, after.start_s), min(last_end, after.end_s))
+        ordered.append(_EpochBounds(span.epoch, start, max(end, start)))
     return ordered
 
 
@@ -258,10 +288,10 @@ def _data_ticks(samples: Any, batches: Any, epochs: Any) -> dict[float, DataTick
     batch_times = batches.get("time_s")
     first_step_end_s = (float(batch_times.min()) if batch_times is not None
                         and len(batch_times) else 0.0)
-    for epoch, start_s, end_s in _epoch_spans(batches, epochs):
+    for span in _epoch_spans(batches, epochs):
         # The recorded share counted the ticks after step 0 only.
-        inside = [t for t in times if max(start_s, first_step_end_s) < t <= end_s]
-        share = shares.get(epoch) or 0.0
+        inside = [t for t in times if max(span.start_s, first_step_end_s) < t <= span.end_s]
+        share = shares.get(span.epoch) or 0.0
         for t in inside[:round(share * len(inside))]:
             ticks[t] = DataTick(True)
     return ticks
@@ -290,12 +320,6 @@ def _keras_logs(epochs: Any) -> dict[int, dict[str, float]]:
     return {int(r["epoch"]): {c: r[c] for c in columns if runlog.number(r[c]) is not None}
             for r in epochs.to_dict("records")}
 
-
-
-
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known else None
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -1,8 +1,10 @@
 """Why a GPU was not used: the cause codes, each with a message and a remedy a user can paste.
 
 One type serves `gpu-watch doctor` (checks before training) and `GPUWatch` (what training showed),
-so a finding reads the same wherever it appears. Codes are grouped by the four reasons people
-meet in practice: the installation, the driver, GPU resources, and code that forces the CPU.
+so a finding reads the same wherever it appears. Each code belongs to one of the four groups of
+reasons people meet in practice (the installation, the driver, GPU resources, and code that forces
+the CPU), or to `other` for what none of them covers (hidden GPUs, the input pipeline, other
+processes, how well the GPU was used).
 
 A remedy is the line a user pastes, so it must fit their setup: the catalogue holds, besides each
 code's default remedy, variants per Keras backend, per input pipeline and per placement finding,
@@ -42,8 +44,9 @@ class CauseSpec:
     """What every instance of a cause code shares.
 
     Attributes:
-        group: One of the four reasons (or "other").
-        severity: "error", "warning" or "info".
+        group: One of the four groups of reasons (or "other").
+        severity: "error", "warning" or "info": the code's default, which a rule may override
+            for a finding that means less (see `process_not_on_gpu`).
         message: The default one-line message.
         remedy: The default remedy: what fits when nothing more is known.
         variants: Remedies for particular setups, keyed as :func:`choose_remedy` looks them up (a
@@ -211,6 +214,10 @@ CATALOGUE: dict[str, CauseSpec] = {
                      "the training step, in background workers{more}",
         },
     ),
+    # Two findings share this code. A GPU busy with other processes while training ran on the CPU
+    # is an error: this training never used it. One GPU idle while others of this training
+    # worked is raised as a warning (see `verdict.judge`): training does use a GPU, and the
+    # remedy spreads it over the idle ones.
     "process_not_on_gpu": CauseSpec(
         OTHER, ERROR,
         "The GPU was busy, but not with this process: this training does not use it.",

@@ -88,15 +88,16 @@ class TailReader:
 class GPUView:
     """One watched GPU as the run folder shows it.
 
-    `own` is this training's utilization as the verdict judges it (`judged_util_pct` where the
-    run has it, else its own SM utilization, else the device's); `device` the whole GPU's.
-    Both are (time_s, percent) over the last `WINDOW_S` seconds, NaN where not measured.
+    `judged_util_pct` is this training's utilization as the verdict judges it (the column of
+    that name where the run has it, else its own SM utilization, else the device's); `util_pct`
+    the whole GPU's. Both are (time_s, percent) over the last `WINDOW_S` seconds, NaN where not
+    measured.
     """
 
     index: int
     name: str = ""
-    own: deque = field(default_factory=deque)
-    device: deque = field(default_factory=deque)
+    judged_util_pct: deque = field(default_factory=deque)
+    util_pct: deque = field(default_factory=deque)
     mem_used_mib: float = math.nan
     mem_total_mib: float = math.nan
     proc_mem_mib: float = math.nan
@@ -105,7 +106,8 @@ class GPUView:
     lost: bool = False
 
     def latest(self, series: str) -> float:
-        """The latest measured value of `own` or `device` (NaN when none in the window)."""
+        """The latest measured value of `judged_util_pct` or `util_pct` (NaN when none in the
+        window)."""
         for _, value in reversed(getattr(self, series)):
             if not math.isnan(value):
                 return value
@@ -261,9 +263,9 @@ class RunFollower:
             return
         view = self._gpus.setdefault(index, GPUView(index))
         device = _float(row.get("util_pct"))
-        view.device.append((t, device))
-        view.own.append((t, judged_util(row)))
-        for series in (view.device, view.own):
+        view.util_pct.append((t, device))
+        view.judged_util_pct.append((t, judged_util(row)))
+        for series in (view.util_pct, view.judged_util_pct):
             while series and series[0][0] < t - self.window_s:
                 series.popleft()
         for name in ("mem_used_mib", "mem_total_mib", "proc_mem_mib", "power_w", "temp_c"):

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpu_watch.runlog import RECORDED_INTERVAL_S
+
 # Which figure decided a GPU's verdict (run.json `gpu_judged_by`, `judged[gpu].by`), and the
 # samples.csv column that holds it. "judged" is the column the verdict itself writes.
 _BASIS_COLUMNS = {"judged": "judged_util_pct", "process": "proc_util_pct", "device": "util_pct"}
@@ -182,7 +184,8 @@ class UsageMeter:
         self.loop_s = 0.0
         self.batches = 0
         self.epoch_starts = 0
-        self._last_batch: tuple[Any, float] | None = None
+        self._last_epoch: Any = None  # the epoch of the batch row counted last
+        self._last_end_s: float | None = None  # and its end; None before the first
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
         # Readings that came before the first batch row: the sampler may write a reading taken
@@ -201,14 +204,15 @@ class UsageMeter:
             if _missing(row.get("time_s")):
                 continue  # a row torn by a crash and repaired on read
             end_s, epoch = float(row["time_s"]), row.get("epoch")
-            last, self._last_batch = self._last_batch, (epoch, end_s)
+            last_epoch, last_end_s = self._last_epoch, self._last_end_s
+            self._last_epoch, self._last_end_s = epoch, end_s
             if self.step0_end_s is None:
                 self.step0_end_s = end_s
                 early, self._early = list(self._early), deque(maxlen=EARLY_READINGS)
                 self.add_samples(early)
                 continue
-            if last is not None and last[0] == epoch:
-                seconds = max(0.0, end_s - last[1])
+            if last_end_s is not None and last_epoch == epoch:
+                seconds = max(0.0, end_s - last_end_s)
             else:
                 step = 0.0 if _missing(row.get("step_s")) else float(row["step_s"])
                 wait = 0.0 if _missing(row.get("wait_s")) else float(row["wait_s"])
@@ -267,7 +271,7 @@ def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunU
     """A `RunUsage` from a run read back (`runlog.Run`'s `info`, `samples`, `batches`)."""
     config = info.get("config") or {}
     meter = UsageMeter(float(config.get("idle_threshold_pct") or 10.0),
-                       float(config.get("interval_s") or 0.2))
+                       float(config.get("interval_s") or RECORDED_INTERVAL_S))
     if batches is not None and len(batches):
         meter.add_batches(batches.sort_values("time_s", kind="stable").to_dict("records"))
     if samples is not None and len(samples):
@@ -580,7 +584,8 @@ def first_impact_line(causes: Sequence[Mapping[str, Any]], duration_s: float | N
                       ) -> str | None:
     """The sentence for the costliest cause (most GPU-seconds idle, then wall time lost);
     None where no cause has a measured cost."""
-    best: tuple[float, float, str] | None = None
+    best: str | None = None
+    best_cost = (-math.inf, -math.inf)  # (GPU-seconds idle, wall seconds lost)
     for item in causes:
         record = item.get("impact") if isinstance(item, Mapping) else None
         if not isinstance(record, Mapping):
@@ -589,10 +594,10 @@ def first_impact_line(causes: Sequence[Mapping[str, Any]], duration_s: float | N
         sentence = impact_sentence(str(item.get("code")), impact, duration_s)
         if sentence is None:
             continue
-        key = (impact.gpu_idle_s or 0.0, impact.wall_lost_s or 0.0, sentence)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else best[2]
+        cost = (impact.gpu_idle_s or 0.0, impact.wall_lost_s or 0.0)
+        if best is None or cost > best_cost:
+            best, best_cost = sentence, cost
+    return best
 
 
 # -- across runs -------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ STATUS_INTERRUPTED = "interrupted"
 STATUS_FAILED = "failed"
 STATUS_INCOMPLETE = "incomplete"  # read back: "running" on disk, but its writer is gone
 
+# The sampler's interval, seconds, taken for a run folder whose config does not record its own:
+# the default those folders were written with. Fixed here, not read from the sampler, so that a
+# later default does not change how they read back.
+RECORDED_INTERVAL_S = 0.2
+
 # GPM readings (Hopper and newer; NaN elsewhere) and the whole GPU's energy counter (mJ since
 # the driver loaded). Runs written before these existed read back with the columns all NaN.
 SAMPLE_ACTIVITY_COLUMNS = (

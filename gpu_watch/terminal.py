@@ -144,10 +144,10 @@ def render(snap: Snapshot, run_dir: Path, window_s: float = WINDOW_S):
         rows.append(Text("No GPU watched (NVML saw none): nothing to draw.", style="dim"))
     for gpu in snap.gpus:
         rows.append(Text(f"GPU {gpu.index} {gpu.name}".rstrip(), style="bold cyan"))
-        for label, series in (("this training", "own"), ("device", "device")):
+        for label, series in (("this training", "judged_util_pct"), ("device", "util_pct")):
             spark = sparkline(getattr(gpu, series), end, window_s)
             text = Text(f"  {label:<13} ")
-            text.append(f"│{spark}│", style="green" if series == "own" else "blue")
+            text.append(f"│{spark}│", style="green" if series == "judged_util_pct" else "blue")
             text.append(f" {_pct(gpu.latest(series)):>4}")
             rows.append(text)
         rows.append(Text(f"  {gpu_facts(snap, gpu)}"))
@@ -169,8 +169,8 @@ def plain_line(snap: Snapshot) -> str:
     """One line for output that is not a terminal."""
     parts = [f"[{_duration(snap.elapsed_s)}] {snap.status}", f"verdict {verdict_word(snap)}"]
     for gpu in snap.gpus:
-        parts.append(f"GPU {gpu.index}: this training {_pct(gpu.latest('own'))}, device "
-                     f"{_pct(gpu.latest('device'))}, {_gib(gpu.mem_used_mib)} GiB")
+        parts.append(f"GPU {gpu.index}: this training {_pct(gpu.latest('judged_util_pct'))}, "
+                     f"device {_pct(gpu.latest('util_pct'))}, {_gib(gpu.mem_used_mib)} GiB")
     parts.append(loop_line(snap))
     return " | ".join(parts)
 

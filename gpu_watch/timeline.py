@@ -13,7 +13,7 @@ import dataclasses
 import math
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,44 +93,82 @@ class _Histogram:
         return n, self.total / n, float(p95), self.idle / n
 
 
+@dataclass(slots=True)
+class _RunningMean:
+    """A running mean: the sum of the values counted and how many there were."""
+
+    total: float = 0.0
+    readings: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.readings += 1
+
+    def mean(self) -> float | None:
+        """The mean; None before the first value."""
+        return self.total / self.readings if self.readings else None
+
+
+@dataclass(slots=True)
+class _OtherProcess:
+    """Another process's use of one GPU over a span, as it is counted (see `OtherUse`)."""
+
+    name: str | None = None
+    sm_util: _RunningMean = field(default_factory=_RunningMean)
+    mem_peak_mib: float | None = None
+
+
 class SpanStats:
     """Running statistics of one GPU over a span: the device's utilization and this process's
-    own (histograms), the other processes seen, peaks, flags, and running sums of the GPM
-    readings."""
+    own (histograms), the other processes seen, peaks, flags, and running means of the GPM
+    readings.
 
-    __slots__ = ("readings", "device", "own", "mem_peak", "proc_peak", "proc_seen",
-                 "others_seen", "lost", "others_sum", "others_n", "others_busy", "contended",
-                 "others_mem_peak", "procs_max", "others", "activity")
+    Each figure is named after the `GPUStats` field it becomes: `gpu_util` is the device's
+    utilization (`Reading.util_pct`), `proc_util` this process's own (`Reading.proc_util_pct`).
+    """
+
+    __slots__ = ("readings", "gpu_util", "proc_util", "mem_peak_mib", "proc_mem_peak_mib",
+                 "proc_seen", "others_seen", "lost", "others_util", "others_busy", "contended",
+                 "others_mem_peak_mib", "procs_max", "others", "activity")
 
     def __init__(self) -> None:
         self.readings = 0
-        self.device = _Histogram()
-        self.own = _Histogram()
-        self.mem_peak: float | None = None
-        self.proc_peak: float | None = None
+        self.gpu_util = _Histogram()
+        self.proc_util = _Histogram()
+        self.mem_peak_mib: float | None = None
+        self.proc_mem_peak_mib: float | None = None
         self.proc_seen = False
         self.others_seen = False
         self.lost = False
-        self.others_sum = 0.0
-        self.others_n = 0
-        self.others_busy = 0
+        self.others_util = _RunningMean()  # the other processes' summed SM utilization
+        self.others_busy = 0  # readings in which the others were at or above the threshold
         self.contended = 0  # readings in which this process and the others both worked
-        self.others_mem_peak: float | None = None
+        self.others_mem_peak_mib: float | None = None
         self.procs_max: int | None = None
-        self.others: dict[int, list] = {}  # pid -> [name, util sum, util readings, mem peak]
-        self.activity = [[0.0, 0] for _ in ACTIVITY_FIELDS]  # [sum, readings] per field
+        self.others: dict[int, _OtherProcess] = {}  # by PID
+        self.activity = {name: _RunningMean() for name, _ in ACTIVITY_FIELDS}  # by Reading field
 
     def add(self, r: Reading, threshold_pct: float) -> None:
         """Count one reading; readings without a value change nothing (NaN is not idle)."""
         self.readings += 1
         if r.util_pct is not None:
-            self.device.add(r.util_pct, threshold_pct)
+            self.gpu_util.add(r.util_pct, threshold_pct)
         if r.proc_util_pct is not None:
-            self.own.add(r.proc_util_pct, threshold_pct)
+            self.proc_util.add(r.proc_util_pct, threshold_pct)
         if r.mem_used_mib is not None:
-            self.mem_peak = _max(self.mem_peak, r.mem_used_mib)
+            self.mem_peak_mib = _max(self.mem_peak_mib, r.mem_used_mib)
         if r.proc_mem_mib is not None:
-            self.proc_peak = _max(self.proc_peak, r.proc_mem_mib)
+            self.proc_mem_peak_mib = _max(self.proc_mem_peak_mib, r.proc_mem_mib)
+        self._count_listing(r)
+        self._count_others(r, threshold_pct)
+        self.lost = self.lost or r.lost
+        for name, running in self.activity.items():
+            value = getattr(r, name)
+            if value is not None:
+                running.add(value)
+
+    def _count_listing(self, r: Reading) -> None:
+        """Whether NVML listed this process, and other processes, on the GPU."""
         listed = r.proc_listed
         if listed is None and r.proc_mem_mib is not None:
             # Readings without the flag (read back from a run folder): memory held means listed.
@@ -141,57 +179,53 @@ class SpanStats:
             self.procs_max = r.procs if self.procs_max is None else max(self.procs_max, r.procs)
             if listed is not None and r.procs > int(listed):
                 self.others_seen = True
+
+    def _count_others(self, r: Reading, threshold_pct: float) -> None:
+        """The other processes' use of the GPU: together, and each on its own (the first
+        `MAX_OTHER_PIDS` seen)."""
         if r.others_util_pct is not None:
-            self.others_sum += r.others_util_pct
-            self.others_n += 1
+            self.others_util.add(r.others_util_pct)
             if r.others_util_pct >= threshold_pct:
                 self.others_busy += 1
                 if r.proc_util_pct is not None and r.proc_util_pct >= threshold_pct:
                     self.contended += 1
         if r.others_mem_mib is not None:
-            self.others_mem_peak = _max(self.others_mem_peak, r.others_mem_mib)
+            self.others_mem_peak_mib = _max(self.others_mem_peak_mib, r.others_mem_mib)
         for other in r.others or ():
             entry = self.others.get(other.pid)
             if entry is None:
                 if len(self.others) >= MAX_OTHER_PIDS:
                     continue
-                entry = self.others[other.pid] = [other.name, 0.0, 0, None]
-            entry[0] = entry[0] or other.name
+                entry = self.others[other.pid] = _OtherProcess()
+            entry.name = entry.name or other.name
             if other.sm_util_pct is not None:
-                entry[1] += other.sm_util_pct
-                entry[2] += 1
+                entry.sm_util.add(other.sm_util_pct)
             if other.used_mib is not None:
-                entry[3] = _max(entry[3], other.used_mib)
-        self.lost = self.lost or r.lost
-        for (name, _), running in zip(ACTIVITY_FIELDS, self.activity, strict=True):
-            value = getattr(r, name)
-            if value is not None:
-                running[0] += value
-                running[1] += 1
+                entry.mem_peak_mib = _max(entry.mem_peak_mib, other.used_mib)
 
     def activity_means(self) -> dict[str, float | None]:
         """The GPM means as GPUStats keywords; None for a field never read."""
-        return {field: (total / n if n else None)
-                for (_, field), (total, n) in zip(ACTIVITY_FIELDS, self.activity, strict=True)}
+        return {field: self.activity[name].mean() for name, field in ACTIVITY_FIELDS}
 
     def stats(self, gpu: int) -> GPUStats:
         """The span's statistics as the verdict rules take them."""
-        n, mean, p95, idle = self.device.summary()
-        own_n, own_mean, own_p95, own_idle = self.own.summary()
-        others = tuple(
-            OtherUse(pid, name, util_sum / util_n if util_n else None, mem_peak)
-            for pid, (name, util_sum, util_n, mem_peak) in self.others.items()
-        )
+        util_n, util_mean, util_p95, util_idle = self.gpu_util.summary()
+        proc_n, proc_mean, proc_p95, proc_idle = self.proc_util.summary()
+        others_n = self.others_util.readings
+        others = tuple(OtherUse(pid, o.name, o.sm_util.mean(), o.mem_peak_mib)
+                       for pid, o in self.others.items())
         return GPUStats(
-            gpu, n, mean, p95, idle, self.mem_peak, self.proc_peak, self.proc_seen,
-            self.others_seen, self.lost,
-            proc_util_samples=own_n, proc_util_mean=own_mean, proc_util_p95=own_p95,
-            proc_idle_fraction=own_idle,
-            others_util_mean=self.others_sum / self.others_n if self.others_n else None,
-            others_busy_fraction=self.others_busy / self.others_n if self.others_n else None,
-            contended_fraction=self.contended / self.others_n if self.others_n else None,
-            others_mem_peak_mib=self.others_mem_peak, procs_max=self.procs_max, others=others,
-            readings=self.readings, **self.activity_means(),
+            gpu, util_samples=util_n, util_mean=util_mean, util_p95=util_p95,
+            device_idle_fraction=util_idle, mem_peak_mib=self.mem_peak_mib,
+            proc_mem_peak_mib=self.proc_mem_peak_mib, proc_seen=self.proc_seen,
+            others_seen=self.others_seen, lost=self.lost,
+            proc_util_samples=proc_n, proc_util_mean=proc_mean, proc_util_p95=proc_p95,
+            proc_idle_fraction=proc_idle,
+            others_util_mean=self.others_util.mean(),
+            others_busy_fraction=self.others_busy / others_n if others_n else None,
+            contended_fraction=self.contended / others_n if others_n else None,
+            others_mem_peak_mib=self.others_mem_peak_mib, procs_max=self.procs_max,
+            others=others, readings=self.readings, **self.activity_means(),
         )
 
 
@@ -261,22 +295,24 @@ class EnergyMeter:
                 "power_mean_w": joules / seconds if seconds > 0 else None}
 
 
+def known_mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are known (not None); None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def activity_row(stats: Sequence[GPUStats]) -> dict[str, Any]:
     """The GPM and energy cells of an `epochs.csv` row (see `runlog.EPOCH_ACTIVITY_COLUMNS`):
     percentages averaged over the GPUs that have them, energy and power summed, each GPU's own;
     None where no GPU measured it."""
-    def mean(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return sum(known) / len(known) if known else None
-
     def total(values: list[float | None]) -> float | None:
         known = [v for v in values if v is not None]
         return sum(known) if known else None
 
     row: dict[str, Any] = {
-        "gpu_sm_active_mean": mean([s.sm_active_mean for s in stats]),
-        "gpu_tensor_active_mean": mean([s.tensor_active_mean for s in stats]),
-        "gpu_dram_bw_mean": mean([s.dram_bw_mean for s in stats]),
+        "gpu_sm_active_mean": known_mean([s.sm_active_mean for s in stats]),
+        "gpu_tensor_active_mean": known_mean([s.tensor_active_mean for s in stats]),
+        "gpu_dram_bw_mean": known_mean([s.dram_bw_mean for s in stats]),
         "gpu_energy_j": total([s.energy_j for s in stats]),
         "gpu_power_mean_w": total([s.power_mean_w for s in stats]),
     }
@@ -318,8 +354,9 @@ GAPS_ONLY = "batch_gaps_only"  # too few ticks to see waits inside a step: a low
 # A Python generator behind `tf.data` runs on a thread of its own, ahead of the step: busy in
 # fewer ticks than this share, it keeps up and delays nothing. Busier, it is the bottleneck, and
 # the share of ticks it was busy bounds the wait from above (the step's own work overlapped it).
-# A generator that is the bottleneck reads 0.85-0.9 busy, not 1: between its items, tf.data's
-# own code runs (measured: 0.88 for one taking 0.1 s a batch with nothing else to do).
+# A generator that is the bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs
+# between its items (0.88 for one taking 0.1 s a batch on an otherwise idle machine): the
+# threshold sits under that range.
 PRODUCER_SATURATED = 0.8
 
 
@@ -418,6 +455,16 @@ class Loop:
             fraction, measure = None, None
         return Wait(fraction, measure, self.wait_s, loop_s, self.ticks, self.fetching_ticks,
                     self.producing_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTotals:
+    """The run's loop so far as a counter wants it: every step, step 0 included, their summed
+    seconds, and the seconds spent waiting between steps."""
+
+    steps: int
+    step_s: float
+    wait_s: float
 
 
 class EpochSpan:
@@ -616,17 +663,15 @@ class Timeline:
         """Share of the run's loop spent waiting for data, 0-1."""
         return self.run_wait().fraction
 
-    def run_loop(self) -> tuple[int, float, float]:
+    def run_loop(self) -> LoopTotals:
         """The run's steps and their summed seconds so far, step 0 included (totals, as a
         counter wants them), and the seconds spent waiting between steps."""
-        return self._steps, self._steps_s, self._run_loop.wait_s
+        return LoopTotals(self._steps, self._steps_s, self._run_loop.wait_s)
 
-    def epoch_loop(self) -> tuple[int, float, float, int]:
-        """The running epoch's batches, summed step seconds, summed wait seconds and steps,
-        step 0 left out."""
+    def epoch_loop(self) -> Loop:
+        """The running epoch's loop counts so far, step 0 left out (a copy)."""
         span = self._open
-        loop = span.loop if span is not None else Loop()
-        return loop.batches, loop.step_s, loop.wait_s, loop.steps
+        return dataclasses.replace(span.loop) if span is not None else Loop()
 
     # -- sampler thread --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpu_watch.causes import Cause, RunFacts, blocks_gpu, cause, fix_rank, framework_name
+from gpu_watch.causes import WARNING, Cause, RunFacts, blocks_gpu, cause, fix_rank, framework_name
 
 OK = "ok"
 IDLE = "idle"
@@ -42,12 +42,14 @@ BY_DEVICE = "device"
 NAMED_PROCESSES = 3
 _DRIVER_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
 # Where GPM gives SM activity (the share of SMs busy, averaged over time), a GPU judged `ok`
-# (busy by utilization) has its SMs "mostly idle" when both hold. NVIDIA's DCGM guidance reads
-# SM activity under 0.5 as likely ineffective use (0.8 is necessary, not sufficient, for good
-# use). Utilization counts any kernel running as 100 %, so SM activity is at or under it: at or
-# under half of it, fewer than half of the SMs worked while kernels ran on average. Models that
-# fill the GPU keep the two close; small kernels launched one at a time drive them apart
-# (docs/plots.md has the H200 figures behind this).
+# (busy by utilization) has its SMs "mostly idle" when both hold. Under 50 %: NVIDIA's DCGM
+# guidance reads SM activity under 0.5 as likely ineffective use (0.8 is necessary, not
+# sufficient, for good use). At most half of utilization: utilization counts any kernel running
+# as 100 %, so SM activity is at or under it, and at half of it fewer than half of the SMs worked
+# while kernels ran; a GPU busy only part of the time with kernels that fill it keeps the two
+# close and is not flagged (its idle time is the idle rule's). On an H200, models that fill the
+# GPU keep the ratio near 0.9 and small kernels launched one at a time put it near 0.2, far
+# either side of 0.5 (docs/plots.md).
 SM_ACTIVE_LOW_PCT = 50.0  # SM activity under this: DCGM's "likely ineffective"
 SM_ACTIVE_UTIL_RATIO = 0.5  # SM activity at most this share of utilization: SMs mostly idle
 # Tensor-core activity under this, while non-tensor FP32 math is at least FP32_ACTIVE_PCT and
@@ -93,7 +95,8 @@ class GPUStats:
         util_samples: Readings with a utilization value (NaN readings are not counted).
         util_mean: Mean utilization, percent; None without readings.
         util_p95: 95th percentile of utilization, percent.
-        idle_fraction: Share of readings under the idle threshold, 0-1.
+        device_idle_fraction: Share of the device's readings under the idle threshold, 0-1
+            (`judged_idle_fraction` is the share the verdict is judged by).
         mem_peak_mib: Peak memory used on the device (by everyone), MiB.
         proc_mem_peak_mib: Peak memory this process held, MiB; None when never known.
         proc_seen: This process appeared in NVML's compute process list.
@@ -130,7 +133,7 @@ class GPUStats:
     util_samples: int = 0
     util_mean: float | None = None
     util_p95: float | None = None
-    idle_fraction: float | None = None
+    device_idle_fraction: float | None = None
     mem_peak_mib: float | None = None
     proc_mem_peak_mib: float | None = None
     proc_seen: bool = False
@@ -193,7 +196,7 @@ def judged_by(stats: GPUStats) -> str:
 
 def judged_idle_fraction(stats: GPUStats) -> float | None:
     """The idle share that decides: this process's where measured, else the device's."""
-    return stats.proc_idle_fraction if stats.proc_util_samples else stats.idle_fraction
+    return stats.proc_idle_fraction if stats.proc_util_samples else stats.device_idle_fraction
 
 
 def judged_util_mean(stats: GPUStats) -> float | None:
@@ -291,7 +294,8 @@ def gpu_verdict(stats: GPUStats, nvml_error: str | None) -> str:
         return IDLE if idle is not None and idle > IDLE_FRACTION_LIMIT else OK
     if not stats.util_samples:
         return UNMONITORED
-    if stats.idle_fraction is not None and stats.idle_fraction > IDLE_FRACTION_LIMIT:
+    if (stats.device_idle_fraction is not None
+            and stats.device_idle_fraction > IDLE_FRACTION_LIMIT):
         return IDLE
     return UNMONITORED if stats.shared else OK
 
@@ -307,16 +311,16 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if not on_gpu(setting):
         return Judgement(CPU_FALLBACK, cpu_fallback_causes(setting, gpus))
     per_gpu = {s.gpu: gpu_verdict(s, setting.nvml_error) for s in gpus}
-    judged_by = {s.gpu: s.judged_by for s in gpus}
+    bases = {s.gpu: s.judged_by for s in gpus}
     causes = attribution_causes(setting, gpus) + activity_causes(setting, gpus, per_gpu)
-    shared = shared_causes(gpus, per_gpu)
+    sharing = shared_causes(gpus, per_gpu)
     if per_gpu and all(v == UNMEASURED for v in per_gpu.values()):
-        return Judgement(UNMEASURED, causes + shared, per_gpu, judged_by)
+        return Judgement(UNMEASURED, causes + sharing, per_gpu, bases)
     if not per_gpu or all(v in (UNMONITORED, UNMEASURED) for v in per_gpu.values()):
-        return Judgement(UNMONITORED, causes + shared, per_gpu, judged_by)
+        return Judgement(UNMONITORED, causes + sharing, per_gpu, bases)
     idle = [s for s in gpus if per_gpu[s.gpu] == IDLE]
     if not idle:
-        return Judgement(OK, causes + shared, per_gpu, judged_by)
+        return Judgement(OK, causes + sharing, per_gpu, bases)
     busy = [s.gpu for s in gpus if per_gpu[s.gpu] == OK]
     if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
         causes.insert(0, cause(
@@ -331,12 +335,12 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
             "process_not_on_gpu",
             f"{_gpu_names(idle)} sat idle while {_gpu_list(busy)} worked: "
             "check the distribution setup and device placement.",
-            severity="warning",
+            severity=WARNING,
             facts=setting.facts,
             idle_gpus=[s.gpu for s in idle],
             busy_gpus=busy,
         ))
-    return Judgement(IDLE, causes + shared, per_gpu, judged_by)
+    return Judgement(IDLE, causes + sharing, per_gpu, bases)
 
 
 def cpu_fallback_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause]:
@@ -443,10 +447,10 @@ def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause
         reasons.append(f"NVML had no sample of this process's own utilization on "
                        f"{_gpu_list(unsampled)} yet (a process that runs no kernels reads 0 % "
                        "only after a quiet period)")
-    shared = [s.gpu for s in fallback if s.shared]
+    shared_gpus = [s.gpu for s in fallback if s.shared]
     message = "; ".join(reasons) + ": the device's utilization is used instead"
-    message += (f", and on {_gpu_list(shared)}, which other processes shared, this training's "
-                "own use is unknown." if shared else ".")
+    message += (f", and on {_gpu_list(shared_gpus)}, which other processes shared, this "
+                "training's own use is unknown." if shared_gpus else ".")
     if hidden or unlisted:
         remedy = None
     elif unsupported:

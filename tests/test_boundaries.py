@@ -22,7 +22,7 @@ NO_DRIVER = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
 
 def stats(gpu=0, **kw):
     """A GPU judged by the device's figures: NVML gave this process none of its own."""
-    values = {"util_samples": 100, "util_mean": 85.0, "util_p95": 99.0, "idle_fraction": 0.0,
+    values = {"util_samples": 100, "util_mean": 85.0, "util_p95": 99.0, "device_idle_fraction": 0.0,
               "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True}
     values.update(kw)
     return GPUStats(gpu, **values)
@@ -30,11 +30,11 @@ def stats(gpu=0, **kw):
 
 def mine(gpu=0, **kw):
     """A GPU this process uses alone, judged by its own figures (the device's, unless given)."""
-    values = {"util_samples": 100, "util_mean": 85.0, "idle_fraction": 0.0, "procs_max": 1}
+    values = {"util_samples": 100, "util_mean": 85.0, "device_idle_fraction": 0.0, "procs_max": 1}
     values.update(kw)
     values.setdefault("proc_util_samples", values["util_samples"])
     values.setdefault("proc_util_mean", values["util_mean"])
-    values.setdefault("proc_idle_fraction", values["idle_fraction"])
+    values.setdefault("proc_idle_fraction", values["device_idle_fraction"])
     return stats(gpu, **values)
 
 
@@ -68,9 +68,9 @@ def feed(tl, utils, gpu=0, start_s=0.25, step_s=0.25):
                          [(0.0, OK), (0.49, OK), (0.5, OK), (0.51, IDLE), (0.7, IDLE), (1.0, IDLE)])
 def test_idle_means_more_than_half_the_readings(idle_fraction, verdict, judged_by):
     if judged_by == "process":  # the device's figures say the opposite: they do not decide
-        gpu = mine(proc_idle_fraction=idle_fraction, idle_fraction=1.0 - idle_fraction)
+        gpu = mine(proc_idle_fraction=idle_fraction, device_idle_fraction=1.0 - idle_fraction)
     else:
-        gpu = stats(idle_fraction=idle_fraction)
+        gpu = stats(device_idle_fraction=idle_fraction)
     j = judge(ON_GPU, [gpu], None)
     assert (j.verdict, j.judged_by) == (verdict, {0: judged_by})
 
@@ -80,7 +80,7 @@ def test_half_of_ten_readings_idle_is_ok_six_is_idle(idle_readings, verdict):
     tl = timeline_after_step_0()
     feed(tl, [0.0] * idle_readings + [90.0] * (10 - idle_readings))
     (span,) = tl.run_stats()
-    assert span.idle_fraction == idle_readings / 10
+    assert span.device_idle_fraction == idle_readings / 10
     assert judge(ON_GPU, [span], None).verdict == verdict
 
 
@@ -88,10 +88,10 @@ def test_the_idle_threshold_itself_is_not_idle():
     tl = timeline_after_step_0(patience_s=0.5)
     assert feed(tl, [10.0] * 8) == {}  # exactly the threshold: busy enough
     (span,) = tl.run_stats()
-    assert span.idle_fraction == 0.0
+    assert span.device_idle_fraction == 0.0
     tl = timeline_after_step_0(patience_s=0.5)
     assert feed(tl, [9.9] * 8) != {}
-    assert tl.run_stats()[0].idle_fraction == 1.0
+    assert tl.run_stats()[0].device_idle_fraction == 1.0
 
 
 # -- idle patience: "seconds every watched GPU must stay idle" -----------------------------------
@@ -123,7 +123,7 @@ def test_zero_patience_fires_on_the_first_idle_reading():
                          [(None, []), (0.0, []), (0.3, []), (0.31, ["input_bound"]),
                           (0.9, ["input_bound"])])
 def test_input_bound_above_thirty_percent_of_the_time(wait_fraction, expected):
-    j = judge(ON_GPU, [mine(idle_fraction=0.9, util_mean=2.0)], wait_fraction)
+    j = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], wait_fraction)
     assert j.verdict == IDLE and codes(j) == expected
 
 
@@ -133,7 +133,7 @@ def test_input_bound_is_never_a_cause_of_an_ok_run():
 
 def test_input_bound_comes_first():
     busy = stats(0)
-    idle = stats(1, idle_fraction=1.0, util_mean=0.0, proc_seen=False, others_seen=True)
+    idle = stats(1, device_idle_fraction=1.0, util_mean=0.0, proc_seen=False, others_seen=True)
     j = judge(ON_GPU, [busy, idle], 0.5)
     assert codes(j) == ["input_bound", "process_not_attributable", "process_not_on_gpu"]
     assert j.causes[0].evidence == {"wait_fraction": 0.5}

@@ -33,7 +33,7 @@ def stakes(share, speedup):
 def gpu(index, util_mean=85.0, idle_fraction=0.0, **kw):
     """A GPU this process uses alone, judged by its own figures (the device's, unless given)."""
     values = {"util_samples": 40, "util_mean": util_mean, "util_p95": 99.0,
-              "idle_fraction": idle_fraction, "mem_peak_mib": 9000.0,
+              "device_idle_fraction": idle_fraction, "mem_peak_mib": 9000.0,
               "proc_mem_peak_mib": 8000.0, "proc_seen": True, "procs_max": 1,
               "proc_util_samples": 40, "proc_util_mean": util_mean,
               "proc_idle_fraction": idle_fraction}
@@ -149,7 +149,7 @@ SHARED_WITH_A = "GPU 0 was shared with PID 11 (a.py) [60% SM, 1,000 MiB]: "
 
 def beside(gpu=0, **kw):
     """A GPU on which NVML listed this process and others, busy at 97.6 %."""
-    values = {"util_samples": 40, "util_mean": 97.6, "util_p95": 99.0, "idle_fraction": 0.0,
+    values = {"util_samples": 40, "util_mean": 97.6, "util_p95": 99.0, "device_idle_fraction": 0.0,
               "proc_seen": True, "others_seen": True, "procs_max": 3}
     values.update(kw)
     return GPUStats(gpu, **values)
@@ -183,9 +183,10 @@ def test_the_shared_gpu_cause_of_an_idle_training_names_them_and_its_evidence():
 
 
 @pytest.mark.parametrize(("stats", "effect"), [
-    (beside(util_samples=0, util_mean=None, idle_fraction=None, **own(0.0, 1.0), others=(A_PY,)),
+    (beside(util_samples=0, util_mean=None, device_idle_fraction=None, **own(0.0, 1.0),
+            others=(A_PY,)),
      "your training was idle (its own SM use 0%) while the GPU was busy with PID 11."),
-    (beside(util_mean=5.0, idle_fraction=1.0, others=(A_PY,)),
+    (beside(util_mean=5.0, device_idle_fraction=1.0, others=(A_PY,)),
      "your training was idle while the GPU was 5% busy with PID 11."),
     (beside(others=(A_PY,)),
      "this training's own use of the GPU cannot be told apart from theirs."),

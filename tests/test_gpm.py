@@ -280,12 +280,12 @@ def test_span_means_skip_missing_readings():
 
 def busy(**kw) -> GPUStats:
     """A GPU this process uses alone: its own utilization is the device's unless given."""
-    values = {"util_samples": 50, "util_mean": 95.0, "util_p95": 99.0, "idle_fraction": 0.0,
+    values = {"util_samples": 50, "util_mean": 95.0, "util_p95": 99.0, "device_idle_fraction": 0.0,
               "proc_seen": True, "procs_max": 1}
     values.update(kw)
     values.setdefault("proc_util_samples", values["util_samples"])
     values.setdefault("proc_util_mean", values["util_mean"])
-    values.setdefault("proc_idle_fraction", values["idle_fraction"])
+    values.setdefault("proc_idle_fraction", values["device_idle_fraction"])
     return GPUStats(0, **values)
 
 
@@ -325,7 +325,7 @@ def test_low_sm_activity_names_the_gpu_and_the_gap():
 
 
 def test_gpm_rules_leave_idle_and_cpu_runs_alone():
-    idle = busy(util_mean=60.0, idle_fraction=0.9, sm_active_mean=2.0,
+    idle = busy(util_mean=60.0, device_idle_fraction=0.9, sm_active_mean=2.0,
                 tensor_active_mean=0.0, fp32_active_mean=30.0)
     assert judge(ON_GPU, [idle], 0.0).verdict == "idle"
     assert not {"low_sm_activity", "tensor_cores_unused"} & set(codes(judge(ON_GPU, [idle], 0.0)))

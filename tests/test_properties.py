@@ -47,7 +47,7 @@ def test_a_missing_reading_never_counts_as_idle(values, patience_s):
     measured = [u for u in values if u is not None]
     assert stats.util_samples == len(measured)
     if measured:
-        assert stats.idle_fraction == sum(u < THRESHOLD for u in measured) / len(measured)
+        assert stats.device_idle_fraction == sum(u < THRESHOLD for u in measured) / len(measured)
         # the same readings without the missing ones are judged the same
         alone = after_step_0(patience_s)
         for i, util in enumerate(measured):
@@ -55,7 +55,7 @@ def test_a_missing_reading_never_counts_as_idle(values, patience_s):
         assert judge(ON_GPU, alone.run_stats(), None) == judge(ON_GPU, [stats], None)
     else:
         # readings that could not tell: unknown; no reading at all: nothing to judge by
-        assert stats.idle_fraction is None
+        assert stats.device_idle_fraction is None
         assert judge(ON_GPU, [stats], None).verdict == (UNMONITORED if values else UNMEASURED)
     # an idle stretch holds only readings measured under the threshold
     for event in events:
@@ -93,7 +93,7 @@ def test_each_epoch_s_figures_lie_within_its_own_readings(step_0, epochs):
             assert 0 < stats.util_samples <= len(own_utils)
             assert min(own_utils) - 1e-9 <= stats.util_mean <= max(own_utils) + 1e-9
             assert stats.util_p95 in {round(u) for u in own_utils}
-            assert 0.0 <= stats.idle_fraction <= 1.0
+            assert 0.0 <= stats.device_idle_fraction <= 1.0
         assert stats.mem_peak_mib is None or stats.mem_peak_mib in own_mems
         if [m for _, m in batch if m is not None]:
             assert stats.mem_peak_mib == max(m for _, m in batch if m is not None)

@@ -278,13 +278,13 @@ def test_facts_are_read_back_from_run_json():
 
 
 def idle_gpu(gpu=0):
-    return GPUStats(gpu, util_samples=50, util_mean=2.0, util_p95=4.0, idle_fraction=0.95,
+    return GPUStats(gpu, util_samples=50, util_mean=2.0, util_p95=4.0, device_idle_fraction=0.95,
                     proc_seen=True, proc_util_samples=50, proc_util_mean=2.0,
                     proc_idle_fraction=0.95)
 
 
 def busy_gpu(gpu):
-    return GPUStats(gpu, util_samples=50, util_mean=90.0, util_p95=99.0, idle_fraction=0.0,
+    return GPUStats(gpu, util_samples=50, util_mean=90.0, util_p95=99.0, device_idle_fraction=0.0,
                     proc_seen=True, proc_util_samples=50, proc_util_mean=90.0,
                     proc_idle_fraction=0.0)
 

@@ -31,7 +31,8 @@ ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpu
 
 def device_judged(**kw):
     """A busy GPU judged by the device's figures (NVML gave this process none of its own)."""
-    values = {"util_samples": 100, "util_mean": 85.0, "idle_fraction": 0.0, "proc_seen": True}
+    values = {"util_samples": 100, "util_mean": 85.0, "device_idle_fraction": 0.0,
+              "proc_seen": True}
     values.update(kw)
     return GPUStats(0, **values)
 
@@ -44,10 +45,10 @@ def codes(judgement):
 
 
 def test_this_process_s_own_figures_decide_from_one_reading():
-    own = GPUStats(0, util_samples=10, idle_fraction=0.1, proc_util_samples=1,
+    own = GPUStats(0, util_samples=10, device_idle_fraction=0.1, proc_util_samples=1,
                    proc_idle_fraction=0.9)
     assert (own.judged_by, own.judged_idle_fraction) == (BY_PROCESS, 0.9)
-    device = GPUStats(0, util_samples=10, idle_fraction=0.1, proc_util_samples=0,
+    device = GPUStats(0, util_samples=10, device_idle_fraction=0.1, proc_util_samples=0,
                       proc_idle_fraction=None)
     assert (device.judged_by, device.judged_idle_fraction) == (BY_DEVICE, 0.1)
 
@@ -139,8 +140,8 @@ def test_the_data_source_is_unknown_unless_recorded():
 
 
 def gpm(**kw):
-    values = {"util_samples": 50, "util_mean": 100.0, "idle_fraction": 0.0, "proc_seen": True,
-              "procs_max": 1, "proc_util_samples": 50, "proc_util_mean": 100.0,
+    values = {"util_samples": 50, "util_mean": 100.0, "device_idle_fraction": 0.0,
+              "proc_seen": True, "procs_max": 1, "proc_util_samples": 50, "proc_util_mean": 100.0,
               "proc_idle_fraction": 0.0}
     values.update(kw)
     return GPUStats(0, **values)

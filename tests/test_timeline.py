@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.nvml import Reading
-from gpu_watch.timeline import Timeline
+from gpu_watch.timeline import Loop, LoopTotals, Timeline
 
 
 def tick(t, *utils, mem=1000.0):
@@ -54,7 +54,7 @@ def test_missing_readings_do_not_count_as_idle():
         tl.add_readings(tick(0.2 + t, None))
     tl.add_readings(tick(20.0, 90))
     (stats,) = tl.epoch_stats()
-    assert stats.util_samples == 1 and stats.idle_fraction == 0.0
+    assert stats.util_samples == 1 and stats.device_idle_fraction == 0.0
     assert stats.util_mean == 90
 
 
@@ -76,7 +76,7 @@ def test_statistics_mean_p95_and_threshold_edge():
     for i, u in enumerate([10] * 10 + [9.6] * 10):  # 10 is not under 10; 9.6 is
         tl.add_readings(tick(0.2 * (i + 1), u))
     (stats,) = tl.epoch_stats()
-    assert stats.idle_fraction == 0.5
+    assert stats.device_idle_fraction == 0.5
     assert stats.util_p95 == 10
     assert stats.util_mean == pytest.approx(9.8, abs=0.11)
 
@@ -111,7 +111,7 @@ def test_wait_fraction_over_the_run_leaves_step_0_out():
     tl.add_batch(0, 0, 1, 0.0, 1.0, None)  # step 0: compiling, not the loop
     tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
     assert tl.run_wait_fraction() == pytest.approx(0.75)
-    assert tl.epoch_loop() == (1, 1.0, 3.0, 1)
+    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=1.0, wait_s=3.0)
     assert tl.first_step_s == 1.0
 
 
@@ -123,8 +123,8 @@ def test_the_run_loop_counts_steps_across_epochs():
     tl.begin_epoch(1)
     tl.add_batch(1, 0, 1, 2.0, 2.5, 1.0)
     tl.add_batch(1, 1, 1, 3.0, 3.25, 0.5)
-    assert tl.run_loop() == (6, 1.75, 1.5)
-    assert tl.epoch_loop() == (2, 0.75, 1.5, 2)
+    assert tl.run_loop() == LoopTotals(steps=6, step_s=1.75, wait_s=1.5)
+    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5)
 
 
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():

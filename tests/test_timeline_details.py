@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.nvml import Reading
-from gpu_watch.timeline import IdleEvent, SpanStats, Timeline
+from gpu_watch.timeline import IdleEvent, Loop, SpanStats, Timeline
 
 
 def reading(t, util=None, gpu=0, **kw):
@@ -84,7 +84,7 @@ def test_readings_of_a_batch_still_running_survive_a_flush():
 
 def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl = Timeline([0], 10.0, 60.0, 0.25)
-    assert tl.epoch_loop() == (0, 0.0, 0.0, 0)
+    assert tl.epoch_loop() == Loop()
     assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, None)
     tl.add_data_tick(True)  # before the first step: compiling, not waiting
     tl.begin_epoch(0)
@@ -92,7 +92,7 @@ def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0
     tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125)
     tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125)
-    assert tl.epoch_loop() == (2, 0.25, 0.25, 2)
+    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25)
     assert tl.run_wait_fraction() == pytest.approx(0.5)
     for fetching in [True] * 5 + [False] * 14:  # 19 ticks: too few to count
         tl.add_data_tick(fetching)
@@ -108,7 +108,7 @@ def test_waiting_for_data_adds_up_over_batches_and_ticks():
         tl.add_data_tick(fetching)
     epoch = tl.epoch_wait()
     assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.7, "sampled_ticks", 20)
-    assert tl.epoch_loop() == (1, 0.25, 0.0, 1)
+    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=0.25, ticks=20, fetching_ticks=14)
     assert tl.run_wait().to_dict() == {"fraction": 0.5, "measure": "sampled_ticks",
                                        "wait_s": 0.25, "loop_s": 0.75, "ticks": 40,
                                        "fetching_ticks": 20, "producing_ticks": 0,

@@ -28,13 +28,13 @@ NO_DRIVER = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
 
 def busy(gpu=0, **kw):
     """A GPU this process uses alone: its own figures are the device's unless given."""
-    values = {"util_samples": 50, "util_mean": 85.0, "util_p95": 99.0, "idle_fraction": 0.05,
+    values = {"util_samples": 50, "util_mean": 85.0, "util_p95": 99.0, "device_idle_fraction": 0.05,
               "mem_peak_mib": 9000.0, "proc_mem_peak_mib": 8000.0, "proc_seen": True,
               "procs_max": 1}
     values.update(kw)
     values.setdefault("proc_util_samples", values["util_samples"])
     values.setdefault("proc_util_mean", values["util_mean"])
-    values.setdefault("proc_idle_fraction", values["idle_fraction"])
+    values.setdefault("proc_idle_fraction", values["device_idle_fraction"])
     return GPUStats(gpu, **values)
 
 
@@ -48,18 +48,19 @@ def test_ok_when_the_gpu_is_busy():
 
 
 def test_idle_when_more_than_the_limit_of_readings_are_idle():
-    j = judge(ON_GPU, [busy(idle_fraction=0.9, util_mean=3.0)], wait_fraction=0.0)
+    j = judge(ON_GPU, [busy(device_idle_fraction=0.9, util_mean=3.0)], wait_fraction=0.0)
     assert j.verdict == IDLE and j.gpu_verdicts == {0: IDLE}
 
 
 def test_idle_fraction_exactly_at_the_limit_is_not_idle():
-    assert judge(ON_GPU, [busy(idle_fraction=IDLE_FRACTION_LIMIT)], None).verdict == OK
-    assert judge(ON_GPU, [busy(idle_fraction=IDLE_FRACTION_LIMIT + 0.01)], None).verdict == IDLE
+    assert judge(ON_GPU, [busy(device_idle_fraction=IDLE_FRACTION_LIMIT)], None).verdict == OK
+    above = busy(device_idle_fraction=IDLE_FRACTION_LIMIT + 0.01)
+    assert judge(ON_GPU, [above], None).verdict == IDLE
 
 
 def test_no_utilization_readings_is_unmonitored_not_idle():
-    j = judge(ON_GPU, [busy(util_samples=0, util_mean=None, util_p95=None, idle_fraction=None)],
-              None)
+    j = judge(ON_GPU, [busy(util_samples=0, util_mean=None, util_p95=None,
+                            device_idle_fraction=None)], None)
     assert j.verdict == UNMONITORED
 
 
@@ -75,7 +76,7 @@ def test_a_lost_gpu_is_unmonitored():
 
 
 def test_input_bound_explains_idle_above_the_wait_limit_only():
-    idle = [busy(idle_fraction=0.8, util_mean=5.0)]
+    idle = [busy(device_idle_fraction=0.8, util_mean=5.0)]
     j = judge(ON_GPU, idle, wait_fraction=INPUT_BOUND_WAIT_FRACTION + 0.2)
     assert j.verdict == IDLE and codes(j) == ["input_bound"]
     assert j.causes[0].evidence["wait_fraction"] == pytest.approx(0.5)
@@ -84,7 +85,7 @@ def test_input_bound_explains_idle_above_the_wait_limit_only():
 
 
 def test_one_idle_gpu_among_busy_ones_is_named():
-    j = judge(ON_GPU, [busy(0), busy(1, idle_fraction=1.0, util_mean=0.0)], None)
+    j = judge(ON_GPU, [busy(0), busy(1, device_idle_fraction=1.0, util_mean=0.0)], None)
     assert j.verdict == IDLE
     assert j.gpu_verdicts == {0: OK, 1: IDLE}
     (c,) = j.causes
@@ -183,7 +184,7 @@ OTHER_PID = 4242
 
 def beside_others(**kw):
     """GPU 0, where NVML listed this process and another one."""
-    values = {"util_samples": 40, "util_mean": 95.0, "util_p95": 99.0, "idle_fraction": 0.0,
+    values = {"util_samples": 40, "util_mean": 95.0, "util_p95": 99.0, "device_idle_fraction": 0.0,
               "proc_seen": True, "others_seen": True, "procs_max": 2}
     return GPUStats(0, **{**values, **kw})
 

@@ -97,7 +97,7 @@ def test_the_follower_reads_a_finished_run(tmp_path):
     assert snap.status == runlog.STATUS_COMPLETED and not snap.running
     (gpu,) = snap.gpus
     assert gpu.index == 0 and gpu.name == "NVIDIA H100 80GB HBM3"
-    assert gpu.latest("own") == 90.0 and gpu.latest("device") == 90.0
+    assert gpu.latest("judged_util_pct") == 90.0 and gpu.latest("util_pct") == 90.0
     assert gpu.mem_total_mib == 81559.0 and gpu.proc_mem_mib == 2048.0
     assert snap.steps_per_s == pytest.approx(8.0, rel=0.01)  # a step every 0.125 s
     assert snap.wait_fraction == pytest.approx(0.2, abs=0.01)  # from the last epoch's row

@@ -168,7 +168,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
     judged = run.info.get("judged") or {}
     threshold = threshold_pct(run)
     compiled_s = first_step_end_s(run)  # readings until then are not judged: not shaded
-    interval_s = float(config_of(run).get("interval_s") or DEFAULT_INTERVAL_S)
+    interval_s = float(config_of(run).get("interval_s") or runlog.RECORDED_INTERVAL_S)
     gpus = []
     for index in sorted(set(devices) | seen):
         if index in seen:

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.timeline import Timeline
+from gpu_watch.timeline import LoopTotals, Timeline
 from gpu_watch.watchdog import FitWatchdog
 
 
@@ -126,10 +126,9 @@ def test_the_timeline_counts_what_the_hooks_pair_and_names_step_0():
     tl.batch_begin(1, 2.5)
     assert tl.batch_end(1, 3.0, None) is None  # not step 0
     assert tl.end_batches() is None
-    steps, step_s, wait_s = tl.run_loop()
-    assert (steps, step_s, wait_s) == (2, 2.5, 0.5)
-    batches, _, _, loop_steps = tl.epoch_loop()
-    assert (batches, loop_steps) == (1, 1)  # step 0 stays out of the epoch's loop
+    assert tl.run_loop() == LoopTotals(steps=2, step_s=2.5, wait_s=0.5)
+    loop = tl.epoch_loop()
+    assert (loop.batches, loop.steps) == (1, 1)  # step 0 stays out of the epoch's loop
     rows = tl.drain(final=True)[1]
     assert [(r["epoch"], r["batch"]) for r in rows] == [(0, 0), (0, 1)]
 

@@ -1,10 +1,14 @@
-"""One monitored training run, independent of Keras: configuration, lifecycle and the run folder.
+"""One monitored training run, independent of Keras: its lifecycle, from the first `run.json` to
+the last.
 
-`Monitor` wires the layers together: NVML readings from the sampler go into the `Timeline`,
-rows go to the run folder every few seconds from the sampler thread (never from the training
-thread per batch), and at each epoch end and at the end of the run the verdict rules judge what
-was seen. A run that ends by an exception is noticed and closed with `failed` or `interrupted`,
-so what was measured is never lost.
+`Monitor` wires the layers together and owns none of their rules: NVML readings from the
+sampler go into the `Timeline`, which also pairs the batch hooks into steps; rows go to the run
+folder every few seconds from the sampler thread (never from the training thread per batch);
+at each epoch end and at the end of the run `assessment` judges what was seen and `run.json` is
+replaced. A `fit` that ends by an exception is noticed by the `FitWatchdog` and the run closed
+as `failed` or `interrupted`, so what was measured is never lost. The options are checked by
+`config.Config` before a `Monitor` exists; the figures are asked for within `drawing.Redraws`'
+budget.
 """
 
 from __future__ import annotations

@@ -93,8 +93,10 @@ class Probe:
         """Called as training begins, on the training thread: record the device scope and the
         settings that keep the framework on the CPU (for the step-0 report), and return the
         distribution setup (None without one)."""
+        self._unread: dict[str, str] = {}
         self._scope = {"device_scope": self._device_scope(),
                        "cpu_settings": self._cpu_settings()}
+        self._scope.update(self._unread)  # why a read of Keras' state found nothing
         return self.distribution(model)
 
     def distribution(self, model: Any) -> dict[str, Any] | None:
@@ -360,7 +362,10 @@ class TorchProbe(Probe):
         return {"name": "torch.distributed", "replicas": size} if size > 1 else None
 
     def _device_scope(self) -> str | None:
-        return keras_internals.torch_device_scope().value
+        scope = keras_internals.torch_device_scope()
+        if scope.reason is not None:
+            self._unread = {**getattr(self, "_unread", {}), "device_scope_unread": scope.reason}
+        return scope.value
 
     def _cpu_settings(self) -> dict[str, str]:
         device = os.environ.get("KERAS_TORCH_DEVICE")

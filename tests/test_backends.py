@@ -278,6 +278,31 @@ def test_torch_placement_and_rank(monkeypatch):
     assert torch_probe(rank=(3, 8)).rank() == (3, 8)
 
 
+def test_a_torch_device_scope_that_cannot_be_read_says_why_in_the_step_0_report(monkeypatch):
+    from gpu_watch import keras_internals
+
+    reason = "torch_device_scope: Keras' torch_device attribute raised ImportError: gone"
+    monkeypatch.setattr(keras_internals, "torch_device_scope",
+                        lambda: keras_internals.Probed(None, reason))
+    probe = torch_probe()
+    probe.before_training(SimpleNamespace())
+    model = SimpleNamespace(trainable_variables=[])
+    report = probe.after_first_step(model, None)
+    assert report["device_scope"] is None and report["device_scope_unread"] == reason
+    monkeypatch.setattr(keras_internals, "torch_device_scope",
+                        lambda: keras_internals.Probed("cuda:0"))
+    probe.before_training(SimpleNamespace())
+    report = probe.after_first_step(model, None)
+    assert report["device_scope"] == "cuda:0" and "device_scope_unread" not in report
+
+
+def test_jax_placement_says_why_it_read_the_variables():
+    model = SimpleNamespace(_jax_state=None, trainable_variables=[Variable(Array("cuda"))])
+    report = jax_probe().after_first_step(model, None)
+    assert report["train_state"] == ("jax_train_state: the model has no _jax_state "
+                                     "(not inside fit)")
+
+
 @pytest.mark.filterwarnings("ignore::gpu_watch.errors.GPUWatchWarning")
 def test_the_batch_hook_records_batches_in_order_from_several_threads(tmp_path):
     """Keras' thread pool may run batch 1's hook before batch 0's: rows stay in batch order."""

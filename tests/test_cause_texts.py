@@ -1,11 +1,21 @@
 """Every cause a verdict can carry, as a user reads it: the exact message, remedy, severity and
-evidence; and a cause's round trip through run.json."""
+evidence; a cause's round trip through run.json; and which findings block the GPU, in the order a
+user fixes them."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpu_watch.causes import CATALOGUE, CODES, Cause, RunFacts, cause
+from gpu_watch.causes import (
+    CATALOGUE,
+    CODES,
+    FIX_ORDER,
+    Cause,
+    RunFacts,
+    blocks_gpu,
+    cause,
+    fix_rank,
+)
 from gpu_watch.verdict import (
     CPU_FALLBACK,
     IDLE,
@@ -422,3 +432,47 @@ def test_an_unknown_code_is_refused_with_the_known_ones():
         cause("no_such_code")
     assert str(raised.value) == (f"unknown cause code 'no_such_code'; known codes: "
                                  f"{', '.join(CODES)}")
+
+
+# -- causes.py: which findings block the GPU, and the order they are fixed in -------------------
+
+
+def test_errors_and_warnings_marked_as_blocking_block_the_gpu():
+    assert blocks_gpu(cause("driver_too_old")) is True
+    assert blocks_gpu(cause("gpu_memory_contention", severity="error")) is True
+    # CUDA libraries missing on a machine without a driver: a warning until the driver is in.
+    assert blocks_gpu(cause("cuda_libs_missing", severity="warning", blocks_gpu=True)) is True
+    assert blocks_gpu(cause("cuda_libs_missing", severity="warning")) is False
+    assert blocks_gpu(cause("cuda_libs_missing", severity="warning", blocks_gpu=False)) is False
+
+
+def test_every_group_of_the_catalogue_has_its_place_in_the_fix_order():
+    assert {spec.group for spec in CATALOGUE.values()} == set(FIX_ORDER)
+    assert FIX_ORDER == ("driver", "install", "code", "resources", "other")
+
+
+@pytest.mark.parametrize(("code", "rank"), [
+    ("no_nvidia_driver", 0), ("cuda_init_failed", 0), ("cpu_only_build", 1),
+    ("cuda_libs_missing", 1), ("forced_cpu_placement", 2), ("allocator_misconfigured", 3),
+    ("gpus_hidden", 4), ("input_bound", 4)])
+def test_a_finding_s_rank_is_its_group_s_place_in_the_fix_order(code, rank):
+    assert fix_rank(cause(code)) == rank
+
+
+def test_a_finding_of_an_unknown_code_is_fixed_last_whatever_group_its_record_names():
+    record = {"code": "from_a_newer_version", "severity": "error", "group": "driver"}
+    assert fix_rank(Cause.from_dict(record)) == 4
+
+
+def test_the_findings_that_block_the_gpu_follow_in_the_order_they_are_fixed_in():
+    newer = Cause.from_dict({"code": "from_a_newer_version", "severity": "error"})
+    findings = (cause("gpus_hidden", "doctor: gpus_hidden"), newer,
+                cause("allocator_misconfigured", blocks_gpu=True),
+                cause("gpu_memory_limited"),  # a warning that does not block the GPU
+                cause("forced_cpu_placement"), cause("cpu_only_build"),
+                cause("cuda_init_failed"))
+    j = judge(Setting(framework_gpus=0, environment=findings), [], None)
+    assert j.verdict == CPU_FALLBACK
+    assert [c.code for c in j.causes] == [
+        "cuda_init_failed", "cpu_only_build", "forced_cpu_placement", "allocator_misconfigured",
+        "gpus_hidden", "from_a_newer_version"]

@@ -100,6 +100,22 @@ def test_a_failed_list_is_read_again_at_the_next_reading(clock):
     assert [f.metric for f in nvml.faults] == ["processes"]  # the seam's fault handling stands
 
 
+def test_a_failed_list_on_a_new_time_axis_leaves_no_older_list_to_reuse(clock):
+    gpu = FakeGPU(processes=[FakeProcess(used_mib=500)])
+    gpu.fail("processes", pynvml.NVMLError_Unknown, from_s=1.0, until_s=2.0)
+    fake, nvml = session(gpu, clock=clock)
+    (device,) = nvml.devices()
+    assert nvml.read(device, 5.0).procs == 1  # the last run's list, at 5 s
+    clock.advance(1.0)
+    assert nvml.read(device, 0.2).procs is None  # a new run's clock, and the read fails
+    gpu.processes.append(FakeProcess(pid=OTHER_PID, used_mib=1000))
+    clock.advance(2.0)
+    # 5.3 s into the new run, 0.3 s after the old run's list: read anew, not the old run's.
+    r = nvml.read(device, 5.3)
+    assert (r.procs, [o.pid for o in r.others]) == (2, [OTHER_PID])
+    assert calls(fake, LIST) == 3
+
+
 def test_a_new_time_axis_or_a_stopped_sampler_reads_the_list_anew():
     fake, nvml = session(FakeGPU())
     (device,) = nvml.devices()

@@ -12,6 +12,7 @@ from gpu_watch.cluster import (
     STRAGGLER_MIN_WAIT_FRACTION,
     STRAGGLER_OTHERS_WAIT_RATIO,
     UNKNOWN,
+    ClusterJudgement,
     RankFigures,
     judge_cluster,
 )
@@ -112,3 +113,8 @@ def test_a_straggler_without_step_time_is_not_named():
     # A step time of 0 (no batch timed) gives no ratio: nothing shows the others are held.
     judgement = judge_cluster(ranks((0.0, 1.0), (0.6, 0.0)))
     assert (judgement.verdict, judgement.step_ratio) == (BALANCED, None)
+
+
+def test_a_judgement_built_without_figures_judged_no_rank():
+    assert ClusterJudgement(UNKNOWN) == ClusterJudgement(UNKNOWN, None, 0, None, None, None)
+    assert judge_cluster([]) == ClusterJudgement(UNKNOWN)

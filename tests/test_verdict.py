@@ -9,11 +9,13 @@ import pytest
 from gpu_watch.causes import CATALOGUE, cause
 from gpu_watch.verdict import (
     BUSY_UTIL_PCT,
+    BY_DEVICE,
     CPU_FALLBACK,
     IDLE,
     IDLE_FRACTION_LIMIT,
     INPUT_BOUND_WAIT_FRACTION,
     OK,
+    UNMEASURED,
     UNMONITORED,
     GPUStats,
     OtherUse,
@@ -45,6 +47,13 @@ def codes(judgement):
 def test_ok_when_the_gpu_is_busy():
     j = judge(ON_GPU, [busy()], wait_fraction=0.01)
     assert (j.verdict, j.causes, j.gpu_verdicts) == (OK, [], {0: OK})
+
+
+def test_a_span_without_a_reading_of_any_gpu_is_unmeasured_and_says_so_for_each():
+    j = judge(ON_GPU, [GPUStats(0, readings=0), GPUStats(3, readings=0)], None)
+    assert j.verdict == UNMEASURED
+    assert j.gpu_verdicts == {0: UNMEASURED, 3: UNMEASURED}
+    assert j.judged_by == {0: BY_DEVICE, 3: BY_DEVICE}
 
 
 def test_idle_when_more_than_the_limit_of_readings_are_idle():

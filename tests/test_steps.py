@@ -89,6 +89,16 @@ def test_an_end_without_a_begin_begins_where_it_ends():
     assert (step.begin_s, step.end_s, step.wait_s) == (2.0, 2.0, None)
 
 
+def test_an_end_whose_begin_was_never_seen_closes_no_batch_begun_after_it():
+    pairing = BatchPairing()
+    pairing.begin(5, 1.0)
+    # Batch 4's begin was never seen: its end begins where it ends, and batch 5, which began
+    # first, is still running; neither the batch before 5 nor any earlier one closes it.
+    assert pairing.end(4, 1.5, "b4") == []
+    assert pairing.end(5, 2.0, "b5") == [Step(5, 5, 1.0, 2.0, None, "b5"),
+                                         Step(4, 4, 1.5, 2.0, None, "b4")]
+
+
 def test_the_epoch_end_drops_begins_that_never_ended():
     pairing = BatchPairing()
     pairing.begin(0, 0.0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.nvml import Reading
+from gpu_watch.nvml import OtherProcess, Reading
 from gpu_watch.timeline import IdleEvent, Loop, SpanStats, Timeline, Wait
+from gpu_watch.verdict import OtherUse
 
 
 def reading(t, util=None, gpu=0, **kw):
@@ -209,6 +210,36 @@ def test_span_statistics_in_full():
     assert (full.gpu, full.util_samples, full.util_p95, full.proc_mem_peak_mib, full.lost) == (
         3, 2, 100.0, 200.0, True)
     assert full.util_mean == pytest.approx(50.35)
+
+
+def test_span_statistics_of_the_other_processes_in_full():
+    span = SpanStats()
+    trainer = OtherProcess(201, "trainer", used_mib=300.0, sm_util_pct=40.0)
+    span.add(reading(0.25, 80.0, proc_util_pct=50.0, procs=3, others=(trainer,),
+                     others_util_pct=40.0, others_mem_mib=300.0), 10.0)  # both worked
+    span.add(reading(0.5, 60.0, proc_util_pct=5.0, procs=2, others_util_pct=10.0,
+                     others_mem_mib=100.0, others=(
+                         OtherProcess(201, None, used_mib=100.0, sm_util_pct=10.0),
+                         OtherProcess(202, "viewer", used_mib=50.0, sm_util_pct=None))), 10.0)
+    span.add(reading(0.75, 20.0, proc_util_pct=12.0, procs=1, others_util_pct=9.5), 10.0)
+    span.add(reading(1.0, 30.0, proc_util_pct=10.0, procs=2, others_util_pct=20.0), 10.0)
+    stats = span.stats(1)
+    # The others were at or above the threshold in 3 of 4 readings, in 2 of them with this
+    # process at or above it too (50 % and exactly 10 %).
+    assert (stats.others_util_mean, stats.others_busy_fraction, stats.contended_fraction) == (
+        19.875, 0.75, 0.5)
+    assert (stats.others_mem_peak_mib, stats.procs_max) == (300.0, 3)
+    assert (stats.proc_util_samples, stats.proc_util_p95) == (4, 50.0)
+    assert stats.others == (OtherUse(201, "trainer", 25.0, 300.0),
+                            OtherUse(202, "viewer", None, 50.0))
+
+
+def test_span_statistics_without_the_others_figures_leave_them_unknown():
+    span = SpanStats()
+    span.add(reading(0.25, 80.0, procs=1), 10.0)
+    stats = span.stats(0)
+    assert (stats.others_util_mean, stats.others_busy_fraction, stats.contended_fraction,
+            stats.others_mem_peak_mib, stats.others) == (None, None, None, None, ())
 
 
 @pytest.mark.parametrize(("proc_mem_mib", "procs", "seen"), [

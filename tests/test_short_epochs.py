@@ -148,3 +148,22 @@ def test_an_epoch_still_running_has_no_end_and_no_duration():
     assert (span.end_s, span.ready, span.readings) == (None, False, 0)
     _, row = epoch_row(span, Setting(compute_on_gpu=True))
     assert (row["epoch"], row["duration_s"], row["batches"]) == (2, None, 0)
+
+
+def test_an_epoch_begun_again_ends_the_one_keras_never_ended():
+    tl = Timeline([0], 10.0, 60.0, INTERVAL_S)
+    tl.begin_epoch(0)  # at the start of training by default
+    tl.begin_epoch(1, 2.0)
+    (span,) = tl.ready_epochs(final=True)
+    assert (span.epoch, span.start_s, span.end_s) == (0, 0.0, 2.0)
+    assert tl.epoch == 1
+
+
+def test_step_0_s_duration_is_kept_apart_for_the_run_and_its_epoch():
+    tl = Timeline([0], 10.0, 60.0, INTERVAL_S)
+    assert tl.first_step_s is None and tl.first_step_end_s is None
+    tl.begin_epoch(0, 0.125)
+    tl.add_batch(0, 0, 1, 0.25, 1.0, None)
+    assert (tl.first_step_s, tl.first_step_end_s) == (0.75, 1.0)
+    span = tl.end_epoch(1.5)
+    assert (span.first_step_s, span.loop.batches) == (0.75, 0)

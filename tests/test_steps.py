@@ -143,6 +143,16 @@ def test_the_timeline_counts_what_the_hooks_pair_and_names_step_0():
     assert [(r["epoch"], r["batch"]) for r in rows] == [(0, 0), (0, 1)]
 
 
+def test_the_timeline_pairs_one_batch_per_end_hook_by_default():
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.batch_begin(0, 0.0)
+    assert tl.batch_end(1, 1.0, None) is None  # batch 1 alone: batch 0 is still running
+    assert tl.end_batches().last_batch == 1  # begin 0 never ended: dropped
+    assert tl.run_loop().steps == 1
+    # Hooks before any epoch began belong to epoch 0.
+    assert [(r["epoch"], r["batch"], r["steps"]) for r in tl.drain()[1]] == [(0, 1, 1)]
+
+
 def test_the_epoch_of_each_row_is_the_one_its_hooks_ran_in():
     tl = Timeline([], 10.0, 60.0, 0.2)
     for epoch in (0, 1):

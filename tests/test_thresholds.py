@@ -249,10 +249,10 @@ def test_at_most_32_other_processes_are_tracked_per_gpu_and_span():
                   for pid in range(100, 133))
     span.add(Reading(0.25, 0, procs=34, others=first), 10.0)
     assert [o.pid for o in span.stats(0).others] == list(range(100, 132))  # 32 of the 33
-    # A process already tracked is still counted; one more is still left out.
+    # One more is still left out, and a process already tracked, listed after it, counted.
     span.add(Reading(0.5, 0, procs=3, others=(
-        OtherProcess(131, None, used_mib=4.0, sm_util_pct=30.0),
-        OtherProcess(133, "late", used_mib=2.0, sm_util_pct=50.0))), 10.0)
+        OtherProcess(133, "late", used_mib=2.0, sm_util_pct=50.0),
+        OtherProcess(131, None, used_mib=4.0, sm_util_pct=30.0))), 10.0)
     others = span.stats(0).others
     assert len(others) == 32
     assert others[-1] == OtherUse(131, "p131", 20.0, 4.0)

@@ -89,6 +89,16 @@ def test_an_end_without_a_begin_begins_where_it_ends():
     assert (step.begin_s, step.end_s, step.wait_s) == (2.0, 2.0, None)
 
 
+def test_an_end_whose_begin_was_never_seen_closes_no_batch_begun_after_it():
+    pairing = BatchPairing()
+    pairing.begin(5, 1.0)
+    # Batch 4's begin was never seen: its end begins where it ends, and batch 5, which began
+    # first, is still running; neither the batch before 5 nor any earlier one closes it.
+    assert pairing.end(4, 1.5, "b4") == []
+    assert pairing.end(5, 2.0, "b5") == [Step(5, 5, 1.0, 2.0, None, "b5"),
+                                         Step(4, 4, 1.5, 2.0, None, "b4")]
+
+
 def test_the_epoch_end_drops_begins_that_never_ended():
     pairing = BatchPairing()
     pairing.begin(0, 0.0)
@@ -131,6 +141,16 @@ def test_the_timeline_counts_what_the_hooks_pair_and_names_step_0():
     assert (loop.batches, loop.steps) == (1, 1)  # step 0 stays out of the epoch's loop
     rows = tl.drain(final=True)[1]
     assert [(r["epoch"], r["batch"]) for r in rows] == [(0, 0), (0, 1)]
+
+
+def test_the_timeline_pairs_one_batch_per_end_hook_by_default():
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.batch_begin(0, 0.0)
+    assert tl.batch_end(1, 1.0, None) is None  # batch 1 alone: batch 0 is still running
+    assert tl.end_batches().last_batch == 1  # begin 0 never ended: dropped
+    assert tl.run_loop().steps == 1
+    # Hooks before any epoch began belong to epoch 0.
+    assert [(r["epoch"], r["batch"], r["steps"]) for r in tl.drain()[1]] == [(0, 1, 1)]
 
 
 def test_the_epoch_of_each_row_is_the_one_its_hooks_ran_in():

@@ -9,9 +9,9 @@ import pytest
 
 from gpu_watch import nvml as nvml_module
 from gpu_watch.causes import RunFacts
-from gpu_watch.nvml import NVML, Reading
+from gpu_watch.nvml import NVML, OtherProcess, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
+from gpu_watch.timeline import SpanStats, Timeline
 from gpu_watch.verdict import (
     BY_DEVICE,
     BY_PROCESS,
@@ -241,6 +241,21 @@ def test_at_most_200_faults_are_kept():
     assert len(nvml.faults) == 200
     nvml.query("metric200", None, "nvmlDeviceGetCount")
     assert len(nvml.faults) == 200 and nvml.faults[-1].metric == "metric199"
+
+
+def test_at_most_32_other_processes_are_tracked_per_gpu_and_span():
+    span = SpanStats()
+    first = tuple(OtherProcess(pid, f"p{pid}", used_mib=1.0, sm_util_pct=10.0)
+                  for pid in range(100, 133))
+    span.add(Reading(0.25, 0, procs=34, others=first), 10.0)
+    assert [o.pid for o in span.stats(0).others] == list(range(100, 132))  # 32 of the 33
+    # One more is still left out, and a process already tracked, listed after it, counted.
+    span.add(Reading(0.5, 0, procs=3, others=(
+        OtherProcess(133, "late", used_mib=2.0, sm_util_pct=50.0),
+        OtherProcess(131, None, used_mib=4.0, sm_util_pct=30.0))), 10.0)
+    others = span.stats(0).others
+    assert len(others) == 32
+    assert others[-1] == OtherUse(131, "p131", 20.0, 4.0)
 
 
 # -- the records' defaults -----------------------------------------------------------------------

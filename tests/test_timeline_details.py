@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.nvml import Reading
-from gpu_watch.timeline import IdleEvent, Loop, SpanStats, Timeline
+from gpu_watch.nvml import OtherProcess, Reading
+from gpu_watch.timeline import IdleEvent, Loop, SpanStats, Timeline, Wait
+from gpu_watch.verdict import OtherUse
 
 
 def reading(t, util=None, gpu=0, **kw):
@@ -136,11 +137,49 @@ def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fra
     assert tl.run_wait().fetching_ticks == 1 and tl.run_wait().producing_ticks == producing
 
 
+@pytest.mark.parametrize(("fetching", "fraction", "measure"), [
+    (10, 0.5, "batch_gaps"),  # both measures say half: the gaps, exact where they see it
+    (11, 0.55, "sampled_ticks"),
+])
+def test_the_ticks_count_only_where_they_see_more_wait_than_the_gaps(fetching, fraction,
+                                                                     measure):
+    loop = Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25, ticks=20, fetching_ticks=fetching)
+    wait = loop.wait()
+    assert (wait.fraction, wait.measure, wait.loop_s) == (fraction, measure, 0.5)
+
+
+def test_the_wait_record_rounds_to_four_places():
+    wait = Wait(0.123456, "sampled_ticks", 1.234567, 2.345678, 20, 3)
+    assert wait.to_dict() == {"fraction": 0.1235, "measure": "sampled_ticks", "wait_s": 1.2346,
+                              "loop_s": 2.3457, "ticks": 20, "fetching_ticks": 3,
+                              "producing_ticks": 0, "min_ticks": 20}
+
+
+def test_the_judged_figure_is_the_process_s_own_else_the_device_s_where_it_can_tell():
+    tl = Timeline([0, 1], 10.0, 60.0, 0.25)
+    own = reading(0.25, 80.0, proc_util_pct=30.0, procs=1)
+    assert tl.judge_reading(own) == 30.0
+    # GPU 0 gave this process a figure of its own: without one, its busy device says nothing.
+    assert tl.judge_reading(reading(0.5, 80.0, procs=1)) is None
+    assert tl.judge_reading(reading(0.5, 10.0, procs=1)) is None  # at the threshold: not idle
+    assert tl.judge_reading(reading(0.5, 9.9, procs=1)) == 9.9  # under it the device bounds it
+    # GPU 1 never did: its device's work is this training's while no other process is listed.
+    assert tl.judge_reading(reading(0.5, 80.0, gpu=1, procs=1)) == 80.0
+    assert tl.judge_reading(reading(0.5, 80.0, gpu=1)) == 80.0
+    assert tl.judge_reading(reading(0.5, 80.0, gpu=1, procs=2)) is None
+    assert tl.judge_reading(reading(0.5, None, gpu=1, procs=1)) is None
+
+
 def test_epoch_figures_before_step_0_ended_are_empty():
     tl = Timeline([0], 10.0, 60.0, 0.25)
     tl.add_readings([reading(0.25, 40.0)])
     (stats,) = tl.epoch_stats()
     assert (stats.readings, stats.util_samples, stats.util_mean) == (0, 0, None)
+
+
+def test_epoch_figures_between_epochs_name_every_watched_gpu():
+    tl = Timeline([0, 3], 10.0, 60.0, 0.25)
+    assert [(s.gpu, s.readings) for s in tl.epoch_stats()] == [(0, 0), (3, 0)]
 
 
 def test_readings_during_step_0_are_written_for_every_gpu_and_judged_by_none():
@@ -171,6 +210,36 @@ def test_span_statistics_in_full():
     assert (full.gpu, full.util_samples, full.util_p95, full.proc_mem_peak_mib, full.lost) == (
         3, 2, 100.0, 200.0, True)
     assert full.util_mean == pytest.approx(50.35)
+
+
+def test_span_statistics_of_the_other_processes_in_full():
+    span = SpanStats()
+    trainer = OtherProcess(201, "trainer", used_mib=300.0, sm_util_pct=40.0)
+    span.add(reading(0.25, 80.0, proc_util_pct=50.0, procs=3, others=(trainer,),
+                     others_util_pct=40.0, others_mem_mib=300.0), 10.0)  # both worked
+    span.add(reading(0.5, 60.0, proc_util_pct=5.0, procs=2, others_util_pct=10.0,
+                     others_mem_mib=100.0, others=(
+                         OtherProcess(201, None, used_mib=100.0, sm_util_pct=10.0),
+                         OtherProcess(202, "viewer", used_mib=50.0, sm_util_pct=None))), 10.0)
+    span.add(reading(0.75, 20.0, proc_util_pct=12.0, procs=1, others_util_pct=9.5), 10.0)
+    span.add(reading(1.0, 30.0, proc_util_pct=10.0, procs=2, others_util_pct=20.0), 10.0)
+    stats = span.stats(1)
+    # The others were at or above the threshold in 3 of 4 readings, in 2 of them with this
+    # process at or above it too (50 % and exactly 10 %).
+    assert (stats.others_util_mean, stats.others_busy_fraction, stats.contended_fraction) == (
+        19.875, 0.75, 0.5)
+    assert (stats.others_mem_peak_mib, stats.procs_max) == (300.0, 3)
+    assert (stats.proc_util_samples, stats.proc_util_p95) == (4, 50.0)
+    assert stats.others == (OtherUse(201, "trainer", 25.0, 300.0),
+                            OtherUse(202, "viewer", None, 50.0))
+
+
+def test_span_statistics_without_the_others_figures_leave_them_unknown():
+    span = SpanStats()
+    span.add(reading(0.25, 80.0, procs=1), 10.0)
+    stats = span.stats(0)
+    assert (stats.others_util_mean, stats.others_busy_fraction, stats.contended_fraction,
+            stats.others_mem_peak_mib, stats.others) == (None, None, None, None, ())
 
 
 @pytest.mark.parametrize(("proc_mem_mib", "procs", "seen"), [

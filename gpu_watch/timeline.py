@@ -687,6 +687,10 @@ class Timeline:
             spans = self._spans_for(readings[0].time_s) if readings and counted else []
             for r in readings:
                 r.judged_util_pct = self.judge_reading(r)
+                if r.judged_util_pct is not None and r.gpu in self._run_stats:
+                    # Before step 0 ends too: what a GPU was last seen doing stands until the
+                    # loop brings a new figure of it (see `_track_idle`).
+                    self._last_judged[r.gpu] = r.judged_util_pct
                 if data is not None:
                     r.fetching_data, r.producing_data = data.fetching, data.producing
                 self._samples.append(r)
@@ -734,13 +738,13 @@ class Timeline:
         now = readings[0].time_s
         # A GPU without a judged value this tick (no new NVML sample of this process yet,
         # unsupported, lost, a failed read, busy with work that may be someone else's) keeps
-        # its latest one: NVML samples processes every 1/6 s to 1 s, so most ticks bring no new
-        # figure of a busy training, and a GPU that last worked must not let the others'
-        # idleness stand for all. A GPU never judged is not evidence either way; at least one
-        # GPU must have been judged idle this tick.
+        # its latest one (`add_readings` keeps them, from the run's first reading on): NVML
+        # samples processes every 1/6 s to 1 s, so most ticks bring no new figure of a busy
+        # training, and a GPU that last worked, even just before step 0 ended, must not let the
+        # others' idleness stand for all. A GPU never judged is not evidence either way; at
+        # least one GPU must have been judged idle this tick.
         measured = [r for r in readings
                     if r.gpu in self._run_stats and r.judged_util_pct is not None]
-        self._last_judged.update((r.gpu, r.judged_util_pct) for r in measured)
         idle = (not self.idle_paused and bool(measured)
                 and all(u < self.threshold for u in self._last_judged.values()))
         if not idle:

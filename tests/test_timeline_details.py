@@ -281,3 +281,34 @@ def test_ticks_outside_the_loop_count_for_nothing():
     for _ in range(20):
         tl.add_data_tick(False)
     assert (tl.run_wait_fraction(), tl.epoch_wait_fraction()) == (0.0, 0.0)
+
+
+def test_a_gpu_last_seen_working_before_step_0_ended_keeps_the_idle_stop_away():
+    """GPU 2's own figure comes every 1/6 s; the one before step 0 ended (85 %) is its latest
+    when the loop starts: GPU 0 idling alone is not "every GPU idle"."""
+    tl = Timeline([0, 2], 10.0, 0.1, 0.02)
+    tl.begin_epoch(0, 0.0)
+
+    def tick(t, gpu2_own):
+        return tl.add_readings([reading(t, 2.0, gpu=0),
+                                reading(t, 85.0, gpu=2, proc_util_pct=gpu2_own, procs=2)])
+
+    assert tick(0.18, 85.0) is None  # step 0 still running
+    tl.add_batch(0, 0, 1, 0.0, 0.19, None)  # step 0 ends
+    for step in range(10):  # 0.2 s of the loop, no new figure of GPU 2's own
+        assert tick(0.2 + 0.02 * step, None) is None
+    assert tl.idle_event is None
+
+
+def test_a_gpu_never_judged_is_no_evidence_either_way():
+    tl = Timeline([0, 2], 10.0, 0.1, 0.02)
+    tl.begin_epoch(0, 0.0)
+    tl.add_batch(0, 0, 1, 0.0, 0.1, None)
+    events = [tl.add_readings([reading(0.2 + 0.02 * step, 2.0, gpu=0),
+                               reading(0.2 + 0.02 * step, 85.0, gpu=2, procs=2)])
+              for step in range(7)]
+    # GPU 2 is busy, but maybe with another process's work: it never gives this training a
+    # figure, so GPU 0's idleness decides, and the patience (0.1 s) runs out at 0.3 s.
+    assert events[:5] == [None] * 5 and events[5] is not None and events[6] is None
+    assert events[5].start_s == 0.2 and events[5].end_s == pytest.approx(0.3)
+    assert events[5].util_mean_pct == {0: 2.0}

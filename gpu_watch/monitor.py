@@ -318,9 +318,7 @@ class Monitor:
     def _export_tick(self, readings: list) -> None:
         """Hand the exporters the readings and the loop's totals (the steps the training thread
         recorded since the last tick are counted at epoch and run ends too)."""
-        totals = self.timeline.run_loop()
-        self.exports.tick(readings, totals.steps, totals.step_s,
-                          self.timeline.run_wait_fraction())
+        self.exports.tick(readings, self.timeline.run_loop())
 
     def _data_tick(self, ident: int) -> DataTick | None:
         """What the input pipeline is doing right now (`keras_internals.data_tick`); None when

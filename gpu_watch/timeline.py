@@ -460,11 +460,15 @@ class Loop:
 @dataclass(frozen=True, slots=True)
 class LoopTotals:
     """The run's loop so far as a counter wants it: every step, step 0 included, their summed
-    seconds, and the seconds spent waiting between steps."""
+    seconds (the compute), the seconds spent waiting for data, the seconds between steps spent
+    elsewhere (other callbacks, Keras' own bookkeeping), and the run's judged share of its
+    loop spent waiting for data (0-1, step 0 left out; None while unknown)."""
 
     steps: int
     step_s: float
     wait_s: float
+    other_s: float = 0.0
+    wait_fraction: float | None = None
 
 
 class EpochSpan:
@@ -666,7 +670,8 @@ class Timeline:
     def run_loop(self) -> LoopTotals:
         """The run's steps and their summed seconds so far, step 0 included (totals, as a
         counter wants them), and the seconds spent waiting between steps."""
-        return LoopTotals(self._steps, self._steps_s, self._run_loop.wait_s)
+        return LoopTotals(self._steps, self._steps_s, self._run_loop.wait_s,
+                          wait_fraction=self.run_wait_fraction())
 
     def epoch_loop(self) -> Loop:
         """The running epoch's loop counts so far, step 0 left out (a copy)."""

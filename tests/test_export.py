@@ -23,6 +23,7 @@ from gpu_watch.export.figures import training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.timeline import LoopTotals
 
 library("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -356,7 +357,7 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
     snapshot = Snapshot(info, [Device(0, 0, "GPU-a", "NVIDIA H100 80GB HBM3", 81559.0)])
 
     def tick(t, **fields):
-        snapshot.tick([Reading(time_s=t, gpu=0, util_pct=80.0, **fields)], 0, 0.0, None)
+        snapshot.tick([Reading(time_s=t, gpu=0, util_pct=80.0, **fields)], LoopTotals(0, 0.0, 0.0))
         return snapshot.figures().gpus[0]
 
     assert tick(0.0, judged_util_pct=60.0, sm_active_pct=50.0).training_util_ratio == 0.6

@@ -136,7 +136,7 @@ def test_the_timeline_counts_what_the_hooks_pair_and_names_step_0():
     tl.batch_begin(1, 2.5)
     assert tl.batch_end(1, 3.0, None) is None  # not step 0
     assert tl.end_batches() is None
-    assert tl.run_loop() == LoopTotals(steps=2, step_s=2.5, wait_s=0.5)
+    assert tl.run_loop() == LoopTotals(steps=2, step_s=2.5, wait_s=0.5, wait_fraction=0.5)
     loop = tl.epoch_loop()
     assert (loop.batches, loop.steps) == (1, 1)  # step 0 stays out of the epoch's loop
     rows = tl.drain(final=True)[1]

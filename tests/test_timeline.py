@@ -123,7 +123,7 @@ def test_the_run_loop_counts_steps_across_epochs():
     tl.begin_epoch(1)
     tl.add_batch(1, 0, 1, 2.0, 2.5, 1.0)
     tl.add_batch(1, 1, 1, 3.0, 3.25, 0.5)
-    assert tl.run_loop() == LoopTotals(steps=6, step_s=1.75, wait_s=1.5)
+    assert tl.run_loop() == LoopTotals(steps=6, step_s=1.75, wait_s=1.5, wait_fraction=1.5 / 2.25)
     assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5)
 
 

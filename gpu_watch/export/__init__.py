@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export.figures import Figures, Snapshot
 from gpu_watch.nvml import Device, Reading
+from gpu_watch.timeline import LoopTotals
 
 __all__ = ["Exporter", "Exports", "Figures", "OpenTelemetry", "Prometheus", "check_targets"]
 
@@ -245,11 +246,10 @@ class Exports:
         """The live exporters (those that opened)."""
         return [exporter for _, exporter in self._opened]
 
-    def tick(self, readings: Sequence[Reading], steps: int, step_seconds: float,
-             wait_ratio: float | None) -> None:
-        """One sampler tick (sampler thread)."""
+    def tick(self, readings: Sequence[Reading], totals: LoopTotals) -> None:
+        """One sampler tick (sampler thread): the readings and the loop's totals."""
         if self.snapshot is not None:
-            self.snapshot.tick(readings, steps, step_seconds, wait_ratio)
+            self.snapshot.tick(readings, totals)
 
     def judged(self, info: dict[str, Any]) -> None:
         """The run's record changed: its verdict, causes or status."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gpu_watch.nvml import Device, Reading
-from gpu_watch.timeline import EnergyMeter
+from gpu_watch.timeline import EnergyMeter, LoopTotals
 
 _BYTES_PER_MIB = 1024 * 1024
 # Not every tick brings every figure: NVML samples processes every 1/6 s to 1 s, GPM is read
@@ -79,7 +79,9 @@ class Figures:
 
     Attributes:
         steps: Training steps so far. step_seconds: Their summed duration, seconds.
-        wait_ratio: Share of the loop's time spent waiting for data, 0-1.
+        wait_seconds: Seconds the loop waited for data so far. other_seconds: Seconds between
+            steps spent elsewhere (other callbacks, Keras' own bookkeeping).
+        wait_ratio: Share of the loop's time spent waiting for data, 0-1, since the run began.
         verdict: The run's verdict so far (None before any). causes: Its cause codes.
         status: `running`, then how the run ended (`completed`, `failed`, ...).
     """
@@ -88,6 +90,8 @@ class Figures:
     gpus: tuple[GPUFigures, ...] = ()
     steps: int = 0
     step_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    other_seconds: float = 0.0
     wait_ratio: float | None = None
     verdict: str | None = None
     causes: tuple[str, ...] = ()
@@ -112,8 +116,7 @@ class Snapshot:
         self._figures = Figures(labels=RunLabels.from_info(info))
         self.judged(info)
 
-    def tick(self, readings: Sequence[Reading], steps: int, step_seconds: float,
-             wait_ratio: float | None) -> None:
+    def tick(self, readings: Sequence[Reading], totals: LoopTotals) -> None:
         """Take one sampler tick: the readings and the loop's totals at that moment."""
         with self._lock:
             for r in readings:
@@ -137,8 +140,10 @@ class Snapshot:
                     index=r.gpu, uuid=self._uuids[r.gpu],
                     **{name: self._hold(r, name, value) for name, value in read.items()})
             self._figures = replace(self._figures, gpus=tuple(self._gpus.values()),
-                                    steps=steps, step_seconds=step_seconds,
-                                    wait_ratio=wait_ratio)
+                                    steps=totals.steps, step_seconds=totals.step_s,
+                                    wait_seconds=totals.wait_s,
+                                    other_seconds=totals.other_s,
+                                    wait_ratio=totals.wait_fraction)
 
     def _hold(self, r: Reading, name: str, value: float | None) -> float | None:
         """A figure of this reading, or the GPU's last one if it is recent enough."""

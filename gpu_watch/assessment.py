@@ -62,8 +62,10 @@ def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None)
     )
 
 
-def epoch_row(span: EpochSpan, setting: Setting) -> tuple[Judgement, dict[str, Any]]:
-    """An epoch's verdict and its `epochs.csv` row, the Keras logs included.
+def epoch_row(span: EpochSpan, setting: Setting, hooks: Sequence[tuple[str, float]] = ()
+              ) -> tuple[Judgement, dict[str, Any]]:
+    """An epoch's verdict and its `epochs.csv` row, the Keras logs included; `hooks` are the
+    callbacks whose batch hooks took longest (class name, seconds), slowest first.
 
     Step 0 is left out of the loop figures and of the verdict; its duration is the row's
     `first_step_s`. Missing figures are None, never 0.
@@ -71,7 +73,7 @@ def epoch_row(span: EpochSpan, setting: Setting) -> tuple[Judgement, dict[str, A
     stats = span.gpu_stats()
     loop = span.loop
     wait = loop.wait()
-    judgement = judge(setting, stats, wait.fraction)
+    judgement = judge(setting, stats, wait.fraction, wait.other_fraction, hooks)
     with_util = [s for s in stats if s.util_mean is not None]
     row: dict[str, Any] = {
         "epoch": span.epoch,
@@ -79,7 +81,11 @@ def epoch_row(span: EpochSpan, setting: Setting) -> tuple[Judgement, dict[str, A
         "duration_s": None if span.end_s is None else span.end_s - span.start_s,
         "first_step_s": span.first_step_s,
         "step_s_mean": loop.step_s / loop.batches if loop.batches else None,
+        "compute_s": wait.compute_s if loop.batches else None,
+        "data_wait_s": wait.wait_s if wait.fraction is not None else None,
+        "other_s": wait.other_s if loop.batches else None,
         "wait_fraction": wait.fraction,
+        "other_fraction": wait.other_fraction,
         "wait_measure": wait.measure,
         "gpu_util_mean": known_mean([s.util_mean for s in with_util]),
         "proc_util_mean": known_mean([s.proc_util_mean for s in stats]),
@@ -113,12 +119,15 @@ def judged_record(stats: Sequence[GPUStats], judgement: Judgement) -> dict[str, 
             for s in stats}
 
 
-def run_record(timeline: Timeline, setting: Setting) -> tuple[Judgement, dict[str, Any]]:
+def run_record(timeline: Timeline, setting: Setting, hooks: Sequence[tuple[str, float]] = ()
+               ) -> tuple[Judgement, dict[str, Any]]:
     """The run's verdict and the `run.json` fields it fills: verdict, causes, per-GPU
-    verdicts and bases, the judged figures, the wait for data, step 0's duration, energy."""
+    verdicts and bases, the judged figures, the wait for data and where the loop's time went,
+    step 0's duration, energy. `hooks`: the callbacks whose batch hooks took longest (class
+    name, seconds), slowest first."""
     stats = timeline.run_stats()
     wait = timeline.run_wait()
-    judgement = judge(setting, stats, wait.fraction)
+    judgement = judge(setting, stats, wait.fraction, wait.other_fraction, hooks)
     return judgement, {
         "verdict": judgement.verdict,
         "causes": [c.to_dict() for c in judgement.causes],
@@ -126,6 +135,9 @@ def run_record(timeline: Timeline, setting: Setting) -> tuple[Judgement, dict[st
         "gpu_judged_by": {str(k): v for k, v in judgement.judged_by.items()},
         "judged": judged_record(stats, judgement),
         "wait": wait.to_dict(),
+        "breakdown": {**wait.breakdown(),
+                      "callbacks": [{"name": name, "hook_s": round(seconds, 4)}
+                                    for name, seconds in hooks]},
         "first_step_s": _round(timeline.first_step_s, 4),
         "energy": energy_summary(stats),
     }
@@ -187,21 +199,33 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
                 tick.append(reading)
             events.append(_Event(float(time_s), _TICK, tick))
     logs = _keras_logs(epochs)
+    breakdown = info.get("breakdown") if isinstance(info.get("breakdown"), dict) else {}
+    timed = "other_s" in batches.columns if len(batches) else False
+    measure = breakdown.get("wait_measure") if timed else None
+    hooks = [(str(c.get("name")), float(c.get("hook_s") or 0.0))
+             for c in breakdown.get("callbacks") or () if isinstance(c, dict)]
     rows: list[dict[str, Any]] = []
     for event in sorted(events, key=lambda e: (e.time_s, e.order)):
         if event.order == _BEGIN:
             timeline.begin_epoch(event.payload, event.time_s)
         elif event.order in (_BATCH, _FIRST_BATCH):
             b = event.payload
+            wait, other = runlog.number(b.wait_s), runlog.number(getattr(b, "other_s", None))
+            if not timed:  # recorded before waits were timed: `wait_s` was the gap between hooks
+                wait, other = None, wait
             timeline.add_batch(int(b.epoch), int(b.batch), int(runlog.number(b.steps) or 1),
-                               b.time_s - b.step_s, b.time_s, runlog.number(b.wait_s))
+                               b.time_s - b.step_s, b.time_s, wait, other_s=other,
+                               measure=measure)
         elif event.order == _TICK:
-            timeline.add_readings(event.payload, data.get(event.time_s))
+            tick = data.get(event.time_s)
+            if tick is not None:
+                timeline.add_data_tick(tick.fetching, tick.producing)
+            timeline.add_readings(event.payload, tick)
         else:
             timeline.end_epoch(event.time_s, logs.get(event.payload, {}))
-        rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs()]
-    rows += [epoch_row(span, setting)[1] for span in timeline.ready_epochs(final=True)]
-    judgement, record = run_record(timeline, setting)
+        rows += [epoch_row(span, setting, hooks)[1] for span in timeline.ready_epochs()]
+    rows += [epoch_row(span, setting, hooks)[1] for span in timeline.ready_epochs(final=True)]
+    judgement, record = run_record(timeline, setting, hooks)
     record["energy"] = info.get("energy", record["energy"])  # recorded from every reading
     info.update(record)
     if len(samples):

@@ -29,7 +29,6 @@ from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
-from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 
@@ -222,6 +221,7 @@ class GPUWatch(keras.callbacks.Callback):
             warn(f"{message}; training goes on without it.")
             return
         self.monitor.watch_thread(frame.value)
+        self._time_loop(frame.value)
         # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
         # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
         self._live = self.monitor.live if self.config.log_metrics else None
@@ -251,7 +251,7 @@ class GPUWatch(keras.callbacks.Callback):
         monitor = self.monitor
         if monitor is None:
             return
-        self._after_steps(monitor.batch_end(batch, logs))
+        self._after_steps(monitor.batch_end(batch, logs), logs)
         if self._live is not None and logs is not None:
             for key, value in self._live.values.items():
                 logs.setdefault(key, value)  # never overwrite what another callback put there
@@ -269,7 +269,7 @@ class GPUWatch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         row: dict[str, Any] = {}
         if self.monitor is not None:  # Keras has waited for every batch hook of the epoch
-            self._after_steps(self.monitor.end_batches())
+            self._after_steps(self.monitor.end_batches(), None)
             row = self.monitor.end_epoch(epoch, logs or {}).row
         if self.config.log_metrics and logs is not None:
             for key, value in log_values(row).items():
@@ -293,10 +293,10 @@ class GPUWatch(keras.callbacks.Callback):
 
     # -- what the hooks decide ---------------------------------------------------------------
 
-    def _after_steps(self, step0: Step | None) -> None:
+    def _after_steps(self, first_step_ended: bool, logs: Any) -> None:
         """Act on what the steps just recorded brought: step 0's placement, an idle stretch."""
-        if step0 is not None:
-            self._after_first_step(step0.logs)
+        if first_step_ended:
+            self._after_first_step(logs)
         event = self.monitor.take_idle_event()
         if event is not None:
             self._act_on_idle(event)
@@ -339,6 +339,22 @@ class GPUWatch(keras.callbacks.Callback):
             error = GPUIdleError(message, event.to_dict())
             self.monitor.finish(runlog.STATUS_STOPPED_IDLE, error)
             raise error
+
+    def _time_loop(self, frame: Any) -> None:
+        """Time the loop on the training thread and each fetch of a batch where Keras makes it
+        (see `loop_clock`); where no fetch can be timed, sample the threads' stacks."""
+        monitor = self.monitor
+        attachment = keras_internals.Attachment()
+        clock = keras_internals.attach_loop_clock(frame, monitor.loop_clock, attachment,
+                                                  skip=self)
+        fetch = (keras_internals.attach_fetch_timer(frame, keras.backend.backend(),
+                                                    monitor.loop_clock, attachment)
+                 if clock.value else keras_internals.Probed(None, "data_fetch: the loop "
+                                                            "clock is not attached"))
+        monitor.record_probes({"loop_clock": clock.outcome, "data_fetch": fetch.outcome})
+        ident = threading.get_ident()
+        look = (lambda: keras_internals.data_tick(ident).value) if frame is not None else None
+        monitor.time_loop(attachment.detach, look)
 
     def _setup(self, frame: keras_internals.Probed,
                bars: keras_internals.Probed) -> dict[str, Any]:

@@ -214,6 +214,19 @@ CATALOGUE: dict[str, CauseSpec] = {
                      "the training step, in background workers{more}",
         },
     ),
+    "slow_callbacks": CauseSpec(
+        OTHER, WARNING,
+        "The training loop spent much of its time between steps in callbacks and Keras' own "
+        "bookkeeping, leaving the GPU idle.",
+        "Make the batch hooks cheap or rare: TensorBoard(update_freq='epoch'), fit(verbose=2) "
+        "instead of a progress bar per batch, and a callback of your own that works every N "
+        "batches (if batch % N == 0) or in on_epoch_end",
+        {
+            "named": "Make the batch hooks of {callbacks} cheap or rare: work every N batches "
+                     "(if batch % N == 0) or in on_epoch_end instead; Keras' own: "
+                     "TensorBoard(update_freq='epoch'), fit(verbose=2) for the progress bar",
+        },
+    ),
     # Two findings share this code. A GPU busy with other processes while training ran on the CPU
     # is an error: this training never used it. One GPU idle while others of this training
     # worked is raised as a warning (see `verdict.judge`): training does use a GPU, and the
@@ -491,8 +504,9 @@ def choose_remedy(code: str, facts: RunFacts | None = None,
     Args:
         code: A code from :data:`CATALOGUE`.
         facts: The run's setup; None for the default remedy.
-        evidence: The cause's evidence (``wait_fraction`` for `input_bound`, ``busy_gpus``
-            when other GPUs of this training worked for `process_not_on_gpu`).
+        evidence: The cause's evidence (``wait_fraction`` for `input_bound`, ``callbacks``
+            for `slow_callbacks`, ``busy_gpus`` when other GPUs of this training worked for
+            `process_not_on_gpu`).
 
     Raises:
         ValueError: For a code not in the catalogue.
@@ -508,6 +522,9 @@ def choose_remedy(code: str, facts: RunFacts | None = None,
         return _forced_cpu_remedy(spec, backend, facts)
     if code == "input_bound":
         return _input_bound_remedy(spec, backend, facts, evidence.get("wait_fraction"))
+    if code == "slow_callbacks" and evidence.get("callbacks"):
+        names = [c.get("name") for c in evidence["callbacks"] if isinstance(c, Mapping)]
+        return spec.variants["named"].format(callbacks=", ".join(str(n) for n in names))
     if code == "process_not_on_gpu" and evidence.get("busy_gpus"):
         return _spread_remedy(spec, backend, facts)
     return spec.variants.get(backend or "", spec.remedy)

@@ -9,7 +9,9 @@ Keras' JAX trainer carries from step to step and the device a `keras.device` sco
 
 Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
 and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build
-the same epoch iterator and callback list in their `fit`.
+the same epoch iterator and callback list in their `fit`. The training loop's clock
+(`attach_loop_clock`, `attach_fetch_timer`) wraps a few of those objects' methods for the
+length of one `fit`; `Attachment.detach` takes the wrappers off again.
 
 A Keras release may rename any of it. So each probe returns a `Probed`: the value it read and,
 when it could not read what it looked for, the reason (None when it worked). A probe never
@@ -28,6 +30,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock
 from gpu_watch.timeline import DataTick
 
 OK = "ok"
@@ -44,9 +47,9 @@ _ADAPTER_SOURCES = {
     "TorchDataLoaderAdapter": "torch_dataloader", "GrainDatasetAdapter": "grain",
 }
 _MAX_PIPELINE = 50  # tf.data transformations followed back from the last one
-# Code that fetches training data: Keras' data adapters, torch's DataLoader, and the thread
-# tf.data runs a Python generator on.
-_GENERATOR_CODE = ("from_generator_op.py",)
+# Code that fetches training data: Keras' data adapters, torch's DataLoader, and the threads
+# tf.data runs Python on (a generator, a `tf.py_function` or `tf.numpy_function` in a `map`).
+_GENERATOR_CODE = ("from_generator_op.py", f"{os.sep}script_ops.py")
 _DATA_CODE = (f"{os.sep}data_adapters{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}",
               *_GENERATOR_CODE)
 _MAX_DEPTH = 200
@@ -317,3 +320,246 @@ def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
         frame = frame.f_back
         depth += 1
     return False
+
+
+# -- the training loop's clock ------------------------------------------------------------------
+
+
+class Attachment:
+    """Wrappers set on Keras' objects for one `fit`, as instance attributes over the class's
+    methods; `detach` takes them off (a callback list or adapter the user keeps is left as it
+    was)."""
+
+    def __init__(self) -> None:
+        self._set: list[tuple[Any, str, bool, Any]] = []
+
+    def wrap(self, owner: Any, name: str, value: Any) -> None:
+        """Set `owner.name` to `value`, remembering what was there."""
+        own = vars(owner)
+        self._set.append((owner, name, name in own, own.get(name)))
+        setattr(owner, name, value)
+
+    def detach(self) -> None:
+        """Put back what each wrapper replaced, last first."""
+        while self._set:
+            owner, name, had, old = self._set.pop()
+            try:
+                if had:
+                    setattr(owner, name, old)
+                else:
+                    delattr(owner, name)
+            except Exception:  # an object gone odd keeps its wrapper: it only times, and calls on
+                continue
+
+
+def attach_loop_clock(fit_frame: Any, clock: LoopClock, attachment: Attachment,
+                      skip: Any = None) -> Probed:
+    """Time the loop on the training thread: wrap the `on_epoch_begin`, `on_train_batch_begin`
+    and `on_train_batch_end` of `fit`'s callback list (its local `callbacks`), which Keras calls
+    on the thread that runs the loop before it hands a hook to its thread pool, and the batch
+    hooks of each callback in it that has its own (all but `skip`), to say which callbacks
+    spend the loop's time (`LoopClock.hook_s`).
+
+    Returns:
+        True when attached (`clock.attached` is set), False with the reason.
+    """
+    if fit_frame is None:
+        return Probed(False, f"loop_clock: {NO_FRAME}")
+    try:
+        callbacks = fit_frame.f_locals.get("callbacks")
+        if callbacks is None:
+            return Probed(False, "loop_clock: Keras' fit frame has no local 'callbacks'")
+        hooks = ("on_epoch_begin", "on_train_batch_begin", "on_train_batch_end")
+        missing = [h for h in hooks if not callable(getattr(callbacks, h, None))]
+        if missing:
+            return Probed(False, f"loop_clock: fit's 'callbacks' ({type(callbacks).__name__}) "
+                                 f"has no method {missing[0]!r}")
+        listed = list(getattr(callbacks, "callbacks", None) or ())
+        _wrap_list(callbacks, clock, attachment)
+        for index, callback in enumerate(listed):
+            if callback is not skip:
+                _wrap_callback(callback, f"{type(callback).__name__}", index, clock, attachment)
+    except Exception as exc:
+        attachment.detach()
+        return Probed(False, _failure("loop_clock", "wrapping fit's callback list", exc))
+    clock.attached = True
+    return Probed(True)
+
+
+def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None:
+    now = clock.now
+    epoch_begin, batch_begin = callbacks.on_epoch_begin, callbacks.on_train_batch_begin
+    batch_end = callbacks.on_train_batch_end
+
+    def on_epoch_begin(epoch, logs=None):
+        epoch_begin(epoch, logs)
+        clock.epoch_begin(now())
+
+    def on_train_batch_begin(batch, logs=None):
+        batch_begin(batch, logs)
+        clock.begin(batch, now())
+
+    def on_train_batch_end(batch, logs=None):
+        entered = now()
+        batch_end(batch, logs)
+        clock.end(batch, entered, now())
+
+    attachment.wrap(callbacks, "on_epoch_begin", on_epoch_begin)
+    attachment.wrap(callbacks, "on_train_batch_begin", on_train_batch_begin)
+    attachment.wrap(callbacks, "on_train_batch_end", on_train_batch_end)
+
+
+def _own_hook(callback: Any, name: str) -> bool:
+    """Whether the callback's class overrides Keras' default (empty) hook `name`."""
+    return not getattr(getattr(type(callback), name, None), "_is_default", False)
+
+
+def _wrap_callback(callback: Any, name: str, index: int, clock: LoopClock,
+                   attachment: Attachment) -> None:
+    """Time a callback's batch hooks where it has its own (Keras' default ones do nothing, or
+    call `on_batch_begin`/`on_batch_end`)."""
+    now = clock.now
+    for hook, general in (("on_train_batch_begin", "on_batch_begin"),
+                          ("on_train_batch_end", "on_batch_end")):
+        if not (_own_hook(callback, hook) or _own_hook(callback, general)):
+            continue
+        original = getattr(callback, hook)
+        key = (index, name)
+
+        def timed(batch, logs=None, _original=original, _key=key):
+            start = now()
+            try:
+                return _original(batch, logs=logs)
+            finally:
+                clock.add_hook_time(_key, now() - start)
+
+        attachment.wrap(callback, hook, timed)
+
+
+class _TimedIterator:
+    """An iterator whose every `next` the training thread pays for is timed as a fetch."""
+
+    __slots__ = ("_iterator", "_clock", "_now")
+
+    def __init__(self, iterator: Any, clock: LoopClock) -> None:
+        self._iterator = iterator
+        self._clock = clock
+        self._now = clock.now
+
+    def __iter__(self) -> _TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        start = self._now()
+        try:
+            return next(self._iterator)
+        finally:
+            self._clock.fetched(start, self._now())
+
+
+class _TimedSource:
+    """What the epoch iterator iterates, made to time its fetches: starting a pass (a torch
+    DataLoader starts its workers there) and each batch."""
+
+    __slots__ = ("_source", "_clock")
+
+    def __init__(self, source: Any, clock: LoopClock) -> None:
+        self._source = source
+        self._clock = clock
+
+    def __iter__(self) -> _TimedIterator:
+        start = self._clock.now()
+        iterator = iter(self._source)
+        self._clock.fetched(start, self._clock.now())
+        return _TimedIterator(iterator, self._clock)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+
+def _ready_stamped(source: Any, clock: LoopClock) -> Any:
+    """A generator over `source` that stamps each batch as ready as it leaves (on tf.data's
+    thread); a new pass drops the batches the last one made ready and no step took."""
+    clock.source_restarted()
+    now, ready = clock.now, clock.ready
+    for item in source:
+        ready(now())
+        yield item
+
+
+class _ReadyStampedLoader:
+    """A torch DataLoader behind tf.data, its batches stamped as ready (see `_ready_stamped`);
+    its attributes are the loader's own."""
+
+    def __init__(self, loader: Any, clock: LoopClock) -> None:
+        self._loader = loader
+        self._clock = clock
+
+    def __iter__(self) -> Any:
+        return _ready_stamped(self._loader, self._clock)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
+                       attachment: Attachment) -> Probed:
+    """Time each fetch of a training batch where Keras makes it.
+
+    On JAX and torch the training thread pulls every batch from the iterator that fit's
+    epoch iterator makes (`_get_iterator`, once per pass): each pull is timed
+    (`FETCH_TIMED`). On TensorFlow the step pulls batches inside its graph; a Python source
+    behind it runs on a tf.data thread, and each batch is stamped as it leaves the source
+    (`READY_TIMED`): a generator (`GeneratorDataAdapter.generator`), a `PyDataset` (the
+    adapter's `_standardize_batch`, which every batch passes on its way out, whatever the
+    workers) or a torch `DataLoader` (the adapter's `_dataloader`). A `tf.data` pipeline or
+    arrays (made into one) run out of Python's sight: no probe, and the reason says so (the
+    stack sampler stands in).
+
+    Returns:
+        The measure (`FETCH_TIMED` or `READY_TIMED`, also set on `clock.measure`), or None
+        with the reason.
+    """
+    if fit_frame is None:
+        return Probed(None, f"data_fetch: {NO_FRAME}")
+    try:
+        iterator = fit_frame.f_locals.get("epoch_iterator")
+        if iterator is None:
+            return Probed(None, "data_fetch: Keras' fit frame has no local 'epoch_iterator'")
+        if backend in ("jax", "torch"):
+            make = iterator._get_iterator
+            attachment.wrap(iterator, "_get_iterator",
+                            lambda: _TimedSource(make(), clock))
+            clock.measure = FETCH_TIMED
+            return Probed(FETCH_TIMED)
+        if backend != "tensorflow":
+            return Probed(None, f"data_fetch: no fetch probe for the {backend!r} backend")
+        adapter = iterator.data_adapter
+        classes = {cls.__name__ for cls in type(adapter).__mro__}
+        if "GeneratorDataAdapter" in classes:
+            generator = adapter.generator
+            attachment.wrap(adapter, "generator",
+                            lambda: _ready_stamped(generator(), clock))
+        elif "PyDatasetAdapter" in classes:
+            standardize, now, ready = adapter._standardize_batch, clock.now, clock.ready
+
+            def stamped(batch):
+                batch = standardize(batch)
+                ready(now())
+                return batch
+
+            attachment.wrap(adapter, "_standardize_batch", stamped)
+        elif "TorchDataLoaderAdapter" in classes:
+            attachment.wrap(adapter, "_dataloader",
+                            _ReadyStampedLoader(adapter._dataloader, clock))
+        else:
+            return Probed(None, f"data_fetch: TensorFlow reads the {type(adapter).__name__}'s "
+                                "batches inside the step, out of Python's sight: the wait is "
+                                "sampled from the threads' stacks")
+    except Exception as exc:  # each branch wraps last: nothing was set
+        return Probed(None, _failure("data_fetch", "wrapping the epoch iterator's source", exc))
+    clock.measure = READY_TIMED
+    return Probed(READY_TIMED)

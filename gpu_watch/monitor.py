@@ -29,9 +29,9 @@ from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
 from gpu_watch.impact import UsageMeter, with_impacts
 from gpu_watch.live import LiveFigures
+from gpu_watch.loop_clock import LoopClock, StackSampler
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import Sampler
-from gpu_watch.steps import Step
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 from gpu_watch.watchdog import FitWatchdog
@@ -113,6 +113,12 @@ class Monitor:
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s, steps_per_execution)
+        # The training thread's stamps, where `fit`'s callback list could be wrapped
+        # (`time_loop`); else the callback's own hooks time the steps (`batch_begin`).
+        self.loop_clock = LoopClock(self.clock, self.t0, self.timeline.add_steps)
+        self.stacks: StackSampler | None = None
+        self._detach: Any = None
+        self._first_end_seen = False
         # The rows written, summed for what each cause cost (`gpu_watch.impact`).
         self.usage = UsageMeter(config.idle_threshold_pct, config.interval_s)
         self._write_json()
@@ -142,17 +148,39 @@ class Monitor:
         thread) leaves the stack without `finish` being called (see `watchdog.FitWatchdog`)."""
         self.watchdog.watch(frame)
 
+    def time_loop(self, detach: Any, look: Any = None) -> None:
+        """The loop is timed on the training thread (`loop_clock` gets the stamps); `detach`
+        takes the wrappers off when the run ends. Where no fetch of a batch is timed
+        (`loop_clock.measure` is None), `look` (what the input pipeline is doing, a `DataTick`
+        or None) is sampled `loop_clock.STACK_HZ` times a second instead."""
+        self._detach = detach
+        if look is not None and self.loop_clock.measure is None:
+            self.stacks = StackSampler(
+                look, lambda tick: self.timeline.add_data_tick(tick.fetching, tick.producing))
+            self.stacks.start()
+
+    def record_probes(self, outcomes: dict[str, str]) -> None:
+        """Add the outcomes of Keras probes attached after the run began to `keras_probes`."""
+        # A new dict: a writer on another thread may be reading the old one.
+        self.info["keras_probes"] = {**self.info["keras_probes"], **outcomes}
+
     def batch_begin(self, batch: int) -> None:
-        """Keras' begin hook of `batch`."""
-        self.timeline.batch_begin(batch, self.elapsed_s())
+        """Keras' begin hook of `batch` (timed here only where the loop clock is not)."""
+        if not self.loop_clock.attached:
+            self.timeline.batch_begin(batch, self.elapsed_s())
 
-    def batch_end(self, batch: int, logs: Any) -> Step | None:
-        """Keras' end hook of `batch`; returns step 0 when this hook completed it."""
-        return self.timeline.batch_end(batch, self.elapsed_s(), logs)
+    def batch_end(self, batch: int, logs: Any) -> bool:
+        """Keras' end hook of `batch`; returns whether step 0 ended with it (the first end hook
+        to run, where the loop clock times the steps)."""
+        if self.loop_clock.attached:
+            with self._lock:
+                first, self._first_end_seen = not self._first_end_seen, True
+            return first
+        return self.timeline.batch_end(batch, self.elapsed_s(), logs) is not None
 
-    def end_batches(self) -> Step | None:
-        """The epoch's batch hooks are over; returns step 0 when it completed only now."""
-        return self.timeline.end_batches()
+    def end_batches(self) -> bool:
+        """The epoch's batch hooks are over; returns whether step 0 completed only now."""
+        return self.timeline.end_batches() is not None
 
     @property
     def in_first_step(self) -> bool:
@@ -207,7 +235,8 @@ class Monitor:
             if self._finished or span is None:
                 if span is None:
                     return EpochEnd(judge(self.setting(), [], None), {"epoch": epoch})
-                judgement, row = epoch_row(span, self.setting())
+                judgement, row = epoch_row(span, self.setting(),
+                                           self.loop_clock.slowest_hooks())
                 return EpochEnd(judgement, row)
             self.flush()
             written = self._written.pop(span.epoch, None)
@@ -218,7 +247,7 @@ class Monitor:
             self.exports.judged(self.info)
         self._render(final=False)
         if written is None:
-            judgement, row = epoch_row(span, self.setting())
+            judgement, row = epoch_row(span, self.setting(), self.loop_clock.slowest_hooks())
             row = {**row, **dict.fromkeys(_GPU_FIGURES)}
             if judgement.verdict == CPU_FALLBACK:  # the placement decided: no reading needed
                 row["verdict"] = CPU_FALLBACK
@@ -257,6 +286,10 @@ class Monitor:
 
         attempt(lambda: self.sampler.stop(closing_tick=True))
         self._sampling_closed = True
+        if self.stacks is not None:
+            attempt(self.stacks.stop)
+        if self._detach is not None:
+            attempt(self._detach)
         self.watchdog.release()
         attempt(self.watchdog.restore_sigint)
         with self._lock:
@@ -350,7 +383,7 @@ class Monitor:
                 self._write_epoch(span)
 
     def _write_epoch(self, span: EpochSpan) -> None:
-        judgement, row = epoch_row(span, self.setting())
+        judgement, row = epoch_row(span, self.setting(), self.loop_clock.slowest_hooks())
         self._written[span.epoch] = EpochEnd(judgement, row)
         self._guard_write(lambda: (self.epochs.widen(list(row)), self.epochs.append([row])))
 
@@ -375,7 +408,8 @@ class Monitor:
 
     def _judge_run(self) -> Judgement:
         """Judge the run so far and record the judgement in `run.json`'s record."""
-        judgement, record = run_record(self.timeline, self.setting())
+        judgement, record = run_record(self.timeline, self.setting(),
+                                       self.loop_clock.slowest_hooks())
         self.info.update(record)
         self.info["faults"] = [
             {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}

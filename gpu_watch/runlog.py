@@ -60,7 +60,9 @@ SAMPLE_COLUMNS = (
     "idle_clock_event", "lost", *SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib",
     "judged_util_pct", "fetching_data", "producing_data",
 )
-BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s")
+# `step_s` is the step's compute, `wait_s` its wait for data (empty where not measured),
+# `other_s` the time since the step before spent elsewhere (see `steps.Step`).
+BATCH_COLUMNS = ("epoch", "batch", "steps", "time_s", "step_s", "wait_s", "other_s")
 BATCH_GPU_COLUMNS = ("util_pct", "mem_used_mib")
 # Per epoch, over the watched GPUs: mean GPM percentages, and the energy (J) and mean power (W)
 # of the whole GPUs summed; per GPU, `gpu{i}_` + EPOCH_GPU_ACTIVITY_COLUMNS. Optional on read.
@@ -70,15 +72,17 @@ EPOCH_ACTIVITY_COLUMNS = (
 )
 EPOCH_GPU_ACTIVITY_COLUMNS = ("sm_active_mean", "energy_j", "power_mean_w")
 EPOCH_COLUMNS = (
-    "epoch", "batches", "duration_s", "first_step_s", "step_s_mean", "wait_fraction",
-    "wait_measure", "gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
+    "epoch", "batches", "duration_s", "first_step_s", "step_s_mean", "compute_s",
+    "data_wait_s", "other_s", "wait_fraction", "other_fraction", "wait_measure",
+    "gpu_util_mean", "proc_util_mean", "judged_util_mean", "gpu_util_p95",
     "gpu_mem_peak_mib", "idle_fraction", "verdict", *EPOCH_ACTIVITY_COLUMNS,
 )
 # Columns added after the first release: a run folder written before them still loads, with
 # the column all NaN.
 _OPTIONAL_COLUMNS = frozenset(SAMPLE_ACTIVITY_COLUMNS + EPOCH_ACTIVITY_COLUMNS) | {
     "others_util_pct", "others_mem_mib", "proc_util_mean", "judged_util_pct", "fetching_data",
-    "producing_data", "first_step_s", "judged_util_mean", "wait_measure"}
+    "producing_data", "first_step_s", "judged_util_mean", "wait_measure", "other_s", "compute_s",
+    "data_wait_s", "other_fraction"}
 
 
 class RunFolderError(ValueError):
@@ -300,6 +304,7 @@ def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: 
         "gpu_judged_by": {},
         "judged": {},
         "wait": None,
+        "breakdown": None,
         "first_step_s": None,
         "idle": {"events": []},
         "faults": [],

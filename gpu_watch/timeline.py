@@ -340,51 +340,56 @@ def energy_summary(stats: Sequence[GPUStats]) -> dict[str, Any]:
     }
 
 
-# A share of sampler ticks is a sample: from n ticks its standard error is at most
-# 0.5 / sqrt(n), 11 points at 20 ticks (4 s at the default 0.2 s interval). Fewer ticks than
-# this give no sampled wait share: a short epoch whose few ticks happened to land in the data
-# adapter's set-up would otherwise read as half spent waiting.
+# A share of stack samples is a sample: from n samples its standard error is at most
+# 0.5 / sqrt(n), 11 points at 20 samples (0.2 s at the stack sampler's 100 per second). Fewer
+# give no sampled wait share.
 MIN_WAIT_TICKS = 20
-# The measures of waiting for data (see `Loop.wait`).
-BATCH_GAPS = "batch_gaps"
+# The measure of waiting for data where no fetch was timed (see `Loop.wait`): the share of the
+# stack sampler's looks that found the input pipeline busy.
 SAMPLED_TICKS = "sampled_ticks"
-GAPS_ONLY = "batch_gaps_only"  # too few ticks to see waits inside a step: a lower bound
 
 
-# A Python generator behind `tf.data` runs on a thread of its own, ahead of the step: busy in
-# fewer ticks than this share, it keeps up and delays nothing. Busier, it is the bottleneck, and
-# the share of ticks it was busy bounds the wait from above (the step's own work overlapped it).
-# A generator that is the bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs
-# between its items (0.88 for one taking 0.1 s a batch on an otherwise idle machine): the
-# threshold sits under that range.
+# A Python producer behind `tf.data` (a `tf.py_function` in a `map`, or a generator that could
+# not be timed) runs on a thread of its own, ahead of the step: busy in fewer samples than this
+# share, it keeps up and delays nothing. Busier, it is the bottleneck, and the share of samples
+# it was busy bounds the wait from above (the step's own work overlapped it). A producer that is
+# the bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs between its items:
+# the threshold sits under that range.
 PRODUCER_SATURATED = 0.8
 
 
 @dataclass(frozen=True, slots=True)
 class DataTick:
-    """What the input pipeline was doing at one sampler tick: the training thread fetching
-    data (it waits meanwhile), or another thread producing it (a generator behind tf.data)."""
+    """What the input pipeline was doing at one look at the threads' stacks: the training
+    thread fetching data (it waits meanwhile), or another thread producing it (Python code
+    behind tf.data)."""
 
     fetching: bool
     producing: bool = False
 
 
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
+
+
 @dataclass(frozen=True)
 class Wait:
-    """How long a span of training waited for data.
+    """How a span of the training loop spent its time: computing, waiting for data, elsewhere.
 
     Attributes:
-        fraction: The share of the loop's time spent waiting, 0-1; None when neither measure
-            has enough evidence.
-        measure: Which measure `fraction` comes from: `SAMPLED_TICKS` (the share of the
-            sampler's ticks that found training fetching data), `BATCH_GAPS` (the time
-            between one batch hook's end and the next one's begin, where it is larger), or
-            `GAPS_ONLY` (the gaps, with too few ticks to see a wait inside a step: a lower
-            bound); None with no fraction.
-        wait_s: Seconds between batches (the batch-gap measure's numerator).
-        loop_s: Seconds of the loop: steps plus the gaps between them, step 0 left out.
-        ticks: Sampler ticks counted, of which `fetching_ticks` found the training thread
+        fraction: The share of the loop's time spent waiting for data, 0-1; None when it was
+            not measured.
+        measure: How: `loop_clock.FETCH_TIMED` (each fetch on the training thread, timed),
+            `loop_clock.READY_TIMED` (each batch timed as it left a Python source behind
+            tf.data, against the step that took it) or `SAMPLED_TICKS` (the share of the stack
+            sampler's looks that found the pipeline busy); None with no fraction.
+        wait_s: Seconds spent waiting for data (for `SAMPLED_TICKS`, the share times the loop).
+        loop_s: Seconds of the loop: the steps and the time between them, step 0 left out.
+        ticks: Stack samples counted, of which `fetching_ticks` found the training thread
             fetching data and `producing_ticks` another thread producing it.
+        compute_s: Seconds of the steps themselves, their wait for data left out.
+        other_s: Seconds between steps spent neither computing nor fetching: the callbacks'
+            hooks, Keras' own bookkeeping.
     """
 
     fraction: float | None
@@ -394,33 +399,73 @@ class Wait:
     ticks: int
     fetching_ticks: int
     producing_ticks: int = 0
+    compute_s: float = 0.0
+    other_s: float = 0.0
+
+    @property
+    def other_fraction(self) -> float | None:
+        """The share of the loop spent between steps elsewhere, 0-1; None without a loop."""
+        return _share(self.other_s, self.loop_s)
+
+    @property
+    def compute_fraction(self) -> float | None:
+        """The share of the loop spent in the steps themselves, 0-1; None without a loop."""
+        return _share(self.compute_s, self.loop_s)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready record written to `run.json` as "wait"."""
-        return {"fraction": None if self.fraction is None else round(self.fraction, 4),
-                "measure": self.measure, "wait_s": round(self.wait_s, 4),
-                "loop_s": round(self.loop_s, 4), "ticks": self.ticks,
-                "fetching_ticks": self.fetching_ticks, "producing_ticks": self.producing_ticks,
-                "min_ticks": MIN_WAIT_TICKS}
+        return {"fraction": _round4(self.fraction), "measure": self.measure,
+                "wait_s": round(self.wait_s, 4), "loop_s": round(self.loop_s, 4),
+                "ticks": self.ticks, "fetching_ticks": self.fetching_ticks,
+                "producing_ticks": self.producing_ticks, "min_ticks": MIN_WAIT_TICKS}
+
+    def breakdown(self) -> dict[str, Any]:
+        """The JSON-ready record written to `run.json` as "breakdown": the loop's seconds by
+        where they went, each as a share of the loop too."""
+        known = self.fraction is not None
+        return {"compute_s": round(self.compute_s, 4),
+                "data_wait_s": round(self.wait_s, 4) if known else None,
+                "other_s": round(self.other_s, 4), "loop_s": round(self.loop_s, 4),
+                "compute_fraction": _round4(self.compute_fraction),
+                "data_wait_fraction": _round4(self.fraction),
+                "other_fraction": _round4(self.other_fraction),
+                "wait_measure": self.measure}
+
+
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 @dataclass(slots=True)
 class Loop:
-    """The training loop's counts over a span, step 0 left out (it compiles)."""
+    """The training loop's counts over a span, step 0 left out (it compiles).
+
+    `step_s` is the steps' compute, `wait_s` the measured wait for data, `other_s` the time
+    between steps spent elsewhere; `timed` counts the batches whose wait was measured, by
+    `measure`.
+    """
 
     batches: int = 0
     steps: int = 0
     step_s: float = 0.0
     wait_s: float = 0.0
+    other_s: float = 0.0
+    timed: int = 0
+    measure: str | None = None
     ticks: int = 0
     fetching_ticks: int = 0
     producing_ticks: int = 0
 
-    def add_batch(self, steps: int, step_s: float, wait_s: float | None) -> None:
+    def add_batch(self, steps: int, step_s: float, wait_s: float | None,
+                  other_s: float | None = None, measure: str | None = None) -> None:
         self.batches += 1
         self.steps += steps
         self.step_s += step_s
-        self.wait_s += wait_s or 0.0
+        self.other_s += other_s or 0.0
+        if wait_s is not None:
+            self.wait_s += wait_s
+            self.timed += 1
+            self.measure = measure or self.measure
 
     def add_tick(self, tick: DataTick) -> None:
         self.ticks += 1
@@ -428,33 +473,35 @@ class Loop:
         self.producing_ticks += tick.producing and not tick.fetching
 
     def wait(self) -> Wait:
-        """The share of the loop spent waiting for data, by the measure that counts.
+        """Where the loop's time went, and the share spent waiting for data.
 
-        The gaps between batch hooks see waiting between steps (torch's DataLoader, a Python
-        loop feeding `fit`), but not inside one: on TensorFlow and JAX, Keras fetches the next
-        batch inside the step. The share of ticks that found the training thread fetching data
-        sees both (with a generator behind tf.data, the share it kept its thread busy, once
-        that is `PRODUCER_SATURATED`: the generator is the bottleneck),
-        but is a sample: it counts only from `MIN_WAIT_TICKS` ticks on, and with fewer the gaps
-        alone are a lower bound. Where both are known the larger counts: the gaps are exact
-        where they see the wait, the ticks see the wait they miss.
+        Where every batch's fetch was timed, the wait is their sum: exact. Where none was, the
+        stack samples give a share from `MIN_WAIT_TICKS` on: of the looks, those that found the
+        training thread fetching, or, with a Python producer behind tf.data busy in at least
+        `PRODUCER_SATURATED` of them, those that found it busy (the wait then sits inside the
+        steps, and comes out of their compute). The time between steps is never taken for a
+        wait: the callbacks and Keras' own bookkeeping spend it too.
         """
-        loop_s = self.step_s + self.wait_s
-        gaps = self.wait_s / loop_s if loop_s > 0 else None
-        sampled = None
-        if self.ticks >= MIN_WAIT_TICKS:
-            sampled = self.fetching_ticks / self.ticks
-            producing = (self.fetching_ticks + self.producing_ticks) / self.ticks
-            if producing >= PRODUCER_SATURATED:
-                sampled = producing
-        if sampled is not None and (gaps is None or sampled > gaps):
-            fraction, measure = sampled, SAMPLED_TICKS
-        elif gaps is not None:
-            fraction, measure = gaps, BATCH_GAPS if sampled is not None else GAPS_ONLY
-        else:
-            fraction, measure = None, None
-        return Wait(fraction, measure, self.wait_s, loop_s, self.ticks, self.fetching_ticks,
-                    self.producing_ticks)
+        loop_s = self.step_s + self.wait_s + self.other_s
+        if self.batches and self.timed == self.batches:
+            return Wait(_share(self.wait_s, loop_s), self.measure, self.wait_s, loop_s,
+                        self.ticks, self.fetching_ticks, self.producing_ticks, self.step_s,
+                        self.other_s)
+        if self.ticks < MIN_WAIT_TICKS:
+            return Wait(None, None, 0.0, loop_s, self.ticks, self.fetching_ticks,
+                        self.producing_ticks, self.step_s + self.wait_s, self.other_s)
+        sampled = self.fetching_ticks / self.ticks
+        producing = (self.fetching_ticks + self.producing_ticks) / self.ticks
+        if producing >= PRODUCER_SATURATED:
+            sampled = producing
+        wait_s = sampled * loop_s
+        # The sampled wait sits inside the steps (tf.data fetches there) or between them:
+        # either way it is neither compute nor other work, taken from the steps first.
+        compute_s = self.step_s + self.wait_s
+        from_compute = min(compute_s, wait_s)
+        other_s = max(0.0, self.other_s - (wait_s - from_compute))
+        return Wait(sampled, SAMPLED_TICKS, wait_s, loop_s, self.ticks, self.fetching_ticks,
+                    self.producing_ticks, compute_s - from_compute, other_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +571,7 @@ class Timeline:
         self.patience = idle_patience_s
         self.interval = interval_s
         self._lock = threading.Lock()
-        self._batches: deque[tuple] = deque()
+        self._batches: deque[_BatchRow] = deque()
         self._samples: list[Reading] = []
         self._recent: dict[int, deque[Reading]] = {g: deque() for g in self.gpus}
         self._last_tick_s = -math.inf
@@ -543,8 +590,8 @@ class Timeline:
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._run_loop = Loop()
-        self._steps = 0  # every step, step 0 included, and their seconds: the run's totals
-        self._steps_s = 0.0
+        self._steps = 0  # every step, step 0 included
+        self._last_totals = LoopTotals(0, 0.0, 0.0)
         self._pairing = BatchPairing(steps_per_execution)
         self._pairing_lock = threading.Lock()  # batch hooks may run on several threads at once
         self._epoch_number = 0  # the epoch the batch hooks belong to
@@ -608,23 +655,33 @@ class Timeline:
         with self._pairing_lock:
             return self._add_steps(self._pairing.end_epoch())
 
-    def _add_steps(self, steps: list[Step]) -> Step | None:
+    def add_steps(self, steps: Sequence[Step]) -> Step | None:
+        """Record steps timed on the training thread (`loop_clock.LoopClock`), in order; return
+        step 0 when it is one of them."""
+        with self._pairing_lock:
+            return self._add_steps(steps)
+
+    def _add_steps(self, steps: Sequence[Step]) -> Step | None:
         first = None
         for step in steps:
             if self.first_step_end_s is None:
                 first = step
             self.add_batch(self._epoch_number, step.last_batch, step.steps, step.begin_s,
-                           step.end_s, step.wait_s)
+                           step.end_s, step.wait_s, step.compute_s, step.other_s, step.measure)
         return first
 
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
-                  wait_s: float | None) -> None:
-        """Record one batch hook's timing (seconds since training started). Cheap: no lock
-        but the first time."""
-        self._batches.append((epoch, batch, steps, begin_s, end_s, wait_s))
+                  wait_s: float | None, compute_s: float | None = None,
+                  other_s: float | None = None, measure: str | None = None) -> None:
+        """Record one batch hook's timing (seconds since training started): the step from
+        `begin_s` to `end_s`, its compute (default all of it), its measured wait for data
+        (None when not measured) and the time since the step before spent elsewhere (see
+        `steps.Step`). Cheap: no lock but the first time."""
+        compute = end_s - begin_s if compute_s is None else compute_s
+        self._batches.append(_BatchRow(epoch, batch, steps, begin_s, end_s, compute, wait_s,
+                                       other_s))
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         self._steps += steps
-        self._steps_s += end_s - begin_s
         span = self._open
         if self.first_step_end_s is None:
             with self._lock:
@@ -634,8 +691,8 @@ class Timeline:
                     span.first_step_s = self.first_step_s
             return
         if span is not None:
-            span.loop.add_batch(steps, end_s - begin_s, wait_s)
-        self._run_loop.add_batch(steps, end_s - begin_s, wait_s)
+            span.loop.add_batch(steps, compute, wait_s, other_s, measure)
+        self._run_loop.add_batch(steps, compute, wait_s, other_s, measure)
 
     def add_data_tick(self, fetching: bool, producing: bool = False) -> None:
         """Count one sampler tick inside the training loop (an epoch open, after its first
@@ -668,10 +725,18 @@ class Timeline:
         return self.run_wait().fraction
 
     def run_loop(self) -> LoopTotals:
-        """The run's steps and their summed seconds so far, step 0 included (totals, as a
-        counter wants them), and the seconds spent waiting between steps."""
-        return LoopTotals(self._steps, self._steps_s, self._run_loop.wait_s,
-                          wait_fraction=self.run_wait_fraction())
+        """The run's loop so far as counters want it: every step, step 0 included, and its
+        seconds by where they went (`Loop.wait`'s breakdown, step 0's seconds as compute). A
+        sampled wait share moves as samples come, so each total is kept from ever going down:
+        a counter that drops reads as a restart."""
+        wait = self.run_wait()
+        with self._lock:
+            last = self._last_totals
+            totals = LoopTotals(
+                self._steps, max(last.step_s, wait.compute_s + (self.first_step_s or 0.0)),
+                max(last.wait_s, wait.wait_s), max(last.other_s, wait.other_s), wait.fraction)
+            self._last_totals = totals
+        return totals
 
     def epoch_loop(self) -> Loop:
         """The running epoch's loop counts so far, step 0 left out (a copy)."""
@@ -685,8 +750,6 @@ class Timeline:
         """Take one sampler tick, and what the input pipeline was doing at that moment (None
         when not looked at); return an `IdleEvent` the first time idleness lasts the patience
         (it fires once per run)."""
-        if data is not None:
-            self.add_data_tick(data.fetching, data.producing)
         with self._lock:
             counted = self.first_step_end_s is not None
             spans = self._spans_for(readings[0].time_s) if readings and counted else []
@@ -811,14 +874,14 @@ class Timeline:
             rows = []
             recent = {g: (list(d), [r.time_s for r in d]) for g, d in self._recent.items()}
             while self._batches and (limit is None or len(rows) < limit):
-                epoch, batch, steps, begin, end, wait = self._batches[0]
-                if not final and self.gpus and end > self._last_tick_s:
+                b = self._batches[0]
+                if not final and self.gpus and b.end_s > self._last_tick_s:
                     break
                 self._batches.popleft()
-                row = {"epoch": epoch, "batch": batch, "steps": steps, "time_s": end,
-                       "step_s": end - begin, "wait_s": wait}
+                row = {"epoch": b.epoch, "batch": b.batch, "steps": b.steps, "time_s": b.end_s,
+                       "step_s": b.compute_s, "wait_s": b.wait_s, "other_s": b.other_s}
                 for gpu in self.gpus:
-                    util, mem = self._overlap(*recent[gpu], begin, end)
+                    util, mem = self._overlap(*recent[gpu], b.begin_s, b.end_s)
                     row[f"gpu{gpu}_util_pct"] = util
                     row[f"gpu{gpu}_mem_used_mib"] = mem
                 rows.append(row)
@@ -840,7 +903,7 @@ class Timeline:
     def _trim(self) -> None:
         """Forget readings older than any batch still waiting to be paired, or than the end of
         the last batch (the batch running now began after it)."""
-        horizon = self._batches[0][3] if self._batches else self._last_batch_end_s
+        horizon = self._batches[0].begin_s if self._batches else self._last_batch_end_s
         for recent in self._recent.values():
             while len(recent) > 1 and recent[1].time_s <= horizon:
                 recent.popleft()
@@ -858,6 +921,20 @@ class Timeline:
         with self._lock:
             return _with_energy([self._run_stats[g].stats(g) for g in self.gpus],
                                 self._run_energy)
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchRow:
+    """A batch hook's timing waiting for the reading that covers it (see `Timeline.drain`)."""
+
+    epoch: int
+    batch: int
+    steps: int
+    begin_s: float
+    end_s: float
+    compute_s: float
+    wait_s: float | None
+    other_s: float | None
 
 
 @dataclass(slots=True)

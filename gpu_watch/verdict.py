@@ -33,6 +33,11 @@ VERDICTS = (OK, IDLE, CPU_FALLBACK, UNMONITORED, UNMEASURED)
 IDLE_FRACTION_LIMIT = 0.5
 # Waiting for data for more than this share of the loop's wall time makes training input bound.
 INPUT_BOUND_WAIT_FRACTION = 0.3
+# Time between steps spent elsewhere (callbacks, Keras' bookkeeping) for more than this share of
+# the loop's wall time makes training callback bound.
+SLOW_CALLBACKS_FRACTION = 0.3
+# Callbacks named in a `slow_callbacks` cause (their batch hooks took longest).
+NAMED_CALLBACKS = 3
 # Another process keeping a GPU this busy, while ours is not on it, is "busy, but not with us".
 BUSY_UTIL_PCT = 20.0
 # Judged by: this process's own SM utilization, or the device's (per-process not available).
@@ -300,13 +305,51 @@ def gpu_verdict(stats: GPUStats, nvml_error: str | None) -> str:
     return UNMONITORED if stats.shared else OK
 
 
-def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | None) -> Judgement:
+def loop_causes(setting: Setting, idle: Sequence[GPUStats], wait_fraction: float | None,
+                other_fraction: float | None,
+                hooks: Sequence[tuple[str, float]] = ()) -> list[Cause]:
+    """Why the training loop left idle GPUs waiting: for data (`input_bound`, from the data
+    wait alone), or in the callbacks and Keras' bookkeeping between steps (`slow_callbacks`,
+    naming the callbacks whose batch hooks took longest)."""
+    causes = []
+    if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
+        causes.append(cause(
+            "input_bound",
+            f"The training loop waited for data {wait_fraction:.0%} of its time after step 0, "
+            f"leaving {_gpu_names(idle)} idle.",
+            facts=setting.facts,
+            wait_fraction=round(wait_fraction, 3),
+        ))
+    if other_fraction is not None and other_fraction > SLOW_CALLBACKS_FRACTION:
+        named = [{"name": name, "hook_s": round(seconds, 3)}
+                 for name, seconds in hooks[:NAMED_CALLBACKS] if seconds > 0]
+        spent = (f": most in {', '.join(c['name'] for c in named)}" if named
+                 else " (no callback's batch hooks were timed)")
+        causes.append(cause(
+            "slow_callbacks",
+            f"The training loop spent {other_fraction:.0%} of its time after step 0 between "
+            f"steps, in callbacks and Keras' bookkeeping{spent}, leaving {_gpu_names(idle)} "
+            "idle.",
+            facts=setting.facts,
+            other_fraction=round(other_fraction, 3),
+            callbacks=named,
+        ))
+    return causes
+
+
+def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | None,
+          other_fraction: float | None = None,
+          hooks: Sequence[tuple[str, float]] = ()) -> Judgement:
     """The verdict for a span of training (an epoch or the run) and its causes.
 
     Args:
         setting: The run's facts (placement, framework, NVML, environment).
         gpus: What each watched GPU showed over the span.
         wait_fraction: Share of the span's loop time spent waiting for data, 0-1.
+        other_fraction: Share of the span's loop time spent between steps elsewhere
+            (callbacks, Keras' bookkeeping), 0-1.
+        hooks: The callbacks whose batch hooks took longest: (class name, seconds), slowest
+            first.
     """
     if not on_gpu(setting):
         return Judgement(CPU_FALLBACK, cpu_fallback_causes(setting, gpus))
@@ -322,14 +365,7 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if not idle:
         return Judgement(OK, causes + sharing, per_gpu, bases)
     busy = [s.gpu for s in gpus if per_gpu[s.gpu] == OK]
-    if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
-        causes.insert(0, cause(
-            "input_bound",
-            f"The training loop waited for data {wait_fraction:.0%} of its time after step 0, "
-            f"leaving {_gpu_names(idle)} idle.",
-            facts=setting.facts,
-            wait_fraction=round(wait_fraction, 3),
-        ))
+    causes[:0] = loop_causes(setting, idle, wait_fraction, other_fraction, hooks)
     if busy:
         causes.append(cause(
             "process_not_on_gpu",

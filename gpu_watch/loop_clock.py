@@ -1,0 +1,207 @@
+"""The training loop's clock: each step's compute, its wait for data and the time between steps
+spent elsewhere, stamped on the thread that runs the loop.
+
+Keras runs `on_train_batch_end` on a thread pool on JAX and torch, so a callback's own hooks
+cannot time the loop there. `keras_internals.attach_loop_clock` wraps the hooks of `fit`'s
+callback list instead: the wrappers run on the training thread, before Keras hands anything to
+the pool, and call `LoopClock.epoch_begin`, `begin` and `end` with the time on entering and on
+leaving the list's hook. The fetch of each batch is timed where Keras makes it
+(`keras_internals.attach_fetch_timer`):
+
+- on JAX and torch the training thread pulls each batch from the epoch's iterator: `fetched`
+  gets the start and end of each pull, the exact wait (`FETCH_TIMED`);
+- on TensorFlow a Python source (a generator, a `PyDataset`, a torch `DataLoader`) runs on a
+  thread of tf.data's: `ready` gets the moment each batch left it, and the step that took the
+  batch waited from its begin until then, if it began earlier (`READY_TIMED`);
+- elsewhere (a `tf.data` pipeline, a source of another kind) no batch is seen: the
+  `StackSampler` looks at the threads' stacks 100 times a second instead (see `timeline.Loop`).
+
+A step's loop time runs from the end of the step before (or the epoch's begin) to the end of
+its own end hook. Of it, the data wait is what the fetch took; the compute is the step itself
+(from leaving the begin hooks to entering the end hooks) less the wait inside it; the rest
+(the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. The three add up to
+the loop time, and the loop times of one epoch to no more than its duration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from gpu_watch.steps import Step
+
+# How a step's wait for data was measured (`Wait.measure`, `epochs.csv` `wait_measure`).
+FETCH_TIMED = "fetch_timed"
+READY_TIMED = "ready_timed"
+# Batches made ready but not yet taken by a step, kept at most: a source that makes batches no
+# step takes (it does not feed the training) stops the measure instead of growing.
+MAX_READY = 10_000
+STACK_HZ = 100.0  # the stack sampler's rate (see `StackSampler`)
+
+
+class LoopClock:
+    """Turns the training thread's stamps into `Step` records, one per end hook, in order.
+
+    The stamps are the clock's raw readings (the wrappers pay for one call each); the steps
+    handed on are in seconds since `t0`, the run's time axis.
+
+    Args:
+        now: The clock, seconds (e.g. `time.perf_counter`).
+        t0: The clock's reading when training started.
+        sink: Takes the steps as they end (the timeline counts them).
+    """
+
+    def __init__(self, now: Callable[[], float], t0: float,
+                 sink: Callable[[list[Step]], Any]) -> None:
+        self.now = now
+        self.t0 = t0
+        self._sink = sink
+        # Seconds spent in each callback's own batch hooks, by (position in the list, class
+        # name): which callbacks spend the loop's time.
+        self.hook_s: dict[tuple[int, str], float] = {}
+        self.attached = False  # the callback list's hooks are wrapped: stamps come from here
+        self.measure: str | None = None  # FETCH_TIMED or READY_TIMED once a fetch probe attached
+        self.ready_lost: str | None = None  # why the ready stamps stopped matching the steps
+        self._mark: float | None = None  # end of the last step, or the epoch's begin
+        self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
+        self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
+        self._ready: deque[float] = deque()  # producer thread appends, training thread pops
+
+    # -- the training thread ---------------------------------------------------------------------
+
+    def epoch_begin(self, t: float) -> None:
+        """The epoch's begin hooks were left at `t`: its first step's loop time starts here."""
+        self._mark = t
+        self._begin = None
+        self._fetches.clear()
+
+    def fetched(self, start: float, end: float) -> None:
+        """The training thread pulled a batch from `start` to `end` (`FETCH_TIMED`)."""
+        self._fetches.append((start, end))
+
+    def begin(self, batch: int, left_s: float) -> None:
+        """The begin hooks of `batch` were left at `left_s`: the step starts."""
+        self._begin = (batch, left_s)
+
+    def end(self, batch: int, entered_s: float, left_s: float) -> Step:
+        """The end hooks of `batch` were entered at `entered_s` (the step's compute is over) and
+        left at `left_s`. Returns the step, also handed to the sink."""
+        first, begin = self._begin if self._begin is not None else (batch, entered_s)
+        self._begin = None
+        mark = self._mark
+        inside = outside = 0.0
+        for start, end in self._fetches:
+            if start >= begin:
+                inside += end - start
+            else:
+                outside += end - start
+        self._fetches.clear()
+        wait: float | None = None
+        if self.measure == FETCH_TIMED:
+            wait = inside + outside
+        elif self.measure == READY_TIMED:
+            inside = self._ready_wait(batch - first + 1, begin, entered_s)
+            wait = inside
+        step_s = entered_s - begin
+        compute = max(0.0, step_s - inside)
+        other = None
+        if mark is not None:
+            loop = max(left_s - mark, step_s)
+            other = max(0.0, loop - compute - (wait or 0.0))
+        self._mark = left_s
+        step = Step(first, batch, begin - self.t0, entered_s - self.t0, wait, None,
+                    compute_s=compute, other_s=other,
+                    measure=self.measure if wait is not None else None)
+        self._sink([step])
+        return step
+
+    def add_hook_time(self, key: tuple[int, str], seconds: float) -> None:
+        """A callback's batch hook took `seconds` (on whichever thread Keras ran it)."""
+        self.hook_s[key] = self.hook_s.get(key, 0.0) + seconds
+
+    def slowest_hooks(self, count: int = 3) -> list[tuple[str, float]]:
+        """The callbacks whose batch hooks took longest, slowest first: (class name, seconds)."""
+        ranked = sorted(self.hook_s.items(), key=lambda item: -item[1])[:count]
+        return [(name, seconds) for (_, name), seconds in ranked]
+
+    def _ready_wait(self, batches: int, begin: float, end: float) -> float | None:
+        """The wait of a step that took `batches` batches made ready by another thread: from its
+        begin until the last of them was ready, within the step."""
+        ready = self._ready
+        if self.ready_lost is not None or len(ready) < batches:
+            if self.ready_lost is None:
+                self.ready_lost = ("a step took a batch its source had not made ready: the "
+                                   "source seen is not the one the training reads")
+            return None
+        last = 0.0
+        for _ in range(batches):
+            last = ready.popleft()
+        return min(max(0.0, last - begin), end - begin)
+
+    # -- the producer's thread ---------------------------------------------------------------------
+
+    def ready(self, t: float) -> None:
+        """A batch left the Python source behind tf.data at `t` (`READY_TIMED`)."""
+        if len(self._ready) >= MAX_READY:
+            self.ready_lost = (f"more than {MAX_READY} batches were made ready that no step "
+                               "took: the source seen is not the one the training reads")
+            self._ready.clear()
+            return
+        self._ready.append(t)
+
+    def source_restarted(self) -> None:
+        """The source began a new pass: batches it made ready before and no step took (tf.data
+        prefetches ahead) are gone."""
+        self._ready.clear()
+
+
+class StackSampler:
+    """A daemon thread that looks at the threads' stacks `STACK_HZ` times a second, where no
+    fetch of a batch can be timed: `look` returns what the input pipeline is doing (a
+    `timeline.DataTick`, or None when it cannot tell) and `sink` counts it.
+
+    The look compares file names on the stacks and costs tens of microseconds; its cost beside
+    a training is measured by `benchmarks/wait_accuracy.py`.
+    """
+
+    def __init__(self, look: Callable[[], Any], sink: Callable[[Any], Any],
+                 rate_hz: float = STACK_HZ) -> None:
+        self._look = look
+        self._sink = sink
+        self._period_s = 1.0 / rate_hz
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-watch-stacks", daemon=True)
+        self.samples = 0
+        self.error: str | None = None
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread (at most a period or two)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        next_t = time.perf_counter()
+        while not self._stop.is_set():
+            try:
+                tick = self._look()
+                if tick is not None:
+                    self._sink(tick)
+                    self.samples += 1
+            except Exception as exc:  # a look that fails stops the sampling, never training
+                self.error = f"{type(exc).__name__}: {exc}"
+                return
+            next_t += self._period_s
+            delay = next_t - time.perf_counter()
+            if delay < 0:  # fell behind (a busy machine): skip the missed looks, no burst
+                next_t = time.perf_counter()
+                delay = 0.0
+            if self._stop.wait(delay):
+                return

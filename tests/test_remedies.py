@@ -55,6 +55,9 @@ PASTE = {
     ("input_bound", "tensorflow"): "keras.utils.PyDataset",
     ("input_bound", "jax"): "keras.utils.PyDataset",
     ("input_bound", "torch"): "keras.utils.PyDataset",
+    ("slow_callbacks", "tensorflow"): "update_freq='epoch'",
+    ("slow_callbacks", "jax"): "update_freq='epoch'",
+    ("slow_callbacks", "torch"): "update_freq='epoch'",
     ("process_not_on_gpu", "tensorflow"): "tf.distribute.MirroredStrategy()",
     ("process_not_on_gpu", "jax"): "keras.distribution.DataParallel()",
     ("process_not_on_gpu", "torch"): "torchrun --nproc_per_node=<GPUs> train.py",
@@ -93,7 +96,8 @@ FOREIGN = {"tensorflow": ("jax", "torch."), "jax": ("tf.", "tensorflow", "torch.
 
 def evidence_for(code: str) -> dict:
     return {"input_bound": {"wait_fraction": WAIT},
-            "process_not_on_gpu": TWO_GPUS_ONE_IDLE}.get(code, {})
+            "process_not_on_gpu": TWO_GPUS_ONE_IDLE,
+            "slow_callbacks": {"callbacks": [{"name": "SlowLogger", "hook_s": 2.0}]}}.get(code, {})
 
 
 def test_every_cause_has_a_remedy_for_every_backend():
@@ -107,6 +111,15 @@ def test_the_remedy_fits_the_backend(code, backend):
     assert PASTE[code, backend] in text
     if code != "input_bound":  # an unknown pipeline: the checklist names each kind, tf.data too
         assert not [w for w in FOREIGN[backend] if w in text.lower()], text
+
+
+def test_the_slow_callbacks_remedy_names_the_callbacks_that_took_the_time():
+    named = choose_remedy("slow_callbacks", RunFacts(backend="jax"),
+                          {"callbacks": [{"name": "SlowLogger", "hook_s": 2.5},
+                                         {"name": "ProgbarLogger", "hook_s": 0.25}]})
+    assert named.startswith("Make the batch hooks of SlowLogger, ProgbarLogger cheap or rare")
+    unnamed = choose_remedy("slow_callbacks", RunFacts(backend="jax"), {"callbacks": []})
+    assert unnamed == CATALOGUE["slow_callbacks"].remedy
 
 
 @pytest.mark.parametrize("code", sorted(CATALOGUE))

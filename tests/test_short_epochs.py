@@ -124,9 +124,10 @@ def test_every_closed_epoch_is_handed_over_at_the_end_of_the_run():
     (DataTick(fetching=False, producing=True), (1, 0, 1)),
     (DataTick(fetching=False), (1, 0, 0)),
 ])
-def test_a_tick_s_data_state_is_counted_and_written_with_its_readings(tick, counted):
+def test_a_stack_sample_is_counted_and_a_reading_s_data_state_written(tick, counted):
     tl = after_step_0()
-    tl.add_readings([reading(0.75, 50.0)], data=tick)
+    tl.add_data_tick(tick.fetching, tick.producing)  # the stack sampler's look
+    tl.add_readings([reading(0.75, 50.0)], data=tick)  # the NVML tick's: written, not counted
     loop = tl.epoch_loop()
     assert (loop.ticks, loop.fetching_ticks, loop.producing_ticks) == counted
     wait = tl.run_wait()

@@ -111,7 +111,7 @@ def test_wait_fraction_over_the_run_leaves_step_0_out():
     tl.add_batch(0, 0, 1, 0.0, 1.0, None)  # step 0: compiling, not the loop
     tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
     assert tl.run_wait_fraction() == pytest.approx(0.75)
-    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=1.0, wait_s=3.0)
+    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=1.0, wait_s=3.0, timed=1)
     assert tl.first_step_s == 1.0
 
 
@@ -124,7 +124,7 @@ def test_the_run_loop_counts_steps_across_epochs():
     tl.add_batch(1, 0, 1, 2.0, 2.5, 1.0)
     tl.add_batch(1, 1, 1, 3.0, 3.25, 0.5)
     assert tl.run_loop() == LoopTotals(steps=6, step_s=1.75, wait_s=1.5, wait_fraction=1.5 / 2.25)
-    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5)
+    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5, timed=2)
 
 
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():

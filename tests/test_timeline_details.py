@@ -30,12 +30,13 @@ def test_the_idle_event_record():
 
 def test_a_batch_row_has_every_field():
     tl = timeline(gpus=(0, 2))
-    tl.add_batch(3, 7, 2, 1.25, 2.0, 0.5)
+    tl.add_batch(3, 7, 2, 1.25, 2.0, 0.5, compute_s=0.5, other_s=0.125)
     tl.add_readings([reading(2.0, 40.0, mem_used_mib=900.0), reading(2.0, 60.0, gpu=2)])
     _, rows = tl.drain()  # a reading exactly at the batch's end describes it
-    assert rows == [{"epoch": 3, "batch": 7, "steps": 2, "time_s": 2.0, "step_s": 0.75,
-                     "wait_s": 0.5, "gpu0_util_pct": 40.0, "gpu0_mem_used_mib": 900.0,
-                     "gpu2_util_pct": 60.0, "gpu2_mem_used_mib": None}]
+    assert rows == [{"epoch": 3, "batch": 7, "steps": 2, "time_s": 2.0, "step_s": 0.5,
+                     "wait_s": 0.5, "other_s": 0.125, "gpu0_util_pct": 40.0,
+                     "gpu0_mem_used_mib": 900.0, "gpu2_util_pct": 60.0,
+                     "gpu2_mem_used_mib": None}]
 
 
 def test_drain_hands_out_at_most_the_limit():
@@ -91,29 +92,62 @@ def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl.begin_epoch(0)
     assert tl.epoch_wait_fraction() is None
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0
-    tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125)
-    tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125)
-    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25)
-    assert tl.run_wait_fraction() == pytest.approx(0.5)
-    for fetching in [True] * 5 + [False] * 14:  # 19 ticks: too few to count
+    tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125, other_s=0.0, measure="fetch_timed")
+    tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125, other_s=0.125, measure="fetch_timed")
+    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25, other_s=0.125,
+                                   timed=2, measure="fetch_timed")
+    assert tl.run_wait_fraction() == pytest.approx(0.4)  # 0.25 of 0.625
+    for fetching in [True] * 19:  # every batch's wait was timed: the samples do not count
         tl.add_data_tick(fetching)
     wait = tl.run_wait()
     assert (wait.fraction, wait.measure, wait.ticks, wait.fetching_ticks) == (
-        pytest.approx(0.5), "batch_gaps_only", 19, 5)
-    tl.add_data_tick(True)  # the 20th: 6 in 20, still under the gaps' half
-    assert (tl.run_wait().measure, tl.run_wait_fraction()) == ("batch_gaps", pytest.approx(0.5))
+        pytest.approx(0.4), "fetch_timed", 19, 19)
+    assert (wait.compute_s, wait.other_s, wait.loop_s) == (0.25, 0.125, 0.625)
     tl.begin_epoch(1)
     assert tl.epoch_wait_fraction() is None
-    tl.add_batch(1, 0, 1, 1.0, 1.25, None)
+    tl.add_batch(1, 0, 1, 1.0, 1.25, None, other_s=0.25)  # no wait timed: samples decide
     for fetching in [True] * 14 + [False] * 6:
         tl.add_data_tick(fetching)
     epoch = tl.epoch_wait()
     assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.7, "sampled_ticks", 20)
-    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=0.25, ticks=20, fetching_ticks=14)
-    assert tl.run_wait().to_dict() == {"fraction": 0.5, "measure": "sampled_ticks",
-                                       "wait_s": 0.25, "loop_s": 0.75, "ticks": 40,
-                                       "fetching_ticks": 20, "producing_ticks": 0,
+    # 0.7 of the epoch's 0.5 s loop: the whole step's 0.25 s, then 0.1 of the 0.25 s between.
+    assert (epoch.wait_s, epoch.compute_s, epoch.other_s) == (
+        pytest.approx(0.35), 0.0, pytest.approx(0.15))
+    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=0.25, other_s=0.25, ticks=20,
+                                   fetching_ticks=14)
+    # Over the run one batch of three was not timed: the samples (33 of 39) stand for all.
+    assert tl.run_wait().to_dict() == {"fraction": 0.8462, "measure": "sampled_ticks",
+                                       "wait_s": 0.9519, "loop_s": 1.125, "ticks": 39,
+                                       "fetching_ticks": 33, "producing_ticks": 0,
                                        "min_ticks": 20}
+
+
+def test_the_time_between_steps_is_never_a_wait_for_data():
+    loop = Loop(batches=2, steps=2, step_s=0.25, other_s=0.75)
+    wait = loop.wait()  # no wait timed, no samples: unknown, not 75 %
+    assert (wait.fraction, wait.measure, wait.loop_s, wait.other_fraction) == (
+        None, None, 1.0, 0.75)
+    assert wait.breakdown()["data_wait_s"] is None
+
+
+@pytest.mark.parametrize(("timed", "fraction", "measure"), [
+    (2, 0.25, "ready_timed"),  # every batch timed: exact
+    (1, None, None),  # one batch not timed and too few samples: not measured
+])
+def test_a_wait_is_timed_only_where_every_batch_was(timed, fraction, measure):
+    loop = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.25, other_s=0.25, timed=timed,
+                measure="ready_timed", ticks=19, fetching_ticks=19)
+    wait = loop.wait()
+    assert (wait.fraction, wait.measure, wait.loop_s) == (fraction, measure, 1.0)
+
+
+def test_the_breakdown_adds_up_to_the_loop():
+    wait = Loop(batches=4, steps=4, step_s=0.5, wait_s=0.3, other_s=0.2, timed=4,
+                measure="fetch_timed").wait()
+    assert wait.breakdown() == {"compute_s": 0.5, "data_wait_s": 0.3, "other_s": 0.2,
+                                "loop_s": 1.0, "compute_fraction": 0.5,
+                                "data_wait_fraction": 0.3, "other_fraction": 0.2,
+                                "wait_measure": "fetch_timed"}
 
 
 @pytest.mark.parametrize(("ticks", "fraction"), [(19, None), (20, 1.0)])
@@ -135,17 +169,6 @@ def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fra
     assert (wait.fraction, wait.producing_ticks) == (fraction, producing)
     tl.add_data_tick(True, producing=True)  # the training thread itself waits: counted once
     assert tl.run_wait().fetching_ticks == 1 and tl.run_wait().producing_ticks == producing
-
-
-@pytest.mark.parametrize(("fetching", "fraction", "measure"), [
-    (10, 0.5, "batch_gaps"),  # both measures say half: the gaps, exact where they see it
-    (11, 0.55, "sampled_ticks"),
-])
-def test_the_ticks_count_only_where_they_see_more_wait_than_the_gaps(fetching, fraction,
-                                                                     measure):
-    loop = Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25, ticks=20, fetching_ticks=fetching)
-    wait = loop.wait()
-    assert (wait.fraction, wait.measure, wait.loop_s) == (fraction, measure, 0.5)
 
 
 def test_the_wait_record_rounds_to_four_places():

@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from gpu_watch.report.view import (
+    GAPS_ONLY,
     NO_VERDICT_COLOUR,
     VERDICT_COLOURS,
     GPUSeries,
@@ -36,7 +37,6 @@ from gpu_watch.report.view import (
     verdict_title,
 )
 from gpu_watch.runlog import Run
-from gpu_watch.timeline import GAPS_ONLY
 
 # Beyond twice this many points a series is drawn as a per-bucket mean with a min/max band:
 # about one bucket per pixel column, so no spike or dip is lost and drawing time stays flat.

@@ -22,7 +22,6 @@ from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
 from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
 from gpu_watch.runlog import Run
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
-from gpu_watch.timeline import GAPS_ONLY
 
 VERDICT_COLOURS = {
     "ok": "#2e7d32",
@@ -42,6 +41,10 @@ VERDICT_WORDS = {
 DEFAULT_IDLE_THRESHOLD_PCT = 10.0
 
 # -- reading the run -------------------------------------------------------------------------
+
+# The wait measure of runs recorded before waits were timed that gave only a lower bound (the
+# gaps between batch hooks): shown as ">=N".
+GAPS_ONLY = "batch_gaps_only"
 
 
 def floats(frame: pd.DataFrame | None, column: str) -> np.ndarray:

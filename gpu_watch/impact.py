@@ -140,7 +140,8 @@ class RunUsage:
         duration_s: The run's wall time, seconds.
         step0_end_s: When step 0 (compile and first batch) ended, seconds since training
             began; None before it ended.
-        loop_s: The training loop's seconds after step 0: step and wait times of the batches.
+        loop_s: The training loop's seconds after step 0: the batches' steps and the time
+            before each (waiting for data, or spent elsewhere).
         batches: Batch rows after step 0.
         epoch_starts: Batch rows after step 0 that began an epoch: fetched before their hook
             began, their wait was not measured.
@@ -194,12 +195,12 @@ class UsageMeter:
         self._early: deque[Mapping[str, Any]] = deque(maxlen=EARLY_READINGS)
 
     def add_batches(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Count batch rows (`batches.csv`'s `epoch`, `time_s`, `step_s`, `wait_s`).
+        """Count batch rows (`batches.csv`'s `epoch`, `time_s`, `step_s`, `wait_s`, `other_s`).
 
         A batch's time is the time since the batch before it ended, in the same epoch: its
-        step and the wait before it, counted once even where Keras dispatches steps ahead and
-        their hooks overlap (JAX, torch). The first batch of a later epoch counts its own
-        step and wait, leaving out the time between epochs (validation)."""
+        step and the time before it, counted once. The first batch of a later epoch counts its
+        own step, wait and time spent elsewhere, leaving out the time between epochs
+        (validation)."""
         for row in rows:
             if _missing(row.get("time_s")):
                 continue  # a row torn by a crash and repaired on read
@@ -214,9 +215,8 @@ class UsageMeter:
             if last_end_s is not None and last_epoch == epoch:
                 seconds = max(0.0, end_s - last_end_s)
             else:
-                step = 0.0 if _missing(row.get("step_s")) else float(row["step_s"])
-                wait = 0.0 if _missing(row.get("wait_s")) else float(row["wait_s"])
-                seconds = step + wait
+                seconds = sum(0.0 if _missing(row.get(c)) else float(row[c])
+                              for c in ("step_s", "wait_s", "other_s"))
                 self.epoch_starts += _missing(row.get("wait_s"))
             self.loop_s += seconds
             self.batches += 1
@@ -396,6 +396,39 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
     )
 
 
+def slow_callbacks_impact(info: Mapping[str, Any], usage: RunUsage,
+                          evidence: Mapping[str, Any]) -> Impact:
+    """The time between steps spent in callbacks: the named callbacks' batch hooks, timed (at
+    most the loop's time between steps, which Keras' own bookkeeping shares), the idle GPUs
+    idle meanwhile, and the wall time with it removed as the bound."""
+    breakdown = info.get("breakdown") if isinstance(info.get("breakdown"), Mapping) else {}
+    other = breakdown.get("other_s")
+    if other is None and evidence.get("other_fraction") is not None and usage.loop_s:
+        other = float(evidence["other_fraction"]) * usage.loop_s
+    if other is None:
+        return Impact(not_measured="the time between steps was not measured")
+    hooks = sum(float(c.get("hook_s") or 0.0) for c in evidence.get("callbacks") or ()
+                if isinstance(c, Mapping))
+    lost = min(float(other), hooks) if hooks > 0 else float(other)
+    gpus = _idle_gpus(info)
+    energy, energy_method = _energy(info, usage, {g: lost for g in gpus})
+    bound = _bound(usage.duration_s, lost)
+    timed = ("the named callbacks' batch hooks, timed," if hooks > 0
+             else "the loop's time between steps (no callback's hooks were timed),")
+    return Impact(
+        wall_lost_s=lost,
+        gpu_idle_s=lost * len(gpus),
+        energy_lost_j=energy,
+        energy_method=energy_method,
+        speedup_bound_x=bound,
+        method=(f"{timed} at most the {float(other):.1f} s the loop spent between steps "
+                "after step 0; the bound is the run's wall time over it with that time "
+                "removed"),
+        not_measured=None if bound is not None else
+        "no bound: the run spent all its time in callbacks",
+    )
+
+
 def idle_gpus_impact(info: Mapping[str, Any], usage: RunUsage,
                      evidence: Mapping[str, Any]) -> Impact:
     """GPUs of a multi-GPU training left idle while others worked: their idle GPU-seconds
@@ -509,6 +542,8 @@ def cause_impacts(info: Mapping[str, Any], usage: RunUsage) -> list[Impact]:
             impact = cpu_fallback_impact(info, usage)
         elif code == "input_bound":
             impact = input_bound_impact(info, usage, evidence)
+        elif code == "slow_callbacks":
+            impact = slow_callbacks_impact(info, usage, evidence)
         elif code == "process_not_on_gpu" and evidence.get("idle_gpus"):
             impact = idle_gpus_impact(info, usage, evidence)
         elif code == "gpu_shared":
@@ -570,6 +605,14 @@ def impact_sentence(code: str, impact: Impact, duration_s: float | None) -> str 
                 f"GPU idle{energy}")
         if impact.speedup_bound_x is not None:
             text += (f"; a pipeline that keeps up would make it up to "
+                     f"{impact.speedup_bound_x:.1f}x faster")
+        return f"{code}: {text}."
+    if code == "slow_callbacks" and lost is not None:
+        share = f"{lost / duration_s:.0%} of the run's time " if duration_s else ""
+        text = (f"callbacks' batch hooks took {share}({lost:.1f} of {duration_s:.1f} s) with "
+                f"the GPU idle{energy}")
+        if impact.speedup_bound_x is not None:
+            text += (f"; cheaper or rarer hooks would make it up to "
                      f"{impact.speedup_bound_x:.1f}x faster")
         return f"{code}: {text}."
     text = f"{seconds_text(impact.gpu_idle_s or 0.0)} of GPU time left idle{energy}"

@@ -400,9 +400,10 @@ def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None
         clock.begin(batch, now())
 
     def on_train_batch_end(batch, logs=None):
-        entered = now()
+        # Recorded before the hooks run: one that raises (`require_gpu`, an idle stop, a bug)
+        # still leaves the step counted. The end hooks' own time goes to the next step.
+        clock.end(batch, now())
         batch_end(batch, logs)
-        clock.end(batch, entered, now())
 
     attachment.wrap(callbacks, "on_epoch_begin", on_epoch_begin)
     attachment.wrap(callbacks, "on_train_batch_begin", on_train_batch_begin)

@@ -16,11 +16,11 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 - elsewhere (a `tf.data` pipeline, a source of another kind) no batch is seen: the
   `StackSampler` looks at the threads' stacks 100 times a second instead (see `timeline.Loop`).
 
-A step's loop time runs from the end of the step before (or the epoch's begin) to the end of
-its own end hook. Of it, the data wait is what the fetch took; the compute is the step itself
-(from leaving the begin hooks to entering the end hooks) less the wait inside it; the rest
-(the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. The three add up to
-the loop time, and the loop times of one epoch to no more than its duration.
+A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
+(entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
+itself (from leaving the begin hooks to entering the end hooks) less the wait inside it; the
+rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. The three add
+up to the loop time, and the loop times of one epoch to no more than its duration.
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ class LoopClock:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""
         self._begin = (batch, left_s)
 
-    def end(self, batch: int, entered_s: float, left_s: float) -> Step:
-        """The end hooks of `batch` were entered at `entered_s` (the step's compute is over) and
-        left at `left_s`. Returns the step, also handed to the sink."""
+    def end(self, batch: int, entered_s: float) -> Step:
+        """The end hooks of `batch` were entered at `entered_s`: the step's compute is over.
+        Returns the step, also handed to the sink. The end hooks' own time is counted in the
+        next step's `other_s` (the last step of an epoch leaves it to the epoch's tail)."""
         first, begin = self._begin if self._begin is not None else (batch, entered_s)
         self._begin = None
         mark = self._mark
@@ -109,9 +110,9 @@ class LoopClock:
         compute = max(0.0, step_s - inside)
         other = None
         if mark is not None:
-            loop = max(left_s - mark, step_s)
+            loop = max(entered_s - mark, step_s)
             other = max(0.0, loop - compute - (wait or 0.0))
-        self._mark = left_s
+        self._mark = entered_s
         step = Step(first, batch, begin - self.t0, entered_s - self.t0, wait, None,
                     compute_s=compute, other_s=other,
                     measure=self.measure if wait is not None else None)

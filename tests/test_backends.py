@@ -133,7 +133,7 @@ def test_the_data_adapter_and_the_cpu_evidence_are_recorded(run):
 
 def test_a_generator_that_sleeps_half_of_each_step_reads_about_half(run):
     wait = run["half_wait"]
-    assert wait["ticks"] >= 20
+    assert wait["measure"] == "fetch_timed"  # each pull on the training thread, timed
     assert 0.35 <= wait["fraction"] <= 0.65, wait
 
 

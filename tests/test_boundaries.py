@@ -141,6 +141,43 @@ def test_input_bound_comes_first():
     assert j.causes[2].evidence == {"idle_gpus": [1], "busy_gpus": [0]}
 
 
+# -- slow callbacks: time between steps spent elsewhere for more than 30 % of the loop ------------
+
+
+@pytest.mark.parametrize(("other_fraction", "expected"),
+                         [(None, []), (0.0, []), (0.3, []), (0.31, ["slow_callbacks"]),
+                          (0.9, ["slow_callbacks"])])
+def test_slow_callbacks_above_thirty_percent_of_the_time(other_fraction, expected):
+    j = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], 0.0, other_fraction)
+    assert j.verdict == IDLE and codes(j) == expected
+
+
+def test_slow_callbacks_is_never_a_cause_of_an_ok_run():
+    assert codes(judge(ON_GPU, [mine()], 0.0, 0.9, [("SlowLogger", 3.0)])) == []
+
+
+def test_slow_callbacks_names_the_slowest_three_callbacks_that_took_time():
+    hooks = [("SlowLogger", 3.0), ("ProgbarLogger", 0.5), ("Meter", 0.25), ("Fourth", 0.125),
+             ("Silent", 0.0)]
+    j = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], 0.1, 0.6, hooks)
+    (found,) = j.causes
+    assert found.code == "slow_callbacks"
+    assert found.evidence == {"other_fraction": 0.6, "callbacks": [
+        {"name": "SlowLogger", "hook_s": 3.0}, {"name": "ProgbarLogger", "hook_s": 0.5},
+        {"name": "Meter", "hook_s": 0.25}]}
+    assert "60%" in found.message and "most in SlowLogger, ProgbarLogger, Meter" in found.message
+    assert "SlowLogger, ProgbarLogger, Meter" in found.remedy
+    silent = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], 0.1, 0.6,
+                   [("Silent", 0.0)])
+    assert silent.causes[0].evidence["callbacks"] == []
+    assert "no callback's batch hooks were timed" in silent.causes[0].message
+
+
+def test_a_loop_both_waiting_and_slow_between_steps_gets_both_causes_data_first():
+    j = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], 0.4, 0.4)
+    assert codes(j) == ["input_bound", "slow_callbacks"]
+
+
 # -- busy with another process: 20 % ----------------------------------------------------------
 
 

@@ -196,6 +196,38 @@ def test_input_bound_without_a_wait_share_is_not_measured():
     assert impact == Impact(not_measured="no wait share was measured")
 
 
+def test_slow_callbacks_cost_the_named_hooks_time_at_most_the_time_between_steps():
+    use = usage(loop(), samples(0, [2.0], 0.0, power_w=None), duration_s=12.0)
+    named = cause("slow_callbacks", other_fraction=0.5,
+                  callbacks=[{"name": "SlowLogger", "hook_s": 3.0},
+                             {"name": "ProgbarLogger", "hook_s": 0.5}])
+    info = info_for([named], breakdown={"other_s": 5.0, "loop_s": 10.0})
+    [impact] = cause_impacts(info, use)
+    assert impact.wall_lost_s == pytest.approx(3.5) and impact.gpu_idle_s == pytest.approx(3.5)
+    assert impact.speedup_bound_x == pytest.approx(12.0 / 8.5)
+    assert impact.method.startswith("the named callbacks' batch hooks, timed,")
+    # Hooks that took longer than the time between steps (they ran on a pool thread, beside
+    # the loop) cost no more than that time.
+    capped = info_for([named], breakdown={"other_s": 2.0, "loop_s": 10.0})
+    assert cause_impacts(capped, use)[0].wall_lost_s == pytest.approx(2.0)
+    untimed = info_for([cause("slow_callbacks", other_fraction=0.5, callbacks=[])],
+                       breakdown={"other_s": 5.0, "loop_s": 10.0})
+    [impact] = cause_impacts(untimed, use)
+    assert impact.wall_lost_s == pytest.approx(5.0) and "no callback's hooks" in impact.method
+    sentence = impact_sentence("slow_callbacks", impact, 12.0)
+    assert sentence.startswith("slow_callbacks: callbacks' batch hooks took 42% of the run's")
+    assert "up to 1.7x faster" in sentence
+
+
+def test_slow_callbacks_from_the_share_where_the_breakdown_is_missing():
+    use = usage(loop(), [], duration_s=12.0)
+    assert use.loop_s == 10.0
+    [impact] = cause_impacts(info_for([cause("slow_callbacks", other_fraction=0.5)]), use)
+    assert impact.wall_lost_s == pytest.approx(5.0)
+    [missing] = cause_impacts(info_for([cause("slow_callbacks")]), use)
+    assert missing == Impact(not_measured="the time between steps was not measured")
+
+
 def four_gpus_one_used(judged=None):
     """Four GPUs, step 0 ends at 2 s, the run at 12 s; GPU 0 busy, GPUs 1-3 idle at 60 W."""
     times = [2.0 + 0.5 * i for i in range(1, 21)]

@@ -85,8 +85,13 @@ def test_a_real_fit_records_every_probe_as_ok(tmp_path):
         # verbose=2: fit's callback list holds a progress bar for the probe to find
         make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Slow()])
     run = load_run(watch.run_dir)
-    assert run.info["keras_probes"] == {"fit_frame": "ok", "data_source": "ok",
-                                        "progress_bars": "ok", "data_ticks": "ok"}
+    assert run.info["keras_probes"] == {
+        "fit_frame": "ok", "data_source": "ok", "progress_bars": "ok", "data_ticks": "ok",
+        "loop_clock": "ok",
+        # Arrays on TensorFlow are read inside the step: no fetch to time, the stacks sampled.
+        "data_fetch": "data_fetch: TensorFlow reads the ArrayDataAdapter's batches inside the "
+                      "step, out of Python's sight: the wait is sampled from the threads' "
+                      "stacks"}
     assert run.info["data"] == {"source": "arrays", "adapter": "ArrayDataAdapter",
                                 "batch_size": 16}
     assert run.samples["fetching_data"].notna().any()  # the stack probe ran on the ticks
@@ -128,7 +133,9 @@ def test_hooks_called_without_fit_say_so(tmp_path):
                      "not by fit",
         "data_source": "data_source: nothing to read without a Keras fit call",
         "progress_bars": "progress_bars: nothing to read without a Keras fit call",
-        "data_ticks": "data_ticks: not run without a Keras fit call whose thread to watch"}
+        "data_ticks": "data_ticks: not run without a Keras fit call whose thread to watch",
+        "loop_clock": "loop_clock: nothing to read without a Keras fit call",
+        "data_fetch": "data_fetch: the loop clock is not attached"}
     assert run.info["data"] == UNKNOWN
     assert run.status == "completed"
 

@@ -175,7 +175,7 @@ def test_a_generator_behind_tf_data_counts_only_when_it_holds_training_up(
         model.fit(batches(), steps_per_epoch=25, epochs=1, verbose=0,
                   callbacks=[Compute(), watch])
     wait = load_run(watch.run_dir).info["wait"]
-    assert wait["ticks"] >= 20
+    assert wait["measure"] == "ready_timed"  # each batch stamped as it left the generator
     assert low <= wait["fraction"] <= high, wait
 
 

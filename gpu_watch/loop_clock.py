@@ -104,8 +104,8 @@ class LoopClock:
         if self.measure == FETCH_TIMED:
             wait = inside + outside
         elif self.measure == READY_TIMED:
-            inside = self._ready_wait(batch - first + 1, begin, entered_s)
-            wait = inside
+            wait = self._ready_wait(batch - first + 1, begin, entered_s)
+            inside = wait or 0.0
         step_s = entered_s - begin
         compute = max(0.0, step_s - inside)
         other = None

@@ -343,10 +343,9 @@ def test_time_spent_in_a_slow_generator_counts_as_waiting_for_data(tmp_path):
                      callbacks=[starved])
     fed = watch(tmp_path, interval_s=0.02)
     fit(make_model(), fed, epochs=2)
-    # TensorFlow pulls the batch inside the step: the gaps between hooks miss it, the stacks
-    # don't (its generator, the bottleneck, was busy in nearly every tick of the epoch)
+    # TensorFlow pulls the batch inside the step, and runs the generator on a thread of its
+    # own: each batch is stamped as it leaves the generator, against the step that took it.
     last = load_run(starved.run_dir).epochs.iloc[-1]
-    # tf.data runs the generator on a thread of its own: each batch is stamped as it leaves
-    # it, against the step that took it.
     assert last["wait_fraction"] > 0.5 and last["wait_measure"] == "ready_timed"
-    assert load_run(fed.run_dir).epochs["wait_fraction"].iloc[-1] < 0.3
+    # Arrays: a low share where enough stack samples came, else not measured (NaN): never high.
+    assert not load_run(fed.run_dir).epochs["wait_fraction"].iloc[-1] >= 0.3

@@ -1,0 +1,126 @@
+"""Fit on the backend `KERAS_BACKEND` names and print where the loop's time went beside the
+fit's own wall time, as one line: "RESULT {json}".
+
+Usage: KERAS_BACKEND=jax python loop_fit.py LOG_DIR
+
+Three fits with known ground truth: a `keras.utils.PyDataset` that sleeps 20 ms a batch (a
+starved input pipeline, on the training thread); in-memory arrays with a callback that sleeps
+20 ms a batch (no wait for data at all, time lost between steps) while a simulated GPU sits
+idle under a training whose step 0 ran on it; and plain in-memory arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+
+import keras
+import numpy as np
+
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+
+SAMPLES, BATCH, EPOCHS = 128, 16, 3
+SLEEP_S = 0.02
+
+
+class Sleepy(keras.utils.PyDataset):
+    """Batches that take `SLEEP_S` each to make, on the thread that asks for them."""
+
+    def __init__(self, x, y):
+        super().__init__(workers=0)
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // BATCH
+
+    def __getitem__(self, index):
+        time.sleep(SLEEP_S)
+        batch = slice(index * BATCH, (index + 1) * BATCH)
+        return self.x[batch], self.y[batch]
+
+
+class SlowCallback(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(SLEEP_S)
+
+
+def build() -> keras.Model:
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+@contextmanager
+def step_0_on_a_gpu():
+    """The placement probe reports step 0 on a GPU (the simulated one is idle)."""
+    real = type(placement.probe_for(keras.backend.backend()))
+
+    class OnGPU(real):
+        def framework_gpus(self):
+            return ["gpu:0"]
+
+        def cuda_build(self):
+            return True
+
+        def after_first_step(self, model, logs):
+            return {**super().after_first_step(model, logs), "compute_on_gpu": True}
+
+    probe_for = placement.probe_for
+    placement.probe_for = lambda backend: OnGPU()
+    try:
+        yield
+    finally:
+        placement.probe_for = probe_for
+
+
+def fit(log_dir: str, data: dict, callbacks=(), nvml=None) -> dict:
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, nvml=nvml)
+    model = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        model.fit(**data, epochs=EPOCHS, verbose=0, callbacks=[watch, *callbacks])
+        wall_s = time.perf_counter() - start
+    run = load_run(watch.run_dir)
+    rows = run.batches.fillna({"wait_s": 0.0, "other_s": 0.0})
+    rows["loop_s"] = rows["step_s"] + rows["wait_s"] + rows["other_s"]
+    per_epoch = rows.groupby("epoch")["loop_s"].sum()
+    durations = dict(zip(run.epochs["epoch"], run.epochs["duration_s"], strict=True))
+    return {
+        "wall_s": wall_s,
+        "rows_loop_s": float(rows["loop_s"].sum()),
+        "rows_step_s": float(rows["step_s"].sum()),
+        "epochs_over": [(int(e), float(s), float(durations[e])) for e, s in per_epoch.items()
+                        if s > durations[e]],
+        "wait": run.info["wait"],
+        "breakdown": run.info["breakdown"],
+        "causes": [{"code": c["code"], "evidence": c["evidence"]} for c in run.causes],
+        "probes": {k: run.info["keras_probes"][k] for k in ("loop_clock", "data_fetch")},
+    }
+
+
+def main(log_dir: str) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.random((SAMPLES, 8), dtype=np.float32)
+    y = rng.random((SAMPLES, 1), dtype=np.float32)
+    arrays = {"x": x, "y": y, "batch_size": BATCH}
+    # A training that still runs a few kernels: NVML has a sample of it (2 %), so its own use
+    # decides, and the GPU reads idle.
+    idle_gpu = FakeNVML([FakeGPU(util_pct=2, processes=[FakeProcess(used_mib=9, sm_util_pct=2)])])
+    with step_0_on_a_gpu():
+        slow_callback = fit(log_dir, arrays, [SlowCallback()], nvml=idle_gpu)
+    return {
+        "backend": keras.backend.backend(),
+        "starved": fit(log_dir, {"x": Sleepy(x, y)}),
+        "slow_callback": slow_callback,
+        "arrays": fit(log_dir, arrays),
+    }
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main(sys.argv[1])))

@@ -1,0 +1,315 @@
+"""The training loop's clock: steps, waits for data and the time between steps, from stamps the
+training thread takes (driven here stamp by stamp), and the wrappers that take them in a fit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gpu_watch import keras_internals
+from gpu_watch.loop_clock import FETCH_TIMED, MAX_READY, READY_TIMED, LoopClock, StackSampler
+from gpu_watch.steps import Step
+from gpu_watch.timeline import DataTick
+
+
+def clock(measure=None, t0=0.0):
+    steps: list[Step] = []
+    c = LoopClock(lambda: 0.0, t0, steps.extend)
+    c.measure = measure
+    return c, steps
+
+
+def test_a_fetch_inside_the_step_is_its_wait_and_not_its_compute():
+    c, steps = clock(FETCH_TIMED, t0=10.0)
+    c.epoch_begin(10.0)
+    c.begin(0, 10.5)
+    c.fetched(10.5, 10.75)  # JAX: the step pulls its batch inside train_function
+    step = c.end(0, 11.0)
+    assert steps == [step]
+    assert step == Step(0, 0, 0.5, 1.0, 0.25, None, compute_s=0.25, other_s=0.5,
+                        measure=FETCH_TIMED)
+
+
+def test_a_fetch_between_steps_is_the_next_step_s_wait():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    c.begin(0, 0.0)
+    c.end(0, 1.0)
+    c.fetched(1.25, 1.75)  # torch: the epoch iterator pulls the batch before the begin hooks
+    c.begin(1, 2.0)
+    step = c.end(1, 3.0)
+    # 2 s since the last step's end: 1 s of compute, 0.5 s of wait, 0.5 s elsewhere.
+    assert (step.compute_s, step.wait_s, step.other_s) == (1.0, 0.5, 0.5)
+    assert step.compute_s + step.wait_s + step.other_s == 3.0 - 1.0
+
+
+def test_without_a_fetch_probe_the_wait_is_not_measured_and_the_gap_is_elsewhere():
+    c, _ = clock(None)
+    c.epoch_begin(0.0)
+    c.begin(0, 0.5)
+    step = c.end(0, 1.0)
+    assert (step.wait_s, step.measure, step.compute_s, step.other_s) == (None, None, 0.5, 0.5)
+
+
+def test_the_first_step_of_an_epoch_counts_from_the_epoch_s_begin_only():
+    c, _ = clock(FETCH_TIMED)
+    c.begin(0, 0.5)  # no epoch begin seen: nothing to count the time before from
+    assert c.end(0, 1.0).other_s is None
+    c.fetched(1.0, 1.5)  # after the last step of an epoch: dropped with the epoch
+    c.epoch_begin(5.0)
+    c.begin(0, 5.25)
+    step = c.end(0, 6.0)
+    assert (step.wait_s, step.other_s) == (0.0, 0.25)
+
+
+def test_an_end_whose_begin_was_not_seen_is_a_step_of_no_time():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    step = c.end(3, 2.0)
+    assert (step.first_batch, step.last_batch, step.begin_s, step.end_s) == (3, 3, 2.0, 2.0)
+    assert (step.compute_s, step.other_s) == (0.0, 2.0)
+
+
+def test_a_batch_made_ready_after_the_step_began_is_waited_for_inside_it():
+    c, _ = clock(READY_TIMED)
+    c.epoch_begin(0.0)
+    c.ready(0.0)  # ready before the step began: no wait
+    c.begin(0, 0.25)
+    first = c.end(0, 0.5)
+    c.ready(0.875)  # tf.data's thread: the batch left the generator 0.25 s into the step
+    c.begin(1, 0.625)
+    second = c.end(1, 1.0)
+    assert (first.wait_s, first.compute_s) == (0.0, 0.25)
+    assert (second.wait_s, second.compute_s, second.measure) == (0.25, 0.125, READY_TIMED)
+
+
+def test_a_ready_stamp_never_gives_a_wait_longer_than_the_step():
+    c, _ = clock(READY_TIMED)
+    c.ready(9.0)
+    c.begin(0, 0.0)
+    assert c.end(0, 1.0).wait_s == 1.0
+
+
+def test_a_step_of_several_batches_waits_for_the_last_of_them():
+    c, _ = clock(READY_TIMED)
+    for t in (0.0, 0.5, 1.5):
+        c.ready(t)
+    c.begin(0, 1.0)
+    step = c.end(2, 2.0)  # steps_per_execution=3: one end hook for batches 0-2
+    assert (step.steps, step.wait_s, step.compute_s) == (3, 0.5, 0.5)
+
+
+def test_a_step_that_took_a_batch_never_made_ready_stops_the_ready_measure():
+    c, _ = clock(READY_TIMED)
+    c.begin(0, 0.0)
+    assert c.end(0, 1.0).wait_s is None
+    assert c.ready_lost.startswith("a step took a batch its source had not made ready")
+    c.ready(1.5)
+    c.begin(1, 1.25)
+    assert c.end(1, 2.0).wait_s is None  # once lost, not measured again
+
+
+def test_a_source_that_makes_batches_no_step_takes_stops_the_ready_measure():
+    c, _ = clock(READY_TIMED)
+    for _ in range(MAX_READY + 1):
+        c.ready(0.0)
+    assert c.ready_lost.startswith(f"more than {MAX_READY} batches were made ready")
+    c.begin(0, 0.0)
+    assert c.end(0, 1.0).wait_s is None
+
+
+def test_a_new_pass_of_the_source_drops_the_batches_no_step_took():
+    c, _ = clock(READY_TIMED)
+    c.ready(0.0)
+    c.ready(0.5)
+    c.source_restarted()
+    c.ready(3.0)
+    c.begin(0, 2.0)
+    assert c.end(0, 4.0).wait_s == 1.0
+
+
+def test_the_slowest_callbacks_come_first_and_add_up_per_callback():
+    c, _ = clock()
+    c.add_hook_time((1, "Logger"), 0.5)
+    c.add_hook_time((2, "Meter"), 0.25)
+    c.add_hook_time((1, "Logger"), 0.5)
+    c.add_hook_time((3, "Tiny"), 0.125)
+    assert c.slowest_hooks(2) == [("Logger", 1.0), ("Meter", 0.25)]
+
+
+# -- the stack sampler -----------------------------------------------------------------------
+
+
+def test_the_stack_sampler_hands_each_look_on_until_stopped():
+    seen: list[DataTick] = []
+    looks = []
+    looked = threading.Event()
+
+    def look():
+        looks.append(1)
+        if len(seen) >= 3:
+            looked.set()
+        return DataTick(True) if len(looks) % 2 else None  # None: could not tell, not counted
+
+    sampler = StackSampler(look, seen.append, rate_hz=1000.0)
+    sampler.start()
+    assert looked.wait(10.0)
+    sampler.stop()
+    count = len(seen)
+    assert count >= 3 and sampler.samples == count and all(t.fetching for t in seen)
+    time.sleep(0.02)
+    assert len(seen) == count  # stopped: no look after
+
+
+def test_a_look_that_fails_stops_the_sampler_with_its_reason():
+    def look():
+        raise RuntimeError("stack gone")
+
+    sampler = StackSampler(look, lambda tick: None, rate_hz=1000.0)
+    sampler.start()
+    sampler.stop()
+    deadline = time.monotonic() + 10.0
+    while sampler.error is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sampler.error == "RuntimeError: stack gone" and sampler.samples == 0
+
+
+# -- the wrappers ----------------------------------------------------------------------------
+
+
+class _List:
+    """A callback list as Keras' `fit` holds it, recording the calls it gets."""
+
+    def __init__(self, callbacks=()):
+        self.callbacks = list(callbacks)
+        self.calls: list[tuple] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(("epoch", epoch))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("end", batch, logs))
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs=logs)
+
+
+class _Frame:
+    def __init__(self, **local):
+        self.f_locals = local
+
+
+class _Ticking:
+    """A clock that moves one second a reading."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+def test_the_list_s_hooks_are_wrapped_timed_and_taken_off_again():
+    import keras
+
+    class Own(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            return "own"
+
+    plain, own = keras.callbacks.Callback(), Own()
+    callbacks = _List([plain, own])
+    steps: list[Step] = []
+    ticking = _Ticking()
+    c = LoopClock(ticking, 0.0, steps.extend)
+    attachment = keras_internals.Attachment()
+    probed = keras_internals.attach_loop_clock(_Frame(callbacks=callbacks), c, attachment)
+    assert probed == keras_internals.Probed(True) and c.attached
+    assert "on_train_batch_end" in vars(own) and "on_train_batch_end" not in vars(plain)
+    callbacks.on_epoch_begin(0)  # left at 1
+    callbacks.on_train_batch_begin(0)  # left at 2
+    callbacks.on_train_batch_end(0, {"loss": 1.0})  # entered at 3; Own's hook 4 to 5
+    assert callbacks.calls == [("epoch", 0), ("begin", 0), ("end", 0, {"loss": 1.0})]
+    assert steps == [Step(0, 0, 2.0, 3.0, None, None, compute_s=1.0, other_s=1.0)]
+    assert c.slowest_hooks() == [("Own", 1.0)]
+    attachment.detach()
+    assert vars(callbacks).keys() == {"callbacks", "calls"} and "on_train_batch_end" not in vars(own)
+    assert own.on_train_batch_end(0) == "own"
+
+
+def test_a_list_without_the_hooks_is_not_wrapped_and_says_why():
+    class Odd:
+        callbacks = []
+
+    c, _ = clock()
+    probed = keras_internals.attach_loop_clock(_Frame(callbacks=Odd()), c,
+                                               keras_internals.Attachment())
+    assert probed.value is False and not c.attached
+    assert probed.reason == "loop_clock: fit's 'callbacks' (Odd) has no method 'on_epoch_begin'"
+    missing = keras_internals.attach_loop_clock(_Frame(), c, keras_internals.Attachment())
+    assert missing.reason == "loop_clock: Keras' fit frame has no local 'callbacks'"
+
+
+class _EpochIterator:
+    def __init__(self, source):
+        self.source = source
+
+    def _get_iterator(self):
+        return self.source
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_each_pull_from_the_epoch_iterator_is_a_timed_fetch(backend):
+    iterator = _EpochIterator([10, 20])
+    ticking = _Ticking()
+    c = LoopClock(ticking, 0.0, lambda steps: None)
+    attachment = keras_internals.Attachment()
+    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), backend, c,
+                                                attachment)
+    assert probed.value == FETCH_TIMED == c.measure
+    source = iter(iterator._get_iterator())  # starting the pass is a fetch too: 1 to 2
+    assert [next(source), next(source)] == [10, 20]  # 3 to 4, 5 to 6
+    with pytest.raises(StopIteration):
+        next(source)  # 7 to 8: the pull that finds the end is timed as well
+    assert c._fetches == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0)]
+    attachment.detach()
+    assert iterator._get_iterator() == [10, 20]
+
+
+def test_a_tf_data_pipeline_has_no_fetch_to_time_and_says_why():
+    class TFDatasetAdapter:
+        pass
+
+    iterator = _EpochIterator(None)
+    iterator.data_adapter = TFDatasetAdapter()
+    c, _ = clock()
+    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
+                                                c, keras_internals.Attachment())
+    assert probed.value is None and c.measure is None
+    assert probed.reason.startswith("data_fetch: TensorFlow reads the TFDatasetAdapter's "
+                                    "batches inside the step")
+
+
+def test_a_generator_behind_tf_data_stamps_each_batch_as_it_leaves():
+    class GeneratorDataAdapter:
+        def generator(self):
+            yield from ("a", "b")
+
+    adapter = GeneratorDataAdapter()
+    iterator = _EpochIterator(None)
+    iterator.data_adapter = adapter
+    ticking = _Ticking()
+    c = LoopClock(ticking, 0.0, lambda steps: None)
+    attachment = keras_internals.Attachment()
+    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
+                                                c, attachment)
+    assert probed.value == READY_TIMED
+    c.ready(99.0)  # left over from an earlier pass: dropped when a new one starts
+    assert list(adapter.generator()) == ["a", "b"]
+    assert list(c._ready) == [1.0, 2.0]
+    attachment.detach()
+    assert "generator" not in vars(adapter)

@@ -375,6 +375,7 @@ def attach_loop_clock(fit_frame: Any, clock: LoopClock, attachment: Attachment,
             return Probed(False, f"loop_clock: fit's 'callbacks' ({type(callbacks).__name__}) "
                                  f"has no method {missing[0]!r}")
         listed = list(getattr(callbacks, "callbacks", None) or ())
+        clock.device_done = _device_done()
         _wrap_list(callbacks, clock, attachment)
         for index, callback in enumerate(listed):
             if callback is not skip:
@@ -384,6 +385,19 @@ def attach_loop_clock(fit_frame: Any, clock: LoopClock, attachment: Attachment,
         return Probed(False, _failure("loop_clock", "wrapping fit's callback list", exc))
     clock.attached = True
     return Probed(True)
+
+
+def _device_done() -> Any:
+    """On JAX, which dispatches each step ahead of the device: a function that waits until a
+    step's outputs (its logs) exist. None elsewhere (TensorFlow's `fit` and torch on the CPU
+    return from a step once it has run)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    return jax.block_until_ready
 
 
 def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None:
@@ -402,7 +416,7 @@ def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None
     def on_train_batch_end(batch, logs=None):
         # Recorded before the hooks run: one that raises (`require_gpu`, an idle stop, a bug)
         # still leaves the step counted. The end hooks' own time goes to the next step.
-        clock.end(batch, now())
+        clock.end(batch, now(), logs)
         batch_end(batch, logs)
 
     attachment.wrap(callbacks, "on_epoch_begin", on_epoch_begin)

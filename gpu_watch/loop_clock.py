@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gpu_watch.steps import Step
@@ -69,6 +70,14 @@ class LoopClock:
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
         self._ready: deque[float] = deque()  # producer thread appends, training thread pops
+        # Where the framework dispatches steps ahead of the device (JAX): a function that
+        # blocks until a step's outputs exist, run on a thread of its own (`_watch`).
+        self.device_done: Callable[[Any], Any] | None = None
+        self.device_error: str | None = None
+        self._queue: deque[Any] = deque()
+        self._queued = threading.Condition()
+        self._watcher: threading.Thread | None = None
+        self._device_free: float | None = None  # when the device finished the last step
 
     # -- the training thread ---------------------------------------------------------------------
 
@@ -77,6 +86,8 @@ class LoopClock:
         self._mark = t
         self._begin = None
         self._fetches.clear()
+        if self.device_done is not None:
+            self._put(_EpochBegin(t))
 
     def fetched(self, start: float, end: float) -> None:
         """The training thread pulled a batch from `start` to `end` (`FETCH_TIMED`)."""
@@ -86,20 +97,27 @@ class LoopClock:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""
         self._begin = (batch, left_s)
 
-    def end(self, batch: int, entered_s: float) -> Step:
-        """The end hooks of `batch` were entered at `entered_s`: the step's compute is over.
-        Returns the step, also handed to the sink. The end hooks' own time is counted in the
-        next step's `other_s` (the last step of an epoch leaves it to the epoch's tail)."""
+    def end(self, batch: int, entered_s: float, outputs: Any = None) -> Step | None:
+        """The end hooks of `batch` were entered at `entered_s`: the step's compute is over,
+        or, where the framework dispatches ahead (`device_done` set), handed to the device,
+        whose `outputs` are waited for on another thread. Returns the step (also handed to the
+        sink), or None when it is timed once the device is done. The end hooks' own time is
+        counted in the next step's `other_s` (the last step of an epoch leaves it to the
+        epoch's tail)."""
         first, begin = self._begin if self._begin is not None else (batch, entered_s)
         self._begin = None
+        fetches, self._fetches = self._fetches, []
+        if self.device_done is not None and outputs is not None:
+            self._mark = entered_s
+            self._put(_Dispatched(first, batch, begin, entered_s, fetches, outputs))
+            return None
         mark = self._mark
         inside = outside = 0.0
-        for start, end in self._fetches:
+        for start, end in fetches:
             if start >= begin:
                 inside += end - start
             else:
                 outside += end - start
-        self._fetches.clear()
         wait: float | None = None
         if self.measure == FETCH_TIMED:
             wait = inside + outside
@@ -118,6 +136,74 @@ class LoopClock:
                     measure=self.measure if wait is not None else None)
         self._sink([step])
         return step
+
+    # -- steps dispatched ahead of the device ------------------------------------------------------
+
+    def _put(self, item: Any) -> None:
+        with self._queued:
+            self._queue.append(item)
+            self._queued.notify_all()
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="gpu-watch-device-steps")
+                self._watcher.start()
+
+    def settle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every step handed to the device is timed (Keras waits for the device at
+        each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
+        are."""
+        deadline = time.monotonic() + timeout_s
+        with self._queued:
+            while self._queue:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._watcher is None:
+                    return False
+                self._queued.wait(left)
+        return True
+
+    def _watch(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue:
+                    self._queued.wait()
+                item = self._queue[0]
+            if isinstance(item, _EpochBegin):
+                self._device_free = item.t
+            else:
+                try:
+                    self.device_done(item.outputs)
+                except Exception as exc:  # a step that failed on the device: timed as dispatched
+                    self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
+                self._sink([self._device_step(item, max(self.now(), item.entered))])
+            with self._queued:
+                self._queue.popleft()
+                self._queued.notify_all()
+
+    def _device_step(self, item: _Dispatched, done: float) -> Step:
+        """A step timed from the device's side: it ran from when the device was free and its
+        work was dispatched (after the batch was fetched) until its outputs existed. The device
+        sat idle before it from its last step's end until the dispatch: the part of that time
+        the training thread spent fetching is the wait for data, the rest was spent elsewhere.
+        A fetch that overlapped the device's work on earlier steps cost nothing."""
+        dispatch = max([item.begin] + [end for start, end in item.fetches
+                                       if start >= item.begin])
+        free = self._device_free
+        start = dispatch if free is None else max(free, dispatch)
+        wait: float | None = None
+        if self.measure == FETCH_TIMED:
+            if free is None:
+                wait = sum(end - begin for begin, end in item.fetches)
+            else:
+                wait = sum(max(0.0, min(end, dispatch) - max(begin, free))
+                           for begin, end in item.fetches)
+        compute = max(0.0, done - start)
+        other = None
+        if free is not None:
+            other = max(0.0, (done - free) - compute - (wait or 0.0))
+        self._device_free = done
+        return Step(item.first, item.last, start - self.t0, done - self.t0, wait, None,
+                    compute_s=compute, other_s=other,
+                    measure=self.measure if wait is not None else None)
 
     def add_hook_time(self, key: tuple[int, str], seconds: float) -> None:
         """A callback's batch hook took `seconds` (on whichever thread Keras ran it)."""
@@ -206,3 +292,22 @@ class StackSampler:
                 delay = 0.0
             if self._stop.wait(delay):
                 return
+
+
+@dataclass(frozen=True, slots=True)
+class _EpochBegin:
+    """An epoch began at `t` (the device had finished the last epoch: Keras waits for it)."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Dispatched:
+    """A step the training thread handed to the device, waiting for its outputs."""
+
+    first: int
+    last: int
+    begin: float
+    entered: float
+    fetches: list[tuple[float, float]]
+    outputs: Any

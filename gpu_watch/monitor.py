@@ -230,6 +230,7 @@ class Monitor:
         An epoch shorter than the sampling interval has no reading of its own yet: its row is
         written when the reading that covers it comes, and the row returned now has its loop
         figures, with the GPU figures and the verdict None (not measured yet)."""
+        self.loop_clock.settle()  # the steps the device still ran, timed before the epoch ends
         span = self.timeline.end_epoch(self.elapsed_s(), logs)
         with self._lock:
             if self._finished or span is None:
@@ -284,6 +285,7 @@ class Monitor:
                 failures.append(f"{getattr(step, '__name__', 'step')}: "
                                 f"{type(exc).__name__}: {exc}")
 
+        attempt(self.loop_clock.settle)
         attempt(lambda: self.sampler.stop(closing_tick=True))
         self._sampling_closed = True
         if self.stacks is not None:

@@ -237,7 +237,8 @@ def test_the_list_s_hooks_are_wrapped_timed_and_taken_off_again():
     assert steps == [Step(0, 0, 2.0, 3.0, None, None, compute_s=1.0, other_s=1.0)]
     assert c.slowest_hooks() == [("Own", 1.0)]
     attachment.detach()
-    assert vars(callbacks).keys() == {"callbacks", "calls"} and "on_train_batch_end" not in vars(own)
+    assert vars(callbacks).keys() == {"callbacks", "calls"}
+    assert "on_train_batch_end" not in vars(own)
     assert own.on_train_batch_end(0) == "own"
 
 

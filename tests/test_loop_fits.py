@@ -67,10 +67,11 @@ def test_the_batch_rows_add_up_to_no_more_than_the_fit_and_each_epoch(run, fit):
 
 def test_a_starved_pipeline_reads_as_a_wait_timed_where_the_batch_is_fetched(run):
     starved = run["starved"]
-    # 20 ms of sleep a batch against steps of a few milliseconds: the truth is over 80 %.
+    # 50 ms of sleep a batch against steps of a few milliseconds (tens on a loaded machine):
+    # the truth is over 70 %.
     assert starved["probes"]["data_fetch"] == "ok"
     assert starved["wait"]["measure"] == MEASURE[run["backend"]]
-    assert starved["wait"]["fraction"] >= 0.7, starved["wait"]
+    assert starved["wait"]["fraction"] >= 0.6, starved["wait"]
     assert starved["breakdown"]["data_wait_fraction"] == starved["wait"]["fraction"]
 
 

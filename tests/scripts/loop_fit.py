@@ -3,9 +3,9 @@ fit's own wall time, as one line: "RESULT {json}".
 
 Usage: KERAS_BACKEND=jax python loop_fit.py LOG_DIR
 
-Three fits with known ground truth: a `keras.utils.PyDataset` that sleeps 20 ms a batch (a
+Three fits with known ground truth: a `keras.utils.PyDataset` that sleeps 50 ms a batch (a
 starved input pipeline, on the training thread); in-memory arrays with a callback that sleeps
-20 ms a batch (no wait for data at all, time lost between steps) while a simulated GPU sits
+50 ms a batch (no wait for data at all, time lost between steps) while a simulated GPU sits
 idle under a training whose step 0 ran on it; and plain in-memory arrays.
 """
 
@@ -20,11 +20,11 @@ from contextlib import contextmanager
 import keras
 import numpy as np
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
+from gpu_watch import GPUWatch, load_run, placement
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 SAMPLES, BATCH, EPOCHS = 128, 16, 3
-SLEEP_S = 0.02
+SLEEP_S = 0.05  # far longer than a step of this model, even on a loaded machine
 
 
 class Sleepy(keras.utils.PyDataset):

@@ -63,7 +63,8 @@ def scrape(url: str) -> dict[str, list]:
     return {f.name: f for f in text_string_to_metric_families(text)}, text
 
 
-def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
+def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
     gpu = busy_shared_gpu()
     monitor = start(tmp_path, gpu, export=Prometheus(port=0))
     try:
@@ -87,9 +88,15 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
 
     util = one("gpu_watch_gpu_utilization_ratio")
     assert set(util.labels) == set(GPU_LABELS)
-    assert util.labels["uuid"] == gpu.uuid and util.labels["gpu"] == "0"
+    # dcgm-exporter's names: UUID, the host's GPU number, Hostname; no MIG instance here.
+    assert util.labels["UUID"] == gpu.uuid and util.labels["gpu"] == "0"
+    assert util.labels["minor_number"] == "0" and util.labels["GPU_I_ID"] == ""
+    assert util.labels["Hostname"] == socket.gethostname()
     assert util.labels["run"] == run and util.labels["rank"] == "0"
+    # No launcher here: the job is the run itself.
+    assert util.labels["job_id"] == run == monitor.info["job_id"]
     assert util.labels["backend"] == "tensorflow" and util.labels["host"] == socket.gethostname()
+    assert (util.labels["namespace"], util.labels["pod"], util.labels["container"]) == ("",) * 3
     assert util.value == pytest.approx(0.9)
     assert one("gpu_watch_training_gpu_utilization_ratio").value == pytest.approx(0.7)
     assert one("gpu_watch_gpu_other_processes_utilization_ratio").value == pytest.approx(0.2)
@@ -98,7 +105,9 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
     assert one("gpu_watch_gpu_memory_total_bytes").value == 81559 * MIB
     assert one("gpu_watch_gpu_sm_active_ratio").value == pytest.approx(0.9)
     # Counters: type counter, samples ending in _total, energy growing with time.
-    for name in ("gpu_watch_gpu_energy_joules", "gpu_watch_steps", "gpu_watch_step_seconds"):
+    loop = ("gpu_watch_compute_seconds", "gpu_watch_data_wait_seconds", "gpu_watch_other_seconds",
+            "gpu_watch_loop_seconds")
+    for name in ("gpu_watch_gpu_energy_joules", "gpu_watch_steps", *loop):
         assert families[name].type == "counter"
         assert all(s.name == f"{name}_total" for s in families[name].samples)
     energy = one("gpu_watch_gpu_energy_joules").value
@@ -106,8 +115,13 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
     assert one("gpu_watch_gpu_energy_joules", later).value > energy
     steps = one("gpu_watch_steps")
     assert set(steps.labels) == set(RUN_LABELS) and steps.value == 3
-    assert one("gpu_watch_step_seconds").value == pytest.approx(0.015)
+    assert one("gpu_watch_compute_seconds").value == pytest.approx(0.015)
+    assert one("gpu_watch_loop_seconds").value == pytest.approx(sum(
+        one(name).value for name in loop[:3]))
     assert one("gpu_watch_data_wait_ratio").value == pytest.approx(0.0)
+    assert one("gpu_watch_gpu_power_watts").value == pytest.approx(300.0)
+    info = one("gpu_watch_run_info")
+    assert info.value == 1 and info.labels["world_size"] == "1" and info.labels["version"]
     # The verdict as a state set: one series per verdict, 1 for the current one.
     verdicts = {s.labels["gpu_watch_verdict"]: s.value
                 for s in families["gpu_watch_verdict"].samples}
@@ -315,13 +329,25 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
 
     metric, util = one("hw.gpu.utilization")
     assert metric.unit == "1" and util.value == pytest.approx(0.9)
-    assert util.attributes["hw.id"] == gpu.uuid and util.attributes["hw.type"] == "gpu"
-    assert util.attributes["gpu_watch.run"] == run and util.attributes["gpu_watch.rank"] == 0
+    # The device's series name the device only: another training on this GPU reports the
+    # same series, and the run's facts are on the training's own metrics.
+    assert util.attributes == {"hw.id": gpu.uuid, "hw.type": "gpu", "hw.gpu.task": "general"}
+    own = one("gpu_watch.training.gpu.utilization")[1]
+    assert own.attributes["gpu_watch.run"] == run and own.attributes["gpu_watch.rank"] == 0
+    assert own.attributes["gpu_watch.job_id"] == run and own.attributes["hw.id"] == gpu.uuid
+    metric, share = one("hw.gpu.memory.utilization")
+    assert metric.unit == "1" and share.value == pytest.approx((6000 + 2000 + 300) / 81559)
+    metric, power = one("hw.power")
+    assert metric.unit == "W" and power.value == pytest.approx(300.0)
+    assert one("gpu_watch.compute.time")[1].value == pytest.approx(0.015)
+    assert one("gpu_watch.loop.time")[1].value >= one("gpu_watch.data_wait.time")[1].value
+    assert one("gpu_watch.run.info")[1].attributes["gpu_watch.world_size"] == 1
     metric, memory = one("hw.gpu.memory.usage")
     assert metric.unit == "By" and memory.value == pytest.approx(
         (6000 + 2000 + 300) * MIB)  # the processes' memory and the driver's 300 MiB
     metric, energy = one("hw.energy")
     assert metric.unit == "J" and metric.data.is_monotonic and energy.value > 0
+    assert set(energy.attributes) == {"hw.id", "hw.type"}
     assert one("gpu_watch.training.gpu.utilization")[1].value == pytest.approx(0.7)
     assert one("gpu_watch.steps")[1].value == 3
     assert one("gpu_watch.verdict", **{"gpu_watch.verdict": "ok"})[1].value == 1
@@ -439,6 +465,16 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
     ids = {a.value.string_value for p in energy.sum.data_points for a in p.attributes
            if a.key == "hw.id"}
     assert ids == {gpu.uuid}
+    # NVML's counter since the driver loaded (here: since the fake's nvmlInit), so it does
+    # not restart with the next run on this GPU; no run attribute on a device series.
+    for name in ("hw.energy", "hw.gpu.utilization", "hw.gpu.memory.utilization", "hw.power"):
+        points = getattr(metrics[name], metrics[name].WhichOneof("data")).data_points
+        keys = {a.key for p in points for a in p.attributes}
+        assert keys and not any(k.startswith("gpu_watch.") for k in keys), (name, keys)
+    loop = metrics["gpu_watch.loop.time"]
+    assert loop.unit == "s" and loop.sum.is_monotonic
+    assert {a.key: a.value.string_value for a in loop.sum.data_points[0].attributes
+            }["gpu_watch.job_id"] == monitor.info["job_id"]
     status = {a.value.string_value: p.as_double
               for p in metrics["gpu_watch.run.status"].gauge.data_points
               for a in p.attributes if a.key == "gpu_watch.run.status"}

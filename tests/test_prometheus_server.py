@@ -115,11 +115,13 @@ def test_a_real_prometheus_scrapes_a_real_fit(tmp_path):
         names = {s["__name__"] for s in series}
         assert {"gpu_watch_gpu_utilization_ratio", "gpu_watch_training_gpu_utilization_ratio",
                 "gpu_watch_gpu_memory_used_bytes", "gpu_watch_gpu_energy_joules_total",
-                "gpu_watch_steps_total", "gpu_watch_step_seconds_total",
-                "gpu_watch_data_wait_ratio", "gpu_watch_verdict",
+                "gpu_watch_steps_total", "gpu_watch_compute_seconds_total",
+                "gpu_watch_data_wait_seconds_total", "gpu_watch_loop_seconds_total",
+                "gpu_watch_data_wait_ratio", "gpu_watch_verdict", "gpu_watch_run_info",
                 "gpu_watch_run_status", "gpu_watch_cause"} <= names
         util = next(s for s in series if s["__name__"] == "gpu_watch_gpu_utilization_ratio")
-        assert util["uuid"] == gpu.uuid and util["gpu"] == "0" and util["rank"] == "0"
+        assert util["UUID"] == gpu.uuid and util["gpu"] == "0" and util["rank"] == "0"
+        assert util["job_id"] == run and "GPU_I_ID" not in util  # an empty label is none
         assert util["backend"] == "tensorflow" and util["job"] == "gpu_watch"
         assert util["instance"] == f"127.0.0.1:{metrics_port}"
         # TensorFlow here has no GPU: the verdict Prometheus stored says so.

@@ -71,8 +71,9 @@ class Prometheus:
         address: Address to bind. Default "127.0.0.1" (this host only); name another, such
             as "0.0.0.0", for a Prometheus on another machine.
         pushgateway: Pushgateway address ("host:port" or a URL) that gets the final figures
-            when the run ends, under job "gpu_watch" and the run and rank; None pushes
-            nothing. Default None.
+            when the run ends, under job "gpu_watch" and the grouping key `job_id`, `run`,
+            `rank`, `host` (groups are kept until the operator deletes them: see
+            docs/cluster.md); None pushes nothing. Default None.
 
     Example:
         >>> GPUWatch(export=Prometheus())                        # http://127.0.0.1:9445/metrics

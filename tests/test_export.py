@@ -138,8 +138,8 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
             assert "4242" not in sample.labels.values() and "other" not in sample.labels.values()
 
 
-def test_the_end_of_the_run_closes_the_endpoint_with_the_final_status(tmp_path):
-    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0))
+def test_linger_zero_closes_the_endpoint_when_the_run_ends(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=0))
     url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
     monitor.end_epoch(0, {})
     monitor.finish("completed")
@@ -148,6 +148,27 @@ def test_the_end_of_the_run_closes_the_endpoint_with_the_final_status(tmp_path):
     assert figures.status == "completed" and figures.verdict == monitor.info["verdict"]
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_endpoint_serves_the_final_status_while_it_lingers_then_closes(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=1.0))
+    url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+    monitor.end_epoch(0, {})
+    monitor.finish("completed")
+    assert monitor.exports.wait(10)
+    families, _ = scrape(url)  # within the second it lingers (the wait above took less)
+    status = {s.labels["gpu_watch_run_status"]: s.value
+              for s in families["gpu_watch_run_status"].samples}
+    assert status["completed"] == 1 and status["running"] == 0
+
+    def closed():
+        try:
+            urllib.request.urlopen(url, timeout=2)
+        except urllib.error.URLError:
+            return True
+        return False
+
+    wait_for(closed)
 
 
 def test_the_endpoint_serves_metrics_and_nothing_else(tmp_path):
@@ -257,6 +278,9 @@ def test_training_utilization_is_the_judged_figure_where_a_reading_has_one():
     ({"address": ""}, "address must be"),
     ({"pushgateway": ""}, "pushgateway must be"),
     ({"port": None}, "needs a pushgateway"),
+    ({"linger_s": -1}, "linger_s must be between 0 and 3600 seconds, got -1"),
+    ({"linger_s": 3601}, "got 3601"),
+    ({"linger_s": "30"}, "got '30'"),
 ])
 def test_bad_prometheus_settings_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -394,8 +418,8 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
 
 
 def test_consecutive_runs_serve_on_the_same_port(tmp_path):
-    """The next run's endpoint opens after the last one closed: a training script that calls
-    `fit` again (one epoch at a time, tuners) keeps its port."""
+    """The next run's endpoint takes the port over from the last one, lingering or not: a
+    training script that calls `fit` again (one epoch at a time, tuners) keeps its port."""
     port = free_port()
     urls = []
     with warnings.catch_warnings():

@@ -212,6 +212,45 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not logged: they come every few seconds for as long as training runs."""
 
 
+class _Lingering:
+    """Endpoints of finished runs that still serve their final figures, by (address, port):
+    each closes when its time is up, or when the next run asks for its port."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._servers: dict[tuple[str, int], _Server] = {}
+
+    def keep(self, address: str, server: _Server, seconds: float) -> None:
+        key = (address, server.server_address[1])
+        with self._lock:
+            self._servers[key] = server
+        timer = threading.Timer(seconds, self._end, (key, server))
+        timer.daemon = True
+        timer.start()
+
+    def release(self, address: str, port: int) -> None:
+        """Close the finished run's endpoint on this port now, if one is still serving."""
+        with self._lock:
+            server = self._servers.pop((address, port), None)
+        if server is not None:
+            _stop(server)
+
+    def _end(self, key: tuple[str, int], server: _Server) -> None:
+        with self._lock:
+            if self._servers.get(key) is not server:
+                return  # taken over by a later run, and closed then
+            del self._servers[key]
+        _stop(server)
+
+
+def _stop(server: _Server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+_lingering = _Lingering()
+
+
 class PrometheusExporter:
     """A live Prometheus export of one run: the endpoint (when it could bind) and the push.
 
@@ -235,6 +274,8 @@ class PrometheusExporter:
         labels = self._snapshot.figures().labels
         port = local_port(self._settings.port, labels.rank)
         address = self._settings.address
+        if port:
+            _lingering.release(address, port)
         try:
             server = _Server((address, port), self.registry)
         except OSError as exc:
@@ -254,15 +295,18 @@ class PrometheusExporter:
                          name="gpu-watch-metrics", daemon=True).start()
 
     def close(self) -> None:
-        """Push the final figures (if a Pushgateway is named), then stop serving."""
+        """Push the final figures (if a Pushgateway is named), then stop serving: at once, or
+        after `linger_s`, serving the final figures until then."""
         try:
             if self._settings.pushgateway:
                 self._push()
         finally:
-            if self._server is not None:
-                self._server.shutdown()
-                self._server.server_close()
-                self._server = None
+            server, self._server = self._server, None
+            if server is not None:
+                if self._settings.linger_s > 0:
+                    _lingering.keep(self._settings.address, server, self._settings.linger_s)
+                else:
+                    _stop(server)
 
     def _push(self) -> None:
         from prometheus_client import push_to_gateway

@@ -598,3 +598,38 @@ def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypat
         for monitor in monitors:
             monitor.finish("completed")
             monitor.exports.wait(10)
+
+
+def test_two_trainings_on_one_gpu_report_one_device_and_energy_goes_on(tmp_path):
+    """Device series carry no run attribute: two runs on one GPU give one `hw.gpu.utilization`
+    point (and two of the training's own), and `hw.energy`, NVML's counter, does not start
+    again with the next run: a later run's first figure is above an earlier run's last."""
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    gpu = busy_shared_gpu()
+    fake = FakeNVML([gpu], step_s=0.05)
+    target = OpenTelemetry(meter_provider=provider)
+    first = monitor_on_gpu(tmp_path / "a", fake, export=target)
+    try:
+        time.sleep(1.5)  # 300 W: about 450 J in the first run alone
+        [(_, energy_first)] = otel_points(reader)["hw.energy"]
+        second = monitor_on_gpu(tmp_path / "b", fake, export=target)
+        time.sleep(0.3)
+        points = otel_points(reader)
+    finally:
+        first.finish("completed")
+        assert first.exports.wait(10)
+    try:
+        assert [p.attributes["hw.id"] for _, p in points["hw.gpu.utilization"]] == [gpu.uuid]
+        runs = {p.attributes["gpu_watch.run"] for _, p in
+                points["gpu_watch.training.gpu.utilization"]}
+        assert runs == {first.info["run_name"], second.info["run_name"]}
+        [(_, energy_second)] = otel_points(reader)["hw.energy"]  # the second run's alone
+    finally:
+        second.finish("completed")
+        assert second.exports.wait(10)
+    assert energy_second.value > energy_first.value > 300 * 0.5

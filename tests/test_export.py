@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
 
 import pytest
@@ -19,9 +20,9 @@ from prometheus_tools import free_port, free_ports_in_a_row, library
 from gpu_watch import load_run
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
-from gpu_watch.export.figures import training_util_pct
+from gpu_watch.export.figures import Snapshot, training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
-from gpu_watch.nvml import Reading
+from gpu_watch.nvml import Device, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import LoopTotals
 
@@ -633,3 +634,23 @@ def test_two_trainings_on_one_gpu_report_one_device_and_energy_goes_on(tmp_path)
         second.finish("completed")
         assert second.exports.wait(10)
     assert energy_second.value > energy_first.value > 300 * 0.5
+
+
+def test_pcie_bytes_add_up_across_runs_of_one_process():
+    """GPM's throughput times the time between readings, summed per device for the process's
+    life: `hw.gpu.io` of the next run goes on from the last one's."""
+    device = Device(0, 0, f"GPU-{uuid.uuid4()}", "NVIDIA H100 80GB HBM3", 81559.0)
+
+    def tick(snapshot, t, tx, rx=None):
+        snapshot.tick([Reading(time_s=t, gpu=0, pcie_tx_mib_s=tx, pcie_rx_mib_s=rx)],
+                      LoopTotals(0, 0.0, 0.0))
+        gpu = snapshot.figures().gpus[0]
+        return gpu.pcie_transmit_bytes, gpu.pcie_receive_bytes
+
+    first = Snapshot({"run_name": "a"}, [device])
+    assert tick(first, 0.0, None) == (None, None)  # no GPM yet: no series, not 0
+    assert tick(first, 0.5, 100.0, 10.0) == (0.0, 0.0)  # a rate needs a span before it
+    assert tick(first, 1.5, 100.0, 10.0) == (100 * MIB, 10 * MIB)
+    second = Snapshot({"run_name": "b"}, [device])  # the next run: its clock starts again
+    assert tick(second, 0.0, 50.0, 0.0) == (100 * MIB, 10 * MIB)
+    assert tick(second, 2.0, 50.0, 0.0) == (200 * MIB, 10 * MIB)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -172,6 +171,7 @@ class Snapshot:
         self._energy = {d.nvml_index: EnergyMeter() for d in devices}
         self._gpus = {d.nvml_index: _gpu_figures(d) for d in devices}
         self._held: dict[tuple[int, str], tuple[float, float]] = {}
+        self._pcie_last_s: dict[int, float] = {}
         self._figures = Figures(labels=RunLabels.from_info(info))
         self.judged(info)
 
@@ -196,7 +196,7 @@ class Snapshot:
                     "power_watts": r.power_w,
                     "memory_util_ratio": None if r.mem_used_mib is None or not r.mem_total_mib
                     else r.mem_used_mib / r.mem_total_mib,
-                    **_pcie.add(self._devices[r.gpu].uuid, r),
+                    **self._pcie_bytes(r),
                     "others_util_ratio": _ratio(r.others_util_pct),
                     "other_processes": None if r.procs is None or r.proc_listed is None
                     else r.procs - int(r.proc_listed),
@@ -209,6 +209,20 @@ class Snapshot:
                                     wait_seconds=totals.wait_s,
                                     other_seconds=totals.other_s,
                                     wait_ratio=totals.wait_fraction)
+
+    def _pcie_bytes(self, r: Reading) -> dict[str, float | None]:
+        """GPM's PCIe throughput (MiB/s since the previous sample) over the time since this
+        GPU's previous reading with one, added to the process's totals for the device."""
+        uuid = self._devices[r.gpu].uuid
+        if r.pcie_tx_mib_s is not None and r.pcie_rx_mib_s is not None:
+            last_s = self._pcie_last_s.get(r.gpu)
+            self._pcie_last_s[r.gpu] = r.time_s
+            seconds = 0.0 if last_s is None else max(0.0, r.time_s - last_s)
+            _pcie.add(uuid, r.pcie_tx_mib_s * _BYTES_PER_MIB * seconds,
+                      r.pcie_rx_mib_s * _BYTES_PER_MIB * seconds)
+        totals = _pcie.totals(uuid)
+        return {"pcie_transmit_bytes": None if totals is None else totals[0],
+                "pcie_receive_bytes": None if totals is None else totals[1]}
 
     def _hold(self, r: Reading, name: str, value: float | None) -> float | None:
         """A figure of this reading, or the GPU's last one if it is recent enough."""
@@ -239,29 +253,24 @@ def _gpu_figures(device: Device, **read: Any) -> GPUFigures:
 
 
 class _PcieBytes:
-    """PCIe bytes each GPU moved since this process first watched it: GPM's throughput
-    (MiB/s over the time since the previous reading) summed, per device UUID and kept for the
-    process's life, so a device counter never restarts when a new run begins."""
+    """PCIe bytes each GPU moved since this process first watched it, per device UUID and kept
+    for the process's life, so a device counter never restarts when a new run begins."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._totals: dict[str, list[float]] = {}  # uuid -> [tx bytes, rx bytes, last time]
+        self._totals: dict[str, tuple[float, float]] = {}  # uuid -> (sent, received) bytes
 
-    def add(self, uuid: str, r: Reading) -> dict[str, float | None]:
-        """Sum one reading's throughput; the totals so far (None before any throughput)."""
-        now = time.monotonic()
+    def add(self, uuid: str, sent: float, received: float) -> tuple[float, float]:
+        """Add bytes moved; the totals so far."""
         with self._lock:
-            total = self._totals.get(uuid)
-            if r.pcie_tx_mib_s is None or r.pcie_rx_mib_s is None:
-                return {"pcie_transmit_bytes": None if total is None else total[0],
-                        "pcie_receive_bytes": None if total is None else total[1]}
-            if total is None:
-                total = self._totals[uuid] = [0.0, 0.0, now]
-            seconds = max(0.0, now - total[2])
-            total[0] += r.pcie_tx_mib_s * _BYTES_PER_MIB * seconds
-            total[1] += r.pcie_rx_mib_s * _BYTES_PER_MIB * seconds
-            total[2] = now
-            return {"pcie_transmit_bytes": total[0], "pcie_receive_bytes": total[1]}
+            total = self._totals.get(uuid, (0.0, 0.0))
+            total = self._totals[uuid] = (total[0] + sent, total[1] + received)
+            return total
+
+    def totals(self, uuid: str) -> tuple[float, float] | None:
+        """The totals so far; None before any throughput was read."""
+        with self._lock:
+            return self._totals.get(uuid)
 
 
 _pcie = _PcieBytes()

@@ -347,7 +347,8 @@ class Run:
 
     @property
     def verdict(self) -> str | None:
-        """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`), if decided."""
+        """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`, `unmeasured`), if
+        decided."""
         return self.info.get("verdict")
 
     @property

@@ -111,7 +111,7 @@ def families(figures: Figures) -> Iterator[Any]:
             ("gpu_watch_compute_seconds", "Time spent in training steps so far; over "
              "gpu_watch_steps_total, the mean step time.", figures.step_seconds),
             ("gpu_watch_data_wait_seconds", "Time the training loop spent waiting for data "
-             "so far; rate() over gpu_watch_loop_seconds_total's is the recent share.",
+             "so far; its rate over gpu_watch_loop_seconds_total's is the recent share.",
              figures.wait_seconds),
             ("gpu_watch_other_seconds", "Time between steps spent neither computing nor "
              "waiting for data (other callbacks, Keras' own bookkeeping) so far.",

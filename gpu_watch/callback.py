@@ -111,6 +111,11 @@ class GPUWatch(keras.callbacks.Callback):
             measured speed-up in the cause's impact. It costs time after `fit` (a compile and
             a few steps on each device) and GPU memory (a copy of the model and a batch), so
             it is off by default. Default False.
+        job_id: The name every rank of one multi-worker training shares, recorded in
+            `run.json` and exported as the `job_id` label, so the ranks are judged together.
+            Default None: the launcher's (torchrun's `TORCHELASTIC_RUN_ID`, Slurm's
+            `SLURM_JOB_ID` and step, a Kubernetes JobSet or Job name, TensorFlow's `TF_CONFIG`
+            cluster), else `run_name`, else the run folder's name (see `gpu_watch.job`).
 
     Example:
         >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
@@ -134,6 +139,7 @@ class GPUWatch(keras.callbacks.Callback):
         log_metrics: bool = True,
         export: Any = None,
         measure_gpu_speedup: bool = False,
+        job_id: str | None = None,
     ) -> None:
         super().__init__()
         self.config = Config(
@@ -141,7 +147,7 @@ class GPUWatch(keras.callbacks.Callback):
             idle_threshold_pct=idle_threshold_pct, idle_patience_s=idle_patience_s,
             on_idle=on_idle, require_gpu=require_gpu, check_placement=check_placement,
             plot=plot, on_log_error=on_log_error, log_metrics=log_metrics, export=export,
-            measure_gpu_speedup=measure_gpu_speedup,
+            measure_gpu_speedup=measure_gpu_speedup, job_id=job_id,
         )
         if verbose not in (0, 1) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_watch.export import check_targets
+from gpu_watch.job import check_job_id
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, check_interval
 
 ON_IDLE = ("warn", "stop", "raise")
@@ -31,6 +32,7 @@ class Config:
     log_metrics: bool = True
     export: tuple[Any, ...] = ()
     measure_gpu_speedup: bool = False
+    job_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_dir, (str, os.PathLike)) or not str(self.log_dir):
@@ -44,6 +46,7 @@ class Config:
                 f"run_name must be None or a folder name without '/' or '\\', "
                 f"got {self.run_name!r}"
             )
+        check_job_id(self.job_id)
         check_interval(self.interval_s)
         _check_number("idle_threshold_pct", self.idle_threshold_pct, 0, 100, "percent")
         _check_number("idle_patience_s", self.idle_patience_s, 0, None, "seconds")

@@ -28,6 +28,7 @@ from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
 from gpu_watch.impact import UsageMeter, with_impacts
+from gpu_watch.job import find_job_id
 from gpu_watch.live import LiveFigures
 from gpu_watch.loop_clock import LoopClock, StackSampler
 from gpu_watch.nvml import NVML
@@ -100,6 +101,7 @@ class Monitor:
         self.devices = nvml.devices() if nvml.available else []
         self.run_dir = runlog.new_run_dir(config.log_dir, config.run_name, *rank)
         self.redraws = drawing.Redraws(self.run_dir) if config.plot else None
+        job = find_job_id(config.job_id, config.run_name, self.run_dir.name)
         self.info = runlog.new_run_info(
             self.run_dir, rank, backend, framework, [d.to_dict() for d in self.devices], {
                 "available": nvml.available,
@@ -108,7 +110,7 @@ class Monitor:
                 "cuda_driver_version": nvml.cuda_driver_version(),
                 "gpus_seen": len(nvml.all_devices()),
                 "simulated": nvml.simulated,
-            }, environment, setup, asdict(config))
+            }, environment, setup, asdict(config), job.value, job.source)
         self.idle_events: list[dict] = self.info["idle"]["events"]
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,

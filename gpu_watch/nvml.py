@@ -17,7 +17,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pynvml
@@ -78,6 +78,11 @@ class Device:
         uuid: `GPU-...` or, for a MIG instance, `MIG-...`.
         name: Product name, e.g. "NVIDIA H100 80GB HBM3".
         mem_total_mib: Total memory in MiB, or None when NVML could not say.
+        minor_number: The host's number of the GPU (`/dev/nvidia<N>`, `nvidia-smi -q`'s
+            "Minor Number"; of the parent GPU for a MIG instance): the same inside a container
+            that sees only some GPUs, whose NVML indices start from 0. None when unknown.
+        parent_uuid: For a MIG instance, its parent GPU's `GPU-...` UUID; else None.
+        gpu_instance_id: For a MIG instance, its GPU instance id on the parent; else None.
     """
 
     nvml_index: int
@@ -86,6 +91,9 @@ class Device:
     name: str
     mem_total_mib: float | None
     handle: Any = field(default=None, repr=False, compare=False)
+    minor_number: int | None = None
+    parent_uuid: str | None = None
+    gpu_instance_id: int | None = None
 
     def to_dict(self) -> dict:
         """The JSON-ready record written to `run.json`."""
@@ -95,6 +103,9 @@ class Device:
             "uuid": self.uuid,
             "name": self.name,
             "mem_total_mib": self.mem_total_mib,
+            "minor_number": self.minor_number,
+            "parent_uuid": self.parent_uuid,
+            "gpu_instance_id": self.gpu_instance_id,
         }
 
 
@@ -442,15 +453,24 @@ class NVML:
                     continue
                 uuid = _text(self.query("uuid", parent.nvml_index, "nvmlDeviceGetUUID", handle))
                 if uuid and uuid.upper().startswith(wanted):
-                    return self._describe(parent.nvml_index, parent.cuda_index, handle)
+                    return self._describe(parent.nvml_index, parent.cuda_index, handle, parent)
         return None
 
-    def _describe(self, nvml_index: int, cuda_index: int, handle: Any) -> Device:
+    def _describe(self, nvml_index: int, cuda_index: int, handle: Any,
+                  parent: Device | None = None) -> Device:
         uuid = _text(self.query("uuid", nvml_index, "nvmlDeviceGetUUID", handle)) or ""
         name = _text(self.query("name", nvml_index, "nvmlDeviceGetName", handle)) or "unknown GPU"
         memory = self.query("memory", nvml_index, "nvmlDeviceGetMemoryInfo", handle)
         total = memory.total / MIB if memory is not None else None
-        return Device(nvml_index, cuda_index, uuid, name, total, handle)
+        if parent is not None:  # a MIG instance: named as dcgm-exporter names it
+            instance = self.query("mig_instance", nvml_index, "nvmlDeviceGetGpuInstanceId",
+                                  handle)
+            return Device(nvml_index, cuda_index, uuid, name, total, handle,
+                          parent.minor_number, parent.uuid,
+                          int(instance) if instance is not None else None)
+        minor = self.query("minor_number", nvml_index, "nvmlDeviceGetMinorNumber", handle)
+        return Device(nvml_index, cuda_index, uuid, name, total, handle,
+                      int(minor) if minor is not None else None)
 
     def processes(self, device: Device) -> list[GPUProcess] | None:
         """Compute processes on `device` with their memory (`nvidia-smi` "Processes"), or None.
@@ -839,8 +859,7 @@ def _switched_off(disabled: set[tuple[str, int | None]],
 
 
 def _with_cuda_index(device: Device, cuda_index: int) -> Device:
-    return Device(device.nvml_index, cuda_index, device.uuid, device.name,
-                  device.mem_total_mib, device.handle)
+    return replace(device, cuda_index=cuda_index)
 
 
 def _text(value: Any) -> str | None:

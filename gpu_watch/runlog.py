@@ -262,7 +262,8 @@ def now_iso() -> str:
 def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: dict[str, Any],
                  devices: list[dict[str, Any]], nvml: dict[str, Any],
                  environment: dict[str, Any] | None, setup: dict[str, Any] | None,
-                 config: dict[str, Any]) -> dict[str, Any]:
+                 config: dict[str, Any], job_id: str | None = None,
+                 job_id_from: str | None = None) -> dict[str, Any]:
     """`run.json` as a run starts: every key it will have, the ones known later empty.
 
     Args:
@@ -276,11 +277,16 @@ def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: 
         setup: "data" and "distribution": what the training is set up with; "keras_probes":
             what each read of Keras' internals gave (`keras_internals.outcomes`).
         config: The options.
+        job_id: The id every rank of the training shares (`gpu_watch.job.find_job_id`);
+            None: the run folder's name.
+        job_id_from: Where `job_id` came from.
     """
     return {
         "schema_version": SCHEMA_VERSION,
         "gpu_watch_version": __version__,
         "run_name": run_dir.name,
+        "job_id": job_id if job_id is not None else run_dir.name,
+        "job_id_from": job_id_from,
         "rank": rank[0],
         "world_size": rank[1],
         "writer": run_identity(),
@@ -346,7 +352,8 @@ class Run:
 
     @property
     def verdict(self) -> str | None:
-        """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`), if decided."""
+        """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`, `unmeasured`), if
+        decided."""
         return self.info.get("verdict")
 
     @property

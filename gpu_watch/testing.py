@@ -60,6 +60,7 @@ FIELDS = {
     "handle": ("nvmlDeviceGetHandleByIndex",),
     "uuid": ("nvmlDeviceGetUUID",),
     "name": ("nvmlDeviceGetName",),
+    "minor_number": ("nvmlDeviceGetMinorNumber",),
     "memory": ("nvmlDeviceGetMemoryInfo",),
     "util": ("nvmlDeviceGetUtilizationRates",),
     "processes": ("nvmlDeviceGetComputeRunningProcesses_v3",
@@ -190,6 +191,9 @@ class FakeGPU:
         pcie_tx_mib_s, pcie_rx_mib_s: PCIe traffic from and to the GPU, MiB/s (timelines).
         energy_mj: The energy counter, mJ (timeline; a drop is a driver reload). Default None:
             `power_w` integrated since ``nvmlInit``. Pascal and older: ``NotSupported``.
+        minor_number: The host's number of the GPU (``/dev/nvidia<N>``). Default None: its
+            NVML index, as on a host that sees every GPU (a container may see GPUs 2 and 3 of
+            the host as its 0 and 1).
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -217,6 +221,7 @@ class FakeGPU:
     pcie_tx_mib_s: Timeline = 0.0
     pcie_rx_mib_s: Timeline = 0.0
     energy_mj: Timeline = None
+    minor_number: int | None = None
 
     def __post_init__(self) -> None:
         period = self.proc_sample_period_s
@@ -457,6 +462,15 @@ class FakeNVML:
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
         self._enter("nvmlDeviceGetUUID", handle, "uuid")
         return handle.gpu.uuid
+
+    def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:  # noqa: N802
+        """nvml.h: "the device node file, /dev/nvidia[minor number]"; a MIG instance has no
+        device node of its own (``NotSupported``): its parent's is the one."""
+        self._enter("nvmlDeviceGetMinorNumber", handle, "minor_number")
+        if handle.mig:
+            raise pynvml.NVMLError_NotSupported()
+        gpu = handle.gpu
+        return gpu.minor_number if gpu.minor_number is not None else handle.index
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
         self._enter("nvmlDeviceGetName", handle, "name")

@@ -178,3 +178,37 @@ def test_a_rank_with_figures_gpu_watch_never_writes_is_unreadable_not_fatal(tmp_
     render(tmp_path / "exp1-rank0")  # the rank's own report is still drawn, with the table
     assert "<td>rank1</td><td>n/a</td><td>unreadable</td>" in (
         tmp_path / "exp1-rank0" / REPORT_HTML).read_text()
+
+
+def job_rank_run(log_dir, folder: str, rank: int, job_id: str, wait: float,
+                 started_at: str = "2026-11-26T10:00:00Z") -> None:
+    """A rank's folder whose `run.json` names the job its launcher (Slurm here) shares."""
+    info = {**run_info(folder, rank=rank, world_size=2, started_at=started_at),
+            "job_id": job_id, "job_id_from": "SLURM_JOB_ID"}
+    write_run(log_dir, folder, info, batches=batches(0.1, 0.0), epochs=epochs(wait, wait))
+
+
+def test_ranks_with_default_names_are_one_run_by_their_job_id(tmp_path):
+    # Default names differ per worker, and rank 1 started long after rank 0 (a slow node):
+    # the start times could not join them, the job id does.
+    job_rank_run(tmp_path, "20261126-100000-aaaaaa-rank0", 0, "4242.0", 0.0)
+    job_rank_run(tmp_path, "20261126-103000-bbbbbb-rank1", 1, "4242.0", 0.7,
+                 started_at="2026-11-26T10:30:00Z")
+    [view] = clusters(tmp_path)
+    assert view.name == "4242.0" and [r.rank for r in view.rows] == [0, 1]
+    assert (view.judgement.verdict, view.judgement.straggler) == (STRAGGLER, 1)
+    out = io.StringIO()
+    assert run_report_command(str(tmp_path), plots=False, out=out) == 0
+    assert "Run 4242.0 (2 workers): straggler rank1" in out.getvalue()
+
+
+def test_two_jobs_of_one_run_name_are_two_runs(tmp_path):
+    job_rank_run(tmp_path, "exp1-rank0", 0, "100.0", 0.0)
+    job_rank_run(tmp_path, "exp1-rank1", 1, "100.0", 0.7)
+    job_rank_run(tmp_path, "exp1-rank0-2", 0, "200.0", 0.4, "2026-11-26T11:00:00Z")
+    job_rank_run(tmp_path, "exp1-rank1-2", 1, "200.0", 0.4, "2026-11-26T11:00:00Z")
+    views = {v.name: v for v in clusters(tmp_path)}
+    assert sorted(views) == ["exp1", "exp1 (job 100.0)"]
+    assert views["exp1 (job 100.0)"].judgement.straggler == 1
+    assert views["exp1"].judgement.verdict == BALANCED
+    assert {r.path.name for r in views["exp1"].rows} == {"exp1-rank0-2", "exp1-rank1-2"}

@@ -124,14 +124,18 @@ def test_each_worker_writes_its_own_run_with_its_rank(tensorflow_runs):
     assert [w["replicas"] for w in workers] == [2, 2]
     assert sorted(p.name for p in find_runs(cluster_dir)) == [f"{RUN_NAME}-rank0",
                                                               f"{RUN_NAME}-rank1"]
+    jobs = set()
     for rank, worker in enumerate(workers):
         assert Path(worker["run_dir"]).name == f"{RUN_NAME}-rank{rank}"
         assert (worker["rank"], worker["world_size"]) == (rank, 2)
         info = json.loads((Path(worker["run_dir"]) / "run.json").read_text())
         assert (info["rank"], info["world_size"]) == (rank, 2)
+        assert info["job_id_from"] == "TF_CONFIG" and info["job_id"].startswith("tf-")
+        jobs.add(info["job_id"])
         # Each worker trains on its shard: half of each global batch, every step.
         assert worker["batches"] == EPOCHS * STEPS
         assert worker["status"] == "completed" and worker["verdict"] == "cpu_fallback"
+    assert len(jobs) == 1  # one cluster, one job
 
 
 def test_the_report_lists_the_workers_side_by_side(tensorflow_runs):

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
 
 import pytest
@@ -19,9 +20,9 @@ from prometheus_tools import free_port, free_ports_in_a_row, library
 from gpu_watch import load_run
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
-from gpu_watch.export.figures import training_util_pct
+from gpu_watch.export.figures import Snapshot, training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
-from gpu_watch.nvml import Reading
+from gpu_watch.nvml import Device, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import LoopTotals
 
@@ -63,7 +64,8 @@ def scrape(url: str) -> dict[str, list]:
     return {f.name: f for f in text_string_to_metric_families(text)}, text
 
 
-def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
+def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
     gpu = busy_shared_gpu()
     monitor = start(tmp_path, gpu, export=Prometheus(port=0))
     try:
@@ -87,9 +89,15 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
 
     util = one("gpu_watch_gpu_utilization_ratio")
     assert set(util.labels) == set(GPU_LABELS)
-    assert util.labels["uuid"] == gpu.uuid and util.labels["gpu"] == "0"
+    # dcgm-exporter's names: UUID, the host's GPU number, Hostname; no MIG instance here.
+    assert util.labels["UUID"] == gpu.uuid and util.labels["gpu"] == "0"
+    assert util.labels["minor_number"] == "0" and util.labels["GPU_I_ID"] == ""
+    assert util.labels["Hostname"] == socket.gethostname()
     assert util.labels["run"] == run and util.labels["rank"] == "0"
+    # No launcher here: the job is the run itself.
+    assert util.labels["job_id"] == run == monitor.info["job_id"]
     assert util.labels["backend"] == "tensorflow" and util.labels["host"] == socket.gethostname()
+    assert (util.labels["namespace"], util.labels["pod"], util.labels["container"]) == ("",) * 3
     assert util.value == pytest.approx(0.9)
     assert one("gpu_watch_training_gpu_utilization_ratio").value == pytest.approx(0.7)
     assert one("gpu_watch_gpu_other_processes_utilization_ratio").value == pytest.approx(0.2)
@@ -98,7 +106,9 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
     assert one("gpu_watch_gpu_memory_total_bytes").value == 81559 * MIB
     assert one("gpu_watch_gpu_sm_active_ratio").value == pytest.approx(0.9)
     # Counters: type counter, samples ending in _total, energy growing with time.
-    for name in ("gpu_watch_gpu_energy_joules", "gpu_watch_steps", "gpu_watch_step_seconds"):
+    loop = ("gpu_watch_compute_seconds", "gpu_watch_data_wait_seconds", "gpu_watch_other_seconds",
+            "gpu_watch_loop_seconds")
+    for name in ("gpu_watch_gpu_energy_joules", "gpu_watch_steps", *loop):
         assert families[name].type == "counter"
         assert all(s.name == f"{name}_total" for s in families[name].samples)
     energy = one("gpu_watch_gpu_energy_joules").value
@@ -106,8 +116,13 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
     assert one("gpu_watch_gpu_energy_joules", later).value > energy
     steps = one("gpu_watch_steps")
     assert set(steps.labels) == set(RUN_LABELS) and steps.value == 3
-    assert one("gpu_watch_step_seconds").value == pytest.approx(0.015)
+    assert one("gpu_watch_compute_seconds").value == pytest.approx(0.015)
+    assert one("gpu_watch_loop_seconds").value == pytest.approx(sum(
+        one(name).value for name in loop[:3]))
     assert one("gpu_watch_data_wait_ratio").value == pytest.approx(0.0)
+    assert one("gpu_watch_gpu_power_watts").value == pytest.approx(300.0)
+    info = one("gpu_watch_run_info")
+    assert info.value == 1 and info.labels["world_size"] == "1" and info.labels["version"]
     # The verdict as a state set: one series per verdict, 1 for the current one.
     verdicts = {s.labels["gpu_watch_verdict"]: s.value
                 for s in families["gpu_watch_verdict"].samples}
@@ -124,8 +139,8 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path):
             assert "4242" not in sample.labels.values() and "other" not in sample.labels.values()
 
 
-def test_the_end_of_the_run_closes_the_endpoint_with_the_final_status(tmp_path):
-    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0))
+def test_linger_zero_closes_the_endpoint_when_the_run_ends(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=0))
     url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
     monitor.end_epoch(0, {})
     monitor.finish("completed")
@@ -134,6 +149,27 @@ def test_the_end_of_the_run_closes_the_endpoint_with_the_final_status(tmp_path):
     assert figures.status == "completed" and figures.verdict == monitor.info["verdict"]
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_the_endpoint_serves_the_final_status_while_it_lingers_then_closes(tmp_path):
+    monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=1.0))
+    url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+    monitor.end_epoch(0, {})
+    monitor.finish("completed")
+    assert monitor.exports.wait(10)
+    families, _ = scrape(url)  # within the second it lingers (the wait above took less)
+    status = {s.labels["gpu_watch_run_status"]: s.value
+              for s in families["gpu_watch_run_status"].samples}
+    assert status["completed"] == 1 and status["running"] == 0
+
+    def closed():
+        try:
+            urllib.request.urlopen(url, timeout=2)
+        except urllib.error.URLError:
+            return True
+        return False
+
+    wait_for(closed)
 
 
 def test_the_endpoint_serves_metrics_and_nothing_else(tmp_path):
@@ -243,6 +279,9 @@ def test_training_utilization_is_the_judged_figure_where_a_reading_has_one():
     ({"address": ""}, "address must be"),
     ({"pushgateway": ""}, "pushgateway must be"),
     ({"port": None}, "needs a pushgateway"),
+    ({"linger_s": -1}, "linger_s must be between 0 and 3600 seconds, got -1"),
+    ({"linger_s": 3601}, "got 3601"),
+    ({"linger_s": "30"}, "got '30'"),
 ])
 def test_bad_prometheus_settings_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -315,13 +354,25 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
 
     metric, util = one("hw.gpu.utilization")
     assert metric.unit == "1" and util.value == pytest.approx(0.9)
-    assert util.attributes["hw.id"] == gpu.uuid and util.attributes["hw.type"] == "gpu"
-    assert util.attributes["gpu_watch.run"] == run and util.attributes["gpu_watch.rank"] == 0
+    # The device's series name the device only: another training on this GPU reports the
+    # same series, and the run's facts are on the training's own metrics.
+    assert util.attributes == {"hw.id": gpu.uuid, "hw.type": "gpu", "hw.gpu.task": "general"}
+    own = one("gpu_watch.training.gpu.utilization")[1]
+    assert own.attributes["gpu_watch.run"] == run and own.attributes["gpu_watch.rank"] == 0
+    assert own.attributes["gpu_watch.job_id"] == run and own.attributes["hw.id"] == gpu.uuid
+    metric, share = one("hw.gpu.memory.utilization")
+    assert metric.unit == "1" and share.value == pytest.approx((6000 + 2000 + 300) / 81559)
+    metric, power = one("hw.power")
+    assert metric.unit == "W" and power.value == pytest.approx(300.0)
+    assert one("gpu_watch.compute.time")[1].value == pytest.approx(0.015)
+    assert one("gpu_watch.loop.time")[1].value >= one("gpu_watch.data_wait.time")[1].value
+    assert one("gpu_watch.run.info")[1].attributes["gpu_watch.world_size"] == 1
     metric, memory = one("hw.gpu.memory.usage")
     assert metric.unit == "By" and memory.value == pytest.approx(
         (6000 + 2000 + 300) * MIB)  # the processes' memory and the driver's 300 MiB
     metric, energy = one("hw.energy")
     assert metric.unit == "J" and metric.data.is_monotonic and energy.value > 0
+    assert set(energy.attributes) == {"hw.id", "hw.type"}
     assert one("gpu_watch.training.gpu.utilization")[1].value == pytest.approx(0.7)
     assert one("gpu_watch.steps")[1].value == 3
     assert one("gpu_watch.verdict", **{"gpu_watch.verdict": "ok"})[1].value == 1
@@ -368,8 +419,8 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
 
 
 def test_consecutive_runs_serve_on_the_same_port(tmp_path):
-    """The next run's endpoint opens after the last one closed: a training script that calls
-    `fit` again (one epoch at a time, tuners) keeps its port."""
+    """The next run's endpoint takes the port over from the last one, lingering or not: a
+    training script that calls `fit` again (one epoch at a time, tuners) keeps its port."""
     port = free_port()
     urls = []
     with warnings.catch_warnings():
@@ -439,6 +490,16 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
     ids = {a.value.string_value for p in energy.sum.data_points for a in p.attributes
            if a.key == "hw.id"}
     assert ids == {gpu.uuid}
+    # NVML's counter since the driver loaded (here: since the fake's nvmlInit), so it does
+    # not restart with the next run on this GPU; no run attribute on a device series.
+    for name in ("hw.energy", "hw.gpu.utilization", "hw.gpu.memory.utilization", "hw.power"):
+        points = getattr(metrics[name], metrics[name].WhichOneof("data")).data_points
+        keys = {a.key for p in points for a in p.attributes}
+        assert keys and not any(k.startswith("gpu_watch.") for k in keys), (name, keys)
+    loop = metrics["gpu_watch.loop.time"]
+    assert loop.unit == "s" and loop.sum.is_monotonic
+    assert {a.key: a.value.string_value for a in loop.sum.data_points[0].attributes
+            }["gpu_watch.job_id"] == monitor.info["job_id"]
     status = {a.value.string_value: p.as_double
               for p in metrics["gpu_watch.run.status"].gauge.data_points
               for a in p.attributes if a.key == "gpu_watch.run.status"}
@@ -538,3 +599,58 @@ def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypat
         for monitor in monitors:
             monitor.finish("completed")
             monitor.exports.wait(10)
+
+
+def test_two_trainings_on_one_gpu_report_one_device_and_energy_goes_on(tmp_path):
+    """Device series carry no run attribute: two runs on one GPU give one `hw.gpu.utilization`
+    point (and two of the training's own), and `hw.energy`, NVML's counter, does not start
+    again with the next run: a later run's first figure is above an earlier run's last."""
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    gpu = busy_shared_gpu()
+    fake = FakeNVML([gpu], step_s=0.05)
+    target = OpenTelemetry(meter_provider=provider)
+    first = monitor_on_gpu(tmp_path / "a", fake, export=target)
+    try:
+        time.sleep(1.5)  # 300 W: about 450 J in the first run alone
+        [(_, energy_first)] = otel_points(reader)["hw.energy"]
+        second = monitor_on_gpu(tmp_path / "b", fake, export=target)
+        time.sleep(0.3)
+        points = otel_points(reader)
+    finally:
+        first.finish("completed")
+        assert first.exports.wait(10)
+    try:
+        assert [p.attributes["hw.id"] for _, p in points["hw.gpu.utilization"]] == [gpu.uuid]
+        runs = {p.attributes["gpu_watch.run"] for _, p in
+                points["gpu_watch.training.gpu.utilization"]}
+        assert runs == {first.info["run_name"], second.info["run_name"]}
+        [(_, energy_second)] = otel_points(reader)["hw.energy"]  # the second run's alone
+    finally:
+        second.finish("completed")
+        assert second.exports.wait(10)
+    assert energy_second.value > energy_first.value > 300 * 0.5
+
+
+def test_pcie_bytes_add_up_across_runs_of_one_process():
+    """GPM's throughput times the time between readings, summed per device for the process's
+    life: `hw.gpu.io` of the next run goes on from the last one's."""
+    device = Device(0, 0, f"GPU-{uuid.uuid4()}", "NVIDIA H100 80GB HBM3", 81559.0)
+
+    def tick(snapshot, t, tx, rx=None):
+        snapshot.tick([Reading(time_s=t, gpu=0, pcie_tx_mib_s=tx, pcie_rx_mib_s=rx)],
+                      LoopTotals(0, 0.0, 0.0))
+        gpu = snapshot.figures().gpus[0]
+        return gpu.pcie_transmit_bytes, gpu.pcie_receive_bytes
+
+    first = Snapshot({"run_name": "a"}, [device])
+    assert tick(first, 0.0, None) == (None, None)  # no GPM yet: no series, not 0
+    assert tick(first, 0.5, 100.0, 10.0) == (0.0, 0.0)  # a rate needs a span before it
+    assert tick(first, 1.5, 100.0, 10.0) == (100 * MIB, 10 * MIB)
+    second = Snapshot({"run_name": "b"}, [device])  # the next run: its clock starts again
+    assert tick(second, 0.0, 50.0, 0.0) == (100 * MIB, 10 * MIB)
+    assert tick(second, 2.0, 50.0, 0.0) == (200 * MIB, 10 * MIB)

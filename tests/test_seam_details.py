@@ -31,7 +31,7 @@ def test_every_failing_field_is_recorded_under_its_metric_and_gpu(clock):
     assert (r.util_pct, r.mem_used_mib, r.procs, r.proc_util_pct, r.power_w, r.temp_c,
             r.sm_clock_mhz, r.idle_clock_event, r.sm_active_pct, r.energy_counter_mj,
             r.others, r.others_util_pct) == (None,) * 12
-    metrics = ("uuid", "name", "memory", "util", "processes", "proc_util", "power",
+    metrics = ("uuid", "name", "minor_number", "memory", "util", "processes", "proc_util", "power",
                "temperature", "sm_clock", "clock_events", "gpm", "energy")
     assert faults(nvml) == {(m, "NVMLError_Unknown", 1) for m in metrics}
 
@@ -163,7 +163,9 @@ def test_devices_keep_their_names_and_records():
     (second, first) = nvml.devices(visible="1,0")
     assert (second.name, first.name) == ("NVIDIA L4", "NVIDIA A100-SXM4-40GB")
     assert second.to_dict() == {"nvml_index": 1, "cuda_index": 0, "uuid": "GPU-bbbb",
-                                "name": "NVIDIA L4", "mem_total_mib": 23034.0}
+                                "name": "NVIDIA L4", "mem_total_mib": 23034.0,
+                                "minor_number": 1, "parent_uuid": None,
+                                "gpu_instance_id": None}
 
 
 def test_names_in_bytes_from_older_bindings_are_decoded():
@@ -260,7 +262,12 @@ def test_a_mig_instance_without_its_parent_or_instance_id_has_no_gpm(clock, lack
                              driver_lacks=[lacking])
     (device,) = nvml.devices(visible=MIG_UUID)
     assert read_twice(nvml, device, clock).sm_active_pct is None  # never the parent's 77 %
-    assert faults(nvml) == {("gpm", "NVMLError_FunctionNotFound", 0)} | refused_on_mig(0)
+    # A driver without the instance id cannot name the instance either (its export label).
+    named = ({("mig_instance", "NVMLError_FunctionNotFound", 0)}
+             if lacking == "nvmlDeviceGetGpuInstanceId" else set())
+    assert faults(nvml) == ({("gpm", "NVMLError_FunctionNotFound", 0)} | refused_on_mig(0)
+                            | named)
+    assert device.gpu_instance_id == (None if named else 0)
 
 
 def test_a_mig_instance_whose_parent_cannot_be_had_now_has_no_gpm_now(clock):

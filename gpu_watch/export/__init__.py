@@ -71,8 +71,14 @@ class Prometheus:
         address: Address to bind. Default "127.0.0.1" (this host only); name another, such
             as "0.0.0.0", for a Prometheus on another machine.
         pushgateway: Pushgateway address ("host:port" or a URL) that gets the final figures
-            when the run ends, under job "gpu_watch" and the run and rank; None pushes
-            nothing. Default None.
+            when the run ends, under job "gpu_watch" and the grouping key `job_id`, `run`,
+            `rank`, `host` (groups are kept until the operator deletes them: see
+            docs/cluster.md); None pushes nothing. Default None.
+        linger_s: Seconds the endpoint keeps serving the final figures after the run ends,
+            so a scrape in that time sees how it ended (`completed`, `failed`, ...); the next
+            run of this process on the same port takes the port over at once, and Python's
+            exit does not wait for it. 0 closes the endpoint when the run ends. Default 30
+            (two scrapes at Prometheus' usual 15 s); allowed 0 to 3600.
 
     Example:
         >>> GPUWatch(export=Prometheus())                        # http://127.0.0.1:9445/metrics
@@ -82,6 +88,7 @@ class Prometheus:
     port: int | None = DEFAULT_PORT
     address: str = "127.0.0.1"
     pushgateway: str | None = None
+    linger_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.port is not None and (isinstance(self.port, bool) or not isinstance(
@@ -95,6 +102,10 @@ class Prometheus:
                                              or not self.pushgateway.strip()):
             raise ValueError(f"pushgateway must be None or an address such as "
                              f"'127.0.0.1:9091', got {self.pushgateway!r}")
+        if isinstance(self.linger_s, bool) or not isinstance(
+                self.linger_s, (int, float)) or not 0 <= self.linger_s <= 3600:
+            raise ValueError(f"linger_s must be between 0 and 3600 seconds, got "
+                             f"{self.linger_s!r}")
         if self.port is None and self.pushgateway is None:
             raise ValueError("Prometheus(port=None) needs a pushgateway: with neither, "
                              "nothing is exported")

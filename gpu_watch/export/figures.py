@@ -9,9 +9,10 @@ None and becomes no series at all, never 0: "not measured" must not read as "idl
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,19 +29,50 @@ HOLD_S = 5.0
 
 @dataclass(frozen=True)
 class RunLabels:
-    """Who the figures are about: bounded labels only (no PIDs, no process names)."""
+    """Who the figures are about: bounded labels only (no PIDs, no process names).
+
+    Attributes:
+        job_id: The id every rank of the training shares (`run.json` `job_id`).
+        run: This rank's run folder name. rank: Its rank. host: The host it runs on.
+        backend: The Keras backend. version: gpu-watch's version. world_size: The ranks.
+        node: The node's name as the cluster knows it (in a Kubernetes pod, `NODE_NAME` set
+            from the downward API's `spec.nodeName`; else `host`): dcgm-exporter's `Hostname`.
+        namespace, pod, container: The Kubernetes pod, from the environment variables
+            `POD_NAMESPACE`, `POD_NAME` (the downward API's `metadata.namespace` and
+            `metadata.name`) and `CONTAINER_NAME` (the container's name, written in the pod
+            spec); "" outside a pod (no `KUBERNETES_SERVICE_HOST`) or where unset.
+    """
 
     run: str
     rank: int
     host: str
     backend: str
+    job_id: str = ""
+    version: str = ""
+    world_size: int = 1
+    node: str = ""
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> RunLabels:
-        """The labels of a run from its `run.json` record."""
+    def from_info(cls, info: dict[str, Any],
+                  environ: Mapping[str, str] | None = None) -> RunLabels:
+        """The labels of a run from its `run.json` record and the environment."""
+        environ = os.environ if environ is None else environ
         host = (info.get("writer") or {}).get("host") or socket.gethostname()
+        # Every pod has KUBERNETES_SERVICE_HOST; outside one, names such as NODE_NAME or
+        # CONTAINER_NAME may mean something else entirely.
+        pod = environ if environ.get("KUBERNETES_SERVICE_HOST") else {}
         return cls(run=str(info["run_name"]), rank=int(info.get("rank") or 0), host=host,
-                   backend=str(info.get("backend") or ""))
+                   backend=str(info.get("backend") or ""),
+                   job_id=str(info.get("job_id") or info["run_name"]),
+                   version=str(info.get("gpu_watch_version") or ""),
+                   world_size=int(info.get("world_size") or 1),
+                   node=pod.get("NODE_NAME", "").strip() or host,
+                   namespace=pod.get("POD_NAMESPACE", "").strip(),
+                   pod=pod.get("POD_NAME", "").strip(),
+                   container=pod.get("CONTAINER_NAME", "").strip())
 
 
 @dataclass(frozen=True)
@@ -48,7 +80,11 @@ class GPUFigures:
     """One watched GPU at the latest tick.
 
     Attributes:
-        index: NVML index. uuid: `GPU-...` or `MIG-...`.
+        index: NVML index (the process's: a container counts its GPUs from 0).
+        uuid: `GPU-...` or `MIG-...`.
+        minor_number: The host's number of the GPU (`/dev/nvidia<N>`), None when unknown.
+        parent_uuid: A MIG instance's parent GPU; None for a whole GPU.
+        gpu_instance_id: A MIG instance's GPU instance id; None for a whole GPU.
         util_ratio: The device's utilization (any process), 0-1.
         training_util_ratio: This training's own utilization of it, 0-1, as the verdict
             judges it; None when the reading cannot tell.
@@ -56,12 +92,22 @@ class GPUFigures:
         training_memory_bytes: Memory this process holds on it.
         sm_active_ratio: Share of the SMs busy (GPM, Hopper and newer), 0-1.
         energy_j: Energy the whole GPU used since the run started, joules.
+        energy_counter_j: NVML's energy counter of the whole GPU: joules since the driver
+            loaded (it does not restart with a run).
+        power_watts: The whole GPU's power draw.
+        memory_util_ratio: The memory used over the device's memory, 0-1.
+        pcie_transmit_bytes, pcie_receive_bytes: PCIe traffic from and to the GPU since this
+            process first watched it, bytes (GPM's throughput summed over time; Hopper and
+            newer).
         others_util_ratio: Summed SM utilization of the other processes on it, 0-1.
         other_processes: How many other compute processes NVML lists on it.
     """
 
     index: int
     uuid: str
+    minor_number: int | None = None
+    parent_uuid: str | None = None
+    gpu_instance_id: int | None = None
     util_ratio: float | None = None
     training_util_ratio: float | None = None
     memory_used_bytes: float | None = None
@@ -69,6 +115,11 @@ class GPUFigures:
     training_memory_bytes: float | None = None
     sm_active_ratio: float | None = None
     energy_j: float | None = None
+    energy_counter_j: float | None = None
+    power_watts: float | None = None
+    memory_util_ratio: float | None = None
+    pcie_transmit_bytes: float | None = None
+    pcie_receive_bytes: float | None = None
     others_util_ratio: float | None = None
     other_processes: int | None = None
 
@@ -78,10 +129,12 @@ class Figures:
     """The run at one moment: its labels, each GPU, the loop and the judgement.
 
     Attributes:
-        steps: Training steps so far. step_seconds: Their summed duration, seconds.
+        steps: Training steps so far. step_seconds: Their summed duration (compute), seconds.
         wait_seconds: Seconds the loop waited for data so far. other_seconds: Seconds between
             steps spent elsewhere (other callbacks, Keras' own bookkeeping).
-        wait_ratio: Share of the loop's time spent waiting for data, 0-1, since the run began.
+        wait_ratio: The run's judged share of the loop's time spent waiting for data, 0-1,
+            cumulative since the run began (step 0 left out); a rate of `wait_seconds` over
+            `loop_seconds` shows a recent window.
         verdict: The run's verdict so far (None before any). causes: Its cause codes.
         status: `running`, then how the run ended (`completed`, `failed`, ...).
     """
@@ -97,6 +150,11 @@ class Figures:
     causes: tuple[str, ...] = ()
     status: str = "running"
 
+    @property
+    def loop_seconds(self) -> float:
+        """The loop's seconds so far: computing, waiting for data and the rest between steps."""
+        return self.step_seconds + self.wait_seconds + self.other_seconds
+
 
 def training_util_pct(reading: Reading) -> float | None:
     """This training's utilization in one reading, percent, as the verdicts judge it (the
@@ -109,10 +167,11 @@ class Snapshot:
 
     def __init__(self, info: dict[str, Any], devices: Sequence[Device]) -> None:
         self._lock = threading.Lock()
-        self._uuids = {d.nvml_index: d.uuid for d in devices}
+        self._devices = {d.nvml_index: d for d in devices}
         self._energy = {d.nvml_index: EnergyMeter() for d in devices}
-        self._gpus = {d.nvml_index: GPUFigures(d.nvml_index, d.uuid) for d in devices}
+        self._gpus = {d.nvml_index: _gpu_figures(d) for d in devices}
         self._held: dict[tuple[int, str], tuple[float, float]] = {}
+        self._pcie_last_s: dict[int, float] = {}
         self._figures = Figures(labels=RunLabels.from_info(info))
         self.judged(info)
 
@@ -132,18 +191,38 @@ class Snapshot:
                     "training_memory_bytes": _bytes(r.proc_mem_mib),
                     "sm_active_ratio": _ratio(r.sm_active_pct),
                     "energy_j": meter.result()["energy_j"],
+                    "energy_counter_j": None if r.energy_counter_mj is None
+                    else r.energy_counter_mj / 1000.0,
+                    "power_watts": r.power_w,
+                    "memory_util_ratio": None if r.mem_used_mib is None or not r.mem_total_mib
+                    else r.mem_used_mib / r.mem_total_mib,
+                    **self._pcie_bytes(r),
                     "others_util_ratio": _ratio(r.others_util_pct),
                     "other_processes": None if r.procs is None or r.proc_listed is None
                     else r.procs - int(r.proc_listed),
                 }
-                self._gpus[r.gpu] = GPUFigures(
-                    index=r.gpu, uuid=self._uuids[r.gpu],
+                self._gpus[r.gpu] = _gpu_figures(
+                    self._devices[r.gpu],
                     **{name: self._hold(r, name, value) for name, value in read.items()})
             self._figures = replace(self._figures, gpus=tuple(self._gpus.values()),
                                     steps=totals.steps, step_seconds=totals.step_s,
                                     wait_seconds=totals.wait_s,
                                     other_seconds=totals.other_s,
                                     wait_ratio=totals.wait_fraction)
+
+    def _pcie_bytes(self, r: Reading) -> dict[str, float | None]:
+        """GPM's PCIe throughput (MiB/s since the previous sample) over the time since this
+        GPU's previous reading with one, added to the process's totals for the device."""
+        uuid = self._devices[r.gpu].uuid
+        if r.pcie_tx_mib_s is not None and r.pcie_rx_mib_s is not None:
+            last_s = self._pcie_last_s.get(r.gpu)
+            self._pcie_last_s[r.gpu] = r.time_s
+            seconds = 0.0 if last_s is None else max(0.0, r.time_s - last_s)
+            _pcie.add(uuid, r.pcie_tx_mib_s * _BYTES_PER_MIB * seconds,
+                      r.pcie_rx_mib_s * _BYTES_PER_MIB * seconds)
+        totals = _pcie.totals(uuid)
+        return {"pcie_transmit_bytes": None if totals is None else totals[0],
+                "pcie_receive_bytes": None if totals is None else totals[1]}
 
     def _hold(self, r: Reading, name: str, value: float | None) -> float | None:
         """A figure of this reading, or the GPU's last one if it is recent enough."""
@@ -165,6 +244,36 @@ class Snapshot:
         """The latest figures (a frozen copy)."""
         with self._lock:
             return self._figures
+
+
+def _gpu_figures(device: Device, **read: Any) -> GPUFigures:
+    return GPUFigures(index=device.nvml_index, uuid=device.uuid,
+                      minor_number=device.minor_number, parent_uuid=device.parent_uuid,
+                      gpu_instance_id=device.gpu_instance_id, **read)
+
+
+class _PcieBytes:
+    """PCIe bytes each GPU moved since this process first watched it, per device UUID and kept
+    for the process's life, so a device counter never restarts when a new run begins."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[str, tuple[float, float]] = {}  # uuid -> (sent, received) bytes
+
+    def add(self, uuid: str, sent: float, received: float) -> tuple[float, float]:
+        """Add bytes moved; the totals so far."""
+        with self._lock:
+            total = self._totals.get(uuid, (0.0, 0.0))
+            total = self._totals[uuid] = (total[0] + sent, total[1] + received)
+            return total
+
+    def totals(self, uuid: str) -> tuple[float, float] | None:
+        """The totals so far; None before any throughput was read."""
+        with self._lock:
+            return self._totals.get(uuid)
+
+
+_pcie = _PcieBytes()
 
 
 def _ratio(pct: float | None) -> float | None:

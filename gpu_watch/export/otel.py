@@ -1,10 +1,11 @@
 """OpenTelemetry: the same figures as metrics over OTLP.
 
 Built on the OpenTelemetry SDK and its OTLP/HTTP exporter (``pip install "gpu-watch[otel]"``),
-imported only when a run exports to OpenTelemetry. The GPU figures follow OpenTelemetry's
-hardware semantic conventions (`hw.gpu.utilization`, `hw.gpu.memory.usage`,
-`hw.gpu.memory.limit`, `hw.energy`, with `hw.id` the GPU's UUID and `hw.type` "gpu"); the rest
-are named under `gpu_watch.`. Every instrument is observable: the SDK reads the run's latest
+imported only when a run exports to OpenTelemetry. The device's figures follow OpenTelemetry's
+hardware semantic conventions (`hw.gpu.utilization`, `hw.gpu.memory.*`, `hw.power`,
+`hw.energy`, `hw.gpu.io`, with `hw.id` the GPU's UUID and `hw.type` "gpu") and carry the
+device's attributes only; the training's own figures are named under `gpu_watch.` and carry the
+run's. Every instrument is observable: the SDK reads the run's latest
 `Figures` when it collects, so recording costs the training nothing.
 """
 
@@ -18,55 +19,91 @@ from typing import Any
 from gpu_watch import runlog
 from gpu_watch._version import __version__
 from gpu_watch.errors import GPUWatchWarning
-from gpu_watch.export.figures import Figures, Snapshot
+from gpu_watch.export.figures import Figures, GPUFigures, Snapshot
 from gpu_watch.verdict import VERDICTS
 
 EXPORT_TIMEOUT_S = 5.0
 STATUSES = (runlog.STATUS_RUNNING, runlog.STATUS_COMPLETED, runlog.STATUS_STOPPED_IDLE,
             runlog.STATUS_INTERRUPTED, runlog.STATUS_FAILED)
 
-# GPU figures: (instrument, kind, unit, description, Figures.gpus attribute).
-GPU_INSTRUMENTS = (
+# The device's own figures, by OpenTelemetry's hardware conventions: (instrument, kind, unit,
+# description, Figures.gpus attribute, extra attributes). Their attributes name the device
+# only (`hw.id`, `hw.type`), never the run: two trainings on one GPU report one device, and a
+# counter such as `hw.energy` goes on across runs.
+DEVICE_INSTRUMENTS = (
     ("hw.gpu.utilization", "gauge", "1",
-     "The device's utilization (any process's), 0-1.", "util_ratio"),
-    ("hw.gpu.memory.usage", "updown", "By", "Memory used on the device.", "memory_used_bytes"),
-    ("hw.gpu.memory.limit", "updown", "By", "The device's memory.", "memory_total_bytes"),
-    ("hw.energy", "counter", "J", "Energy the whole GPU used since this run started.",
-     "energy_j"),
+     "The device's utilization (any process's), 0-1.", "util_ratio",
+     {"hw.gpu.task": "general"}),
+    ("hw.gpu.memory.usage", "updown", "By", "Memory used on the device.", "memory_used_bytes",
+     {}),
+    ("hw.gpu.memory.limit", "updown", "By", "The device's memory.", "memory_total_bytes", {}),
+    ("hw.gpu.memory.utilization", "gauge", "1", "Share of the device's memory in use, 0-1.",
+     "memory_util_ratio", {}),
+    ("hw.power", "gauge", "W", "The whole GPU's power draw.", "power_watts", {}),
+    ("hw.energy", "counter", "J",
+     "Energy the whole GPU used since its driver loaded (NVML's counter).", "energy_counter_j",
+     {}),
+    ("hw.gpu.io", "counter", "By",
+     "PCIe bytes the GPU sent since this process first watched it (GPM, Hopper and newer).",
+     "pcie_transmit_bytes", {"network.io.direction": "transmit"}),
+    ("hw.gpu.io", "counter", "By",
+     "PCIe bytes the GPU received since this process first watched it (GPM, Hopper and newer).",
+     "pcie_receive_bytes", {"network.io.direction": "receive"}),
+    ("gpu_watch.gpu.sm_active", "gauge", "1",
+     "Share of the GPU's SMs busy (NVML GPM, Hopper and newer), 0-1.", "sm_active_ratio", {}),
+)
+# This training's figures on each GPU: the run's attributes and the device's.
+TRAINING_GPU_INSTRUMENTS = (
     ("gpu_watch.training.gpu.utilization", "gauge", "1",
      "This training's own utilization of the GPU as the verdict judges it, 0-1.",
      "training_util_ratio"),
     ("gpu_watch.training.gpu.memory.usage", "updown", "By",
      "Memory this training's process holds on the GPU.", "training_memory_bytes"),
-    ("gpu_watch.gpu.sm_active", "gauge", "1",
-     "Share of the GPU's SMs busy (NVML GPM, Hopper and newer), 0-1.", "sm_active_ratio"),
     ("gpu_watch.gpu.other_processes.utilization", "gauge", "1",
-     "Summed SM utilization of the other processes on the GPU, 0-1.", "others_util_ratio"),
+     "Summed SM utilization of the processes on the GPU other than this training's, 0-1.",
+     "others_util_ratio"),
     ("gpu_watch.gpu.other_processes", "updown", "{process}",
-     "Other compute processes NVML lists on the GPU.", "other_processes"),
+     "Compute processes NVML lists on the GPU other than this training's.", "other_processes"),
 )
 
 
 def run_attributes(figures: Figures) -> dict[str, Any]:
-    """The attributes that say which run, worker and host a figure is about."""
+    """The attributes that say which job, run, worker and host a figure is about."""
     labels = figures.labels
-    return {"gpu_watch.run": labels.run, "gpu_watch.rank": labels.rank,
-            "host.name": labels.host, "gpu_watch.backend": labels.backend}
+    return {"gpu_watch.job_id": labels.job_id, "gpu_watch.run": labels.run,
+            "gpu_watch.rank": labels.rank, "host.name": labels.host,
+            "gpu_watch.backend": labels.backend}
+
+
+def device_attributes(gpu: GPUFigures) -> dict[str, Any]:
+    """The attributes that name a device: its UUID, and a MIG instance's parent."""
+    found: dict[str, Any] = {"hw.id": gpu.uuid, "hw.type": "gpu"}
+    if gpu.parent_uuid is not None:
+        found["hw.parent"] = gpu.parent_uuid
+    return found
 
 
 def observations(figures: Figures) -> dict[str, list[tuple[float, dict[str, Any]]]]:
     """Each instrument's (value, attributes) pairs for one snapshot."""
     run = run_attributes(figures)
     out: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-    for name, _, _, _, attribute in GPU_INSTRUMENTS:
+    for name, _, _, _, attribute, extra in DEVICE_INSTRUMENTS:
+        out.setdefault(name, []).extend(
+            (float(value), {**device_attributes(gpu), **extra})
+            for gpu in figures.gpus if (value := getattr(gpu, attribute)) is not None)
+    for name, _, _, _, attribute in TRAINING_GPU_INSTRUMENTS:
         out[name] = [
-            (float(value), {**run, "hw.id": gpu.uuid, "hw.type": "gpu",
-                            "gpu_watch.gpu": gpu.index})
+            (float(value), {**run, **device_attributes(gpu), "gpu_watch.gpu": gpu.index})
             for gpu in figures.gpus if (value := getattr(gpu, attribute)) is not None]
     out["gpu_watch.steps"] = [(float(figures.steps), run)]
-    out["gpu_watch.step.time"] = [(figures.step_seconds, run)]
+    out["gpu_watch.compute.time"] = [(figures.step_seconds, run)]
+    out["gpu_watch.data_wait.time"] = [(figures.wait_seconds, run)]
+    out["gpu_watch.other.time"] = [(figures.other_seconds, run)]
+    out["gpu_watch.loop.time"] = [(figures.loop_seconds, run)]
     out["gpu_watch.data_wait"] = ([] if figures.wait_ratio is None
                                   else [(figures.wait_ratio, run)])
+    out["gpu_watch.run.info"] = [(1.0, {**run, "gpu_watch.version": figures.labels.version,
+                                        "gpu_watch.world_size": figures.labels.world_size})]
     out["gpu_watch.verdict"] = [(float(v == figures.verdict), {**run, "gpu_watch.verdict": v})
                                 for v in VERDICTS]
     out["gpu_watch.cause"] = [(1.0, {**run, "gpu_watch.cause": code})
@@ -78,9 +115,17 @@ def observations(figures: Figures) -> dict[str, list[tuple[float, dict[str, Any]
 
 RUN_INSTRUMENTS = (
     ("gpu_watch.steps", "counter", "{step}", "Training steps run so far."),
-    ("gpu_watch.step.time", "counter", "s", "Time spent in training steps so far."),
+    ("gpu_watch.compute.time", "counter", "s", "Time spent in training steps so far."),
+    ("gpu_watch.data_wait.time", "counter", "s",
+     "Time the training loop spent waiting for data so far."),
+    ("gpu_watch.other.time", "counter", "s",
+     "Time between steps spent neither computing nor waiting for data so far."),
+    ("gpu_watch.loop.time", "counter", "s",
+     "The training loop's time so far: compute, data wait and other time together."),
     ("gpu_watch.data_wait", "gauge", "1",
-     "Share of the training loop's time spent waiting for data, 0-1."),
+     "Share of the training loop's time spent waiting for data, 0-1, cumulative since the run "
+     "began."),
+    ("gpu_watch.run.info", "gauge", "1", "The run's facts as attributes; always 1."),
     ("gpu_watch.verdict", "gauge", "1", "The run's verdict so far: 1 for the current one."),
     ("gpu_watch.cause", "gauge", "1", "The causes the run's verdict names now."),
     ("gpu_watch.run.status", "gauge", "1", "Whether the run is running, or how it ended."),
@@ -102,8 +147,10 @@ class _Instruments:
         create = {"gauge": meter.create_observable_gauge,
                   "updown": meter.create_observable_up_down_counter,
                   "counter": meter.create_observable_counter}
-        specs = [(n, k, u, d) for n, k, u, d, _ in GPU_INSTRUMENTS] + list(RUN_INSTRUMENTS)
-        for name, kind, unit, description in specs:
+        specs = {n: (k, u, d) for n, k, u, d, *_ in DEVICE_INSTRUMENTS}  # one per name
+        specs.update({n: (k, u, d) for n, k, u, d, _ in TRAINING_GPU_INSTRUMENTS})
+        specs.update({n: (k, u, d) for n, k, u, d in RUN_INSTRUMENTS})
+        for name, (kind, unit, description) in specs.items():
             def observe(options: Any, _name: str = name) -> Iterator[Any]:
                 for value, attributes in self._observe(_name):
                     yield Observation(value, attributes)
@@ -113,10 +160,13 @@ class _Instruments:
     def _observe(self, name: str) -> list[tuple[float, dict[str, Any]]]:
         with self._lock:
             snapshots = list(self._runs)
-        found = []
+        # Runs on one GPU observe the same device: one point per set of attributes (the
+        # newest run's), never a duplicate the SDK would have to drop.
+        found: dict[frozenset, tuple[float, dict[str, Any]]] = {}
         for snapshot in snapshots:
-            found += observations(snapshot.figures())[name]
-        return found
+            for value, attributes in observations(snapshot.figures())[name]:
+                found[frozenset(attributes.items())] = (value, attributes)
+        return list(found.values())
 
     def add(self, snapshot: Snapshot) -> None:
         with self._lock:

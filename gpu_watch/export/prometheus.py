@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gpu_watch import runlog
 from gpu_watch.errors import GPUWatchWarning
-from gpu_watch.export.figures import Figures, Snapshot
+from gpu_watch.export.figures import Figures, GPUFigures, RunLabels, Snapshot
 from gpu_watch.verdict import VERDICTS
 
 PATH = "/metrics"
@@ -28,8 +28,13 @@ JOB = "gpu_watch"
 PUSH_TIMEOUT_S = 5.0
 # Launchers that start several workers per host say which one a process is; the first set wins.
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
-RUN_LABELS = ("run", "rank", "host", "backend")
-GPU_LABELS = (*RUN_LABELS, "gpu", "uuid")
+# `job_id` is shared by every rank of one training, `run` is this rank's own; the Kubernetes
+# labels are empty (no label at all) outside a pod.
+RUN_LABELS = ("job_id", "run", "rank", "host", "backend", "namespace", "pod", "container")
+# dcgm-exporter's names, so its series join these without renaming: `UUID` (a MIG instance's
+# parent GPU, with `GPU_I_ID` its instance), `Hostname`; `minor_number` is the host's GPU
+# number where `gpu` is this process's NVML index (a container counts its GPUs from 0).
+GPU_LABELS = (*RUN_LABELS, "gpu", "UUID", "GPU_I_ID", "minor_number", "Hostname")
 STATUSES = (runlog.STATUS_RUNNING, runlog.STATUS_COMPLETED, runlog.STATUS_STOPPED_IDLE,
             runlog.STATUS_INTERRUPTED, runlog.STATUS_FAILED)
 
@@ -51,6 +56,7 @@ GPU_METRICS = (
     ("gpu_watch_gpu_energy_joules", "counter",
      "Energy the whole GPU used since this run started (NVML has no per-process energy).",
      "energy_j"),
+    ("gpu_watch_gpu_power_watts", "gauge", "The whole GPU's power draw.", "power_watts"),
     ("gpu_watch_gpu_other_processes_utilization_ratio", "gauge",
      "Summed SM utilization of the other processes on the GPU, 0-1.", "others_util_ratio"),
     ("gpu_watch_gpu_other_processes", "gauge",
@@ -83,27 +89,42 @@ def families(figures: Figures) -> Iterator[Any]:
     )
 
     labels = figures.labels
-    run = [labels.run, str(labels.rank), labels.host, labels.backend]
+    run = [labels.job_id, labels.run, str(labels.rank), labels.host, labels.backend,
+           labels.namespace, labels.pod, labels.container]
+    info = GaugeMetricFamily("gpu_watch_run_info", "The run's facts as labels; always 1.",
+                             labels=(*RUN_LABELS, "version", "world_size"))
+    info.add_metric([*run, labels.version, str(labels.world_size)], 1.0)
+    yield info
     for name, kind, text, attribute in GPU_METRICS:
         cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
         family = cls(name, text, labels=GPU_LABELS)
         for gpu in figures.gpus:
             value = getattr(gpu, attribute)
             if value is not None:
-                family.add_metric([*run, str(gpu.index), gpu.uuid], float(value))
+                family.add_metric([*run, *gpu_labels(gpu, labels.node)], float(value))
         yield family
     steps = CounterMetricFamily("gpu_watch_steps", "Training steps run so far.",
                                 labels=RUN_LABELS)
     steps.add_metric(run, float(figures.steps))
     yield steps
-    step_s = CounterMetricFamily(
-        "gpu_watch_step_seconds", "Time spent in training steps so far; divided by "
-        "gpu_watch_steps_total, the mean step time.", labels=RUN_LABELS)
-    step_s.add_metric(run, figures.step_seconds)
-    yield step_s
+    for name, text, value in (
+            ("gpu_watch_compute_seconds", "Time spent in training steps so far; over "
+             "gpu_watch_steps_total, the mean step time.", figures.step_seconds),
+            ("gpu_watch_data_wait_seconds", "Time the training loop spent waiting for data "
+             "so far; its rate over gpu_watch_loop_seconds_total's is the recent share.",
+             figures.wait_seconds),
+            ("gpu_watch_other_seconds", "Time between steps spent neither computing nor "
+             "waiting for data (other callbacks, Keras' own bookkeeping) so far.",
+             figures.other_seconds),
+            ("gpu_watch_loop_seconds", "The training loop's time so far: compute, data wait "
+             "and other seconds together.", figures.loop_seconds)):
+        counter = CounterMetricFamily(name, text, labels=RUN_LABELS)
+        counter.add_metric(run, value)
+        yield counter
     wait = GaugeMetricFamily("gpu_watch_data_wait_ratio",
-                             "Share of the training loop's time spent waiting for data, 0-1.",
-                             labels=RUN_LABELS)
+                             "Share of the training loop's time spent waiting for data, 0-1, "
+                             "cumulative since the run began (the verdict's figure); rate() "
+                             "the seconds counters for a recent window.", labels=RUN_LABELS)
     if figures.wait_ratio is not None:
         wait.add_metric(run, figures.wait_ratio)
     yield wait
@@ -122,6 +143,21 @@ def families(figures: Figures) -> Iterator[Any]:
                                   labels=RUN_LABELS)
     status.add_metric(run, {s: s == figures.status for s in STATUSES})
     yield status
+
+
+def gpu_labels(gpu: GPUFigures, node: str) -> list[str]:
+    """The GPU labels after the run's (see `GPU_LABELS`); "" (no label) where unknown."""
+    mig = gpu.parent_uuid is not None
+    return [str(gpu.index), gpu.parent_uuid if mig else gpu.uuid,
+            "" if gpu.gpu_instance_id is None else str(gpu.gpu_instance_id),
+            "" if gpu.minor_number is None else str(gpu.minor_number), node]
+
+
+def grouping_key(labels: RunLabels) -> dict[str, str]:
+    """The Pushgateway group of one rank's run (after job `gpu_watch`): the job, the run, the
+    rank and the host, so two runs of one name on two hosts never replace each other."""
+    return {"job_id": labels.job_id, "run": labels.run, "rank": str(labels.rank),
+            "host": labels.host}
 
 
 class _Collector:
@@ -176,6 +212,45 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are not logged: they come every few seconds for as long as training runs."""
 
 
+class _Lingering:
+    """Endpoints of finished runs that still serve their final figures, by (address, port):
+    each closes when its time is up, or when the next run asks for its port."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._servers: dict[tuple[str, int], _Server] = {}
+
+    def keep(self, address: str, server: _Server, seconds: float) -> None:
+        key = (address, server.server_address[1])
+        with self._lock:
+            self._servers[key] = server
+        timer = threading.Timer(seconds, self._end, (key, server))
+        timer.daemon = True
+        timer.start()
+
+    def release(self, address: str, port: int) -> None:
+        """Close the finished run's endpoint on this port now, if one is still serving."""
+        with self._lock:
+            server = self._servers.pop((address, port), None)
+        if server is not None:
+            _stop(server)
+
+    def _end(self, key: tuple[str, int], server: _Server) -> None:
+        with self._lock:
+            if self._servers.get(key) is not server:
+                return  # taken over by a later run, and closed then
+            del self._servers[key]
+        _stop(server)
+
+
+def _stop(server: _Server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+_lingering = _Lingering()
+
+
 class PrometheusExporter:
     """A live Prometheus export of one run: the endpoint (when it could bind) and the push.
 
@@ -199,6 +274,8 @@ class PrometheusExporter:
         labels = self._snapshot.figures().labels
         port = local_port(self._settings.port, labels.rank)
         address = self._settings.address
+        if port:
+            _lingering.release(address, port)
         try:
             server = _Server((address, port), self.registry)
         except OSError as exc:
@@ -218,15 +295,18 @@ class PrometheusExporter:
                          name="gpu-watch-metrics", daemon=True).start()
 
     def close(self) -> None:
-        """Push the final figures (if a Pushgateway is named), then stop serving."""
+        """Push the final figures (if a Pushgateway is named), then stop serving: at once, or
+        after `linger_s`, serving the final figures until then."""
         try:
             if self._settings.pushgateway:
                 self._push()
         finally:
-            if self._server is not None:
-                self._server.shutdown()
-                self._server.server_close()
-                self._server = None
+            server, self._server = self._server, None
+            if server is not None:
+                if self._settings.linger_s > 0:
+                    _lingering.keep(self._settings.address, server, self._settings.linger_s)
+                else:
+                    _stop(server)
 
     def _push(self) -> None:
         from prometheus_client import push_to_gateway
@@ -234,8 +314,7 @@ class PrometheusExporter:
         labels = self._snapshot.figures().labels
         try:
             push_to_gateway(self._settings.pushgateway, job=JOB, registry=self.registry,
-                            grouping_key={"run": labels.run, "rank": str(labels.rank)},
-                            timeout=PUSH_TIMEOUT_S)
+                            grouping_key=grouping_key(labels), timeout=PUSH_TIMEOUT_S)
         except Exception as exc:  # unreachable, refused, timed out: one warning, nothing lost
             warnings.warn(f"gpu-watch could not push its final figures to the Pushgateway at "
                           f"{self._settings.pushgateway} ({exc}); the run folder has them.",

@@ -21,6 +21,7 @@ from typing import Any
 
 from gpu_watch import runlog
 from gpu_watch.cluster import STRAGGLER, UNKNOWN, ClusterJudgement, RankFigures, judge_cluster
+from gpu_watch.job import SHARED_SOURCES
 from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
 
 RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
@@ -35,9 +36,12 @@ Member = tuple[int | None, Path, dict[str, Any]]  # rank (None: not a worker), f
 def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     """The runs in `log_dir`, newest first, with the workers of one multi-worker run together.
 
-    Folders named ``<base>-rank<N>`` of a run with more than one worker are grouped under
-    `base`; lone workers whose names differ are joined by their start times (see
-    `WORKER_START_WINDOW_S`). A run of one process is a group of one, with rank None.
+    Rank folders (``<base>-rank<N>`` of a run with more than one worker) whose `run.json`
+    names a job id its launcher shares with every rank (`gpu_watch.job`) are grouped by it;
+    rank folders from before job ids, or without a shared one, by `base`, and lone workers
+    whose names differ are joined by their start times (see `WORKER_START_WINDOW_S`). A run
+    of one process is a group of one, with rank None. A group is named by its ranks' common
+    base, else by its job id.
 
     Args:
         log_dir: A folder of run folders.
@@ -45,7 +49,8 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     Returns:
         Group name -> members, each (rank, folder, `run.json` contents).
     """
-    groups: dict[str, list[Member]] = {}
+    by_key: dict[str, list[Member]] = {}
+    bases: dict[str, set[str]] = {}
     for path in find_runs(log_dir):
         try:
             info = json.loads((path / runlog.RUN_JSON).read_text())
@@ -55,16 +60,34 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
             info = {"verdict": "unreadable run.json"}
         match = RANK_NAME.fullmatch(path.name)
         if match and (info.get("world_size") or 2) > 1:
-            groups.setdefault(match["base"], []).append((int(match["rank"]), path, info))
+            job = shared_job_id(info)
+            key = f"job:{job}" if job is not None else f"base:{match['base']}"
+            by_key.setdefault(key, []).append((int(match["rank"]), path, info))
+            bases.setdefault(key, set()).add(match["base"])
         else:
-            groups[path.name] = [(None, path, info)]
+            by_key[f"run:{path.name}"] = [(None, path, info)]
+            bases[f"run:{path.name}"] = {path.name}
+    groups: dict[str, list[Member]] = {}
+    for key, members in by_key.items():
+        [name] = bases[key] if len(bases[key]) == 1 else [key.split(":", 1)[1]]
+        if name in groups:  # two jobs of one run name: the job id tells them apart
+            name = f"{name} (job {key.split(':', 1)[1]})"
+        groups[name] = members
     _join_lone_workers(groups)
     return groups
 
 
+def shared_job_id(info: dict[str, Any]) -> str | None:
+    """The job id of a rank's `run.json` when its launcher gives every rank the same one;
+    None for a run from before job ids, or whose id is its own folder's name."""
+    job = info.get("job_id")
+    return str(job) if job and info.get("job_id_from") in SHARED_SOURCES else None
+
+
 def _join_lone_workers(groups: dict[str, list[Member]]) -> None:
     lone = [(base, members[0]) for base, members in groups.items()
-            if len(members) == 1 and members[0][0] is not None]
+            if len(members) == 1 and members[0][0] is not None
+            and shared_job_id(members[0][2]) is None]  # a shared job id already decided
     lone.sort(key=lambda item: str(item[1][2].get("started_at") or ""))
     jobs: list[list[Member]] = []
     for base, member in lone:

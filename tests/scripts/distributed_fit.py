@@ -10,6 +10,14 @@ Usage:
         Python generator that sleeps that long per batch (TensorFlow's `from_generator`).
     KERAS_BACKEND=jax python distributed_fit.py jax_process LOG_DIR COORDINATOR PROCESS_ID
         One of two JAX processes (`jax.distributed`); TensorFlow is never imported.
+    KERAS_BACKEND=torch RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. \
+        python distributed_fit.py torch_worker LOG_DIR PORT STEPS COMPUTE_S DELAYS
+        One worker of a torch.distributed (gloo) group, started as torchrun starts one (its
+        environment names the rank, the group's address and the job). A barrier in the
+        forward pass holds every rank at each step until all have reached it, as a gradient
+        all-reduce would. Each step computes for COMPUTE_S seconds; DELAYS, seconds per batch
+        by rank, is how long each rank's input generator takes. GPUWatch serves Prometheus
+        metrics on PORT plus the local rank.
 """
 
 from __future__ import annotations
@@ -93,6 +101,8 @@ def main(argv: list[str]) -> dict:
     strategy = None
     if mode in ("mirrored", "multi_worker"):
         strategy = tensorflow_strategy(mode)
+    elif mode == "torch_worker":
+        return torch_worker(log_dir, *rest)
     elif mode == "jax_process":
         import jax
 
@@ -141,6 +151,57 @@ def main(argv: list[str]) -> dict:
         "epochs": len(run.epochs),
         "tensorflow_imported": "tensorflow" in sys.modules,
     }
+
+
+def torch_worker(log_dir: str, port: str, steps: str, compute_s: str, delays: str) -> dict:
+    """One rank of a two-process torch training that meets at a barrier in every step."""
+    import time
+
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+
+    from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+    from gpu_watch.export import Prometheus
+
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=120))
+    rank = dist.get_rank()
+    delay_s = [float(d) for d in delays.split(",")][rank]
+
+    class Collective(keras.layers.Layer):
+        """Holds the rank at the step until every rank is there, after COMPUTE_S of work."""
+
+        def call(self, x, training=False):
+            if training:
+                time.sleep(float(compute_s))
+                dist.barrier()
+            return x
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
+                              Collective(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    rng = np.random.default_rng(rank)
+
+    def batches():
+        while True:
+            time.sleep(delay_s)  # this rank's input: slow or instant
+            yield (rng.random((BATCH, 8), dtype=np.float32),
+                   rng.random((BATCH, 1), dtype=np.float32))
+
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.1,
+                     export=Prometheus(port=int(port)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        model.fit(batches(), steps_per_epoch=int(steps), epochs=1, verbose=0,
+                  callbacks=[watch])
+    dist.barrier()
+    dist.destroy_process_group()
+    run = load_run(watch.run_dir)
+    return {"mode": "torch_worker", "backend": keras.backend.backend(),
+            "run_dir": str(run.path), "rank": run.info["rank"],
+            "world_size": run.info["world_size"], "job_id": run.info["job_id"],
+            "job_id_from": run.info["job_id_from"], "status": run.status,
+            "wait": run.info["wait"], "batches": len(run.batches)}
 
 
 if __name__ == "__main__":

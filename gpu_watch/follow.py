@@ -127,6 +127,9 @@ class Snapshot:
             batch rows).
         wait_fraction: The share of the loop spent waiting for data (`run.json`'s "wait" where
             it has one, else the last epoch's), None before any.
+        other_fraction: The share of the loop spent between steps elsewhere: callbacks,
+            Keras' bookkeeping (`run.json`'s "breakdown", else the last epoch's), None before
+            any.
         last_row_age_s: Seconds since a row last reached `samples.csv` or `batches.csv`.
         epochs: Epochs finished.
         torn: Whether a file ended in an unfinished row at this poll (read at the next one).
@@ -138,6 +141,7 @@ class Snapshot:
     elapsed_s: float | None
     steps_per_s: float | None
     wait_fraction: float | None
+    other_fraction: float | None
     last_row_age_s: float | None
     epochs: int
     torn: bool
@@ -202,6 +206,7 @@ class RunFollower:
             elapsed_s=self._elapsed_s,
             steps_per_s=self._rate(),
             wait_fraction=self._wait_fraction(),
+            other_fraction=self._other_fraction(),
             last_row_age_s=age,
             epochs=len(self._epochs),
             torn=self._samples.torn or self._batches.torn,
@@ -303,6 +308,17 @@ class RunFollower:
             return float(wait["fraction"])
         for row in reversed(self._epochs):
             value = _float(row.get("wait_fraction"))
+            if not math.isnan(value):
+                return value
+        return None
+
+    def _other_fraction(self) -> float | None:
+        breakdown = (self.info or {}).get("breakdown")
+        if isinstance(breakdown, dict) and isinstance(breakdown.get("other_fraction"),
+                                                      (int, float)):
+            return float(breakdown["other_fraction"])
+        for row in reversed(self._epochs):
+            value = _float(row.get("other_fraction"))
             if not math.isnan(value):
                 return value
         return None

@@ -100,10 +100,13 @@ def gpu_facts(snap: Snapshot, gpu: GPUView) -> str:
 
 
 def loop_line(snap: Snapshot) -> str:
-    """Steps per second, the data-wait share and the age of the last row."""
+    """Steps per second, the shares of the loop spent waiting for data and between steps
+    elsewhere, and the age of the last row."""
     rate = "n/a" if snap.steps_per_s is None else f"{snap.steps_per_s:.1f}"
     wait = ("n/a" if snap.wait_fraction is None else f"{snap.wait_fraction:.0%}")
-    return (f"loop: {rate} steps/s · data wait {wait} · epochs done: {snap.epochs} · "
+    other = ("" if snap.other_fraction is None
+             else f" · between steps {snap.other_fraction:.0%}")
+    return (f"loop: {rate} steps/s · data wait {wait}{other} · epochs done: {snap.epochs} · "
             f"{_age(snap.last_row_age_s)}")
 
 

@@ -95,6 +95,10 @@ def test_step_time_is_the_loops_pace_without_each_epochs_first_step(tmp_path):
     assert step_time_s(load_run(path)) == pytest.approx((7 * 0.05 + 0.10) / 9)
     path = write_run(tmp_path, "b", run_info("b"), batches=rows[:1])
     assert step_time_s(load_run(path)) is None
+    for row in rows:  # recorded with the time between steps spent elsewhere: part of the pace
+        row["other_s"] = 0.02
+    path = write_run(tmp_path, "c", run_info("c"), batches=rows)
+    assert step_time_s(load_run(path)) == pytest.approx((7 * 0.07 + 0.12) / 9)
 
 
 def test_a_log_folder_gets_one_table_per_run_naming_its_straggler(tmp_path):

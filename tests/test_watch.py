@@ -20,7 +20,7 @@ import pytest
 from gpu_watch import runlog
 from gpu_watch.cli import main
 from gpu_watch.follow import REMOTE_QUIET_S, RunFollower, TailReader, find_run, judged_util
-from gpu_watch.terminal import run_watch_command, sparkline
+from gpu_watch.terminal import loop_line, run_watch_command, sparkline
 from tests.runfolders import synthetic_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +113,21 @@ def test_the_runs_wait_share_comes_first_where_run_json_has_one(tmp_path):
                     "ticks": 40}
     runlog.write_run_json(run_dir, info)
     assert RunFollower(run_dir).poll().wait_fraction == 0.37
+
+
+def test_the_loop_line_shows_the_share_spent_between_steps_from_the_breakdown(tmp_path):
+    run_dir = synthetic_run(tmp_path, "elsewhere", wait_s=0.05)
+    info = json.loads((run_dir / runlog.RUN_JSON).read_text())
+    info["wait"] = {"fraction": 0.1, "wait_s": 0.27, "loop_s": 2.7, "measure": "fetch_timed"}
+    info["breakdown"] = {"compute_s": 0.81, "data_wait_s": 0.27, "other_s": 1.62,
+                         "loop_s": 2.7, "other_fraction": 0.6, "data_wait_fraction": 0.1}
+    runlog.write_run_json(run_dir, info)
+    snap = RunFollower(run_dir).poll()
+    assert (snap.wait_fraction, snap.other_fraction) == (0.1, 0.6)
+    assert "data wait 10% · between steps 60% · epochs done" in loop_line(snap)
+    del info["breakdown"]  # an older run: no share between steps to show
+    runlog.write_run_json(run_dir, info)
+    assert "between steps" not in loop_line(RunFollower(run_dir).poll())
 
 
 def test_a_run_written_on_another_host_runs_while_its_rows_keep_coming(tmp_path):

@@ -188,7 +188,7 @@ def wait_fraction(run: Run) -> float | None:
 
 
 def step_time_s(run: Run) -> float | None:
-    """The training loop's pace: seconds per step, the wait before each step included, over
+    """The training loop's pace: seconds per step, the time before each step included, over
     every step but each epoch's first (step 0 compiles; an epoch's first step also waits for
     its data iterator to start). Ranks held at a collective step keep one pace, however their
     time splits between computing, waiting for data and waiting for each other."""
@@ -199,7 +199,10 @@ def step_time_s(run: Run) -> float | None:
     steps = rest["steps"].fillna(1).clip(lower=1).sum()
     if not steps:
         return None
-    return float((rest["step_s"].fillna(0.0) + rest["wait_s"].fillna(0.0)).sum() / steps)
+    seconds = rest["step_s"].fillna(0.0) + rest["wait_s"].fillna(0.0)
+    if "other_s" in rest.columns:  # recorded since the time between steps is its own figure
+        seconds = seconds + rest["other_s"].fillna(0.0)
+    return float(seconds.sum() / steps)
 
 
 def cluster_view(name: str, members: list[Member]) -> ClusterView:

@@ -161,12 +161,25 @@ class LoopClock:
                 self._queued.wait(left)
         return True
 
+    def close(self) -> None:
+        """Time what is still waiting for the device (briefly), then end the waiting thread."""
+        if self._watcher is None:
+            return
+        self.settle()
+        self._put(_STOP)
+        self._watcher.join(timeout=1.0)
+
     def _watch(self) -> None:
         while True:
             with self._queued:
                 while not self._queue:
                     self._queued.wait()
                 item = self._queue[0]
+            if item is _STOP:
+                with self._queued:
+                    self._queue.clear()
+                    self._queued.notify_all()
+                return
             if isinstance(item, _EpochBegin):
                 self._device_free = item.t
             else:
@@ -292,6 +305,9 @@ class StackSampler:
                 delay = 0.0
             if self._stop.wait(delay):
                 return
+
+
+_STOP = object()  # the waiting thread's last item
 
 
 @dataclass(frozen=True, slots=True)

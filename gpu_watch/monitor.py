@@ -287,13 +287,13 @@ class Monitor:
                 failures.append(f"{getattr(step, '__name__', 'step')}: "
                                 f"{type(exc).__name__}: {exc}")
 
-        attempt(self.loop_clock.settle)
+        if self._detach is not None:  # no stamp comes after this
+            attempt(self._detach)
+        attempt(self.loop_clock.close)  # the steps the device still ran are counted
         attempt(lambda: self.sampler.stop(closing_tick=True))
         self._sampling_closed = True
         if self.stacks is not None:
             attempt(self.stacks.stop)
-        if self._detach is not None:
-            attempt(self._detach)
         self.watchdog.release()
         attempt(self.watchdog.restore_sigint)
         with self._lock:

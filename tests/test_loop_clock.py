@@ -139,6 +139,69 @@ def test_the_slowest_callbacks_come_first_and_add_up_per_callback():
     assert c.slowest_hooks(2) == [("Logger", 1.0), ("Meter", 0.25)]
 
 
+# -- steps dispatched ahead of the device (JAX) -----------------------------------------------
+
+
+class _Device:
+    """Outputs that exist once the test says so, at the time it sets on the clock."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self):
+        return self.t
+
+    def finish(self, clock, outputs, at):
+        self.t = at
+        outputs.set()
+        assert clock.settle(10.0)
+
+
+def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
+    device = _Device()
+    steps: list[Step] = []
+    c = LoopClock(device.now, 0.0, steps.extend)
+    c.measure = FETCH_TIMED
+    c.device_done = threading.Event.wait
+    c.epoch_begin(0.0)
+    outputs = [threading.Event() for _ in range(3)]
+    # Step 0: the device waits while the batch is fetched (0 to 0.5), then runs to 1.0.
+    c.begin(0, 0.0)
+    c.fetched(0.0, 0.5)
+    assert c.end(0, 0.6, outputs[0]) is None  # timed once the device is done
+    device.finish(c, outputs[0], at=1.0)
+    # Step 1: fetched (0.6 to 0.9) while the device still ran step 0: no wait, all compute.
+    c.begin(1, 0.6)
+    c.fetched(0.6, 0.9)
+    c.end(1, 0.95, outputs[1])
+    device.finish(c, outputs[1], at=1.5)
+    # Step 2: the fetch (1.0 to 2.0) outlasts step 1 on the device: idle from 1.5 to 2.0.
+    c.begin(2, 1.0)
+    c.fetched(1.0, 2.0)
+    c.end(2, 2.1, outputs[2])
+    device.finish(c, outputs[2], at=2.5)
+    c.close()
+    assert [(s.begin_s, s.end_s, s.compute_s, s.wait_s, s.other_s) for s in steps] == [
+        (0.5, 1.0, 0.5, 0.5, 0.0), (1.0, 1.5, 0.5, 0.0, 0.0), (2.0, 2.5, 0.5, 0.5, 0.0)]
+    assert c.device_error is None and not c._watcher.is_alive()
+
+
+def test_a_step_the_device_failed_is_timed_as_handed_over_and_says_why():
+    def failed(outputs):
+        raise RuntimeError("XLA ran out of memory")
+
+    steps: list[Step] = []
+    c = LoopClock(lambda: 0.0, 0.0, steps.extend)
+    c.device_done = failed
+    c.epoch_begin(0.0)
+    c.begin(0, 0.25)
+    c.end(0, 0.5, object())
+    assert c.settle(10.0)
+    assert c.device_error == "RuntimeError: XLA ran out of memory"
+    assert [(s.end_s, s.compute_s) for s in steps] == [(0.5, 0.25)]
+    c.close()
+
+
 # -- the stack sampler -----------------------------------------------------------------------
 
 

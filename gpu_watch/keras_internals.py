@@ -493,12 +493,19 @@ class _TimedSource:
 
 
 def _ready_stamped(source: Any, clock: LoopClock) -> Any:
-    """A generator over `source` that stamps each batch as ready as it leaves (on tf.data's
-    thread); a new pass drops the batches the last one made ready and no step took."""
+    """A generator over `source` that stamps each batch when it is asked for and as it leaves
+    (on tf.data's thread); a new pass drops the batches the last one made ready and no step
+    took."""
     clock.source_restarted()
     now, ready = clock.now, clock.ready
-    for item in source:
-        ready(now())
+    iterator = iter(source)
+    while True:
+        asked = now()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        ready(now(), asked)
         yield item
 
 
@@ -528,9 +535,10 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
     epoch iterator makes (`_get_iterator`, once per pass): each pull is timed
     (`FETCH_TIMED`). On TensorFlow the step pulls batches inside its graph; a Python source
     behind it runs on a tf.data thread, and each batch is stamped as it leaves the source
-    (`READY_TIMED`): a generator (`GeneratorDataAdapter.generator`), a `PyDataset` (the
-    adapter's `_standardize_batch`, which every batch passes on its way out, whatever the
-    workers) or a torch `DataLoader` (the adapter's `_dataloader`). A `tf.data` pipeline or
+    (`READY_TIMED`), and, where it can be seen, when tf.data asked for it: a generator
+    (`GeneratorDataAdapter.generator`), a `PyDataset` (with workers, the queue they fill,
+    `enqueuer.get`; without, the adapter's `_standardize_batch`, which every batch passes on
+    its way out) or a torch `DataLoader` (the adapter's `_dataloader`). A `tf.data` pipeline or
     arrays (made into one) run out of Python's sight: no probe, and the reason says so (the
     stack sampler stands in).
 
@@ -558,6 +566,10 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
             generator = adapter.generator
             attachment.wrap(adapter, "generator",
                             lambda: _ready_stamped(generator(), clock))
+        elif "PyDatasetAdapter" in classes and getattr(adapter, "enqueuer", None) is not None:
+            # Workers fill a queue; tf.data asks it for each batch as the step needs it.
+            get = adapter.enqueuer.get
+            attachment.wrap(adapter.enqueuer, "get", lambda: _ready_stamped(get(), clock))
         elif "PyDatasetAdapter" in classes:
             standardize, now, ready = adapter._standardize_batch, clock.now, clock.ready
 

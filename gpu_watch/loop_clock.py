@@ -25,6 +25,7 @@ up to the loop time, and the loop times of one epoch to no more than its duratio
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -69,7 +70,8 @@ class LoopClock:
         self._mark: float | None = None  # end of the last step, or the epoch's begin
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
-        self._ready: deque[float] = deque()  # producer thread appends, training thread pops
+        # (asked, ready) per batch: the producer thread appends, the training thread pops.
+        self._ready: deque[tuple[float, float]] = deque()
         # Where the framework dispatches steps ahead of the device (JAX): a function that
         # blocks until a step's outputs exist, run on a thread of its own (`_watch`).
         self.device_done: Callable[[Any], Any] | None = None
@@ -229,28 +231,31 @@ class LoopClock:
 
     def _ready_wait(self, batches: int, begin: float, end: float) -> float | None:
         """The wait of a step that took `batches` batches made ready by another thread: from its
-        begin until the last of them was ready, within the step."""
+        begin, or from when the source was asked for the last of them if that came later (the
+        time tf.data took to ask is its own, not the source's), until that batch was ready,
+        within the step."""
         ready = self._ready
         if self.ready_lost is not None or len(ready) < batches:
             if self.ready_lost is None:
                 self.ready_lost = ("a step took a batch its source had not made ready: the "
                                    "source seen is not the one the training reads")
             return None
-        last = 0.0
+        asked = last = 0.0
         for _ in range(batches):
-            last = ready.popleft()
-        return min(max(0.0, last - begin), end - begin)
+            asked, last = ready.popleft()
+        return min(max(0.0, last - max(begin, asked)), end - begin)
 
     # -- the producer's thread ---------------------------------------------------------------------
 
-    def ready(self, t: float) -> None:
-        """A batch left the Python source behind tf.data at `t` (`READY_TIMED`)."""
+    def ready(self, t: float, asked: float = -math.inf) -> None:
+        """A batch left the Python source behind tf.data at `t`, asked for at `asked` (where
+        that is seen) (`READY_TIMED`)."""
         if len(self._ready) >= MAX_READY:
             self.ready_lost = (f"more than {MAX_READY} batches were made ready that no step "
                                "took: the source seen is not the one the training reads")
             self._ready.clear()
             return
-        self._ready.append(t)
+        self._ready.append((asked, t))
 
     def source_restarted(self) -> None:
         """The source began a new pass: batches it made ready before and no step took (tf.data

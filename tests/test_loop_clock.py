@@ -374,6 +374,37 @@ def test_a_generator_behind_tf_data_stamps_each_batch_as_it_leaves():
     assert probed.value == READY_TIMED
     c.ready(99.0)  # left over from an earlier pass: dropped when a new one starts
     assert list(adapter.generator()) == ["a", "b"]
-    assert list(c._ready) == [1.0, 2.0]
+    assert list(c._ready) == [(1.0, 2.0), (3.0, 4.0)]  # (asked, ready) per batch
     attachment.detach()
     assert "generator" not in vars(adapter)
+
+
+def test_a_batch_asked_for_after_the_step_began_waits_only_for_the_source():
+    c, _ = clock(READY_TIMED)
+    c.ready(0.75, asked=0.5)  # tf.data took 0.5 s to ask (its own time), the source 0.25 s
+    c.begin(0, 0.0)
+    step = c.end(0, 1.0)
+    assert (step.wait_s, step.compute_s) == (0.25, 0.75)
+
+
+def test_a_pydataset_with_workers_is_stamped_where_tf_data_takes_from_their_queue():
+    class Enqueuer:
+        def get(self):
+            yield from ("a", "b")
+
+    class PyDatasetAdapter:
+        def __init__(self):
+            self.enqueuer = Enqueuer()
+
+    adapter = PyDatasetAdapter()
+    iterator = _EpochIterator(None)
+    iterator.data_adapter = adapter
+    c = LoopClock(_Ticking(), 0.0, lambda steps: None)
+    attachment = keras_internals.Attachment()
+    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
+                                                c, attachment)
+    assert probed.value == READY_TIMED
+    assert list(adapter.enqueuer.get()) == ["a", "b"]
+    assert list(c._ready) == [(1.0, 2.0), (3.0, 4.0)]
+    attachment.detach()
+    assert "get" not in vars(adapter.enqueuer)

@@ -195,22 +195,25 @@ class LoopClock:
                 self._queued.notify_all()
 
     def _device_step(self, item: _Dispatched, done: float) -> Step:
-        """A step timed from the device's side: it ran from when the device was free and its
-        work was dispatched (after the batch was fetched) until its outputs existed. The device
-        sat idle before it from its last step's end until the dispatch: the part of that time
-        the training thread spent fetching is the wait for data, the rest was spent elsewhere.
-        A fetch that overlapped the device's work on earlier steps cost nothing."""
+        """A step timed from the device's side: it ran from when the device was free and the
+        step's work was dispatched (once its batch was fetched) until its outputs existed.
+        Before that the device sat idle from its last step's end: the part of that time the
+        training thread spent fetching is the wait for data, the rest was spent elsewhere. A
+        fetch that overlapped the device's work on earlier steps cost nothing.
+
+        The device's end is stamped when this thread gets to run after the outputs exist: on
+        a busy machine, or while the training thread holds Python's lock, a little late, which
+        makes the idle time look shorter, never longer: a wait may read low, none is invented.
+        """
         dispatch = max([item.begin] + [end for start, end in item.fetches
                                        if start >= item.begin])
         free = self._device_free
         start = dispatch if free is None else max(free, dispatch)
         wait: float | None = None
         if self.measure == FETCH_TIMED:
-            if free is None:
-                wait = sum(end - begin for begin, end in item.fetches)
-            else:
-                wait = sum(max(0.0, min(end, dispatch) - max(begin, free))
-                           for begin, end in item.fetches)
+            idle_from = -math.inf if free is None else free
+            wait = sum(max(0.0, min(end, dispatch) - max(begin, idle_from))
+                       for begin, end in item.fetches)
         compute = max(0.0, done - start)
         other = None
         if free is not None:

@@ -198,7 +198,7 @@ def test_a_step_the_device_failed_is_timed_as_handed_over_and_says_why():
     c.end(0, 0.5, object())
     assert c.settle(10.0)
     assert c.device_error == "RuntimeError: XLA ran out of memory"
-    assert [(s.end_s, s.compute_s) for s in steps] == [(0.5, 0.25)]
+    assert [(s.end_s, s.compute_s, s.other_s) for s in steps] == [(0.5, 0.25, 0.25)]
     c.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
+from gpu_watch.process_facts import PROCESS_FACTS
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent
@@ -205,13 +205,15 @@ class GPUWatch(keras.callbacks.Callback):
         self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
-                                    else _process_nvml())
+                                    else PROCESS_FACTS.nvml())
         frame = keras_internals.fit_frame()
         bars = keras_internals.progress_bars(frame.value)
         try:
             self.monitor = Monitor(
                 self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
-                _framework_facts(self._probe), self._environment(), self._setup(frame, bars),
+                PROCESS_FACTS.framework(self._probe, keras.__version__),
+                PROCESS_FACTS.environment(self._nvml, keras.backend.backend()),
+                self._setup(frame, bars),
                 int(getattr(self._model, "steps_per_execution", 1) or 1))
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
@@ -354,12 +356,6 @@ class GPUWatch(keras.callbacks.Callback):
                 "keras_probes": keras_internals.outcomes(frame, data_source=data,
                                                          progress_bars=bars)}
 
-    def _environment(self) -> dict[str, Any] | None:
-        try:
-            return environment_report(self._nvml)
-        except Exception as exc:  # the environment check must not keep training from starting
-            return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
-
 
 def log_values(row: dict[str, Any]) -> dict[str, float]:
     """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, NaN when not measured."""
@@ -374,75 +370,6 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = value / _J_PER_KJ
         values[key] = math.nan if value is None else float(value)
     return values
-
-
-# -- facts gathered once per process ---------------------------------------------------------
-#
-# A training script that calls `fit` many times (one epoch at a time, tuners, GAN and RL loops)
-# must not pay for facts that cannot change while the process runs: the installed distributions,
-# the framework's build and devices, NVML's device list. What can change between fits is read
-# again every time: CUDA_VISIBLE_DEVICES and the rest of the environment variables, the memory
-# and processes on each GPU, the rank.
-
-class _ProcessFacts:
-    """What the first `fit` in a process gathered: its NVML session, the framework's facts per
-    probe class, the doctor's facts per backend."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clear()
-
-    def clear(self) -> None:
-        """Forget them all, as in a new process."""
-        self.nvml: NVML | None = None
-        self.framework: dict[type, dict[str, Any]] = {}
-        self.environment: dict[str, dict[str, Any]] = {}
-
-
-_process_facts = _ProcessFacts()
-
-
-def _process_nvml() -> NVML:
-    """This process's session with the real NVML, opened once (its device list with it)."""
-    with _process_facts.lock:
-        if _process_facts.nvml is None:
-            _process_facts.nvml = NVML()
-        return _process_facts.nvml
-
-
-def _framework_facts(probe: placement.Probe) -> dict[str, Any]:
-    """The framework's name, version, GPUs and build, read once per process and probe."""
-    facts = _process_facts.framework.get(type(probe))
-    if facts is None:
-        facts = _process_facts.framework[type(probe)] = {
-            "name": probe.backend,
-            "version": probe.framework_version(),
-            "keras_version": keras.__version__,
-            "gpus": probe.framework_gpus(),
-            "cuda_build": probe.cuda_build(),
-        }
-    return dict(facts)
-
-
-def environment_report(nvml: NVML) -> dict[str, Any]:
-    """The doctor's report on this process (`run.json`'s "environment").
-
-    The first call in a process runs the doctor in-process; later ones reuse what cannot have
-    changed and read again the environment variables and what NVML says about each GPU (memory,
-    processes), then apply the doctor's rules to the result.
-    """
-    from gpu_watch.doctor import DoctorReport, diagnose, doctor
-    from gpu_watch.doctor.facts_system import env_facts, nvml_facts
-
-    # The in-process doctor reads the running backend, which Keras has imported by now.
-    backend = keras.backend.backend()
-    first = _process_facts.environment.get(backend)
-    if first is None:
-        report = doctor(nvml=nvml, in_process=True)
-        _process_facts.environment[backend] = report.facts
-        return report.to_dict()
-    facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
-    return DoctorReport(facts, diagnose(facts)).to_dict()
 
 
 def _live_line(monitor: Monitor) -> str:

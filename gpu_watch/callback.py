@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.process_facts import PROCESS_FACTS
-from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
@@ -122,7 +122,7 @@ class GPUWatch(keras.callbacks.Callback):
         self,
         log_dir: str | os.PathLike = "gpu_watch_logs",
         run_name: str | None = None,
-        interval_s: float = DEFAULT_INTERVAL_S,
+        interval_s: float = 0.2,
         idle_threshold_pct: float = 10.0,
         idle_patience_s: float = 60.0,
         on_idle: str = "warn",
@@ -214,7 +214,8 @@ class GPUWatch(keras.callbacks.Callback):
                 PROCESS_FACTS.framework(self._probe, keras.__version__),
                 PROCESS_FACTS.environment(self._nvml, keras.backend.backend()),
                 self._setup(frame, bars),
-                int(getattr(self._model, "steps_per_execution", 1) or 1))
+                int(getattr(self._model, "steps_per_execution", 1) or 1),
+                clock=time.perf_counter, data_tick=keras_internals.data_tick)
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
@@ -352,9 +353,21 @@ class GPUWatch(keras.callbacks.Callback):
             warn(f"gpu-watch could not read the training setup: {exc!r}")
             distribution = None
         data = keras_internals.data_source(frame.value)
+        raised = keras_internals.on_fit_error(frame.value, self._fit_raised)
         return {"data": data.value, "distribution": distribution,
                 "keras_probes": keras_internals.outcomes(frame, data_source=data,
-                                                         progress_bars=bars)}
+                                                         progress_bars=bars, fit_errors=raised)}
+
+    def _fit_raised(self, error: BaseException) -> None:
+        """`fit` is raising `error` (Keras calls no `on_train_end` then): close the run now, on
+        the training thread, so the sampler stops and the SIGINT handler is put back."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.finish(runlog.STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt)
+                       else runlog.STATUS_FAILED, error)
+        if self._line is not None:
+            self._line.stop()
 
 
 def log_values(row: dict[str, Any]) -> dict[str, float]:

@@ -22,12 +22,15 @@ instead of in remedies that quietly got vaguer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.errors import swallowed
 from gpu_watch.timeline import DataTick
 
 OK = "ok"
@@ -317,3 +320,57 @@ def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
         frame = frame.f_back
         depth += 1
     return False
+
+
+# -- a fit that raises -------------------------------------------------------------------------
+
+
+def on_fit_error(fit_frame: Any, react: Callable[[BaseException], None]) -> Probed:
+    """Have `react` called with any exception that leaves the running `fit` call's batch loop,
+    on the training thread, before Keras lets it go on up (Keras calls no callback then).
+
+    The TensorFlow and JAX trainers run each epoch's batches inside
+    ``with epoch_iterator.catch_stop_iteration():`` (which ends the epoch when the data runs
+    out); the iterator is fit's local, so that method of this one object is wrapped. An error in
+    a step, in the data or in a batch hook passes through it; one raised at an epoch's end, in
+    validation, or on the torch trainer (its loop has no such block) does not, and the
+    sampler's next tick notices that `fit` left the stack (`watchdog.FitWatchdog`).
+
+    Args:
+        fit_frame: The frame of Keras' `fit` call, or None.
+        react: Called with the exception; what it raises replaces nothing (it is ignored, and
+            the exception goes on up).
+
+    Returns:
+        True when armed; False with the reason when it is not.
+    """
+    if fit_frame is None:
+        return Probed(False, f"fit_errors: {NO_FRAME}")
+    try:
+        if "catch_stop_iteration" not in fit_frame.f_code.co_names:
+            return Probed(False, "fit_errors: this fit has no catch_stop_iteration block to "
+                                 "watch; the sampler's next tick notices a fit that raised")
+        iterator = fit_frame.f_locals.get("epoch_iterator")
+        original = iterator.catch_stop_iteration
+    except Exception as exc:  # a probe never raises: the reason goes to run.json
+        return Probed(False, _failure("fit_errors", "fit's epoch_iterator.catch_stop_iteration",
+                                      exc))
+
+    @contextlib.contextmanager
+    def watched():
+        try:
+            with original():
+                yield
+        except BaseException as exc:  # any error that leaves fit's batch loop, passed on
+            try:
+                react(exc)
+            except Exception as own:  # the user's exception matters more than ours
+                swallowed("keras_internals.on_fit_error", own)
+            raise
+
+    try:
+        iterator.catch_stop_iteration = watched
+    except Exception as exc:  # a probe never raises: the reason goes to run.json
+        return Probed(False, _failure("fit_errors", "wrapping epoch_iterator's "
+                                                    "catch_stop_iteration", exc))
+    return Probed(True)

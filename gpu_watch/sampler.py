@@ -10,10 +10,10 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Sequence
 
+from gpu_watch.errors import swallowed
 from gpu_watch.nvml import NVML, Device, Reading
 
 DEFAULT_INTERVAL_S = 0.2
@@ -121,16 +121,18 @@ class Sampler:
         for device in self._devices:
             try:
                 readings.append(self._nvml.read(device, now))
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # one device's failed read must not silence the others
+                self._record_error("sampler.read", exc)
                 readings.append(Reading(time_s=now, gpu=device.nvml_index))
         self._sink(readings)
         self.ticks += 1
         return readings
 
-    def _record_error(self) -> None:
+    def _record_error(self, place: str, exc: Exception) -> None:
+        """Keep `exc` for `run.json` (the first `_MAX_ERRORS`) and in `errors.swallowed`."""
+        record = swallowed(place, exc)
         if len(self.errors) < _MAX_ERRORS:
-            self.errors.append(traceback.format_exc(limit=3).strip())
+            self.errors.append(record.trace)
 
     def _run(self) -> None:
         try:
@@ -140,16 +142,16 @@ class Sampler:
             # them: a read that hangs past `stop` never has its buffers freed under it.
             try:
                 self._nvml.release_gpm(self._devices)
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # the thread is ending: nothing left to protect but it
+                self._record_error("sampler.release_gpm", exc)
 
     def _loop(self) -> None:
         due = self._clock()
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # the monitor must never take training down with it
-                self._record_error()
+            except Exception as exc:  # a bug in the tick's sink must not end the sampling
+                self._record_error("sampler.tick", exc)
             due += self.interval_s
             now = self._clock()
             if now > due:
@@ -160,8 +162,8 @@ class Sampler:
         if self._closing_tick:
             try:
                 self.tick()
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # the run still closes without its last reading
+                self._record_error("sampler.tick", exc)
 
 
 @atexit.register

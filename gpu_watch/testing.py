@@ -31,6 +31,7 @@ Timelines (``util_pct``, ``mem_used_mib``, ...) are a constant, a list (one valu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -39,10 +40,12 @@ import threading
 import time
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pynvml
+
+from gpu_watch.errors import take_swallowed
 
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 
@@ -730,3 +733,35 @@ def _mig_enabled(handle: _Handle) -> bool:
     """A MIG instance, or a physical GPU with MIG enabled."""
     return handle.mig or bool(handle.gpu.mig_devices)
 
+
+
+# Where only a bug can make an exception: the sampler's tick pipeline, the exporters' jobs, the
+# live line (a closed notebook raises nothing of its own kind: it is a bug too).
+STRICT_PLACES = ("sampler", "export", "live")
+
+
+class SwallowedError(AssertionError):
+    """Exceptions that gpu-watch caught at `STRICT_PLACES` while `strict_catches` was on."""
+
+
+@contextlib.contextmanager
+def strict_catches(places: Sequence[str] = STRICT_PLACES) -> Iterator[None]:
+    """Fail when gpu-watch catches an exception at `places` inside the block.
+
+    Training goes on past such a catch, so a bug there (a formatting error in the live line, a
+    wrong key in an exporter) would otherwise pass unseen. A test that provokes one on purpose
+    takes it with `gpu_watch.errors.take_swallowed` before the block ends.
+
+    Raises:
+        SwallowedError: On leaving the block, naming each exception caught and where.
+
+    Example:
+        >>> with strict_catches():
+        ...     model.fit(x, y, callbacks=[GPUWatch(nvml=FakeNVML([FakeGPU()]))])
+    """
+    take_swallowed(*places)  # what an earlier block left is not this block's
+    yield
+    caught = take_swallowed(*places)
+    if caught:
+        raise SwallowedError("gpu-watch caught exceptions that only a bug explains:\n" +
+                             "\n".join(f"{s.place}: {s.trace}" for s in caught))

@@ -10,6 +10,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+from gpu_watch.testing import strict_catches  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _strict_catches():
+    """Every test fails when gpu-watch catches, in the sampler, the exporters or the live line,
+    an exception only a bug explains (a test that provokes one takes it with
+    `gpu_watch.errors.take_swallowed`)."""
+    with strict_catches():
+        yield
+
 
 class ManualClock:
     """A clock tests move by hand, for timelines that must not depend on the machine's speed."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any, Protocol
 
-from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, Snapshot
 from gpu_watch.nvml import Device, Reading
 from gpu_watch.timeline import LoopTotals
@@ -267,7 +267,8 @@ class Exports:
         for target, exporter in self._opened:
             try:
                 exporter.close()
-            except Exception as exc:
+            except Exception as exc:  # one exporter that fails to close must not keep others open
+                swallowed("export.close", exc)
                 self._warn(target, exc)
 
     def wait(self, timeout_s: float) -> bool:
@@ -282,6 +283,7 @@ class Exports:
             try:
                 job()
             except Exception as exc:  # a failing exporter must never reach training
+                swallowed("export.job", exc)
                 self._warn(target, exc)
 
         done = _worker.submit(guarded)

@@ -51,6 +51,8 @@ class Sampler:
             to 1 s, so faster polling adds nothing). Allowed: 0.02 to 60.
         clock: Monotonic clock in seconds. Default `time.perf_counter`.
         t0: Clock value that reading timestamps are relative to. Default: when `start` is called.
+        wait: Waits the given seconds on the sampler thread between ticks, returning early once
+            `stop` is called. Default: a real wait. A test hands one that moves its clock.
 
     Example:
         >>> sampler = Sampler(NVML(), [], sink=print, interval_s=0.5)
@@ -65,6 +67,7 @@ class Sampler:
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.perf_counter,
         t0: float | None = None,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self.interval_s = check_interval(interval_s)
         self._nvml = nvml
@@ -73,6 +76,7 @@ class Sampler:
         self._clock = clock
         self._t0 = t0
         self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
         self._closing_tick = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -158,7 +162,7 @@ class Sampler:
                 missed = int((now - due) // self.interval_s) + 1
                 self.skipped_ticks += missed
                 due += missed * self.interval_s
-            self._stop.wait(due - now)
+            self._wait(due - now)
         if self._closing_tick:
             try:
                 self.tick()

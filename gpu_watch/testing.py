@@ -42,10 +42,12 @@ import uuid as uuid_module
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pynvml
 
 from gpu_watch.errors import take_swallowed
+from gpu_watch.sampler import Sampler
 
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 
@@ -765,3 +767,57 @@ def strict_catches(places: Sequence[str] = STRICT_PLACES) -> Iterator[None]:
     if caught:
         raise SwallowedError("gpu-watch caught exceptions that only a bug explains:\n" +
                              "\n".join(f"{s.place}: {s.trace}" for s in caught))
+
+
+# -- time and ticks driven by the test ----------------------------------------------------------
+
+
+class ManualClock:
+    """A monotonic clock in seconds that moves only when told (`advance`).
+
+    Hand the same one to `FakeNVML(clock=...)` and to `Monitor(clock=...)`, and the scripted
+    GPUs, the readings and the run's time axis all follow it, whatever the machine's load.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock `seconds` forward."""
+        self.now += seconds
+
+
+class DrivenSampler(Sampler):
+    """A `Sampler` without a thread: it reads the GPUs when the test says so.
+
+    Pass the class as `Monitor(sampler=DrivenSampler, clock=ManualClock())`; then `run_for`
+    moves the clock and ticks as the thread would, and an exception in the tick reaches the
+    test. `stop(closing_tick=True)` reads once more, as the thread does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        return False
+
+    def start(self) -> None:
+        if self._t0 is None:
+            self._t0 = self._clock()
+
+    def stop(self, timeout_s: float = 5.0, closing_tick: bool = False) -> None:
+        if closing_tick and not self._stopped:
+            self.tick()
+        self._stopped = True
+
+    def run_for(self, seconds: float) -> None:
+        """Advance the clock (a `ManualClock`) by `seconds`, ticking every `interval_s`."""
+        ticks = round(seconds / self.interval_s)
+        for _ in range(ticks):
+            self._clock.advance(self.interval_s)
+            self.tick()

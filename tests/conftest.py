@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
-from gpu_watch.testing import strict_catches  # noqa: E402
+from gpu_watch.testing import ManualClock, strict_catches  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -20,19 +20,6 @@ def _strict_catches():
     `gpu_watch.errors.take_swallowed`)."""
     with strict_catches():
         yield
-
-
-class ManualClock:
-    """A clock tests move by hand, for timelines that must not depend on the machine's speed."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

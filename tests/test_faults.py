@@ -23,6 +23,7 @@ from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.cli import main as cli_main
+from gpu_watch.errors import take_swallowed
 from gpu_watch.nvml import NVML
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
@@ -145,6 +146,7 @@ def test_an_unexpected_exception_in_the_sampler_is_contained(tmp_path):
         run = drive(cb)
     assert run.status == "completed"
     assert "ValueError: a corrupted reply" in run.info["sampler"]["errors"][0]
+    assert {s.place for s in take_swallowed("sampler")} == {"sampler.read"}
     assert run.samples[run.samples.gpu == 1]["util_pct"].eq(30).all()
     assert run.samples[run.samples.gpu == 0]["util_pct"].isna().all()
 

@@ -22,6 +22,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
+from gpu_watch.errors import take_swallowed
 from gpu_watch.keras_internals import NO_FIT, Probed
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import DataTick
@@ -86,7 +87,8 @@ def test_a_real_fit_records_every_probe_as_ok(tmp_path):
         make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Slow()])
     run = load_run(watch.run_dir)
     assert run.info["keras_probes"] == {"fit_frame": "ok", "data_source": "ok",
-                                        "progress_bars": "ok", "data_ticks": "ok"}
+                                        "progress_bars": "ok", "fit_errors": "ok",
+                                        "data_ticks": "ok"}
     assert run.info["data"] == {"source": "arrays", "adapter": "ArrayDataAdapter",
                                 "batch_size": 16}
     assert run.samples["fetching_data"].notna().any()  # the stack probe ran on the ticks
@@ -128,6 +130,7 @@ def test_hooks_called_without_fit_say_so(tmp_path):
                      "not by fit",
         "data_source": "data_source: nothing to read without a Keras fit call",
         "progress_bars": "progress_bars: nothing to read without a Keras fit call",
+        "fit_errors": "fit_errors: nothing to read without a Keras fit call",
         "data_ticks": "data_ticks: not run without a Keras fit call whose thread to watch"}
     assert run.info["data"] == UNKNOWN
     assert run.status == "completed"
@@ -258,7 +261,7 @@ def test_the_training_thread_fetches_while_it_runs_a_data_adapter():
 def test_the_first_failure_of_the_stack_probe_reaches_run_json(tmp_path, monkeypatch):
     failing = Failing()
     monkeypatch.setattr(keras_internals, "sys", failing)
-    monitor = monitor_on_gpu(tmp_path, fake_gpu())
+    monitor = monitor_on_gpu(tmp_path, fake_gpu(), data_tick=keras_internals.data_tick)
     monitor.watch_thread(sys._getframe())
     run = run_monitor(monitor, seconds=0.3)
     assert failing.calls > 1
@@ -311,3 +314,68 @@ def test_the_torch_device_scope_is_keras_own_attribute():
         assert keras_internals.torch_device_scope() == Probed("cpu")
     finally:
         global_state.set_global_attribute("torch_device", None)
+
+
+# -- on_fit_error ------------------------------------------------------------------------------
+
+
+def test_on_fit_error_passes_on_what_leaves_the_batch_loop_and_only_that():
+    """A stand-in for fit's frame: a function with an `epoch_iterator` and the block."""
+    seen = []
+
+    class Iterator:
+        @contextlib.contextmanager
+        def catch_stop_iteration(self):
+            with contextlib.suppress(StopIteration):  # the data ran out: the epoch ends
+                yield
+
+    def fit(raise_inside):
+        epoch_iterator = Iterator()
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        for error in raise_inside:
+            with epoch_iterator.catch_stop_iteration():
+                raise error
+        return armed
+
+    assert fit([StopIteration()]) == Probed(True)
+    assert seen == []
+    boom = ValueError("boom")
+    with pytest.raises(ValueError):
+        fit([boom])
+    assert seen == [boom]
+
+
+def test_on_fit_error_says_why_it_is_not_armed():
+    assert keras_internals.on_fit_error(None, print) == Probed(
+        False, "fit_errors: nothing to read without a Keras fit call")
+
+    def fit():  # the torch trainer's loop: no catch_stop_iteration block
+        epoch_iterator = iter(())
+        for _ in epoch_iterator:
+            pass
+        return keras_internals.on_fit_error(sys._getframe(), print)
+
+    probed = fit()
+    assert probed.value is False and "no catch_stop_iteration block" in probed.reason
+
+
+def test_a_failing_reaction_leaves_the_users_exception_as_it_is():
+    class Iterator:
+        @contextlib.contextmanager
+        def catch_stop_iteration(self):
+            yield
+
+    def react(error):
+        raise RuntimeError("our own bug")
+
+    def fit():
+        epoch_iterator = Iterator()
+        keras_internals.on_fit_error(sys._getframe(), react)
+        with epoch_iterator.catch_stop_iteration():
+            raise KeyError("the user's")
+
+    with pytest.raises(KeyError, match="the user's"):
+        fit()
+    caught = take_swallowed("keras_internals")
+    assert [(s.place, s.error) for s in caught] == [
+        ("keras_internals.on_fit_error", "RuntimeError: our own bug")]

@@ -271,6 +271,11 @@ class Exports:
                 swallowed("export.close", exc)
                 self._warn(target, exc)
 
+    def wait_handed(self, timeout_s: float) -> bool:
+        """Wait until every tick handed so far has reached the exporters (the export thread
+        runs behind the sampler), at most `timeout_s`. True when it has."""
+        return _worker.wait(timeout_s)
+
     def wait(self, timeout_s: float) -> bool:
         """Wait until the final figures are sent and the endpoints closed (after `finish`), at
         most `timeout_s`. True when done, or nothing to do."""

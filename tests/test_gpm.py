@@ -23,7 +23,14 @@ from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Rea
 from gpu_watch.report import figures
 from gpu_watch.report.view import epoch_table
 from gpu_watch.sampler import Sampler
-from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess, architecture_of
+from gpu_watch.testing import (
+    DrivenSampler,
+    FakeGPU,
+    FakeNVML,
+    FakeProcess,
+    ManualClock,
+    architecture_of,
+)
 from gpu_watch.timeline import SpanStats, Timeline
 from gpu_watch.verdict import OK, GPUStats, Setting, judge
 
@@ -356,16 +363,20 @@ def test_tensor_cores_unused_is_a_hint_for_float32_training(tensor, fp32, fp16, 
 
 def monitored_run(log_dir, gpu: FakeGPU, name: str):
     """Two short epochs on a GPU the placement check put training on, read every 0.12 s."""
-    nvml = NVML(FakeNVML([gpu]))
+    clock = ManualClock()
+    nvml = NVML(FakeNVML([gpu], clock=clock))
     nvml.gpm_interval_s = 0.12  # every tick: a short run still has GPM readings in each epoch
     monitor = Monitor(Config(log_dir=str(log_dir), run_name=name, interval_s=0.12, plot=False),
-                      nvml, "jax", (0, 1), {"gpus": ["cuda:0"]}, None)
+                      nvml, "jax", (0, 1), {"gpus": ["cuda:0"]}, None, clock=clock,
+                      sampler=DrivenSampler)
     monitor.first_step({"compute_on_gpu": True})
     for epoch in range(2):
         monitor.begin_epoch(epoch)
         for batch in range(6):
             begin = monitor.elapsed_s()
-            time.sleep(0.06)
+            clock.advance(0.06)
+            if batch % 2:  # a reading every 0.12 s, as the thread would take it
+                monitor.sampler.tick()
             monitor.timeline.add_batch(epoch, batch, 1, begin, monitor.elapsed_s(), 0.0)
         monitor.end_epoch(epoch, {"loss": 1.0})
     monitor.finish(runlog.STATUS_COMPLETED)

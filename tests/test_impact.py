@@ -445,7 +445,6 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
                                                proc_listed=True)])
     t0 = monitor.t0
     monitor.clock = lambda: t0 + 4.0
-    time.sleep(0.01)
     monitor.finish("completed")
     lines = summary_line(monitor).splitlines()
     assert lines[0].startswith("gpu-watch: verdict idle")

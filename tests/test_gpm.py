@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -241,16 +241,26 @@ def test_the_fake_refuses_what_nvml_refuses():
         FakeGPU(architecture="volta2")
 
 
-def test_the_sampler_frees_the_buffers_on_its_own_thread_when_it_stops():
-    fake, nvml = session(hopper(), hopper())
+def test_the_sampler_frees_the_buffers_on_its_own_thread_when_it_stops(clock):
+    fake, nvml = session(hopper(), hopper(), clock=clock)
     readings: list[Reading] = []
-    sampler = Sampler(nvml, nvml.devices(), readings.extend, interval_s=0.05)
+    measured, allocated = threading.Event(), []
+
+    def sink(tick):
+        readings.extend(tick)
+        if len(readings) == 8:  # four ticks of two GPUs: GPM has had its two samples
+            allocated.append(fake.gpm_samples_allocated)
+            measured.set()
+            sampler.stop()  # from the sampler thread: its loop ends, then it frees the buffers
+
+    sampler = Sampler(nvml, nvml.devices(), sink, interval_s=0.2, clock=clock,
+                      wait=clock.advance)
     sampler.start()
-    deadline = time.monotonic() + 5
-    while not any(r.sm_active_pct is not None for r in readings) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.gpm_samples_allocated == 4  # two per GPU, swapped, never more
-    sampler.stop()
+    assert measured.wait(30.0)
+    for thread in [t for t in threading.enumerate() if t.name == "gpu-watch-sampler"]:
+        thread.join(10.0)
+    assert any(r.sm_active_pct is not None for r in readings)
+    assert allocated == [4]  # two per GPU, swapped, never more
     assert fake.gpm_samples_allocated == 0
     gpm_calls = {thread for (name, thread) in fake.calls if name.startswith("nvmlGpm")}
     assert gpm_calls == {"gpu-watch-sampler"}  # alloc, sample, metrics and free alike

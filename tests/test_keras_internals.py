@@ -120,7 +120,6 @@ def test_hooks_called_without_fit_say_so(tmp_path):
         cb.on_train_begin()
         cb.on_epoch_begin(0)
         cb.on_train_batch_begin(0)
-        time.sleep(0.05)
         cb.on_train_batch_end(0, {"loss": 1.0})
         cb.on_epoch_end(0, {"loss": 1.0})
         cb.on_train_end()

@@ -28,12 +28,13 @@ from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
-from gpu_watch.impact import UsageMeter, with_impacts
+from gpu_watch.impact import with_impacts
 from gpu_watch.live import LiveFigures
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import Sampler
 from gpu_watch.steps import Step
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
+from gpu_watch.usage import UsageMeter, busy
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 from gpu_watch.watchdog import FitWatchdog
 
@@ -432,7 +433,7 @@ def idle_message(event: IdleEvent, config: Config) -> str:
     for gpu, util in event.util_mean_pct.items():
         device = event.device_util_mean_pct.get(gpu)
         text = f"GPU {gpu} {util:.0f}%"
-        if device is not None and device >= config.idle_threshold_pct:
+        if device is not None and busy(device, config.idle_threshold_pct):
             text += f" (the device {device:.0f}%: other processes kept it busy)"
         parts.append(text)
     return (

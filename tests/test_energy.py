@@ -13,7 +13,8 @@ from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.testing import DrivenSampler, FakeGPU, FakeNVML, FakeProcess, ManualClock
-from gpu_watch.timeline import EnergyMeter, Timeline, activity_row, energy_summary
+from gpu_watch.timeline import Timeline, activity_row, energy_summary
+from gpu_watch.usage import EnergyMeter
 from gpu_watch.verdict import GPUStats
 
 

@@ -31,7 +31,8 @@ from gpu_watch.testing import (
     ManualClock,
     architecture_of,
 )
-from gpu_watch.timeline import SpanStats, Timeline
+from gpu_watch.timeline import Timeline
+from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OK, GPUStats, Setting, judge
 
 SCRIPT = {"sm_active_pct": 12.0, "sm_occupancy_pct": 9.0, "tensor_active_pct": 0.5,

@@ -25,18 +25,17 @@ from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.impact import (
     Impact,
-    UsageMeter,
     cause_impacts,
     cause_totals,
     first_impact_line,
     impact_sentence,
     measured_speedup,
     run_impacts,
-    usage_of_frames,
     with_impacts,
 )
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.usage import UsageMeter, usage_of_frames
 
 THRESHOLD = 10.0
 

@@ -160,6 +160,7 @@ class GPUWatch(keras.callbacks.Callback):
         self.monitor: Monitor | None = None
         self._live: live.LiveFigures | None = None
         self._bars: list[Any] = []
+        self._unwatch: Any = None  # takes off what on_fit_error wrapped
         self._line: live.NotebookLine | None = None
 
     @property
@@ -201,6 +202,7 @@ class GPUWatch(keras.callbacks.Callback):
         if self.monitor is not None:
             self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
             self.monitor.watchdog.restore_sigint()
+        self._unwatch_fit()
         self.monitor = None
         self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
@@ -219,6 +221,7 @@ class GPUWatch(keras.callbacks.Callback):
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
+            self._unwatch_fit()
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
                               "train without gpu-watch's logs.") from exc
@@ -282,6 +285,7 @@ class GPUWatch(keras.callbacks.Callback):
         monitor = self.monitor
         if monitor is None:
             return
+        self._unwatch_fit()
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
         if self.config.measure_gpu_speedup and any(
@@ -354,6 +358,7 @@ class GPUWatch(keras.callbacks.Callback):
             distribution = None
         data = keras_internals.data_source(frame.value)
         raised = keras_internals.on_fit_error(frame.value, self._fit_raised)
+        self._unwatch = raised.value
         return {"data": data.value, "distribution": distribution,
                 "keras_probes": keras_internals.outcomes(frame, data_source=data,
                                                          progress_bars=bars, fit_errors=raised)}
@@ -361,13 +366,21 @@ class GPUWatch(keras.callbacks.Callback):
     def _fit_raised(self, error: BaseException) -> None:
         """`fit` is raising `error` (Keras calls no `on_train_end` then): close the run now, on
         the training thread, so the sampler stops and the SIGINT handler is put back."""
+        self._unwatch_fit()
         monitor = self.monitor
-        if monitor is None:
-            return
+        if monitor is None or monitor.finished:  # closed already (GPUWatch raised it, or an
+            return                               # earlier wrapper this error passed through)
         monitor.finish(runlog.STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt)
                        else runlog.STATUS_FAILED, error)
         if self._line is not None:
             self._line.stop()
+
+    def _unwatch_fit(self) -> None:
+        """Take off what `keras_internals.on_fit_error` wrapped: the model and a callback list
+        passed to `fit` outlive the call."""
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
 
 
 def log_values(row: dict[str, Any]) -> dict[str, float]:

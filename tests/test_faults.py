@@ -29,6 +29,7 @@ from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 CHILD = Path(__file__).parent / "scripts" / "train_child.py"
+FAILING_FITS = Path(__file__).parent / "scripts" / "failing_fits.py"
 ERRORS = [
     pynvml.NVMLError_NotSupported,
     pynvml.NVMLError_Unknown,
@@ -502,23 +503,47 @@ def test_three_fits_that_raise_each_close_their_run_at_once(tmp_path, error):
     assert not gpu_threads()
 
 
-def test_fits_that_raise_where_no_hook_sees_it_leave_the_sigint_handler_as_it_was(tmp_path):
-    """An error at an epoch's end passes no wrapped block: the sampler's tick closes the run
-    (from its own thread, which may not touch signal handlers), and the next fit on the main
+def test_fits_that_raise_where_no_wrapper_sees_it_leave_the_sigint_handler_as_it_was(tmp_path):
+    """An error in validation passes nothing `on_fit_error` wraps: the sampler's tick closes the
+    run (from its own thread, which may not touch signal handlers), and the next fit on the main
     thread takes the stale wrapper off instead of stacking its own on it."""
     handler = signal.getsignal(signal.SIGINT)
     x, y = np.zeros((16, 2), "float32"), np.zeros((16, 1), "float32")
     model = small_model()
-    watches = []
     for _ in range(3):
         watch = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=50)]), interval_s=0.02)
-        watches.append(watch)
         with pytest.raises(RuntimeError):
-            model.fit(x, y, batch_size=4, epochs=2, verbose=0,
-                      callbacks=[watch, RaiseAt("on_epoch_end", RuntimeError("epoch end"))])
+            model.fit(x, y, batch_size=4, epochs=2, verbose=0, validation_data=(x, y),
+                      callbacks=[watch, RaiseAt("on_test_begin", RuntimeError("validation"))])
         assert watch.monitor.wait_closed(30.0)  # the sampler's next tick
         assert load_run(watch.run_dir).status == "failed"
     last = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=50)]))
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[last])
     assert load_run(last.run_dir).status == "completed"
     assert signal.getsignal(signal.SIGINT) == handler
+
+
+def test_an_error_at_an_epoch_end_closes_the_run_at_once_and_nothing_stays_wrapped(tmp_path):
+    x, y = np.zeros((16, 2), "float32"), np.zeros((16, 1), "float32")
+    model = small_model()
+    watch = quiet(log_dir=tmp_path, nvml=FakeNVML([FakeGPU(util_pct=50)]))
+    callbacks = keras.callbacks.CallbackList(
+        [watch, RaiseAt("on_epoch_end", RuntimeError("epoch end"))], model=model)
+    with pytest.raises(RuntimeError, match="epoch end"):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=callbacks)
+    assert watch.monitor.finished and not watch.monitor.sampler.running
+    assert load_run(watch.run_dir).info["error"]["type"] == "RuntimeError"
+    # The callback list was the user's: it outlives fit, and holds none of GPUWatch's wrappers.
+    assert not {"on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+                "on_train_batch_end"} & set(vars(callbacks))
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_fits_that_raise_close_at_once_on_the_other_backends(backend):
+    done = subprocess.run([sys.executable, str(FAILING_FITS)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "KERAS_BACKEND": backend})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [(r["closed_at_once"], r["status"], r["error"]) for r in runs] == [
+        (True, "failed", "RuntimeError")] * 3
+    assert all(r["handler_as_before"] for r in runs)

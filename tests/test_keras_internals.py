@@ -318,63 +318,143 @@ def test_the_torch_device_scope_is_keras_own_attribute():
 # -- on_fit_error ------------------------------------------------------------------------------
 
 
+class Iterator:
+    """Stands in for fit's epoch iterator: the block ends the epoch when the data runs out."""
+
+    @contextlib.contextmanager
+    def catch_stop_iteration(self):
+        with contextlib.suppress(StopIteration):
+            yield
+
+
+class Hooks:
+    """Stands in for fit's callback list."""
+
+    def __init__(self, fail_at=None):
+        self.fail_at = fail_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.fail_at == "on_epoch_end":
+            raise KeyError("a callback's bug")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
 def test_on_fit_error_passes_on_what_leaves_the_batch_loop_and_only_that():
-    """A stand-in for fit's frame: a function with an `epoch_iterator` and the block."""
+    """A stand-in for fit's frame: a function with fit's locals and the block."""
     seen = []
 
-    class Iterator:
-        @contextlib.contextmanager
-        def catch_stop_iteration(self):
-            with contextlib.suppress(StopIteration):  # the data ran out: the epoch ends
-                yield
-
-    def fit(raise_inside):
+    def fit(raise_inside, callbacks):
         epoch_iterator = Iterator()
         armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
         for error in raise_inside:
             with epoch_iterator.catch_stop_iteration():
                 raise error
-        return armed
+        callbacks.on_epoch_end(0)
+        return armed, epoch_iterator
 
-    assert fit([StopIteration()]) == Probed(True)
-    assert seen == []
+    hooks = Hooks()
+    armed, iterator = fit([StopIteration()], hooks)
+    assert armed.reason is None and seen == []  # the data ran out: no error
+    assert "catch_stop_iteration" in vars(iterator) and "on_epoch_end" in vars(hooks)
+    armed.value()  # the run closed: every wrapper comes off
+    assert "catch_stop_iteration" not in vars(iterator) and vars(hooks) == {"fail_at": None}
     boom = ValueError("boom")
     with pytest.raises(ValueError):
-        fit([boom])
+        fit([boom], Hooks())
     assert seen == [boom]
+    with pytest.raises(KeyError):
+        fit([], Hooks(fail_at="on_epoch_end"))  # an epoch's end: the callback list sees it
+    assert type(seen[-1]) is KeyError and len(seen) == 2
+
+
+def test_on_fit_error_wraps_the_train_function_where_fit_has_no_block():
+    """The torch trainer: no catch_stop_iteration block, so the model's train_function (an
+    attribute of the model, which outlives fit) is wrapped, and put back after."""
+    seen = []
+
+    class Model:
+        def __init__(self):
+            self.train_function = self.step
+
+        def step(self, data):
+            if data == "bad":
+                raise RuntimeError("shapes differ")
+            return {"loss": 1.0}
+
+    model = Model()
+    original = model.train_function
+
+    def fit(self, batches, callbacks):
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        try:
+            for data in batches:
+                self.train_function(data)
+        finally:
+            armed.value()
+        return armed
+
+    armed = fit(model, ["good"], Hooks())
+    assert "no catch_stop_iteration block" in armed.reason
+    assert model.train_function == original
+    with pytest.raises(RuntimeError, match="shapes differ"):
+        fit(model, ["good", "bad"], Hooks())
+    assert [str(e) for e in seen] == ["shapes differ"]
+    assert model.train_function == original
+
+
+def test_a_wrapper_left_by_an_earlier_run_is_not_stacked():
+    seen = []
+    hooks = Hooks(fail_at="on_epoch_end")
+
+    def fit(callbacks):
+        epoch_iterator = Iterator()
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        with epoch_iterator.catch_stop_iteration():
+            return armed
+
+    fit(hooks)  # never taken off: its run closed some other way
+    fit(hooks)
+    with pytest.raises(KeyError):
+        hooks.on_epoch_end(0)
+    assert len(seen) == 1  # one wrapper, not two
 
 
 def test_on_fit_error_says_why_it_is_not_armed():
     assert keras_internals.on_fit_error(None, print) == Probed(
-        False, "fit_errors: nothing to read without a Keras fit call")
+        None, "fit_errors: nothing to read without a Keras fit call")
 
-    def fit():  # the torch trainer's loop: no catch_stop_iteration block
-        epoch_iterator = iter(())
-        for _ in epoch_iterator:
+    def fit():  # no callback list to wrap
+        epoch_iterator = Iterator()  # noqa: F841 - fit's local, read through the frame
+        with epoch_iterator.catch_stop_iteration():
             pass
         return keras_internals.on_fit_error(sys._getframe(), print)
 
     probed = fit()
-    assert probed.value is False and "no catch_stop_iteration block" in probed.reason
+    assert probed.value is None
+    assert probed.reason.startswith("fit_errors: wrapping what fit's errors pass through "
+                                    "raised AttributeError")
 
 
 def test_a_failing_reaction_leaves_the_users_exception_as_it_is():
-    class Iterator:
-        @contextlib.contextmanager
-        def catch_stop_iteration(self):
-            yield
-
     def react(error):
         raise RuntimeError("our own bug")
 
-    def fit():
+    def fit(callbacks):
         epoch_iterator = Iterator()
         keras_internals.on_fit_error(sys._getframe(), react)
         with epoch_iterator.catch_stop_iteration():
             raise KeyError("the user's")
 
     with pytest.raises(KeyError, match="the user's"):
-        fit()
+        fit(Hooks())
     caught = take_swallowed("keras_internals")
     assert [(s.place, s.error) for s in caught] == [
         ("keras_internals.on_fit_error", "RuntimeError: our own bug")]

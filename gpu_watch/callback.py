@@ -78,7 +78,10 @@ class GPUWatch(keras.callbacks.Callback):
             and redraw them at epoch ends while that takes under 2% of training time. They are
             drawn by a separate, low-priority process, so training never waits for them; they
             appear in the run folder shortly after `fit` returns (`wait_for_report` waits for
-            them; a normal exit of Python does too). Default True.
+            them; a normal exit of Python does too). A fit too short to pay for them (their
+            drawing would cost more than a quarter of the CPU time the fit took) leaves them
+            until they are asked for: `wait_for_report`, `gpu-watch report`, or the exit of
+            Python for the process's last run. Default True.
         nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
@@ -173,7 +176,8 @@ class GPUWatch(keras.callbacks.Callback):
 
         They are drawn by another process after `fit` returns, usually within a second or two
         (the first time in a Python process, its imports add about a second). Call this before
-        reading them in the same script; a normal exit of Python waits for them on its own.
+        reading them in the same script; a normal exit of Python waits for them on its own. For
+        a fit too short to pay for its figures (see `plot`), this is what asks for them.
 
         Args:
             timeout_s: Seconds to wait at most. Default 60.

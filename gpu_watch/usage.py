@@ -56,6 +56,13 @@ def recorded_threshold_pct(config: Mapping[str, Any]) -> float:
     return DEFAULT_IDLE_THRESHOLD_PCT if value is None else float(value)
 
 
+def unjudged_fallback_pct(own_pct: float, device_pct: float) -> float:
+    """This training's figure in a reading recorded before runs stored their judged figure
+    (`gpu-watch watch` on an old run folder): its own where measured (not NaN), else the
+    device's. Runs now store `judged_util_pct` (`ReadingJudge`), which is read instead."""
+    return own_pct if not math.isnan(own_pct) else device_pct
+
+
 def missing(value: Any) -> bool:
     """Whether a cell is not measured: None, or NaN as pandas reads an empty cell."""
     return value is None or (isinstance(value, float) and math.isnan(value))

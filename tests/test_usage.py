@@ -4,6 +4,7 @@ beside it, and the figure a reading is judged by."""
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from gpu_watch.usage import (
     UsageMeter,
     busy,
     idle,
+    missing,
     recorded_threshold_pct,
+    unjudged_fallback_pct,
 )
 
 
@@ -77,3 +80,17 @@ def test_the_usage_meter_counts_idle_seconds_by_the_same_rule():
     use = meter.usage(2.0).gpus[0]["judged"]
     assert (use.measured_s, use.idle_s, use.idle_energy_j) == (1.0, 0.5, 50.0)
     assert (use.starved_s, use.starved_energy_j) == (0.5, 50.0)  # others busy at 10.0
+
+
+def test_a_reading_recorded_without_a_judged_figure_falls_back_to_its_own_then_the_device_s():
+    nan = float("nan")
+    assert unjudged_fallback_pct(40.0, 90.0) == 40.0
+    assert unjudged_fallback_pct(0.0, 90.0) == 0.0  # measured idle is a figure, not a gap
+    assert unjudged_fallback_pct(nan, 90.0) == 90.0
+    assert math.isnan(unjudged_fallback_pct(nan, nan))
+
+
+@pytest.mark.parametrize(("value", "is_missing"), [
+    (None, True), (float("nan"), True), (0.0, False), (0, False), ("", False)])
+def test_only_none_and_nan_are_not_measured(value, is_missing):
+    assert missing(value) is is_missing

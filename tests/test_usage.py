@@ -13,7 +13,9 @@ from gpu_watch.config import Config
 from gpu_watch.nvml import Reading
 from gpu_watch.usage import (
     DEFAULT_IDLE_THRESHOLD_PCT,
+    EARLY_READINGS,
     ReadingJudge,
+    RunUsage,
     UsageMeter,
     busy,
     idle,
@@ -78,7 +80,8 @@ def test_the_usage_meter_counts_idle_seconds_by_the_same_rule():
          "power_w": 100.0},
     ])
     use = meter.usage(2.0).gpus[0]["judged"]
-    assert (use.measured_s, use.idle_s, use.idle_energy_j) == (1.0, 0.5, 50.0)
+    assert (use.measured_s, use.idle_s, use.idle_energy_j, use.idle_power_s) == (
+        1.0, 0.5, 50.0, 0.5)
     assert (use.starved_s, use.starved_energy_j) == (0.5, 50.0)  # others busy at 10.0
 
 
@@ -94,3 +97,22 @@ def test_a_reading_recorded_without_a_judged_figure_falls_back_to_its_own_then_t
     (None, True), (float("nan"), True), (0.0, False), (0, False), ("", False)])
 def test_only_none_and_nan_are_not_measured(value, is_missing):
     assert missing(value) is is_missing
+
+
+def test_readings_written_before_step_0_s_row_are_kept_to_a_bound_and_counted_after_it():
+    """The sampler may write readings taken after step 0 ended before the training thread has
+    written step 0's row; the meter keeps the latest `EARLY_READINGS` of them, no more."""
+    meter = UsageMeter(10.0, 0.0005)
+    readings = [{"time_s": 1.0 + 0.001 * i, "gpu": 0, "judged_util_pct": 50.0}
+                for i in range(1, EARLY_READINGS + 2)]  # one more than is kept
+    meter.add_samples(readings)
+    meter.add_batches([{"epoch": 0, "time_s": 1.0, "step_s": 1.0, "wait_s": None}])
+    use = meter.usage(3.0).gpus[0]["judged"]
+    # The first was dropped: the second stands for its interval only, not the millisecond
+    # since the first.
+    assert use.measured_s == pytest.approx(readings[-1]["time_s"] - (1.002 - 0.0005))
+    assert use.idle_s == 0.0 and use.idle_power_s == 0.0
+
+
+def test_usage_counts_no_epoch_start_it_was_not_told_of():
+    assert RunUsage(None, None, 0.0, 0).epoch_starts == 0

@@ -13,7 +13,6 @@ from gpu_watch.config import Config
 from gpu_watch.nvml import Reading
 from gpu_watch.usage import (
     DEFAULT_IDLE_THRESHOLD_PCT,
-    EARLY_READINGS,
     ReadingJudge,
     RunUsage,
     UsageMeter,
@@ -101,10 +100,10 @@ def test_only_none_and_nan_are_not_measured(value, is_missing):
 
 def test_readings_written_before_step_0_s_row_are_kept_to_a_bound_and_counted_after_it():
     """The sampler may write readings taken after step 0 ended before the training thread has
-    written step 0's row; the meter keeps the latest `EARLY_READINGS` of them, no more."""
+    written step 0's row; the meter keeps the latest 1,000 of them, no more."""
     meter = UsageMeter(10.0, 0.0005)
     readings = [{"time_s": 1.0 + 0.001 * i, "gpu": 0, "judged_util_pct": 50.0}
-                for i in range(1, EARLY_READINGS + 2)]  # one more than is kept
+                for i in range(1, 1002)]  # one more than is kept
     meter.add_samples(readings)
     meter.add_batches([{"epoch": 0, "time_s": 1.0, "step_s": 1.0, "wait_s": None}])
     use = meter.usage(3.0).gpus[0]["judged"]

@@ -6,6 +6,8 @@ adapter's private attributes), the progress bars of fit's callback list (asked t
 figures as they are), and, on every sampler tick, whether the training thread runs Keras' data
 adapters (read from the file names of its stack); and, for the placement probes, the arrays
 Keras' JAX trainer carries from step to step and the device a `keras.device` scope set on torch.
+It also wraps what an error passes through on its way out of `fit` (`on_fit_error`), so that a
+`fit` that raises closes its run at once.
 
 Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
 and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build

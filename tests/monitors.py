@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from gpu_watch import load_run
 from gpu_watch.config import Config
 from gpu_watch.monitor import Monitor
@@ -33,11 +31,10 @@ def monitor_on_gpu(tmp_path, fake, driven=True, data_tick=None, **config):
 
 
 def run_for(monitor, seconds):
-    """Let `seconds` of training pass: ticked by hand for a driven Monitor, slept otherwise."""
-    if isinstance(monitor.sampler, DrivenSampler):
-        monitor.sampler.run_for(seconds)
-    else:
-        time.sleep(seconds)
+    """Let `seconds` of training pass on a driven Monitor: its clock moves and its sampler
+    ticks, every interval."""
+    assert isinstance(monitor.sampler, DrivenSampler), "a Monitor built with driven=True"
+    monitor.sampler.run_for(seconds)
 
 
 def run_monitor(monitor, seconds=0.5):

@@ -804,13 +804,17 @@ class DrivenSampler(Sampler):
 
     @property
     def running(self) -> bool:
+        """Always False: no thread runs."""
         return False
 
     def start(self) -> None:
+        """Start the time axis (as `Sampler.start` does); no thread starts."""
         if self._t0 is None:
             self._t0 = self._clock()
 
     def stop(self, timeout_s: float = 5.0, closing_tick: bool = False) -> None:
+        """Stop; with `closing_tick`, read every GPU once more first, on the caller's thread
+        (the thread would, before it ends). Idempotent."""
         if closing_tick and not self._stopped:
             self.tick()
         self._stopped = True

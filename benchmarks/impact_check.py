@@ -56,9 +56,10 @@ import pynvml  # noqa: E402
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run  # noqa: E402
 from gpu_watch import placement as placement_module  # noqa: E402
-from gpu_watch.impact import input_bound_impact, run_impacts, usage_of_frames  # noqa: E402
+from gpu_watch.impact import input_bound_impact, run_impacts  # noqa: E402
 from gpu_watch.placement import Probe  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+from gpu_watch.usage import usage_of_frames  # noqa: E402
 
 BATCH = 256
 FEATURES = 32

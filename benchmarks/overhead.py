@@ -64,9 +64,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gpu_watch  # noqa: E402
-from gpu_watch import GPUWatch, GPUWatchWarning, callback, drawing  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning, drawing  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
 from gpu_watch.nvml import NVML, Reading  # noqa: E402
+from gpu_watch.process_facts import PROCESS_FACTS  # noqa: E402
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 
@@ -647,7 +648,7 @@ def fixed_cost(repeats: int, root: Path) -> None:
           f"{FIXED_STEPS} steps of {work.batch_size}, 1 epoch per fit; {repeats} rounds, "
           f"rotated order")
     first_begin_ms = None
-    callback._process_facts.clear()  # as in a fresh process: the first fit gathers them
+    PROCESS_FACTS.clear()  # as in a fresh process: the first fit gathers them
     for name in names:  # untimed: tracing, and everything GPUWatch does once per process
         callbacks = makers[name](root)
         durations = [time_hooks(c) for c in callbacks]

@@ -15,7 +15,7 @@ from typing import Any
 from gpu_watch import runlog
 from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
-from gpu_watch.impact import usage_of_frames, with_impacts
+from gpu_watch.impact import with_impacts
 from gpu_watch.nvml import Reading
 from gpu_watch.runlog import Run
 from gpu_watch.timeline import (
@@ -26,6 +26,7 @@ from gpu_watch.timeline import (
     energy_summary,
     known_mean,
 )
+from gpu_watch.usage import recorded_threshold_pct, usage_of_frames
 from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 
 # The order of a replay's events at one instant (see `rejudge`).
@@ -55,7 +56,6 @@ def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None)
         cuda_build=framework.get("cuda_build"),
         cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
         environment=tuple(Cause.from_dict(f) for f in findings if isinstance(f, dict)),
-        idle_threshold_pct=float((info.get("config") or {}).get("idle_threshold_pct", 10.0)),
         facts=RunFacts.from_run(info),
         no_process_utilization=tuple(o["gpu"] for o in off or ()
                                      if isinstance(o, dict) and o.get("metric") == "proc_util"),
@@ -169,7 +169,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     config = info.get("config") or {}
     gpus = [int(d["nvml_index"]) for d in info.get("devices") or []
             if isinstance(d, dict) and d.get("nvml_index") is not None]
-    timeline = Timeline(gpus, float(config.get("idle_threshold_pct", 10.0)),
+    timeline = Timeline(gpus, recorded_threshold_pct(config),
                         float(config.get("idle_patience_s", 60.0)),
                         float(config.get("interval_s") or runlog.RECORDED_INTERVAL_S))
     setting = setting_of(info)

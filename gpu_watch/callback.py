@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
-from gpu_watch.sampler import DEFAULT_INTERVAL_S
+from gpu_watch.process_facts import PROCESS_FACTS
 from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 
@@ -77,7 +78,10 @@ class GPUWatch(keras.callbacks.Callback):
             and redraw them at epoch ends while that takes under 2% of training time. They are
             drawn by a separate, low-priority process, so training never waits for them; they
             appear in the run folder shortly after `fit` returns (`wait_for_report` waits for
-            them; a normal exit of Python does too). Default True.
+            them; a normal exit of Python does too). A fit too short to pay for them (their
+            drawing would cost more than a quarter of the CPU time the fit took) leaves them
+            until they are asked for: `wait_for_report`, `gpu-watch report`, or the exit of
+            Python for the process's last run. Default True.
         nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
@@ -126,7 +130,7 @@ class GPUWatch(keras.callbacks.Callback):
         self,
         log_dir: str | os.PathLike = "gpu_watch_logs",
         run_name: str | None = None,
-        interval_s: float = DEFAULT_INTERVAL_S,
+        interval_s: float = 0.2,
         idle_threshold_pct: float = 10.0,
         idle_patience_s: float = 60.0,
         on_idle: str = "warn",
@@ -165,6 +169,7 @@ class GPUWatch(keras.callbacks.Callback):
         self.monitor: Monitor | None = None
         self._live: live.LiveFigures | None = None
         self._bars: list[Any] = []
+        self._unwatch: Any = None  # takes off what on_fit_error wrapped
         self._line: live.NotebookLine | None = None
 
     @property
@@ -177,7 +182,8 @@ class GPUWatch(keras.callbacks.Callback):
 
         They are drawn by another process after `fit` returns, usually within a second or two
         (the first time in a Python process, its imports add about a second). Call this before
-        reading them in the same script; a normal exit of Python waits for them on its own.
+        reading them in the same script; a normal exit of Python waits for them on its own. For
+        a fit too short to pay for its figures (see `plot`), this is what asks for them.
 
         Args:
             timeout_s: Seconds to wait at most. Default 60.
@@ -206,21 +212,26 @@ class GPUWatch(keras.callbacks.Callback):
         if self.monitor is not None:
             self.monitor.finish(runlog.STATUS_FAILED)  # no-op unless the last fit died unseen
             self.monitor.watchdog.restore_sigint()
+        self._unwatch_fit()
         self.monitor = None
         self._live = None
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
-                                    else _process_nvml())
+                                    else PROCESS_FACTS.nvml())
         frame = keras_internals.fit_frame()
         bars = keras_internals.progress_bars(frame.value)
         try:
             self.monitor = Monitor(
                 self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
-                _framework_facts(self._probe), self._environment(), self._setup(frame, bars),
-                int(getattr(self._model, "steps_per_execution", 1) or 1))
+                PROCESS_FACTS.framework(self._probe, keras.__version__),
+                PROCESS_FACTS.environment(self._nvml, keras.backend.backend()),
+                self._setup(frame, bars),
+                int(getattr(self._model, "steps_per_execution", 1) or 1),
+                clock=time.perf_counter, data_tick=keras_internals.data_tick)
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
+            self._unwatch_fit()
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
                               "train without gpu-watch's logs.") from exc
@@ -228,6 +239,11 @@ class GPUWatch(keras.callbacks.Callback):
             return
         self.monitor.watch_thread(frame.value)
         self._time_loop(frame.value)
+        # Wrapped over the loop clock's wrappers, and taken off before them (`on_train_end`,
+        # `_fit_raised`): each puts back what it found.
+        raised = keras_internals.on_fit_error(frame.value, self._fit_raised)
+        self._unwatch = raised.value
+        self.monitor.record_probes({"fit_errors": raised.outcome})
         # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
         # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
         self._live = self.monitor.live if self.config.log_metrics else None
@@ -285,6 +301,7 @@ class GPUWatch(keras.callbacks.Callback):
         monitor = self.monitor
         if monitor is None:
             return
+        self._unwatch_fit()
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
         if self.config.measure_gpu_speedup and any(
@@ -376,11 +393,24 @@ class GPUWatch(keras.callbacks.Callback):
                 "keras_probes": keras_internals.outcomes(frame, data_source=data,
                                                          progress_bars=bars)}
 
-    def _environment(self) -> dict[str, Any] | None:
-        try:
-            return environment_report(self._nvml)
-        except Exception as exc:  # the environment check must not keep training from starting
-            return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
+    def _fit_raised(self, error: BaseException) -> None:
+        """`fit` is raising `error` (Keras calls no `on_train_end` then): close the run now, on
+        the training thread, so the sampler stops and the SIGINT handler is put back."""
+        self._unwatch_fit()
+        monitor = self.monitor
+        if monitor is None or monitor.finished:  # closed already (GPUWatch raised it, or an
+            return                               # earlier wrapper this error passed through)
+        monitor.finish(runlog.STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt)
+                       else runlog.STATUS_FAILED, error)
+        if self._line is not None:
+            self._line.stop()
+
+    def _unwatch_fit(self) -> None:
+        """Take off what `keras_internals.on_fit_error` wrapped: the model and a callback list
+        passed to `fit` outlive the call."""
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
 
 
 def log_values(row: dict[str, Any]) -> dict[str, float]:
@@ -396,75 +426,6 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = value / _J_PER_KJ
         values[key] = math.nan if value is None else float(value)
     return values
-
-
-# -- facts gathered once per process ---------------------------------------------------------
-#
-# A training script that calls `fit` many times (one epoch at a time, tuners, GAN and RL loops)
-# must not pay for facts that cannot change while the process runs: the installed distributions,
-# the framework's build and devices, NVML's device list. What can change between fits is read
-# again every time: CUDA_VISIBLE_DEVICES and the rest of the environment variables, the memory
-# and processes on each GPU, the rank.
-
-class _ProcessFacts:
-    """What the first `fit` in a process gathered: its NVML session, the framework's facts per
-    probe class, the doctor's facts per backend."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.clear()
-
-    def clear(self) -> None:
-        """Forget them all, as in a new process."""
-        self.nvml: NVML | None = None
-        self.framework: dict[type, dict[str, Any]] = {}
-        self.environment: dict[str, dict[str, Any]] = {}
-
-
-_process_facts = _ProcessFacts()
-
-
-def _process_nvml() -> NVML:
-    """This process's session with the real NVML, opened once (its device list with it)."""
-    with _process_facts.lock:
-        if _process_facts.nvml is None:
-            _process_facts.nvml = NVML()
-        return _process_facts.nvml
-
-
-def _framework_facts(probe: placement.Probe) -> dict[str, Any]:
-    """The framework's name, version, GPUs and build, read once per process and probe."""
-    facts = _process_facts.framework.get(type(probe))
-    if facts is None:
-        facts = _process_facts.framework[type(probe)] = {
-            "name": probe.backend,
-            "version": probe.framework_version(),
-            "keras_version": keras.__version__,
-            "gpus": probe.framework_gpus(),
-            "cuda_build": probe.cuda_build(),
-        }
-    return dict(facts)
-
-
-def environment_report(nvml: NVML) -> dict[str, Any]:
-    """The doctor's report on this process (`run.json`'s "environment").
-
-    The first call in a process runs the doctor in-process; later ones reuse what cannot have
-    changed and read again the environment variables and what NVML says about each GPU (memory,
-    processes), then apply the doctor's rules to the result.
-    """
-    from gpu_watch.doctor import DoctorReport, diagnose, doctor
-    from gpu_watch.doctor.facts_system import env_facts, nvml_facts
-
-    # The in-process doctor reads the running backend, which Keras has imported by now.
-    backend = keras.backend.backend()
-    first = _process_facts.environment.get(backend)
-    if first is None:
-        report = doctor(nvml=nvml, in_process=True)
-        _process_facts.environment[backend] = report.facts
-        return report.to_dict()
-    facts = {**first, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
-    return DoctorReport(facts, diagnose(facts)).to_dict()
 
 
 def _live_line(monitor: Monitor) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from gpu_watch.export import check_targets
 from gpu_watch.job import check_job_id
 from gpu_watch.sampler import DEFAULT_INTERVAL_S, check_interval
+from gpu_watch.usage import DEFAULT_IDLE_THRESHOLD_PCT
 
 ON_IDLE = ("warn", "stop", "raise")
 ON_LOG_ERROR = ("raise", "warn")
@@ -22,7 +23,7 @@ class Config:
     log_dir: str = "gpu_watch_logs"
     run_name: str | None = None
     interval_s: float = DEFAULT_INTERVAL_S
-    idle_threshold_pct: float = 10.0
+    idle_threshold_pct: float = DEFAULT_IDLE_THRESHOLD_PCT
     idle_patience_s: float = 60.0
     on_idle: str = "warn"
     require_gpu: bool = False

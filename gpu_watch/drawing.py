@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -97,6 +98,14 @@ class Painter:
         self._in_process_reason: str | None = None
         self._answered = 0  # answers from the running worker
         self._silent_ends = 0  # workers in a row that ended without answering
+        self._last_cpu_s: float | None = None  # CPU seconds of the last drawing done
+
+    @property
+    def drawing_cpu_s(self) -> float:
+        """What one drawing costs, CPU seconds: the last one done in this process, else
+        `FIRST_DRAWING_CPU_S`."""
+        last = self._last_cpu_s
+        return FIRST_DRAWING_CPU_S if last is None else last
 
     def start(self) -> None:
         """Start the worker now if it is not running, so that it has imported what it needs by
@@ -268,6 +277,8 @@ class Painter:
 
     def _finish_locked(self, drawing: Drawing, error: str | None, cpu_s: float | None) -> None:
         drawing.error, drawing.cpu_s = error, cpu_s
+        if error is None and cpu_s is not None:
+            self._last_cpu_s = cpu_s
         if error is not None:
             self._unreported.append(drawing)
         drawing._done.set()
@@ -344,29 +355,55 @@ def painter() -> Painter:
 # happens in its first seconds.
 RENDER_SHARE = 0.02
 FIRST_RENDER_S = 10.0
+# A run's final figures are drawn when it ends only if that costs at most this share of the CPU
+# time the training process spent on the run; a shorter run's are drawn when asked for
+# (`Redraws.wait`: `GPUWatch.wait_for_report`; `gpu-watch report` draws them itself), and the
+# last run of a process left so at its exit. A suite of many small fits (a framework's own
+# tests, a tuner's trials) would otherwise spend more CPU drawing than training.
+DRAWING_SHARE = 0.25
+# What one drawing costs before this process has timed one, CPU seconds (a small run's two
+# figures and report.html, measured on the development machine: docs/performance.md).
+FIRST_DRAWING_CPU_S = 0.4
+
+_left_for_later: Redraws | None = None  # the last run whose final figures wait to be asked for
+_left_lock = threading.Lock()
 
 
 class Redraws:
-    """When one run's figures are asked for: at the end of the run always; at an epoch end
-    only once `FIRST_RENDER_S` have passed, the last drawing is done and the redraw budget
-    (`RENDER_SHARE` of the training time) allows.
+    """When one run's figures are asked for: at the end of the run when they cost at most
+    `DRAWING_SHARE` of the run's CPU time (else when `wait` asks for them, or at the exit of
+    the process for its last run); at an epoch end only once `FIRST_RENDER_S` have passed, the
+    last drawing is done and the redraw budget (`RENDER_SHARE` of the training time) allows.
 
     Args:
         run_dir: The run folder to draw.
+        cpu_clock: The training process's CPU time, seconds. Default `time.process_time`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.run_dir = Path(run_dir)
         self.first_s = FIRST_RENDER_S
         self._last: Drawing | None = None
         self._asked_s = 0.0
+        self._cpu_clock = cpu_clock
+        self._cpu0 = cpu_clock()
+        self.left_for_later = False  # the final figures wait until they are asked for
 
     def ask(self, now_s: float, final: bool) -> None:
         """Ask for the figures `now_s` seconds into training, if the budget allows (`final`:
-        the run has ended, so it always does)."""
+        the run has ended; its figures are drawn now, or left for later when the run was too
+        short to pay for them)."""
+        global _left_for_later
         the_painter = painter()
         the_painter.poll()
         last = self._last
+        if final and the_painter.drawing_cpu_s > DRAWING_SHARE * (
+                self._cpu_clock() - self._cpu0):
+            self.left_for_later = True
+            with _left_lock:
+                _left_for_later = self
+            return
         if not final:
             if now_s < self.first_s:
                 return
@@ -376,15 +413,29 @@ class Redraws:
                     now_s < self._asked_s + last.cpu_s / RENDER_SHARE):
                 return
         self._asked_s = now_s
+        if final:
+            with _left_lock:  # the process's last run is drawn now: none is left for its exit
+                _left_for_later = None
+        self._request(the_painter)
+
+    def _request(self, the_painter: Painter) -> None:
+        global _left_for_later
+        self.left_for_later = False
+        with _left_lock:
+            if _left_for_later is self:
+                _left_for_later = None
         self._last = the_painter.request(self.run_dir)
 
     def wait(self, timeout_s: float) -> bool:
-        """Wait until the last figures asked for are drawn, at most `timeout_s` seconds.
+        """Wait until the last figures asked for are drawn, at most `timeout_s` seconds; final
+        figures left for later are asked for now.
 
         Returns:
             True when they are drawn, or none were asked for; False when drawing failed (a
             `GPUWatchWarning` says why) or is still going on.
         """
+        if self.left_for_later:
+            self._request(painter())
         last = self._last
         if last is None:
             return True
@@ -395,6 +446,9 @@ class Redraws:
 # drawings asked for) before this waits for the drawings.
 @atexit.register
 def _finish_drawings() -> None:
+    last = _left_for_later  # a script's last run: the one its figures are looked for in
+    if last is not None and last.left_for_later:
+        last._request(painter())
     if _painter is not None:
         _painter.close(EXIT_WAIT_S)
 

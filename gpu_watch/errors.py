@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import traceback
 import warnings
+from collections import deque
+from dataclasses import dataclass
 
 # The exit codes of every `gpu-watch` command: 0 done (for `doctor`, a GPU is usable), 1 no
 # usable GPU (`doctor`), 2 the command could not do its work (a bad folder, a bad argument).
@@ -69,3 +73,53 @@ def _package_dir(module: str) -> str:
     top = sys.modules.get(module.split(".")[0])
     path = getattr(top, "__file__", None)
     return os.path.dirname(path) + os.sep if path else "\0"
+
+
+# -- exceptions caught so that training goes on ---------------------------------------------
+#
+# Every broad `except Exception` sits where a fault must not reach training (the sampler's tick,
+# the exporters, the live line, a probe of the framework). The ones that would otherwise leave
+# no trace hand what they caught to `swallowed`, so that it can still be found: a test (see
+# `gpu_watch.testing.strict_catches`) turns one caught where only a bug could cause it into a
+# failure.
+
+_MAX_SWALLOWED = 100  # the most recent ones kept: a fault on every tick must not grow memory
+
+
+@dataclass(frozen=True, slots=True)
+class Swallowed:
+    """An exception caught so that training goes on.
+
+    Attributes:
+        place: Where it was caught, "module.what" (e.g. "sampler.tick").
+        error: Its type and message.
+        trace: The last frames of its traceback.
+    """
+
+    place: str
+    error: str
+    trace: str
+
+
+_swallowed: deque[Swallowed] = deque(maxlen=_MAX_SWALLOWED)
+_swallowed_lock = threading.Lock()
+
+
+def swallowed(place: str, exc: BaseException) -> Swallowed:
+    """Record `exc`, caught at `place` so that training goes on, and return the record."""
+    record = Swallowed(place, f"{type(exc).__name__}: {exc}",
+                       "".join(traceback.format_exception(exc, limit=-3)).strip())
+    with _swallowed_lock:
+        _swallowed.append(record)
+    return record
+
+
+def take_swallowed(*places: str) -> list[Swallowed]:
+    """Remove and return the recorded exceptions caught at `places` (a place matches when it
+    is one of them or starts with one of them and a dot); with no `places`, all of them."""
+    with _swallowed_lock:
+        taken = [s for s in _swallowed if not places or any(
+            s.place == p or s.place.startswith(p + ".") for p in places)]
+        for record in taken:
+            _swallowed.remove(record)
+    return taken

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_watch import runlog
+from gpu_watch.usage import unjudged_fallback_pct
 
 WINDOW_S = 120.0  # seconds of readings kept per GPU, for the sparklines
 TAIL_BYTES = 4 << 20  # a long run's files are read from this far before their end
@@ -336,11 +337,10 @@ class RunFollower:
 def judged_util(row: dict[str, str]) -> float:
     """This training's utilization in one `samples.csv` row, as the verdict judges it: the
     run's `judged_util_pct` where the run has that column (NaN there means the reading could
-    not tell), else its own SM utilization, else the device's."""
+    not tell), else `usage.unjudged_fallback_pct`."""
     if "judged_util_pct" in row:
         return _float(row["judged_util_pct"])
-    own = _float(row.get("proc_util_pct"))
-    return own if not math.isnan(own) else _float(row.get("util_pct"))
+    return unjudged_fallback_pct(_float(row.get("proc_util_pct")), _float(row.get("util_pct")))
 
 
 def find_run(path: str | os.PathLike) -> Path:

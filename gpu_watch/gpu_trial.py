@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gpu_watch.errors import swallowed
+
 TRIAL_STEPS = 5  # timed steps per device, after one untimed step that compiles
 
 
@@ -31,7 +33,8 @@ def usable_gpu(backend: str) -> str | None:
             import torch
 
             return "cuda:0" if torch.cuda.is_available() else None
-    except Exception:  # a platform the framework was told to leave out raises
+    except Exception as exc:  # a platform the framework was told to leave out raises
+        swallowed("gpu_trial.gpu_device", exc)  # no GPU to time the model on, then
         return None
     return None
 

@@ -3,8 +3,10 @@
 Pure functions over what a run folder records: `run.json` (the verdict, the causes, the wait
 share, each GPU's judged idle share, the energy) and the rows of `samples.csv` and
 `batches.csv`. The same code serves a run while it is written (`Monitor` feeds a
-`UsageMeter` the rows it writes) and a run folder read back (`run_impacts`), so a recorded run
-can be re-judged and runs can be totalled across a log folder.
+`usage.UsageMeter` the rows it writes) and a run folder read back (`run_impacts`), so a recorded
+run can be re-judged and runs can be totalled across a log folder. How much the training used
+each GPU (idle seconds, idle GPU-seconds, the energy drawn meanwhile) is `gpu_watch.usage`'s
+rule; this module only turns those sums into costs.
 
 Each cause gets one `Impact`: the wall seconds it cost, the GPU-seconds the watched GPUs sat
 idle because of it, the energy they drew meanwhile (whole GPUs: NVML measures no energy per
@@ -18,16 +20,14 @@ time with the waiting removed: a pipeline that keeps up removes the waiting and 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from gpu_watch.runlog import RECORDED_INTERVAL_S
+from gpu_watch.usage import BasisUse, RunUsage, missing, usage_of_frames
 
 # Which figure decided a GPU's verdict (run.json `gpu_judged_by`, `judged[gpu].by`), and the
 # samples.csv column that holds it. "judged" is the column the verdict itself writes.
-_BASIS_COLUMNS = {"judged": "judged_util_pct", "process": "proc_util_pct", "device": "util_pct"}
 # Causes of `cpu_fallback` that leave GPUs the process could have used unused.
 GPU_LEFT_UNUSED = ("forced_cpu_placement", "gpus_hidden", "cuda_libs_missing", "driver_too_old",
                    "cpu_only_build", "gpu_not_supported", "cuda_init_failed",
@@ -95,191 +95,6 @@ class Impact:
     def from_dict(cls, data: Mapping[str, Any]) -> Impact:
         """Read back a record written by :meth:`to_dict` (unknown keys are ignored)."""
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-@dataclass(slots=True)
-class BasisUse:
-    """One GPU's time as one utilization figure judges it, after step 0.
-
-    Attributes:
-        measured_s: Seconds covered by readings with that figure.
-        idle_s: Of them, seconds under the idle threshold.
-        idle_energy_j: Power integrated over the idle seconds that had a power reading, J.
-        idle_power_s: The idle seconds that had a power reading.
-        starved_s: Idle seconds in which other processes were at or above the threshold.
-        starved_energy_j: Power integrated over them, J.
-    """
-
-    measured_s: float = 0.0
-    idle_s: float = 0.0
-    idle_energy_j: float = 0.0
-    idle_power_s: float = 0.0
-    starved_s: float = 0.0
-    starved_energy_j: float = 0.0
-
-    @property
-    def idle_fraction(self) -> float | None:
-        """Share of the measured seconds that were idle, 0-1."""
-        return self.idle_s / self.measured_s if self.measured_s > 0 else None
-
-    @property
-    def idle_power_w(self) -> float | None:
-        """Mean power over the idle seconds, W."""
-        return self.idle_energy_j / self.idle_power_s if self.idle_power_s > 0 else None
-
-
-@dataclass(frozen=True)
-class RunUsage:
-    """What the impact rules need from a run's rows, summed.
-
-    Attributes:
-        duration_s: The run's wall time, seconds.
-        step0_end_s: When step 0 (compile and first batch) ended, seconds since training
-            began; None before it ended.
-        loop_s: The training loop's seconds after step 0: the batches' steps and the time
-            before each (waiting for data, or spent elsewhere).
-        batches: Batch rows after step 0.
-        epoch_starts: Batch rows after step 0 that began an epoch: fetched before their hook
-            began, their wait was not measured.
-        gpus: Per NVML index, per basis ("judged", "process", "device"), the GPU's use.
-    """
-
-    duration_s: float | None
-    step0_end_s: float | None
-    loop_s: float
-    batches: int
-    gpus: Mapping[int, Mapping[str, BasisUse]] = field(default_factory=dict)
-    epoch_starts: int = 0
-
-    @property
-    def span_s(self) -> float | None:
-        """The run's seconds after step 0."""
-        if self.duration_s is None:
-            return None
-        return max(0.0, self.duration_s - (self.step0_end_s or 0.0))
-
-
-EARLY_READINGS = 1000  # readings kept while step 0's row has not come (see UsageMeter)
-
-
-class UsageMeter:
-    """Sums a run's rows, as they are written or read back, into a `RunUsage`.
-
-    Each reading stands for the time since the previous reading of its GPU (NVML's utilization
-    covers the sample period before it), cut at the end of step 0, which no figure counts.
-    Batch rows must come before the readings of the same time: the first one ends step 0.
-
-    Args:
-        idle_threshold_pct: Utilization under this is idle, percent.
-        interval_s: The sampler's interval: the time the first reading of a GPU stands for.
-    """
-
-    def __init__(self, idle_threshold_pct: float, interval_s: float) -> None:
-        self.threshold = idle_threshold_pct
-        self.interval = interval_s
-        self.step0_end_s: float | None = None
-        self.loop_s = 0.0
-        self.batches = 0
-        self.epoch_starts = 0
-        self._last_epoch: Any = None  # the epoch of the batch row counted last
-        self._last_end_s: float | None = None  # and its end; None before the first
-        self._last_s: dict[int, float] = {}
-        self._gpus: dict[int, dict[str, BasisUse]] = {}
-        # Readings that came before the first batch row: the sampler may write a reading taken
-        # after step 0 ended before the training thread has recorded step 0's row. Bounded: a
-        # long compile keeps only its latest readings, the ones that can count.
-        self._early: deque[Mapping[str, Any]] = deque(maxlen=EARLY_READINGS)
-
-    def add_batches(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Count batch rows (`batches.csv`'s `epoch`, `time_s`, `step_s`, `wait_s`, `other_s`).
-
-        A batch's time is the time since the batch before it ended, in the same epoch: its
-        step and the time before it, counted once. The first batch of a later epoch counts its
-        own step, wait and time spent elsewhere, leaving out the time between epochs
-        (validation)."""
-        for row in rows:
-            if _missing(row.get("time_s")):
-                continue  # a row torn by a crash and repaired on read
-            end_s, epoch = float(row["time_s"]), row.get("epoch")
-            last_epoch, last_end_s = self._last_epoch, self._last_end_s
-            self._last_epoch, self._last_end_s = epoch, end_s
-            if self.step0_end_s is None:
-                self.step0_end_s = end_s
-                early, self._early = list(self._early), deque(maxlen=EARLY_READINGS)
-                self.add_samples(early)
-                continue
-            if last_end_s is not None and last_epoch == epoch:
-                seconds = max(0.0, end_s - last_end_s)
-            else:
-                seconds = sum(0.0 if _missing(row.get(c)) else float(row[c])
-                              for c in ("step_s", "wait_s", "other_s"))
-                self.epoch_starts += _missing(row.get("wait_s"))
-            self.loop_s += seconds
-            self.batches += 1
-
-    def add_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Count readings (`samples.csv` rows: `time_s`, `gpu`, the utilization figures,
-        `power_w`, `others_util_pct`)."""
-        for row in rows:
-            if _missing(row.get("gpu")) or _missing(row.get("time_s")):
-                continue
-            if self.step0_end_s is None:
-                self._early.append(row)
-                continue
-            gpu, time_s = int(row["gpu"]), float(row["time_s"])
-            last = self._last_s.get(gpu, time_s - self.interval)
-            self._last_s[gpu] = time_s
-            if time_s <= self.step0_end_s:
-                continue
-            seconds = time_s - max(last, self.step0_end_s)
-            if seconds <= 0:
-                continue
-            power = row.get("power_w")
-            power = None if _missing(power) else float(power)
-            others = row.get("others_util_pct")
-            starved = not _missing(others) and float(others) >= self.threshold
-            uses = self._gpus.setdefault(gpu, {})
-            for basis, column in _BASIS_COLUMNS.items():
-                if column not in row:
-                    continue
-                value = row[column]
-                use = uses.setdefault(basis, BasisUse())
-                if _missing(value):
-                    continue
-                use.measured_s += seconds
-                if float(value) >= self.threshold:
-                    continue
-                use.idle_s += seconds
-                if power is not None:
-                    use.idle_energy_j += power * seconds
-                    use.idle_power_s += seconds
-                if starved:
-                    use.starved_s += seconds
-                    use.starved_energy_j += (power or 0.0) * seconds
-
-    def usage(self, duration_s: float | None) -> RunUsage:
-        """The sums so far, for a run of `duration_s` seconds."""
-        return RunUsage(duration_s, self.step0_end_s, self.loop_s, self.batches,
-                        {g: dict(uses) for g, uses in self._gpus.items()}, self.epoch_starts)
-
-
-def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunUsage:
-    """A `RunUsage` from a run read back (`runlog.Run`'s `info`, `samples`, `batches`)."""
-    config = info.get("config") or {}
-    meter = UsageMeter(float(config.get("idle_threshold_pct") or 10.0),
-                       float(config.get("interval_s") or RECORDED_INTERVAL_S))
-    if batches is not None and len(batches):
-        meter.add_batches(batches.sort_values("time_s", kind="stable").to_dict("records"))
-    if samples is not None and len(samples):
-        meter.add_samples(samples.sort_values("time_s", kind="stable").to_dict("records"))
-    duration = info.get("duration_s")
-    if duration is None and meter.step0_end_s is not None and batches is not None:
-        duration = float(batches["time_s"].max())
-    return meter.usage(None if duration is None else float(duration))
 
 
 # -- the rules ---------------------------------------------------------------------------------
@@ -489,7 +304,7 @@ def cpu_fallback_impact(info: Mapping[str, Any], usage: RunUsage) -> Impact:
 def measured_speedup(cpu_step_s: float | None, gpu_step_s: float | None) -> float | None:
     """How much faster the GPU ran a step than the CPU did: the CPU's step time over the
     GPU's; None where either is unknown or not positive."""
-    if _missing(cpu_step_s) or _missing(gpu_step_s) or cpu_step_s <= 0 or gpu_step_s <= 0:
+    if missing(cpu_step_s) or missing(gpu_step_s) or cpu_step_s <= 0 or gpu_step_s <= 0:
         return None
     return float(cpu_step_s) / float(gpu_step_s)
 

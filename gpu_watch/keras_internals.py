@@ -6,6 +6,8 @@ adapter's private attributes), the progress bars of fit's callback list (asked t
 figures as they are), and, on every sampler tick, whether the training thread runs Keras' data
 adapters (read from the file names of its stack); and, for the placement probes, the arrays
 Keras' JAX trainer carries from step to step and the device a `keras.device` scope set on torch.
+It also wraps what an error passes through on its way out of `fit` (`on_fit_error`), so that a
+`fit` that raises closes its run at once.
 
 Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
 and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build
@@ -24,12 +26,15 @@ instead of in remedies that quietly got vaguer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.errors import swallowed
 from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock
 from gpu_watch.timeline import DataTick
 
@@ -590,3 +595,128 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
         return Probed(None, _failure("data_fetch", "wrapping the epoch iterator's source", exc))
     clock.measure = READY_TIMED
     return Probed(READY_TIMED)
+# -- a fit that raises -------------------------------------------------------------------------
+
+# The hooks of fit's callback list that an error of a callback passes through (`on_train_end`
+# is not among them: Keras calls it only when training returns).
+_CALLBACK_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+                   "on_train_batch_end")
+_ORIGINAL = "_gpu_watch_original"  # on a wrapper: what it wraps
+
+
+def on_fit_error(fit_frame: Any, react: Callable[[BaseException], None]) -> Probed:
+    """Have `react` called, on the training thread, with an exception on its way out of the
+    running `fit` call (Keras calls no callback then), before it goes on up.
+
+    Three things the `fit` frame owns are wrapped, each on its own object (never a class):
+
+    - the TensorFlow and JAX trainers run each epoch's batches inside
+      ``with epoch_iterator.catch_stop_iteration():`` (which ends the epoch when the data runs
+      out): an error in a step, in the data or in a batch hook passes through it;
+    - the hooks of fit's callback list (`_CALLBACK_HOOKS`): an error of any callback, at an
+      epoch's start or end too;
+    - on a trainer without that block (torch), the model's `train_function`: an error in a
+      step.
+
+    What passes none of them (validation, the torch trainer's data) is noticed by the
+    sampler's next tick (`watchdog.FitWatchdog`).
+
+    Args:
+        fit_frame: The frame of Keras' `fit` call, or None.
+        react: Called with the exception; an exception of its own is recorded
+            (`errors.swallowed`) and the user's goes on up unchanged. It may be called more
+            than once for one exception (it passes through more than one wrapper).
+
+    Returns:
+        A callable that takes the wrappers off again (call it when the run closes: the model
+        and a callback list the user passed in outlive the `fit` call); None, with the reason,
+        when nothing could be wrapped.
+    """
+    if fit_frame is None:
+        return Probed(None, f"fit_errors: {NO_FRAME}")
+    undo: list[Callable[[], None]] = []
+    missed: list[str] = []
+    try:
+        local = fit_frame.f_locals
+        if "catch_stop_iteration" in fit_frame.f_code.co_names:
+            _wrap(local.get("epoch_iterator"), "catch_stop_iteration", _watched_block, react,
+                  undo)
+        else:
+            missed.append("this fit has no catch_stop_iteration block (its data errors are "
+                          "noticed at the sampler's next tick)")
+            _wrap(local.get("self"), "train_function", _watched_call, react, undo)
+        for hook in _CALLBACK_HOOKS:
+            _wrap(local.get("callbacks"), hook, _watched_call, react, undo)
+    except Exception as exc:  # a probe never raises: the reason goes to run.json
+        for step in reversed(undo):
+            step()
+        return Probed(None, _failure("fit_errors", "wrapping what fit's errors pass through",
+                                     exc))
+
+    def unwrap() -> None:
+        for step in reversed(undo):
+            step()
+        undo.clear()
+
+    return Probed(unwrap, f"fit_errors: {'; '.join(missed)}" if missed else None)
+
+
+def _wrap(owner: Any, name: str, wrapper: Callable[..., Any],
+          react: Callable[[BaseException], None], undo: list[Callable[[], None]]) -> None:
+    """Replace `owner.name` by `wrapper(current, react)` on the object itself, and add to
+    `undo` what puts it back. A wrapper left by an earlier run is taken off first."""
+    if owner is None:
+        raise AttributeError(f"fit has no object to hold {name!r}")
+    own = vars(owner)
+    had, before = name in own, own.get(name)
+    current = getattr(owner, name)
+    while hasattr(current, _ORIGINAL):  # an earlier run's, never taken off
+        current = getattr(current, _ORIGINAL)
+    wrapped = wrapper(current, react)
+    setattr(wrapped, _ORIGINAL, current)
+    setattr(owner, name, wrapped)
+
+    def put_back() -> None:
+        if vars(owner).get(name) is not wrapped:
+            return  # replaced since: what is there now is not ours
+        if had and not hasattr(before, _ORIGINAL):
+            setattr(owner, name, before)
+        elif had:
+            setattr(owner, name, current)
+        else:
+            delattr(owner, name)
+
+    undo.append(put_back)
+
+
+def _tell(react: Callable[[BaseException], None], error: BaseException) -> None:
+    try:
+        react(error)
+    except Exception as own:  # the user's exception matters more than ours
+        swallowed("keras_internals.on_fit_error", own)
+
+
+def _watched_call(method: Callable[..., Any], react: Callable[[BaseException], None]
+                  ) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except BaseException as error:  # any error on its way out of fit, passed on
+            _tell(react, error)
+            raise
+
+    return call
+
+
+def _watched_block(block: Callable[[], Any], react: Callable[[BaseException], None]
+                   ) -> Callable[[], Any]:
+    @contextlib.contextmanager
+    def watched() -> Any:
+        try:
+            with block():
+                yield
+        except BaseException as error:  # any error that leaves fit's batch loop, passed on
+            _tell(react, error)
+            raise
+
+    return watched

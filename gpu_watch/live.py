@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gpu_watch.errors import swallowed
 from gpu_watch.nvml import Reading
 
 # Batch logs key -> the reading it shows, with the epoch keys' names and units (see
@@ -147,7 +148,8 @@ class NotebookLine:
                 return
             try:
                 self._handle.update({"text/plain": self._text()}, raw=True)
-            except Exception:  # a closed notebook must not disturb training
+            except Exception as exc:  # a closed notebook, or a bug in the line: training goes on
+                swallowed("live.draw", exc)
                 return
             self._last_draw = now
 

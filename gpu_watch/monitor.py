@@ -19,21 +19,23 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpu_watch import drawing, keras_internals, runlog
+from gpu_watch import drawing, runlog
 from gpu_watch.assessment import epoch_row, run_record, setting_of
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
-from gpu_watch.impact import UsageMeter, with_impacts
+from gpu_watch.impact import with_impacts
 from gpu_watch.job import find_job_id
 from gpu_watch.live import LiveFigures
 from gpu_watch.loop_clock import LoopClock, StackSampler
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import Sampler
 from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
+from gpu_watch.usage import UsageMeter, busy
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 from gpu_watch.watchdog import FitWatchdog
 
@@ -73,14 +75,26 @@ class Monitor:
             fit, and ``keras_probes`` (`keras_internals.outcomes`).
         steps_per_execution: The model's `steps_per_execution`: how many steps one batch hook
             may close (see `steps.BatchPairing`).
+        clock: Monotonic clock in seconds, the time axis of every file (and of the sampler).
+            Default `time.perf_counter`; a test hands one it moves by hand.
+        sampler: Builds the sampler from `Sampler`'s arguments. Default `Sampler` (a daemon
+            thread); `gpu_watch.testing.DrivenSampler` has no thread and ticks when told.
+        data_tick: Given the ident of the thread that runs `fit`, what the input pipeline is
+            doing now (`keras_internals.data_tick`: a `Probed` whose value is a `DataTick`).
+            Default None: the loop's wait for data is seen only from the batch gaps.
     """
 
     def __init__(self, config: Config, nvml: NVML, backend: str, rank: tuple[int, int],
                  framework: dict[str, Any], environment: dict[str, Any] | None,
-                 setup: dict[str, Any] | None = None, steps_per_execution: int = 1) -> None:
+                 setup: dict[str, Any] | None = None, steps_per_execution: int = 1, *,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sampler: Callable[..., Sampler] = Sampler,
+                 data_tick: Callable[[int], Any] | None = None) -> None:
         self.config = config
         self.nvml = nvml
-        self.clock = time.perf_counter
+        self.clock = clock
+        self._probe_data_tick = data_tick
+        self._data_tick_failed = False
         self.t0 = self.clock()
         self.t0_unix = time.time()
         self.status = runlog.STATUS_RUNNING
@@ -132,7 +146,7 @@ class Monitor:
         self.exports = Exports(config.export, self.info, self.devices)
         # The latest readings for the live displays, deposited by the sampler thread.
         self.live = LiveFigures(config.interval_s)
-        self.sampler = Sampler(nvml, self.devices, self._on_tick, config.interval_s,
+        self.sampler = sampler(nvml, self.devices, self._on_tick, config.interval_s,
                                clock=self.clock, t0=self.t0)
         _open_monitors.add(self)
         self.sampler.start()
@@ -341,7 +355,8 @@ class Monitor:
             return
         thread = self.watchdog.thread
         self.timeline.add_readings(
-            readings, None if thread is None else self._data_tick(thread))
+            readings, None if thread is None or self._probe_data_tick is None
+            else self._data_tick(thread))
         self.live.add(readings)
         self._export_tick(readings)
         if self._finished:  # the closing tick: `finish` writes it
@@ -360,11 +375,11 @@ class Monitor:
     def _data_tick(self, ident: int) -> DataTick | None:
         """What the input pipeline is doing right now (`keras_internals.data_tick`); None when
         the look at the stacks fails, and the first failure's reason goes to `run.json`."""
-        probed = keras_internals.data_tick(ident)
-        probes = self.info["keras_probes"]
-        if probed.reason is not None and probes.get("data_ticks") in (None, keras_internals.OK):
+        probed = self._probe_data_tick(ident)
+        if probed.reason is not None and not self._data_tick_failed:
+            self._data_tick_failed = True
             # A new dict: a writer on another thread may be reading the old one.
-            self.info["keras_probes"] = {**probes, "data_ticks": probed.reason}
+            self.info["keras_probes"] = {**self.info["keras_probes"], "data_ticks": probed.reason}
         return probed.value
 
     def flush(self, final: bool = False) -> None:
@@ -456,7 +471,7 @@ def idle_message(event: IdleEvent, config: Config) -> str:
     for gpu, util in event.util_mean_pct.items():
         device = event.device_util_mean_pct.get(gpu)
         text = f"GPU {gpu} {util:.0f}%"
-        if device is not None and device >= config.idle_threshold_pct:
+        if device is not None and busy(device, config.idle_threshold_pct):
             text += f" (the device {device:.0f}%: other processes kept it busy)"
         parts.append(text)
     return (

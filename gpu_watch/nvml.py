@@ -125,7 +125,7 @@ class Reading:
     the same rule as this process's `proc_util_pct` (see :meth:`NVML.process_utilization`);
     `others_util_pct` is their summed SM utilization and `others_mem_mib` their memory, both
     None when unknown. `judged_util_pct` is not NVML's: the timeline sets it to this training's
-    utilization of the GPU as the verdicts judge it (see `Timeline.judge_reading`), and
+    utilization of the GPU as the verdicts judge it (see `usage.ReadingJudge`), and
     `fetching_data` and `producing_data` to what the input pipeline was doing at that tick
     (see `timeline.DataTick`).
     """

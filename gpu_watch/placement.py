@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from gpu_watch import keras_internals
-from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.errors import GPUWatchWarning, swallowed
 
 # Nodes that move or hold data rather than compute: their device says nothing about where the
 # model's math ran (variables and the input pipeline live on the CPU in healthy GPU runs too).
@@ -150,7 +150,8 @@ def variable_devices(model: Any, device_of, values: list | None = None
     for i, item in enumerate(variables if values is None else values):
         try:
             device = device_of(item)
-        except Exception:  # a variable of an unexpected kind must not end the check
+        except Exception as exc:  # a variable of an unexpected kind must not end the check
+            swallowed("placement.device_of", exc)  # it is left out of the counts
             device = None
         if device is None:
             continue

@@ -10,10 +10,10 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Sequence
 
+from gpu_watch.errors import swallowed
 from gpu_watch.nvml import NVML, Device, Reading
 
 DEFAULT_INTERVAL_S = 0.2
@@ -51,6 +51,8 @@ class Sampler:
             to 1 s, so faster polling adds nothing). Allowed: 0.02 to 60.
         clock: Monotonic clock in seconds. Default `time.perf_counter`.
         t0: Clock value that reading timestamps are relative to. Default: when `start` is called.
+        wait: Waits the given seconds on the sampler thread between ticks, returning early once
+            `stop` is called. Default: a real wait. A test hands one that moves its clock.
 
     Example:
         >>> sampler = Sampler(NVML(), [], sink=print, interval_s=0.5)
@@ -65,6 +67,7 @@ class Sampler:
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.perf_counter,
         t0: float | None = None,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self.interval_s = check_interval(interval_s)
         self._nvml = nvml
@@ -73,6 +76,7 @@ class Sampler:
         self._clock = clock
         self._t0 = t0
         self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
         self._closing_tick = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -121,16 +125,18 @@ class Sampler:
         for device in self._devices:
             try:
                 readings.append(self._nvml.read(device, now))
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # one device's failed read must not silence the others
+                self._record_error("sampler.read", exc)
                 readings.append(Reading(time_s=now, gpu=device.nvml_index))
         self._sink(readings)
         self.ticks += 1
         return readings
 
-    def _record_error(self) -> None:
+    def _record_error(self, place: str, exc: Exception) -> None:
+        """Keep `exc` for `run.json` (the first `_MAX_ERRORS`) and in `errors.swallowed`."""
+        record = swallowed(place, exc)
         if len(self.errors) < _MAX_ERRORS:
-            self.errors.append(traceback.format_exc(limit=3).strip())
+            self.errors.append(record.trace)
 
     def _run(self) -> None:
         try:
@@ -140,28 +146,28 @@ class Sampler:
             # them: a read that hangs past `stop` never has its buffers freed under it.
             try:
                 self._nvml.release_gpm(self._devices)
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # the thread is ending: nothing left to protect but it
+                self._record_error("sampler.release_gpm", exc)
 
     def _loop(self) -> None:
         due = self._clock()
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # the monitor must never take training down with it
-                self._record_error()
+            except Exception as exc:  # a bug in the tick's sink must not end the sampling
+                self._record_error("sampler.tick", exc)
             due += self.interval_s
             now = self._clock()
             if now > due:
                 missed = int((now - due) // self.interval_s) + 1
                 self.skipped_ticks += missed
                 due += missed * self.interval_s
-            self._stop.wait(due - now)
+            self._wait(due - now)
         if self._closing_tick:
             try:
                 self.tick()
-            except Exception:
-                self._record_error()
+            except Exception as exc:  # the run still closes without its last reading
+                self._record_error("sampler.tick", exc)
 
 
 @atexit.register

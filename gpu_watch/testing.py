@@ -31,6 +31,7 @@ Timelines (``util_pct``, ``mem_used_mib``, ...) are a constant, a list (one valu
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -39,10 +40,14 @@ import threading
 import time
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pynvml
+
+from gpu_watch.errors import take_swallowed
+from gpu_watch.sampler import Sampler
 
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 
@@ -744,3 +749,93 @@ def _mig_enabled(handle: _Handle) -> bool:
     """A MIG instance, or a physical GPU with MIG enabled."""
     return handle.mig or bool(handle.gpu.mig_devices)
 
+
+
+# Where only a bug can make an exception: the sampler's tick pipeline, the exporters' jobs, the
+# live line (a closed notebook raises nothing of its own kind: it is a bug too).
+STRICT_PLACES = ("sampler", "export", "live")
+
+
+class SwallowedError(AssertionError):
+    """Exceptions that gpu-watch caught at `STRICT_PLACES` while `strict_catches` was on."""
+
+
+@contextlib.contextmanager
+def strict_catches(places: Sequence[str] = STRICT_PLACES) -> Iterator[None]:
+    """Fail when gpu-watch catches an exception at `places` inside the block.
+
+    Training goes on past such a catch, so a bug there (a formatting error in the live line, a
+    wrong key in an exporter) would otherwise pass unseen. A test that provokes one on purpose
+    takes it with `gpu_watch.errors.take_swallowed` before the block ends.
+
+    Raises:
+        SwallowedError: On leaving the block, naming each exception caught and where.
+
+    Example:
+        >>> with strict_catches():
+        ...     model.fit(x, y, callbacks=[GPUWatch(nvml=FakeNVML([FakeGPU()]))])
+    """
+    take_swallowed(*places)  # what an earlier block left is not this block's
+    yield
+    caught = take_swallowed(*places)
+    if caught:
+        raise SwallowedError("gpu-watch caught exceptions that only a bug explains:\n" +
+                             "\n".join(f"{s.place}: {s.trace}" for s in caught))
+
+
+# -- time and ticks driven by the test ----------------------------------------------------------
+
+
+class ManualClock:
+    """A monotonic clock in seconds that moves only when told (`advance`).
+
+    Hand the same one to `FakeNVML(clock=...)` and to `Monitor(clock=...)`, and the scripted
+    GPUs, the readings and the run's time axis all follow it, whatever the machine's load.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock `seconds` forward."""
+        self.now += seconds
+
+
+class DrivenSampler(Sampler):
+    """A `Sampler` without a thread: it reads the GPUs when the test says so.
+
+    Pass the class as `Monitor(sampler=DrivenSampler, clock=ManualClock())`; then `run_for`
+    moves the clock and ticks as the thread would, and an exception in the tick reaches the
+    test. `stop(closing_tick=True)` reads once more, as the thread does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        """Always False: no thread runs."""
+        return False
+
+    def start(self) -> None:
+        """Start the time axis (as `Sampler.start` does); no thread starts."""
+        if self._t0 is None:
+            self._t0 = self._clock()
+
+    def stop(self, timeout_s: float = 5.0, closing_tick: bool = False) -> None:
+        """Stop; with `closing_tick`, read every GPU once more first, on the caller's thread
+        (the thread would, before it ends). Idempotent."""
+        if closing_tick and not self._stopped:
+            self.tick()
+        self._stopped = True
+
+    def run_for(self, seconds: float) -> None:
+        """Advance the clock (a `ManualClock`) by `seconds`, ticking every `interval_s`."""
+        ticks = round(seconds / self.interval_s)
+        for _ in range(ticks):
+            self._clock.advance(self.interval_s)
+            self.tick()

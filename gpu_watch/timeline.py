@@ -19,7 +19,8 @@ from typing import Any
 
 from gpu_watch.nvml import Reading
 from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.verdict import GPUStats, OtherUse
+from gpu_watch.usage import EnergyMeter, ReadingJudge, SpanStats, idle
+from gpu_watch.verdict import GPUStats
 
 
 @dataclass(frozen=True)
@@ -48,251 +49,6 @@ class IdleEvent:
             "device_util_mean_pct": {str(k): round(v, 1)
                                      for k, v in self.device_util_mean_pct.items()},
         }
-
-
-# Other processes tracked per GPU and span: enough for any real GPU, and memory stays flat.
-MAX_OTHER_PIDS = 32
-# GPM readings averaged per span: (Reading field, GPUStats field).
-ACTIVITY_FIELDS = (
-    ("sm_active_pct", "sm_active_mean"),
-    ("sm_occupancy_pct", "sm_occupancy_mean"),
-    ("tensor_active_pct", "tensor_active_mean"),
-    ("dram_bw_pct", "dram_bw_mean"),
-    ("fp32_active_pct", "fp32_active_mean"),
-    ("fp16_active_pct", "fp16_active_mean"),
-)
-
-
-class _Histogram:
-    """Counts of 0-100 % readings with their sum and how many were under the threshold."""
-
-    __slots__ = ("counts", "total", "idle")
-
-    def __init__(self) -> None:
-        self.counts = [0] * 101
-        self.total = 0.0
-        self.idle = 0
-
-    def add(self, pct: float, threshold_pct: float) -> None:
-        self.counts[min(100, max(0, int(round(pct))))] += 1
-        self.total += pct
-        if pct < threshold_pct:
-            self.idle += 1
-
-    def summary(self) -> tuple[int, float | None, float | None, float | None]:
-        """(readings, mean, p95, share under the threshold); None without readings."""
-        n = sum(self.counts)
-        if not n:
-            return 0, None, None, None
-        target, seen, p95 = 0.95 * n, 0, 100
-        for pct, c in enumerate(self.counts):
-            seen += c
-            if seen >= target:
-                p95 = pct
-                break
-        return n, self.total / n, float(p95), self.idle / n
-
-
-@dataclass(slots=True)
-class _RunningMean:
-    """A running mean: the sum of the values counted and how many there were."""
-
-    total: float = 0.0
-    readings: int = 0
-
-    def add(self, value: float) -> None:
-        self.total += value
-        self.readings += 1
-
-    def mean(self) -> float | None:
-        """The mean; None before the first value."""
-        return self.total / self.readings if self.readings else None
-
-
-@dataclass(slots=True)
-class _OtherProcess:
-    """Another process's use of one GPU over a span, as it is counted (see `OtherUse`)."""
-
-    name: str | None = None
-    sm_util: _RunningMean = field(default_factory=_RunningMean)
-    mem_peak_mib: float | None = None
-
-
-class SpanStats:
-    """Running statistics of one GPU over a span: the device's utilization and this process's
-    own (histograms), the other processes seen, peaks, flags, and running means of the GPM
-    readings.
-
-    Each figure is named after the `GPUStats` field it becomes: `gpu_util` is the device's
-    utilization (`Reading.util_pct`), `proc_util` this process's own (`Reading.proc_util_pct`).
-    """
-
-    __slots__ = ("readings", "gpu_util", "proc_util", "mem_peak_mib", "proc_mem_peak_mib",
-                 "proc_seen", "others_seen", "lost", "others_util", "others_busy", "contended",
-                 "others_mem_peak_mib", "procs_max", "others", "activity")
-
-    def __init__(self) -> None:
-        self.readings = 0
-        self.gpu_util = _Histogram()
-        self.proc_util = _Histogram()
-        self.mem_peak_mib: float | None = None
-        self.proc_mem_peak_mib: float | None = None
-        self.proc_seen = False
-        self.others_seen = False
-        self.lost = False
-        self.others_util = _RunningMean()  # the other processes' summed SM utilization
-        self.others_busy = 0  # readings in which the others were at or above the threshold
-        self.contended = 0  # readings in which this process and the others both worked
-        self.others_mem_peak_mib: float | None = None
-        self.procs_max: int | None = None
-        self.others: dict[int, _OtherProcess] = {}  # by PID
-        self.activity = {name: _RunningMean() for name, _ in ACTIVITY_FIELDS}  # by Reading field
-
-    def add(self, r: Reading, threshold_pct: float) -> None:
-        """Count one reading; readings without a value change nothing (NaN is not idle)."""
-        self.readings += 1
-        if r.util_pct is not None:
-            self.gpu_util.add(r.util_pct, threshold_pct)
-        if r.proc_util_pct is not None:
-            self.proc_util.add(r.proc_util_pct, threshold_pct)
-        if r.mem_used_mib is not None:
-            self.mem_peak_mib = _max(self.mem_peak_mib, r.mem_used_mib)
-        if r.proc_mem_mib is not None:
-            self.proc_mem_peak_mib = _max(self.proc_mem_peak_mib, r.proc_mem_mib)
-        self._count_listing(r)
-        self._count_others(r, threshold_pct)
-        self.lost = self.lost or r.lost
-        for name, running in self.activity.items():
-            value = getattr(r, name)
-            if value is not None:
-                running.add(value)
-
-    def _count_listing(self, r: Reading) -> None:
-        """Whether NVML listed this process, and other processes, on the GPU."""
-        listed = r.proc_listed
-        if listed is None and r.proc_mem_mib is not None:
-            # Readings without the flag (read back from a run folder): memory held means listed.
-            listed = r.proc_mem_mib > 0
-        if listed:
-            self.proc_seen = True
-        if r.procs is not None:
-            self.procs_max = r.procs if self.procs_max is None else max(self.procs_max, r.procs)
-            if listed is not None and r.procs > int(listed):
-                self.others_seen = True
-
-    def _count_others(self, r: Reading, threshold_pct: float) -> None:
-        """The other processes' use of the GPU: together, and each on its own (the first
-        `MAX_OTHER_PIDS` seen)."""
-        if r.others_util_pct is not None:
-            self.others_util.add(r.others_util_pct)
-            if r.others_util_pct >= threshold_pct:
-                self.others_busy += 1
-                if r.proc_util_pct is not None and r.proc_util_pct >= threshold_pct:
-                    self.contended += 1
-        if r.others_mem_mib is not None:
-            self.others_mem_peak_mib = _max(self.others_mem_peak_mib, r.others_mem_mib)
-        for other in r.others or ():
-            entry = self.others.get(other.pid)
-            if entry is None:
-                if len(self.others) >= MAX_OTHER_PIDS:
-                    continue
-                entry = self.others[other.pid] = _OtherProcess()
-            entry.name = entry.name or other.name
-            if other.sm_util_pct is not None:
-                entry.sm_util.add(other.sm_util_pct)
-            if other.used_mib is not None:
-                entry.mem_peak_mib = _max(entry.mem_peak_mib, other.used_mib)
-
-    def activity_means(self) -> dict[str, float | None]:
-        """The GPM means as GPUStats keywords; None for a field never read."""
-        return {field: self.activity[name].mean() for name, field in ACTIVITY_FIELDS}
-
-    def stats(self, gpu: int) -> GPUStats:
-        """The span's statistics as the verdict rules take them."""
-        util_n, util_mean, util_p95, util_idle = self.gpu_util.summary()
-        proc_n, proc_mean, proc_p95, proc_idle = self.proc_util.summary()
-        others_n = self.others_util.readings
-        others = tuple(OtherUse(pid, o.name, o.sm_util.mean(), o.mem_peak_mib)
-                       for pid, o in self.others.items())
-        return GPUStats(
-            gpu, util_samples=util_n, util_mean=util_mean, util_p95=util_p95,
-            device_idle_fraction=util_idle, mem_peak_mib=self.mem_peak_mib,
-            proc_mem_peak_mib=self.proc_mem_peak_mib, proc_seen=self.proc_seen,
-            others_seen=self.others_seen, lost=self.lost,
-            proc_util_samples=proc_n, proc_util_mean=proc_mean, proc_util_p95=proc_p95,
-            proc_idle_fraction=proc_idle,
-            others_util_mean=self.others_util.mean(),
-            others_busy_fraction=self.others_busy / others_n if others_n else None,
-            contended_fraction=self.contended / others_n if others_n else None,
-            others_mem_peak_mib=self.others_mem_peak_mib, procs_max=self.procs_max,
-            others=others, readings=self.readings, **self.activity_means(),
-        )
-
-
-def _max(current: float | None, value: float) -> float:
-    return value if current is None else max(current, value)
-
-
-class EnergyMeter:
-    """The energy one GPU used over a span, from NVML's energy counter or, where that is
-    unsupported or was reset, from power readings integrated over time.
-
-    The counter counts millijoules since the driver loaded, so a span's energy is the sum of
-    its differences; a negative difference (a driver reload) makes the counter unusable for
-    the span. Power readings are joined by trapezoids. `follow` carries the last reading over
-    from the span before, so that the time between two spans is counted once.
-    """
-
-    __slots__ = ("counter_mj", "counter_s", "counter_pairs", "reset", "power_j", "power_s",
-                 "last_mj", "last_mj_s", "last_w", "last_w_s")
-
-    def __init__(self) -> None:
-        self.counter_mj = 0.0
-        self.counter_s = 0.0
-        self.counter_pairs = 0
-        self.reset = False
-        self.power_j = 0.0
-        self.power_s = 0.0
-        self.last_mj: int | None = None
-        self.last_mj_s = 0.0
-        self.last_w: float | None = None
-        self.last_w_s = 0.0
-
-    def follow(self, other: EnergyMeter) -> EnergyMeter:
-        """Start where `other` stands (its last counter and power readings). Returns self."""
-        self.last_mj, self.last_mj_s = other.last_mj, other.last_mj_s
-        self.last_w, self.last_w_s = other.last_w, other.last_w_s
-        return self
-
-    def add(self, r: Reading) -> None:
-        """Count one reading."""
-        if r.energy_counter_mj is not None:
-            if self.last_mj is not None:
-                delta = r.energy_counter_mj - self.last_mj
-                if delta < 0:
-                    self.reset = True
-                else:
-                    self.counter_mj += delta
-                    self.counter_s += r.time_s - self.last_mj_s
-                    self.counter_pairs += 1
-            self.last_mj, self.last_mj_s = r.energy_counter_mj, r.time_s
-        if r.power_w is not None:
-            if self.last_w is not None and r.time_s > self.last_w_s:
-                elapsed_s = r.time_s - self.last_w_s
-                self.power_j += (self.last_w + r.power_w) / 2 * elapsed_s
-                self.power_s += elapsed_s
-            self.last_w, self.last_w_s = r.power_w, r.time_s
-
-    def result(self) -> dict[str, Any]:
-        """`energy_j`, `energy_method` and `power_mean_w` as GPUStats keywords."""
-        if self.counter_pairs and not self.reset:
-            joules, seconds, method = self.counter_mj / 1000.0, self.counter_s, "counter"
-        elif self.power_s > 0:
-            joules, seconds, method = self.power_j, self.power_s, "power"
-        else:
-            return {"energy_j": None, "energy_method": None, "power_mean_w": None}
-        return {"energy_j": joules, "energy_method": method,
-                "power_mean_w": joules / seconds if seconds > 0 else None}
 
 
 def known_mean(values: Iterable[float | None]) -> float | None:
@@ -585,7 +341,7 @@ class Timeline:
         self._last_batch_end_s = -math.inf
         self._idle_since: float | None = None
         self._idle_sums: dict[int, _IdleSums] = {}
-        self._own_seen: set[int] = set()  # GPUs that gave this process a figure of its own
+        self._judge = ReadingJudge(idle_threshold_pct)
         self._last_judged: dict[int, float] = {}  # each GPU's latest judged utilization
         self.idle_event: IdleEvent | None = None
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
@@ -813,9 +569,9 @@ class Timeline:
         # least one GPU must have been judged idle this tick.
         measured = [r for r in readings
                     if r.gpu in self._run_stats and r.judged_util_pct is not None]
-        idle = (not self.idle_paused and bool(measured)
-                and all(u < self.threshold for u in self._last_judged.values()))
-        if not idle:
+        all_idle = (not self.idle_paused and bool(measured)
+                    and all(idle(u, self.threshold) for u in self._last_judged.values()))
+        if not all_idle:
             self._idle_since = None
             self._idle_sums = {}
             return None
@@ -839,26 +595,8 @@ class Timeline:
 
     def judge_reading(self, r: Reading) -> float | None:
         """This training's utilization of a GPU in one reading, percent; None when the reading
-        cannot tell.
-
-        Its own SM utilization where NVML attributes one. Without it, the device's stands in
-        when it is under the idle threshold (the device's figure bounds any one process's, so
-        the training was idle too), or when no other process is listed and this GPU never gave
-        this process a figure of its own (the device's work is then taken as this training's,
-        as in a container's PID namespace). Otherwise another process may have done the work,
-        or NVML has no new sample of this process yet. Remembers the GPUs that gave this
-        process a figure of its own.
-        """
-        if r.proc_util_pct is not None:
-            self._own_seen.add(r.gpu)
-            return r.proc_util_pct
-        if r.util_pct is None:
-            return None
-        if r.util_pct < self.threshold:
-            return r.util_pct
-        if r.gpu in self._own_seen or (r.procs or 0) > 1:
-            return None
-        return r.util_pct
+        cannot tell (the rule is `usage.ReadingJudge.judge`)."""
+        return self._judge.judge(r)
 
     # -- either thread (under the lock) ----------------------------------------------------------
 

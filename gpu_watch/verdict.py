@@ -244,7 +244,6 @@ class Setting:
         cuda_build: The framework was built with CUDA; None when unknown.
         cpu_compute_examples: Compute ops placed on the CPU in step 0.
         environment: The doctor's findings, used to explain a fall-back to the CPU.
-        idle_threshold_pct: Utilization under this is idle, percent.
         facts: The user's setup (backend, input pipeline, distribution, device scope), which
             picks the remedies that fit it.
         no_process_utilization: GPUs (NVML indices) on which NVML refused per-process
@@ -260,7 +259,6 @@ class Setting:
     cuda_build: bool | None = None
     cpu_compute_examples: Sequence[str] = ()
     environment: Sequence[Cause] = ()
-    idle_threshold_pct: float = 10.0
     facts: RunFacts = field(default_factory=RunFacts)
     no_process_utilization: Sequence[int] = ()
 

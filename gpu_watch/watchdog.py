@@ -32,7 +32,10 @@ class FitWatchdog:
             return
         self._watched = (threading.get_ident(), frame)
         if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
+            installed = signal.getsignal(signal.SIGINT)
+            previous = _unwrapped(installed)
+            if previous is not installed:
+                signal.signal(signal.SIGINT, previous)
             if callable(previous):
                 self._previous_sigint = previous
                 signal.signal(signal.SIGINT, self._on_sigint)
@@ -75,3 +78,15 @@ class FitWatchdog:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.interrupted = True
         self._previous_sigint(signum, frame)
+
+
+def _unwrapped(handler: Any) -> Any:
+    """`handler` without the wrappers of runs that closed where the handler could not be put
+    back (another thread closed them): each only passes Ctrl-C on, so they are taken off here,
+    on the main thread, before a new one goes on. Any number of fits leave the handler as it
+    was."""
+    while (isinstance(watchdog := getattr(handler, "__self__", None), FitWatchdog)
+           and getattr(handler, "__func__", None) is FitWatchdog._on_sigint
+           and watchdog._watched is None and watchdog._previous_sigint is not None):
+        handler, watchdog._previous_sigint = watchdog._previous_sigint, None
+    return handler

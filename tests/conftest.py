@@ -10,18 +10,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+from gpu_watch.testing import ManualClock, strict_catches  # noqa: E402
 
-class ManualClock:
-    """A clock tests move by hand, for timelines that must not depend on the machine's speed."""
 
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture(autouse=True)
+def _strict_catches():
+    """Every test fails when gpu-watch catches, in the sampler, the exporters or the live line,
+    an exception only a bug explains (a test that provokes one takes it with
+    `gpu_watch.errors.take_swallowed`)."""
+    with strict_catches():
+        yield
 
 
 @pytest.fixture

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
-import time
-
 from gpu_watch import load_run
 from gpu_watch.config import Config
 from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML
 from gpu_watch.placement import Probe
+from gpu_watch.testing import DrivenSampler, ManualClock
 
 
-def monitor_on_gpu(tmp_path, fake, **config):
+def monitor_on_gpu(tmp_path, fake, driven=True, data_tick=None, **config):
     """A Monitor whose framework uses a GPU (TensorFlow here cannot), to reach the verdicts
-    that need one. `config` overrides GPUWatch's options (sampling every 0.02 s by default)."""
+    that need one. `config` overrides GPUWatch's options (sampling every 0.02 s by default).
+
+    Driven (the default), the Monitor, its sampler and `fake` share a `ManualClock`, and the
+    test moves time and ticks with `run_for` or `monitor.sampler.run_for`; otherwise a real
+    sampler thread reads `fake` on the real clock. `data_tick` is the Monitor's look at the
+    input pipeline (`keras_internals.data_tick`; default none)."""
     config.setdefault("interval_s", 0.02)
     framework = {"name": "tensorflow", "gpus": ["/physical_device:GPU:0"], "cuda_build": True}
+    driving = {}
+    if driven:
+        if not isinstance(fake.clock, ManualClock):
+            fake.clock = ManualClock()
+        driving = {"clock": fake.clock, "sampler": DrivenSampler}
     return Monitor(Config(log_dir=str(tmp_path), plot=False, **config),
-                   NVML(fake), "tensorflow", (0, 1), framework, None)
+                   NVML(fake), "tensorflow", (0, 1), framework, None, data_tick=data_tick,
+                   **driving)
+
+
+def run_for(monitor, seconds):
+    """Let `seconds` of training pass on a driven Monitor: its clock moves and its sampler
+    ticks, every interval."""
+    assert isinstance(monitor.sampler, DrivenSampler), "a Monitor built with driven=True"
+    monitor.sampler.run_for(seconds)
 
 
 def run_monitor(monitor, seconds=0.5):
@@ -25,7 +42,7 @@ def run_monitor(monitor, seconds=0.5):
     monitor.begin_epoch(0)
     monitor.timeline.add_batch(0, 0, 1, 0.0, 0.01, None)
     monitor.first_step({"compute_on_gpu": True})
-    time.sleep(seconds)
+    run_for(monitor, seconds)
     monitor.end_epoch(0, {})
     monitor.finish("completed")
     return load_run(monitor.run_dir)

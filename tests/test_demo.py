@@ -15,7 +15,10 @@ TENSORFLOW_START_UP = ("absl::InitializeLog", "cudart_stub.cc", "cuInit", "I0000
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", *env)}
+    """Run `code` in a fresh Python with `env`; the caller's warning filters (PYTHONWARNINGS)
+    stay out: these tests check what a user with Python's defaults sees."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", *env)}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get(
         "PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -96,6 +96,7 @@ def test_python_waits_for_the_figures_when_it_exits(tmp_path):
     when the process is gone, though neither was waited for."""
     script = textwrap.dedent("""
         import sys
+        from gpu_watch import drawing
         from gpu_watch.config import Config
         from gpu_watch.monitor import Monitor
         from gpu_watch.nvml import NVML
@@ -110,6 +111,7 @@ def test_python_waits_for_the_figures_when_it_exits(tmp_path):
             monitor.end_epoch(0, {"loss": 1.0})
             return monitor
 
+        drawing.DRAWING_SHARE = float("inf")  # each run pays for its figures, however short
         run(sys.argv[1] + "/ended").finish("completed")
         run(sys.argv[1] + "/open")  # never finished: the exit closes it
     """)
@@ -247,6 +249,7 @@ def test_epoch_end_redraws_wait_for_the_last_one_and_keep_to_their_budget(tmp_pa
 
     monkeypatch.setattr(drawing.Painter, "request", counted)
     monkeypatch.setattr(drawing, "FIRST_RENDER_S", 0.0)
+    monkeypatch.setattr(drawing, "DRAWING_SHARE", float("inf"))  # the final one: drawn at once
     run = played_run(tmp_path, plot=True)  # epoch 0 ended: its redraw is asked for
     assert len(asked) == 1
     run.begin_epoch(1)
@@ -298,3 +301,81 @@ def test_wait_for_report_with_nothing_to_draw(tmp_path):
     fit([watch])
     assert watch.wait_for_report(0) is True
     assert not [p for p in watch.run_dir.iterdir() if p.name in FIGURES]
+
+
+# -- figures on demand for runs too short to pay for them ----------------------------------------
+
+
+class CPUClock:
+    """The training process's CPU time, as a test sets it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize(("run_cpu_s", "drawn_at_the_end"), [(1.6, True), (1.59, False)])
+def test_the_final_figures_are_drawn_at_the_end_only_within_their_share_of_the_run(
+        tmp_path, monkeypatch, run_cpu_s, drawn_at_the_end):
+    asked = []
+    monkeypatch.setattr(drawing.Painter, "request",
+                        lambda self, run_dir: asked.append(run_dir) or drawing.Drawing(
+                            Path(run_dir), len(asked)))
+    monkeypatch.setattr(drawing.painter(), "_last_cpu_s", 0.4)  # one drawing: 0.4 CPU-s
+    cpu = CPUClock()
+    redraws = drawing.Redraws(tmp_path, cpu_clock=cpu)
+    cpu.now += run_cpu_s  # 0.4 s is 25 % of 1.6 s of the run's CPU time
+    redraws.ask(5.0, final=True)
+    assert (asked == [tmp_path]) is drawn_at_the_end
+    assert redraws.left_for_later is not drawn_at_the_end
+
+
+def test_a_short_run_s_figures_are_drawn_when_asked_for(tmp_path, monkeypatch):
+    asked = []
+    request = drawing.Painter.request
+
+    def counted(self, run_dir):
+        asked.append(request(self, run_dir))
+        return asked[-1]
+
+    monkeypatch.setattr(drawing.Painter, "request", counted)
+    monkeypatch.setattr(drawing, "DRAWING_SHARE", 0.0)  # no run is long enough
+    run = played_run(tmp_path, plot=True)
+    run.finish("completed")
+    assert asked == [] and run.redraws.left_for_later
+    assert not [p for p in run.run_dir.iterdir() if p.name in FIGURES]
+    assert run.wait_for_drawing(60)  # `GPUWatch.wait_for_report`: drawn now
+    assert len(asked) == 1 and not run.redraws.left_for_later
+    assert {p.name for p in run.run_dir.iterdir()} >= set(FIGURES)
+
+
+def test_at_exit_only_the_last_short_run_has_its_figures_drawn(tmp_path):
+    """Many short fits in one process (a test suite, a tuner): their figures wait to be asked
+    for, but the last run's are drawn as Python exits: the ones a script looks at."""
+    script = textwrap.dedent("""
+        import sys
+        from gpu_watch.config import Config
+        from gpu_watch.monitor import Monitor
+        from gpu_watch.nvml import NVML
+        from gpu_watch.testing import FakeGPU, FakeNVML
+
+        for name in ("first", "second", "last"):
+            monitor = Monitor(Config(log_dir=sys.argv[1] + "/" + name, interval_s=0.02),
+                              NVML(FakeNVML([FakeGPU(util_pct=70)])), "tensorflow", (0, 1),
+                              {"name": "tensorflow", "gpus": []}, None)
+            monitor.begin_epoch(0)
+            monitor.timeline.add_batch(0, 0, 1, 0.0, 0.001, None)
+            monitor.end_epoch(0, {"loss": 1.0})
+            monitor.finish("completed")
+            assert monitor.redraws.left_for_later, "a run this short pays for no drawing"
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    drawn = {name: set(FIGURES) <= {p.name for p in next((tmp_path / name).iterdir()).iterdir()}
+             for name in ("first", "second", "last")}
+    assert drawn == {"first": False, "second": False, "last": True}

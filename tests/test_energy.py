@@ -4,8 +4,6 @@ and the report show it."""
 
 from __future__ import annotations
 
-import time
-
 import pynvml
 import pytest
 
@@ -14,8 +12,9 @@ from gpu_watch.config import Config
 from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.report import figures
-from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import EnergyMeter, Timeline, activity_row, energy_summary
+from gpu_watch.testing import DrivenSampler, FakeGPU, FakeNVML, FakeProcess, ManualClock
+from gpu_watch.timeline import Timeline, activity_row, energy_summary
+from gpu_watch.usage import EnergyMeter
 from gpu_watch.verdict import GPUStats
 
 
@@ -125,15 +124,16 @@ def test_the_run_summary_names_method_and_scope():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     gpu = FakeGPU(util_pct=90, power_w=400.0, processes=[FakeProcess(used_mib=1000)])
-    nvml = NVML(FakeNVML([gpu]))
+    clock = ManualClock()
+    nvml = NVML(FakeNVML([gpu], clock=clock))
     monitor = Monitor(Config(log_dir=str(tmp_path_factory.mktemp("energy")), run_name="e",
                              interval_s=0.05, plot=False), nvml, "torch", (0, 1),
-                      {"gpus": ["cuda:0"]}, None)
+                      {"gpus": ["cuda:0"]}, None, clock=clock, sampler=DrivenSampler)
     monitor.first_step({"compute_on_gpu": True})
     for epoch in range(2):
         monitor.begin_epoch(epoch)
         begin = monitor.elapsed_s()
-        time.sleep(0.4)
+        monitor.sampler.run_for(0.4)
         monitor.timeline.add_batch(epoch, 0, 1, begin, monitor.elapsed_s(), 0.0)
         monitor.end_epoch(epoch, {"loss": 1.0})
     monitor.finish(runlog.STATUS_COMPLETED)

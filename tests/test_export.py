@@ -14,11 +14,11 @@ import uuid
 import warnings
 
 import pytest
-from monitors import monitor_on_gpu
+from monitors import monitor_on_gpu, run_for
 from prometheus_tools import free_port, free_ports_in_a_row, library
 
 from gpu_watch import load_run
-from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.errors import GPUWatchWarning, take_swallowed
 from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
 from gpu_watch.export.figures import Snapshot, training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
@@ -71,10 +71,12 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
     try:
         url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
         assert url.startswith("http://127.0.0.1:")
-        time.sleep(1.2)  # NVML's process samples and GPM need a period or two
+        run_for(monitor, 1.2)  # NVML's process samples and GPM need a period or two
         monitor.end_epoch(0, {})
+        assert monitor.exports.wait_handed(10)
         families, _ = scrape(url)
-        time.sleep(0.4)
+        run_for(monitor, 0.4)
+        assert monitor.exports.wait_handed(10)
         later, _ = scrape(url)
     finally:
         monitor.finish("completed")
@@ -219,7 +221,7 @@ def test_a_port_in_use_is_one_warning_and_the_run_goes_on(tmp_path):
             monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=port))
             wait_for(lambda: monitor.exports.exporters)
         assert monitor.exports.exporters[0].url is None
-        time.sleep(0.3)
+        run_for(monitor, 0.3)
         monitor.end_epoch(0, {})
         monitor.finish("completed")
         assert monitor.exports.wait(10)
@@ -231,7 +233,7 @@ def test_an_unreachable_pushgateway_is_one_warning_and_the_run_folder_is_whole(t
     gateway = f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     monitor = start(tmp_path, busy_shared_gpu(),
                     export=Prometheus(port=None, pushgateway=gateway))
-    time.sleep(0.3)
+    run_for(monitor, 0.3)
     monitor.end_epoch(0, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -254,10 +256,11 @@ def test_a_failing_exporter_is_one_warning_and_training_goes_on(tmp_path):
         monitor = start(tmp_path, busy_shared_gpu(),
                         export=[OpenTelemetry(meter_provider=BrokenProvider()),
                                 Prometheus(port=0)])
-        time.sleep(0.3)
+        run_for(monitor, 0.3)
         monitor.end_epoch(0, {})
         monitor.finish("completed")
         assert monitor.exports.wait(10)
+    assert [s.place for s in take_swallowed("export")] == ["export.job"]  # provoked here
     failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
     assert len(failed) == 1 and "OpenTelemetry export failed" in failed[0]
     assert len(monitor.exports.exporters) == 1  # the Prometheus one still served
@@ -338,8 +341,9 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
     gpu = busy_shared_gpu()
     monitor = start(tmp_path, gpu, export=OpenTelemetry(meter_provider=provider))
     try:
-        time.sleep(1.2)
+        run_for(monitor, 1.2)
         monitor.end_epoch(0, {})
+        assert monitor.exports.wait_handed(10)
         points = otel_points(reader)
     finally:
         monitor.finish("completed")
@@ -389,7 +393,7 @@ def test_an_unreachable_otlp_endpoint_is_one_warning(tmp_path):
     library("opentelemetry.exporter.otlp.proto.http")
     endpoint = f"http://127.0.0.1:{free_port()}/v1/metrics"
     monitor = start(tmp_path, busy_shared_gpu(), export=OpenTelemetry(endpoint=endpoint))
-    time.sleep(0.3)
+    run_for(monitor, 0.3)
     monitor.end_epoch(0, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -471,7 +475,7 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
         endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/metrics"
         gpu = busy_shared_gpu()
         monitor = start(tmp_path, gpu, export=OpenTelemetry(endpoint=endpoint))
-        time.sleep(0.5)
+        run_for(monitor, 0.5)
         monitor.end_epoch(0, {})
         monitor.finish("completed")
         assert monitor.exports.wait(20)
@@ -534,6 +538,7 @@ def test_a_scrape_that_fails_to_render_is_a_500_and_one_warning():
         server.server_close()
     failed = [str(w.message) for w in caught if issubclass(w.category, GPUWatchWarning)]
     assert len(failed) == 1 and "figures unreadable" in failed[0]
+    assert [s.place for s in take_swallowed("export")] == ["export.scrape"] * 2  # provoked
 
 
 def test_one_meter_provider_serves_run_after_run(tmp_path):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from gpu_watch import GPUWatch, GPUWatchWarning, callback, load_run, placement
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement, process_facts
 from gpu_watch.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -25,9 +25,11 @@ def fit(watch: GPUWatch) -> None:
 
 
 @pytest.fixture
-def fresh_process(monkeypatch):
+def fresh_process():
     """Forget what this test process has gathered already, as if it had just started."""
-    monkeypatch.setattr(callback, "_process_facts", callback._ProcessFacts())
+    process_facts.PROCESS_FACTS.clear()
+    yield
+    process_facts.PROCESS_FACTS.clear()
 
 
 def test_the_environment_check_runs_once_per_process(tmp_path, monkeypatch, fresh_process):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +23,16 @@ from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Rea
 from gpu_watch.report import figures
 from gpu_watch.report.view import epoch_table
 from gpu_watch.sampler import Sampler
-from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess, architecture_of
-from gpu_watch.timeline import SpanStats, Timeline
+from gpu_watch.testing import (
+    DrivenSampler,
+    FakeGPU,
+    FakeNVML,
+    FakeProcess,
+    ManualClock,
+    architecture_of,
+)
+from gpu_watch.timeline import Timeline
+from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OK, GPUStats, Setting, judge
 
 SCRIPT = {"sm_active_pct": 12.0, "sm_occupancy_pct": 9.0, "tensor_active_pct": 0.5,
@@ -234,16 +242,26 @@ def test_the_fake_refuses_what_nvml_refuses():
         FakeGPU(architecture="volta2")
 
 
-def test_the_sampler_frees_the_buffers_on_its_own_thread_when_it_stops():
-    fake, nvml = session(hopper(), hopper())
+def test_the_sampler_frees_the_buffers_on_its_own_thread_when_it_stops(clock):
+    fake, nvml = session(hopper(), hopper(), clock=clock)
     readings: list[Reading] = []
-    sampler = Sampler(nvml, nvml.devices(), readings.extend, interval_s=0.05)
+    measured, allocated = threading.Event(), []
+
+    def sink(tick):
+        readings.extend(tick)
+        if len(readings) == 8:  # four ticks of two GPUs: GPM has had its two samples
+            allocated.append(fake.gpm_samples_allocated)
+            measured.set()
+            sampler.stop()  # from the sampler thread: its loop ends, then it frees the buffers
+
+    sampler = Sampler(nvml, nvml.devices(), sink, interval_s=0.2, clock=clock,
+                      wait=clock.advance)
     sampler.start()
-    deadline = time.monotonic() + 5
-    while not any(r.sm_active_pct is not None for r in readings) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake.gpm_samples_allocated == 4  # two per GPU, swapped, never more
-    sampler.stop()
+    assert measured.wait(30.0)
+    for thread in [t for t in threading.enumerate() if t.name == "gpu-watch-sampler"]:
+        thread.join(10.0)
+    assert any(r.sm_active_pct is not None for r in readings)
+    assert allocated == [4]  # two per GPU, swapped, never more
     assert fake.gpm_samples_allocated == 0
     gpm_calls = {thread for (name, thread) in fake.calls if name.startswith("nvmlGpm")}
     assert gpm_calls == {"gpu-watch-sampler"}  # alloc, sample, metrics and free alike
@@ -356,16 +374,20 @@ def test_tensor_cores_unused_is_a_hint_for_float32_training(tensor, fp32, fp16, 
 
 def monitored_run(log_dir, gpu: FakeGPU, name: str):
     """Two short epochs on a GPU the placement check put training on, read every 0.12 s."""
-    nvml = NVML(FakeNVML([gpu]))
+    clock = ManualClock()
+    nvml = NVML(FakeNVML([gpu], clock=clock))
     nvml.gpm_interval_s = 0.12  # every tick: a short run still has GPM readings in each epoch
     monitor = Monitor(Config(log_dir=str(log_dir), run_name=name, interval_s=0.12, plot=False),
-                      nvml, "jax", (0, 1), {"gpus": ["cuda:0"]}, None)
+                      nvml, "jax", (0, 1), {"gpus": ["cuda:0"]}, None, clock=clock,
+                      sampler=DrivenSampler)
     monitor.first_step({"compute_on_gpu": True})
     for epoch in range(2):
         monitor.begin_epoch(epoch)
         for batch in range(6):
             begin = monitor.elapsed_s()
-            time.sleep(0.06)
+            clock.advance(0.06)
+            if batch % 2:  # a reading every 0.12 s, as the thread would take it
+                monitor.sampler.tick()
             monitor.timeline.add_batch(epoch, batch, 1, begin, monitor.elapsed_s(), 0.0)
         monitor.end_epoch(epoch, {"loss": 1.0})
     monitor.finish(runlog.STATUS_COMPLETED)

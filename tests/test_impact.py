@@ -25,18 +25,17 @@ from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.impact import (
     Impact,
-    UsageMeter,
     cause_impacts,
     cause_totals,
     first_impact_line,
     impact_sentence,
     measured_speedup,
     run_impacts,
-    usage_of_frames,
     with_impacts,
 )
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.usage import UsageMeter, usage_of_frames
 
 THRESHOLD = 10.0
 
@@ -477,7 +476,6 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
                                                proc_listed=True)])
     t0 = monitor.t0
     monitor.clock = lambda: t0 + 4.0
-    time.sleep(0.01)
     monitor.finish("completed")
     lines = summary_line(monitor).splitlines()
     assert lines[0].startswith("gpu-watch: verdict idle")

@@ -22,6 +22,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
+from gpu_watch.errors import take_swallowed
 from gpu_watch.keras_internals import NO_FIT, Probed
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import DataTick
@@ -86,8 +87,8 @@ def test_a_real_fit_records_every_probe_as_ok(tmp_path):
         make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Slow()])
     run = load_run(watch.run_dir)
     assert run.info["keras_probes"] == {
-        "fit_frame": "ok", "data_source": "ok", "progress_bars": "ok", "data_ticks": "ok",
-        "loop_clock": "ok",
+        "fit_frame": "ok", "data_source": "ok", "progress_bars": "ok", "fit_errors": "ok",
+        "data_ticks": "ok", "loop_clock": "ok",
         # Arrays on TensorFlow are read inside the step: no fetch to time, the stacks sampled.
         "data_fetch": "data_fetch: TensorFlow reads the ArrayDataAdapter's batches inside the "
                       "step, out of Python's sight: the wait is sampled from the threads' "
@@ -123,7 +124,6 @@ def test_hooks_called_without_fit_say_so(tmp_path):
         cb.on_train_begin()
         cb.on_epoch_begin(0)
         cb.on_train_batch_begin(0)
-        time.sleep(0.05)
         cb.on_train_batch_end(0, {"loss": 1.0})
         cb.on_epoch_end(0, {"loss": 1.0})
         cb.on_train_end()
@@ -133,6 +133,7 @@ def test_hooks_called_without_fit_say_so(tmp_path):
                      "not by fit",
         "data_source": "data_source: nothing to read without a Keras fit call",
         "progress_bars": "progress_bars: nothing to read without a Keras fit call",
+        "fit_errors": "fit_errors: nothing to read without a Keras fit call",
         "data_ticks": "data_ticks: not run without a Keras fit call whose thread to watch",
         "loop_clock": "loop_clock: nothing to read without a Keras fit call",
         "data_fetch": "data_fetch: the loop clock is not attached"}
@@ -265,7 +266,7 @@ def test_the_training_thread_fetches_while_it_runs_a_data_adapter():
 def test_the_first_failure_of_the_stack_probe_reaches_run_json(tmp_path, monkeypatch):
     failing = Failing()
     monkeypatch.setattr(keras_internals, "sys", failing)
-    monitor = monitor_on_gpu(tmp_path, fake_gpu())
+    monitor = monitor_on_gpu(tmp_path, fake_gpu(), data_tick=keras_internals.data_tick)
     monitor.watch_thread(sys._getframe())
     run = run_monitor(monitor, seconds=0.3)
     assert failing.calls > 1
@@ -318,3 +319,148 @@ def test_the_torch_device_scope_is_keras_own_attribute():
         assert keras_internals.torch_device_scope() == Probed("cpu")
     finally:
         global_state.set_global_attribute("torch_device", None)
+
+
+# -- on_fit_error ------------------------------------------------------------------------------
+
+
+class Iterator:
+    """Stands in for fit's epoch iterator: the block ends the epoch when the data runs out."""
+
+    @contextlib.contextmanager
+    def catch_stop_iteration(self):
+        with contextlib.suppress(StopIteration):
+            yield
+
+
+class Hooks:
+    """Stands in for fit's callback list."""
+
+    def __init__(self, fail_at=None):
+        self.fail_at = fail_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.fail_at == "on_epoch_end":
+            raise KeyError("a callback's bug")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+def test_on_fit_error_passes_on_what_leaves_the_batch_loop_and_only_that():
+    """A stand-in for fit's frame: a function with fit's locals and the block."""
+    seen = []
+
+    def fit(raise_inside, callbacks):
+        epoch_iterator = Iterator()
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        for error in raise_inside:
+            with epoch_iterator.catch_stop_iteration():
+                raise error
+        callbacks.on_epoch_end(0)
+        return armed, epoch_iterator
+
+    hooks = Hooks()
+    armed, iterator = fit([StopIteration()], hooks)
+    assert armed.reason is None and seen == []  # the data ran out: no error
+    assert "catch_stop_iteration" in vars(iterator) and "on_epoch_end" in vars(hooks)
+    armed.value()  # the run closed: every wrapper comes off
+    assert "catch_stop_iteration" not in vars(iterator) and vars(hooks) == {"fail_at": None}
+    boom = ValueError("boom")
+    with pytest.raises(ValueError):
+        fit([boom], Hooks())
+    assert seen == [boom]
+    with pytest.raises(KeyError):
+        fit([], Hooks(fail_at="on_epoch_end"))  # an epoch's end: the callback list sees it
+    assert type(seen[-1]) is KeyError and len(seen) == 2
+
+
+def test_on_fit_error_wraps_the_train_function_where_fit_has_no_block():
+    """The torch trainer: no catch_stop_iteration block, so the model's train_function (an
+    attribute of the model, which outlives fit) is wrapped, and put back after."""
+    seen = []
+
+    class Model:
+        def __init__(self):
+            self.train_function = self.step
+
+        def step(self, data):
+            if data == "bad":
+                raise RuntimeError("shapes differ")
+            return {"loss": 1.0}
+
+    model = Model()
+    original = model.train_function
+
+    def fit(self, batches, callbacks):
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        try:
+            for data in batches:
+                self.train_function(data)
+        finally:
+            armed.value()
+        return armed
+
+    armed = fit(model, ["good"], Hooks())
+    assert "no catch_stop_iteration block" in armed.reason
+    assert model.train_function == original
+    with pytest.raises(RuntimeError, match="shapes differ"):
+        fit(model, ["good", "bad"], Hooks())
+    assert [str(e) for e in seen] == ["shapes differ"]
+    assert model.train_function == original
+
+
+def test_a_wrapper_left_by_an_earlier_run_is_not_stacked():
+    seen = []
+    hooks = Hooks(fail_at="on_epoch_end")
+
+    def fit(callbacks):
+        epoch_iterator = Iterator()
+        armed = keras_internals.on_fit_error(sys._getframe(), seen.append)
+        with epoch_iterator.catch_stop_iteration():
+            return armed
+
+    fit(hooks)  # never taken off: its run closed some other way
+    fit(hooks)
+    with pytest.raises(KeyError):
+        hooks.on_epoch_end(0)
+    assert len(seen) == 1  # one wrapper, not two
+
+
+def test_on_fit_error_says_why_it_is_not_armed():
+    assert keras_internals.on_fit_error(None, print) == Probed(
+        None, "fit_errors: nothing to read without a Keras fit call")
+
+    def fit():  # no callback list to wrap
+        epoch_iterator = Iterator()  # noqa: F841 - fit's local, read through the frame
+        with epoch_iterator.catch_stop_iteration():
+            pass
+        return keras_internals.on_fit_error(sys._getframe(), print)
+
+    probed = fit()
+    assert probed.value is None
+    assert probed.reason.startswith("fit_errors: wrapping what fit's errors pass through "
+                                    "raised AttributeError")
+
+
+def test_a_failing_reaction_leaves_the_users_exception_as_it_is():
+    def react(error):
+        raise RuntimeError("our own bug")
+
+    def fit(callbacks):
+        epoch_iterator = Iterator()
+        keras_internals.on_fit_error(sys._getframe(), react)
+        with epoch_iterator.catch_stop_iteration():
+            raise KeyError("the user's")
+
+    with pytest.raises(KeyError, match="the user's"):
+        fit(Hooks())
+    caught = take_swallowed("keras_internals")
+    assert [(s.place, s.error) for s in caught] == [
+        ("keras_internals.on_fit_error", "RuntimeError: our own bug")]

@@ -14,6 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from gpu_watch.errors import take_swallowed
 from gpu_watch.live import NOTEBOOK_PERIOD_S, NotebookLine
 from tests.test_notebook import this_python_kernel
 
@@ -135,15 +136,19 @@ class Handle:
 
 
 def test_the_line_stops_by_itself_when_the_run_was_closed_elsewhere():
-    handle, finished = Handle(), threading.Event()
-    line = NotebookLine(handle, lambda: "x", finished.is_set, period_s=0.05)
-    time.sleep(0.2)
-    finished.set()
-    time.sleep(0.2)
-    count = len(handle.calls)
-    time.sleep(0.2)
-    assert len(handle.calls) == count  # the thread ended with the run
-    assert not line._thread.is_alive()
+    finished = threading.Event()
+
+    class Closing(Handle):
+        def update(self, obj, raw=False):
+            super().update(obj, raw)
+            if len(self.calls) == 2:
+                finished.set()  # the run closed (an exception in fit) during this redraw
+
+    handle = Closing()
+    line = NotebookLine(handle, lambda: "x", finished.is_set, period_s=0.02)
+    line._thread.join(30.0)
+    assert not line._thread.is_alive()  # the thread ended with the run, by itself
+    assert len(handle.calls) == 2
 
 
 def test_a_failing_display_never_reaches_the_caller():
@@ -152,5 +157,7 @@ def test_a_failing_display_never_reaches_the_caller():
             raise RuntimeError("the notebook went away")
 
     line = NotebookLine(Broken(), lambda: "x", lambda: False, period_s=0.02)
-    time.sleep(0.1)
-    line.stop()  # no exception
+    line.stop()  # draws the final line: no exception
+    caught = take_swallowed("live")
+    assert caught and {(s.place, s.error) for s in caught} == {
+        ("live.draw", "RuntimeError: the notebook went away")}

@@ -9,7 +9,8 @@ import pytest
 
 from gpu_watch.assessment import epoch_row
 from gpu_watch.nvml import Reading
-from gpu_watch.timeline import DataTick, EnergyMeter, EpochSpan, Timeline
+from gpu_watch.timeline import DataTick, EpochSpan, Timeline
+from gpu_watch.usage import EnergyMeter
 from gpu_watch.verdict import Setting
 
 INTERVAL_S = 0.25

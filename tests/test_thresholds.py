@@ -11,7 +11,8 @@ from gpu_watch import nvml as nvml_module
 from gpu_watch.causes import RunFacts
 from gpu_watch.nvml import NVML, OtherProcess, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import SpanStats, Timeline
+from gpu_watch.timeline import Timeline
+from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import (
     BY_DEVICE,
     BY_PROCESS,

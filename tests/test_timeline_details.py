@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.nvml import OtherProcess, Reading
-from gpu_watch.timeline import IdleEvent, Loop, SpanStats, Timeline, Wait
+from gpu_watch.timeline import IdleEvent, Loop, Timeline, Wait
+from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OtherUse
 
 

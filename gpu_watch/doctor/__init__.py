@@ -105,6 +105,7 @@ __all__ = [
     "backend_status",
     "diagnose",
     "doctor",
+    "during_training",
     "resolve_visible_gpus",
     "run_doctor_command",
 ]
@@ -178,6 +179,25 @@ def doctor(nvml: Any = None, *, backend: str | None = None, in_process: bool = F
     finally:
         if owned:
             session.shutdown()
+    return DoctorReport(facts, diagnose(facts))
+
+
+def during_training(nvml: NVML, known: Mapping[str, Any] | None) -> DoctorReport:
+    """The doctor run inside a training process, on the backend Keras already imported.
+
+    Args:
+        nvml: The training's NVML session.
+        known: The facts an earlier run of this in the same process gathered, or None for the
+            first one. What cannot change while a process runs (the installed distributions,
+            the framework's build and devices) is taken from them; the environment variables
+            and what NVML says about each GPU (memory, processes) are read again.
+
+    Returns:
+        A :class:`DoctorReport`; its ``facts`` are what a later call takes as ``known``.
+    """
+    if known is None:
+        return doctor(nvml=nvml, in_process=True)
+    facts = {**known, "nvml": nvml_facts(nvml), "env": env_facts(os.environ)}
     return DoctorReport(facts, diagnose(facts))
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpu_watch.doctor import messages
+from gpu_watch.errors import swallowed
 from gpu_watch.nvml import MIB
 
 NAME = "jax"
@@ -168,16 +169,16 @@ def plugin_build() -> dict[str, Any] | None:
 
 
 def _gpu(device: Any) -> dict[str, Any]:
-    limit_mib = None
+    limit_mib, error = None, None
     try:
         stats = device.memory_stats() or {}
         if stats.get("bytes_limit"):
             limit_mib = stats["bytes_limit"] / MIB
-    except Exception:  # memory_stats is optional for a PJRT device
-        pass
+    except Exception as exc:  # memory_stats is optional for a PJRT device: the limit is unknown
+        error = f"{type(exc).__name__}: {exc}"
     return {"id": device.id, "device_kind": device.device_kind,
             "compute_capability": getattr(device, "compute_capability", None),
-            "bytes_limit_mib": limit_mib}
+            "bytes_limit_mib": limit_mib, "memory_stats_error": error}
 
 
 def _jaxlib_version() -> str | None:
@@ -190,7 +191,8 @@ def _jaxlib_version() -> str | None:
 def _call(module: Any, name: str) -> int | None:
     try:
         return int(getattr(module, name)())
-    except Exception:  # a helper missing from this release, or one that needs the driver
+    except Exception as exc:  # a helper missing from this release, or one that needs the driver
+        swallowed(f"doctor.facts_jax.{name}", exc)  # the version is then unknown
         return None
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any, Protocol
 
-from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, Snapshot
 from gpu_watch.nvml import Device, Reading
 from gpu_watch.timeline import LoopTotals
@@ -278,8 +278,14 @@ class Exports:
         for target, exporter in self._opened:
             try:
                 exporter.close()
-            except Exception as exc:
+            except Exception as exc:  # one exporter that fails to close must not keep others open
+                swallowed("export.close", exc)
                 self._warn(target, exc)
+
+    def wait_handed(self, timeout_s: float) -> bool:
+        """Wait until every tick handed so far has reached the exporters (the export thread
+        runs behind the sampler), at most `timeout_s`. True when it has."""
+        return _worker.wait(timeout_s)
 
     def wait(self, timeout_s: float) -> bool:
         """Wait until the final figures are sent and the endpoints closed (after `finish`), at
@@ -293,6 +299,7 @@ class Exports:
             try:
                 job()
             except Exception as exc:  # a failing exporter must never reach training
+                swallowed("export.job", exc)
                 self._warn(target, exc)
 
         done = _worker.submit(guarded)

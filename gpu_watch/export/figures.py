@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gpu_watch.nvml import Device, Reading
-from gpu_watch.timeline import EnergyMeter, LoopTotals
+from gpu_watch.timeline import LoopTotals
+from gpu_watch.usage import EnergyMeter
 
 _BYTES_PER_MIB = 1024 * 1024
 # Not every tick brings every figure: NVML samples processes every 1/6 s to 1 s, GPM is read

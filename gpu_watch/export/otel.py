@@ -205,7 +205,7 @@ def _warn_on_failure(exporter: Any, endpoint: str) -> Any:
                    **kwargs: Any) -> Any:
             try:
                 result = exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-            except Exception as exc:
+            except Exception as exc:  # a collector down or refusing must never reach training
                 result, reason = MetricExportResult.FAILURE, repr(exc)
             else:
                 reason = "the collector did not accept them"

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpu_watch import runlog
-from gpu_watch.errors import GPUWatchWarning
+from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, GPUFigures, RunLabels, Snapshot
 from gpu_watch.verdict import VERDICTS
 
@@ -195,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             body = encoder(self.server.registry)
         except Exception as exc:  # a failed scrape must never reach training
+            swallowed("export.scrape", exc)  # our collector's bug: the scraper gets a 500
             self.server.errors += 1
             if self.server.errors == 1:
                 warnings.warn(f"gpu-watch could not render its metrics for a scrape ({exc!r}); "

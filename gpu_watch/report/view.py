@@ -21,7 +21,7 @@ from gpu_watch import runlog
 from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
 from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
 from gpu_watch.runlog import Run
-from gpu_watch.sampler import DEFAULT_INTERVAL_S
+from gpu_watch.usage import busy, idle, recorded_threshold_pct
 
 VERDICT_COLOURS = {
     "ok": "#2e7d32",
@@ -38,7 +38,6 @@ VERDICT_WORDS = {
     "unmonitored": "UNMONITORED: training uses a GPU, but its utilization could not be read",
     "unmeasured": "UNMEASURED: training ended before any GPU reading after step 0",
 }
-DEFAULT_IDLE_THRESHOLD_PCT = 10.0
 
 # -- reading the run -------------------------------------------------------------------------
 
@@ -61,8 +60,7 @@ def config_of(run: Run) -> dict[str, Any]:
 
 
 def threshold_pct(run: Run) -> float:
-    value = config_of(run).get("idle_threshold_pct")
-    return DEFAULT_IDLE_THRESHOLD_PCT if value is None else float(value)
+    return recorded_threshold_pct(config_of(run))
 
 
 def idle_spans(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
@@ -79,8 +77,8 @@ def idle_spans(time_s: np.ndarray, util_pct: np.ndarray, threshold_pct: float,
     starts = np.empty_like(time_s)
     starts[1:] = time_s[:-1]
     starts[0] = max(time_s[0] - typical_s, min(time_s[0], 0.0))
-    idle = np.nan_to_num(util_pct, nan=math.inf) < threshold_pct
-    edges = np.diff(np.concatenate(([0], idle.astype(np.int8), [0])))
+    under = idle(np.nan_to_num(util_pct, nan=math.inf), threshold_pct)
+    edges = np.diff(np.concatenate(([0], under.astype(np.int8), [0])))
     first = np.flatnonzero(edges == 1)
     last = np.flatnonzero(edges == -1) - 1
     return np.column_stack((starts[first], time_s[last]))
@@ -94,7 +92,8 @@ class GPUSeries:
     "device"; `judged_util_pct` is each reading's judged figure and `idle_spans` where it was
     under the threshold; `idle_fraction`, `judged_util_mean_pct` and `device_util_mean_pct`
     are the figures the verdict was decided by (step 0 left out), read from `run.json`.
-    `others_util_pct` is the other processes' summed SM utilization (NaN where unknown).
+    `others_util_pct` is the other processes' summed SM utilization (NaN where unknown), and
+    `interval_s` the run's sampling interval (the time a lone reading stands for).
     """
 
     index: int
@@ -117,18 +116,19 @@ class GPUSeries:
     idle_fraction: float | None = None
     judged_util_mean_pct: float | None = None
     device_util_mean_pct: float | None = None
+    interval_s: float = runlog.RECORDED_INTERVAL_S
 
     def others_busy_spans(self, threshold_pct: float) -> np.ndarray:
         """(start_s, end_s) rows where other processes were at or above the idle threshold."""
-        busy = np.nan_to_num(self.others_util_pct, nan=-1.0) >= threshold_pct
+        others = busy(np.nan_to_num(self.others_util_pct, nan=-1.0), threshold_pct)
         # The idle finder over a series that is 0 where they were busy: same time model.
-        return idle_spans(self.time_s, np.where(busy, 0.0, 100.0), 50.0, DEFAULT_INTERVAL_S)
+        return idle_spans(self.time_s, np.where(others, 0.0, 100.0), 50.0, self.interval_s)
 
     def others_busy_fraction(self, threshold_pct: float) -> float | None:
         """Share of the readings with a figure in which other processes were at or above the
         idle threshold, 0-1."""
         known = self.others_util_pct[~np.isnan(self.others_util_pct)]
-        return float((known >= threshold_pct).mean()) if known.size else None
+        return float(busy(known, threshold_pct).mean()) if known.size else None
 
     @property
     def sm_active_mean_pct(self) -> float | None:
@@ -218,6 +218,7 @@ def gpu_series(run: Run) -> list[GPUSeries]:
             device_util_mean_pct=runlog.number(figures.get("device_util_mean_pct")),
             energy_j=runlog.number(energy.get("energy_j")),
             energy_method=energy.get("method"),
+            interval_s=interval_s,
             **columns,
         ))
     return gpus

@@ -79,12 +79,13 @@ def artist(fig, gid: str):
 
 def test_cpu_fallback_banner_names_the_cause_and_tops_the_figure(cpu_run):
     fig = report.plot_utilization(cpu_run)
-    # Every cause that blocks the GPU, in the order to fix them, and the first one's remedy.
+    # Every cause that blocks the GPU, in the order to fix them, and the first one's remedy,
+    # without the code marks a figure cannot show.
     assert banner(fig) == (
-        "Training ran on the CPU: " + CATALOGUE["no_nvidia_driver"].message + " Then: "
-        + CATALOGUE["gpus_hidden"].message + " First: Install the NVIDIA driver for your GPU "
-        "(e.g. `sudo apt install nvidia-driver-550`), reboot, and check that `nvidia-smi` "
-        "lists the GPU.")
+        "Training ran on the CPU. First: " + CATALOGUE["no_nvidia_driver"].message.rstrip(".")
+        + "; fix: Install the NVIDIA driver for your GPU (e.g. sudo apt install "
+        "nvidia-driver-550), reboot, and check that nvidia-smi lists the GPU. Then: "
+        + CATALOGUE["gpus_hidden"].message)
     banner_text = next(t for t in fig.findobj(Text) if t.get_gid() == "banner")
     banner_bottom = banner_text.axes.get_position().y0
     others = [ax.get_position().y1 for ax in fig.axes if ax is not banner_text.axes]
@@ -105,9 +106,10 @@ def test_banner_prefers_a_blocking_cause_over_a_warning(log_dir):
         "warning-first", verdict="cpu_fallback", gpus=(),
         causes=["input_bound", "forced_cpu_placement"]))
     assert report.banner_text(load_run(path)) == (
-        "Training ran on the CPU: " + CATALOGUE["forced_cpu_placement"].message + " First: "
-        "Remove `with keras.device(\"cpu\")` around model building or fit, and any device "
-        "scope or setting of your framework that picks the CPU.")
+        "Training ran on the CPU: "
+        + CATALOGUE["forced_cpu_placement"].message.rstrip(".")
+        + "; fix: Remove with keras.device(\"cpu\") around model building or fit, and any "
+        "device scope or setting of your framework that picks the CPU.")
 
 
 def test_idle_banner_percentage_matches_the_readings(idle_run):

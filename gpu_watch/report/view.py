@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
+from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
+from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import Run
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.timeline import GAPS_ONLY
@@ -363,18 +364,7 @@ def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | No
     verdict = run.verdict
     lead = lead_cause(run)
     if verdict == "cpu_fallback":
-        if not causes:
-            return None
-        blockers = blocking_causes(run) or ([lead] if lead else [])
-        if not blockers:
-            return "Training ran on the CPU"
-        parts = [f"Training ran on the CPU: {cause_message(blockers[0])}"]
-        # The causes after the first in a word each: the summary and report.html say more.
-        parts += [f"Then: {_short_message(b)}" for b in blockers[1:]]
-        remedy = first_clause(str(blockers[0].get("remedy") or ""))
-        if remedy:
-            parts.append(f"First: {remedy}")
-        return _sentences(*parts)
+        return cpu_banner(run.causes, with_causes=causes)
     shared = shared_text(run)
     idle = _idle_gpus(run, gpus)
     if idle:
@@ -395,19 +385,6 @@ def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | No
     if shared:
         return _sentences(shared, "This training kept the GPU busy, but shared its time")
     return None
-
-
-def _short_message(item: dict[str, Any]) -> str:
-    spec = CATALOGUE.get(str(item.get("code")))
-    return spec.message if spec is not None else cause_message(item)
-
-
-def first_clause(text: str, limit: int = 160) -> str:
-    """A remedy's first clause (up to its first "; " or its first line), at most `limit`
-    characters: what a banner has room for."""
-    clause = text.strip().splitlines()[0] if text.strip() else ""
-    clause = clause.split("; ")[0].split("  # ")[0].rstrip(". ")
-    return clause if len(clause) <= limit else clause[:limit - 3].rstrip() + "..."
 
 
 def nvml_error_told(run: Run) -> bool:
@@ -505,6 +482,36 @@ def number_text(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}"
 
 
+def column_decimals(values: Sequence[Any], significant: int = 4) -> int:
+    """Decimals that show a column's largest value with `significant` digits (0 for a
+    column of whole numbers, at most 6), so that every cell of the column has the same."""
+    numbers = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            numbers.append(number)
+    if not numbers or all(n.is_integer() for n in numbers):
+        return 0
+    largest = max(abs(n) for n in numbers)
+    if largest == 0:
+        return significant - 1
+    return min(6, max(0, significant - 1 - math.floor(math.log10(largest))))
+
+
+def fixed_text(value: Any, decimals: int) -> str:
+    """A number with `decimals` decimals and thousands separators; "n/a" when missing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a" if value is None else str(value)
+    if math.isnan(number):
+        return "n/a"
+    return f"{number:,.{decimals}f}"
+
+
 _EPOCH_HEADINGS = {
     "epoch": "epoch",
     "batches": "batches",
@@ -551,15 +558,20 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
     headings = [_EPOCH_HEADINGS[c] for c in columns]
     headings += [c.replace("_util_mean", " util %").replace("_verdict", " verdict")
                  for c in per_gpu] + logs
+    records = frame.to_dict("records")
+    # One precision per column of measured figures: the decimals its largest value needs.
+    decimals = {column: column_decimals([r.get(column) for r in records])
+                for column in columns + logs}
     rows = []
-    for record in frame.to_dict("records"):
+    for record in records:
         cells = []
         for column in columns + per_gpu + logs:
             value = record.get(column)
             if column in ("wait_fraction", "idle_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
                 if column == "wait_fraction" and record.get("wait_measure") == GAPS_ONLY:
-                    value = f">={value}"
+                    # From batch gaps alone, a lower bound: of 0 it says nothing.
+                    value = "n/a" if value in ("0", "n/a") else f">={value}"
             elif column in _ROUNDED or column.endswith("_util_mean"):
                 value = number_text(None if pd.isna(value) else round(float(value)))
             elif column == "verdict" or column.endswith("_verdict"):
@@ -567,7 +579,7 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
             elif column == "first_step_s" and pd.isna(value):
                 value = ""
             else:
-                value = number_text(None if pd.isna(value) else value)
+                value = fixed_text(value, decimals.get(column, 0))
             cells.append(value)
         rows.append(cells)
     return headings, rows

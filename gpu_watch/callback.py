@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,13 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
                               name=exc.name) from exc
 
 from gpu_watch import keras_internals, live, placement, runlog
-from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.config import Config
-from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
+from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, user_site, warn
 from gpu_watch.gpu_trial import gpu_trial
-from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
+from gpu_watch.report.advice import cause_codes_in_order
+from gpu_watch.report.text import no_run_line, summary_line
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent
@@ -208,19 +210,30 @@ class GPUWatch(keras.callbacks.Callback):
                                     else _process_nvml())
         frame = keras_internals.fit_frame()
         bars = keras_internals.progress_bars(frame.value)
-        try:
-            self.monitor = Monitor(
-                self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
+        # Warnings from hooks on Keras' worker threads name the line that called `fit`.
+        self._site = user_site()
+        self._unwatched: str | None = None
+        self._log_keys: dict[str, str] | None = None
+        args = (self._nvml, keras.backend.backend(), self._probe.rank(),
                 _framework_facts(self._probe), self._environment(), self._setup(frame, bars),
                 int(getattr(self._model, "steps_per_execution", 1) or 1))
+        try:
+            self.monitor = Monitor(self.config, *args)
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
                               "train without gpu-watch's logs.") from exc
-            warn(f"{message}; training goes on without it.")
-            return
+            self.monitor = _monitor_in_temporary_folder(self.config, args)
+            if self.monitor is None:
+                self._unwatched = f"no run folder could be written under {self.config.log_dir}"
+                warn(f"{message}; training goes on without it.", site=self._site)
+                return
+            warn(f"{message}; this run is logged in {self.monitor.run_dir} instead.",
+                 site=self._site)
+        if self.verbose:  # a run closed without `on_train_end` (Ctrl-C, an error) still says so
+            self.monitor.on_close = _print_summary
         self.monitor.watch_thread(frame.value)
         # The batch logs get the latest readings (`live.LIVE_KEYS`) from this object, which the
         # sampler thread keeps current: a dict lookup per key and batch, never an NVML call.
@@ -271,14 +284,23 @@ class GPUWatch(keras.callbacks.Callback):
         if self.monitor is not None:  # Keras has waited for every batch hook of the epoch
             self._after_steps(self.monitor.end_batches())
             row = self.monitor.end_epoch(epoch, logs or {}).row
-        if self.config.log_metrics and logs is not None:
-            for key, value in log_values(row).items():
-                logs.setdefault(key, value)  # never overwrite what another callback put there
+        if self.config.log_metrics and logs is not None and self.monitor is not None:
+            values = log_values(row)
+            if self._log_keys is None:  # the first epoch decides the columns (see `log_keys`)
+                self._log_keys = log_keys(values, bool(self.monitor.devices))
+            for key in self._log_keys:
+                if values[key] is not None:
+                    logs.setdefault(key, values[key])  # never overwrite another callback's
 
     def on_train_end(self, logs=None):
         monitor = self.monitor
         if monitor is None:
+            if self.verbose and getattr(self, "_unwatched", None):
+                print(no_run_line(self._unwatched), file=sys.stdout)
             return
+        # A Ctrl-C pressed just before `fit` returned is raised here, not lost.
+        monitor.watchdog.deliver_pending_interrupt()
+        monitor.on_close = None  # printed below, once the GPU trial has added its figures
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
         if self.config.measure_gpu_speedup and any(
@@ -289,7 +311,7 @@ class GPUWatch(keras.callbacks.Callback):
         if self._line is not None:
             self._line.stop()
         if self.verbose:
-            print(summary_line(monitor), file=sys.stdout)
+            _print_summary(monitor)
 
     # -- what the hooks decide ---------------------------------------------------------------
 
@@ -307,7 +329,7 @@ class GPUWatch(keras.callbacks.Callback):
             try:
                 report = self._probe.after_first_step(self._model, logs)
             except Exception as exc:  # an unexpected model must not stop training
-                warn(f"gpu-watch could not check placement: {exc!r}")
+                warn(f"gpu-watch could not check placement: {exc!r}", site=self._site)
         judgement = self.monitor.first_step(report)
         if judgement.verdict != CPU_FALLBACK:
             return
@@ -321,17 +343,21 @@ class GPUWatch(keras.callbacks.Callback):
             )
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
+        if not _gpu_on_machine(self.monitor.info):
+            # Nothing to be surprised about: the summary line says cpu_fallback and why. A
+            # project whose tests turn warnings into errors keeps passing on CI without a GPU.
+            return
         # One line: the causes' words come once, in the summary and the run folder.
-        warn(f"gpu-watch: training is running on the CPU, not the GPU "
-             f"({', then '.join(codes) or 'cause unknown'}); why and what to do: "
-             f"gpu-watch report {self.monitor.run_dir}")
+        order = cause_codes_in_order([c.to_dict() for c in judgement.causes])
+        warn(f"gpu-watch: training is running on the CPU, not the GPU ({order}); why and "
+             f"what to do: gpu-watch report {self.monitor.run_dir}", site=self._site)
 
     def _act_on_idle(self, event: IdleEvent) -> None:
         action = self.config.on_idle
         message = idle_message(event, self.config)
         self.monitor.record_idle(event, action)
         if action == "warn":
-            warn(message, GPUIdleWarning)
+            warn(message, GPUIdleWarning, site=self._site)
         elif action == "stop":
             self._stopped_idle = True
             self._model.stop_training = True
@@ -347,7 +373,7 @@ class GPUWatch(keras.callbacks.Callback):
         try:
             distribution = self._probe.before_training(self._model)
         except Exception as exc:  # an unexpected setup must not stop training
-            warn(f"gpu-watch could not read the training setup: {exc!r}")
+            warn(f"gpu-watch could not read the training setup: {exc!r}", site=self._site)
             distribution = None
         data = keras_internals.data_source(frame.value)
         return {"data": data.value, "distribution": distribution,
@@ -361,9 +387,11 @@ class GPUWatch(keras.callbacks.Callback):
             return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
 
 
-def log_values(row: dict[str, Any]) -> dict[str, float]:
-    """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, NaN when not measured."""
-    values = {}
+def log_values(row: dict[str, Any]) -> dict[str, float | None]:
+    """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, None when not measured
+    (never NaN: JSON has no NaN, and `RemoteMonitor(send_as_json=True)` would lose the
+    epoch)."""
+    values: dict[str, float | None] = {}
     for key, column in LOG_KEYS.items():
         value = row.get(column)
         if column == "verdict":
@@ -372,8 +400,27 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = value / _MIB_PER_GIB
         elif column.endswith("_j") and value is not None:
             value = value / _J_PER_KJ
-        values[key] = math.nan if value is None else float(value)
+        number = None if value is None else float(value)
+        values[key] = None if number is None or math.isnan(number) else number
     return values
+
+
+# The keys that carry a GPU reading: a run that watches no GPU has none of them.
+_GPU_KEYS = frozenset(LOG_KEYS) - {"gpu_verdict"}
+
+
+def log_keys(first: dict[str, float | None], watching_gpus: bool) -> dict[str, str]:
+    """The keys a run adds to its epoch logs, decided at its first epoch end and kept for the
+    rest of the run, so `History` and `CSVLogger` (whose columns are its first epoch's keys)
+    keep stable columns: `gpu_verdict` always; the GPU figures only when a GPU is watched; a
+    figure a GPU may lack (SM activity, energy) only when the first epoch measured it."""
+    always = {"gpu_verdict", "gpu_util", "gpu_mem_peak_gib", "gpu_idle_frac"}
+    keys = {}
+    for key, column in LOG_KEYS.items():
+        if key == "gpu_verdict" or (watching_gpus and (key in always
+                                                       or first.get(key) is not None)):
+            keys[key] = column
+    return keys
 
 
 # -- facts gathered once per process ---------------------------------------------------------
@@ -451,18 +498,24 @@ def _live_line(monitor: Monitor) -> str:
                           monitor.elapsed_s())
 
 
-def summary_line(monitor: Monitor) -> str:
-    """What GPUWatch prints when training ends."""
-    info = monitor.info
-    lines = [f"gpu-watch: verdict {info['verdict']} ({info['status']}); run folder "
-             f"{monitor.run_dir}"]
-    impact = first_impact_line(info["causes"], info.get("duration_s"))
-    if impact:  # what it cost comes first: it decides whether the fix is worth the time
-        lines.append(f"  cost: {impact}")
-    blockers = [c["code"] for c in info["causes"] if blocks_gpu(Cause.from_dict(c))]
-    for cause in info["causes"]:
-        then = "then: " if cause["code"] in blockers[1:] else ""  # fixed in this order
-        lines.append(f"  - {cause['code']}: {then}{cause['message']}\n"
-                     f"    remedy: {cause['remedy']}")
-    return "\n".join(lines)
+def _print_summary(monitor: Monitor) -> None:
+    """Print the run's summary line (`gpu_watch.report.text.summary_line`)."""
+    print(summary_line(monitor.info, monitor.run_dir, monitor.batches.rows_written,
+                       monitor.epochs.rows_written), file=sys.stdout, flush=True)
 
+
+def _monitor_in_temporary_folder(config: Config, args: tuple) -> Monitor | None:
+    """A run logged in a new temporary folder, for `on_log_error="warn"` when `log_dir` cannot
+    be written: the run is still watched and judged; None when that fails too."""
+    try:
+        folder = tempfile.mkdtemp(prefix="gpu-watch-")
+        return Monitor(dataclasses.replace(config, log_dir=folder), *args)
+    except OSError:
+        return None
+
+
+def _gpu_on_machine(info: dict[str, Any]) -> bool:
+    """Whether NVML or the framework saw a GPU: training on the CPU is then a surprise."""
+    nvml = info.get("nvml") or {}
+    framework = info.get("framework") or {}
+    return bool(nvml.get("gpus_seen") or framework.get("gpus"))

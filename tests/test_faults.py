@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -24,6 +25,7 @@ from monitors import monitor_on_gpu, run_monitor
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.cli import main as cli_main
 from gpu_watch.nvml import NVML
+from gpu_watch.report import summary_text
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -184,16 +186,21 @@ def test_an_impossible_log_dir_fails_before_training(tmp_path):
     assert started == []
 
 
-def test_an_impossible_log_dir_can_be_a_warning(tmp_path):
+def test_an_impossible_log_dir_can_be_a_warning(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    cb = quiet(log_dir=blocker / "logs", on_log_error="warn")
+    # Not even a temporary folder can be made: training goes on unwatched, and says so.
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))
+    cb = GPUWatch(log_dir=blocker / "logs", on_log_error="warn", plot=False)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.warns(GPUWatchWarning, match="training goes on without it"):
         history = model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=2, verbose=0,
                             callbacks=[cb])
     assert len(history.epoch) == 2 and cb.run_dir is None
+    assert capsys.readouterr().out == (
+        f"gpu-watch: no verdict: this training was not watched (no run folder could be "
+        f"written under {blocker / 'logs'})\n")
 
 
 def test_a_full_disk_mid_run_warns_once_and_keeps_files_valid(tmp_path, monkeypatch):
@@ -270,14 +277,29 @@ def start_child(log_dir, *args):
 
 
 def test_ctrl_c_marks_the_run_interrupted(tmp_path):
-    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
+    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first.
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
+                                "0.05", "--verbose")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     run = load_run(run_dir)
     assert run.status == "interrupted"
-    assert len(run.batches) > 1
+    measured = len(run.batches)
+    assert 1 < measured < 100 and run.epochs.empty
+    # The traceback ends where Ctrl-C interrupted the training (here the script's own
+    # callback, asleep), never in gpu-watch, which only noted it.
+    frames = [line for line in stderr.splitlines() if line.strip().startswith('File "')]
+    assert "KeyboardInterrupt" in stderr and frames, stderr
+    assert str(CHILD) in frames[-1] and "gpu_watch" not in frames[-1], stderr
+    # It still ends with the summary line: the verdict, the status, what was measured.
+    line = stdout.strip().splitlines()[-1] if "remedy" not in stdout else next(
+        text for text in stdout.splitlines() if text.startswith("gpu-watch: verdict"))
+    assert line == (f"gpu-watch: verdict cpu_fallback (interrupted); measured {measured} "
+                    f"batches in 0 finished epochs; run folder {run_dir}")
+    assert (f"Epochs: none finished; {measured} batches measured in epoch 0, which did not "
+            "finish") in summary_text(run)
 
 
 def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):

@@ -49,6 +49,8 @@ LOG_KEYS = {
 }
 # The epoch's verdict as a number for charts: 0 is healthy, the higher the worse.
 VERDICT_CODES = {OK: 0, UNMONITORED: 1, IDLE: 2, CPU_FALLBACK: 3}
+# The start of the warning a CPU fall-back brings where a GPU is there (a filter can match it).
+CPU_FALLBACK_WARNING = "gpu-watch: training is running on the CPU"
 _MIB_PER_GIB = 1024.0
 _J_PER_KJ = 1000.0
 
@@ -168,6 +170,17 @@ class GPUWatch(keras.callbacks.Callback):
     def run_dir(self) -> Path | None:
         """The folder of the current (or last) run."""
         return self.monitor.run_dir if self.monitor is not None else None
+
+    @property
+    def verdict(self) -> str | None:
+        """The current (or last) run's verdict: "ok", "idle", "cpu_fallback", "unmonitored"
+        or "unmeasured"; None before the first step was judged, or without a run.
+
+        Example:
+            >>> model.fit(x, y, callbacks=[watch := GPUWatch()])
+            >>> assert watch.verdict == "ok", watch.verdict
+        """
+        return self.monitor.info.get("verdict") if self.monitor is not None else None
 
     def wait_for_report(self, timeout_s: float = 60.0) -> bool:
         """Wait until the last run's figures and `report.html` are in its run folder.
@@ -349,8 +362,8 @@ class GPUWatch(keras.callbacks.Callback):
             return
         # One line: the causes' words come once, in the summary and the run folder.
         order = cause_codes_in_order([c.to_dict() for c in judgement.causes])
-        warn(f"gpu-watch: training is running on the CPU, not the GPU ({order}); why and "
-             f"what to do: gpu-watch report {self.monitor.run_dir}", site=self._site)
+        warn(f"{CPU_FALLBACK_WARNING}, not the GPU ({order}); why and what to do: "
+             f"gpu-watch report {self.monitor.run_dir}", site=self._site)
 
     def _act_on_idle(self, event: IdleEvent) -> None:
         action = self.config.on_idle

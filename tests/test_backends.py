@@ -99,6 +99,17 @@ def test_the_cpu_fallback_warning_names_the_fit_line_from_keras_worker_thread(ru
     assert "training is running on the CPU" in warned["warnings"][0][2]
 
 
+def test_the_page_and_the_banner_name_the_backend_s_own_framework(run):
+    from gpu_watch import load_run
+    from gpu_watch.report.view import banner_text
+
+    own = {"jax": "JAX", "torch": "torch"}[run["backend"]]
+    banner = banner_text(load_run(run["run_dir"]))
+    assert own in banner and "TensorFlow" not in banner, banner
+    page = (Path(run["run_dir"]) / "report.html").read_text()
+    assert own in page and "TensorFlow" not in page
+
+
 def test_warnings_as_errors_pass_on_a_machine_without_a_gpu(run):
     assert run["strict"] is None
 

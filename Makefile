@@ -41,8 +41,8 @@ $(DEMO_STAMP): pyproject.toml
 		set -e; \
 		echo "make demo: installing gpu-watch with TensorFlow, Keras, pandas and matplotlib" \
 			"into $(VENV) (about 2.3 GB, most of it TensorFlow; about a minute with the" \
-			"wheels at hand, more to download them), then training a small CNN for about" \
-			"half a minute"; \
+			"wheels at hand, more to download them), then training a small CNN for under" \
+			"a minute"; \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install $(PIP_QUIET) --upgrade pip; \
 		$(PY) -m pip install $(PIP_QUIET) -e ".[tensorflow]"; \

@@ -618,8 +618,8 @@ def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) 
     ax.set_ylabel("seconds", fontsize=9)
     ax.set_title("mean step time per epoch (step 0 left out)", loc="left", fontsize=10)
     first = floats(frame, "first_step_s")
-    if not np.isnan(first).all() and not np.isnan(step_s).all():
-        # Room above the tallest bar, so step 0's label never sits on a bar's edge.
+    if not np.isnan(step_s).all():
+        # Room above the tallest bar for step 0's label and the legend: neither sits on a bar.
         ax.set_ylim(0, float(np.nanmax(step_s)) * 1.35)
     for x, seconds in zip(epoch, first, strict=True):
         if not np.isnan(seconds):
@@ -642,7 +642,8 @@ def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) 
                          markersize=5, color=_DOT_COLOUR, markerfacecolor=face, gid=gid)
             handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5,
                                   color=_DOT_COLOUR, markerfacecolor=face, label=label))
-    wait_ax.legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.85)
+    # Top right: step 0's label sits at the top of its epoch, from the left.
+    wait_ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
     wait_ax.set_ylim(0, 105)
     wait_ax.set_ylabel("% waiting for data", fontsize=9)
     wait_ax.tick_params(labelsize=8)

@@ -12,6 +12,7 @@ from gpu_watch.impact import run_impacts
 from gpu_watch.report.advice import fixes, remedy_parts
 from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_table, verdict_line
 from gpu_watch.report.view import (
+    WAIT_LOWER_BOUND_NOTE,
     banner_for,
     cause_impact_text,
     duration_of,
@@ -44,7 +45,7 @@ dl.facts dt { color: #616161; }
 dl.facts dd { margin: 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #e0e0e0; text-align: right; }
-th { background: #f5f5f5; }
+th { background: #f5f5f5; white-space: nowrap; }
 code, pre { background: #f5f5f5; padding: 0.1em 0.3em; border-radius: 3px; }
 pre { padding: 0.6em; overflow-x: auto; }
 img { max-width: 100%; border: 1px solid #e0e0e0; }
@@ -201,6 +202,8 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         epochs_png, "per-epoch summary: utilization, SM activity, memory, step time, energy"))
     parts.append(_html_table(headings, rows, "epochs") if rows
                  else '<p class="muted">No epoch finished.</p>')
+    if any(str(cell).startswith(">=") for row in rows for cell in row):
+        parts.append(f'<p class="muted">{_e(WAIT_LOWER_BOUND_NOTE)}</p>')
     placement = info.get("placement") or {}
     parts.append("<h2>Where the training step ran</h2>")
     if placement:

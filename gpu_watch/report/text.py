@@ -17,6 +17,7 @@ from gpu_watch.report.cluster import (
     verdict_line,
 )
 from gpu_watch.report.view import (
+    WAIT_LOWER_BOUND_NOTE,
     banner_for,
     cause_impact_text,
     duration_of,
@@ -102,6 +103,8 @@ def summary_text(run: Run) -> str:
     if rows:
         lines.append("Epochs:")
         lines += text_table(headings, rows)
+        if any(str(cell).startswith(">=") for row in rows for cell in row):
+            lines.append(f"  {WAIT_LOWER_BOUND_NOTE}")
         unfinished = unfinished_text(run)
         if unfinished:
             lines.append(f"  and{unfinished}")

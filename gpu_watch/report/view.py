@@ -482,6 +482,11 @@ def number_text(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}"
 
 
+# Under an epoch table with a wait share from the gaps between steps alone (">=N").
+WAIT_LOWER_BOUND_NOTE = ("wait % >=N: at least N%; too few readings in that epoch to see a "
+                         "wait inside a step, only the gaps between steps")
+
+
 def column_decimals(values: Sequence[Any], significant: int = 4) -> int:
     """Decimals that show a column's largest value with `significant` digits (0 for a
     column of whole numbers, at most 6), so that every cell of the column has the same."""

@@ -76,7 +76,9 @@ class GPUWatch(keras.callbacks.Callback):
             training after the current batch; status `stopped_idle`) or "raise" (a
             `GPUIdleError` carrying the evidence). Default "warn".
         require_gpu: Raise `GPUNotUsedError` right after the first step if training runs on the
-            CPU, naming the causes. Default False (a `GPUWatchWarning` instead).
+            CPU, naming the causes. Default False: a `GPUWatchWarning` where a GPU was there to
+            use, and on a machine without any GPU only the summary line (so test suites that
+            turn warnings into errors pass on GPU-less CI).
         check_placement: Check where the first step's ops ran. Default True.
         plot: Draw `utilization.png`, `epochs.png` and `report.html` at the end of training,
             and redraw them at epoch ends while that takes under 2% of training time. They are
@@ -86,8 +88,11 @@ class GPUWatch(keras.callbacks.Callback):
         nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
-            training time is spent) or "warn" (train without logging). Default "raise".
-        verbose: 1 prints a summary (verdict, causes, run folder) when training ends and, in
+            training time is spent) or "warn" (a `GPUWatchWarning`, and the run is logged in a
+            new temporary folder instead; without one either, training goes on unwatched).
+            Default "raise".
+        verbose: 1 prints a summary (verdict, status, what was measured, run folder, causes
+            in the order to fix them) when the run ends, Ctrl-C and errors included, and, in
             a Jupyter notebook, keeps a live line under the cell (utilization, memory,
             verdict; redrawn at most once a second by a thread of its own); 0 is silent.
             Default 1.
@@ -98,11 +103,14 @@ class GPUWatch(keras.callbacks.Callback):
             `gpu_idle_frac` (share of readings under the idle threshold, 0-1) and
             `gpu_verdict` (0 ok, 1 unmonitored, 2 idle, 3 cpu_fallback), `gpu_sm_active` (SM
             activity, percent, where the GPU has GPM) and `gpu_energy_kj` (the watched GPUs'
-            energy in the epoch, kJ, whole GPUs). The same keys every
-            epoch, NaN when not measured; a key already in the logs is left as it is.
-            During the epoch the batch `logs` carry `gpu_util`, `gpu_proc_util`,
-            `gpu_mem_peak_gib` and `gpu_sm_active` as the latest reading (`live.LIVE_KEYS`),
-            so the progress bar and `TensorBoard(update_freq="batch")` show them live.
+            energy in the epoch, kJ, whole GPUs). Only figures that were measured, never NaN:
+            a run that watches no GPU adds `gpu_verdict` alone. The keys are decided at the
+            first epoch end and kept, so `History` and `CSVLogger` keep stable columns; an
+            epoch without one of its figures leaves that key out. A key already in the logs
+            is left as it is. During the epoch the batch `logs` carry `gpu_util`,
+            `gpu_proc_util`, `gpu_mem_peak_gib` and `gpu_sm_active` where a recent reading
+            has them (`live.LIVE_KEYS`), so the progress bar and
+            `TensorBoard(update_freq="batch")` show them live.
             Default True.
         export: Where else to publish the run's figures and verdicts while it trains:
             `gpu_watch.export.Prometheus(...)` (a `/metrics` endpoint on 127.0.0.1 and a

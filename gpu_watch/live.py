@@ -29,19 +29,17 @@ LIVE_KEYS: dict[str, tuple[str, str]] = {
 _MIB_PER_GIB = 1024.0
 # A reading lacks a value now and then although nothing changed: NVML has no new per-process
 # sample at every tick (the driver samples every 1/6 s to 1 s), and GPM is read once a second.
-# The latest value stands for this long (or for 2.5 ticks when ticks are slower), then NaN.
+# The latest value stands for this long (or for 2.5 ticks when ticks are slower), then its key
+# is left out.
 HOLD_S = 2.0
 NOTEBOOK_PERIOD_S = 1.0  # the notebook line is redrawn at most this often
-
-
-def nan_values() -> dict[str, float]:
-    """The live keys with nothing measured yet."""
-    return dict.fromkeys(LIVE_KEYS, math.nan)
 
 
 class LiveFigures:
     """The latest reading of each watched GPU, as batch `logs` values.
 
+    `values` holds only the keys that have a reading (never NaN: the progress bar would show
+    "nan", and JSON has none), so a run that watches no GPU adds nothing to the batch logs.
     `add` runs on the sampler thread and replaces `values` with a new dict (one reference
     assignment, so a reader on another thread sees the old dict or the new one, never a mix).
 
@@ -52,7 +50,7 @@ class LiveFigures:
 
     def __init__(self, interval_s: float) -> None:
         self.hold_s = max(HOLD_S, 2.5 * interval_s)
-        self.values: dict[str, float] = nan_values()
+        self.values: dict[str, float] = {}
         self.time_s: float | None = None  # the time of the latest reading taken
         self._latest: dict[tuple[int, str], tuple[float, float]] = {}
 
@@ -73,7 +71,6 @@ class LiveFigures:
             present = [v for t, v in (self._latest.get((g, field), (None, None)) for g in gpus)
                        if t is not None and now - t <= self.hold_s]
             if not present:
-                values[key] = math.nan
                 continue
             value = max(present) if combine == "max" else sum(present) / len(present)
             values[key] = value / _MIB_PER_GIB if field.endswith("_mib") else value

@@ -168,11 +168,13 @@ def test_a_starved_training_gets_a_remedy_for_its_generator_not_tf_data(run):
 def test_the_batch_logs_carry_the_latest_reading(run):
     batches = run["live_keys"]
     assert len(batches) == STEPS
-    assert all(set(b) == {"gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_sm_active"}
+    # Only keys with a reading, never NaN.
+    assert all(set(b) <= {"gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_sm_active"}
                for b in batches)
-    utils = [b["gpu_util"] for b in batches if not math.isnan(b["gpu_util"])]
+    assert not any(math.isnan(v) for b in batches for v in b.values())
+    utils = [b["gpu_util"] for b in batches if "gpu_util" in b]
     assert len(utils) >= STEPS - 2 and set(utils) == {42.0}
-    assert {b["gpu_mem_peak_gib"] for b in batches if b["gpu_util"] == 42.0} == {2.0}
+    assert {b["gpu_mem_peak_gib"] for b in batches if "gpu_util" in b} == {2.0}
 
 
 def test_keras_keeps_async_dispatch(run):

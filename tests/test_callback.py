@@ -348,3 +348,10 @@ def test_time_spent_in_a_slow_generator_counts_as_waiting_for_data(tmp_path):
     last = load_run(starved.run_dir).epochs.iloc[-1]
     assert last["wait_fraction"] > 0.5 and last["wait_measure"] == "sampled_ticks"
     assert load_run(fed.run_dir).epochs["wait_fraction"].iloc[-1] < 0.3
+
+
+def test_the_verdict_is_there_for_code_that_checks_it(tmp_path):
+    cb = watch(tmp_path)
+    assert cb.verdict is None  # no run yet
+    fit(make_model(), cb, epochs=1)
+    assert cb.verdict == "cpu_fallback" == load_run(cb.run_dir).verdict

@@ -275,6 +275,20 @@ def test_a_run_in_progress_renders_from_a_background_thread(log_dir):
     assert "still going" in report.summary_text(load_run(path))
 
 
+def test_report_without_a_path_lists_the_default_log_folder(cpu_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    assert cli.main(["report"], out=out) == 2  # no gpu_watch_logs here: said, not a usage error
+    assert "gpu_watch_logs" in out.getvalue()
+    (tmp_path / "gpu_watch_logs").symlink_to(cpu_run.path.parent)
+    out = io.StringIO()
+    assert cli.main(["report", "--no-plots"], out=out) == 0
+    count = len(runlog.find_runs(cpu_run.path.parent))
+    noun = "run" if count == 1 else "runs"
+    assert out.getvalue().startswith(f"{count} {noun} in gpu_watch_logs, newest first:")
+    assert cpu_run.path.name in out.getvalue()
+
+
 def test_report_command_summarises_a_run_and_redraws_it(cpu_run):
     for name in (runlog.UTILIZATION_PNG, runlog.EPOCHS_PNG, runlog.REPORT_HTML):
         (cpu_run.path / name).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, user
 from gpu_watch.gpu_trial import gpu_trial
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
-from gpu_watch.report.advice import cause_codes_in_order
+from gpu_watch.report.advice import cause_codes_in_order, cpu_banner
 from gpu_watch.report.text import no_run_line, summary_line
 from gpu_watch.sampler import DEFAULT_INTERVAL_S
 from gpu_watch.steps import Step
@@ -355,13 +355,10 @@ class GPUWatch(keras.callbacks.Callback):
         if judgement.verdict != CPU_FALLBACK:
             return
         codes = [c.code for c in judgement.causes]
+        causes = [c.to_dict() for c in judgement.causes]
         if self.config.require_gpu:
-            reasons = "; ".join(c.message.rstrip(". ") for c in judgement.causes)
             error = GPUNotUsedError(
-                f"Training is running on the CPU: {reasons or 'cause unknown'} "
-                f"(run folder: {self.monitor.run_dir})",
-                codes,
-            )
+                f"{cpu_banner(causes)} Run folder: {self.monitor.run_dir}", codes)
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
         if not _gpu_on_machine(self.monitor.info):
@@ -369,7 +366,7 @@ class GPUWatch(keras.callbacks.Callback):
             # project whose tests turn warnings into errors keeps passing on CI without a GPU.
             return
         # One line: the causes' words come once, in the summary and the run folder.
-        order = cause_codes_in_order([c.to_dict() for c in judgement.causes])
+        order = cause_codes_in_order(causes)
         warn(f"{CPU_FALLBACK_WARNING}, not the GPU ({order}); why and what to do: "
              f"gpu-watch report {self.monitor.run_dir}", site=self._site)
 

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from gpu_watch import GPUIdleError, GPUNotUsedError, GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import BATCH_COLUMNS, EPOCH_COLUMNS, SAMPLE_COLUMNS
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -173,6 +174,9 @@ def test_require_gpu_raises_after_the_first_step(tmp_path):
         fit(make_model(), cb, epochs=3)
     assert raised.value.causes[0] == "no_nvidia_driver"
     assert "No NVIDIA driver" in str(raised.value) and ".;" not in str(raised.value)
+    # The causes in the order to fix them, worded as everywhere else (`report.advice`).
+    assert str(raised.value) == (f"{cpu_banner(load_run(cb.run_dir).causes)} Run folder: "
+                                 f"{cb.run_dir}")
     run = load_run(cb.run_dir)
     assert run.status == "failed"
     assert run.info["error"]["type"] == "GPUNotUsedError"

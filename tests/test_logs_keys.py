@@ -226,16 +226,21 @@ def test_log_metrics_false_adds_nothing(tmp_path):
     assert load_run(next(tmp_path.iterdir())).epochs["gpu_util_mean"].notna().all()
 
 
-def test_a_run_folder_that_cannot_be_made_is_made_elsewhere_and_still_judged(tmp_path):
+def test_a_run_folder_that_cannot_be_made_is_made_elsewhere_and_still_judged(tmp_path,
+                                                                             capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    watch = GPUWatch(log_dir=blocker / "logs", on_log_error="warn", plot=False, verbose=0)
+    watch = GPUWatch(log_dir=blocker / "logs", on_log_error="warn", plot=False)
     with pytest.warns(GPUWatchWarning, match="this run is logged in .* instead") as caught:
         history = fit([watch], epochs=1, quiet=False)
     assert str(watch.run_dir) in str(caught[0].message)
     assert not watch.run_dir.is_relative_to(tmp_path)
     assert load_run(watch.run_dir).verdict == "cpu_fallback"
     assert history.history["gpu_verdict"] == [3.0]
+    # It still ends with the summary line: the verdict, the status, what was measured.
+    assert capsys.readouterr().out.startswith(
+        f"gpu-watch: verdict cpu_fallback (completed); measured {STEPS} batches in 1 finished "
+        f"epoch; run folder {watch.run_dir}\n")
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None])

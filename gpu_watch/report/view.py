@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
 from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import Run
@@ -317,18 +316,11 @@ def _sentences(*parts: str | None) -> str:
     return ". ".join(p.rstrip(". ") for p in parts if p) + "."
 
 
-def blocking_causes(run: Run) -> list[dict[str, Any]]:
-    """The run's causes that keep the GPU from being used, in the order to fix them (the
-    order the verdict rules list them in)."""
-    return [c for c in run.causes if isinstance(c, dict) and c.get("code")
-            and blocks_gpu(Cause.from_dict(c))]
-
-
 def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True,
                with_impact: bool = True) -> str | None:
     """The banner: what went wrong (see `banner_text`; without `causes`, no cause's message is
-    repeated: for a summary that lists the causes below it), then, `with_impact`, what it cost
-    and what a fix could buy (`impact_line`); None where nothing is left."""
+    repeated: for a summary or a page that lists the causes below it), then, `with_impact`,
+    what it cost and what a fix could buy (`impact_line`); None where nothing is left."""
     impact = impact_line(run) if with_impact else None
     # The lead cause's cost names it and says the same in figures: its message would repeat it.
     lead = lead_cause(run)
@@ -401,7 +393,9 @@ def banner_text(run: Run) -> str | None:
         run: A loaded run.
 
     Returns:
-        "Training ran on the CPU: <cause>" for CPU fallback; "GPU <i> idle <p>% of training"
+        For CPU fallback, "Training ran on the CPU: <cause>; fix: <remedy>.", or with several
+        causes "Training ran on the CPU. First: <cause>; fix: <remedy>. Then: <cause>." (see
+        `gpu_watch.report.advice.cpu_banner`); "GPU <i> idle <p>% of training"
         for each idle GPU (p is the share of the measured time under the idle threshold, by
         this process's own utilization where NVML measured it, missing readings excluded),
         with the lead cause; "GPU utilization unknown: ..." when unmonitored; and, with any

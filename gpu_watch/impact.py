@@ -625,14 +625,18 @@ class CauseTotal:
     wall_lost_s: float | None = None
 
 
-def run_cost(causes: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """A run's GPU-seconds left idle and energy lost, summed over its causes' impacts."""
-    idle = energy = 0.0
+def run_cost(causes: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """A run's GPU-seconds left idle and energy lost, summed over its causes' impacts; None
+    for a figure none of them measured ("not measured" must not read as 0)."""
+    idle = energy = None
     for item in causes:
         record = item.get("impact") if isinstance(item, Mapping) else None
-        if isinstance(record, Mapping):
-            idle += record.get("gpu_idle_s") or 0.0
-            energy += record.get("energy_lost_j") or 0.0
+        if not isinstance(record, Mapping):
+            continue
+        if record.get("gpu_idle_s") is not None:
+            idle = (idle or 0.0) + record["gpu_idle_s"]
+        if record.get("energy_lost_j") is not None:
+            energy = (energy or 0.0) + record["energy_lost_j"]
     return idle, energy
 
 

@@ -383,6 +383,8 @@ def test_the_report_of_a_log_folder_totals_the_cost_worst_runs_first(tmp_path):
     ]
     worst = lines.index("Costliest runs:")
     assert [line.split()[0] for line in lines[worst + 2:]] == ["hidden", "half", "tenth"]
+    # The hidden run's energy was never measured: said so, not 0 J.
+    assert lines[worst + 2].split()[:5] == ["hidden", "cpu_fallback", "2.000", "not", "measured"]
 
 
 def test_cause_totals_keep_unmeasured_causes_apart():

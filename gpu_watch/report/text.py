@@ -206,14 +206,17 @@ def cost_lines(runs: Sequence[Path]) -> list[str]:
          for t in totals],
         left=(0,))
     ranked = sorted(((run_cost(causes), name, verdict, causes)
-                     for name, verdict, causes in costs), key=lambda r: (-r[0][0], -r[0][1], r[1]))
-    ranked = [r for r in ranked if r[0][0] > 0 or r[0][1] > 0][:COSTLIEST_RUNS]
+                     for name, verdict, causes in costs),
+                    key=lambda r: (-(r[0][0] or 0.0), -(r[0][1] or 0.0), r[1]))
+    ranked = [r for r in ranked if (r[0][0] or 0.0) > 0 or (r[0][1] or 0.0) > 0]
     if ranked:
         lines.append("Costliest runs:")
         lines += text_table(
             ["run", "verdict", "GPU-hours", "energy", "costliest cause"],
-            [[name, str(verdict or "pending"), f"{idle / 3600:.3f}", joules_text(energy),
-              _costliest_code(causes)] for (idle, energy), name, verdict, causes in ranked],
+            [[name, str(verdict or "pending"),
+              NOT_MEASURED if idle is None else f"{idle / 3600:.3f}",
+              NOT_MEASURED if energy is None else joules_text(energy), _costliest_code(causes)]
+             for (idle, energy), name, verdict, causes in ranked[:COSTLIEST_RUNS]],
             left=(0, 1, 4))
     return lines
 

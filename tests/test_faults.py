@@ -288,11 +288,11 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     assert run.status == "interrupted"
     measured = len(run.batches)
     assert 1 < measured < 100 and run.epochs.empty
-    # The traceback ends where Ctrl-C interrupted the training (here the script's own
-    # callback, asleep), never in gpu-watch, which only noted it.
+    # The traceback ends where Ctrl-C interrupted the training (most often the script's own
+    # callback, asleep; else Keras or TensorFlow), never in gpu-watch, which only noted it.
     frames = [line for line in stderr.splitlines() if line.strip().startswith('File "')]
     assert "KeyboardInterrupt" in stderr and frames, stderr
-    assert str(CHILD) in frames[-1] and "gpu_watch" not in frames[-1], stderr
+    assert "gpu_watch" not in frames[-1], stderr
     # It still ends with the summary line: the verdict, the status, what was measured.
     line = stdout.strip().splitlines()[-1] if "remedy" not in stdout else next(
         text for text in stdout.splitlines() if text.startswith("gpu-watch: verdict"))

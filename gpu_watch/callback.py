@@ -423,22 +423,19 @@ def log_values(row: dict[str, Any]) -> dict[str, float | None]:
     return values
 
 
-# The keys that carry a GPU reading: a run that watches no GPU has none of them.
-_GPU_KEYS = frozenset(LOG_KEYS) - {"gpu_verdict"}
+# What every watched GPU's readings give; the other GPU keys need what some GPUs or setups lack
+# (a per-process sample, GPM, an energy counter or power readings).
+_CORE_GPU_KEYS = ("gpu_util", "gpu_mem_peak_gib", "gpu_idle_frac")
 
 
 def log_keys(first: dict[str, float | None], watching_gpus: bool) -> dict[str, str]:
     """The keys a run adds to its epoch logs, decided at its first epoch end and kept for the
     rest of the run, so `History` and `CSVLogger` (whose columns are its first epoch's keys)
-    keep stable columns: `gpu_verdict` always; the GPU figures only when a GPU is watched; a
-    figure a GPU may lack (SM activity, energy) only when the first epoch measured it."""
-    always = {"gpu_verdict", "gpu_util", "gpu_mem_peak_gib", "gpu_idle_frac"}
-    keys = {}
-    for key, column in LOG_KEYS.items():
-        if key == "gpu_verdict" or (watching_gpus and (key in always
-                                                       or first.get(key) is not None)):
-            keys[key] = column
-    return keys
+    keep stable columns: `gpu_verdict` always; the core GPU figures when a GPU is watched; the
+    others when the first epoch measured them."""
+    return {key: column for key, column in LOG_KEYS.items()
+            if key == "gpu_verdict" or watching_gpus and (
+                key in _CORE_GPU_KEYS or first.get(key) is not None)}
 
 
 # -- facts gathered once per process ---------------------------------------------------------

@@ -124,7 +124,9 @@ def cpu_banner(causes: Sequence[Any], with_causes: bool = True) -> str:
     <remedy>.", or with several causes "Training ran on the CPU. First: <cause>; fix:
     <remedy>. Then: <cause>." Without `with_causes` (a page that lists the causes below
     it), only how many there are to fix."""
-    blocking = [f for f in fixes(causes) if f.blocking]
+    found = fixes(causes)
+    # Without a cause that blocks the GPU, the first cause recorded is the best lead.
+    blocking = [f for f in found if f.blocking] or found[:1]
     if not blocking:
         return "Training ran on the CPU."
     if not with_causes:
@@ -138,7 +140,7 @@ def cpu_banner(causes: Sequence[Any], with_causes: bool = True) -> str:
         remedy = plain(first_clause(fix.remedy))
         if fix is blocking[0] and remedy:
             text += f"; fix: {remedy}"
-        parts.append(text.rstrip(". ") + ".")
+        parts.append(text if text.endswith(".") else text + ".")  # "..." of a cut remedy
     joint = ". " if len(blocking) > 1 else ": "
     return "Training ran on the CPU" + joint + " ".join(parts)
 

@@ -65,4 +65,8 @@ def test_a_remedy_is_cut_into_prose_and_code():
         (".", False)]
     assert remedy_parts('pip install -U "jax[cuda12]"  # the plugin') == [
         ('pip install -U "jax[cuda12]"  # the plugin', True)]
+    assert remedy_parts("DataLoader(dataset, num_workers=8)") == [
+        ("DataLoader(dataset, num_workers=8)", True)]
+    sentence = "Make the input pipeline prepare batches ahead: a tf.data.Dataset wants .prefetch"
+    assert remedy_parts(sentence) == [(sentence, False)]
     assert remedy_parts("") == []

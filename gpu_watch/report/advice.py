@@ -19,8 +19,10 @@ from gpu_watch.causes import Cause, blocks_gpu
 FIRST = "First"
 THEN = "Then"
 
-# A remedy marks code in prose with backticks; a remedy without any is one command.
+# A remedy marks code in prose with backticks. One without any is a command (`pip install
+# ...`, `DataLoader(...)`, `unset ...`) unless it begins as a sentence does ("Make the ...").
 _CODE = re.compile(r"`([^`]+)`")
+_SENTENCE = re.compile(r"[A-Z][a-z]+ ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +93,9 @@ def fixes(causes: Sequence[Any]) -> list[Fix]:
 def remedy_parts(remedy: str) -> list[tuple[str, bool]]:
     """A remedy cut into (text, is_code) runs for a page that shows code as code: the parts
     in backticks are code, without their backticks; a remedy with no backtick is one
-    command (its ``  # ...`` comment included)."""
+    command (its ``  # ...`` comment included), or prose when it begins as a sentence."""
     if "`" not in remedy:
-        return [(remedy, True)] if remedy else []
+        return [(remedy, not _SENTENCE.match(remedy))] if remedy else []
     parts = []
     last = 0
     for match in _CODE.finditer(remedy):

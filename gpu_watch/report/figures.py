@@ -541,12 +541,13 @@ def plot_epochs(run: Run) -> Figure:
                                   panel_in / height_in), sharex=axes[0] if axes else None))
     present = list(dict.fromkeys(verdicts))
     if present:  # beside the bars whose colours it explains, above the first panel
-        axes[0].legend(
+        # Added as an artist: the panel's own legend (`Axes.legend`) would replace it.
+        axes[0].add_artist(axes[0].legend(
             handles=[Patch(color=VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR), label=v)
                      for v in present],
             loc="lower right", bbox_to_anchor=(1, 1.02), fontsize=8, ncols=len(present),
             title="bar colour: the epoch's verdict", title_fontsize=8, frameon=False,
-            alignment="right")
+            alignment="right"))
     if not read:
         fig.text(0.75 / _WIDTH_IN, (height_in - top_in - 0.1) / height_in,
                  _no_readings_text(run), ha="left", va="top", fontsize=11, color="0.3",

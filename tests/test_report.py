@@ -394,3 +394,16 @@ def test_many_epochs_keep_integer_ticks_over_the_epochs_run(tmp_path):
     positions = [t.get_position()[0] for t in ax.get_xticklabels() if low <= t.get_position()[0]
                  <= high]
     assert len(positions) >= 5 and all(float(p).is_integer() for p in positions)
+
+
+def test_the_epoch_figure_explains_its_bar_colours_beside_the_first_panel(idle_run, cpu_run):
+    from matplotlib.legend import Legend
+
+    for run, verdicts in ((idle_run, {"ok", "idle"}), (cpu_run, {"cpu_fallback"})):
+        fig = report.plot_epochs(run)
+        first = fig.axes[0]
+        legends = list({id(a): a for a in first.findobj(Legend)
+                        if a.get_title().get_text() == "bar colour: the epoch's verdict"}
+                       .values())
+        assert len(legends) == 1, run.path.name
+        assert {t.get_text() for t in legends[0].get_texts()} == verdicts

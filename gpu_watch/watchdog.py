@@ -62,8 +62,11 @@ class FitWatchdog:
         return True
 
     def release(self) -> None:
-        """Stop watching: the fit frame holds the user's data, which must not outlive the run."""
+        """Stop watching: the fit frame holds the user's data, which must not outlive the run.
+        A Ctrl-C not yet delivered again is dropped: the run closes because `fit` has ended,
+        by that Ctrl-C (pressed twice) or with its KeyboardInterrupt already raised."""
         self._watched = None
+        self._take_redelivery()
 
     def restore_sigint(self) -> None:
         """Put back the SIGINT handler that `watch` wrapped. Only the main thread may: a run
@@ -101,7 +104,8 @@ class FitWatchdog:
             raise KeyboardInterrupt
 
     def _redeliver(self) -> None:
-        if self._take_redelivery():
+        # A second Ctrl-C may have ended `fit` already: one KeyboardInterrupt is enough.
+        if self._take_redelivery() and not self.fit_left():
             _interrupt_main()
 
     def _take_redelivery(self) -> bool:

@@ -23,11 +23,13 @@ import pytest
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch import watchdog as watchdog_module
 from gpu_watch.cli import main as cli_main
 from gpu_watch.nvml import NVML
 from gpu_watch.report import summary_text
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.watchdog import FitWatchdog
 
 CHILD = Path(__file__).parent / "scripts" / "train_child.py"
 ERRORS = [
@@ -488,3 +490,46 @@ def test_metrics_switched_off_in_an_earlier_run_are_reported_again(tmp_path):
     assert {"metric": "power", "gpu": 0} in first.info["nvml"]["switched_off"]
     assert second.info["faults"] == []  # NVML is not asked again ...
     assert {"metric": "power", "gpu": 0} in second.info["nvml"]["switched_off"]  # ... but said
+
+
+@pytest.fixture
+def python_s_sigint_handler():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_noted_ctrl_c_is_delivered_again_once(monkeypatch, python_s_sigint_handler):
+    """Driven directly (no signal sent): the wrapper notes Ctrl-C, puts Python's handler back
+    and leaves the KeyboardInterrupt to a delivery from outside its frame, exactly once."""
+    delivered = []
+    monkeypatch.setattr(watchdog_module, "_interrupt_main", lambda: delivered.append("SIGINT"))
+
+    watchdog = FitWatchdog()
+    watchdog.watch(sys._getframe())  # this test's frame stands for fit's
+    assert signal.getsignal(signal.SIGINT) == watchdog._on_sigint
+    watchdog._on_sigint(signal.SIGINT, None)  # returns: nothing raised from gpu-watch's frame
+    assert watchdog.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    watchdog._redeliver()
+    watchdog._redeliver()  # the timer's own call, later: nothing left
+    assert delivered == ["SIGINT"]
+    watchdog.deliver_pending_interrupt()  # already delivered: does not raise
+
+    # `fit` returned before the delivery: the end of training raises it, and the timer is idle.
+    again = FitWatchdog()
+    again.watch(sys._getframe())
+    again._on_sigint(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        again.deliver_pending_interrupt()
+    again._redeliver()
+    assert delivered == ["SIGINT"]
+
+    # The run closed first (a second Ctrl-C ended fit): one KeyboardInterrupt was enough.
+    closed = FitWatchdog()
+    closed.watch(sys._getframe())
+    closed._on_sigint(signal.SIGINT, None)
+    closed.release()
+    closed._redeliver()
+    closed.deliver_pending_interrupt()
+    assert delivered == ["SIGINT"]

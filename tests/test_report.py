@@ -407,3 +407,17 @@ def test_the_epoch_figure_explains_its_bar_colours_beside_the_first_panel(idle_r
                        .values())
         assert len(legends) == 1, run.path.name
         assert {t.get_text() for t in legends[0].get_texts()} == verdicts
+
+
+def test_the_summary_counts_the_batches_of_an_epoch_that_did_not_finish(tmp_path):
+    batches = [{"epoch": e, "batch": b, "steps": 1, "time_s": 1.0 + e + 0.01 * b,
+                "step_s": 0.01} for e, count in ((0, 10), (1, 1_234)) for b in range(count)]
+    info = run_info("stopped", verdict="cpu_fallback", gpus=(), status=runlog.STATUS_INTERRUPTED)
+    run = load_run(write_run(tmp_path, "stopped", info, batches=batches, epochs=[
+        {"epoch": 0, "batches": 10, "step_s_mean": 0.01, "verdict": "cpu_fallback"}]))
+    lines = report.summary_text(run).splitlines()
+    epochs = lines.index("Epochs:")
+    assert lines[epochs + 3] == "  and 1,234 batches measured in epoch 1, which did not finish"
+    none = load_run(write_run(tmp_path, "none", info, batches=batches[10:11]))
+    assert ("Epochs: none finished; 1 batch measured in epoch 1, which did not finish"
+            in report.summary_text(none).splitlines())

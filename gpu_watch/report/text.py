@@ -105,11 +105,9 @@ def summary_text(run: Run) -> str:
         lines += text_table(headings, rows)
         if any(str(cell).startswith(">=") for row in rows for cell in row):
             lines.append(f"  {WAIT_LOWER_BOUND_NOTE}")
-        unfinished = unfinished_text(run)
-        if unfinished:
-            lines.append(f"  and{unfinished}")
+        lines += [f"  and {text}" for text in unfinished_text(run)]
     else:
-        lines.append(f"Epochs: none finished{unfinished_text(run)}")
+        lines.append("; ".join(["Epochs: none finished", *unfinished_text(run)]))
     rejudged = run.info.get("rejudged")
     if isinstance(rejudged, dict):
         lines.append(f"Note: judged again with the rules of gpu-watch "
@@ -228,12 +226,11 @@ def _costliest_code(causes: Sequence[dict[str, Any]]) -> str:
     return str(max(causes, key=idle).get("code")) if causes else ""
 
 
-def unfinished_text(run: Run) -> str:
-    """What was measured of the epochs that did not finish (a run stopped mid-epoch):
-    "; 5,543 batches measured in epoch 1, which did not finish", or "" when none."""
-    counts = unfinished_batches(run)
-    return "".join(f"; {count:,} batch{'es' if count != 1 else ''} measured in epoch "
-                   f"{epoch}, which did not finish" for epoch, count in counts.items())
+def unfinished_text(run: Run) -> list[str]:
+    """What was measured of each epoch that did not finish (a run stopped mid-epoch), e.g.
+    "5,543 batches measured in epoch 1, which did not finish"."""
+    return [f"{count:,} batch{'es' if count != 1 else ''} measured in epoch {epoch}, which "
+            "did not finish" for epoch, count in unfinished_batches(run).items()]
 
 
 def unfinished_batches(run: Run) -> dict[int, int]:

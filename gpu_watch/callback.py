@@ -61,8 +61,9 @@ class GPUWatch(keras.callbacks.Callback):
     While `fit` runs, a background thread samples NVML (GPU utilization and memory, and this
     process's own share); the first training step's op placement is checked; and a run folder
     is written under `log_dir`: `run.json`, `samples.csv`, `batches.csv`, `epochs.csv` and the
-    plots. Every epoch and the whole run get a verdict: `ok`, `idle`, `cpu_fallback` or
-    `unmonitored`, with the causes and their remedies.
+    plots. Every epoch and the whole run get a verdict: `ok`, `idle`, `cpu_fallback`,
+    `unmonitored` or `unmeasured`, with the causes, in the order to fix them, and their
+    remedies.
 
     Args:
         log_dir: Folder that holds the run folders. Default "gpu_watch_logs".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import cli, report, runlog
 from gpu_watch.causes import CATALOGUE
-from gpu_watch.report import figures
+from gpu_watch.report import figures, view
 from gpu_watch.runlog import load_run
 
 INTERVAL_S = 0.5
@@ -421,3 +422,49 @@ def test_the_summary_counts_the_batches_of_an_epoch_that_did_not_finish(tmp_path
     none = load_run(write_run(tmp_path, "none", info, batches=batches[10:11]))
     assert ("Epochs: none finished; 1 batch measured in epoch 1, which did not finish"
             in report.summary_text(none).splitlines())
+
+
+BREAKDOWN = {"compute_s": 8.1, "data_wait_s": 3.0, "other_s": 1.2, "loop_s": 12.3,
+             "compute_fraction": 0.66, "data_wait_fraction": 0.24, "other_fraction": 0.1,
+             "wait_measure": "sampled_ticks"}
+
+
+@pytest.fixture(scope="module")
+def split_run(log_dir):
+    """A run that records where its loop's time went (run.json and epochs.csv)."""
+    info = run_info("split", verdict="idle", causes=["input_bound"])
+    info["breakdown"] = BREAKDOWN
+    epochs = [{"epoch": e, "batches": 40, "step_s_mean": 0.2, "verdict": "idle",
+               "wait_fraction": 0.25, "wait_measure": "sampled_ticks", "compute_s": 4.0 + e,
+               "data_wait_s": 1.5, "other_s": 0.6 if e else None, "other_fraction": 0.1}
+              for e in range(2)]
+    return load_run(write_run(log_dir, "split", info, epochs=epochs))
+
+
+def test_the_loop_s_time_is_told_where_the_run_records_it(split_run, cpu_run):
+    line = ("12.3 s in the training loop: compute 8.1 s (66%), waiting for data 3.0 s (24%), "
+            "other 1.2 s (10%) (the wait from where the sampler found the training thread)")
+    assert f"Time: {line}" in report.summary_text(split_run).splitlines()
+    assert html.escape(line, quote=True) in report.report_html(split_run, None, None)
+    from gpu_watch.report.text import summary_line
+
+    assert summary_line(split_run.info, split_run.path).splitlines()[1] == f"  time: {line}"
+    # An older run (or one recorded without it) says nothing about it.
+    assert "Time:" not in report.summary_text(cpu_run)
+    assert "time:" not in summary_line(cpu_run.info, cpu_run.path)
+
+
+def test_the_epoch_table_and_figure_split_each_epoch_s_time(split_run, cpu_run):
+    headings, rows = view.epoch_table(split_run)
+    cells = [dict(zip(headings, row, strict=True)) for row in rows]
+    assert [(c["compute s"], c["wait s"], c["other s"], c["other %"]) for c in cells] == [
+        ("4", "1.500", "n/a", "10"), ("5", "1.500", "0.6000", "10")]  # one precision a column
+    assert "compute s" not in view.epoch_table(cpu_run)[0]
+    fig = report.plot_epochs(split_run)
+    gids = {a.get_gid() for a in fig.findobj()}
+    assert {"loop-compute_s", "loop-data_wait_s", "loop-other_s"} <= gids
+    # Epoch 0 has no "other" figure: no bar for it, rather than a bar of 0 s.
+    other = {id(a) for a in fig.findobj() if a.get_gid() == "loop-other_s"}
+    assert len(other) == 1
+    assert not {g for g in (a.get_gid() for a in report.plot_epochs(cpu_run).findobj())
+                if g and g.startswith("loop-")}

@@ -500,8 +500,9 @@ def _draw_steps(ax: Any, run: Run, batches: _Batches) -> None:
 
 def plot_epochs(run: Run) -> Figure:
     """Per-epoch summary: mean and p95 GPU utilization (with SM activity where GPM measures
-    it), peak memory, step time and data wait, and, where measured, the whole GPU's energy and
-    mean power.
+    it), peak memory, step time and data wait, and, where measured, where each epoch's time in
+    the training loop went (compute, waiting for data, the rest: `epochs.csv`'s `compute_s`,
+    `data_wait_s`, `other_s`) and the whole GPU's energy and mean power.
 
     Each epoch's bars take the colour of its verdict (ok green, idle orange, cpu_fallback red,
     unmonitored purple).
@@ -527,8 +528,9 @@ def plot_epochs(run: Run) -> Figure:
     memory = floats(frame, "gpu_mem_peak_mib")
     read = not (np.isnan(judged).all() and np.isnan(device).all() and np.isnan(memory).all())
     # Without a single GPU reading, one line says why instead of empty utilization and
-    # memory panels; energy only where it was measured.
-    panels = (3 if read else 1) + (not np.isnan(energy).all())
+    # memory panels; where the loop's time went and energy only where they were measured.
+    split = any(not np.isnan(floats(frame, column)).all() for _, column, _ in _LOOP_PARTS)
+    panels = (3 if read else 1) + split + (not np.isnan(energy).all())
     top_in = 0.1 + _header_in(None, subtitle)
     height_in = top_in + (0 if read else note_in) + panels * (panel_in + gap_in) + 0.5
     fig = _new_figure(run, height_in, top_in)
@@ -553,6 +555,8 @@ def plot_epochs(run: Run) -> Figure:
                  _no_readings_text(run), ha="left", va="top", fontsize=11, color="0.3",
                  gid="no-readings")
         _draw_epoch_steps(axes[0], run, epoch, colours)
+        if split:
+            _draw_loop_parts(axes[1], epoch, frame)
         _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
         return fig
     util_ax, mem_ax, step_ax = axes[:3]
@@ -595,6 +599,8 @@ def plot_epochs(run: Run) -> Figure:
     mem_ax.set_title("peak GPU memory per epoch", loc="left", fontsize=10)
 
     _draw_epoch_steps(step_ax, run, epoch, colours)
+    if split:
+        _draw_loop_parts(axes[3], epoch, frame)
     _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
     return fig
 
@@ -648,6 +654,33 @@ def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) 
     wait_ax.set_ylim(0, 105)
     wait_ax.set_ylabel("% waiting for data", fontsize=9)
     wait_ax.tick_params(labelsize=8)
+
+
+# Where an epoch's time in the training loop went: (label, epochs.csv column, colour).
+_LOOP_PARTS = (("compute", "compute_s", _UTIL_COLOUR),
+               ("waiting for data", "data_wait_s", _WAIT_COLOUR),
+               ("other (callbacks, the loop itself)", "other_s", "0.6"))
+
+
+def _draw_loop_parts(ax: Any, epoch: np.ndarray, frame: Any) -> None:
+    """Each epoch's seconds in the training loop, stacked: compute, waiting for data and the
+    rest. A part the run did not measure adds nothing (it is not drawn as 0 s)."""
+    bottom = np.zeros(epoch.size)
+    handles = []
+    for label, column, colour in _LOOP_PARTS:
+        seconds = floats(frame, column)
+        known = ~np.isnan(seconds) & ~np.isnan(epoch)
+        if not known.any():
+            continue
+        ax.bar(epoch[known], seconds[known], width=0.8, bottom=bottom[known], color=colour,
+               gid=f"loop-{column}")
+        bottom[known] += seconds[known]
+        handles.append(Patch(color=colour, label=label))
+    ax.set_ylim(0, max(float(bottom.max()), 1e-9) * 1.3)  # room for the legend
+    ax.set_ylabel("seconds", fontsize=9)
+    ax.set_title("where each epoch's time in the training loop went", loc="left", fontsize=10)
+    ax.legend(handles=handles, loc="upper right", fontsize=7, ncols=len(handles),
+              framealpha=0.85)
 
 
 def _finish_epoch_axes(axes: list[Any], epoch: np.ndarray, energy: np.ndarray, frame: Any,

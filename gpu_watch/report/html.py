@@ -14,6 +14,7 @@ from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_tabl
 from gpu_watch.report.view import (
     WAIT_LOWER_BOUND_NOTE,
     banner_for,
+    breakdown_text,
     cause_impact_text,
     duration_of,
     energy_line,
@@ -163,6 +164,7 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
             ("started", info.get("started_at")),
             ("ended", info.get("ended_at")),
             ("duration", None if duration_of(run) is None else f"{duration_of(run):,.1f} s"),
+            ("time", breakdown_text(info.get("breakdown"))),
             ("backend", info.get("backend")),
             ("worker", f"rank {info.get('rank')} of {info.get('world_size')}"
              if (info.get("world_size") or 1) > 1 else None),

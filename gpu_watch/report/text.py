@@ -19,6 +19,7 @@ from gpu_watch.report.cluster import (
 from gpu_watch.report.view import (
     WAIT_LOWER_BOUND_NOTE,
     banner_for,
+    breakdown_text,
     cause_impact_text,
     duration_of,
     energy_line,
@@ -73,6 +74,9 @@ def summary_text(run: Run) -> str:
     if run.info.get("backend"):
         status += f", backend {run.info['backend']}"
     lines.append(status)
+    loop = breakdown_text(run.info.get("breakdown"))
+    if loop:
+        lines.append(f"Time: {loop}")
     error = run.info.get("error") or {}
     if error:
         lines.append(f"Error: {error.get('type', '')}: {error.get('message', '')}")
@@ -248,8 +252,8 @@ def unfinished_batches(run: Run) -> dict[int, int]:
 def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None = None,
                  epochs: int | None = None) -> str:
     """What `GPUWatch` prints when a run ends, however it ends: the verdict, the status, the
-    run folder, what was measured, what the costliest cause cost, then each cause in the
-    order to fix it with its remedy.
+    run folder, what was measured, where the loop's time went (where the run records it), what
+    the costliest cause cost, then each cause in the order to fix it with its remedy.
 
     Args:
         info: The run's `run.json` record as it stands at the end.
@@ -266,6 +270,9 @@ def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None
         if epochs is not None:
             head += f" in {epochs:,} finished epoch{'s' if epochs != 1 else ''}"
     lines = [f"{head}; run folder {run_dir}"]
+    loop = breakdown_text(info.get("breakdown"))
+    if loop:
+        lines.append(f"  time: {loop}")
     causes = info.get("causes") or []
     impact = first_impact_line(causes, info.get("duration_s"))
     if impact:  # what it cost comes first: it decides whether the fix is worth the time

@@ -476,6 +476,50 @@ def number_text(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}"
 
 
+# How the loop's wait for data was measured (`wait_measure`), in words; a measure not listed
+# here is named as it is.
+WAIT_MEASURE_WORDS = {
+    "sampled_ticks": "from where the sampler found the training thread",
+    "batch_gaps": "from the gaps between steps",
+    GAPS_ONLY: "from the gaps between steps alone, so at least this much",
+}
+# The loop's time, part by part: (words, seconds key, share key) in run.json's "breakdown".
+_BREAKDOWN_PARTS = (("compute", "compute_s", "compute_fraction"),
+                    ("waiting for data", "data_wait_s", "data_wait_fraction"),
+                    ("other", "other_s", "other_fraction"))
+
+
+def breakdown_text(breakdown: Any) -> str | None:
+    """Where the training loop's time went, from `run.json`'s "breakdown", in one line:
+    "12.3 s in the training loop: compute 8.1 s (66%), waiting for data 3.0 s (24%), other
+    1.2 s (10%; the wait from the gaps between steps)". None for a run recorded without it.
+
+    Args:
+        breakdown: `run.json`'s "breakdown" record (seconds and 0-1 shares, each may be null).
+    """
+    if not isinstance(breakdown, dict):
+        return None
+    seconds = [runlog.number(breakdown.get(key)) for _, key, _ in _BREAKDOWN_PARTS]
+    loop_s = runlog.number(breakdown.get("loop_s"))
+    if loop_s is None and all(s is None for s in seconds):
+        return None
+    decimals = column_decimals([loop_s, *seconds], significant=3)
+    parts = []
+    for (words, _, share_key), value in zip(_BREAKDOWN_PARTS, seconds, strict=True):
+        if value is None:
+            continue
+        share = runlog.number(breakdown.get(share_key))
+        parts.append(f"{words} {value:,.{decimals}f} s"
+                     + ("" if share is None else f" ({round(100 * share)}%)"))
+    head = ("the training loop" if loop_s is None
+            else f"{loop_s:,.{decimals}f} s in the training loop")
+    text = f"{head}: {', '.join(parts)}" if parts else head
+    measure = breakdown.get("wait_measure")
+    if measure and breakdown.get("data_wait_s") is not None:
+        text += f" (the wait {WAIT_MEASURE_WORDS.get(str(measure), f'measured by {measure}')})"
+    return text
+
+
 # Under an epoch table with a wait share from the gaps between steps alone (">=N").
 WAIT_LOWER_BOUND_NOTE = ("wait % >=N: at least N%; too few readings in that epoch to see a "
                          "wait inside a step, only the gaps between steps")
@@ -518,6 +562,10 @@ _EPOCH_HEADINGS = {
     "first_step_s": "step 0 s",
     "step_s_mean": "step s",
     "wait_fraction": "wait %",
+    "compute_s": "compute s",
+    "data_wait_s": "wait s",
+    "other_s": "other s",
+    "other_fraction": "other %",
     "judged_util_mean": "util %",
     "gpu_util_mean": "device util %",
     "gpu_mem_peak_mib": "mem MiB",
@@ -532,8 +580,10 @@ _EPOCH_HEADINGS = {
 # In epochs.csv, not in the table: this process's figure is "util %" wherever it decides.
 _NOT_SHOWN = frozenset({"proc_util_mean", "gpu_util_p95", "wait_measure"})
 # Shown only when measured: on GPUs without GPM, or without NVML, they would be columns of n/a;
+# the step-time breakdown only in runs that record it;
 # step 0's duration only in the epoch that ran it.
-_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS) | {"first_step_s"}
+_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS) | {
+    "first_step_s", "compute_s", "data_wait_s", "other_s", "other_fraction"}
 _ROUNDED = frozenset({"judged_util_mean", "gpu_util_mean", "gpu_mem_peak_mib",
                       *runlog.EPOCH_ACTIVITY_COLUMNS})
 _PER_GPU = re.compile(r"gpu\d+_((proc_)?util_mean|verdict|"
@@ -566,7 +616,7 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
         cells = []
         for column in columns + per_gpu + logs:
             value = record.get(column)
-            if column in ("wait_fraction", "idle_fraction"):
+            if column in ("wait_fraction", "idle_fraction", "other_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
                 if column == "wait_fraction" and record.get("wait_measure") == GAPS_ONLY:
                     # From batch gaps alone, a lower bound: of 0 it says nothing.

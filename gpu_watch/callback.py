@@ -511,7 +511,7 @@ def environment_report(nvml: NVML) -> dict[str, Any]:
 def _live_line(monitor: Monitor) -> str:
     """The notebook's live line for a run: its latest readings and current verdict."""
     return live.live_line(monitor.live.values, monitor.info.get("verdict"), monitor.status,
-                          monitor.elapsed_s())
+                          monitor.elapsed_s(), len(monitor.devices))
 
 
 def _print_summary(monitor: Monitor) -> None:

@@ -79,17 +79,19 @@ class LiveFigures:
 
 
 def live_line(values: dict[str, float], verdict: str | None, status: str,
-              elapsed_s: float) -> str:
-    """The notebook's one line: utilization, memory, verdict."""
+              elapsed_s: float, gpus: int = 1) -> str:
+    """The notebook's one line: utilization, memory, verdict; on a run that watches no GPU
+    (`gpus` 0), that, instead of three figures that can never come."""
 
     def pct(value: float) -> str:
         return "n/a" if math.isnan(value) else f"{value:.0f}%"
 
     memory = values.get("gpu_mem_peak_gib", math.nan)
-    parts = [f"GPU util {pct(values.get('gpu_util', math.nan))}",
-             f"this training {pct(values.get('gpu_proc_util', math.nan))}",
-             "memory n/a" if math.isnan(memory) else f"memory {memory:.1f} GiB",
-             f"verdict {verdict or 'not judged yet'}"]
+    parts = ["no GPU watched"] if gpus == 0 else [
+        f"GPU util {pct(values.get('gpu_util', math.nan))}",
+        f"this training {pct(values.get('gpu_proc_util', math.nan))}",
+        "memory n/a" if math.isnan(memory) else f"memory {memory:.1f} GiB"]
+    parts.append(f"verdict {verdict or 'not judged yet'}")
     return f"gpu-watch [{status}, {elapsed_s:.0f} s]: " + " | ".join(parts)
 
 

@@ -253,6 +253,9 @@ def test_the_notebook_line_says_what_was_not_measured_as_n_a():
         "gpu-watch [running, 3 s]: GPU util n/a | this training n/a | memory n/a | "
         "verdict not judged yet")
     values = {"gpu_util": 42.4, "gpu_proc_util": 40.0, "gpu_mem_peak_gib": 2.5}
+    # A run that watches no GPU says so once, not "n/a" three times.
+    assert live_line({}, "cpu_fallback", "running", 3.2, gpus=0) == (
+        "gpu-watch [running, 3 s]: no GPU watched | verdict cpu_fallback")
     assert live_line(values, "ok", "completed", 61) == (
         "gpu-watch [completed, 61 s]: GPU util 42% | this training 40% | memory 2.5 GiB | "
         "verdict ok")

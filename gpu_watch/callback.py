@@ -246,7 +246,7 @@ class GPUWatch(keras.callbacks.Callback):
                        f"log_dir={self.config.log_dir!r}: {exc}")
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
-                              "train without gpu-watch's logs.") from exc
+                              "log the run in a temporary folder instead.") from exc
             self.monitor = _monitor_in_temporary_folder(self.config, args)
             if self.monitor is None:
                 self._unwatched = f"no run folder could be written under {self.config.log_dir}"

@@ -22,24 +22,32 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed
 KERAS_TESTS := tests/test_callback.py tests/test_logs_keys.py tests/test_remedy_facts.py \
 	tests/test_keras_internals.py
 
-.PHONY: install test lint demo mutate test-keras-oldest clean prometheus-tools
+.PHONY: install test lint demo mutate test-keras-oldest clean prometheus-tools chromium
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
-	$(PY) -m pip install $(PIP_QUIET) -e ".[test]"
-	touch $(STAMP) $(DEMO_STAMP)
+	@echo "make test: installing gpu-watch with TensorFlow, JAX, torch and the test tools into" \
+		"$(VENV) (about 3.9 GB; 1.5 to 4 minutes with the wheels at hand, more to download" \
+		"them). For torch's CPU build, not PyPI's CUDA build of several GB more, set" \
+		"PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu first."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	@$(PY) -m pip install $(PIP_QUIET) -e ".[test]"
+	@touch $(STAMP) $(DEMO_STAMP)
 
 $(DEMO_STAMP): pyproject.toml
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
 		echo "$(VENV) already holds the test install, which includes the demo's"; \
 	else \
 		set -e; \
+		echo "make demo: installing gpu-watch with TensorFlow, Keras, pandas and matplotlib" \
+			"into $(VENV) (about 2.3 GB, most of it TensorFlow; about a minute with the" \
+			"wheels at hand, more to download them), then training a small CNN for under" \
+			"a minute"; \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install $(PIP_QUIET) --upgrade pip; \
 		$(PY) -m pip install $(PIP_QUIET) -e ".[tensorflow]"; \
 	fi
-	touch $(DEMO_STAMP)
+	@touch $(DEMO_STAMP)
 
 $(OLDEST_STAMP): pyproject.toml Makefile
 	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
@@ -60,6 +68,8 @@ prometheus-tools:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
 		&& command -v prometheus-pushgateway >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make test: installing Debian's prometheus and prometheus-pushgateway with apt-get" \
+			"(about 110 MB), for the exporters' tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends prometheus prometheus-pushgateway; \
 	else \
@@ -67,7 +77,22 @@ prometheus-tools:
 			"here (needs root and apt-get): their tests will skip"; \
 	fi
 
-test: lint prometheus-tools
+# Headless Chromium (Debian's package, about 360 MB with its libraries), which opens report.html
+# in tests/test_report_page.py: installed the same way. Elsewhere those tests skip and say why;
+# under CI=true they fail instead.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make test: installing Debian's chromium with apt-get (about 360 MB), to open" \
+			"report.html in the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium; \
+	else \
+		echo "chromium is missing and cannot be installed here (needs root and apt-get):" \
+			"the report.html browser tests will skip"; \
+	fi
+
+test: lint prometheus-tools chromium
 	$(PY) -m pytest
 
 test-keras-oldest: $(OLDEST_STAMP)
@@ -75,7 +100,7 @@ test-keras-oldest: $(OLDEST_STAMP)
 	$(OLDEST_PY) -m pytest -p no:cacheprovider $(KERAS_TESTS)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m gpu_watch demo
+	@$(PY) -m gpu_watch demo
 
 # Mutation testing of verdict.py, timeline.py, nvml.py and causes.py with the fast tests that
 # cover them, always from scratch: mutmut for the code in functions, then

@@ -178,6 +178,7 @@ def _child(backend: str, inputs: list[str], log_dir: str) -> list[dict]:
 
     rows = []
     warm = fit("arrays")  # warm up (imports, the first compile), and count the batches
+    rows.append({"backend": backend, "costs": _probe_costs()})
     batches = int(min(MAX_BATCHES, max(MIN_BATCHES, MIN_BATCHES * EPOCH_S / warm["seconds"][-1])))
     for kind in inputs:
         base = fit(kind)
@@ -192,6 +193,44 @@ def _child(backend: str, inputs: list[str], log_dir: str) -> list[dict]:
             run = fit(kind, sleep_s=step_s * share / (1 - share))
             rows.append(compare(kind, share, base, run, "wait"))
     return rows
+
+
+def _probe_costs(n: int = 200_000, looks: int = 2_000) -> dict[str, float]:
+    """What the probes cost: a timed fetch per batch beside a plain `next` (microseconds), and
+    one look at the threads' stacks (microseconds; the stack sampler takes 100 a second),
+    with this process's threads (the framework's among them) as they are."""
+    import statistics
+    import threading
+
+    from gpu_watch import keras_internals
+    from gpu_watch.loop_clock import STACK_HZ, LoopClock
+
+    data = list(range(n))
+
+    def plain() -> float:
+        start, iterator = time.perf_counter(), iter(data)
+        for _ in range(n):
+            next(iterator)
+        return time.perf_counter() - start
+
+    def timed() -> float:
+        clock = LoopClock(time.perf_counter, 0.0, lambda steps: None)
+        start, iterator = time.perf_counter(), iter(keras_internals._TimedSource(data, clock))
+        for i in range(n):
+            next(iterator)
+            if i % 64 == 0:
+                clock._fetches.clear()  # as each step's end does
+        return time.perf_counter() - start
+
+    fetch_us = (statistics.median(timed() for _ in range(5))
+                - statistics.median(plain() for _ in range(5))) / n * 1e6
+    ident = threading.get_ident()
+    start = time.perf_counter()
+    for _ in range(looks):
+        keras_internals.data_tick(ident)
+    look_us = (time.perf_counter() - start) / looks * 1e6
+    return {"fetch_us": fetch_us, "look_us": look_us,
+            "sampler_core_pct": look_us * STACK_HZ / 1e4}
 
 
 # -- the parent: every backend, one after the other ---------------------------------------------
@@ -253,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if hog is not None:
             hog.terminate()
+    costs = [r for r in rows if "costs" in r]
+    rows = [r for r in rows if "costs" not in r]
+    for row in costs:
+        c = row["costs"]
+        print(f"{row['backend']}: a timed fetch costs {c['fetch_us']:.2f} us a batch; a look at "
+              f"the stacks {c['look_us']:.1f} us ({c['sampler_core_pct']:.2f} % of a core at "
+              f"100 a second, only where no fetch is timed)")
+    print()
     print(f"{'backend':<11}{'input':<17}{'aim':>4}  {'measure':<14}{'truth e1 e2':<12}"
           f"{'reported':<11}{'run truth':>9}{'reported':>9}  result")
     for row in rows:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,14 +24,14 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
                               name=exc.name) from exc
 
 from gpu_watch import keras_internals, live, placement, runlog
-from gpu_watch.causes import Cause, blocks_gpu
 from gpu_watch.config import Config
-from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, warn
+from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, user_site, warn
 from gpu_watch.gpu_trial import gpu_trial
-from gpu_watch.impact import first_impact_line
 from gpu_watch.monitor import Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.process_facts import PROCESS_FACTS
+from gpu_watch.report.advice import cause_codes_in_order, cpu_banner
+from gpu_watch.report.text import no_run_line, summary_line
 from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 
@@ -47,6 +49,8 @@ LOG_KEYS = {
 }
 # The epoch's verdict as a number for charts: 0 is healthy, the higher the worse.
 VERDICT_CODES = {OK: 0, UNMONITORED: 1, IDLE: 2, CPU_FALLBACK: 3}
+# The start of the warning a CPU fall-back brings where a GPU is there (a filter can match it).
+CPU_FALLBACK_WARNING = "gpu-watch: training is running on the CPU"
 _MIB_PER_GIB = 1024.0
 _J_PER_KJ = 1000.0
 
@@ -57,8 +61,9 @@ class GPUWatch(keras.callbacks.Callback):
     While `fit` runs, a background thread samples NVML (GPU utilization and memory, and this
     process's own share); the first training step's op placement is checked; and a run folder
     is written under `log_dir`: `run.json`, `samples.csv`, `batches.csv`, `epochs.csv` and the
-    plots. Every epoch and the whole run get a verdict: `ok`, `idle`, `cpu_fallback` or
-    `unmonitored`, with the causes and their remedies.
+    plots. Every epoch and the whole run get a verdict: `ok`, `idle`, `cpu_fallback`,
+    `unmonitored` or `unmeasured`, with the causes, in the order to fix them, and their
+    remedies.
 
     Args:
         log_dir: Folder that holds the run folders. Default "gpu_watch_logs".
@@ -72,7 +77,9 @@ class GPUWatch(keras.callbacks.Callback):
             training after the current batch; status `stopped_idle`) or "raise" (a
             `GPUIdleError` carrying the evidence). Default "warn".
         require_gpu: Raise `GPUNotUsedError` right after the first step if training runs on the
-            CPU, naming the causes. Default False (a `GPUWatchWarning` instead).
+            CPU, naming the causes. Default False: a `GPUWatchWarning` where a GPU was there to
+            use, and on a machine without any GPU only the summary line (so test suites that
+            turn warnings into errors pass on GPU-less CI).
         check_placement: Check where the first step's ops ran. Default True.
         plot: Draw `utilization.png`, `epochs.png` and `report.html` at the end of training,
             and redraw them at epoch ends while that takes under 2% of training time. They are
@@ -85,8 +92,11 @@ class GPUWatch(keras.callbacks.Callback):
         nvml: The NVML bindings: default the `pynvml` module; a `gpu_watch.testing.FakeNVML`
             simulates GPUs.
         on_log_error: When the run folder cannot be created: "raise" (an `OSError` before any
-            training time is spent) or "warn" (train without logging). Default "raise".
-        verbose: 1 prints a summary (verdict, causes, run folder) when training ends and, in
+            training time is spent) or "warn" (a `GPUWatchWarning`, and the run is logged in a
+            new temporary folder instead; without one either, training goes on unwatched).
+            Default "raise".
+        verbose: 1 prints a summary (verdict, status, what was measured, run folder, causes
+            in the order to fix them) when the run ends, Ctrl-C and errors included, and, in
             a Jupyter notebook, keeps a live line under the cell (utilization, memory,
             verdict; redrawn at most once a second by a thread of its own); 0 is silent.
             Default 1.
@@ -97,11 +107,14 @@ class GPUWatch(keras.callbacks.Callback):
             `gpu_idle_frac` (share of readings under the idle threshold, 0-1) and
             `gpu_verdict` (0 ok, 1 unmonitored, 2 idle, 3 cpu_fallback), `gpu_sm_active` (SM
             activity, percent, where the GPU has GPM) and `gpu_energy_kj` (the watched GPUs'
-            energy in the epoch, kJ, whole GPUs). The same keys every
-            epoch, NaN when not measured; a key already in the logs is left as it is.
-            During the epoch the batch `logs` carry `gpu_util`, `gpu_proc_util`,
-            `gpu_mem_peak_gib` and `gpu_sm_active` as the latest reading (`live.LIVE_KEYS`),
-            so the progress bar and `TensorBoard(update_freq="batch")` show them live.
+            energy in the epoch, kJ, whole GPUs). Only figures that were measured, never NaN:
+            a run that watches no GPU adds `gpu_verdict` alone. The keys are decided at the
+            first epoch end and kept, so `History` and `CSVLogger` keep stable columns; an
+            epoch without one of its figures leaves that key out. A key already in the logs
+            is left as it is. During the epoch the batch `logs` carry `gpu_util`,
+            `gpu_proc_util`, `gpu_mem_peak_gib` and `gpu_sm_active` where a recent reading
+            has them (`live.LIVE_KEYS`), so the progress bar and
+            `TensorBoard(update_freq="batch")` show them live.
             Default True.
         export: Where else to publish the run's figures and verdicts while it trains:
             `gpu_watch.export.Prometheus(...)` (a `/metrics` endpoint on 127.0.0.1 and a
@@ -177,6 +190,17 @@ class GPUWatch(keras.callbacks.Callback):
         """The folder of the current (or last) run."""
         return self.monitor.run_dir if self.monitor is not None else None
 
+    @property
+    def verdict(self) -> str | None:
+        """The current (or last) run's verdict: "ok", "idle", "cpu_fallback", "unmonitored"
+        or "unmeasured"; None before the first step was judged, or without a run.
+
+        Example:
+            >>> model.fit(x, y, callbacks=[watch := GPUWatch()])
+            >>> assert watch.verdict == "ok", watch.verdict
+        """
+        return self.monitor.info.get("verdict") if self.monitor is not None else None
+
     def wait_for_report(self, timeout_s: float = 60.0) -> bool:
         """Wait until the last run's figures and `report.html` are in its run folder.
 
@@ -220,23 +244,33 @@ class GPUWatch(keras.callbacks.Callback):
                                     else PROCESS_FACTS.nvml())
         frame = keras_internals.fit_frame()
         bars = keras_internals.progress_bars(frame.value)
-        try:
-            self.monitor = Monitor(
-                self.config, self._nvml, keras.backend.backend(), self._probe.rank(),
+        # Warnings from hooks on Keras' worker threads name the line that called `fit`.
+        self._site = user_site()
+        self._unwatched: str | None = None
+        self._log_keys: dict[str, str] | None = None
+        args = (self._nvml, keras.backend.backend(), self._probe.rank(),
                 PROCESS_FACTS.framework(self._probe, keras.__version__),
                 PROCESS_FACTS.environment(self._nvml, keras.backend.backend()),
                 self._setup(frame, bars),
-                int(getattr(self._model, "steps_per_execution", 1) or 1),
-                clock=time.perf_counter, data_tick=keras_internals.data_tick)
+                int(getattr(self._model, "steps_per_execution", 1) or 1))
+        try:
+            self.monitor = _monitor(self.config, args)
         except OSError as exc:
             message = (f"gpu-watch cannot write its run folder under "
                        f"log_dir={self.config.log_dir!r}: {exc}")
             self._unwatch_fit()
             if self.config.on_log_error == "raise":
                 raise OSError(f"{message}. Pass a writable log_dir, or on_log_error='warn' to "
-                              "train without gpu-watch's logs.") from exc
-            warn(f"{message}; training goes on without it.")
-            return
+                              "log the run in a temporary folder instead.") from exc
+            self.monitor = _monitor_in_temporary_folder(self.config, args)
+            if self.monitor is None:
+                self._unwatched = f"no run folder could be written under {self.config.log_dir}"
+                warn(f"{message}; training goes on without it.", site=self._site)
+                return
+            warn(f"{message}; this run is logged in {self.monitor.run_dir} instead.",
+                 site=self._site)
+        if self.verbose:  # a run closed without `on_train_end` (Ctrl-C, an error) still says so
+            self.monitor.on_close = _print_summary
         self.monitor.watch_thread(frame.value)
         self._time_loop(frame.value)
         # Wrapped over the loop clock's wrappers, and taken off before them (`on_train_end`,
@@ -293,15 +327,24 @@ class GPUWatch(keras.callbacks.Callback):
         if self.monitor is not None:  # Keras has waited for every batch hook of the epoch
             self._after_steps(self.monitor.end_batches(), None)
             row = self.monitor.end_epoch(epoch, logs or {}).row
-        if self.config.log_metrics and logs is not None:
-            for key, value in log_values(row).items():
-                logs.setdefault(key, value)  # never overwrite what another callback put there
+        if self.config.log_metrics and logs is not None and self.monitor is not None:
+            values = log_values(row)
+            if self._log_keys is None:  # the first epoch decides the columns (see `log_keys`)
+                self._log_keys = log_keys(values, bool(self.monitor.devices))
+            for key in self._log_keys:
+                if values[key] is not None:
+                    logs.setdefault(key, values[key])  # never overwrite another callback's
 
     def on_train_end(self, logs=None):
         monitor = self.monitor
         if monitor is None:
+            if self.verbose and getattr(self, "_unwatched", None):
+                print(no_run_line(self._unwatched), file=sys.stdout)
             return
         self._unwatch_fit()
+        # A Ctrl-C pressed just before `fit` returned is raised here, not lost.
+        monitor.watchdog.deliver_pending_interrupt()
+        monitor.on_close = None  # printed below, once the GPU trial has added its figures
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
         if self.config.measure_gpu_speedup and any(
@@ -312,7 +355,7 @@ class GPUWatch(keras.callbacks.Callback):
         if self._line is not None:
             self._line.stop()
         if self.verbose:
-            print(summary_line(monitor), file=sys.stdout)
+            _print_summary(monitor)
 
     # -- what the hooks decide ---------------------------------------------------------------
 
@@ -330,31 +373,32 @@ class GPUWatch(keras.callbacks.Callback):
             try:
                 report = self._probe.after_first_step(self._model, logs)
             except Exception as exc:  # an unexpected model must not stop training
-                warn(f"gpu-watch could not check placement: {exc!r}")
+                warn(f"gpu-watch could not check placement: {exc!r}", site=self._site)
         judgement = self.monitor.first_step(report)
         if judgement.verdict != CPU_FALLBACK:
             return
         codes = [c.code for c in judgement.causes]
+        causes = [c.to_dict() for c in judgement.causes]
         if self.config.require_gpu:
-            reasons = "; ".join(c.message.rstrip(". ") for c in judgement.causes)
             error = GPUNotUsedError(
-                f"Training is running on the CPU: {reasons or 'cause unknown'} "
-                f"(run folder: {self.monitor.run_dir})",
-                codes,
-            )
+                f"{cpu_banner(causes)} Run folder: {self.monitor.run_dir}", codes)
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
+        if not _gpu_on_machine(self.monitor.info):
+            # Nothing to be surprised about: the summary line says cpu_fallback and why. A
+            # project whose tests turn warnings into errors keeps passing on CI without a GPU.
+            return
         # One line: the causes' words come once, in the summary and the run folder.
-        warn(f"gpu-watch: training is running on the CPU, not the GPU "
-             f"({', then '.join(codes) or 'cause unknown'}); why and what to do: "
-             f"gpu-watch report {self.monitor.run_dir}")
+        order = cause_codes_in_order(causes)
+        warn(f"{CPU_FALLBACK_WARNING}, not the GPU ({order}); why and what to do: "
+             f"gpu-watch report {self.monitor.run_dir}", site=self._site)
 
     def _act_on_idle(self, event: IdleEvent) -> None:
         action = self.config.on_idle
         message = idle_message(event, self.config)
         self.monitor.record_idle(event, action)
         if action == "warn":
-            warn(message, GPUIdleWarning)
+            warn(message, GPUIdleWarning, site=self._site)
         elif action == "stop":
             self._stopped_idle = True
             self._model.stop_training = True
@@ -386,7 +430,7 @@ class GPUWatch(keras.callbacks.Callback):
         try:
             distribution = self._probe.before_training(self._model)
         except Exception as exc:  # an unexpected setup must not stop training
-            warn(f"gpu-watch could not read the training setup: {exc!r}")
+            warn(f"gpu-watch could not read the training setup: {exc!r}", site=self._site)
             distribution = None
         data = keras_internals.data_source(frame.value)
         return {"data": data.value, "distribution": distribution,
@@ -413,9 +457,11 @@ class GPUWatch(keras.callbacks.Callback):
             unwatch()
 
 
-def log_values(row: dict[str, Any]) -> dict[str, float]:
-    """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, NaN when not measured."""
-    values = {}
+def log_values(row: dict[str, Any]) -> dict[str, float | None]:
+    """The `LOG_KEYS` values for an epoch's `epochs.csv` row: floats, None when not measured
+    (never NaN: JSON has no NaN, and `RemoteMonitor(send_as_json=True)` would lose the
+    epoch)."""
+    values: dict[str, float | None] = {}
     for key, column in LOG_KEYS.items():
         value = row.get(column)
         if column == "verdict":
@@ -424,28 +470,56 @@ def log_values(row: dict[str, Any]) -> dict[str, float]:
             value = value / _MIB_PER_GIB
         elif column.endswith("_j") and value is not None:
             value = value / _J_PER_KJ
-        values[key] = math.nan if value is None else float(value)
+        number = None if value is None else float(value)
+        values[key] = None if number is None or math.isnan(number) else number
     return values
+
+
+# What every watched GPU's readings give; the other GPU keys need what some GPUs or setups lack
+# (a per-process sample, GPM, an energy counter or power readings).
+_CORE_GPU_KEYS = ("gpu_util", "gpu_mem_peak_gib", "gpu_idle_frac")
+
+
+def log_keys(first: dict[str, float | None], watching_gpus: bool) -> dict[str, str]:
+    """The keys a run adds to its epoch logs, decided at its first epoch end and kept for the
+    rest of the run, so `History` and `CSVLogger` (whose columns are its first epoch's keys)
+    keep stable columns: `gpu_verdict` always; the core GPU figures when a GPU is watched; the
+    others when the first epoch measured them."""
+    return {key: column for key, column in LOG_KEYS.items()
+            if key == "gpu_verdict" or watching_gpus and (
+                key in _CORE_GPU_KEYS or first.get(key) is not None)}
 
 
 def _live_line(monitor: Monitor) -> str:
     """The notebook's live line for a run: its latest readings and current verdict."""
     return live.live_line(monitor.live.values, monitor.info.get("verdict"), monitor.status,
-                          monitor.elapsed_s())
+                          monitor.elapsed_s(), len(monitor.devices))
 
 
-def summary_line(monitor: Monitor) -> str:
-    """What GPUWatch prints when training ends."""
-    info = monitor.info
-    lines = [f"gpu-watch: verdict {info['verdict']} ({info['status']}); run folder "
-             f"{monitor.run_dir}"]
-    impact = first_impact_line(info["causes"], info.get("duration_s"))
-    if impact:  # what it cost comes first: it decides whether the fix is worth the time
-        lines.append(f"  cost: {impact}")
-    blockers = [c["code"] for c in info["causes"] if blocks_gpu(Cause.from_dict(c))]
-    for cause in info["causes"]:
-        then = "then: " if cause["code"] in blockers[1:] else ""  # fixed in this order
-        lines.append(f"  - {cause['code']}: {then}{cause['message']}\n"
-                     f"    remedy: {cause['remedy']}")
-    return "\n".join(lines)
+def _print_summary(monitor: Monitor) -> None:
+    """Print the run's summary line (`gpu_watch.report.text.summary_line`)."""
+    print(summary_line(monitor.info, monitor.run_dir, monitor.batches.rows_written,
+                       monitor.epochs.rows_written), file=sys.stdout, flush=True)
 
+
+def _monitor(config: Config, args: tuple) -> Monitor:
+    """A `Monitor` for one run, handed the clock it times the run by and the look at the
+    threads' stacks it takes on each sampler tick."""
+    return Monitor(config, *args, clock=time.perf_counter, data_tick=keras_internals.data_tick)
+
+
+def _monitor_in_temporary_folder(config: Config, args: tuple) -> Monitor | None:
+    """A run logged in a new temporary folder, for `on_log_error="warn"` when `log_dir` cannot
+    be written: the run is still watched and judged; None when that fails too."""
+    try:
+        folder = tempfile.mkdtemp(prefix="gpu-watch-")
+        return _monitor(dataclasses.replace(config, log_dir=folder), args)
+    except OSError:
+        return None
+
+
+def _gpu_on_machine(info: dict[str, Any]) -> bool:
+    """Whether NVML or the framework saw a GPU: training on the CPU is then a surprise."""
+    nvml = info.get("nvml") or {}
+    framework = info.get("framework") or {}
+    return bool(nvml.get("gpus_seen") or framework.get("gpus"))

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and print the verdict, causes and per-epoch table. Given a log folder: list its runs, "
         "newest first, with their verdicts. Exit code 2 when the folder is not a run.",
     )
-    report.add_argument("path", help="a run folder or a folder of runs (e.g. gpu_watch_logs)")
+    report.add_argument("path", nargs="?", default="gpu_watch_logs",
+                        help="a run folder or a folder of runs (default: gpu_watch_logs, "
+                        "where GPUWatch writes by default)")
     report.add_argument("--no-plots", action="store_true", help="print the summary only")
     report.add_argument(
         "--rejudge", action="store_true",

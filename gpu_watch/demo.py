@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -68,6 +69,7 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
     if epochs < 1:
         print(f"gpu-watch demo: --epochs must be at least 1, got {epochs}", file=out)
         return 2
+    from gpu_watch.errors import GPUWatchWarning
     from gpu_watch.report import summary_text
     from gpu_watch.runlog import load_run
 
@@ -75,7 +77,7 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_logs_held_back():
         try:  # the callback imports Keras, and names the extra when its framework is missing
-            from gpu_watch.callback import GPUWatch
+            from gpu_watch.callback import CPU_FALLBACK_WARNING, GPUWatch
         except ModuleNotFoundError as exc:
             print(f"gpu-watch demo: {exc}", file=out)
             return 2
@@ -88,14 +90,17 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
         print(f"gpu-watch demo: training a small CNN ({model.count_params():,} parameters) for "
               f"{epochs} epoch(s) with the {keras.backend.backend()} backend ...", file=out,
               flush=True)
-        model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.2, callbacks=[watch],
-                  verbose=0)
+        with warnings.catch_warnings():
+            # The summary below says it, with the causes: one message per fact.
+            warnings.filterwarnings("ignore", message=CPU_FALLBACK_WARNING,
+                                    category=GPUWatchWarning)
+            model.fit(x, y, epochs=epochs, batch_size=64, validation_split=0.2,
+                      callbacks=[watch], verbose=0)
         watch.wait_for_report()  # drawn by another process: the summary points at report.html
     run = load_run(watch.run_dir)
     print(summary_text(run), file=out)
-    print(f"\nRun folder: {run.path}", file=out)
-    print(f"Open {run.path / 'report.html'} in a browser, or run "
-          f"`gpu-watch report {run.path}`.", file=out)
+    print(f"Open {run.path / 'report.html'} in a browser for the figures, or run "
+          f"`gpu-watch report {run.path}` for this summary again.", file=out)
     return 0
 
 

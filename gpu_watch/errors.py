@@ -9,6 +9,7 @@ import traceback
 import warnings
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 # The exit codes of every `gpu-watch` command: 0 done (for `doctor`, a GPU is usable), 1 no
 # usable GPU (`doctor`), 2 the command could not do its work (a bad folder, a bad argument).
@@ -54,17 +55,64 @@ class GPUNotUsedError(RuntimeError):
 _USER_MODULES = ("demo.py",)
 
 
-def warn(message: str, category: type[Warning] = GPUWatchWarning) -> None:
-    """Issue a warning attributed to the user's code: the first frame of the stack outside
-    gpu-watch and Keras (the line that called `fit`), so that the warning shows that line and
-    the user's warning filters apply. Where no such frame exists (a batch hook run on one of
-    Keras' worker threads), the caller of the hook is named instead."""
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A line of the user's code: the one that called `fit`.
+
+    Attributes:
+        filename: Its file.
+        lineno: Its line number.
+        module_globals: Its module's globals (the registry of warnings already shown there,
+            and the source lines a warning quotes).
+        thread: The ident of the thread it runs on (the training thread).
+    """
+
+    filename: str
+    lineno: int
+    module_globals: dict[str, Any]
+    thread: int
+
+
+def user_site() -> Site | None:
+    """The first frame of the current thread's stack outside gpu-watch and Keras (the user's
+    line that called `fit`, when called from a hook on the training thread), or None."""
+    frame = _user_frame()
+    if frame is None:
+        return None
+    return Site(frame.f_code.co_filename, frame.f_lineno, frame.f_globals,
+                threading.get_ident())
+
+
+def warn(message: str, category: type[Warning] = GPUWatchWarning,
+         site: Site | None = None) -> None:
+    """Issue a warning attributed to the user's code, so that the warning shows the user's
+    line and the user's warning filters apply: the first frame of the stack outside gpu-watch
+    and Keras (the line that called `fit`). On any other thread than the one that began
+    training (JAX and torch run batch hooks on Keras' worker threads), `site` is named: the
+    line that called `fit`, read when training began (`user_site`)."""
+    if site is not None and threading.get_ident() != site.thread:
+        # A worker thread's stack holds the thread pool, not the user's code.
+        registry = site.module_globals.setdefault("__warningregistry__", {})
+        warnings.warn_explicit(message, category, site.filename, site.lineno,
+                               module=site.module_globals.get("__name__"), registry=registry,
+                               module_globals=site.module_globals)
+        return
+    frame = _user_frame()
+    level = 1
+    current = sys._getframe(0)
+    while current is not None and current is not frame:
+        current, level = current.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
+def _user_frame() -> Any:
+    """The first frame of this thread's stack outside gpu-watch and Keras, or None."""
     skip = (_package_dir(__name__), _package_dir("keras"))
-    frame, level = sys._getframe(0), 1
+    frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(skip) \
             and not frame.f_code.co_filename.endswith(_USER_MODULES):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+        frame = frame.f_back
+    return frame
 
 
 def _package_dir(module: str) -> str:

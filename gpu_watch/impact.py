@@ -469,27 +469,32 @@ class CauseTotal:
         code: The cause code.
         runs: Runs in which it was found.
         measured_runs: Of them, runs with a measured cost.
-        gpu_idle_s: GPU-seconds left idle, summed.
-        energy_lost_j: Energy drawn meanwhile, summed over the runs that measured it.
-        wall_lost_s: Wall seconds lost, summed over the runs that measured it.
+        gpu_idle_s: GPU-seconds left idle, summed over the runs that measured them; None
+            when none did ("not measured" must not read as 0).
+        energy_lost_j: Energy drawn meanwhile, summed likewise; None when none measured it.
+        wall_lost_s: Wall seconds lost, summed likewise; None when none measured them.
     """
 
     code: str
     runs: int = 0
     measured_runs: int = 0
-    gpu_idle_s: float = 0.0
-    energy_lost_j: float = 0.0
-    wall_lost_s: float = 0.0
+    gpu_idle_s: float | None = None
+    energy_lost_j: float | None = None
+    wall_lost_s: float | None = None
 
 
-def run_cost(causes: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """A run's GPU-seconds left idle and energy lost, summed over its causes' impacts."""
-    idle = energy = 0.0
+def run_cost(causes: Sequence[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """A run's GPU-seconds left idle and energy lost, summed over its causes' impacts; None
+    for a figure none of them measured ("not measured" must not read as 0)."""
+    idle = energy = None
     for item in causes:
         record = item.get("impact") if isinstance(item, Mapping) else None
-        if isinstance(record, Mapping):
-            idle += record.get("gpu_idle_s") or 0.0
-            energy += record.get("energy_lost_j") or 0.0
+        if not isinstance(record, Mapping):
+            continue
+        if record.get("gpu_idle_s") is not None:
+            idle = (idle or 0.0) + record["gpu_idle_s"]
+        if record.get("energy_lost_j") is not None:
+            energy = (energy or 0.0) + record["energy_lost_j"]
     return idle, energy
 
 
@@ -507,8 +512,10 @@ def cause_totals(runs: Iterable[Sequence[Mapping[str, Any]]]) -> list[CauseTotal
                                                    and record.get("wall_lost_s") is None):
                 continue
             total.measured_runs += 1
-            total.gpu_idle_s += record.get("gpu_idle_s") or 0.0
-            total.energy_lost_j += record.get("energy_lost_j") or 0.0
-            total.wall_lost_s += record.get("wall_lost_s") or 0.0
+            for name in ("gpu_idle_s", "energy_lost_j", "wall_lost_s"):
+                value = record.get(name)
+                if value is not None:
+                    setattr(total, name, (getattr(total, name) or 0.0) + value)
     return sorted(totals.values(),
-                  key=lambda t: (-t.gpu_idle_s, -t.energy_lost_j, -t.wall_lost_s, t.code))
+                  key=lambda t: (-(t.gpu_idle_s or 0.0), -(t.energy_lost_j or 0.0),
+                                 -(t.wall_lost_s or 0.0), t.code))

@@ -30,19 +30,17 @@ LIVE_KEYS: dict[str, tuple[str, str]] = {
 _MIB_PER_GIB = 1024.0
 # A reading lacks a value now and then although nothing changed: NVML has no new per-process
 # sample at every tick (the driver samples every 1/6 s to 1 s), and GPM is read once a second.
-# The latest value stands for this long (or for 2.5 ticks when ticks are slower), then NaN.
+# The latest value stands for this long (or for 2.5 ticks when ticks are slower), then its key
+# is left out.
 HOLD_S = 2.0
 NOTEBOOK_PERIOD_S = 1.0  # the notebook line is redrawn at most this often
-
-
-def nan_values() -> dict[str, float]:
-    """The live keys with nothing measured yet."""
-    return dict.fromkeys(LIVE_KEYS, math.nan)
 
 
 class LiveFigures:
     """The latest reading of each watched GPU, as batch `logs` values.
 
+    `values` holds only the keys that have a reading (never NaN: the progress bar would show
+    "nan", and JSON has none), so a run that watches no GPU adds nothing to the batch logs.
     `add` runs on the sampler thread and replaces `values` with a new dict (one reference
     assignment, so a reader on another thread sees the old dict or the new one, never a mix).
 
@@ -53,7 +51,7 @@ class LiveFigures:
 
     def __init__(self, interval_s: float) -> None:
         self.hold_s = max(HOLD_S, 2.5 * interval_s)
-        self.values: dict[str, float] = nan_values()
+        self.values: dict[str, float] = {}
         self.time_s: float | None = None  # the time of the latest reading taken
         self._latest: dict[tuple[int, str], tuple[float, float]] = {}
 
@@ -74,7 +72,6 @@ class LiveFigures:
             present = [v for t, v in (self._latest.get((g, field), (None, None)) for g in gpus)
                        if t is not None and now - t <= self.hold_s]
             if not present:
-                values[key] = math.nan
                 continue
             value = max(present) if combine == "max" else sum(present) / len(present)
             values[key] = value / _MIB_PER_GIB if field.endswith("_mib") else value
@@ -83,17 +80,19 @@ class LiveFigures:
 
 
 def live_line(values: dict[str, float], verdict: str | None, status: str,
-              elapsed_s: float) -> str:
-    """The notebook's one line: utilization, memory, verdict."""
+              elapsed_s: float, gpus: int = 1) -> str:
+    """The notebook's one line: utilization, memory, verdict; on a run that watches no GPU
+    (`gpus` 0), that, instead of three figures that can never come."""
 
     def pct(value: float) -> str:
         return "n/a" if math.isnan(value) else f"{value:.0f}%"
 
     memory = values.get("gpu_mem_peak_gib", math.nan)
-    parts = [f"GPU util {pct(values.get('gpu_util', math.nan))}",
-             f"this training {pct(values.get('gpu_proc_util', math.nan))}",
-             "memory n/a" if math.isnan(memory) else f"memory {memory:.1f} GiB",
-             f"verdict {verdict or 'not judged yet'}"]
+    parts = ["no GPU watched"] if gpus == 0 else [
+        f"GPU util {pct(values.get('gpu_util', math.nan))}",
+        f"this training {pct(values.get('gpu_proc_util', math.nan))}",
+        "memory n/a" if math.isnan(memory) else f"memory {memory:.1f} GiB"]
+    parts.append(f"verdict {verdict or 'not judged yet'}")
     return f"gpu-watch [{status}, {elapsed_s:.0f} s]: " + " | ".join(parts)
 
 

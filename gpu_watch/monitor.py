@@ -110,6 +110,9 @@ class Monitor:
         self._idle_taken = False
         self._closed = threading.Event()
         self._written: dict[int, EpochEnd] = {}  # epochs written by a flush, not yet returned
+        # Told once the run is closed, from the thread that closed it: the callback prints its
+        # summary line there when the run ends without `on_train_end` (Ctrl-C, an error).
+        self.on_close: Callable[[Monitor], None] | None = None
 
         nvml.clear_faults()
         self.devices = nvml.devices() if nvml.available else []
@@ -290,6 +293,12 @@ class Monitor:
         finally:
             self._closed.set()
             _open_monitors.discard(self)
+        if self.on_close is not None:
+            try:
+                self.on_close(self)
+            except Exception as exc:  # telling the user must not turn a closed run into an error
+                warnings.warn(f"gpu-watch could not print the run's summary: {exc!r}",
+                              GPUWatchWarning, stacklevel=2)
 
     def _close(self, status: str, error: BaseException | None) -> None:
         failures: list[str] = []

@@ -17,6 +17,7 @@ from typing import TextIO
 from gpu_watch import runlog
 from gpu_watch.errors import EXIT_ERROR, EXIT_OK
 from gpu_watch.follow import WINDOW_S, GPUView, RunFollower, Snapshot, find_run
+from gpu_watch.report.advice import fixes
 
 REFRESH_S = 1.0
 SPARK_WIDTH = 60
@@ -111,14 +112,12 @@ def loop_line(snap: Snapshot) -> str:
 
 
 def cause_lines(snap: Snapshot) -> list[tuple[str, str]]:
-    """(code: message, the remedy's first line) per cause in `run.json`."""
+    """("First: code: message", the remedy's first line) per cause in `run.json`, worded and
+    ordered as every other output does (`gpu_watch.report.advice`)."""
     lines = []
-    for cause in snap.info.get("causes") or []:
-        if not isinstance(cause, dict):
-            continue
-        remedy = str(cause.get("remedy") or "").strip().splitlines()
-        lines.append((f"{cause.get('code', '?')}: {cause.get('message', '')}",
-                      remedy[0] if remedy else ""))
+    for fix in fixes(snap.info.get("causes") or []):
+        remedy = fix.remedy.strip().splitlines()
+        lines.append((f"{fix.label}{fix.code}: {fix.message}", remedy[0] if remedy else ""))
     return lines
 
 

@@ -5,11 +5,13 @@ Ctrl-C) the callbacks hear nothing. A `FitWatchdog` remembers the frame of the r
 call and its thread; the sampler thread asks it on each tick whether that frame is still on the
 thread's stack, so the run is closed, as `failed` or `interrupted`, within one tick of the end.
 To tell those two apart it wraps the SIGINT handler of the main thread, noting a Ctrl-C before
-passing it on.
+passing it on (Python's own handler is put back and the signal delivered again, so that the
+traceback ends in the code that was interrupted, not in gpu-watch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -23,6 +25,8 @@ class FitWatchdog:
         self._watched: tuple[int, Any] | None = None  # (thread ident, the fit frame)
         self._previous_sigint: Any = None
         self.interrupted = False
+        self._redelivery_lock = threading.Lock()
+        self._redelivery_due = False  # a Ctrl-C noted, not yet delivered again
 
     def watch(self, frame: Any) -> None:
         """Watch `frame`, the `fit` call running on the current thread. Without a frame (hooks
@@ -61,8 +65,11 @@ class FitWatchdog:
         return True
 
     def release(self) -> None:
-        """Stop watching: the fit frame holds the user's data, which must not outlive the run."""
+        """Stop watching: the fit frame holds the user's data, which must not outlive the run.
+        A Ctrl-C not yet delivered again is dropped: the run closes because `fit` has ended,
+        by that Ctrl-C (pressed twice) or with its KeyboardInterrupt already raised."""
         self._watched = None
+        self._take_redelivery()
 
     def restore_sigint(self) -> None:
         """Put back the SIGINT handler that `watch` wrapped. Only the main thread may: a run
@@ -77,7 +84,49 @@ class FitWatchdog:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.interrupted = True
-        self._previous_sigint(signum, frame)
+        previous = self._previous_sigint
+        if previous is not signal.default_int_handler:
+            previous(signum, frame)  # the user's own handler, as it would have run
+            return
+        # Python's handler raises KeyboardInterrupt in the frame that calls it: called from
+        # here, the traceback would end in gpu-watch, as if it had raised. Put it back and
+        # deliver the signal again once this frame has returned, so the KeyboardInterrupt is
+        # raised in the code Ctrl-C interrupted, a moment later.
+        signal.signal(signal.SIGINT, previous)
+        self._previous_sigint = None
+        with self._redelivery_lock:
+            self._redelivery_due = True
+        again = threading.Timer(REDELIVER_S, self._redeliver)
+        again.daemon = True
+        again.start()
+
+    def deliver_pending_interrupt(self) -> None:
+        """Raise the KeyboardInterrupt of a Ctrl-C not yet delivered again (`fit` ended within
+        `REDELIVER_S` of it): a Ctrl-C is never lost. Call on the main thread."""
+        if self._take_redelivery():
+            raise KeyboardInterrupt
+
+    def _redeliver(self) -> None:
+        # A second Ctrl-C may have ended `fit` already: one KeyboardInterrupt is enough.
+        if self._take_redelivery() and not self.fit_left():
+            _interrupt_main()
+
+    def _take_redelivery(self) -> bool:
+        with self._redelivery_lock:
+            due, self._redelivery_due = self._redelivery_due, False
+        return due
+
+
+# How long after Ctrl-C the signal is delivered again (see `FitWatchdog._on_sigint`): ample
+# time for the handler's frame to return, short next to a person's reaction.
+REDELIVER_S = 0.05
+
+
+def _interrupt_main() -> None:
+    """SIGINT to the main thread, as Ctrl-C sends it (it also ends a blocking call there)."""
+    # When the main thread has ended, nothing is left to interrupt.
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _unwrapped(handler: Any) -> Any:

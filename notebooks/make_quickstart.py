@@ -60,9 +60,10 @@ watch = GPUWatch()
 history = model.fit(x, y, epochs=2, batch_size=64, validation_split=0.2, callbacks=[watch],
                     verbose=2)"""),
     ("markdown", """\
-Each epoch line ends with GPUWatch's figures (`gpu_util`, `gpu_proc_util`, `gpu_mem_peak_gib`,
-`gpu_idle_frac`, `gpu_verdict`; `nan` where nothing was measured): they are in the epoch logs,
-so `History`, `CSVLogger` and `TensorBoard` get them too."""),
+Each epoch line ends with GPUWatch's figures that were measured (`gpu_util`, `gpu_proc_util`,
+`gpu_mem_peak_gib`, `gpu_idle_frac`, and always `gpu_verdict`: 0 `ok`, 1 `unmonitored`, 2
+`idle`, 3 `cpu_fallback`; without a GPU, the verdict alone): they are in the epoch logs, so
+`History`, `CSVLogger` and `TensorBoard` get them too."""),
     ("code", """\
 {key: values for key, values in history.history.items() if key.startswith("gpu_")}"""),
     ("markdown", """\

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from gpu_watch import GPUIdleError, GPUNotUsedError, GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import BATCH_COLUMNS, EPOCH_COLUMNS, SAMPLE_COLUMNS
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -162,6 +163,9 @@ def test_require_gpu_raises_after_the_first_step(tmp_path):
         fit(make_model(), cb, epochs=3)
     assert raised.value.causes[0] == "no_nvidia_driver"
     assert "No NVIDIA driver" in str(raised.value) and ".;" not in str(raised.value)
+    # The causes in the order to fix them, worded as everywhere else (`report.advice`).
+    assert str(raised.value) == (f"{cpu_banner(load_run(cb.run_dir).causes)} Run folder: "
+                                 f"{cb.run_dir}")
     run = load_run(cb.run_dir)
     assert run.status == "failed"
     assert run.info["error"]["type"] == "GPUNotUsedError"
@@ -337,3 +341,10 @@ def test_time_spent_in_a_slow_generator_counts_as_waiting_for_data(tmp_path):
     assert last["wait_fraction"] > 0.5 and last["wait_measure"] == "ready_timed"
     # Arrays: a low share where enough stack samples came, else not measured (NaN): never high.
     assert not load_run(fed.run_dir).epochs["wait_fraction"].iloc[-1] >= 0.3
+
+
+def test_the_verdict_is_there_for_code_that_checks_it(tmp_path):
+    cb = watch(tmp_path)
+    assert cb.verdict is None  # no run yet
+    fit(make_model(), cb, epochs=1)
+    assert cb.verdict == "cpu_fallback" == load_run(cb.run_dir).verdict

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gpu_watch import load_run
+
 ROOT = Path(__file__).resolve().parent.parent
 # What TensorFlow's C++ code writes to standard error while it starts on a machine without a
 # GPU, whatever TF_CPP_MIN_LOG_LEVEL says.
@@ -31,11 +33,17 @@ def test_the_demo_prints_its_verdict_and_no_tensorflow_start_up_log(tmp_path):
                       KERAS_BACKEND="tensorflow")
     assert done.returncode == 0, done.stderr
     assert "Verdict: CPU FALLBACK" in done.stdout
-    assert "no_nvidia_driver" in done.stdout
     assert not [line for line in done.stderr.splitlines()
                 if any(mark in line for mark in TENSORFLOW_START_UP)], done.stderr
-    # GPUWatch's own warning is Python's, and still reaches the terminal.
-    assert "GPUWatchWarning: gpu-watch: training is running on the CPU" in done.stderr
+    # One message per fact: each cause once, in the summary; no warning repeats it.
+    run = load_run(next(tmp_path.iterdir()))
+    assert [c["code"] for c in run.causes][0] == "no_nvidia_driver"
+    for cause in run.causes:
+        assert done.stdout.count(cause["message"]) == 1, cause["code"]
+    assert "GPUWatchWarning" not in done.stderr, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"Open {run.path / 'report.html'} in a browser for the figures, or run "
+        f"`gpu-watch report {run.path}` for this summary again.")
 
 
 HELD_BACK = """

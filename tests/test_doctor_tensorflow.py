@@ -226,6 +226,17 @@ def test_without_a_driver_missing_libraries_are_the_next_step_not_the_cause():
     assert found.remedy.startswith('pip install "tensorflow[and-cuda]==2.21.0"')
 
 
+def test_the_status_line_names_the_missing_libraries_after_the_driver():
+    # As the JAX line names its CPU-only build: every cause between TensorFlow and the GPU,
+    # in the order to fix them, although the libraries only block it once a driver is there.
+    facts = without_driver(tf_facts(NO_DRIVER, gpus=0))
+    facts["cuda_wheels"] = cuda_wheel_status(REQUIRED, {})
+    report = DoctorReport(facts, diagnose(facts))
+    line = report.statuses["tensorflow"].line()
+    assert line.endswith("no usable GPU (no_nvidia_driver, cuda_libs_missing)"), line
+    assert report.exit_code == 1
+
+
 def test_and_cuda_requirements_come_from_the_installed_tensorflow():
     required = and_cuda_requirements()
     assert "nvidia-cudnn-cu12" in required and "nvidia-cuda-runtime-cu12" in required

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -22,11 +23,14 @@ import pytest
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch import watchdog as watchdog_module
 from gpu_watch.cli import main as cli_main
 from gpu_watch.errors import take_swallowed
 from gpu_watch.nvml import NVML
+from gpu_watch.report import summary_text
 from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.watchdog import FitWatchdog
 
 CHILD = Path(__file__).parent / "scripts" / "train_child.py"
 FAILING_FITS = Path(__file__).parent / "scripts" / "failing_fits.py"
@@ -187,16 +191,21 @@ def test_an_impossible_log_dir_fails_before_training(tmp_path):
     assert started == []
 
 
-def test_an_impossible_log_dir_can_be_a_warning(tmp_path):
+def test_an_impossible_log_dir_can_be_a_warning(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    cb = quiet(log_dir=blocker / "logs", on_log_error="warn")
+    # Not even a temporary folder can be made: training goes on unwatched, and says so.
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))
+    cb = GPUWatch(log_dir=blocker / "logs", on_log_error="warn", plot=False)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.warns(GPUWatchWarning, match="training goes on without it"):
         history = model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=2, verbose=0,
                             callbacks=[cb])
     assert len(history.epoch) == 2 and cb.run_dir is None
+    assert capsys.readouterr().out == (
+        f"gpu-watch: no verdict: this training was not watched (no run folder could be "
+        f"written under {blocker / 'logs'})\n")
 
 
 def test_a_full_disk_mid_run_warns_once_and_keeps_files_valid(tmp_path, monkeypatch):
@@ -273,14 +282,29 @@ def start_child(log_dir, *args):
 
 
 def test_ctrl_c_marks_the_run_interrupted(tmp_path):
-    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
+    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first.
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
+                                "0.05", "--verbose")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
     run = load_run(run_dir)
     assert run.status == "interrupted"
-    assert len(run.batches) > 1
+    measured = len(run.batches)
+    assert 1 < measured < 100 and run.epochs.empty
+    # The traceback ends where Ctrl-C interrupted the training (most often the script's own
+    # callback, asleep; else Keras or TensorFlow), never in gpu-watch, which only noted it.
+    frames = [line for line in stderr.splitlines() if line.strip().startswith('File "')]
+    assert "KeyboardInterrupt" in stderr and frames, stderr
+    assert "gpu_watch" not in frames[-1], stderr
+    # It still ends with the summary line: the verdict, the status, what was measured.
+    line = stdout.strip().splitlines()[-1] if "remedy" not in stdout else next(
+        text for text in stdout.splitlines() if text.startswith("gpu-watch: verdict"))
+    assert line == (f"gpu-watch: verdict cpu_fallback (interrupted); measured {measured} "
+                    f"batches in 0 finished epochs; run folder {run_dir}")
+    assert (f"Epochs: none finished; {measured} batches measured in epoch 0, which did not "
+            "finish") in summary_text(run)
 
 
 def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):
@@ -547,3 +571,46 @@ def test_fits_that_raise_close_at_once_on_the_other_backends(backend):
     assert [(r["closed_at_once"], r["status"], r["error"]) for r in runs] == [
         (True, "failed", "RuntimeError")] * 3
     assert all(r["handler_as_before"] for r in runs)
+
+
+@pytest.fixture
+def python_s_sigint_handler():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_noted_ctrl_c_is_delivered_again_once(monkeypatch, python_s_sigint_handler):
+    """Driven directly (no signal sent): the wrapper notes Ctrl-C, puts Python's handler back
+    and leaves the KeyboardInterrupt to a delivery from outside its frame, exactly once."""
+    delivered = []
+    monkeypatch.setattr(watchdog_module, "_interrupt_main", lambda: delivered.append("SIGINT"))
+
+    watchdog = FitWatchdog()
+    watchdog.watch(sys._getframe())  # this test's frame stands for fit's
+    assert signal.getsignal(signal.SIGINT) == watchdog._on_sigint
+    watchdog._on_sigint(signal.SIGINT, None)  # returns: nothing raised from gpu-watch's frame
+    assert watchdog.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    watchdog._redeliver()
+    watchdog._redeliver()  # the timer's own call, later: nothing left
+    assert delivered == ["SIGINT"]
+    watchdog.deliver_pending_interrupt()  # already delivered: does not raise
+
+    # `fit` returned before the delivery: the end of training raises it, and the timer is idle.
+    again = FitWatchdog()
+    again.watch(sys._getframe())
+    again._on_sigint(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        again.deliver_pending_interrupt()
+    again._redeliver()
+    assert delivered == ["SIGINT"]
+
+    # The run closed first (a second Ctrl-C ended fit): one KeyboardInterrupt was enough.
+    closed = FitWatchdog()
+    closed.watch(sys._getframe())
+    closed._on_sigint(signal.SIGINT, None)
+    closed.release()
+    closed._redeliver()
+    closed.deliver_pending_interrupt()
+    assert delivered == ["SIGINT"]

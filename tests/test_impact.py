@@ -366,6 +366,20 @@ def test_a_recorded_run_gets_its_impact_from_its_files(tmp_path):
     assert "input_bound: training waited for data 50% of the run's time" in page  # the banner
 
 
+def test_a_cost_no_run_measured_reads_not_measured_never_zero(tmp_path):
+    info = run_info("no-driver", verdict="cpu_fallback", gpus=(), duration_s=60.0,
+                    causes=["no_nvidia_driver"])
+    info["causes"][0]["impact"] = Impact(not_measured="no GPU could be seen").to_dict()
+    write_run(tmp_path, "no-driver", info)
+    out = io.StringIO()
+    assert cli_main(["report", str(tmp_path)], out=out) == 0
+    [row] = [line for line in out.getvalue().splitlines()
+             if line.strip().startswith("no_nvidia_driver")]
+    assert row.split() == ["no_nvidia_driver", "1", "0", "not", "measured", "not", "measured",
+                           "not", "measured"]
+    assert "Costliest runs:" not in out.getvalue()  # a run that cost nothing measured
+
+
 def test_a_stored_impact_is_read_not_recomputed(tmp_path):
     info = run_info("stored", verdict="idle", duration_s=100.0)
     stored = {**cause("input_bound", wait_fraction=0.5).to_dict(),
@@ -394,11 +408,14 @@ def test_the_report_of_a_log_folder_totals_the_cost_worst_runs_first(tmp_path):
                         "drew meanwhile, wall time lost):")
     assert [line.split()[:6] for line in lines[start + 1:start + 4]] == [
         ["cause", "runs", "measured", "GPU-hours", "energy", "wall"],
-        ["gpus_hidden", "1", "1", "2.000", "0", "J"],
+        # No energy reading without a GPU watched: not measured, never 0 J.
+        ["gpus_hidden", "1", "1", "2.000", "not", "measured"],
         ["input_bound", "2", "2", "0.001", "0.3", "kJ"],  # 3.0 s + 0.6 s; 210 J + 42 J
     ]
     worst = lines.index("Costliest runs:")
     assert [line.split()[0] for line in lines[worst + 2:]] == ["hidden", "half", "tenth"]
+    # The hidden run's energy was never measured: said so, not 0 J.
+    assert lines[worst + 2].split()[:5] == ["hidden", "cpu_fallback", "2.000", "not", "measured"]
 
 
 def test_cause_totals_keep_unmeasured_causes_apart():
@@ -463,7 +480,7 @@ def test_the_monitor_stores_each_causes_impact(tmp_path):
 
 
 def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
-    from gpu_watch.callback import summary_line
+    from gpu_watch.report.text import summary_line
 
     monitor = monitor_on_gpu(tmp_path, FakeNVML([FakeGPU()]), interval_s=60.0)
     monitor.begin_epoch(0)
@@ -477,7 +494,7 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
     t0 = monitor.t0
     monitor.clock = lambda: t0 + 4.0
     monitor.finish("completed")
-    lines = summary_line(monitor).splitlines()
+    lines = summary_line(monitor.info, monitor.run_dir).splitlines()
     assert lines[0].startswith("gpu-watch: verdict idle")
     assert lines[1].startswith("  cost: input_bound: training waited for data ")
     assert "a pipeline that keeps up would make it up to" in lines[1]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
-from gpu_watch.live import HOLD_S, LIVE_KEYS, LiveFigures, live_line, nan_values
+from gpu_watch.live import HOLD_S, LIVE_KEYS, LiveFigures, live_line
 from gpu_watch.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
@@ -79,25 +79,28 @@ def trained(tmp_path_factory):
             "history": history.history, "run": load_run(watch.run_dir)}
 
 
-def test_every_batch_carries_the_live_keys(trained):
+def test_every_batch_carries_the_live_keys_that_have_a_reading(trained):
     batches = trained["batches"]
     assert len(batches) == STEPS
-    assert all(set(b) == set(LIVE_KEYS) for b in batches)
     assert list(LIVE_KEYS) == ["gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_sm_active"]
+    # A key without a reading (the first batches, SM activity between GPM's once-a-second
+    # reads) is left out rather than NaN.
+    assert all(set(b) <= set(LIVE_KEYS) for b in batches)
+    assert not any(math.isnan(v) for b in batches for v in b.values())
+    assert sum("gpu_util" in b for b in batches) >= STEPS - 2
 
 
 def test_each_value_is_a_reading_and_they_follow_the_gpu(trained):
-    utils = [b["gpu_util"] for b in trained["batches"]]
     readings = set(trained["run"].samples["util_pct"].dropna())
-    measured = [u for u in utils if not math.isnan(u)]
+    measured = [b["gpu_util"] for b in trained["batches"] if "gpu_util" in b]
     assert len(measured) >= STEPS - 2  # only the first batch or two may come before a reading
     assert set(measured) <= readings
     assert measured == sorted(measured)  # the GPU's utilization climbs, and so do they
     assert len(set(measured)) >= 3 and measured[-1] > sum(measured) / len(measured)
-    own = [b["gpu_proc_util"] for b in trained["batches"] if not math.isnan(b["gpu_proc_util"])]
+    own = [b["gpu_proc_util"] for b in trained["batches"] if "gpu_proc_util" in b]
     assert own and set(own) <= set(trained["run"].samples["proc_util_pct"].dropna())
     assert own == sorted(own)
-    memory = [b["gpu_mem_peak_gib"] for b in trained["batches"] if not math.isnan(b["gpu_util"])]
+    memory = [b["gpu_mem_peak_gib"] for b in trained["batches"] if "gpu_util" in b]
     assert set(memory) <= {1.0, 2.0, 3.0, 4.0} and memory[-1] == 4.0
 
 
@@ -107,15 +110,15 @@ def test_the_progress_bar_shows_the_latest_reading_not_a_running_mean(trained):
     updates = {}
     for chunk in re.split(r"[\r\n]", trained["printed"]):
         step = re.search(rf"(\d+)/{STEPS}", chunk)
-        value = re.search(r"gpu_util: ([0-9.]+|nan)", chunk)
+        value = re.search(r"gpu_util: ([0-9.]+)", chunk)
         if step and value and "gpu_verdict" not in chunk:  # the epoch's final line: its mean
             updates[int(step.group(1))] = float(value.group(1))
     assert len(updates) >= STEPS // 2
     batches = trained["batches"]
     for step, shown in updates.items():
-        assert shown == pytest.approx(batches[step - 1]["gpu_util"], nan_ok=True)
-    measured = [batches[s - 1]["gpu_util"] for s in sorted(updates)
-                if not math.isnan(batches[s - 1]["gpu_util"])]
+        assert shown == pytest.approx(batches[step - 1]["gpu_util"])
+    measured = [batches[s - 1]["gpu_util"] for s in sorted(updates)]
+    assert "nan" not in trained["printed"]
     running_mean = sum(measured) / len(measured)
     assert updates[max(updates)] > running_mean  # what an averaging bar would have shown
 
@@ -204,10 +207,9 @@ def reading(t, gpu=0, **fields):
     return Reading(time_s=t, gpu=gpu, **fields)
 
 
-def test_live_figures_start_as_nan_and_take_each_tick():
+def test_live_figures_start_empty_and_take_each_tick():
     live = LiveFigures(interval_s=0.2)
-    assert live.values.keys() == LIVE_KEYS.keys()
-    assert all(math.isnan(v) for v in live.values.values())
+    assert live.values == {}
     live.add([reading(0.2, util_pct=30, proc_util_pct=20, mem_used_mib=2048, sm_active_pct=7)])
     assert live.values == {"gpu_util": 30.0, "gpu_proc_util": 20.0, "gpu_mem_peak_gib": 2.0,
                            "gpu_sm_active": 7.0}
@@ -216,24 +218,24 @@ def test_live_figures_start_as_nan_and_take_each_tick():
     assert live.time_s == 0.4
 
 
-def test_a_missing_value_holds_the_last_one_for_hold_s_then_nan():
+def test_a_missing_value_holds_the_last_one_for_hold_s_then_its_key_goes():
     live = LiveFigures(interval_s=0.2)
     live.add([reading(1.0, util_pct=50, proc_util_pct=40)])
     live.add([reading(1.0 + HOLD_S, util_pct=55)])  # no per-process sample this tick
     assert live.values["gpu_proc_util"] == 40.0
     live.add([reading(1.01 + HOLD_S, util_pct=55)])
-    assert math.isnan(live.values["gpu_proc_util"]) and live.values["gpu_util"] == 55.0
+    assert "gpu_proc_util" not in live.values and live.values["gpu_util"] == 55.0
     slow = LiveFigures(interval_s=10.0)  # slower ticks hold their value for 2.5 of them
     assert slow.hold_s == 25.0
 
 
-def test_a_lost_gpu_reads_nan_not_its_last_value():
+def test_a_lost_gpu_loses_its_key_not_keeps_its_last_value():
     live = LiveFigures(interval_s=0.2)
     live.add([reading(0.2, util_pct=50)])
     live.add([reading(0.4, util_pct=None, lost=True)])
     assert live.values["gpu_util"] == 50.0  # within the hold: the GPU may answer again
     live.add([reading(0.4 + HOLD_S + 0.01, util_pct=None, lost=True)])
-    assert math.isnan(live.values["gpu_util"])
+    assert "gpu_util" not in live.values
 
 
 def test_several_gpus_mean_utilization_and_peak_memory():
@@ -243,14 +245,17 @@ def test_several_gpus_mean_utilization_and_peak_memory():
     assert live.values["gpu_util"] == 40.0
     assert live.values["gpu_mem_peak_gib"] == 3.0
     assert live.values["gpu_proc_util"] == 10.0  # the GPU that has a figure
-    assert math.isnan(live.values["gpu_sm_active"])
+    assert "gpu_sm_active" not in live.values
 
 
-def test_the_notebook_line_says_nan_as_n_a():
-    assert live_line(nan_values(), None, "running", 3.2) == (
+def test_the_notebook_line_says_what_was_not_measured_as_n_a():
+    assert live_line({}, None, "running", 3.2) == (
         "gpu-watch [running, 3 s]: GPU util n/a | this training n/a | memory n/a | "
         "verdict not judged yet")
     values = {"gpu_util": 42.4, "gpu_proc_util": 40.0, "gpu_mem_peak_gib": 2.5}
+    # A run that watches no GPU says so once, not "n/a" three times.
+    assert live_line({}, "cpu_fallback", "running", 3.2, gpus=0) == (
+        "gpu-watch [running, 3 s]: no GPU watched | verdict cpu_fallback")
     assert live_line(values, "ok", "completed", 61) == (
         "gpu-watch [completed, 61 s]: GPU util 42% | this training 40% | memory 2.5 GiB | "
         "verdict ok")

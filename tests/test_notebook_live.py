@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 import time
 
@@ -102,7 +103,8 @@ def test_the_cell_keeps_the_final_line_and_the_summary(executed):
     assert shown[0].startswith("gpu-watch [completed, ")
     assert "GPU util 77% | this training 70% | memory 3.0 GiB | verdict cpu_fallback" in shown[0]
     printed = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
-    assert "gpu-watch: verdict cpu_fallback (completed); run folder logs/" in printed
+    assert re.search(r"gpu-watch: verdict cpu_fallback \(completed\); measured \d+ batches in 1 "
+                     r"finished epoch; run folder logs/", printed), printed
 
 
 def test_the_line_was_redrawn_live_at_most_once_a_second(executed):

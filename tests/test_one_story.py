@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import re
 import tempfile
 import threading
 import time
@@ -199,11 +200,51 @@ def test_every_blocking_finding_is_a_cause_in_the_order_to_fix_them():
     assert [c.code for c in judge(quiet, [], None).causes] == ["no_nvidia_driver"]
 
 
-def test_this_machine_s_run_names_every_blocker_once_and_points_at_the_fit_line(tmp_path):
+def test_this_machine_s_run_names_every_blocker_once_without_a_warning(tmp_path, capsys):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     x, y = np.zeros((32, 4), "float32"), np.zeros((32, 1), "float32")
-    watch = GPUWatch(log_dir=tmp_path, verbose=0)
+    watch = GPUWatch(log_dir=tmp_path)
+    # A project whose tests turn every warning into an error keeps passing on a machine
+    # without a GPU: training there on the CPU is no surprise, and the summary line says it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUWatchWarning)
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[watch])
+    printed = capsys.readouterr().out
+    assert printed.startswith("gpu-watch: verdict cpu_fallback (completed); measured 4 "
+                              "batches in 1 finished epoch; run folder ")
+    watch.wait_for_report()
+    run = load_run(watch.run_dir)
+    codes = [c["code"] for c in run.causes]
+    assert codes[0] == "no_nvidia_driver"
+    findings = [f["code"] for f in run.info["environment"]["findings"]]
+    if "cuda_libs_missing" in findings:  # TensorFlow without its CUDA libraries
+        assert codes[:2] == ["no_nvidia_driver", "cuda_libs_missing"]
+    assert len(codes) >= 2  # the driver, and the build or its libraries: an order to tell
+    for text in (summary_text(run), printed):
+        for c in run.causes:
+            assert text.count(c["message"]) == 1, c["message"]
+        assert text.count("First: ") == 1 and text.count("Then: ") == len(codes[1:])
+        first = re.search(rf"First: (\[\w+\] )?{codes[0]}:", text)
+        then = re.search(rf"Then: (\[\w+\] )?{codes[-1]}:", text)
+        assert first and then and first.start() < then.start(), text
+    summary = summary_text(run)
+    assert ".;" not in summary and "NVML: NVMLError" not in summary
+    banner = banner_text(run)
+    assert banner.count("Then:") == len(codes[1:]) and banner.count("First:") == 1
+    assert banner.index("First:") < banner.index("Then:") and "`" not in banner
+    # The banner names this backend's own framework, never another one's.
+    others = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+    others.pop(keras.backend.backend())
+    assert not any(name in banner for name in others.values()), banner
+
+
+def test_a_cpu_fallback_beside_a_gpu_warns_once_at_the_fit_line(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((32, 4), "float32"), np.zeros((32, 1), "float32")
+    # NVML sees a GPU that the framework cannot use: training on the CPU is a surprise.
+    watch = GPUWatch(log_dir=tmp_path, verbose=0, plot=False, nvml=FakeNVML([FakeGPU()]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         line = _line() + 1  # the next line: the user's fit call
@@ -213,20 +254,8 @@ def test_this_machine_s_run_names_every_blocker_once_and_points_at_the_fit_line(
     (warning,) = ours
     assert (warning.filename, warning.lineno) == (__file__, line)
     text = str(warning.message)
-    assert "\n" not in text and str(watch.run_dir) in text and "no_nvidia_driver" in text
-    watch.wait_for_report()
-    run = load_run(watch.run_dir)
-    codes = [c["code"] for c in run.causes]
-    assert codes[0] == "no_nvidia_driver"
-    findings = [f["code"] for f in run.info["environment"]["findings"]]
-    if "cuda_libs_missing" in findings:  # TensorFlow without its CUDA libraries
-        assert codes[:2] == ["no_nvidia_driver", "cuda_libs_missing"]
-    summary = summary_text(run)
-    for c in run.causes:
-        assert summary.count(c["message"]) == 1, c["message"]
-    assert ".;" not in summary and "NVML: NVMLError" not in summary
-    banner = banner_text(run)
-    assert banner.count("Then:") == len(codes[1:]) and "First:" in banner
+    assert "\n" not in text and str(watch.run_dir) in text
+    assert load_run(watch.run_dir).verdict == CPU_FALLBACK
 
 
 def _line() -> int:
@@ -309,8 +338,10 @@ def test_a_run_without_readings_draws_one_note_not_empty_panels(tmp_path):
                              epochs=[{"epoch": 0, "batches": 4, "step_s_mean": 0.01,
                                       "verdict": "cpu_fallback"}]))
     fig = plot_epochs(run)
-    gids = {artist.get_gid() for ax in fig.axes for artist in ax.get_children()}
+    gids = {artist.get_gid() for artist in fig.findobj()}
     assert "no-readings" in gids
+    # One line, not a panel: the step panel is the only one drawn.
+    assert len([ax for ax in fig.axes if ax.get_ylabel()]) == 1
     assert not any(ax.get_ylabel() == "util %" for ax in fig.axes)
 
 

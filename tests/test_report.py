@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import cli, report, runlog
 from gpu_watch.causes import CATALOGUE
-from gpu_watch.report import figures
+from gpu_watch.report import figures, view
 from gpu_watch.runlog import load_run
 
 INTERVAL_S = 0.5
@@ -79,12 +80,13 @@ def artist(fig, gid: str):
 
 def test_cpu_fallback_banner_names_the_cause_and_tops_the_figure(cpu_run):
     fig = report.plot_utilization(cpu_run)
-    # Every cause that blocks the GPU, in the order to fix them, and the first one's remedy.
+    # Every cause that blocks the GPU, in the order to fix them, and the first one's remedy,
+    # without the code marks a figure cannot show.
     assert banner(fig) == (
-        "Training ran on the CPU: " + CATALOGUE["no_nvidia_driver"].message + " Then: "
-        + CATALOGUE["gpus_hidden"].message + " First: Install the NVIDIA driver for your GPU "
-        "(e.g. `sudo apt install nvidia-driver-550`), reboot, and check that `nvidia-smi` "
-        "lists the GPU.")
+        "Training ran on the CPU. First: " + CATALOGUE["no_nvidia_driver"].message.rstrip(".")
+        + "; fix: Install the NVIDIA driver for your GPU (e.g. sudo apt install "
+        "nvidia-driver-550), reboot, and check that nvidia-smi lists the GPU. Then: "
+        + CATALOGUE["gpus_hidden"].message)
     banner_text = next(t for t in fig.findobj(Text) if t.get_gid() == "banner")
     banner_bottom = banner_text.axes.get_position().y0
     others = [ax.get_position().y1 for ax in fig.axes if ax is not banner_text.axes]
@@ -105,9 +107,10 @@ def test_banner_prefers_a_blocking_cause_over_a_warning(log_dir):
         "warning-first", verdict="cpu_fallback", gpus=(),
         causes=["input_bound", "forced_cpu_placement"]))
     assert report.banner_text(load_run(path)) == (
-        "Training ran on the CPU: " + CATALOGUE["forced_cpu_placement"].message + " First: "
-        "Remove `with keras.device(\"cpu\")` around model building or fit, and any device "
-        "scope or setting of your framework that picks the CPU.")
+        "Training ran on the CPU: "
+        + CATALOGUE["forced_cpu_placement"].message.rstrip(".")
+        + "; fix: Remove with keras.device(\"cpu\") around model building or fit, and any "
+        "device scope or setting of your framework that picks the CPU.")
 
 
 def test_idle_banner_percentage_matches_the_readings(idle_run):
@@ -273,6 +276,20 @@ def test_a_run_in_progress_renders_from_a_background_thread(log_dir):
     assert "still going" in report.summary_text(load_run(path))
 
 
+def test_report_without_a_path_lists_the_default_log_folder(cpu_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    assert cli.main(["report"], out=out) == 2  # no gpu_watch_logs here: said, not a usage error
+    assert "gpu_watch_logs" in out.getvalue()
+    (tmp_path / "gpu_watch_logs").symlink_to(cpu_run.path.parent)
+    out = io.StringIO()
+    assert cli.main(["report", "--no-plots"], out=out) == 0
+    count = len(runlog.find_runs(cpu_run.path.parent))
+    noun = "run" if count == 1 else "runs"
+    assert out.getvalue().startswith(f"{count} {noun} in gpu_watch_logs, newest first:")
+    assert cpu_run.path.name in out.getvalue()
+
+
 def test_report_command_summarises_a_run_and_redraws_it(cpu_run):
     for name in (runlog.UTILIZATION_PNG, runlog.EPOCHS_PNG, runlog.REPORT_HTML):
         (cpu_run.path / name).unlink(missing_ok=True)
@@ -378,3 +395,76 @@ def test_many_epochs_keep_integer_ticks_over_the_epochs_run(tmp_path):
     positions = [t.get_position()[0] for t in ax.get_xticklabels() if low <= t.get_position()[0]
                  <= high]
     assert len(positions) >= 5 and all(float(p).is_integer() for p in positions)
+
+
+def test_the_epoch_figure_explains_its_bar_colours_beside_the_first_panel(idle_run, cpu_run):
+    from matplotlib.legend import Legend
+
+    for run, verdicts in ((idle_run, {"ok", "idle"}), (cpu_run, {"cpu_fallback"})):
+        fig = report.plot_epochs(run)
+        first = fig.axes[0]
+        legends = list({id(a): a for a in first.findobj(Legend)
+                        if a.get_title().get_text() == "bar colour: the epoch's verdict"}
+                       .values())
+        assert len(legends) == 1, run.path.name
+        assert {t.get_text() for t in legends[0].get_texts()} == verdicts
+
+
+def test_the_summary_counts_the_batches_of_an_epoch_that_did_not_finish(tmp_path):
+    batches = [{"epoch": e, "batch": b, "steps": 1, "time_s": 1.0 + e + 0.01 * b,
+                "step_s": 0.01} for e, count in ((0, 10), (1, 1_234)) for b in range(count)]
+    info = run_info("stopped", verdict="cpu_fallback", gpus=(), status=runlog.STATUS_INTERRUPTED)
+    run = load_run(write_run(tmp_path, "stopped", info, batches=batches, epochs=[
+        {"epoch": 0, "batches": 10, "step_s_mean": 0.01, "verdict": "cpu_fallback"}]))
+    lines = report.summary_text(run).splitlines()
+    epochs = lines.index("Epochs:")
+    assert lines[epochs + 3] == "  and 1,234 batches measured in epoch 1, which did not finish"
+    none = load_run(write_run(tmp_path, "none", info, batches=batches[10:11]))
+    assert ("Epochs: none finished; 1 batch measured in epoch 1, which did not finish"
+            in report.summary_text(none).splitlines())
+
+
+BREAKDOWN = {"compute_s": 8.1, "data_wait_s": 3.0, "other_s": 1.2, "loop_s": 12.3,
+             "compute_fraction": 0.66, "data_wait_fraction": 0.24, "other_fraction": 0.1,
+             "wait_measure": "sampled_ticks"}
+
+
+@pytest.fixture(scope="module")
+def split_run(log_dir):
+    """A run that records where its loop's time went (run.json and epochs.csv)."""
+    info = run_info("split", verdict="idle", causes=["input_bound"])
+    info["breakdown"] = BREAKDOWN
+    epochs = [{"epoch": e, "batches": 40, "step_s_mean": 0.2, "verdict": "idle",
+               "wait_fraction": 0.25, "wait_measure": "sampled_ticks", "compute_s": 4.0 + e,
+               "data_wait_s": 1.5, "other_s": 0.6 if e else None, "other_fraction": 0.1}
+              for e in range(2)]
+    return load_run(write_run(log_dir, "split", info, epochs=epochs))
+
+
+def test_the_loop_s_time_is_told_where_the_run_records_it(split_run, cpu_run):
+    line = ("12.3 s in the training loop: compute 8.1 s (66%), waiting for data 3.0 s (24%), "
+            "other 1.2 s (10%) (the wait from where the sampler found the training thread)")
+    assert f"Time: {line}" in report.summary_text(split_run).splitlines()
+    assert html.escape(line, quote=True) in report.report_html(split_run, None, None)
+    from gpu_watch.report.text import summary_line
+
+    assert summary_line(split_run.info, split_run.path).splitlines()[1] == f"  time: {line}"
+    # An older run (or one recorded without it) says nothing about it.
+    assert "Time:" not in report.summary_text(cpu_run)
+    assert "time:" not in summary_line(cpu_run.info, cpu_run.path)
+
+
+def test_the_epoch_table_and_figure_split_each_epoch_s_time(split_run, cpu_run):
+    headings, rows = view.epoch_table(split_run)
+    cells = [dict(zip(headings, row, strict=True)) for row in rows]
+    assert [(c["compute s"], c["wait s"], c["other s"], c["other %"]) for c in cells] == [
+        ("4", "1.500", "n/a", "10"), ("5", "1.500", "0.6000", "10")]  # one precision a column
+    assert "compute s" not in view.epoch_table(cpu_run)[0]
+    fig = report.plot_epochs(split_run)
+    gids = {a.get_gid() for a in fig.findobj()}
+    assert {"loop-compute_s", "loop-data_wait_s", "loop-other_s"} <= gids
+    # Epoch 0 has no "other" figure: no bar for it, rather than a bar of 0 s.
+    other = {id(a) for a in fig.findobj() if a.get_gid() == "loop-other_s"}
+    assert len(other) == 1
+    assert not {g for g in (a.get_gid() for a in report.plot_epochs(cpu_run).findobj())
+                if g and g.startswith("loop-")}

@@ -21,9 +21,9 @@ from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
 from gpu_watch import placement as placement_module
-from gpu_watch.callback import summary_line
 from gpu_watch.cli import main as cli_main
 from gpu_watch.nvml import PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading
+from gpu_watch.report.text import summary_line
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
 from gpu_watch.verdict import IDLE, OK, UNMONITORED, Setting, judge
@@ -239,7 +239,7 @@ def test_a_hostile_process_name_reaches_every_output_harmless(tmp_path, on_gpu, 
     assert "\\u001b" not in raw and "\\r" not in raw and "A" * 200 not in raw
     assert json.loads(raw)["causes"][0]["evidence"]["processes"][0]["name"] == name
 
-    line = summary_line(watch.monitor)
+    line = summary_line(watch.monitor.info, watch.run_dir)
     assert "\x1b" not in line and "\r" not in line and "\u202e" not in line
     assert "<script>alert" in line  # plain text in a terminal: shown, not interpreted
 

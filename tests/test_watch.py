@@ -168,6 +168,16 @@ def test_a_finished_run_gives_plain_lines_and_the_final_verdict(tmp_path):
     assert lines[4].startswith("    remedy: ") and "\n" not in lines[4]
 
 
+def test_the_final_causes_come_in_the_order_to_fix_them(tmp_path):
+    synthetic_run(tmp_path, "cpu", gpus=(), causes=["no_nvidia_driver", "gpus_hidden"],
+                  verdict="cpu_fallback")
+    code, text = watch(tmp_path)
+    assert code == 0
+    causes = [line for line in text.splitlines() if line.startswith("  - ")]
+    assert [line.split(":")[:2] for line in causes] == [
+        ["  - First", " no_nvidia_driver"], ["  - Then", " gpus_hidden"]]
+
+
 def test_a_running_run_is_followed_until_it_ends(tmp_path):
     run_dir = synthetic_run(tmp_path, "live", epochs=1)
     mark_running(run_dir)

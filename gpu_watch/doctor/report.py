@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_watch.causes import CATALOGUE, ERROR, Cause
+from gpu_watch.causes import ERROR, Cause, blocks_gpu
 from gpu_watch.doctor import facts_jax, facts_tensorflow, facts_torch
 from gpu_watch.doctor.backends import title
 from gpu_watch.doctor.rules_common import Facts, framework, mib_text, shorten
@@ -26,13 +26,22 @@ _MARKS = {USABLE: "[ok]", NO_GPU: "[x] ", NOT_INSTALLED: "[x] ", NOT_READ: "[?] 
 _MEANINGS = {"tensorflow": facts_tensorflow.MESSAGE_MEANINGS, "jax": facts_jax.MESSAGE_MEANINGS,
              "torch": facts_torch.MESSAGE_MEANINGS}
 
-FORCED_CPU_PLACEMENT_HELP = (
-    "Code can still force the CPU, which only shows while training: `with tf.device('/CPU:0')` "
-    "(TensorFlow), `with jax.default_device(jax.devices('cpu')[0])` (JAX), a model or tensors "
-    "left on the CPU (torch), or `os.environ['CUDA_VISIBLE_DEVICES'] = '-1'` set in a script. "
-    "Add GPUWatch() to model.fit(callbacks=[...]) and it reports `forced_cpu_placement` if the "
-    "first training step ran on the CPU."
-)
+# How code forces the CPU on each backend, beside the ways common to all of them.
+_FORCING_THE_CPU = {
+    "tensorflow": "`with tf.device('/CPU:0')`",
+    "jax": "`with jax.default_device(jax.devices('cpu')[0])`",
+    "torch": "a model or tensors left on the CPU",
+}
+
+
+def forced_cpu_placement_help(backend: str) -> str:
+    """What the doctor cannot see before training, in `backend`'s own terms."""
+    own = _FORCING_THE_CPU.get(backend)
+    ways = (f"{own}, " if own else "") + "`with keras.device('cpu')`"
+    return (f"Code can still force the CPU, which only shows while training: {ways}, or "
+            "`os.environ['CUDA_VISIBLE_DEVICES'] = '-1'` set in a script. Add GPUWatch() to "
+            "model.fit(callbacks=[...]) and it reports `forced_cpu_placement` if the first "
+            "training step ran on the CPU.")
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,8 @@ class BackendStatus:
             failed, or it is not imported in the diagnosed process).
         version: The framework's version, when read.
         gpus: The GPUs the framework sees, by name.
-        codes: The error findings that apply to it.
+        codes: The findings that keep it from the GPU (`causes.blocks_gpu`: the errors, and
+            those that block it once an earlier one is fixed), in the order to fix them.
         reason: Why it was not read (``"not_read"`` only).
     """
 
@@ -86,13 +96,12 @@ def backend_status(facts: Facts, findings: list[Cause], backend: str) -> Backend
     if probe.get("error") or probe.get("note"):
         return BackendStatus(backend, NOT_READ, version,
                              reason=probe.get("error") or probe.get("note"))
-    codes = list(dict.fromkeys(
-        f.code for f in findings
-        if f.severity == ERROR and f.evidence.get("backend") in (None, backend)))
+    applies = [f for f in findings if f.evidence.get("backend") in (None, backend)]
+    codes = list(dict.fromkeys(f.code for f in applies if blocks_gpu(f)))
     gpus = [_gpu_name(g) for g in fw.get("gpus") or []]
     if fw.get("installed") is False:
         return BackendStatus(backend, NOT_INSTALLED, version, codes=codes)
-    state = USABLE if gpus and not codes else NO_GPU
+    state = USABLE if gpus and not any(f.severity == ERROR for f in applies) else NO_GPU
     return BackendStatus(backend, state, version, gpus, codes)
 
 
@@ -172,8 +181,9 @@ class DoctorReport:
                          "gpu-watch can watch it.")
         else:
             lines.append(f"Findings: none from what could be read; {status.reason}.")
-        lines += ["", "Not checked here: forced_cpu_placement", f"  {FORCED_CPU_PLACEMENT_HELP}",
-                  f"    remedy: {CATALOGUE['forced_cpu_placement'].remedy}"]
+        # Nothing was found, so no remedy: only what to watch for, in this backend's words.
+        lines += ["", "Not checked here: forced_cpu_placement",
+                  f"  {forced_cpu_placement_help(self.backend)}"]
         return "\n".join(lines) + "\n"
 
     def headline(self) -> str:

@@ -6,6 +6,7 @@ carries a banner when training ran on the CPU, a GPU sat idle, or utilization co
 
 The parts:
 
+- `advice`: the causes in words, in the order to fix them (the one place that builds them);
 - `view`: the run as a reader sees it (per-GPU series, idle stretches, verdict words, banner,
   the epoch table), shared by everything below;
 - `figures`: `utilization.png` and `epochs.png`;
@@ -14,11 +15,38 @@ The parts:
 - `files`: writing them into the run folder, and the `gpu-watch report` command.
 """
 
-from gpu_watch.report.figures import DPI, ENVELOPE_BUCKETS, plot_epochs, plot_utilization
-from gpu_watch.report.files import EXIT_ERROR, EXIT_OK, render, run_report_command
-from gpu_watch.report.html import report_html
-from gpu_watch.report.text import list_runs_text, summary_text
-from gpu_watch.report.view import VERDICT_COLOURS, VERDICT_WORDS, banner_text
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Where each public name lives. They are imported when first used, so that a training process
+# that prints a summary line (`gpu_watch.report.text`) never imports matplotlib: the figures
+# are drawn in a process of their own.
+_HOMES = {
+    "DPI": "figures",
+    "ENVELOPE_BUCKETS": "figures",
+    "plot_epochs": "figures",
+    "plot_utilization": "figures",
+    "EXIT_ERROR": "files",
+    "EXIT_OK": "files",
+    "render": "files",
+    "run_report_command": "files",
+    "report_html": "html",
+    "list_runs_text": "text",
+    "summary_text": "text",
+    "VERDICT_COLOURS": "view",
+    "VERDICT_WORDS": "view",
+    "banner_text": "view",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "DPI",

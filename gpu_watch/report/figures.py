@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from gpu_watch.report.view import (
     GAPS_ONLY,
@@ -165,8 +168,14 @@ def _empty_note(ax: Any, text: str) -> None:
             color="0.35")
 
 
-def _new_figure(run: Run, height_in: float) -> Figure:
+# Each figure's header height (banner, title, subtitle), inches from the top: `png_pair`
+# leaves it out of the copy that report.html embeds under its own headline and banner.
+_HEADERS: weakref.WeakKeyDictionary[Figure, float] = weakref.WeakKeyDictionary()
+
+
+def _new_figure(run: Run, height_in: float, header_in: float) -> Figure:
     fig = Figure(figsize=(_WIDTH_IN, height_in), dpi=DPI)
+    _HEADERS[fig] = header_in
     FigureCanvasAgg(fig)
     if is_simulated(run):
         # Across the whole figure, so a cropped or shared copy still says what it is.
@@ -310,7 +319,7 @@ def plot_utilization(run: Run) -> Figure:
     top_in = 0.1 + _header_in(banner, subtitle)
     height_in = (top_in + legend_in + len(gpus) * (row_in + row_gap_in) + step_gap_in
                  + step_in + 0.6)
-    fig = _new_figure(run, height_in)
+    fig = _new_figure(run, height_in, top_in)
     _header(fig, 0.1, height_in, banner, banner_colour, title, colour, subtitle)
 
     left_in, right_in, middle_in = 0.75, 0.85, 1.0
@@ -491,8 +500,9 @@ def _draw_steps(ax: Any, run: Run, batches: _Batches) -> None:
 
 def plot_epochs(run: Run) -> Figure:
     """Per-epoch summary: mean and p95 GPU utilization (with SM activity where GPM measures
-    it), peak memory, step time and data wait, and, where measured, the whole GPU's energy and
-    mean power.
+    it), peak memory, step time and data wait, and, where measured, where each epoch's time in
+    the training loop went (compute, waiting for data, the rest: `epochs.csv`'s `compute_s`,
+    `data_wait_s`, `other_s`) and the whole GPU's energy and mean power.
 
     Each epoch's bars take the colour of its verdict (ok green, idle orange, cpu_fallback red,
     unmonitored purple).
@@ -508,7 +518,7 @@ def plot_epochs(run: Run) -> Figure:
     verdicts = [str(v) for v in frame["verdict"]] if "verdict" in frame.columns else []
     colours = [VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR) for v in verdicts]
     title, colour = verdict_title(run)
-    panel_in, gap_in = 1.9, 0.5
+    panel_in, gap_in, note_in = 1.9, 0.5, 0.45
     subtitle = subtitle_for(run, gpu_series(run))
     energy = floats(frame, "gpu_energy_j")
     judged = floats(frame, "judged_util_mean")
@@ -517,31 +527,36 @@ def plot_epochs(run: Run) -> Figure:
         judged = device
     memory = floats(frame, "gpu_mem_peak_mib")
     read = not (np.isnan(judged).all() and np.isnan(device).all() and np.isnan(memory).all())
-    # Without a single GPU reading, one note says why instead of empty utilization and
-    # memory panels; energy only where it was measured.
-    panels = (3 if read else 2) + (not np.isnan(energy).all())
-    height_in = 0.1 + _header_in(None, subtitle) + panels * (panel_in + gap_in) + 0.5
-    fig = _new_figure(run, height_in)
+    # Without a single GPU reading, one line says why instead of empty utilization and
+    # memory panels; where the loop's time went and energy only where they were measured.
+    split = any(not np.isnan(floats(frame, column)).all() for _, column, _ in _LOOP_PARTS)
+    panels = (3 if read else 1) + split + (not np.isnan(energy).all())
+    top_in = 0.1 + _header_in(None, subtitle)
+    height_in = top_in + (0 if read else note_in) + panels * (panel_in + gap_in) + 0.5
+    fig = _new_figure(run, height_in, top_in)
     _header(fig, 0.1, height_in, None, colour, title, colour, subtitle)
-    present = list(dict.fromkeys(verdicts))
-    if present:
-        fig.legend(handles=[Patch(color=VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR), label=v)
-                            for v in present],
-                   loc="upper right", fontsize=8, title="epoch verdict", title_fontsize=8,
-                   bbox_to_anchor=(1 - 0.3 / _WIDTH_IN, 1 - 0.1 / height_in))
     width = (_WIDTH_IN - 0.75 - 0.85) / _WIDTH_IN
     axes = []
     for i in range(panels):
         bottom_in = 0.5 + (panels - 1 - i) * (panel_in + gap_in)
         axes.append(fig.add_axes((0.75 / _WIDTH_IN, bottom_in / height_in, width,
                                   panel_in / height_in), sharex=axes[0] if axes else None))
+    present = list(dict.fromkeys(verdicts))
+    if present:  # beside the bars whose colours it explains, above the first panel
+        # Added as an artist: the panel's own legend (`Axes.legend`) would replace it.
+        axes[0].add_artist(axes[0].legend(
+            handles=[Patch(color=VERDICT_COLOURS.get(v, NO_VERDICT_COLOUR), label=v)
+                     for v in present],
+            loc="lower right", bbox_to_anchor=(1, 1.02), fontsize=8, ncols=len(present),
+            title="bar colour: the epoch's verdict", title_fontsize=8, frameon=False,
+            alignment="right"))
     if not read:
-        note_ax, step_ax = axes[:2]
-        note_ax.set_axis_off()
-        note_ax.text(0.5, 0.5, _no_readings_text(run), transform=note_ax.transAxes,
-                     ha="center", va="center", fontsize=11, color="0.3", wrap=True,
-                     gid="no-readings")
-        _draw_epoch_steps(step_ax, run, epoch, colours)
+        fig.text(0.75 / _WIDTH_IN, (height_in - top_in - 0.1) / height_in,
+                 _no_readings_text(run), ha="left", va="top", fontsize=11, color="0.3",
+                 gid="no-readings")
+        _draw_epoch_steps(axes[0], run, epoch, colours)
+        if split:
+            _draw_loop_parts(axes[1], epoch, frame)
         _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
         return fig
     util_ax, mem_ax, step_ax = axes[:3]
@@ -584,6 +599,8 @@ def plot_epochs(run: Run) -> Figure:
     mem_ax.set_title("peak GPU memory per epoch", loc="left", fontsize=10)
 
     _draw_epoch_steps(step_ax, run, epoch, colours)
+    if split:
+        _draw_loop_parts(axes[3], epoch, frame)
     _finish_epoch_axes(axes, epoch, energy, frame, colours, panels)
     return fig
 
@@ -603,11 +620,14 @@ def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) 
     bar) and the share of each epoch spent waiting for data; a share from batch gaps alone
     (too few ticks to see a wait inside a step) is a lower bound, drawn hollow."""
     frame = run.epochs
-    _bars(ax, epoch, floats(frame, "step_s_mean"), colours, "no batches")
+    step_s = floats(frame, "step_s_mean")
+    _bars(ax, epoch, step_s, colours, "no batches")
     ax.set_ylabel("seconds", fontsize=9)
-    ax.set_title("mean step time per epoch (step 0 left out); dots: share of the epoch spent "
-                 "waiting for data (hollow: at least)", loc="left", fontsize=10)
+    ax.set_title("mean step time per epoch (step 0 left out)", loc="left", fontsize=10)
     first = floats(frame, "first_step_s")
+    if not np.isnan(step_s).all():
+        # Room above the tallest bar for step 0's label and the legend: neither sits on a bar.
+        ax.set_ylim(0, float(np.nanmax(step_s)) * 1.35)
     for x, seconds in zip(epoch, first, strict=True):
         if not np.isnan(seconds):
             ax.text(x, 0.97, f"step 0: {seconds:.2f} s (compile)", ha="center", va="top",
@@ -619,14 +639,48 @@ def _draw_epoch_steps(ax: Any, run: Run, epoch: np.ndarray, colours: list[str]) 
     lower = np.array([m == GAPS_ONLY for m in frame.get("wait_measure", [None] * len(frame))])
     wait_ax = ax.twinx()
     # Dark dots: they sit on bars of any verdict colour, orange included.
-    for mask, face, gid in ((~lower, _DOT_COLOUR, "wait-fraction"),
-                            (lower, "white", "wait-fraction-lower-bound")):
+    handles = []
+    for mask, face, gid, label in (
+            (~lower, _DOT_COLOUR, "wait-fraction", "waiting for data, % of the epoch"),
+            (lower, "white", "wait-fraction-lower-bound",
+             "at least this much waiting (too few readings to see waits inside steps)")):
         if mask.any():
             wait_ax.plot(epoch[mask], wait[mask] * 100, linestyle="none", marker="o",
                          markersize=5, color=_DOT_COLOUR, markerfacecolor=face, gid=gid)
+            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=5,
+                                  color=_DOT_COLOUR, markerfacecolor=face, label=label))
+    # Top right: step 0's label sits at the top of its epoch, from the left.
+    wait_ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
     wait_ax.set_ylim(0, 105)
     wait_ax.set_ylabel("% waiting for data", fontsize=9)
     wait_ax.tick_params(labelsize=8)
+
+
+# Where an epoch's time in the training loop went: (label, epochs.csv column, colour).
+_LOOP_PARTS = (("compute", "compute_s", _UTIL_COLOUR),
+               ("waiting for data", "data_wait_s", _WAIT_COLOUR),
+               ("other (callbacks, the loop itself)", "other_s", "0.6"))
+
+
+def _draw_loop_parts(ax: Any, epoch: np.ndarray, frame: Any) -> None:
+    """Each epoch's seconds in the training loop, stacked: compute, waiting for data and the
+    rest. A part the run did not measure adds nothing (it is not drawn as 0 s)."""
+    bottom = np.zeros(epoch.size)
+    handles = []
+    for label, column, colour in _LOOP_PARTS:
+        seconds = floats(frame, column)
+        known = ~np.isnan(seconds) & ~np.isnan(epoch)
+        if not known.any():
+            continue
+        ax.bar(epoch[known], seconds[known], width=0.8, bottom=bottom[known], color=colour,
+               gid=f"loop-{column}")
+        bottom[known] += seconds[known]
+        handles.append(Patch(color=colour, label=label))
+    ax.set_ylim(0, max(float(bottom.max()), 1e-9) * 1.3)  # room for the legend
+    ax.set_ylabel("seconds", fontsize=9)
+    ax.set_title("where each epoch's time in the training loop went", loc="left", fontsize=10)
+    ax.legend(handles=handles, loc="upper right", fontsize=7, ncols=len(handles),
+              framealpha=0.85)
 
 
 def _finish_epoch_axes(axes: list[Any], epoch: np.ndarray, energy: np.ndarray, frame: Any,
@@ -691,7 +745,47 @@ def _bars(ax: Any, epoch: np.ndarray, values: np.ndarray, colours: list[str],
 # -- files -----------------------------------------------------------------------------------
 
 
+# The PNG text field that holds a figure's header height in pixels, so that a figure read back
+# from its file can still be embedded without its header (`without_header`).
+HEADER_PX_KEY = "gpu-watch-header-px"
+
+
 def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG, its header height recorded in the file (`HEADER_PX_KEY`)."""
+    return _encode(_pixels(fig), _header_px(fig))
+
+
+def png_pair(fig: Figure) -> tuple[bytes, bytes]:
+    """The figure as PNG, whole and without its banner, title and subtitle (for report.html,
+    which states them once above its figures), from one drawing."""
+    pixels = _pixels(fig)
+    top = _header_px(fig)
+    return _encode(pixels, top), _encode(pixels[top:], 0)
+
+
+def without_header(png: bytes) -> bytes:
+    """A figure's PNG (as `png_bytes` writes it) without its header; a PNG that does not say
+    how tall its header is comes back as it is."""
+    with Image.open(io.BytesIO(png)) as image:
+        top = image.info.get(HEADER_PX_KEY)
+        if top is None or not str(top).isdigit():
+            return png
+        pixels = np.asarray(image.convert("RGBA"))
+    return _encode(pixels[int(top):], 0)
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())
+
+
+def _header_px(fig: Figure) -> int:
+    return int(round(_HEADERS.get(fig, 0.0) * fig.dpi))
+
+
+def _encode(pixels: np.ndarray, header_px: int) -> bytes:
+    info = PngInfo()
+    info.add_text(HEADER_PX_KEY, str(header_px))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    Image.fromarray(pixels).save(buffer, format="png", pnginfo=info, dpi=(DPI, DPI))
     return buffer.getvalue()

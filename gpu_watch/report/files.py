@@ -9,7 +9,7 @@ from typing import TextIO
 from gpu_watch import runlog
 from gpu_watch.errors import EXIT_ERROR, EXIT_OK
 from gpu_watch.report.cluster import UNREADABLE, ClusterView, cluster_of, clusters
-from gpu_watch.report.figures import plot_epochs, plot_utilization, png_bytes
+from gpu_watch.report.figures import plot_epochs, plot_utilization, png_pair, without_header
 from gpu_watch.report.html import report_html
 from gpu_watch.report.text import cluster_text, list_runs_text, summary_text
 from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
@@ -35,12 +35,12 @@ def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
         OSError: A file could not be written.
     """
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
-    utilization = png_bytes(plot_utilization(run))
-    epochs = png_bytes(plot_epochs(run))
+    utilization, utilization_body = png_pair(plot_utilization(run))
+    epochs, epochs_body = png_pair(plot_epochs(run))
     files = {
         runlog.UTILIZATION_PNG: utilization,
         runlog.EPOCHS_PNG: epochs,
-        runlog.REPORT_HTML: report_html(run, utilization, epochs,
+        runlog.REPORT_HTML: report_html(run, utilization_body, epochs_body,
                                         _cluster_or_none(run)).encode("utf-8"),
     }
     paths = []
@@ -73,7 +73,7 @@ def render_cluster_html(run_dir: Path) -> Path:
     pngs = []
     for name in (runlog.UTILIZATION_PNG, runlog.EPOCHS_PNG):
         try:
-            pngs.append((run.path / name).read_bytes())
+            pngs.append(without_header((run.path / name).read_bytes()))
         except OSError:
             pngs.append(None)
     page = report_html(run, pngs[0], pngs[1], _cluster_or_none(run))

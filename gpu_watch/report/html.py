@@ -9,17 +9,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpu_watch.impact import run_impacts
+from gpu_watch.report.advice import fixes, remedy_parts
 from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_table, verdict_line
 from gpu_watch.report.view import (
+    WAIT_LOWER_BOUND_NOTE,
     banner_for,
+    breakdown_text,
     cause_impact_text,
-    cause_message,
     duration_of,
     energy_line,
     epoch_table,
     gpu_line,
     gpu_series,
     is_simulated,
+    nvml_error_told,
     placement_line,
     verdict_title,
 )
@@ -43,11 +46,13 @@ dl.facts dt { color: #616161; }
 dl.facts dd { margin: 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #e0e0e0; text-align: right; }
-th { background: #f5f5f5; }
+th { background: #f5f5f5; white-space: nowrap; }
 code, pre { background: #f5f5f5; padding: 0.1em 0.3em; border-radius: 3px; }
 pre { padding: 0.6em; overflow-x: auto; }
 img { max-width: 100%; border: 1px solid #e0e0e0; }
 li { margin-bottom: 0.6em; }
+.order { font-weight: bold; }
+.remedy code { white-space: pre-wrap; }
 .muted { color: #757575; }
 """
 
@@ -74,26 +79,35 @@ def _html_list(items: Sequence[Any] | dict[str, Any]) -> str:
     return f"<ul>{cells}</ul>"
 
 
+def _html_remedy(remedy: str) -> str:
+    """A remedy with its code as code: the parts in backticks, or the whole remedy when it is
+    one command; never the backticks themselves."""
+    return "".join(f"<code>{_e(text)}</code>" if code else _e(text)
+                   for text, code in remedy_parts(remedy))
+
+
 def _html_causes(causes: Sequence[Any], duration_s: float | None = None) -> str:
-    if not causes:
+    """The causes as one ordered list, each once: its place in the order to fix them, its
+    message, its remedy, its cost and its evidence."""
+    found = fixes(causes)
+    if not found:
         return '<p class="muted">No cause found.</p>'
     items = []
-    for item in causes:
-        if not isinstance(item, dict):
-            items.append(f"<li>{_e(item)}</li>")
-            continue
-        text = (f"<li><strong>[{_e(item.get('severity', '?'))}] {_e(item.get('code', '?'))}"
-                f"</strong>: {_e(cause_message(item))}")
-        if item.get("remedy"):
-            text += f"<br>Remedy: <code>{_e(item['remedy'])}</code>"
-        cost = cause_impact_text(item, duration_s)
+    for fix in found:
+        order = f'<span class="order">{_e(fix.order)}:</span> ' if fix.order else ""
+        text = (f'<li id="cause-{_e(fix.code)}">{order}<strong>{_e(fix.code)}</strong> '
+                f'<span class="muted">[{_e(fix.severity)}]</span>: {_e(fix.message)}')
+        if fix.remedy:
+            text += f'<br><span class="remedy">Remedy: {_html_remedy(fix.remedy)}</span>'
+        cost = cause_impact_text(dict(fix.item), duration_s)
         if cost:
             text += f'<br><span class="cost">Cost: {_e(cost)}</span>'
-        if item.get("evidence"):
+        if fix.item.get("evidence"):
             text += (f"<details><summary>evidence</summary><pre>"
-                     f"{_e(json.dumps(item['evidence'], indent=2, default=str))}</pre></details>")
+                     f"{_e(json.dumps(fix.item['evidence'], indent=2, default=str))}</pre>"
+                     "</details>")
         items.append(text + "</li>")
-    return f"<ol>{''.join(items)}</ol>"
+    return f'<ol class="causes">{"".join(items)}</ol>'
 
 
 def _html_table(headings: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
@@ -103,6 +117,7 @@ def _html_table(headings: Sequence[str], rows: Sequence[Sequence[str]], table_id
 
 
 def _html_image(png: bytes | None, alt: str) -> str:
+    """An embedded PNG; the figures come without their header (the page has said it)."""
     if not png:
         return '<p class="muted">not drawn</p>'
     data = base64.b64encode(png).decode("ascii")
@@ -111,14 +126,18 @@ def _html_image(png: bytes | None, alt: str) -> str:
 
 def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | None,
                 cluster: ClusterView | None = None) -> str:
-    """`report.html`: one self-contained page with the verdict, causes and remedies, GPUs,
-    both figures (embedded as base64 PNG), the epoch table and the placement report; for a
-    rank of a multi-worker run, the table of all its ranks and the run's straggler verdict.
+    """`report.html`: one self-contained page with one headline (the verdict), one banner,
+    one list of causes in the order to fix them (each with its remedy and cost), GPUs, both
+    figures (embedded as base64 PNG), the epoch table and the placement report; for a rank of
+    a multi-worker run, the table of all its ranks and the run's straggler verdict. What the
+    doctor found before training is listed only where no cause already says it.
 
     Args:
         run: A loaded run.
-        utilization_png: The timeline PNG's bytes, or None to leave it out.
-        epochs_png: The epoch figure's bytes, or None to leave it out.
+        utilization_png: The timeline PNG's bytes, or None to leave it out: drawn without
+            its banner, title and subtitle (`figures.png_pair`), which
+            the page states once above it.
+        epochs_png: The epoch figure's bytes, or None to leave it out, likewise.
         cluster: The multi-worker run `run` is a rank of, or None.
 
     Returns:
@@ -126,7 +145,8 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     """
     gpus = gpu_series(run)
     title, colour = verdict_title(run)
-    banner = banner_for(run, gpus)
+    # The causes are listed below the banner: it says what happened, not the causes again.
+    banner = banner_for(run, gpus, causes=False)
     info = run.info
     name = info.get("run_name") or run.path.name
     nvml = info.get("nvml") or {}
@@ -140,11 +160,11 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         f'<p class="banner" id="banner" style="background:{colour}">{_e(banner)}</p>'
         if banner else "",
         _facts([
-            ("verdict", run.verdict or "none yet"),
             ("status", run.status),
             ("started", info.get("started_at")),
             ("ended", info.get("ended_at")),
             ("duration", None if duration_of(run) is None else f"{duration_of(run):,.1f} s"),
+            ("time", breakdown_text(info.get("breakdown"))),
             ("backend", info.get("backend")),
             ("worker", f"rank {info.get('rank')} of {info.get('world_size')}"
              if (info.get("world_size") or 1) > 1 else None),
@@ -153,8 +173,8 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
              if is_simulated(run) else None),
             ("energy", energy_line(run)),
             ("NVML", "available, driver " + str(nvml.get("driver_version"))
-             if nvml.get("available") else f"not available ({nvml.get('error')})"
-             if nvml else None),
+             if nvml.get("available") else None if nvml_error_told(run)
+             else f"not available ({nvml.get('error')})" if nvml else None),
             ("run folder", run.path),
         ]),
         "</header>",
@@ -163,8 +183,10 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     if error:
         parts.append(f"<h2>Error</h2><p><code>{_e(error.get('type', ''))}</code>: "
                      f"{_e(error.get('message', ''))}</p>")
-    parts.append("<h2>Causes and remedies</h2>"
-                 + _html_causes(run_impacts(run), duration_of(run)))
+    causes = run_impacts(run)
+    ordered = any(fix.order for fix in fixes(causes))
+    parts.append(f"<h2>Causes{', in the order to fix them' if ordered else ''}</h2>"
+                 + _html_causes(causes, duration_of(run)))
     if cluster is not None:
         parts.append(f'<h2>All ranks of this run</h2><p id="cluster-verdict">'
                      f"{_e(verdict_line(cluster))}</p>"
@@ -182,6 +204,8 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         epochs_png, "per-epoch summary: utilization, SM activity, memory, step time, energy"))
     parts.append(_html_table(headings, rows, "epochs") if rows
                  else '<p class="muted">No epoch finished.</p>')
+    if any(str(cell).startswith(">=") for row in rows for cell in row):
+        parts.append(f'<p class="muted">{_e(WAIT_LOWER_BOUND_NOTE)}</p>')
     placement = info.get("placement") or {}
     parts.append("<h2>Where the training step ran</h2>")
     if placement:
@@ -198,9 +222,11 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
                      f"{_e(json.dumps(placement, indent=2, default=str))}</pre></details>")
     else:
         parts.append('<p class="muted">Not checked.</p>')
-    findings = (info.get("environment") or {}).get("findings") or []
+    told = {c.get("code") for c in causes}
+    findings = [f for f in (info.get("environment") or {}).get("findings") or []
+                if isinstance(f, dict) and f.get("code") not in told]
     if findings:
-        parts.append("<h2>Environment findings</h2>" + _html_causes(findings))
+        parts.append("<h2>Also found before training</h2>" + _html_causes(findings))
     notes = [*run.warnings]
     notes += [f"idle event: {json.dumps(e, default=str)}"
               for e in (info.get("idle") or {}).get("events") or []]

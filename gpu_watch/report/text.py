@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpu_watch.impact import cause_totals, joules_text, run_cost, run_impacts
+from gpu_watch.impact import cause_totals, first_impact_line, joules_text, run_cost, run_impacts
+from gpu_watch.report.advice import fixes
 from gpu_watch.report.cluster import (
     CLUSTER_HEADINGS,
     ClusterView,
@@ -16,10 +17,10 @@ from gpu_watch.report.cluster import (
     verdict_line,
 )
 from gpu_watch.report.view import (
+    WAIT_LOWER_BOUND_NOTE,
     banner_for,
-    blocking_causes,
+    breakdown_text,
     cause_impact_text,
-    cause_message,
     duration_of,
     energy_line,
     epoch_table,
@@ -73,6 +74,9 @@ def summary_text(run: Run) -> str:
     if run.info.get("backend"):
         status += f", backend {run.info['backend']}"
     lines.append(status)
+    loop = breakdown_text(run.info.get("breakdown"))
+    if loop:
+        lines.append(f"Time: {loop}")
     error = run.info.get("error") or {}
     if error:
         lines.append(f"Error: {error.get('type', '')}: {error.get('message', '')}")
@@ -86,17 +90,15 @@ def summary_text(run: Run) -> str:
     if energy:
         lines.append(f"Energy: {energy}")
     lines.append(f"Placement: {placement_line(run)}")
-    causes = run_impacts(run)
+    causes = fixes(run_impacts(run))
     if causes:
-        lines.append("Causes:")
-        blockers = [c.get("code") for c in blocking_causes(run)]
-        for number, item in enumerate(causes, 1):
-            then = "then: " if item.get("code") in blockers[1:] else ""
-            lines.append(f"  {number}. [{item.get('severity', '?')}] {item.get('code', '?')}: "
-                         f"{then}{cause_message(item)}")
-            if item.get("remedy"):
-                lines.append(f"     Remedy: {item['remedy']}")
-            cost = cause_impact_text(item, duration)
+        ordered = any(fix.order for fix in causes)
+        lines.append("Causes, in the order to fix them:" if ordered else "Causes:")
+        for number, fix in enumerate(causes, 1):
+            lines.append(f"  {number}. {fix.label}[{fix.severity}] {fix.code}: {fix.message}")
+            if fix.remedy:
+                lines.append(f"     Remedy: {fix.remedy}")
+            cost = cause_impact_text(dict(fix.item), duration)
             if cost:
                 lines.append(f"     Cost: {cost}")
     else:
@@ -105,8 +107,11 @@ def summary_text(run: Run) -> str:
     if rows:
         lines.append("Epochs:")
         lines += text_table(headings, rows)
+        if any(str(cell).startswith(">=") for row in rows for cell in row):
+            lines.append(f"  {WAIT_LOWER_BOUND_NOTE}")
+        lines += [f"  and {text}" for text in unfinished_text(run)]
     else:
-        lines.append("Epochs: none finished")
+        lines.append("; ".join(["Epochs: none finished", *unfinished_text(run)]))
     rejudged = run.info.get("rejudged")
     if isinstance(rejudged, dict):
         lines.append(f"Note: judged again with the rules of gpu-watch "
@@ -173,6 +178,7 @@ def _run_cells(path: Path, info: dict[str, Any]) -> list[str]:
 
 
 COSTLIEST_RUNS = 10  # runs listed under "Costliest runs"
+NOT_MEASURED = "not measured"  # a cost no run measured: never 0
 
 
 def cost_lines(runs: Sequence[Path]) -> list[str]:
@@ -195,18 +201,24 @@ def cost_lines(runs: Sequence[Path]) -> list[str]:
              "GPUs drew meanwhile, wall time lost):"]
     lines += text_table(
         ["cause", "runs", "measured", "GPU-hours", "energy", "wall lost"],
-        [[t.code, str(t.runs), str(t.measured_runs), f"{t.gpu_idle_s / 3600:.3f}",
-          joules_text(t.energy_lost_j), f"{t.wall_lost_s:,.1f} s"] for t in totals],
+        [[t.code, str(t.runs), str(t.measured_runs),
+          NOT_MEASURED if t.gpu_idle_s is None else f"{t.gpu_idle_s / 3600:.3f}",
+          NOT_MEASURED if t.energy_lost_j is None else joules_text(t.energy_lost_j),
+          NOT_MEASURED if t.wall_lost_s is None else f"{t.wall_lost_s:,.1f} s"]
+         for t in totals],
         left=(0,))
     ranked = sorted(((run_cost(causes), name, verdict, causes)
-                     for name, verdict, causes in costs), key=lambda r: (-r[0][0], -r[0][1], r[1]))
-    ranked = [r for r in ranked if r[0][0] > 0 or r[0][1] > 0][:COSTLIEST_RUNS]
+                     for name, verdict, causes in costs),
+                    key=lambda r: (-(r[0][0] or 0.0), -(r[0][1] or 0.0), r[1]))
+    ranked = [r for r in ranked if (r[0][0] or 0.0) > 0 or (r[0][1] or 0.0) > 0]
     if ranked:
         lines.append("Costliest runs:")
         lines += text_table(
             ["run", "verdict", "GPU-hours", "energy", "costliest cause"],
-            [[name, str(verdict or "pending"), f"{idle / 3600:.3f}", joules_text(energy),
-              _costliest_code(causes)] for (idle, energy), name, verdict, causes in ranked],
+            [[name, str(verdict or "pending"),
+              NOT_MEASURED if idle is None else f"{idle / 3600:.3f}",
+              NOT_MEASURED if energy is None else joules_text(energy), _costliest_code(causes)]
+             for (idle, energy), name, verdict, causes in ranked[:COSTLIEST_RUNS]],
             left=(0, 1, 4))
     return lines
 
@@ -216,3 +228,62 @@ def _costliest_code(causes: Sequence[dict[str, Any]]) -> str:
         return (item.get("impact") or {}).get("gpu_idle_s") or 0.0
 
     return str(max(causes, key=idle).get("code")) if causes else ""
+
+
+def unfinished_text(run: Run) -> list[str]:
+    """What was measured of each epoch that did not finish (a run stopped mid-epoch), e.g.
+    "5,543 batches measured in epoch 1, which did not finish"."""
+    return [f"{count:,} batch{'es' if count != 1 else ''} measured in epoch {epoch}, which "
+            "did not finish" for epoch, count in unfinished_batches(run).items()]
+
+
+def unfinished_batches(run: Run) -> dict[int, int]:
+    """Batches per epoch for the epochs in `batches.csv` that `epochs.csv` has no row for."""
+    batches, epochs = run.batches, run.epochs
+    if batches is None or "epoch" not in batches.columns or batches.empty:
+        return {}
+    finished = set()
+    if epochs is not None and "epoch" in epochs.columns:
+        finished = {int(e) for e in epochs["epoch"].dropna()}
+    counts = batches["epoch"].dropna().astype(int).value_counts().sort_index()
+    return {int(e): int(n) for e, n in counts.items() if int(e) not in finished}
+
+
+def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None = None,
+                 epochs: int | None = None) -> str:
+    """What `GPUWatch` prints when a run ends, however it ends: the verdict, the status, the
+    run folder, what was measured, where the loop's time went (where the run records it), what
+    the costliest cause cost, then each cause in the order to fix it with its remedy.
+
+    Args:
+        info: The run's `run.json` record as it stands at the end.
+        run_dir: Its run folder.
+        batches: Training batches measured (rows of `batches.csv`), None when unknown.
+        epochs: Epochs that finished (rows of `epochs.csv`), None when unknown.
+
+    Returns:
+        Lines joined by newlines, without a final one.
+    """
+    head = f"gpu-watch: verdict {info.get('verdict') or 'none'} ({info.get('status')})"
+    if batches is not None:
+        head += f"; measured {batches:,} batch{'es' if batches != 1 else ''}"
+        if epochs is not None:
+            head += f" in {epochs:,} finished epoch{'s' if epochs != 1 else ''}"
+    lines = [f"{head}; run folder {run_dir}"]
+    loop = breakdown_text(info.get("breakdown"))
+    if loop:
+        lines.append(f"  time: {loop}")
+    causes = info.get("causes") or []
+    impact = first_impact_line(causes, info.get("duration_s"))
+    if impact:  # what it cost comes first: it decides whether the fix is worth the time
+        lines.append(f"  cost: {impact}")
+    for fix in fixes(causes):
+        lines.append(f"  - {fix.label}{fix.code}: {fix.message}")
+        if fix.remedy:
+            lines.append(f"    remedy: {fix.remedy}")
+    return "\n".join(lines)
+
+
+def no_run_line(reason: str) -> str:
+    """What `GPUWatch` prints at the end of a training it could not watch at all."""
+    return f"gpu-watch: no verdict: this training was not watched ({reason})"

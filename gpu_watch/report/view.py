@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.causes import CATALOGUE, Cause, blocks_gpu
 from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
+from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import Run
 from gpu_watch.usage import busy, idle, recorded_threshold_pct
 
@@ -320,18 +320,11 @@ def _sentences(*parts: str | None) -> str:
     return ". ".join(p.rstrip(". ") for p in parts if p) + "."
 
 
-def blocking_causes(run: Run) -> list[dict[str, Any]]:
-    """The run's causes that keep the GPU from being used, in the order to fix them (the
-    order the verdict rules list them in)."""
-    return [c for c in run.causes if isinstance(c, dict) and c.get("code")
-            and blocks_gpu(Cause.from_dict(c))]
-
-
 def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True,
                with_impact: bool = True) -> str | None:
     """The banner: what went wrong (see `banner_text`; without `causes`, no cause's message is
-    repeated: for a summary that lists the causes below it), then, `with_impact`, what it cost
-    and what a fix could buy (`impact_line`); None where nothing is left."""
+    repeated: for a summary or a page that lists the causes below it), then, `with_impact`,
+    what it cost and what a fix could buy (`impact_line`); None where nothing is left."""
     impact = impact_line(run) if with_impact else None
     # The lead cause's cost names it and says the same in figures: its message would repeat it.
     lead = lead_cause(run)
@@ -367,18 +360,7 @@ def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | No
     verdict = run.verdict
     lead = lead_cause(run)
     if verdict == "cpu_fallback":
-        if not causes:
-            return None
-        blockers = blocking_causes(run) or ([lead] if lead else [])
-        if not blockers:
-            return "Training ran on the CPU"
-        parts = [f"Training ran on the CPU: {cause_message(blockers[0])}"]
-        # The causes after the first in a word each: the summary and report.html say more.
-        parts += [f"Then: {_short_message(b)}" for b in blockers[1:]]
-        remedy = first_clause(str(blockers[0].get("remedy") or ""))
-        if remedy:
-            parts.append(f"First: {remedy}")
-        return _sentences(*parts)
+        return cpu_banner(run.causes, with_causes=causes)
     shared = shared_text(run)
     idle = _idle_gpus(run, gpus)
     if idle:
@@ -401,19 +383,6 @@ def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | No
     return None
 
 
-def _short_message(item: dict[str, Any]) -> str:
-    spec = CATALOGUE.get(str(item.get("code")))
-    return spec.message if spec is not None else cause_message(item)
-
-
-def first_clause(text: str, limit: int = 160) -> str:
-    """A remedy's first clause (up to its first "; " or its first line), at most `limit`
-    characters: what a banner has room for."""
-    clause = text.strip().splitlines()[0] if text.strip() else ""
-    clause = clause.split("; ")[0].split("  # ")[0].rstrip(". ")
-    return clause if len(clause) <= limit else clause[:limit - 3].rstrip() + "..."
-
-
 def nvml_error_told(run: Run) -> bool:
     """Whether a cause already names NVML's error (no driver), so no other line repeats it."""
     return any(isinstance(c, dict) and (c.get("code") == "no_nvidia_driver"
@@ -428,7 +397,9 @@ def banner_text(run: Run) -> str | None:
         run: A loaded run.
 
     Returns:
-        "Training ran on the CPU: <cause>" for CPU fallback; "GPU <i> idle <p>% of training"
+        For CPU fallback, "Training ran on the CPU: <cause>; fix: <remedy>.", or with several
+        causes "Training ran on the CPU. First: <cause>; fix: <remedy>. Then: <cause>." (see
+        `gpu_watch.report.advice.cpu_banner`); "GPU <i> idle <p>% of training"
         for each idle GPU (p is the share of the measured time under the idle threshold, by
         this process's own utilization where NVML measured it, missing readings excluded),
         with the lead cause; "GPU utilization unknown: ..." when unmonitored; and, with any
@@ -509,6 +480,85 @@ def number_text(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}"
 
 
+# How the loop's wait for data was measured (`wait_measure`), in words; a measure not listed
+# here is named as it is.
+WAIT_MEASURE_WORDS = {
+    "sampled_ticks": "from where the sampler found the training thread",
+    "batch_gaps": "from the gaps between steps",
+    GAPS_ONLY: "from the gaps between steps alone, so at least this much",
+}
+# The loop's time, part by part: (words, seconds key, share key) in run.json's "breakdown".
+_BREAKDOWN_PARTS = (("compute", "compute_s", "compute_fraction"),
+                    ("waiting for data", "data_wait_s", "data_wait_fraction"),
+                    ("other", "other_s", "other_fraction"))
+
+
+def breakdown_text(breakdown: Any) -> str | None:
+    """Where the training loop's time went, from `run.json`'s "breakdown", in one line:
+    "12.3 s in the training loop: compute 8.1 s (66%), waiting for data 3.0 s (24%), other
+    1.2 s (10%; the wait from the gaps between steps)". None for a run recorded without it.
+
+    Args:
+        breakdown: `run.json`'s "breakdown" record (seconds and 0-1 shares, each may be null).
+    """
+    if not isinstance(breakdown, dict):
+        return None
+    seconds = [runlog.number(breakdown.get(key)) for _, key, _ in _BREAKDOWN_PARTS]
+    loop_s = runlog.number(breakdown.get("loop_s"))
+    if loop_s is None and all(s is None for s in seconds):
+        return None
+    decimals = column_decimals([loop_s, *seconds], significant=3)
+    parts = []
+    for (words, _, share_key), value in zip(_BREAKDOWN_PARTS, seconds, strict=True):
+        if value is None:
+            continue
+        share = runlog.number(breakdown.get(share_key))
+        parts.append(f"{words} {value:,.{decimals}f} s"
+                     + ("" if share is None else f" ({round(100 * share)}%)"))
+    head = ("the training loop" if loop_s is None
+            else f"{loop_s:,.{decimals}f} s in the training loop")
+    text = f"{head}: {', '.join(parts)}" if parts else head
+    measure = breakdown.get("wait_measure")
+    if measure and breakdown.get("data_wait_s") is not None:
+        text += f" (the wait {WAIT_MEASURE_WORDS.get(str(measure), f'measured by {measure}')})"
+    return text
+
+
+# Under an epoch table with a wait share from the gaps between steps alone (">=N").
+WAIT_LOWER_BOUND_NOTE = ("wait % >=N: at least N%; too few readings in that epoch to see a "
+                         "wait inside a step, only the gaps between steps")
+
+
+def column_decimals(values: Sequence[Any], significant: int = 4) -> int:
+    """Decimals that show a column's largest value with `significant` digits (0 for a
+    column of whole numbers, at most 6), so that every cell of the column has the same."""
+    numbers = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            numbers.append(number)
+    if not numbers or all(n.is_integer() for n in numbers):
+        return 0
+    largest = max(abs(n) for n in numbers)
+    if largest == 0:
+        return significant - 1
+    return min(6, max(0, significant - 1 - math.floor(math.log10(largest))))
+
+
+def fixed_text(value: Any, decimals: int) -> str:
+    """A number with `decimals` decimals and thousands separators; "n/a" when missing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a" if value is None else str(value)
+    if math.isnan(number):
+        return "n/a"
+    return f"{number:,.{decimals}f}"
+
+
 _EPOCH_HEADINGS = {
     "epoch": "epoch",
     "batches": "batches",
@@ -516,6 +566,10 @@ _EPOCH_HEADINGS = {
     "first_step_s": "step 0 s",
     "step_s_mean": "step s",
     "wait_fraction": "wait %",
+    "compute_s": "compute s",
+    "data_wait_s": "wait s",
+    "other_s": "other s",
+    "other_fraction": "other %",
     "judged_util_mean": "util %",
     "gpu_util_mean": "device util %",
     "gpu_mem_peak_mib": "mem MiB",
@@ -530,8 +584,10 @@ _EPOCH_HEADINGS = {
 # In epochs.csv, not in the table: this process's figure is "util %" wherever it decides.
 _NOT_SHOWN = frozenset({"proc_util_mean", "gpu_util_p95", "wait_measure"})
 # Shown only when measured: on GPUs without GPM, or without NVML, they would be columns of n/a;
+# the step-time breakdown only in runs that record it;
 # step 0's duration only in the epoch that ran it.
-_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS) | {"first_step_s"}
+_MEASURED_ONLY = frozenset(runlog.EPOCH_ACTIVITY_COLUMNS) | {
+    "first_step_s", "compute_s", "data_wait_s", "other_s", "other_fraction"}
 _ROUNDED = frozenset({"judged_util_mean", "gpu_util_mean", "gpu_mem_peak_mib",
                       *runlog.EPOCH_ACTIVITY_COLUMNS})
 _PER_GPU = re.compile(r"gpu\d+_((proc_)?util_mean|verdict|"
@@ -555,15 +611,20 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
     headings = [_EPOCH_HEADINGS[c] for c in columns]
     headings += [c.replace("_util_mean", " util %").replace("_verdict", " verdict")
                  for c in per_gpu] + logs
+    records = frame.to_dict("records")
+    # One precision per column of measured figures: the decimals its largest value needs.
+    decimals = {column: column_decimals([r.get(column) for r in records])
+                for column in columns + logs}
     rows = []
-    for record in frame.to_dict("records"):
+    for record in records:
         cells = []
         for column in columns + per_gpu + logs:
             value = record.get(column)
-            if column in ("wait_fraction", "idle_fraction"):
+            if column in ("wait_fraction", "idle_fraction", "other_fraction"):
                 value = number_text(None if pd.isna(value) else round(100 * float(value)))
                 if column == "wait_fraction" and record.get("wait_measure") == GAPS_ONLY:
-                    value = f">={value}"
+                    # From batch gaps alone, a lower bound: of 0 it says nothing.
+                    value = "n/a" if value in ("0", "n/a") else f">={value}"
             elif column in _ROUNDED or column.endswith("_util_mean"):
                 value = number_text(None if pd.isna(value) else round(float(value)))
             elif column == "verdict" or column.endswith("_verdict"):
@@ -571,7 +632,7 @@ def epoch_table(run: Run) -> tuple[list[str], list[list[str]]]:
             elif column == "first_step_s" and pd.isna(value):
                 value = ""
             else:
-                value = number_text(None if pd.isna(value) else value)
+                value = fixed_text(value, decimals.get(column, 0))
             cells.append(value)
         rows.append(cells)
     return headings, rows

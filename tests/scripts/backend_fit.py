@@ -12,11 +12,14 @@ Two short fits follow: one built and fitted inside `with keras.device("cpu")` an
 `keras.utils.PyDataset`, for the facts a remedy is chosen from (the data adapter, the device
 scope, the variables on the CPU); one fed by a slow Python generator while FakeNVML shows an
 idle GPU and the probe reports step 0 on it, for the remedy of a starved training; and one whose
-generator takes half of each step, for the share of time spent waiting for data.
+generator takes half of each step, for the share of time spent waiting for data. Then where the
+CPU fall-back warning points when NVML sees a GPU the backend cannot use, and whether a fit
+with every warning an error passes on this machine without a GPU.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -159,6 +162,33 @@ def live_keys(log_dir: str, x, y) -> list[dict]:
     return seen
 
 
+def warned_at_the_fit_line(log_dir: str, x, y) -> dict:
+    """NVML (simulated) sees a GPU that the backend cannot use: the CPU fall-back warning,
+    issued by the first batch's end hook (on Keras' worker thread on JAX and torch), must name
+    the line that called `fit`."""
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, nvml=FakeNVML([FakeGPU()]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        build().fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[watch])
+    return {"fit_line": [__file__, line],
+            "warnings": [[w.filename, w.lineno, str(w.message)] for w in caught
+                         if issubclass(w.category, GPUWatchWarning)]}
+
+
+def with_warnings_as_errors(log_dir: str, x, y) -> str | None:
+    """A fit on this machine (no GPU) with every warning an error, as a project's strict test
+    settings run it: what it raised, or None."""
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            build().fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[watch])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def main(log_dir: str) -> dict:
     hook_threads: set[str] = set()
     model_reads: list[str] = []
@@ -223,6 +253,8 @@ def main(log_dir: str) -> dict:
         "starved": starved(log_dir, x, y),
         "half_wait": half_wait(log_dir),
         "live_keys": live_keys(log_dir, x, y),
+        "warned_at": warned_at_the_fit_line(log_dir, x, y),
+        "strict": with_warnings_as_errors(log_dir, x, y),
         "run_dir": str(run.path),
         "files": sorted(p.name for p in run.path.iterdir()),
         "status": run.status,

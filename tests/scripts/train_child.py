@@ -1,7 +1,9 @@
 """Train a tiny model with GPUWatch in a child process, for tests that signal or kill it.
 
-Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--sleep SECONDS]
-Prints "STARTED <run dir>" once the first batch ended, then trains; `--sleep` slows each batch.
+Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--batches N]
+    [--sleep SECONDS] [--verbose]
+Prints "STARTED <run dir>" once the first batch ended, then trains `--batches` batches an epoch
+(default 8); `--sleep` slows each batch; `--verbose` lets GPUWatch print its summary line.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ def main() -> None:
     parser.add_argument("log_dir")
     parser.add_argument("--run-name")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
 
-    watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False, verbose=0)
+    watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False,
+                     verbose=int(args.verbose))
 
     class Pace(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -38,8 +43,8 @@ def main() -> None:
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    x = np.zeros((64, 4), dtype="float32")
-    y = np.zeros((64, 1), dtype="float32")
+    x = np.zeros((8 * args.batches, 4), dtype="float32")
+    y = np.zeros((8 * args.batches, 1), dtype="float32")
     model.fit(x, y, epochs=args.epochs, batch_size=8, verbose=0, callbacks=[watch, Pace()])
     print(f"DONE {watch.run_dir}", flush=True)
     sys.exit(0)

@@ -304,11 +304,13 @@ def gpu_verdict(stats: GPUStats, nvml_error: str | None) -> str:
 
 
 def loop_causes(setting: Setting, idle: Sequence[GPUStats], wait_fraction: float | None,
-                other_fraction: float | None,
-                hooks: Sequence[tuple[str, float]] = ()) -> list[Cause]:
+                other_fraction: float | None, hooks: Sequence[tuple[str, float]] = (),
+                busy: Sequence[int] = ()) -> list[Cause]:
     """Why the training loop left idle GPUs waiting: for data (`input_bound`, from the data
     wait alone), or in the callbacks and Keras' bookkeeping between steps (`slow_callbacks`,
-    naming the callbacks whose batch hooks took longest)."""
+    naming the callbacks whose batch hooks took longest; only where no GPU of this training
+    was kept busy: a loop that keeps one GPU busy does not starve the others between
+    steps)."""
     causes = []
     if wait_fraction is not None and wait_fraction > INPUT_BOUND_WAIT_FRACTION:
         causes.append(cause(
@@ -318,7 +320,7 @@ def loop_causes(setting: Setting, idle: Sequence[GPUStats], wait_fraction: float
             facts=setting.facts,
             wait_fraction=round(wait_fraction, 3),
         ))
-    if other_fraction is not None and other_fraction > SLOW_CALLBACKS_FRACTION:
+    if not busy and other_fraction is not None and other_fraction > SLOW_CALLBACKS_FRACTION:
         named = [{"name": name, "hook_s": round(seconds, 3)}
                  for name, seconds in hooks[:NAMED_CALLBACKS] if seconds > 0]
         spent = (f": most in {', '.join(c['name'] for c in named)}" if named
@@ -363,7 +365,7 @@ def judge(setting: Setting, gpus: Sequence[GPUStats], wait_fraction: float | Non
     if not idle:
         return Judgement(OK, causes + sharing, per_gpu, bases)
     busy = [s.gpu for s in gpus if per_gpu[s.gpu] == OK]
-    causes[:0] = loop_causes(setting, idle, wait_fraction, other_fraction, hooks)
+    causes[:0] = loop_causes(setting, idle, wait_fraction, other_fraction, hooks, busy)
     if busy:
         causes.append(cause(
             "process_not_on_gpu",

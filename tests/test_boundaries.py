@@ -173,6 +173,13 @@ def test_slow_callbacks_names_the_slowest_three_callbacks_that_took_time():
     assert "no callback's batch hooks were timed" in silent.causes[0].message
 
 
+def test_slow_callbacks_explains_no_gpu_idle_beside_one_the_loop_kept_busy():
+    busy = stats(0)
+    idle = stats(1, device_idle_fraction=1.0, util_mean=0.0)
+    j = judge(ON_GPU, [busy, idle], 0.0, 0.9, [("SlowLogger", 3.0)])
+    assert "slow_callbacks" not in codes(j) and "process_not_on_gpu" in codes(j)
+
+
 def test_a_loop_both_waiting_and_slow_between_steps_gets_both_causes_data_first():
     j = judge(ON_GPU, [mine(device_idle_fraction=0.9, util_mean=2.0)], 0.4, 0.4)
     assert codes(j) == ["input_bound", "slow_callbacks"]

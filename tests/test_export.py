@@ -43,8 +43,9 @@ def busy_shared_gpu() -> FakeGPU:
 def start(tmp_path, gpu, **config):
     monitor = monitor_on_gpu(tmp_path, FakeNVML([gpu], step_s=0.05), **config)
     monitor.begin_epoch(0)
-    for step in range(3):
-        monitor.timeline.add_batch(0, step, 1, 0.01 * step, 0.01 * step + 0.005, None)
+    for step in range(3):  # steps whose fetches were timed: no wait
+        monitor.timeline.add_batch(0, step, 1, 0.01 * step, 0.01 * step + 0.005, 0.0,
+                                   other_s=0.005, measure="fetch_timed")
     monitor.first_step({"compute_on_gpu": True})
     return monitor
 
@@ -621,10 +622,12 @@ def test_two_trainings_on_one_gpu_report_one_device_and_energy_goes_on(tmp_path)
     target = OpenTelemetry(meter_provider=provider)
     first = monitor_on_gpu(tmp_path / "a", fake, export=target)
     try:
-        time.sleep(1.5)  # 300 W: about 450 J in the first run alone
+        run_for(first, 1.5)  # 300 W: about 450 J in the first run alone
+        assert first.exports.wait_handed(10)
         [(_, energy_first)] = otel_points(reader)["hw.energy"]
         second = monitor_on_gpu(tmp_path / "b", fake, export=target)
-        time.sleep(0.3)
+        run_for(second, 0.3)
+        assert second.exports.wait_handed(10)
         points = otel_points(reader)
     finally:
         first.finish("completed")

@@ -252,8 +252,8 @@ def unfinished_batches(run: Run) -> dict[int, int]:
 def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None = None,
                  epochs: int | None = None) -> str:
     """What `GPUWatch` prints when a run ends, however it ends: the verdict, the status, the
-    run folder, what was measured, where the loop's time went (where the run records it), what
-    the costliest cause cost, then each cause in the order to fix it with its remedy.
+    run folder, what was measured, what the costliest cause cost, where the loop's time went
+    (where the run records it), then each cause in the order to fix it with its remedy.
 
     Args:
         info: The run's `run.json` record as it stands at the end.
@@ -270,13 +270,13 @@ def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None
         if epochs is not None:
             head += f" in {epochs:,} finished epoch{'s' if epochs != 1 else ''}"
     lines = [f"{head}; run folder {run_dir}"]
-    loop = breakdown_text(info.get("breakdown"))
-    if loop:
-        lines.append(f"  time: {loop}")
     causes = info.get("causes") or []
     impact = first_impact_line(causes, info.get("duration_s"))
     if impact:  # what it cost comes first: it decides whether the fix is worth the time
         lines.append(f"  cost: {impact}")
+    loop = breakdown_text(info.get("breakdown"))
+    if loop:
+        lines.append(f"  time: {loop}")
     for fix in fixes(causes):
         lines.append(f"  - {fix.label}{fix.code}: {fix.message}")
         if fix.remedy:

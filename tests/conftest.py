@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,6 +21,16 @@ def _strict_catches():
     `gpu_watch.errors.take_swallowed`)."""
     with strict_catches():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_lingering_endpoint():
+    """A finished run's Prometheus endpoint serves its final figures for a while
+    (`Prometheus(linger_s=...)`): closed after each test, so no test sees another's threads."""
+    yield
+    prometheus = sys.modules.get("gpu_watch.export.prometheus")
+    if prometheus is not None:
+        prometheus.close_lingering()
 
 
 @pytest.fixture

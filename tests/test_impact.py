@@ -537,7 +537,8 @@ def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
         assert stored["input_bound"][field] == pytest.approx(fresh["input_bound"][field],
                                                              rel=0.01), field
     impact = stored["input_bound"]
-    assert impact["energy_lost_j"] == pytest.approx(75.0 * impact["gpu_idle_s"], rel=1e-3)
+    # Energy is stored to 0.1 J, the idle seconds to the millisecond.
+    assert impact["energy_lost_j"] == pytest.approx(75.0 * impact["gpu_idle_s"], abs=0.05 + 0.075)
     assert 0 < impact["wall_lost_s"] < run.info["duration_s"]
     # From the stored figures, rounded to the millisecond: near a high bound that moves it more.
     assert impact["speedup_bound_x"] == pytest.approx(

@@ -121,8 +121,11 @@ def test_a_real_prometheus_scrapes_a_real_fit(tmp_path):
                 "gpu_watch_gpu_memory_used_bytes", "gpu_watch_gpu_energy_joules_total",
                 "gpu_watch_steps_total", "gpu_watch_compute_seconds_total",
                 "gpu_watch_data_wait_seconds_total", "gpu_watch_loop_seconds_total",
-                "gpu_watch_data_wait_ratio", "gpu_watch_verdict", "gpu_watch_run_info",
-                "gpu_watch_run_status", "gpu_watch_cause"} <= names
+                "gpu_watch_verdict", "gpu_watch_run_info", "gpu_watch_run_status",
+                "gpu_watch_cause"} <= names
+        # TensorFlow reads arrays inside the step: the wait is sampled from the stacks, and this
+        # short a fit gives too few samples for a share (the ratio is only served once known).
+        assert "gpu_watch_data_wait_ratio" not in names
         util = next(s for s in series if s["__name__"] == "gpu_watch_gpu_utilization_ratio")
         assert util["UUID"] == gpu.uuid and util["gpu"] == "0" and util["rank"] == "0"
         assert util["job_id"] == run and "GPU_I_ID" not in util  # an empty label is none

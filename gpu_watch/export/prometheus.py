@@ -252,6 +252,14 @@ def _stop(server: _Server) -> None:
 _lingering = _Lingering()
 
 
+def close_lingering() -> None:
+    """Close now every finished run's endpoint that still serves its final figures."""
+    with _lingering._lock:
+        servers, _lingering._servers = list(_lingering._servers.values()), {}
+    for server in servers:
+        _stop(server)
+
+
 class PrometheusExporter:
     """A live Prometheus export of one run: the endpoint (when it could bind) and the push.
 

@@ -347,6 +347,7 @@ class Timeline:
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._run_loop = Loop()
         self._steps = 0  # every step, step 0 included
+        self._every_step = Loop()  # every step, step 0 included: the counters' sums
         self._last_totals = LoopTotals(0, 0.0, 0.0)
         self._pairing = BatchPairing(steps_per_execution)
         self._pairing_lock = threading.Lock()  # batch hooks may run on several threads at once
@@ -438,6 +439,7 @@ class Timeline:
                                        other_s))
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         self._steps += steps
+        self._every_step.add_batch(steps, compute, wait_s, other_s, measure)
         span = self._open
         if self.first_step_end_s is None:
             with self._lock:
@@ -482,15 +484,21 @@ class Timeline:
 
     def run_loop(self) -> LoopTotals:
         """The run's loop so far as counters want it: every step, step 0 included, and its
-        seconds by where they went (`Loop.wait`'s breakdown, step 0's seconds as compute). A
-        sampled wait share moves as samples come, so each total is kept from ever going down:
-        a counter that drops reads as a restart."""
+        seconds by where they went. Where the wait was sampled (`Loop.wait`), the run's sampled
+        share (step 0 left out) splits the seconds; a share moves as samples come, so each
+        total is kept from ever going down: a counter that drops reads as a restart."""
         wait = self.run_wait()
+        every = self._every_step
+        compute, data, other = every.step_s, every.wait_s, every.other_s
+        if wait.measure == SAMPLED_TICKS:
+            loop = compute + data + other
+            data = wait.fraction * loop
+            compute = max(0.0, every.step_s + every.wait_s - data)
+            other = max(0.0, loop - compute - data)
         with self._lock:
             last = self._last_totals
-            totals = LoopTotals(
-                self._steps, max(last.step_s, wait.compute_s + (self.first_step_s or 0.0)),
-                max(last.wait_s, wait.wait_s), max(last.other_s, wait.other_s), wait.fraction)
+            totals = LoopTotals(self._steps, max(last.step_s, compute), max(last.wait_s, data),
+                                max(last.other_s, other), wait.fraction)
             self._last_totals = totals
         return totals
 

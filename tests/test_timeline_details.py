@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.nvml import OtherProcess, Reading
-from gpu_watch.timeline import IdleEvent, Loop, Timeline, Wait
+from gpu_watch.timeline import IdleEvent, Loop, LoopTotals, Timeline, Wait
 from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OtherUse
 
@@ -336,3 +336,23 @@ def test_a_gpu_never_judged_is_no_evidence_either_way():
     assert events[:5] == [None] * 5 and events[5] is not None and events[6] is None
     assert events[5].start_s == 0.2 and events[5].end_s == pytest.approx(0.3)
     assert events[5].util_mean_pct == {0: 2.0}
+
+
+def test_the_counters_count_step_0_and_split_a_sampled_loop_by_its_share():
+    timed = Timeline([], 10.0, 60.0, 0.2)
+    timed.begin_epoch(0)
+    timed.add_batch(0, 0, 1, 0.0, 1.0, 0.5, other_s=0.25, measure="fetch_timed")  # step 0
+    timed.add_batch(0, 1, 1, 2.0, 2.5, 0.25, other_s=0.25, measure="fetch_timed")
+    # Step 0 counts in the counters (not in the share: 0.25 of the loop after it).
+    assert timed.run_loop() == LoopTotals(2, 1.5, 0.75, 0.5, 0.25)
+    sampled = Timeline([], 10.0, 60.0, 0.2)
+    sampled.begin_epoch(0)
+    sampled.add_batch(0, 0, 1, 0.0, 1.0, None)
+    sampled.add_batch(0, 1, 1, 1.0, 2.0, None, other_s=1.0)
+    for fetching in [True] * 10 + [False] * 10:
+        sampled.add_data_tick(fetching)
+    # Half of the 3 s the steps took, step 0's included, went to waiting: out of the compute.
+    assert sampled.run_loop() == LoopTotals(2, 0.5, 1.5, 1.0, 0.5)
+    for _ in range(20):  # the share falls to a quarter: no counter goes down
+        sampled.add_data_tick(False)
+    assert sampled.run_loop() == LoopTotals(2, 1.25, 1.5, 1.0, 0.25)

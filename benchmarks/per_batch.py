@@ -1,0 +1,107 @@
+"""What GPUWatch adds to each batch, through Keras: the batch hooks of a `CallbackList`, called as
+`fit` calls them, with no callback, a no-op callback that has both batch hooks, and GPUWatch
+(on a simulated GPU) with its loop clock attached as `fit` attaches it (the callback list's
+hooks wrapped, the steps timed on the calling thread) and without it (its own hooks only).
+
+The configurations are interleaved, round after round, so that drift in the machine's speed
+hits them alike; each figure is the median over the rounds of microseconds per batch. The target
+(docs/performance.md): GPUWatch at most 5 µs above the no-op callback.
+
+Usage:
+    python benchmarks/per_batch.py                 # TensorFlow
+    KERAS_BACKEND=jax python benchmarks/per_batch.py --batches 20000 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+from gpu_watch import GPUWatch, keras_internals  # noqa: E402
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+
+
+class NoOp(keras.callbacks.Callback):
+    """Has both batch hooks and does nothing: the floor of any per-batch callback."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+class _Frame:
+    """Stands for fit's frame: the callback list is what the loop clock wraps."""
+
+    def __init__(self, callbacks):
+        self.f_locals = {"callbacks": callbacks}
+
+
+def per_batch_us(callbacks: list, model: keras.Model, batches: int, clock: bool) -> float:
+    listed = keras.callbacks.CallbackList(callbacks, model=model, add_history=False,
+                                          add_progbar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        listed.on_train_begin()
+        attachment = keras_internals.Attachment()
+        if clock:
+            watch = callbacks[0]
+            keras_internals.attach_loop_clock(_Frame(listed), watch.monitor.loop_clock,
+                                              attachment, skip=watch)
+        listed.on_epoch_begin(0)
+        logs = {"loss": 1.0}
+        listed.on_train_batch_begin(0)  # step 0: the placement check, timed apart
+        listed.on_train_batch_end(0, logs)
+        start = time.perf_counter()
+        for batch in range(1, batches):
+            listed.on_train_batch_begin(batch)
+            listed.on_train_batch_end(batch, logs)
+        seconds = time.perf_counter() - start
+        listed.on_epoch_end(0, {})
+        listed.on_train_end()
+        attachment.detach()
+    return seconds / (batches - 1) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with tempfile.TemporaryDirectory() as log_dir:
+        def watch():
+            gpu = FakeGPU(util_pct=50, processes=[FakeProcess(used_mib=100)])
+            return GPUWatch(nvml=FakeNVML([gpu]), plot=False, verbose=0, log_dir=log_dir)
+
+        configs = {
+            "no callback": (lambda: [], False),
+            "no-op per-batch callback": (lambda: [NoOp()], False),
+            "GPUWatch, its own hooks only": (lambda: [watch()], False),
+            "GPUWatch, loop clock attached (as in fit)": (lambda: [watch()], True),
+        }
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        for _ in range(args.rounds):
+            for name, (make, clock) in configs.items():
+                times[name].append(per_batch_us(make(), model, args.batches, clock))
+    noop = statistics.median(times["no-op per-batch callback"])
+    print(f"Keras {keras.__version__} on {keras.backend.backend()}: microseconds per batch "
+          f"through a CallbackList (median of {args.rounds} rounds of {args.batches} batches)")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:<44} {median:7.2f}   {median - noop:+6.2f} vs the no-op callback")
+
+
+if __name__ == "__main__":
+    main()

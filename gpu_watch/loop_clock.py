@@ -26,6 +26,7 @@ up to the loop time, and the loop times of one epoch to no more than its duratio
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ READY_TIMED = "ready_timed"
 # step takes (it does not feed the training) stops the measure instead of growing.
 MAX_READY = 10_000
 STACK_HZ = 100.0  # the stack sampler's rate (see `StackSampler`)
+SETTLE_POLL_S = 0.001  # how often `LoopClock.settle` looks whether the device's steps are timed
 
 
 class LoopClock:
@@ -76,8 +78,9 @@ class LoopClock:
         # blocks until a step's outputs exist, run on a thread of its own (`_watch`).
         self.device_done: Callable[[Any], Any] | None = None
         self.device_error: str | None = None
-        self._queue: deque[Any] = deque()
-        self._queued = threading.Condition()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._put_count = 0  # items handed to the waiting thread (training thread only)
+        self._done_count = 0  # and dealt with (waiting thread only)
         self._watcher: threading.Thread | None = None
         self._device_free: float | None = None  # when the device finished the last step
 
@@ -142,25 +145,25 @@ class LoopClock:
     # -- steps dispatched ahead of the device ------------------------------------------------------
 
     def _put(self, item: Any) -> None:
-        with self._queued:
-            self._queue.append(item)
-            self._queued.notify_all()
-            if self._watcher is None:
-                self._watcher = threading.Thread(target=self._watch, daemon=True,
-                                                 name="gpu-watch-device-steps")
-                self._watcher.start()
+        # A C-level queue: the training thread pays a fraction of a microsecond a step, and the
+        # waiting thread blocks without Python's lock.
+        self._put_count += 1
+        self._queue.put(item)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                             name="gpu-watch-device-steps")
+            self._watcher.start()
 
     def settle(self, timeout_s: float = 5.0) -> bool:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
         deadline = time.monotonic() + timeout_s
-        with self._queued:
-            while self._queue:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._watcher is None:
-                    return False
-                self._queued.wait(left)
+        while self._done_count < self._put_count:
+            if time.monotonic() >= deadline or self._watcher is None \
+                    or not self._watcher.is_alive():
+                return False
+            time.sleep(SETTLE_POLL_S)
         return True
 
     def close(self) -> None:
@@ -168,19 +171,13 @@ class LoopClock:
         if self._watcher is None:
             return
         self.settle()
-        self._put(_STOP)
+        self._queue.put(_STOP)
         self._watcher.join(timeout=1.0)
 
     def _watch(self) -> None:
         while True:
-            with self._queued:
-                while not self._queue:
-                    self._queued.wait()
-                item = self._queue[0]
+            item = self._queue.get()
             if item is _STOP:
-                with self._queued:
-                    self._queue.clear()
-                    self._queued.notify_all()
                 return
             if isinstance(item, _EpochBegin):
                 self._device_free = item.t
@@ -190,9 +187,7 @@ class LoopClock:
                 except Exception as exc:  # a step that failed on the device: timed as dispatched
                     self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
                 self._sink([self._device_step(item, max(self.now(), item.entered))])
-            with self._queued:
-                self._queue.popleft()
-                self._queued.notify_all()
+            self._done_count += 1
 
     def _device_step(self, item: _Dispatched, done: float) -> Step:
         """A step timed from the device's side: it ran from when the device was free and the

@@ -27,12 +27,11 @@ from gpu_watch import keras_internals, live, placement, runlog
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, user_site, warn
 from gpu_watch.gpu_trial import gpu_trial
-from gpu_watch.monitor import Monitor, idle_message
+from gpu_watch.monitor import IdleEvent, Monitor, idle_message
 from gpu_watch.nvml import NVML
 from gpu_watch.process_facts import PROCESS_FACTS
 from gpu_watch.report.advice import cause_codes_in_order, cpu_banner
 from gpu_watch.report.text import no_run_line, summary_line
-from gpu_watch.timeline import IdleEvent
 from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 
 # What GPUWatch adds to the epoch `logs` that Keras hands every callback after it (the progress

@@ -39,6 +39,9 @@ from gpu_watch.usage import UsageMeter, busy
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 from gpu_watch.watchdog import FitWatchdog
 
+# The idle stretch `Monitor.take_idle_event` hands out, for the callback to act on.
+__all__ = ["EpochEnd", "IdleEvent", "Monitor", "idle_message"]
+
 FLUSH_S = 2.0  # rows reach the disk at least this often, and at every epoch end
 FLUSH_ROWS = 10_000  # rows written per chunk: a flush never holds more in memory
 

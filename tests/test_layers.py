@@ -45,6 +45,13 @@ def test_the_import_graph_is_read_from_every_module():
      "one run's lifecycle is independent of Keras: the callback hands it its probes"),
     ("gpu_watch.callback", "gpu_watch.sampler",
      "the callback is glue: the Monitor owns its sampler"),
+    ("gpu_watch.callback", "gpu_watch.timeline",
+     "the callback is glue: the Monitor owns the timeline (and hands out its idle events)"),
+    *[(module, layer, "what presents a run reads its records, never the layers that make them")
+      for module in ("gpu_watch.report", "gpu_watch.report.view", "gpu_watch.report.figures",
+                     "gpu_watch.report.text", "gpu_watch.report.html", "gpu_watch.live",
+                     "gpu_watch.follow", "gpu_watch.terminal")
+      for layer in ("gpu_watch.sampler", "gpu_watch.timeline")],
 ])
 def test_a_layer_does_not_import_what_it_must_not(module, forbidden, why):
     offending = {name for name in IMPORTS[module]

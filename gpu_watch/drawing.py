@@ -7,11 +7,12 @@ its steps, slows down meanwhile. A separate process shares no GIL with training.
 
 Why one long-lived worker: it pays the imports of matplotlib and pandas (about a second of CPU)
 once per Python process, not once per `fit`, so loops that call `fit` many times (one epoch at a
-time, tuners, GAN and RL loops) pay a line written to a pipe per call. The worker runs at the
-lowest CPU priority, so it uses CPU that training leaves idle, and it ignores Ctrl-C, which stops
-the training but not the drawing of what was measured. It stays in the training's session: Linux
-schedules each session's processes as one group against the others ("autogroup"), and a session
-of its own would make the worker an equal of the training whatever its priority.
+time, tuners, GAN and RL loops) pay a line written to a pipe per call. The worker runs at a
+low CPU priority (`DRAWING_NICE`), so it uses CPU that training leaves idle, and it ignores
+Ctrl-C, which stops the training but not the drawing of what was measured. It stays in the
+training's session: Linux schedules each session's processes as one group against the others
+("autogroup"), and a session of its own would make the worker an equal of the training whatever
+its priority.
 
 It is started as ``python -m gpu_watch.drawing``, never through `multiprocessing`, whose "spawn"
 start would run the user's training script again as ``__mp_main__``. It reads one request per line
@@ -49,6 +50,10 @@ from gpu_watch.errors import GPUWatchWarning
 
 # A normal exit waits this long for pending drawings; after that the worker finishes them on its
 # own (it outlives the training process until its queue is empty).
+# The drawing process's niceness: low enough to leave the training the CPU it uses, not the
+# lowest: at 19 a process gets about 1.5 % of a core against one busy process, so on a machine
+# whose cores are all taken a figure of a second's CPU took over a minute; at 10, about 10 %.
+DRAWING_NICE = 10
 EXIT_WAIT_S = 60.0
 # Workers that end this many times in a row without answering (an interpreter that cannot run
 # ``-m gpu_watch.drawing``, say) make the figures be drawn on a thread instead.
@@ -495,7 +500,7 @@ def serve(requests: IO[bytes], answers: IO[str]) -> None:
 def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training; EOF ends this
     with contextlib.suppress(OSError, AttributeError):
-        os.nice(19)  # only the CPU training leaves idle
+        os.nice(DRAWING_NICE)
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # a library that prints must not garble the answers
     serve(sys.stdin.buffer, answers)

@@ -174,7 +174,7 @@ def test_the_drawing_process_yields_the_cpu_and_outlives_a_ctrl_c(tmp_path):
     painter = drawing.painter()
     assert painter.wait([painter.request(run.run_dir)], 60)
     worker = painter._process
-    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == drawing.DRAWING_NICE == 10
     # The training's session: under Linux's autogroup scheduling a session of its own would
     # weigh as much as the training, whatever the worker's priority.
     assert os.getsid(worker.pid) == os.getsid(0)

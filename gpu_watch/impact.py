@@ -406,6 +406,14 @@ def joules_text(joules: float) -> str:
     return f"{joules:.0f} J"
 
 
+# Causes whose cost is wall time the loop lost: what the time went to, and what would win it
+# back.
+_WALL_TIME_WORDS = {
+    "input_bound": ("training waited for data", "a pipeline that keeps up"),
+    "slow_callbacks": ("callbacks' batch hooks took", "cheaper or rarer hooks"),
+}
+
+
 def impact_sentence(code: str, impact: Impact, duration_s: float | None) -> str | None:
     """One sentence for a reader: what the cause cost and what a fix could buy; None when
     nothing was measured."""
@@ -414,21 +422,14 @@ def impact_sentence(code: str, impact: Impact, duration_s: float | None) -> str 
     energy = (f", about {joules_text(impact.energy_lost_j)}"
               if impact.energy_lost_j is not None else "")
     lost = impact.wall_lost_s
-    if code == "input_bound" and lost is not None:
-        share = f"{lost / duration_s:.0%} of the run's time " if duration_s else ""
-        text = (f"training waited for data {share}({lost:.1f} of {duration_s:.1f} s) with the "
-                f"GPU idle{energy}")
+    words = _WALL_TIME_WORDS.get(code)
+    if words is not None and lost is not None:
+        spent, fix = words
+        share = (f"{lost / duration_s:.0%} of the run's time ({lost:.1f} of {duration_s:.1f} s)"
+                 if duration_s else f"{lost:.1f} s")
+        text = f"{spent} {share} with the GPU idle{energy}"
         if impact.speedup_bound_x is not None:
-            text += (f"; a pipeline that keeps up would make it up to "
-                     f"{impact.speedup_bound_x:.1f}x faster")
-        return f"{code}: {text}."
-    if code == "slow_callbacks" and lost is not None:
-        share = f"{lost / duration_s:.0%} of the run's time " if duration_s else ""
-        text = (f"callbacks' batch hooks took {share}({lost:.1f} of {duration_s:.1f} s) with "
-                f"the GPU idle{energy}")
-        if impact.speedup_bound_x is not None:
-            text += (f"; cheaper or rarer hooks would make it up to "
-                     f"{impact.speedup_bound_x:.1f}x faster")
+            text += f"; {fix} would make it up to {impact.speedup_bound_x:.1f}x faster"
         return f"{code}: {text}."
     text = f"{seconds_text(impact.gpu_idle_s or 0.0)} of GPU time left idle{energy}"
     if impact.speedup_measured_x is not None:

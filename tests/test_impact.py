@@ -561,3 +561,12 @@ def test_readings_written_before_step_0_s_row_count_once_it_comes():
     assert racing.usage(2.0) == in_order.usage(2.0)
     use = racing.usage(2.0).gpus[0]["judged"]
     assert (use.measured_s, use.idle_s) == (1.0, 0.5)
+
+
+def test_a_wall_time_cost_reads_in_seconds_where_the_run_s_duration_is_unknown():
+    impact = Impact(wall_lost_s=2.0, gpu_idle_s=2.0, speedup_bound_x=1.5)
+    assert impact_sentence("slow_callbacks", impact, None) == (
+        "slow_callbacks: callbacks' batch hooks took 2.0 s with the GPU idle; cheaper or rarer "
+        "hooks would make it up to 1.5x faster.")
+    assert impact_sentence("input_bound", impact, 4.0).startswith(
+        "input_bound: training waited for data 50% of the run's time (2.0 of 4.0 s) with")

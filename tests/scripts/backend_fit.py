@@ -31,8 +31,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from on_gpu import step_0_on_a_gpu  # beside this script
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 PACKAGE_DIR = str(Path(sys.modules["gpu_watch"].__file__).parent)
@@ -84,38 +85,21 @@ def in_a_cpu_scope(log_dir: str, x, y) -> dict:
 
 def starved(log_dir: str, x, y) -> dict:
     """A slow generator feeds a training whose step 0 ran on an idle (simulated) GPU."""
-    real = type(placement.probe_for(keras.backend.backend()))
-
-    class OnGPU(real):
-        def framework_gpus(self):
-            return ["gpu:0"]
-
-        def cuda_build(self):
-            return True
-
-        def after_first_step(self, model, logs):
-            return {**super().after_first_step(model, logs), "compute_on_gpu": True}
-
     def slow():
         while True:
             for i in range(0, SAMPLES, BATCH):
                 time.sleep(0.03)
                 yield x[i:i + BATCH], y[i:i + BATCH]
 
-    probe_for = placement.probe_for
-    placement.probe_for = lambda backend: OnGPU()
     # A starved training still runs a few kernels: NVML has a sample of it (2 %) from the
     # first reading, so its own use decides (an idle process without one reads 0 % only after
     # nvml.PROC_UTIL_QUIET_S, longer than this run).
     starving = FakeProcess(used_mib=9, sm_util_pct=2)
-    try:
-        watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02,
-                         nvml=FakeNVML([FakeGPU(util_pct=2, processes=[starving])]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", GPUWatchWarning)
-            build().fit(slow(), epochs=1, steps_per_epoch=24, verbose=0, callbacks=[watch])
-    finally:
-        placement.probe_for = probe_for
+    watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, interval_s=0.02,
+                     nvml=FakeNVML([FakeGPU(util_pct=2, processes=[starving])]))
+    with warnings.catch_warnings(), step_0_on_a_gpu():
+        warnings.simplefilter("ignore", GPUWatchWarning)
+        build().fit(slow(), epochs=1, steps_per_epoch=24, verbose=0, callbacks=[watch])
     run = load_run(watch.run_dir)
     return {"verdict": run.verdict, "data": run.info["data"], "causes": run.causes}
 

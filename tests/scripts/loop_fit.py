@@ -15,12 +15,12 @@ import json
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 
 import keras
 import numpy as np
+from on_gpu import step_0_on_a_gpu  # beside this script
 
-from gpu_watch import GPUWatch, load_run, placement
+from gpu_watch import GPUWatch, load_run
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 SAMPLES, BATCH, EPOCHS = 128, 16, 3
@@ -53,29 +53,6 @@ def build() -> keras.Model:
                               keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     return model
-
-
-@contextmanager
-def step_0_on_a_gpu():
-    """The placement probe reports step 0 on a GPU (the simulated one is idle)."""
-    real = type(placement.probe_for(keras.backend.backend()))
-
-    class OnGPU(real):
-        def framework_gpus(self):
-            return ["gpu:0"]
-
-        def cuda_build(self):
-            return True
-
-        def after_first_step(self, model, logs):
-            return {**super().after_first_step(model, logs), "compute_on_gpu": True}
-
-    probe_for = placement.probe_for
-    placement.probe_for = lambda backend: OnGPU()
-    try:
-        yield
-    finally:
-        placement.probe_for = probe_for
 
 
 def fit(log_dir: str, data: dict, callbacks=(), nvml=None) -> dict:

@@ -130,7 +130,12 @@ def test_the_straggler_alert_names_the_slow_rank_and_a_balanced_pair_raises_none
     assert ("GPUWatchStraggler", "1") in straggler_alerts, seen
     assert not {a for a in seen[straggler_job]
                 if a[0] == "GPUWatchStraggler" and a[1] != "1"}, seen
-    assert not {a for a in seen[straggler_job] if a[0] == "GPUWatchSlowRank"}, seen
+    # The rank held at the barrier keeps the slow one's pace: SlowRank never fires for it. In
+    # the first seconds, with `for:` cut to 1 s and 4 s windows, step 0 (rank 0's includes the
+    # wait at the barrier for rank 1's first slow batch) can briefly tip one rank's pace into
+    # `pending`; the full `for:` of the shipped rule outlasts that.
+    assert not {a for a in seen[straggler_job]
+                if a[0] == "GPUWatchSlowRank" and a[2] == "firing"}, seen
     # The balanced pair was judged (both ranks had a recent wait share) and raised nothing but
     # the truth that it trains on this machine's CPU.
     assert balanced_ranks_rated == {"0", "1"}

@@ -82,6 +82,11 @@ class LoopClock:
         self._put_count = 0  # items handed to the waiting thread (training thread only)
         self._done_count = 0  # and dealt with (waiting thread only)
         self._watcher: threading.Thread | None = None
+        # What the waiting thread saw, in order: (step, when its outputs existed), or an epoch's
+        # begin. The training thread turns them into steps (`_drain`): the waiting thread takes
+        # Python's lock once a step, for a few lines, and the timeline is fed from one thread.
+        self._timed: deque[tuple[Any, float]] = deque()
+        self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
 
     # -- the training thread ---------------------------------------------------------------------
@@ -115,6 +120,7 @@ class LoopClock:
         if self.device_done is not None and outputs is not None:
             self._mark = entered_s
             self._put(_Dispatched(first, batch, begin, entered_s, fetches, outputs))
+            self._drain()
             return None
         mark = self._mark
         inside = outside = 0.0
@@ -162,8 +168,10 @@ class LoopClock:
         while self._done_count < self._put_count:
             if time.monotonic() >= deadline or self._watcher is None \
                     or not self._watcher.is_alive():
+                self._drain()
                 return False
             time.sleep(SETTLE_POLL_S)
+        self._drain()
         return True
 
     def close(self) -> None:
@@ -180,14 +188,29 @@ class LoopClock:
             if item is _STOP:
                 return
             if isinstance(item, _EpochBegin):
-                self._device_free = item.t
+                self._timed.append((item, item.t))
             else:
                 try:
                     self.device_done(item.outputs)
                 except Exception as exc:  # a step that failed on the device: timed as dispatched
                     self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
-                self._sink([self._device_step(item, max(self.now(), item.entered))])
+                self._timed.append((item, self.now()))
             self._done_count += 1
+
+    def _drain(self) -> None:
+        """Turn what the waiting thread timed so far into steps, in order, and hand them on."""
+        if not self._timed:
+            return
+        steps = []
+        with self._drain_lock:
+            while self._timed:
+                item, done = self._timed.popleft()
+                if isinstance(item, _EpochBegin):
+                    self._device_free = done
+                else:
+                    steps.append(self._device_step(item, max(done, item.entered)))
+        if steps:
+            self._sink(steps)
 
     def _device_step(self, item: _Dispatched, done: float) -> Step:
         """A step timed from the device's side: it ran from when the device was free and the

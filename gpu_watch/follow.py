@@ -1,16 +1,15 @@
 """Following a run folder while another process writes it: what `gpu-watch watch` shows.
 
-It reads only the run folder, never NVML or the training: `run.json` (replaced atomically by its
-writer) whole at each poll, and the rows appended to `samples.csv` and `batches.csv` since the
-last poll. A row whose end has not been written yet (a torn last line) waits for the next poll;
-a file that shrinks was rewritten and is read again from its start. The run may belong to
-another process or user, or be finished already.
+It reads only the run folder, through `runlog` (the one reader of its files), never NVML or the
+training: `run.json` (replaced atomically by its writer) whole at each poll, and the rows
+appended to `samples.csv` and `batches.csv` since the last poll. A row whose end has not been
+written yet (a torn last line) waits for the next poll; a file that shrinks was rewritten and is
+read again from its start. The run may belong to another process or user, or be finished
+already.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import socket
@@ -24,7 +23,6 @@ from gpu_watch import runlog
 from gpu_watch.usage import unjudged_fallback_pct
 
 WINDOW_S = 120.0  # seconds of readings kept per GPU, for the sparklines
-TAIL_BYTES = 4 << 20  # a long run's files are read from this far before their end
 RATE_WINDOW_S = 20.0  # steps per second: over this much training time
 # A run written on another host (a shared file system) cannot have its writer checked: it counts
 # as running while rows keep coming (they reach the disk every 2 s) and `run.json` says so.
@@ -39,50 +37,6 @@ def _float(text: str | None) -> float:
         return float(text)
     except ValueError:
         return math.nan
-
-
-class TailReader:
-    """The complete rows appended to a CSV file since the last `read`.
-
-    Args:
-        path: The CSV file (it may not exist yet).
-        tail_bytes: On the first read, a file longer than this is read from this far before
-            its end (the rows before are older than anything shown).
-    """
-
-    def __init__(self, path: Path, tail_bytes: int = TAIL_BYTES) -> None:
-        self.path = path
-        self.tail_bytes = tail_bytes
-        self.offset = 0
-        self.columns: list[str] | None = None
-        self.torn = False  # whether the last read left an unfinished row for later
-
-    def read(self) -> list[dict[str, str]]:
-        """New complete rows as dicts (column -> cell text); [] when nothing new."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return []
-        if size < self.offset:  # rewritten (its header widened): read it again
-            self.offset, self.columns = 0, None
-        with open(self.path, "rb") as handle:
-            if self.columns is None:
-                header = handle.readline()
-                if not header.endswith(b"\n"):
-                    return []
-                self.columns = next(csv.reader([header.decode("utf-8", "replace")]))
-                self.offset = max(len(header), size - self.tail_bytes)
-                if self.offset > len(header):  # skip the partial row the jump landed in
-                    handle.seek(self.offset - 1)
-                    self.offset += len(handle.readline()) - 1
-            handle.seek(self.offset)
-            data = handle.read(max(0, size - self.offset))
-        end = data.rfind(b"\n") + 1
-        self.torn = end < len(data)
-        self.offset += end
-        lines = data[:end].decode("utf-8", "replace").splitlines()
-        columns = self.columns
-        return [dict(zip(columns, row, strict=False)) for row in csv.reader(lines) if row]
 
 
 @dataclass
@@ -172,8 +126,8 @@ class RunFollower:
         self.clock = clock
         self.info: dict[str, Any] | None = None
         self._gpus: dict[int, GPUView] = {}
-        self._samples = TailReader(self.run_dir / runlog.SAMPLES_CSV)
-        self._batches = TailReader(self.run_dir / runlog.BATCHES_CSV)
+        self._samples = runlog.TailReader(self.run_dir / runlog.SAMPLES_CSV)
+        self._batches = runlog.TailReader(self.run_dir / runlog.BATCHES_CSV)
         self._steps: deque = deque()  # (time_s, steps) of recent batch rows
         self._elapsed_s: float | None = None
         self._epochs_size = -1
@@ -228,26 +182,16 @@ class RunFollower:
             f"{self.run_dir}: the run folder disappeared while being watched")
 
     def _read_info(self) -> None:
-        meta = self.run_dir / runlog.RUN_JSON
         try:
-            text = meta.read_text()
-        except FileNotFoundError:
-            if self.info is not None:
+            info = runlog.read_info(self.run_dir)
+        except runlog.RunFolderError:
+            if self.info is None:
+                if not self.run_dir.is_dir():
+                    raise runlog.RunFolderError(f"{self.run_dir}: no such folder") from None
+                raise
+            if not (self.run_dir / runlog.RUN_JSON).exists():
                 raise self._gone() from None
-            if not self.run_dir.is_dir():
-                raise runlog.RunFolderError(f"{self.run_dir}: no such folder") from None
-            raise runlog.RunFolderError(
-                f"{self.run_dir}: not a gpu-watch run folder (no {runlog.RUN_JSON})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise runlog.RunFolderError(f"{meta}: cannot be read ({exc})") from None
-        try:
-            info = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if self.info is not None:
-                return  # replaced atomically, so this is not its writer: keep the last one
-            raise runlog.RunFolderError(f"{meta}: not valid JSON ({exc})") from None
-        if not isinstance(info, dict) or "schema_version" not in info:
-            raise runlog.RunFolderError(f"{meta}: not written by gpu-watch (no schema_version)")
+            return  # replaced atomically, so not by its writer: keep the last one read
         self.info = info
         for device in info.get("devices") or []:
             try:
@@ -291,10 +235,8 @@ class RunFollower:
             return
         if size == self._epochs_size:
             return
-        data = path.read_bytes()
+        self._epochs = runlog.read_whole_rows(path)
         self._epochs_size = size
-        data = data[: data.rfind(b"\n") + 1]
-        self._epochs = list(csv.DictReader(data.decode("utf-8", "replace").splitlines()))
 
     def _rate(self) -> float | None:
         if len(self._steps) < 2:

@@ -195,6 +195,8 @@ class Monitor:
         """Keras' end hook of `batch`; returns whether step 0 ended with it (the first end hook
         to run, where the loop clock times the steps)."""
         if self.loop_clock.attached:
+            if self._first_end_seen:  # every end hook but the first: no lock to take
+                return False
             with self._lock:
                 first, self._first_end_seen = not self._first_end_seen, True
             return first

@@ -407,21 +407,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunFolderError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: not a folder (expected a gpu-watch run folder)")
-    meta = folder / RUN_JSON
-    if not meta.is_file():
-        raise RunFolderError(f"{folder}: not a gpu-watch run folder (no {RUN_JSON})")
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"{meta}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or "schema_version" not in info:
-        raise RunFolderError(f"{meta}: not written by gpu-watch (no schema_version)")
-    version = info["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise RunFolderError(
-            f"{meta}: schema version {version!r} is newer than this gpu-watch reads "
-            f"({SCHEMA_VERSION}); upgrade gpu-watch"
-        )
+    info = read_info(folder)
     warnings: list[str] = []
     frames = {}
     for name, columns in (
@@ -432,6 +418,95 @@ def load_run(path: str | os.PathLike) -> Run:
         frames[name] = _read_csv(folder / name, columns, warnings, pd)
     return Run(folder, info, frames[SAMPLES_CSV], frames[BATCHES_CSV], frames[EPOCHS_CSV],
                warnings)
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    """`run.json` of the run folder `folder`, checked to be gpu-watch's, of a schema this
+    version reads.
+
+    Raises:
+        RunFolderError: No `run.json` there, or one that cannot be read, is not JSON, is not
+            gpu-watch's or is newer than this version; the message says which.
+    """
+    meta = folder / RUN_JSON
+    try:
+        text = meta.read_text()
+    except FileNotFoundError:
+        raise RunFolderError(f"{folder}: not a gpu-watch run folder (no {RUN_JSON})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{meta}: cannot be read ({exc})") from None
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{meta}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or "schema_version" not in info:
+        raise RunFolderError(f"{meta}: not written by gpu-watch (no schema_version)")
+    version = info["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunFolderError(
+            f"{meta}: schema version {version!r} is newer than this gpu-watch reads "
+            f"({SCHEMA_VERSION}); upgrade gpu-watch"
+        )
+    return info
+
+
+TAIL_BYTES = 4 << 20  # a live run's long CSV files are first read from this far before their end
+
+
+class TailReader:
+    """The complete rows appended to one of a live run's CSV files since the last `read`
+    (`gpu-watch watch` follows a run with these).
+
+    Args:
+        path: The CSV file (it may not exist yet).
+        tail_bytes: On the first read, a file longer than this is read from this far before
+            its end (the rows before are older than anything a live view shows).
+    """
+
+    def __init__(self, path: Path, tail_bytes: int = TAIL_BYTES) -> None:
+        self.path = path
+        self.tail_bytes = tail_bytes
+        self.offset = 0
+        self.columns: list[str] | None = None
+        self.torn = False  # whether the last read left an unfinished row for later
+
+    def read(self) -> list[dict[str, str]]:
+        """New complete rows as dicts (column -> cell text); [] when nothing new."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:  # rewritten (its header widened): read it again
+            self.offset, self.columns = 0, None
+        with open(self.path, "rb") as handle:
+            if self.columns is None:
+                header = handle.readline()
+                if not header.endswith(b"\n"):
+                    return []
+                self.columns = next(csv.reader([header.decode("utf-8", "replace")]))
+                self.offset = max(len(header), size - self.tail_bytes)
+                if self.offset > len(header):  # skip the partial row the jump landed in
+                    handle.seek(self.offset - 1)
+                    self.offset += len(handle.readline()) - 1
+            handle.seek(self.offset)
+            data = handle.read(max(0, size - self.offset))
+        end = data.rfind(b"\n") + 1
+        self.torn = end < len(data)
+        self.offset += end
+        lines = data[:end].decode("utf-8", "replace").splitlines()
+        columns = self.columns
+        return [dict(zip(columns, row, strict=False)) for row in csv.reader(lines) if row]
+
+
+def read_whole_rows(path: Path) -> list[dict[str, str]]:
+    """A live run's CSV file as rows (column -> cell text), an unfinished last row left out.
+
+    Raises:
+        FileNotFoundError: There is no such file (yet).
+    """
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    return list(csv.DictReader(data.decode("utf-8", "replace").splitlines()))
 
 
 def _read_csv(path: Path, columns: Sequence[str], warnings: list[str], pd: Any) -> Any:

@@ -19,7 +19,8 @@ import pytest
 
 from gpu_watch import runlog
 from gpu_watch.cli import main
-from gpu_watch.follow import REMOTE_QUIET_S, RunFollower, TailReader, find_run, judged_util
+from gpu_watch.follow import REMOTE_QUIET_S, RunFollower, find_run, judged_util
+from gpu_watch.runlog import TailReader
 from gpu_watch.terminal import loop_line, run_watch_command, sparkline
 from tests.runfolders import synthetic_run
 

@@ -10,7 +10,6 @@ table that `gpu-watch report` prints and every rank's `report.html` shows.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import re
@@ -53,10 +52,8 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     bases: dict[str, set[str]] = {}
     for path in find_runs(log_dir):
         try:
-            info = json.loads((path / runlog.RUN_JSON).read_text())
-        except (OSError, ValueError):
-            info = None
-        if not isinstance(info, dict):
+            info = runlog.read_info(path)
+        except runlog.RunFolderError:
             info = {"verdict": "unreadable run.json"}
         match = RANK_NAME.fullmatch(path.name)
         if match and (info.get("world_size") or 2) > 1:

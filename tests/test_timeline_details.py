@@ -173,7 +173,7 @@ def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fra
 
 
 def test_the_wait_record_rounds_to_four_places():
-    wait = Wait(0.123456, "sampled_ticks", 1.234567, 2.345678, 20, 3)
+    wait = Wait(0.123456, "sampled_ticks", 1.234567, 2.345678, 20, 3, 0, 1.111111, 0.0)
     assert wait.to_dict() == {"fraction": 0.1235, "measure": "sampled_ticks", "wait_s": 1.2346,
                               "loop_s": 2.3457, "ticks": 20, "fetching_ticks": 3,
                               "producing_ticks": 0, "min_ticks": 20}

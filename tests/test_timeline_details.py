@@ -338,6 +338,12 @@ def test_a_gpu_never_judged_is_no_evidence_either_way():
     assert events[5].util_mean_pct == {0: 2.0}
 
 
+def test_the_counters_start_at_zero_before_any_step():
+    # They never go down (each is the largest seen so far), so a start above zero would stay.
+    assert Timeline([], 10.0, 60.0, 0.2).run_loop() == LoopTotals(
+        steps=0, step_s=0.0, wait_s=0.0, other_s=0.0, wait_fraction=None)
+
+
 def test_the_counters_count_step_0_and_split_a_sampled_loop_by_its_share():
     timed = Timeline([], 10.0, 60.0, 0.2)
     timed.begin_epoch(0)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.errors import swallowed
 from gpu_watch.steps import Step
 
 # How a step's wait for data was measured (`Wait.measure`, `epochs.csv` `wait_measure`).
@@ -267,31 +268,44 @@ class StackSampler:
     `timeline.DataTick`, or None when it cannot tell) and `sink` counts it.
 
     The look compares file names on the stacks and costs tens of microseconds; its cost beside
-    a training is measured by `benchmarks/wait_accuracy.py`.
+    a training is measured by `benchmarks/wait_accuracy.py`. A look that raises (a bug: the
+    monitor's look turns its own failures into None) ends the sampling, never the training;
+    the exception goes to `errors.swallowed` as "loop_clock.stacks".
+
+    Args:
+        look: What the input pipeline is doing now.
+        sink: Takes each tick that `look` returned.
+        rate_hz: Looks a second. Default `STACK_HZ`.
+        clock: Monotonic clock in seconds. Default `time.perf_counter`.
+        wait: Waits that many seconds, returning True when the sampling should end. Default:
+            the wait on `stop`'s event.
     """
 
     def __init__(self, look: Callable[[], Any], sink: Callable[[Any], Any],
-                 rate_hz: float = STACK_HZ) -> None:
+                 rate_hz: float = STACK_HZ, clock: Callable[[], float] = time.perf_counter,
+                 wait: Callable[[float], bool] | None = None) -> None:
         self._look = look
         self._sink = sink
         self._period_s = 1.0 / rate_hz
+        self._clock = clock
         self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
         self._thread = threading.Thread(target=self._run, name="gpu-watch-stacks", daemon=True)
         self.samples = 0
-        self.error: str | None = None
 
     def start(self) -> None:
         """Start sampling."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sampling and wait for the thread (at most a period or two)."""
+        """Stop sampling and wait for the thread, which ends after the look under way; a look
+        that hangs is waited for a second at most. Safe before `start` and from a look."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
-        next_t = time.perf_counter()
+        next_t = self._clock()
         while not self._stop.is_set():
             try:
                 tick = self._look()
@@ -299,14 +313,13 @@ class StackSampler:
                     self._sink(tick)
                     self.samples += 1
             except Exception as exc:  # a look that fails stops the sampling, never training
-                self.error = f"{type(exc).__name__}: {exc}"
+                swallowed("loop_clock.stacks", exc)
                 return
-            next_t += self._period_s
-            delay = next_t - time.perf_counter()
-            if delay < 0:  # fell behind (a busy machine): skip the missed looks, no burst
-                next_t = time.perf_counter()
-                delay = 0.0
-            if self._stop.wait(delay):
+            now = self._clock()
+            # Behind (a busy machine, a slow look): the missed looks are skipped, not made up
+            # in a burst that would weigh the slow moment more.
+            next_t = max(next_t + self._period_s, now)
+            if self._wait(next_t - now):
                 return
 
 

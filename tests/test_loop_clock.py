@@ -9,8 +9,10 @@ import time
 import pytest
 
 from gpu_watch import keras_internals
+from gpu_watch.errors import take_swallowed
 from gpu_watch.loop_clock import FETCH_TIMED, MAX_READY, READY_TIMED, LoopClock, StackSampler
 from gpu_watch.steps import Step
+from gpu_watch.testing import ManualClock
 from gpu_watch.timeline import DataTick
 
 
@@ -226,17 +228,115 @@ def test_the_stack_sampler_hands_each_look_on_until_stopped():
     assert len(seen) == count  # stopped: no look after
 
 
-def test_a_look_that_fails_stops_the_sampler_with_its_reason():
+def _scheduled(clock, looks_before_stop):
+    """A sampler's wait on `clock` (a `ManualClock`): it moves the clock on by the delay
+    asked, records it, and ends the sampling after `looks_before_stop` looks."""
+    delays: list[float] = []
+    ended = threading.Event()
+
+    def wait(seconds):
+        delays.append(seconds)
+        clock.advance(seconds)
+        if len(delays) == looks_before_stop:
+            ended.set()
+            return True
+        return False
+
+    return wait, delays, ended
+
+
+def test_the_stack_sampler_looks_a_hundred_times_a_second_on_a_daemon_thread():
+    clock = ManualClock(100.0)
+    looks = []
+
     def look():
+        looks.append((clock.now, threading.current_thread()))
+        return DataTick(True)
+
+    wait, delays, ended = _scheduled(clock, 3)
+    seen: list[DataTick] = []
+    sampler = StackSampler(look, seen.append, clock=clock, wait=wait)
+    sampler.start()
+    assert ended.wait(10.0)
+    sampler.stop()
+    assert [t for t, _ in looks] == pytest.approx([100.0, 100.01, 100.02])
+    assert delays == pytest.approx([0.01] * 3) and len(seen) == sampler.samples == 3
+    # Its own thread, one that never keeps the interpreter from exiting.
+    assert {(thread.name, thread.daemon) for _, thread in looks} == {("gpu-watch-stacks", True)}
+
+
+def test_a_stack_sampler_that_falls_behind_skips_the_missed_looks_instead_of_a_burst():
+    clock = ManualClock(0.0)
+    looks = []
+
+    def look():
+        looks.append(clock.now)
+        if len(looks) == 2:
+            clock.advance(0.035)  # a slow look: three and a half periods
+        return None  # could not tell: nothing counted
+
+    wait, delays, ended = _scheduled(clock, 4)
+    sampler = StackSampler(look, lambda tick: None, rate_hz=100.0, clock=clock, wait=wait)
+    sampler.start()
+    assert ended.wait(10.0)
+    sampler.stop()
+    # The looks due at 0.02, 0.03 and 0.04 are gone: one at once, then a period apart again.
+    assert looks == pytest.approx([0.0, 0.01, 0.045, 0.055])
+    assert delays == pytest.approx([0.01, 0.0, 0.01, 0.01]) and sampler.samples == 0
+
+
+def test_a_sampler_can_be_stopped_before_it_starts_and_from_its_own_look():
+    StackSampler(lambda: None, lambda tick: None).stop()  # never started: nothing to wait for
+    looked = threading.Event()
+    seen: list[DataTick] = []
+
+    def look():
+        looked.set()
+        sampler.stop()  # on the sampler's own thread, which cannot wait for itself
+        return DataTick(False)
+
+    sampler = StackSampler(look, seen.append)
+    sampler.start()
+    assert looked.wait(10.0)
+    sampler.stop()
+    assert seen == [DataTick(False)]  # the look under way is handed on, then no other
+
+
+def test_stopping_waits_a_second_at_most_for_a_look_that_hangs():
+    looking, released = threading.Event(), threading.Event()
+
+    def look():
+        looking.set()
+        released.wait(30.0)
+
+    sampler = StackSampler(look, lambda tick: None)
+    sampler.start()
+    assert looking.wait(10.0)
+    began = time.monotonic()
+    sampler.stop()
+    waited = time.monotonic() - began
+    released.set()
+    sampler.stop()  # the look is over: the thread ends at once
+    assert waited < 2.0
+
+
+def test_a_look_that_fails_ends_the_sampling_and_is_recorded_as_a_bug():
+    looks = []
+
+    def look():
+        looks.append(1)
         raise RuntimeError("stack gone")
 
     sampler = StackSampler(look, lambda tick: None, rate_hz=1000.0)
     sampler.start()
-    sampler.stop()
     deadline = time.monotonic() + 10.0
-    while sampler.error is None and time.monotonic() < deadline:
+    caught = []
+    while not caught and time.monotonic() < deadline:
+        caught = take_swallowed("loop_clock.stacks")
         time.sleep(0.005)
-    assert sampler.error == "RuntimeError: stack gone" and sampler.samples == 0
+    sampler.stop()
+    assert [s.error for s in caught] == ["RuntimeError: stack gone"]
+    assert looks == [1] and sampler.samples == 0
 
 
 # -- the wrappers ----------------------------------------------------------------------------

@@ -57,17 +57,23 @@ class LoopClock:
         now: The clock, seconds (e.g. `time.perf_counter`).
         t0: The clock's reading when training started.
         sink: Takes the steps as they end (the timeline counts them).
+        monotonic: The clock that bounds `settle`'s wait, seconds. Default `time.monotonic`.
+        sleep: Waits that many seconds between `settle`'s looks. Default `time.sleep`.
     """
 
     def __init__(self, now: Callable[[], float], t0: float,
-                 sink: Callable[[list[Step]], Any]) -> None:
+                 sink: Callable[[list[Step]], Any], *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.now = now
         self.t0 = t0
         self._sink = sink
+        self._monotonic = monotonic
+        self._sleep = sleep
         # Seconds spent in each callback's own batch hooks, by (position in the list, class
         # name): which callbacks spend the loop's time.
         self.hook_s: dict[tuple[int, str], float] = {}
-        self.attached = False  # the callback list's hooks are wrapped: stamps come from here
+        self.attached: bool = False  # the callback list's hooks are wrapped: stamps come from here
         self.measure: str | None = None  # FETCH_TIMED or READY_TIMED once a fetch probe attached
         self.ready_lost: str | None = None  # why the ready stamps stopped matching the steps
         self._mark: float | None = None  # end of the last step, or the epoch's begin
@@ -159,12 +165,13 @@ class LoopClock:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
-        deadline = time.monotonic() + timeout_s
+        deadline = self._monotonic() + timeout_s
         while self._done_count < self._put_count:
-            if time.monotonic() >= deadline or self._watcher is None \
-                    or not self._watcher.is_alive():
+            # A step was handed over, so the waiting thread exists; one that died (its sink
+            # raised) times nothing more.
+            if self._monotonic() >= deadline or not self._watcher.is_alive():
                 return False
-            time.sleep(SETTLE_POLL_S)
+            self._sleep(SETTLE_POLL_S)
         return True
 
     def close(self) -> None:
@@ -239,7 +246,7 @@ class LoopClock:
                 self.ready_lost = ("a step took a batch its source had not made ready: the "
                                    "source seen is not the one the training reads")
             return None
-        asked = last = 0.0
+        asked = last = begin  # no batch taken (an end that names an earlier batch): no wait
         for _ in range(batches):
             asked, last = ready.popleft()
         return min(max(0.0, last - max(begin, asked)), end - begin)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.errors import swallowed
 from gpu_watch.steps import Step
 
 # How a step's wait for data was measured (`Wait.measure`, `epochs.csv` `wait_measure`).
@@ -56,17 +57,23 @@ class LoopClock:
         now: The clock, seconds (e.g. `time.perf_counter`).
         t0: The clock's reading when training started.
         sink: Takes the steps as they end (the timeline counts them).
+        monotonic: The clock that bounds `settle`'s wait, seconds. Default `time.monotonic`.
+        sleep: Waits that many seconds between `settle`'s looks. Default `time.sleep`.
     """
 
     def __init__(self, now: Callable[[], float], t0: float,
-                 sink: Callable[[list[Step]], Any]) -> None:
+                 sink: Callable[[list[Step]], Any], *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.now = now
         self.t0 = t0
         self._sink = sink
+        self._monotonic = monotonic
+        self._sleep = sleep
         # Seconds spent in each callback's own batch hooks, by (position in the list, class
         # name): which callbacks spend the loop's time.
         self.hook_s: dict[tuple[int, str], float] = {}
-        self.attached = False  # the callback list's hooks are wrapped: stamps come from here
+        self.attached: bool = False  # the callback list's hooks are wrapped: stamps come from here
         self.measure: str | None = None  # FETCH_TIMED or READY_TIMED once a fetch probe attached
         self.ready_lost: str | None = None  # why the ready stamps stopped matching the steps
         self._mark: float | None = None  # end of the last step, or the epoch's begin
@@ -145,7 +152,7 @@ class LoopClock:
         step = Step(first, batch, begin - self.t0, entered_s - self.t0, wait, None,
                     compute_s=compute, other_s=other,
                     measure=self.measure if wait is not None else None)
-        self._sink([step])
+        self._hand_on([step])
         return step
 
     # -- steps dispatched ahead of the device ------------------------------------------------------
@@ -164,13 +171,14 @@ class LoopClock:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
-        deadline = time.monotonic() + timeout_s
+        deadline = self._monotonic() + timeout_s
         while self._done_count < self._put_count:
-            if time.monotonic() >= deadline or self._watcher is None \
-                    or not self._watcher.is_alive():
+            # A step was handed over, so the waiting thread exists; one that died times
+            # nothing more.
+            if self._monotonic() >= deadline or not self._watcher.is_alive():
                 self._drain()
                 return False
-            time.sleep(SETTLE_POLL_S)
+            self._sleep(SETTLE_POLL_S)
         self._drain()
         return True
 
@@ -210,7 +218,15 @@ class LoopClock:
                 else:
                     steps.append(self._device_step(item, max(done, item.entered)))
         if steps:
+            self._hand_on(steps)
+
+    def _hand_on(self, steps: list[Step]) -> None:
+        # On the training thread: a bug past the clock is recorded and its steps are lost; the
+        # training goes on.
+        try:
             self._sink(steps)
+        except Exception as exc:
+            swallowed("loop_clock.sink", exc)
 
     def _device_step(self, item: _Dispatched, done: float) -> Step:
         """A step timed from the device's side: it ran from when the device was free and the
@@ -261,7 +277,7 @@ class LoopClock:
                 self.ready_lost = ("a step took a batch its source had not made ready: the "
                                    "source seen is not the one the training reads")
             return None
-        asked = last = 0.0
+        asked = last = begin  # no batch taken (an end that names an earlier batch): no wait
         for _ in range(batches):
             asked, last = ready.popleft()
         return min(max(0.0, last - max(begin, asked)), end - begin)
@@ -290,31 +306,44 @@ class StackSampler:
     `timeline.DataTick`, or None when it cannot tell) and `sink` counts it.
 
     The look compares file names on the stacks and costs tens of microseconds; its cost beside
-    a training is measured by `benchmarks/wait_accuracy.py`.
+    a training is measured by `benchmarks/wait_accuracy.py`. A look that raises (a bug: the
+    monitor's look turns its own failures into None) ends the sampling, never the training;
+    the exception goes to `errors.swallowed` as "loop_clock.stacks".
+
+    Args:
+        look: What the input pipeline is doing now.
+        sink: Takes each tick that `look` returned.
+        rate_hz: Looks a second. Default `STACK_HZ`.
+        clock: Monotonic clock in seconds. Default `time.perf_counter`.
+        wait: Waits that many seconds, returning True when the sampling should end. Default:
+            the wait on `stop`'s event.
     """
 
     def __init__(self, look: Callable[[], Any], sink: Callable[[Any], Any],
-                 rate_hz: float = STACK_HZ) -> None:
+                 rate_hz: float = STACK_HZ, clock: Callable[[], float] = time.perf_counter,
+                 wait: Callable[[float], bool] | None = None) -> None:
         self._look = look
         self._sink = sink
         self._period_s = 1.0 / rate_hz
+        self._clock = clock
         self._stop = threading.Event()
+        self._wait = wait if wait is not None else self._stop.wait
         self._thread = threading.Thread(target=self._run, name="gpu-watch-stacks", daemon=True)
         self.samples = 0
-        self.error: str | None = None
 
     def start(self) -> None:
         """Start sampling."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sampling and wait for the thread (at most a period or two)."""
+        """Stop sampling and wait for the thread, which ends after the look under way; a look
+        that hangs is waited for a second at most. Safe before `start` and from a look."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
-        next_t = time.perf_counter()
+        next_t = self._clock()
         while not self._stop.is_set():
             try:
                 tick = self._look()
@@ -322,14 +351,13 @@ class StackSampler:
                     self._sink(tick)
                     self.samples += 1
             except Exception as exc:  # a look that fails stops the sampling, never training
-                self.error = f"{type(exc).__name__}: {exc}"
+                swallowed("loop_clock.stacks", exc)
                 return
-            next_t += self._period_s
-            delay = next_t - time.perf_counter()
-            if delay < 0:  # fell behind (a busy machine): skip the missed looks, no burst
-                next_t = time.perf_counter()
-                delay = 0.0
-            if self._stop.wait(delay):
+            now = self._clock()
+            # Behind (a busy machine, a slow look): the missed looks are skipped, not made up
+            # in a burst that would weigh the slow moment more.
+            next_t = max(next_t + self._period_s, now)
+            if self._wait(next_t - now):
                 return
 
 

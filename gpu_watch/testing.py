@@ -752,8 +752,9 @@ def _mig_enabled(handle: _Handle) -> bool:
 
 
 # Where only a bug can make an exception: the sampler's tick pipeline, the exporters' jobs, the
-# live line (a closed notebook raises nothing of its own kind: it is a bug too).
-STRICT_PLACES = ("sampler", "export", "live")
+# live line (a closed notebook raises nothing of its own kind: it is a bug too), the stack
+# sampler's look (the monitor's look turns its own failures into None).
+STRICT_PLACES = ("sampler", "export", "live", "loop_clock")
 
 
 class SwallowedError(AssertionError):

@@ -154,9 +154,9 @@ class Wait:
     loop_s: float
     ticks: int
     fetching_ticks: int
-    producing_ticks: int = 0
-    compute_s: float = 0.0
-    other_s: float = 0.0
+    producing_ticks: int
+    compute_s: float
+    other_s: float
 
     @property
     def other_fraction(self) -> float | None:

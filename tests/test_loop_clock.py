@@ -9,15 +9,18 @@ import time
 import pytest
 
 from gpu_watch import keras_internals
-from gpu_watch.loop_clock import FETCH_TIMED, MAX_READY, READY_TIMED, LoopClock, StackSampler
+from gpu_watch.errors import take_swallowed
+from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock, StackSampler
 from gpu_watch.steps import Step
+from gpu_watch.testing import ManualClock
 from gpu_watch.timeline import DataTick
 
 
 def clock(measure=None, t0=0.0):
     steps: list[Step] = []
     c = LoopClock(lambda: 0.0, t0, steps.extend)
-    c.measure = measure
+    if measure is not None:  # else as a clock with no fetch probe attached has it
+        c.measure = measure
     return c, steps
 
 
@@ -70,6 +73,29 @@ def test_an_end_whose_begin_was_not_seen_is_a_step_of_no_time():
     step = c.end(3, 2.0)
     assert (step.first_batch, step.last_batch, step.begin_s, step.end_s) == (3, 3, 2.0, 2.0)
     assert (step.compute_s, step.other_s) == (0.0, 2.0)
+    c.begin(4, 2.5)
+    c.end(4, 3.0)
+    step = c.end(5, 3.5)  # a begin is used once: the next end without one has none either
+    assert (step.first_batch, step.begin_s, step.compute_s, step.other_s) == (5, 3.5, 0.0, 0.5)
+
+
+def test_an_end_before_any_begin_hook_is_a_step_of_no_time_with_nothing_before_it():
+    c, _ = clock(FETCH_TIMED)
+    step = c.end(3, 2.0)  # attached mid-epoch: no epoch begin and no batch begin seen
+    assert step == Step(3, 3, 2.0, 2.0, 0.0, None, compute_s=0.0, other_s=None,
+                        measure=FETCH_TIMED)
+
+
+def test_each_fetch_counts_in_the_wait_whether_before_the_step_or_inside_it():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    c.fetched(0.0, 0.25)  # torch: pulled before the begin hooks
+    c.fetched(0.25, 0.5)
+    c.begin(0, 1.0)
+    c.fetched(1.0, 1.25)  # JAX: pulled inside the step, out of its compute
+    c.fetched(1.25, 1.5)
+    step = c.end(3, 2.0)  # steps_per_execution=4: one end hook for batches 0-3
+    assert (step.wait_s, step.compute_s, step.other_s) == (1.0, 0.5, 0.5)
 
 
 def test_a_batch_made_ready_after_the_step_began_is_waited_for_inside_it():
@@ -88,8 +114,8 @@ def test_a_batch_made_ready_after_the_step_began_is_waited_for_inside_it():
 def test_a_ready_stamp_never_gives_a_wait_longer_than_the_step():
     c, _ = clock(READY_TIMED)
     c.ready(9.0)
-    c.begin(0, 0.0)
-    assert c.end(0, 1.0).wait_s == 1.0
+    c.begin(0, 2.0)
+    assert c.end(0, 3.0).wait_s == 1.0
 
 
 def test_a_step_of_several_batches_waits_for_the_last_of_them():
@@ -101,11 +127,22 @@ def test_a_step_of_several_batches_waits_for_the_last_of_them():
     assert (step.steps, step.wait_s, step.compute_s) == (3, 0.5, 0.5)
 
 
+def test_an_end_that_names_an_earlier_batch_than_its_begin_takes_no_ready_batch():
+    c, _ = clock(READY_TIMED)
+    c.ready(1.5)
+    c.begin(1, 0.5)
+    assert c.end(0, 1.0).wait_s == 0.0  # hooks out of order: no batch taken, nothing raised
+    c.begin(2, 1.0)
+    assert c.end(2, 2.0).wait_s == 0.5  # the batch made ready is the next step's
+
+
 def test_a_step_that_took_a_batch_never_made_ready_stops_the_ready_measure():
     c, _ = clock(READY_TIMED)
     c.begin(0, 0.0)
-    assert c.end(0, 1.0).wait_s is None
-    assert c.ready_lost.startswith("a step took a batch its source had not made ready")
+    step = c.end(0, 1.0)
+    assert (step.wait_s, step.measure) == (None, None)  # no wait: no measure claimed
+    assert c.ready_lost == ("a step took a batch its source had not made ready: the source "
+                            "seen is not the one the training reads")
     c.ready(1.5)
     c.begin(1, 1.25)
     assert c.end(1, 2.0).wait_s is None  # once lost, not measured again
@@ -113,9 +150,12 @@ def test_a_step_that_took_a_batch_never_made_ready_stops_the_ready_measure():
 
 def test_a_source_that_makes_batches_no_step_takes_stops_the_ready_measure():
     c, _ = clock(READY_TIMED)
-    for _ in range(MAX_READY + 1):
+    for _ in range(10_000):
         c.ready(0.0)
-    assert c.ready_lost.startswith(f"more than {MAX_READY} batches were made ready")
+    assert c.ready_lost is None  # ten thousand batches ahead of the steps are still followed
+    c.ready(0.0)
+    assert c.ready_lost == ("more than 10000 batches were made ready that no step took: the "
+                            "source seen is not the one the training reads")
     c.begin(0, 0.0)
     assert c.end(0, 1.0).wait_s is None
 
@@ -132,11 +172,13 @@ def test_a_new_pass_of_the_source_drops_the_batches_no_step_took():
 
 def test_the_slowest_callbacks_come_first_and_add_up_per_callback():
     c, _ = clock()
+    c.add_hook_time((0, "Tiny"), 0.125)
     c.add_hook_time((1, "Logger"), 0.5)
     c.add_hook_time((2, "Meter"), 0.25)
     c.add_hook_time((1, "Logger"), 0.5)
-    c.add_hook_time((3, "Tiny"), 0.125)
-    assert c.slowest_hooks(2) == [("Logger", 1.0), ("Meter", 0.25)]
+    c.add_hook_time((3, "Slow"), 2.0)
+    assert c.slowest_hooks(2) == [("Slow", 2.0), ("Logger", 1.0)]
+    assert c.slowest_hooks() == [("Slow", 2.0), ("Logger", 1.0), ("Meter", 0.25)]  # three
 
 
 # -- steps dispatched ahead of the device (JAX) -----------------------------------------------
@@ -186,6 +228,154 @@ def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
     assert c.device_error is None and not c._watcher.is_alive()
 
 
+def test_a_step_dispatched_before_any_epoch_begin_is_timed_from_its_dispatch():
+    device = _Device()
+    steps: list[Step] = []
+    threads = []
+
+    def done(outputs):
+        threads.append(threading.current_thread())
+        outputs.wait()
+
+    c = LoopClock(device.now, 100.0, steps.extend)
+    c.measure = FETCH_TIMED
+    c.device_done = done
+    outputs = threading.Event()
+    c.begin(0, 100.0)  # attached mid-epoch: when the device finished its last step is unknown
+    c.fetched(100.0, 100.25)
+    c.end(1, 100.5, outputs)  # steps_per_execution=2: one end hook for batches 0-1
+    device.finish(c, outputs, at=101.0)
+    c.close()
+    # Dispatched once its batch was fetched; the fetch is its wait, nothing else is known.
+    assert steps == [Step(0, 1, 0.25, 1.0, 0.25, None, compute_s=0.75, other_s=None,
+                          measure=FETCH_TIMED)]
+    # Its own thread, one that never keeps the interpreter from exiting.
+    assert [(t.name, t.daemon) for t in threads] == [("gpu-watch-device-steps", True)]
+
+
+def test_a_step_timed_on_the_device_s_side_claims_no_measure_it_did_not_take():
+    steps: list[Step] = []
+    c = LoopClock(lambda: 1.0, 0.0, steps.extend)
+    c.measure = READY_TIMED  # ready stamps are matched on the training thread only
+    c.device_done = lambda outputs: None
+    c.epoch_begin(0.0)
+    c.begin(0, 0.25)
+    c.end(0, 0.5, object())
+    assert c.settle(10.0)
+    c.close()
+    assert [(s.wait_s, s.measure, s.compute_s, s.other_s) for s in steps] == [
+        (None, None, 0.75, 0.25)]
+
+
+def test_a_step_without_outputs_is_timed_at_once_from_the_dispatched_step_s_end():
+    c, _ = clock(FETCH_TIMED)
+    c.device_done = lambda outputs: None
+    c.epoch_begin(0.0)
+    c.begin(0, 0.0)
+    assert c.end(0, 1.0, object()) is None  # dispatched: timed on the device's side
+    c.begin(1, 1.25)
+    step = c.end(1, 2.0)  # no outputs to wait for (no logs): timed on the training thread
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.75, 0.0, 0.25)
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_without_a_device_to_wait_for_a_step_with_outputs_is_timed_at_once():
+    c, steps = clock()
+    c.begin(0, 0.5)
+    step = c.end(0, 1.0, {"loss": 1.0})
+    assert steps == [step] and (step.begin_s, step.end_s, step.compute_s) == (0.5, 1.0, 0.5)
+
+
+class _Polls:
+    """`settle`'s clock and sleep: each sleep moves the clock on at once by what it asked."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if len(self.sleeps) > 100_000:
+            raise AssertionError("settle never gives up")
+
+
+def test_a_device_that_never_finishes_is_waited_for_five_seconds_then_one_at_close():
+    polls = _Polls()
+    c = LoopClock(lambda: 0.0, 0.0, lambda steps: None, monotonic=polls.monotonic,
+                  sleep=polls.sleep)
+    released = threading.Event()
+    threads = []
+
+    def hung(outputs):
+        threads.append(threading.current_thread())
+        released.wait(30.0)
+
+    c.device_done = hung
+    c.epoch_begin(0.0)
+    c.begin(0, 0.0)
+    c.end(0, 1.0, object())
+    try:
+        assert c.settle() is False
+        # Looked at every millisecond, for five seconds (the clock here moves only by them).
+        assert set(polls.sleeps) == {0.001} and polls.now == pytest.approx(5.0, abs=0.002)
+        polls.sleeps.clear()
+        assert c.settle(0.0) is False and polls.sleeps == []  # no time left: no wait
+        began = time.monotonic()
+        c.close()  # settles (five seconds on this clock), then waits a second for the thread
+        waited = time.monotonic() - began
+        assert waited < 2.0 and threads[0].is_alive()  # it gave up on the hung device
+    finally:
+        released.set()
+    threads[0].join(10.0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_device_thread_that_died_is_not_waited_for():
+    polls = _Polls()
+    died = threading.Event()
+    main = threading.current_thread()
+
+    def now():
+        if threading.current_thread() is main:
+            return 0.0
+        died.set()
+        raise RuntimeError("a clock that fails on the waiting thread")
+
+    c = LoopClock(now, 0.0, lambda steps: None, monotonic=polls.monotonic, sleep=polls.sleep)
+    c.device_done = lambda outputs: None
+    c.begin(0, 0.0)
+    c.end(0, 1.0, object())
+    assert died.wait(10.0)
+    c._watcher.join(10.0)
+    assert c.settle() is False and polls.sleeps == []  # the step will never be timed
+
+
+def test_a_sink_that_raises_loses_its_steps_never_the_training():
+    threads = []
+
+    def sink(steps):
+        threads.append(threading.current_thread())
+        raise RuntimeError("a bug in the timeline")
+
+    c = LoopClock(lambda: 0.0, 0.0, sink)
+    c.begin(0, 0.0)
+    assert c.end(0, 1.0) is not None  # returned: the training's hook goes on
+    c.device_done = lambda outputs: None
+    c.begin(1, 1.0)
+    assert c.end(1, 2.0, object()) is None
+    assert c.settle(10.0)
+    c.close()
+    # Steps reach the sink on the training thread, the device's ones too.
+    assert threads == [threading.current_thread()] * 2
+    assert [s.error for s in take_swallowed("loop_clock.sink")] == [
+        "RuntimeError: a bug in the timeline"] * 2
+
+
 def test_a_step_the_device_failed_is_timed_as_handed_over_and_says_why():
     def failed(outputs):
         raise RuntimeError("XLA ran out of memory")
@@ -198,7 +388,8 @@ def test_a_step_the_device_failed_is_timed_as_handed_over_and_says_why():
     c.end(0, 0.5, object())
     assert c.settle(10.0)
     assert c.device_error == "RuntimeError: XLA ran out of memory"
-    assert [(s.end_s, s.compute_s, s.other_s) for s in steps] == [(0.5, 0.25, 0.25)]
+    assert [(s.end_s, s.compute_s, s.wait_s, s.other_s, s.measure) for s in steps] == [
+        (0.5, 0.25, None, 0.25, None)]  # no fetch timed: no wait
     c.close()
 
 
@@ -226,17 +417,115 @@ def test_the_stack_sampler_hands_each_look_on_until_stopped():
     assert len(seen) == count  # stopped: no look after
 
 
-def test_a_look_that_fails_stops_the_sampler_with_its_reason():
+def _scheduled(clock, looks_before_stop):
+    """A sampler's wait on `clock` (a `ManualClock`): it moves the clock on by the delay
+    asked, records it, and ends the sampling after `looks_before_stop` looks."""
+    delays: list[float] = []
+    ended = threading.Event()
+
+    def wait(seconds):
+        delays.append(seconds)
+        clock.advance(seconds)
+        if len(delays) == looks_before_stop:
+            ended.set()
+            return True
+        return False
+
+    return wait, delays, ended
+
+
+def test_the_stack_sampler_looks_a_hundred_times_a_second_on_a_daemon_thread():
+    clock = ManualClock(100.0)
+    looks = []
+
     def look():
+        looks.append((clock.now, threading.current_thread()))
+        return DataTick(True)
+
+    wait, delays, ended = _scheduled(clock, 3)
+    seen: list[DataTick] = []
+    sampler = StackSampler(look, seen.append, clock=clock, wait=wait)
+    sampler.start()
+    assert ended.wait(10.0)
+    sampler.stop()
+    assert [t for t, _ in looks] == pytest.approx([100.0, 100.01, 100.02])
+    assert delays == pytest.approx([0.01] * 3) and len(seen) == sampler.samples == 3
+    # Its own thread, one that never keeps the interpreter from exiting.
+    assert {(thread.name, thread.daemon) for _, thread in looks} == {("gpu-watch-stacks", True)}
+
+
+def test_a_stack_sampler_that_falls_behind_skips_the_missed_looks_instead_of_a_burst():
+    clock = ManualClock(0.0)
+    looks = []
+
+    def look():
+        looks.append(clock.now)
+        if len(looks) == 2:
+            clock.advance(0.035)  # a slow look: three and a half periods
+        return None  # could not tell: nothing counted
+
+    wait, delays, ended = _scheduled(clock, 4)
+    sampler = StackSampler(look, lambda tick: None, rate_hz=100.0, clock=clock, wait=wait)
+    sampler.start()
+    assert ended.wait(10.0)
+    sampler.stop()
+    # The looks due at 0.02, 0.03 and 0.04 are gone: one at once, then a period apart again.
+    assert looks == pytest.approx([0.0, 0.01, 0.045, 0.055])
+    assert delays == pytest.approx([0.01, 0.0, 0.01, 0.01]) and sampler.samples == 0
+
+
+def test_a_sampler_can_be_stopped_before_it_starts_and_from_its_own_look():
+    StackSampler(lambda: None, lambda tick: None).stop()  # never started: nothing to wait for
+    looked = threading.Event()
+    seen: list[DataTick] = []
+
+    def look():
+        looked.set()
+        sampler.stop()  # on the sampler's own thread, which cannot wait for itself
+        return DataTick(False)
+
+    sampler = StackSampler(look, seen.append)
+    sampler.start()
+    assert looked.wait(10.0)
+    sampler.stop()
+    assert seen == [DataTick(False)]  # the look under way is handed on, then no other
+
+
+def test_stopping_waits_a_second_at_most_for_a_look_that_hangs():
+    looking, released = threading.Event(), threading.Event()
+
+    def look():
+        looking.set()
+        released.wait(30.0)
+
+    sampler = StackSampler(look, lambda tick: None)
+    sampler.start()
+    assert looking.wait(10.0)
+    began = time.monotonic()
+    sampler.stop()
+    waited = time.monotonic() - began
+    released.set()
+    sampler.stop()  # the look is over: the thread ends at once
+    assert waited < 2.0
+
+
+def test_a_look_that_fails_ends_the_sampling_and_is_recorded_as_a_bug():
+    looks = []
+
+    def look():
+        looks.append(1)
         raise RuntimeError("stack gone")
 
     sampler = StackSampler(look, lambda tick: None, rate_hz=1000.0)
     sampler.start()
-    sampler.stop()
     deadline = time.monotonic() + 10.0
-    while sampler.error is None and time.monotonic() < deadline:
+    caught = []
+    while not caught and time.monotonic() < deadline:
+        caught = take_swallowed("loop_clock.stacks")
         time.sleep(0.005)
-    assert sampler.error == "RuntimeError: stack gone" and sampler.samples == 0
+    sampler.stop()
+    assert [s.error for s in caught] == ["RuntimeError: stack gone"]
+    assert looks == [1] and sampler.samples == 0
 
 
 # -- the wrappers ----------------------------------------------------------------------------
@@ -312,7 +601,7 @@ def test_a_list_without_the_hooks_is_not_wrapped_and_says_why():
     c, _ = clock()
     probed = keras_internals.attach_loop_clock(_Frame(callbacks=Odd()), c,
                                                keras_internals.Attachment())
-    assert probed.value is False and not c.attached
+    assert probed.value is False and c.attached is False
     assert probed.reason == "loop_clock: fit's 'callbacks' (Odd) has no method 'on_epoch_begin'"
     missing = keras_internals.attach_loop_clock(_Frame(), c, keras_internals.Attachment())
     assert missing.reason == "loop_clock: Keras' fit frame has no local 'callbacks'"
@@ -353,7 +642,7 @@ def test_a_tf_data_pipeline_has_no_fetch_to_time_and_says_why():
     c, _ = clock()
     probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
                                                 c, keras_internals.Attachment())
-    assert probed.value is None and c.measure is None
+    assert probed.value is None and c.measure is None  # the monitor samples stacks instead
     assert probed.reason.startswith("data_fetch: TensorFlow reads the TFDatasetAdapter's "
                                     "batches inside the step")
 

@@ -173,7 +173,7 @@ def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fra
 
 
 def test_the_wait_record_rounds_to_four_places():
-    wait = Wait(0.123456, "sampled_ticks", 1.234567, 2.345678, 20, 3)
+    wait = Wait(0.123456, "sampled_ticks", 1.234567, 2.345678, 20, 3, 0, 1.111111, 0.0)
     assert wait.to_dict() == {"fraction": 0.1235, "measure": "sampled_ticks", "wait_s": 1.2346,
                               "loop_s": 2.3457, "ticks": 20, "fetching_ticks": 3,
                               "producing_ticks": 0, "min_ticks": 20}
@@ -336,6 +336,12 @@ def test_a_gpu_never_judged_is_no_evidence_either_way():
     assert events[:5] == [None] * 5 and events[5] is not None and events[6] is None
     assert events[5].start_s == 0.2 and events[5].end_s == pytest.approx(0.3)
     assert events[5].util_mean_pct == {0: 2.0}
+
+
+def test_the_counters_start_at_zero_before_any_step():
+    # They never go down (each is the largest seen so far), so a start above zero would stay.
+    assert Timeline([], 10.0, 60.0, 0.2).run_loop() == LoopTotals(
+        steps=0, step_s=0.0, wait_s=0.0, other_s=0.0, wait_fraction=None)
 
 
 def test_the_counters_count_step_0_and_split_a_sampled_loop_by_its_share():

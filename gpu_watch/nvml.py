@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -546,22 +546,9 @@ class NVML:
         return reading
 
     def _recent_processes(self, device: Device, time_s: float) -> list[GPUProcess] | None:
-        """`device`'s process list, read anew every `process_interval_s` and reused between.
-
-        A failed read is not kept (the next reading tries again), and a time before the last
-        read (a new run's time axis) reads anew. A reading a few milliseconds early counts as
-        on time, as for GPM, or jitter would push every read a tick late.
-        """
-        key = (device.nvml_index, device.uuid)
-        last = self._listed.get(key)
-        if last is not None and 0 <= time_s - last[0] < 0.95 * self.process_interval_s:
-            return last[1]
-        procs = self.processes(device)
-        if procs is None:
-            self._listed.pop(key, None)
-        else:
-            self._listed[key] = (time_s, procs)
-        return procs
+        """`device`'s process list, read anew every `process_interval_s` and reused between."""
+        return _recent(self._listed, device, time_s, self.process_interval_s,
+                       lambda: self.processes(device))
 
     def process_utilization(self, device: Device, listed: set[int], time_s: float
                             ) -> dict[int, float | None] | None:
@@ -856,6 +843,27 @@ def _switched_off(disabled: set[tuple[str, int | None]],
     off = [{"metric": metric, "gpu": gpu} for metric, gpu in sorted(
         disabled, key=lambda key: (key[1] if key[1] is not None else -1, key[0]))]
     return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(lost)]
+
+
+def _recent(kept: dict[tuple[int, str], tuple[float, Any]], device: Device, time_s: float,
+            interval_s: float, read: Callable[[], Any]) -> Any:
+    """A slow read of `device`: `read()` anew every `interval_s` seconds, its last value, kept
+    in `kept` by device, reused between (None when it failed).
+
+    A failed read (None) is not kept (the next reading tries again), and a time before the last
+    read (a new run's time axis) reads anew. A reading a few milliseconds early counts as on
+    time, as for GPM, or jitter would push every read a tick late.
+    """
+    key = (device.nvml_index, device.uuid)
+    last = kept.get(key)
+    if last is not None and 0 <= time_s - last[0] < 0.95 * interval_s:
+        return last[1]
+    value = read()
+    if value is None:
+        kept.pop(key, None)
+    else:
+        kept[key] = (time_s, value)
+    return value
 
 
 def _with_cuda_index(device: Device, cuda_index: int) -> Device:

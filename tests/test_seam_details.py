@@ -30,9 +30,10 @@ def test_every_failing_field_is_recorded_under_its_metric_and_gpu(clock):
     r = nvml.read(device, 0.0)
     assert (r.util_pct, r.mem_used_mib, r.procs, r.proc_util_pct, r.power_w, r.temp_c,
             r.sm_clock_mhz, r.idle_clock_event, r.sm_active_pct, r.energy_counter_mj,
-            r.others, r.others_util_pct) == (None,) * 12
+            r.others, r.others_util_pct, r.ecc_corrected_errors, r.ecc_uncorrected_errors
+            ) == (None,) * 14
     metrics = ("uuid", "name", "minor_number", "memory", "util", "processes", "proc_util", "power",
-               "temperature", "sm_clock", "clock_events", "gpm", "energy")
+               "temperature", "sm_clock", "clock_events", "gpm", "energy", "ecc")
     assert faults(nvml) == {(m, "NVMLError_Unknown", 1) for m in metrics}
 
 
@@ -235,7 +236,8 @@ def gpm_session(*gpus, clock, interval_s=0.2, **fake_kw):
 
 def refused_on_mig(gpu):
     """What NVML refuses on a MIG instance, besides GPM."""
-    return {(metric, "NVMLError_NotSupported", gpu) for metric in ("util", "proc_util", "energy")}
+    refused = ("util", "proc_util", "energy", "ecc")
+    return {(metric, "NVMLError_NotSupported", gpu) for metric in refused}
 
 
 def read_twice(nvml, device, clock, gap_s=0.2):

@@ -197,6 +197,19 @@ def test_a_mig_instance_is_found_past_a_gpu_nvml_refuses():
     assert (device.nvml_index, device.cuda_index, device.name) == (1, 0, "MIG 3g.40gb")
 
 
+def test_a_gpu_s_ordinal_is_its_nvml_index_and_an_instance_has_its_parent_s_records(
+        monkeypatch):
+    """Without CUDA_VISIBLE_DEVICES the framework numbers the GPUs as NVML does; a MIG instance
+    has its parent GPU's host number and UUID, and its GPU instance id (the export's labels)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpus = mig_machine()
+    nvml = NVML(FakeNVML(gpus))
+    assert [d.cuda_index for d in nvml.devices()] == [0, 1]
+    (instance,) = nvml.devices(visible=MIG_UUID)
+    assert (instance.minor_number, instance.parent_uuid, instance.gpu_instance_id) == (
+        1, gpus[1].uuid, 3)
+
+
 def test_mig_lookups_that_fail_are_recorded_for_the_parent():
     instance = FakeGPU(uuid=MIG_UUID).fail("uuid", UNKNOWN)
     unreadable = NVML(FakeNVML([FakeGPU(mig_devices=[instance])]))

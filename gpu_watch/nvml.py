@@ -30,12 +30,12 @@ _CLOCK_SM = 1  # NVML_CLOCK_SM
 _CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
 _ECC_CORRECTED = 0  # NVML_MEMORY_ERROR_TYPE_CORRECTED
 _ECC_UNCORRECTED = 1  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED
-# NVML_VOLATILE_ECC: ECC errors since the driver loaded. The driver keeps its counts while any
-# client holds the GPU, and a watched training does (its NVML session, its CUDA context), so
-# they only grow for the life of the process: the monotonic counter OpenTelemetry's `hw.errors`
-# is, and on the time base of the energy counter (`hw.energy`), so a GPU's counters restart
-# together, at a driver load and nowhere else. The aggregate counts (NVML_AGGREGATE_ECC, the
-# device's whole life) would not restart at all, but would carry errors older than the driver.
+# NVML_VOLATILE_ECC, the counts since the driver loaded: the driver keeps them while any client
+# holds the GPU, and a watched training does (its NVML session, its CUDA context), so for the
+# life of the process they only grow, as OpenTelemetry's counter `hw.errors` must, and they
+# restart with the energy counter (`hw.energy`), at a driver load and nowhere else. The
+# aggregate counts (NVML_AGGREGATE_ECC, the device's whole life) never restart, but start with
+# errors from long before this training.
 _ECC_VOLATILE = 0
 _MAX_FAULTS = 200
 # NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).

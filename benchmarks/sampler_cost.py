@@ -4,9 +4,11 @@ The sampler's ticks (`Sampler.tick`: one `NVML.read` per GPU) run in real time a
 interval, in alternating rounds of two configurations side by side:
 
 - "default": as shipped. Utilization, memory, per-process SM utilization, power, temperature,
-  clocks and the energy counter at every tick; the process list and GPM samples once a second
-  (`NVML.process_interval_s`, `NVML.gpm_interval_s`); each process name once per PID.
-- "every tick": the process list and GPM at every tick too, as a sampler without slow reads.
+  clocks and the energy counter at every tick; the process list, the ECC error counts and GPM
+  samples once a second (`NVML.process_interval_s`, `NVML.ecc_interval_s`,
+  `NVML.gpm_interval_s`); each process name once per PID.
+- "every tick": the process list, the ECC counts and GPM at every tick too, as a sampler without
+  slow reads.
 
 A wrapper around the NVML bindings times every call the seam makes (CPU time of the calling
 thread: `time.thread_time_ns`, user and system, so time in the driver's ioctls counts) and counts
@@ -133,6 +135,7 @@ def measure(make_lib: Callable[[], Any], rounds: int, seconds: float,
                 costs.gpus = len(devices)
                 if config == "every tick":
                     nvml.process_interval_s = 0.0
+                    nvml.ecc_interval_s = 0.0
                     nvml.gpm_interval_s = interval_s
                 sampler = Sampler(nvml, devices, sink=lambda readings: None,
                                   interval_s=interval_s, t0=time.perf_counter())

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,15 @@ MIB = 1024 * 1024
 _TEMPERATURE_GPU = 0  # NVML_TEMPERATURE_GPU
 _CLOCK_SM = 1  # NVML_CLOCK_SM
 _CLOCK_EVENT_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle (formerly ...ThrottleReasonGpuIdle)
+_ECC_CORRECTED = 0  # NVML_MEMORY_ERROR_TYPE_CORRECTED
+_ECC_UNCORRECTED = 1  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+# NVML_VOLATILE_ECC, the counts since the driver loaded: the driver keeps them while any client
+# holds the GPU, and a watched training does (its NVML session, its CUDA context), so for the
+# life of the process they only grow, as OpenTelemetry's counter `hw.errors` must, and they
+# restart with the energy counter (`hw.energy`), at a driver load and nowhere else. The
+# aggregate counts (NVML_AGGREGATE_ECC, the device's whole life) never restart, but start with
+# errors from long before this training.
+_ECC_VOLATILE = 0
 _MAX_FAULTS = 200
 # NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).
 # With a process listed on a GPU, no sample of it for two of the longest periods means a whole
@@ -66,6 +75,10 @@ GPM_INTERVAL_S = 1.0
 # carries is at most a second old; the per-process utilization that decides the verdict is
 # still read at every tick, from NVML's own per-process samples.
 PROCESS_LIST_INTERVAL_S = 1.0
+# ECC error counts change only when the GPU's memory has an error: rarely. Read once a second, a
+# count is at most a second late, in a run's last export too, where an uncorrected error that
+# ends the training matters most.
+ECC_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,9 @@ class Reading:
     None when unknown. `judged_util_pct` is not NVML's: the timeline sets it to this training's
     utilization of the GPU as the verdicts judge it (see `usage.ReadingJudge`), and
     `fetching_data` and `producing_data` to what the input pipeline was doing at that tick
-    (see `timeline.DataTick`).
+    (see `timeline.DataTick`). `ecc_corrected_errors` and `ecc_uncorrected_errors` are the whole
+    GPU's ECC error counts since its driver loaded, read every `NVML.ecc_interval_s` (the
+    readings between carry the last counts read); None on a GPU without ECC.
     """
 
     time_s: float
@@ -160,6 +175,8 @@ class Reading:
     others: tuple[OtherProcess, ...] | None = None
     others_util_pct: float | None = None
     others_mem_mib: float | None = None
+    ecc_corrected_errors: int | None = None
+    ecc_uncorrected_errors: int | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +235,9 @@ class NVML:
         process_interval_s: Seconds between two reads of a device's process list (default
             :data:`PROCESS_LIST_INTERVAL_S`; 0 reads it at every reading). Readings between
             them carry the last list read.
+        ecc_interval_s: Seconds between two reads of a device's ECC error counts (default
+            :data:`ECC_INTERVAL_S`; 0 reads them at every reading). Readings between them carry
+            the last counts read.
 
     Example:
         >>> nvml = NVML()
@@ -230,6 +250,7 @@ class NVML:
 
     gpm_interval_s = GPM_INTERVAL_S
     process_interval_s = PROCESS_LIST_INTERVAL_S
+    ecc_interval_s = ECC_INTERVAL_S
 
     def __init__(self, lib: Any = None) -> None:
         self._lib = lib if lib is not None else pynvml
@@ -250,6 +271,8 @@ class NVML:
         # Per device (NVML index, UUID): when its process list was last read (the reading's
         # time) and the list.
         self._listed: dict[tuple[int, str], tuple[float, list[GPUProcess]]] = {}
+        # Likewise its ECC error counts: (corrected, uncorrected).
+        self._ecc: dict[tuple[int, str], tuple[float, tuple[int, int]]] = {}
         self._pid_listed = False
         self._all_devices: list[Device] | None = None
 
@@ -318,6 +341,7 @@ class NVML:
             self._error = None
             self._all_devices = None
             self._listed.clear()
+            self._ecc.clear()
 
     # -- the one function every query goes through ------------------------------------------------
 
@@ -541,27 +565,31 @@ class NVML:
         )
         if reasons is not None:
             reading.idle_clock_event = bool(int(reasons) & _CLOCK_EVENT_GPU_IDLE)
+        counts = _recent(self._ecc, device, time_s, self.ecc_interval_s,
+                         lambda: self._ecc_errors(device))
+        if counts is not None:
+            reading.ecc_corrected_errors, reading.ecc_uncorrected_errors = counts
         self._read_activity(device, reading)
         reading.lost = gpu in self._lost
         return reading
 
     def _recent_processes(self, device: Device, time_s: float) -> list[GPUProcess] | None:
-        """`device`'s process list, read anew every `process_interval_s` and reused between.
+        """`device`'s process list, read anew every `process_interval_s` and reused between."""
+        return _recent(self._listed, device, time_s, self.process_interval_s,
+                       lambda: self.processes(device))
 
-        A failed read is not kept (the next reading tries again), and a time before the last
-        read (a new run's time axis) reads anew. A reading a few milliseconds early counts as
-        on time, as for GPM, or jitter would push every read a tick late.
-        """
-        key = (device.nvml_index, device.uuid)
-        last = self._listed.get(key)
-        if last is not None and 0 <= time_s - last[0] < 0.95 * self.process_interval_s:
-            return last[1]
-        procs = self.processes(device)
-        if procs is None:
-            self._listed.pop(key, None)
-        else:
-            self._listed[key] = (time_s, procs)
-        return procs
+    def _ecc_errors(self, device: Device) -> tuple[int, int] | None:
+        """The whole GPU's ECC error counts since its driver loaded, (corrected, uncorrected):
+        `nvidia-smi -q`'s "ECC Errors", "Volatile", summed over the GPU's memories. None when
+        NVML cannot say: a GPU without ECC, or with it disabled (most GeForce cards), answers
+        ``NotSupported``, which switches the metric off; it never reads as 0 errors."""
+        corrected, uncorrected = (
+            self.query("ecc", device.nvml_index, "nvmlDeviceGetTotalEccErrors", device.handle,
+                       error_type, _ECC_VOLATILE)
+            for error_type in (_ECC_CORRECTED, _ECC_UNCORRECTED))
+        if corrected is None or uncorrected is None:
+            return None
+        return corrected, uncorrected
 
     def process_utilization(self, device: Device, listed: set[int], time_s: float
                             ) -> dict[int, float | None] | None:
@@ -725,13 +753,15 @@ class NVML:
                 self._disabled.add((name, gpu))
 
     def release_gpm(self, devices: Sequence[Device]) -> None:
-        """Free the GPM sample buffers of `devices` and forget their last process lists (the
-        sampler calls it when it stops).
+        """Free the GPM sample buffers of `devices` and forget their last process lists and
+        ECC counts (the sampler calls it when it stops).
 
-        The next reading of such a device starts afresh with new buffers and a new list.
+        The next reading of such a device starts afresh with new buffers, a new list and new
+        counts.
         """
         for device in devices:
             self._listed.pop((device.nvml_index, device.uuid), None)
+            self._ecc.pop((device.nvml_index, device.uuid), None)
             state = self._gpm.pop((device.nvml_index, device.uuid), None)
             if state is not None:
                 for sample in (state.previous, state.current):
@@ -856,6 +886,27 @@ def _switched_off(disabled: set[tuple[str, int | None]],
     off = [{"metric": metric, "gpu": gpu} for metric, gpu in sorted(
         disabled, key=lambda key: (key[1] if key[1] is not None else -1, key[0]))]
     return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(lost)]
+
+
+def _recent(kept: dict[tuple[int, str], tuple[float, Any]], device: Device, time_s: float,
+            interval_s: float, read: Callable[[], Any]) -> Any:
+    """A slow read of `device`: `read()` anew every `interval_s` seconds, its last value, kept
+    in `kept` by device, reused between (None when it failed).
+
+    A failed read (None) is not kept (the next reading tries again), and a time before the last
+    read (a new run's time axis) reads anew. A reading a few milliseconds early counts as on
+    time, as for GPM, or jitter would push every read a tick late.
+    """
+    key = (device.nvml_index, device.uuid)
+    last = kept.get(key)
+    if last is not None and 0 <= time_s - last[0] < 0.95 * interval_s:
+        return last[1]
+    value = read()
+    if value is None:
+        kept.pop(key, None)
+    else:
+        kept[key] = (time_s, value)
+    return value
 
 
 def _with_cuda_index(device: Device, cuda_index: int) -> Device:

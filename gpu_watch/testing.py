@@ -15,7 +15,9 @@ It offers the functions of ``pynvml`` that gpu-watch uses, with NVML's documente
   slots can be empty.
 - GPU Performance Monitoring (GPM) is served on Hopper-class fakes only, through NVML's own
   structures (``c_nvmlGpmMetricsGet_t``) with a return code per metric;
-- the energy counter counts millijoules since ``nvmlInit`` on Volta and newer.
+- the energy counter counts millijoules since ``nvmlInit`` on Volta and newer;
+- ECC error counts are unsigned and never go down, and a GPU without ECC (GeForce) or a MIG
+  instance answers ``NotSupported``.
 
 Pass it wherever gpu-watch accepts an NVML library::
 
@@ -79,6 +81,7 @@ FIELDS = {
     "gpm": ("nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet", "nvmlGpmMigSampleGet",
             "nvmlGpmMetricsGet"),
     "energy": ("nvmlDeviceGetTotalEnergyConsumption",),
+    "ecc": ("nvmlDeviceGetTotalEccErrors",),
     # One GPM metric: its error lands in that metric's nvmlReturn, and the call succeeds.
     "gpm_sm_active": ("nvmlGpmMetricsGet",),
     "gpm_sm_occupancy": ("nvmlGpmMetricsGet",),
@@ -199,6 +202,15 @@ class FakeGPU:
         minor_number: The host's number of the GPU (``/dev/nvidia<N>``). Default None: its
             NVML index, as on a host that sees every GPU (a container may see GPUs 2 and 3 of
             the host as its 0 and 1).
+        ecc: Whether the GPU has ECC memory, enabled. Default None: every GPU but GeForce and
+            TITAN cards. Without it ``nvmlDeviceGetTotalEccErrors`` raises ``NotSupported``
+            (nvml.h: "Only applicable to devices with ECC. Requires ECC Mode to be enabled").
+        ecc_corrected_errors, ecc_uncorrected_errors: ECC errors since the driver loaded (NVML's
+            volatile counts; timelines of whole numbers that never go down, as NVML's counts
+            cannot while the driver stays loaded).
+        ecc_earlier_errors: (corrected, uncorrected) errors counted before the driver loaded:
+            the aggregate counts (the device's life, across reboots) add them to the volatile
+            ones.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -227,6 +239,10 @@ class FakeGPU:
     pcie_rx_mib_s: Timeline = 0.0
     energy_mj: Timeline = None
     minor_number: int | None = None
+    ecc: bool | None = None
+    ecc_corrected_errors: Timeline = 0
+    ecc_uncorrected_errors: Timeline = 0
+    ecc_earlier_errors: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         period = self.proc_sample_period_s
@@ -265,6 +281,13 @@ class FakeGPU:
     def supports_energy(self) -> bool:
         """Whether the energy counter exists (Volta and newer; MIG instances have none)."""
         return self.arch not in ("kepler", "maxwell", "pascal")
+
+    def supports_ecc(self) -> bool:
+        """Whether NVML counts ECC errors on this GPU (`ecc`, or all but GeForce and TITAN)."""
+        if self.ecc is not None:
+            return self.ecc
+        words = re.split(r"[\s\-_]+", self.name.upper())
+        return "GEFORCE" not in words and "TITAN" not in words
 
 
 @dataclass(frozen=True)
@@ -364,6 +387,7 @@ class FakeNVML:
         self._lock = threading.Lock()
         self._gpm_samples: dict[int, _GpmSample] = {}
         self._energy: dict[int, tuple[float, float]] = {}  # id(gpu) -> (at_s, mJ so far)
+        self._ecc_served: dict[tuple[int, int], int] = {}  # (id(gpu), error type) -> count
 
     def elapsed_s(self) -> float:
         """Seconds since the first successful ``nvmlInit``: the time axis of every timeline."""
@@ -719,6 +743,34 @@ class FakeNVML:
             total_mj += max(now - at_s, 0.0) * power_w / 2 * 1000.0
             self._energy[id(gpu)] = (now, total_mj)
         return int(total_mj)
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: _Handle, errorType: int,  # noqa: N802, N803
+                                    counterType: int) -> int:  # noqa: N803 (pynvml's names)
+        """ECC errors of `errorType` (0 corrected, 1 uncorrected) summed over the GPU's
+        memories, by `counterType` (0 volatile: since the driver loaded; 1 aggregate: the
+        device's life); other values ``InvalidArgument``. ``NotSupported`` on a GPU without ECC
+        and on a MIG instance.
+
+        Raises:
+            ValueError: A script whose count goes down or below 0: NVML's counts are unsigned
+                and cannot go down while the driver stays loaded.
+        """
+        self._enter("nvmlDeviceGetTotalEccErrors", handle, "ecc")
+        if errorType not in (0, 1) or counterType not in (0, 1):
+            raise pynvml.NVMLError_InvalidArgument()
+        gpu = handle.gpu
+        if handle.mig or not gpu.supports_ecc():
+            raise pynvml.NVMLError_NotSupported()
+        timeline = gpu.ecc_uncorrected_errors if errorType else gpu.ecc_corrected_errors
+        count = int(self.value(timeline) or 0)
+        with self._lock:
+            served = self._ecc_served.get((id(gpu), errorType), 0)
+            if count < served:
+                kind = ("corrected", "uncorrected")[errorType]
+                raise ValueError(f"ecc_{kind}_errors went from {served} to {count}: NVML's "
+                                 f"ECC counts never go down (nor below 0)")
+            self._ecc_served[(id(gpu), errorType)] = count
+        return count + (gpu.ecc_earlier_errors[errorType] if counterType else 0)
 
     @property
     def gpm_samples_allocated(self) -> int:

@@ -390,6 +390,65 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
     assert status["completed"] == 1 and status["running"] == 0
 
 
+def errors_by_type(points) -> dict[str, tuple]:
+    """`hw.errors`' points by their `error.type`: (value, attributes, metric)."""
+    return {p.attributes["error.type"]: (p.value, dict(p.attributes), m)
+            for m, p in points.get("hw.errors", [])}
+
+
+def test_hw_errors_counts_each_type_of_ecc_error_and_rises_with_nvml_s_counts(tmp_path):
+    """NVML's ECC counts as OpenTelemetry's `hw.errors` counter, one series per `error.type`,
+    on the device's attributes only; an error between two reads is an increase."""
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    gpu = busy_shared_gpu()
+    gpu.ecc_corrected_errors = lambda t: 3 if t < 0.8 else 7  # four corrected at 0.8 s
+    gpu.ecc_uncorrected_errors = 1
+    monitor = start(tmp_path, gpu, export=OpenTelemetry(meter_provider=provider))
+    try:
+        run_for(monitor, 0.5)
+        assert monitor.exports.wait_handed(10)
+        before = errors_by_type(otel_points(reader))
+        run_for(monitor, 1.0)  # the counts are read again a second after the first read
+        assert monitor.exports.wait_handed(10)
+        after = errors_by_type(otel_points(reader))
+    finally:
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    assert {kind: value for kind, (value, _, _) in before.items()} == {
+        "corrected": 3, "uncorrected": 1}
+    assert {kind: value for kind, (value, _, _) in after.items()} == {
+        "corrected": 7, "uncorrected": 1}
+    for kind, (_, attributes, metric) in after.items():
+        assert attributes == {"hw.id": gpu.uuid, "hw.type": "gpu", "error.type": kind}
+        assert metric.unit == "{error}" and metric.data.is_monotonic
+
+
+def test_a_gpu_without_ecc_exports_no_hw_errors_series(tmp_path):
+    library("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    gpu = busy_shared_gpu()
+    gpu.name = "NVIDIA GeForce RTX 4090"
+    monitor = start(tmp_path, gpu, export=OpenTelemetry(meter_provider=provider))
+    try:
+        run_for(monitor, 1.2)
+        assert monitor.exports.wait_handed(10)
+        points = otel_points(reader)
+    finally:
+        monitor.finish("completed")
+        assert monitor.exports.wait(10)
+    assert points.get("hw.errors", []) == []  # not measured: no series, never 0 errors
+    assert [p.value for _, p in points["hw.power"]] == [pytest.approx(300.0)]
+
+
 def test_an_unreachable_otlp_endpoint_is_one_warning(tmp_path):
     library("opentelemetry.exporter.otlp.proto.http")
     endpoint = f"http://127.0.0.1:{free_port()}/v1/metrics"
@@ -497,10 +556,16 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
     assert ids == {gpu.uuid}
     # NVML's counter since the driver loaded (here: since the fake's nvmlInit), so it does
     # not restart with the next run on this GPU; no run attribute on a device series.
-    for name in ("hw.energy", "hw.gpu.utilization", "hw.gpu.memory.utilization", "hw.power"):
+    for name in ("hw.energy", "hw.gpu.utilization", "hw.gpu.memory.utilization", "hw.power",
+                 "hw.errors"):
         points = getattr(metrics[name], metrics[name].WhichOneof("data")).data_points
         keys = {a.key for p in points for a in p.attributes}
         assert keys and not any(k.startswith("gpu_watch.") for k in keys), (name, keys)
+    errors = metrics["hw.errors"]
+    assert errors.unit == "{error}" and errors.sum.is_monotonic
+    kinds = {a.value.string_value: p.as_double for p in errors.sum.data_points
+             for a in p.attributes if a.key == "error.type"}
+    assert kinds == {"corrected": 0.0, "uncorrected": 0.0}  # an H100 with ECC, no errors yet
     loop = metrics["gpu_watch.loop.time"]
     assert loop.unit == "s" and loop.sum.is_monotonic
     assert {a.key: a.value.string_value for a in loop.sum.data_points[0].attributes

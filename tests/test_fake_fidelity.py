@@ -11,6 +11,7 @@ import pytest
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S
+from gpu_watch.runlog import SAMPLE_COLUMNS
 from gpu_watch.testing import MIG_SLOTS, PROC_SAMPLE_BUFFER, FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
 
@@ -366,3 +367,84 @@ def test_gpuwatch_on_a_mig_enabled_gpu_is_unmonitored_never_idle(tmp_path):
     assert run.verdict == "unmonitored"
     off = {(s["metric"], s["gpu"]) for s in run.info["nvml"]["switched_off"]}
     assert {("util", 0), ("proc_util", 0)} <= off
+
+
+# -- 6. ECC error counts -----------------------------------------------------------------------
+
+CORRECTED, UNCORRECTED = 0, 1  # NVML_MEMORY_ERROR_TYPE_*
+VOLATILE, AGGREGATE = 0, 1  # NVML_VOLATILE_ECC, NVML_AGGREGATE_ECC
+
+
+def test_the_fake_counts_ecc_errors_by_type_and_counter_as_nvml_does(clock):
+    gpu = FakeGPU(ecc_corrected_errors=[2, 9], ecc_uncorrected_errors=1,
+                  ecc_earlier_errors=(40, 3))
+    fake = FakeNVML([gpu], clock=clock)
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        fake.nvmlDeviceGetTotalEccErrors(None, CORRECTED, VOLATILE)
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    counts = {(e, c): fake.nvmlDeviceGetTotalEccErrors(handle, e, c)
+              for e in (CORRECTED, UNCORRECTED) for c in (VOLATILE, AGGREGATE)}
+    # Volatile: since the driver loaded; aggregate: the device's life, so never below it.
+    assert counts == {(CORRECTED, VOLATILE): 2, (CORRECTED, AGGREGATE): 42,
+                      (UNCORRECTED, VOLATILE): 1, (UNCORRECTED, AGGREGATE): 4}
+    clock.advance(1.0)
+    assert fake.nvmlDeviceGetTotalEccErrors(handle, CORRECTED, VOLATILE) == 9
+    for error_type, counter_type in ((2, VOLATILE), (CORRECTED, 2), (-1, VOLATILE)):
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            fake.nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        fake.nvmlDeviceGetTotalEccErrors("not a handle", CORRECTED, VOLATILE)
+
+
+@pytest.mark.parametrize(("name", "ecc", "counted"), [
+    ("NVIDIA H100 80GB HBM3", None, True),
+    ("Tesla T4", None, True),
+    ("NVIDIA RTX A6000", None, True),
+    ("NVIDIA GeForce RTX 4090", None, False),
+    ("NVIDIA TITAN V", None, False),
+    ("NVIDIA H100 80GB HBM3", False, False),  # ECC mode disabled
+    ("NVIDIA GeForce RTX 4090", True, True),
+])
+def test_the_fake_refuses_ecc_counts_on_a_gpu_without_ecc(name, ecc, counted):
+    fake = FakeNVML([FakeGPU(name=name, ecc=ecc)])
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    if counted:
+        assert fake.nvmlDeviceGetTotalEccErrors(handle, UNCORRECTED, VOLATILE) == 0
+    else:
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            fake.nvmlDeviceGetTotalEccErrors(handle, UNCORRECTED, VOLATILE)
+
+
+def test_the_fake_refuses_ecc_counts_on_a_mig_instance():
+    fake = FakeNVML([mig_parent()])
+    fake.nvmlInit()
+    parent = fake.nvmlDeviceGetHandleByIndex(0)
+    assert fake.nvmlDeviceGetTotalEccErrors(parent, CORRECTED, VOLATILE) == 0
+    with pytest.raises(pynvml.NVMLError_NotSupported):
+        fake.nvmlDeviceGetTotalEccErrors(fake.nvmlDeviceGetMigDeviceHandleByIndex(parent, 4),
+                                         CORRECTED, VOLATILE)
+
+
+@pytest.mark.parametrize("script", [[3, 2], -1, lambda t: 5 - t])
+def test_the_fake_refuses_a_script_whose_ecc_count_goes_down(clock, script):
+    # NVML's counts are unsigned and cannot go down while the driver stays loaded.
+    fake = FakeNVML([FakeGPU(ecc_corrected_errors=script)], clock=clock)
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(ValueError, match="never go down"):
+        for _ in range(3):
+            fake.nvmlDeviceGetTotalEccErrors(handle, CORRECTED, VOLATILE)
+            clock.advance(1.0)
+
+
+def test_gpuwatch_on_a_gpu_without_ecc_keeps_every_other_reading_and_its_columns(tmp_path):
+    gpu = FakeGPU(name="NVIDIA GeForce RTX 4090", util_pct=90,
+                  processes=[FakeProcess(used_mib=500, sm_util_pct=90)])
+    run = run_monitor(monitor_on_gpu(tmp_path, FakeNVML([gpu])), seconds=0.3)
+    assert run.verdict == "ok"
+    assert run.samples["util_pct"].eq(90).all() and run.samples["power_w"].notna().all()
+    off = {(s["metric"], s["gpu"]) for s in run.info["nvml"]["switched_off"]}
+    assert off == {("ecc", 0), ("gpm", 0)}  # an Ada card: no GPM either
+    assert list(run.samples.columns) == list(SAMPLE_COLUMNS)  # the run folder is unchanged

@@ -428,3 +428,64 @@ def test_other_processes_memory_and_summed_use():
     assert (r.others_mem_mib, r.others_util_pct) == (3000, 100.0)  # SM use tops out at 100 %
     gpu.processes[2].used_mib = None  # NVML_VALUE_NOT_AVAILABLE: the sum is unknown
     assert nvml.read(device, 0.1).others_mem_mib is None
+
+
+# -- ECC error counts ----------------------------------------------------------------------------
+
+ECC = "nvmlDeviceGetTotalEccErrors"
+
+
+def test_ecc_counts_are_each_type_s_errors_since_the_driver_loaded(clock):
+    # Errors before this driver load are in the aggregate counts only: the volatile ones are read.
+    gpu = FakeGPU(ecc_corrected_errors=[3, 5], ecc_uncorrected_errors=[1, 2],
+                  ecc_earlier_errors=(100, 10))
+    fake = FakeNVML([gpu], clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    r = nvml.read(device, 0.0)
+    assert (r.ecc_corrected_errors, r.ecc_uncorrected_errors) == (3, 1)
+    clock.advance(1.0)
+    r = nvml.read(device, 1.0)
+    assert (r.ecc_corrected_errors, r.ecc_uncorrected_errors) == (5, 2)
+    assert fake.calls[(ECC, "MainThread")] == 4  # both types, at both readings
+    assert nvml.faults == [] and nvml.switched_off == []
+
+
+@pytest.mark.parametrize("gpu", [FakeGPU(name="NVIDIA GeForce RTX 4090"),
+                                 FakeGPU(name="NVIDIA H100 80GB HBM3", ecc=False)],
+                         ids=["geforce", "ecc-disabled"])
+def test_a_gpu_without_ecc_has_no_counts_and_is_asked_once(clock, gpu):
+    gpu.util_pct = 80
+    fake = FakeNVML([gpu], clock=clock)
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    for t in (0.0, 1.0, 2.0, 3.0):
+        clock.now = t
+        r = nvml.read(device, t)
+        # Not measured, never 0 errors; everything else is read as before.
+        assert (r.ecc_corrected_errors, r.ecc_uncorrected_errors) == (None, None)
+        assert r.util_pct == 80
+    # NotSupported for the corrected count switches ECC off: the uncorrected is never asked.
+    assert fake.calls[(ECC, "MainThread")] == 1
+    assert {"metric": "ecc", "gpu": 0} in nvml.switched_off
+
+
+def test_one_failed_ecc_count_leaves_both_unknown_and_is_read_again(clock):
+    fake = FakeNVML([FakeGPU(ecc_corrected_errors=4, ecc_uncorrected_errors=1)], clock=clock)
+    served = fake.nvmlDeviceGetTotalEccErrors
+    failures = iter([True])
+
+    def once_failing_uncorrected(handle, error_type, counter_type):
+        if error_type == 1 and next(failures, False):
+            raise pynvml.NVMLError_Unknown()
+        return served(handle, error_type, counter_type)
+
+    fake.nvmlDeviceGetTotalEccErrors = once_failing_uncorrected
+    nvml = NVML(fake)
+    (device,) = nvml.devices()
+    r = nvml.read(device, 0.0)
+    assert (r.ecc_corrected_errors, r.ecc_uncorrected_errors) == (None, None)
+    clock.advance(0.2)
+    r = nvml.read(device, 0.2)  # within the interval, but nothing was kept to carry
+    assert (r.ecc_corrected_errors, r.ecc_uncorrected_errors) == (4, 1)
+    assert [(f.metric, f.error) for f in nvml.faults] == [("ecc", "NVMLError_Unknown")]

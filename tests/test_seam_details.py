@@ -30,9 +30,10 @@ def test_every_failing_field_is_recorded_under_its_metric_and_gpu(clock):
     r = nvml.read(device, 0.0)
     assert (r.util_pct, r.mem_used_mib, r.procs, r.proc_util_pct, r.power_w, r.temp_c,
             r.sm_clock_mhz, r.idle_clock_event, r.sm_active_pct, r.energy_counter_mj,
-            r.others, r.others_util_pct) == (None,) * 12
+            r.others, r.others_util_pct, r.ecc_corrected_errors, r.ecc_uncorrected_errors
+            ) == (None,) * 14
     metrics = ("uuid", "name", "minor_number", "memory", "util", "processes", "proc_util", "power",
-               "temperature", "sm_clock", "clock_events", "gpm", "energy")
+               "temperature", "sm_clock", "clock_events", "gpm", "energy", "ecc")
     assert faults(nvml) == {(m, "NVMLError_Unknown", 1) for m in metrics}
 
 
@@ -196,6 +197,19 @@ def test_a_mig_instance_is_found_past_a_gpu_nvml_refuses():
     assert (device.nvml_index, device.cuda_index, device.name) == (1, 0, "MIG 3g.40gb")
 
 
+def test_a_gpu_s_ordinal_is_its_nvml_index_and_an_instance_has_its_parent_s_records(
+        monkeypatch):
+    """Without CUDA_VISIBLE_DEVICES the framework numbers the GPUs as NVML does; a MIG instance
+    has its parent GPU's host number and UUID, and its GPU instance id (the export's labels)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpus = mig_machine()
+    nvml = NVML(FakeNVML(gpus))
+    assert [d.cuda_index for d in nvml.devices()] == [0, 1]
+    (instance,) = nvml.devices(visible=MIG_UUID)
+    assert (instance.minor_number, instance.parent_uuid, instance.gpu_instance_id) == (
+        1, gpus[1].uuid, 3)
+
+
 def test_mig_lookups_that_fail_are_recorded_for_the_parent():
     instance = FakeGPU(uuid=MIG_UUID).fail("uuid", UNKNOWN)
     unreadable = NVML(FakeNVML([FakeGPU(mig_devices=[instance])]))
@@ -235,7 +249,8 @@ def gpm_session(*gpus, clock, interval_s=0.2, **fake_kw):
 
 def refused_on_mig(gpu):
     """What NVML refuses on a MIG instance, besides GPM."""
-    return {(metric, "NVMLError_NotSupported", gpu) for metric in ("util", "proc_util", "energy")}
+    refused = ("util", "proc_util", "energy", "ecc")
+    return {(metric, "NVMLError_NotSupported", gpu) for metric in refused}
 
 
 def read_twice(nvml, device, clock, gap_s=0.2):

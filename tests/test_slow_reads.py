@@ -1,13 +1,14 @@
-"""What changes slowly is read slowly: a GPU's process list once a second
-(`NVML.process_interval_s`), GPM samples once a second, each process name once per PID; what
-decides the verdict (utilization, this process's own SM share) at every reading."""
+"""What changes slowly is read slowly: a GPU's process list and its ECC error counts once a
+second (`NVML.process_interval_s`, `NVML.ecc_interval_s`), GPM samples once a second, each
+process name once per PID; what decides the verdict (utilization, this process's own SM share)
+at every reading."""
 
 from __future__ import annotations
 
 import pynvml
 import pytest
 
-from gpu_watch.nvml import GPM_INTERVAL_S, NVML, PROCESS_LIST_INTERVAL_S
+from gpu_watch.nvml import ECC_INTERVAL_S, GPM_INTERVAL_S, NVML, PROCESS_LIST_INTERVAL_S
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 LIST = "nvmlDeviceGetComputeRunningProcesses_v3"
@@ -26,6 +27,7 @@ def session(*gpus: FakeGPU, clock=None) -> tuple[FakeNVML, NVML]:
 
 def test_the_rates_are_the_documented_ones():
     assert (PROCESS_LIST_INTERVAL_S, GPM_INTERVAL_S, NVML.process_interval_s) == (1.0, 1.0, 1.0)
+    assert (ECC_INTERVAL_S, NVML.ecc_interval_s) == (1.0, 1.0)
 
 
 def test_the_process_list_is_read_once_a_second_and_the_rest_at_every_reading():
@@ -161,3 +163,37 @@ def test_gpm_samples_once_a_second_whatever_the_tick(interval_s):
     readings = [nvml.read(device, k * interval_s) for k in range(ticks)]
     assert calls(fake, "nvmlGpmSampleGet") == 4  # at 0, 1, 2 and 3 s
     assert sum(r.sm_active_pct is not None for r in readings) == 3
+
+
+ECC = "nvmlDeviceGetTotalEccErrors"
+
+
+def test_ecc_counts_are_read_once_a_second_and_carried_between(clock):
+    # An uncorrected error at 0.5 s: the readings until the next read carry the count of 0 s.
+    gpu = FakeGPU(ecc_uncorrected_errors=lambda t: 0 if t < 0.5 else 1)
+    fake, nvml = session(gpu, clock=clock)
+    (device,) = nvml.devices()
+    counts = []
+    for k in range(11):  # 0 to 2 s
+        clock.now = k * TICK_S
+        counts.append(nvml.read(device, clock.now).ecc_uncorrected_errors)
+    assert calls(fake, ECC) == 2 * 3  # both types, at 0, 1 and 2 s
+    assert counts == [0] * 5 + [1] * 6
+
+
+def test_ecc_counts_are_read_anew_after_the_sampler_stops_or_nvml_restarts():
+    fake, nvml = session(FakeGPU())
+    (device,) = nvml.devices()
+    nvml.read(device, 0.0)
+    nvml.read(device, 0.2)
+    assert calls(fake, ECC) == 2
+    nvml.release_gpm([device])  # the sampler stops: the next run reads its own counts
+    nvml.read(device, 0.2)
+    assert calls(fake, ECC) == 4
+    nvml.shutdown()
+    (device,) = nvml.devices()
+    nvml.read(device, 0.2)
+    assert calls(fake, ECC) == 6
+    nvml.ecc_interval_s = 0.0  # zero reads them at every reading
+    nvml.read(device, 0.2)
+    assert calls(fake, ECC) == 8

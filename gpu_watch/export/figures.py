@@ -102,6 +102,8 @@ class GPUFigures:
             newer).
         others_util_ratio: Summed SM utilization of the other processes on it, 0-1.
         other_processes: How many other compute processes NVML lists on it.
+        ecc_corrected_errors, ecc_uncorrected_errors: ECC errors in the whole GPU's memory
+            since its driver loaded (NVML's volatile counts); None on a GPU without ECC.
     """
 
     index: int
@@ -123,6 +125,8 @@ class GPUFigures:
     pcie_receive_bytes: float | None = None
     others_util_ratio: float | None = None
     other_processes: int | None = None
+    ecc_corrected_errors: int | None = None
+    ecc_uncorrected_errors: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class Snapshot:
                     "others_util_ratio": _ratio(r.others_util_pct),
                     "other_processes": None if r.procs is None or r.proc_listed is None
                     else r.procs - int(r.proc_listed),
+                    "ecc_corrected_errors": r.ecc_corrected_errors,
+                    "ecc_uncorrected_errors": r.ecc_uncorrected_errors,
                 }
                 self._gpus[r.gpu] = _gpu_figures(
                     self._devices[r.gpu],

@@ -3,10 +3,10 @@
 Built on the OpenTelemetry SDK and its OTLP/HTTP exporter (``pip install "gpu-watch[otel]"``),
 imported only when a run exports to OpenTelemetry. The device's figures follow OpenTelemetry's
 hardware semantic conventions (`hw.gpu.utilization`, `hw.gpu.memory.*`, `hw.power`,
-`hw.energy`, `hw.gpu.io`, with `hw.id` the GPU's UUID and `hw.type` "gpu") and carry the
-device's attributes only; the training's own figures are named under `gpu_watch.` and carry the
-run's. Every instrument is observable: the SDK reads the run's latest
-`Figures` when it collects, so recording costs the training nothing.
+`hw.energy`, `hw.gpu.io`, `hw.errors`, with `hw.id` the GPU's UUID and `hw.type` "gpu") and
+carry the device's attributes only; the training's own figures are named under `gpu_watch.`
+and carry the run's. Every instrument is observable: the SDK reads the run's latest `Figures`
+when it collects, so recording costs the training nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ STATUSES = (runlog.STATUS_RUNNING, runlog.STATUS_COMPLETED, runlog.STATUS_STOPPE
 # description, Figures.gpus attribute, extra attributes). Their attributes name the device
 # only (`hw.id`, `hw.type`), never the run: two trainings on one GPU report one device, and a
 # counter such as `hw.energy` goes on across runs.
+_ECC_ERRORS = ("ECC errors in the GPU's memory since its driver loaded (NVML's volatile counts), "
+               "by error.type: corrected or uncorrected. No series on a GPU without ECC.")
 DEVICE_INSTRUMENTS = (
     ("hw.gpu.utilization", "gauge", "1",
      "The device's utilization (any process's), 0-1.", "util_ratio",
@@ -49,6 +51,10 @@ DEVICE_INSTRUMENTS = (
     ("hw.gpu.io", "counter", "By",
      "PCIe bytes the GPU received since this process first watched it (GPM, Hopper and newer).",
      "pcie_receive_bytes", {"network.io.direction": "receive"}),
+    ("hw.errors", "counter", "{error}", _ECC_ERRORS, "ecc_corrected_errors",
+     {"error.type": "corrected"}),
+    ("hw.errors", "counter", "{error}", _ECC_ERRORS, "ecc_uncorrected_errors",
+     {"error.type": "uncorrected"}),
     ("gpu_watch.gpu.sm_active", "gauge", "1",
      "Share of the GPU's SMs busy (NVML GPM, Hopper and newer), 0-1.", "sm_active_ratio", {}),
 )

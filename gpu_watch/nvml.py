@@ -346,7 +346,7 @@ class NVML:
     # -- the one function every query goes through ------------------------------------------------
 
     def query(self, metric: str, gpu: int | None, func: str | tuple[str, ...], *args: Any,
-              not_found: Any = None) -> Any:
+              not_found: Any = None, unsupported_is_fault: bool = True) -> Any:
         """Call ``lib.<func>(*args)``; return its value, or None on any ``NVMLError``.
 
         `func` may name several versioned calls, newest first: a driver or binding without one
@@ -354,8 +354,9 @@ class NVML:
         ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, raised by an unversioned
         binding that wraps a versioned function the driver lacks) counts as ``FunctionNotFound``.
         ``NotFound`` returns `not_found` (NVML's way of saying "nothing to report").
-        ``NotSupported`` switches `metric` off for `gpu` for the rest of the session, and
-        ``GpuIsLost`` marks `gpu` lost; any other error leaves the next call free to succeed.
+        ``NotSupported`` switches `metric` off for `gpu` for the rest of the session (a fault
+        unless `unsupported_is_fault` is False: a feature many GPUs lack), and ``GpuIsLost``
+        marks `gpu` lost; any other error leaves the next call free to succeed.
         """
         if not self.available:
             return None
@@ -375,8 +376,10 @@ class NVML:
             except pynvml.NVMLError_NotFound:
                 return not_found
             except pynvml.NVMLError as exc:
-                self._record_fault(metric, gpu, exc)
-                if isinstance(exc, pynvml.NVMLError_NotSupported):
+                unsupported = isinstance(exc, pynvml.NVMLError_NotSupported)
+                if unsupported_is_fault or not unsupported:
+                    self._record_fault(metric, gpu, exc)
+                if unsupported:
                     self._disabled.add(key)
                 elif isinstance(exc, pynvml.NVMLError_GpuIsLost) and gpu is not None:
                     self._lost.add(gpu)
@@ -582,10 +585,11 @@ class NVML:
         """The whole GPU's ECC error counts since its driver loaded, (corrected, uncorrected):
         `nvidia-smi -q`'s "ECC Errors", "Volatile", summed over the GPU's memories. None when
         NVML cannot say: a GPU without ECC, or with it disabled (most GeForce cards), answers
-        ``NotSupported``, which switches the metric off; it never reads as 0 errors."""
+        ``NotSupported``, which switches the metric off, as GPM where a GPU has none (absent,
+        not a fault: no report notes it); it never reads as 0 errors."""
         corrected, uncorrected = (
             self.query("ecc", device.nvml_index, "nvmlDeviceGetTotalEccErrors", device.handle,
-                       error_type, _ECC_VOLATILE)
+                       error_type, _ECC_VOLATILE, unsupported_is_fault=False)
             for error_type in (_ECC_CORRECTED, _ECC_UNCORRECTED))
         if corrected is None or uncorrected is None:
             return None

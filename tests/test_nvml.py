@@ -468,6 +468,7 @@ def test_a_gpu_without_ecc_has_no_counts_and_is_asked_once(clock, gpu):
     # NotSupported for the corrected count switches ECC off: the uncorrected is never asked.
     assert fake.calls[(ECC, "MainThread")] == 1
     assert {"metric": "ecc", "gpu": 0} in nvml.switched_off
+    assert nvml.faults == []  # most GPUs have no ECC: absent, as GPM, not a fault to report
 
 
 def test_one_failed_ecc_count_leaves_both_unknown_and_is_read_again(clock):

@@ -248,8 +248,9 @@ def gpm_session(*gpus, clock, interval_s=0.2, **fake_kw):
 
 
 def refused_on_mig(gpu):
-    """What NVML refuses on a MIG instance, besides GPM."""
-    refused = ("util", "proc_util", "energy", "ecc")
+    """What NVML refuses on a MIG instance as a fault, besides GPM (ECC is refused too, and
+    switched off, but many GPUs lack it: not a fault)."""
+    refused = ("util", "proc_util", "energy")
     return {(metric, "NVMLError_NotSupported", gpu) for metric in refused}
 
 

@@ -348,7 +348,7 @@ class Timeline:
         self._run_loop = Loop()
         self._steps = 0  # every step, step 0 included
         self._every_step = Loop()  # every step, step 0 included: the counters' sums
-        self._last_totals = LoopTotals(0, 0.0, 0.0)
+        self._last_totals: LoopTotals | None = None  # what run_loop returned last
         self._pairing = BatchPairing(steps_per_execution)
         self._pairing_lock = threading.Lock()  # batch hooks may run on several threads at once
         self._epoch_number = 0  # the epoch the batch hooks belong to
@@ -439,7 +439,7 @@ class Timeline:
                                        other_s))
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
         self._steps += steps
-        self._every_step.add_batch(steps, compute, wait_s, other_s, measure)
+        self._every_step.add_batch(steps, compute, wait_s, other_s)  # the measure is run_wait's
         span = self._open
         if self.first_step_end_s is None:
             with self._lock:
@@ -497,8 +497,10 @@ class Timeline:
             other = max(0.0, loop - compute - data)
         with self._lock:
             last = self._last_totals
-            totals = LoopTotals(self._steps, max(last.step_s, compute), max(last.wait_s, data),
-                                max(last.other_s, other), wait.fraction)
+            if last is not None:
+                compute, data = max(last.step_s, compute), max(last.wait_s, data)
+                other = max(last.other_s, other)
+            totals = LoopTotals(self._steps, compute, data, other, wait.fraction)
             self._last_totals = totals
         return totals
 

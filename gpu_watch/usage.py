@@ -363,7 +363,7 @@ class BasisUse:
         idle_energy_j: Power integrated over the idle seconds that had a power reading, J.
         idle_power_s: The idle seconds that had a power reading.
         starved_s: Idle seconds in which other processes were at or above the threshold.
-        starved_energy_j: Power integrated over them, J.
+        starved_energy_j: Power integrated over those of them that had a power reading, J.
     """
 
     measured_s: float = 0.0
@@ -437,8 +437,7 @@ class UsageMeter:
         self.loop_s = 0.0
         self.batches = 0
         self.epoch_starts = 0
-        self._last_epoch: Any = None  # the epoch of the batch row counted last
-        self._last_end_s: float | None = None  # and its end; None before the first
+        self._last_row: tuple[Any, float] | None = None  # the epoch and end of the last row
         self._last_s: dict[int, float] = {}
         self._gpus: dict[int, dict[str, BasisUse]] = {}
         # Readings that came before the first batch row: the sampler may write a reading taken
@@ -457,14 +456,14 @@ class UsageMeter:
             if missing(row.get("time_s")):
                 continue  # a row torn by a crash and repaired on read
             end_s, epoch = float(row["time_s"]), row.get("epoch")
-            last_epoch, last_end_s = self._last_epoch, self._last_end_s
-            self._last_epoch, self._last_end_s = epoch, end_s
-            if self.step0_end_s is None:
+            last, self._last_row = self._last_row, (epoch, end_s)
+            if last is None:  # step 0's row: it ends step 0
                 self.step0_end_s = end_s
-                early, self._early = list(self._early), deque(maxlen=EARLY_READINGS)
-                self.add_samples(early)
+                self.add_samples(self._early)  # the readings that came early count now
+                self._early.clear()
                 continue
-            if last_end_s is not None and last_epoch == epoch:
+            last_epoch, last_end_s = last
+            if last_epoch == epoch:
                 seconds = max(0.0, end_s - last_end_s)
             else:
                 seconds = sum(0.0 if missing(row.get(c)) else float(row[c])
@@ -485,8 +484,7 @@ class UsageMeter:
             gpu, time_s = int(row["gpu"]), float(row["time_s"])
             last = self._last_s.get(gpu, time_s - self.interval)
             self._last_s[gpu] = time_s
-            if time_s <= self.step0_end_s:
-                continue
+            # Nothing for a reading at or before step 0's end, nor one at its GPU's last time.
             seconds = time_s - max(last, self.step0_end_s)
             if seconds <= 0:
                 continue
@@ -511,7 +509,8 @@ class UsageMeter:
                     use.idle_power_s += seconds
                 if starved:
                     use.starved_s += seconds
-                    use.starved_energy_j += (power or 0.0) * seconds
+                    if power is not None:  # a second without a reading is unknown, not 0 W
+                        use.starved_energy_j += power * seconds
 
     def usage(self, duration_s: float | None) -> RunUsage:
         """The sums so far, for a run of `duration_s` seconds."""
@@ -524,11 +523,17 @@ def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunU
     config = info.get("config") or {}
     meter = UsageMeter(recorded_threshold_pct(config),
                        float(config.get("interval_s") or RECORDED_INTERVAL_S))
-    if batches is not None and len(batches):
-        meter.add_batches(batches.sort_values("time_s", kind="stable").to_dict("records"))
-    if samples is not None and len(samples):
-        meter.add_samples(samples.sort_values("time_s", kind="stable").to_dict("records"))
+    meter.add_batches(_in_time_order(batches))
+    meter.add_samples(_in_time_order(samples))
     duration = info.get("duration_s")
-    if duration is None and meter.step0_end_s is not None and batches is not None:
+    if duration is None and meter.step0_end_s is not None:  # step 0's row came: batches did
         duration = float(batches["time_s"].max())
     return meter.usage(None if duration is None else float(duration))
+
+
+def _in_time_order(frame: Any) -> list[dict[str, Any]]:
+    """A frame's rows by time, rows of one time in the order they were written (batch hooks
+    may run on several threads); none for a missing or empty frame."""
+    if frame is None or not len(frame):
+        return []
+    return frame.sort_values("time_s", kind="stable").to_dict("records")

@@ -163,6 +163,19 @@ def test_mig_utilization_is_not_supported():
     assert r.util_pct is None and r.mem_used_mib is not None
 
 
+def test_a_mig_instance_is_named_by_its_parent_gpu():
+    """A MIG instance has no device node of its own: its host number is its parent's, and its
+    parent's UUID and its GPU instance id say where it was carved (as dcgm-exporter names it)."""
+    first = FakeGPU(name="MIG 1g.10gb", uuid="MIG-aaaaaaaa-1111-5000-8000-000000000000")
+    second = FakeGPU(name="MIG 2g.20gb", uuid="MIG-bbbbbbbb-2222-5000-8000-000000000000")
+    nvml = NVML(FakeNVML([FakeGPU(uuid=UUIDS[0]),
+                          FakeGPU(uuid=UUIDS[1], minor_number=5, mig_devices=[first, second])]))
+    (device,) = nvml.devices(visible="MIG-bbbbbbbb-2222-5000-8000-000000000000")
+    assert (device.nvml_index, device.cuda_index, device.uuid, device.name) == (
+        1, 0, "MIG-bbbbbbbb-2222-5000-8000-000000000000", "MIG 2g.20gb")
+    assert (device.minor_number, device.parent_uuid, device.gpu_instance_id) == (5, UUIDS[1], 1)
+
+
 def test_driver_versions():
     nvml = NVML(FakeNVML([FakeGPU()], driver_version="535.104.05", cuda_driver_version=12020))
     assert nvml.driver_version() == "535.104.05"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.nvml import OtherProcess, Reading
+from gpu_watch.steps import Step
 from gpu_watch.timeline import IdleEvent, Loop, LoopTotals, Timeline, Wait
 from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OtherUse
@@ -362,3 +363,71 @@ def test_the_counters_count_step_0_and_split_a_sampled_loop_by_its_share():
     for _ in range(20):  # the share falls to a quarter: no counter goes down
         sampled.add_data_tick(False)
     assert sampled.run_loop() == LoopTotals(2, 1.25, 1.5, 1.0, 0.25)
+
+
+def test_the_breakdown_rounds_each_figure_to_four_places():
+    wait = Wait(fraction=0.123456, measure="sampled_ticks", wait_s=1.234567, loop_s=4.567891,
+                ticks=20, fetching_ticks=3, producing_ticks=0, compute_s=2.345678,
+                other_s=0.987654)
+    assert wait.breakdown() == {"compute_s": 2.3457, "data_wait_s": 1.2346, "other_s": 0.9877,
+                                "loop_s": 4.5679, "compute_fraction": 0.5135,
+                                "data_wait_fraction": 0.1235, "other_fraction": 0.2162,
+                                "wait_measure": "sampled_ticks"}
+
+
+def test_a_timed_wait_keeps_the_ticks_that_found_a_producer_busy():
+    wait = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.25, other_s=0.25, timed=2,
+                measure="ready_timed", ticks=5, fetching_ticks=1, producing_ticks=3).wait()
+    assert (wait.fraction, wait.ticks, wait.fetching_ticks, wait.producing_ticks) == (
+        0.25, 5, 1, 3)
+
+
+def test_an_unmeasured_wait_leaves_the_loop_to_the_steps_and_the_time_between_them():
+    """One batch of two timed, too few ticks: the wait that one batch measured is no share of
+    the loop, so it stays in the steps' compute, and the breakdown still adds up."""
+    wait = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.25, other_s=0.25, timed=1,
+                measure="fetch_timed", ticks=19, fetching_ticks=19, producing_ticks=2).wait()
+    assert (wait.fraction, wait.measure, wait.wait_s) == (None, None, 0.0)
+    assert (wait.compute_s, wait.other_s, wait.loop_s) == (0.75, 0.25, 1.0)
+    assert (wait.ticks, wait.fetching_ticks, wait.producing_ticks) == (19, 19, 2)
+
+
+def test_a_sampled_wait_takes_its_seconds_from_the_steps_and_their_measured_waits():
+    """One batch of two timed (0.25 s waiting), enough ticks: the sampled share (half of the
+    1 s loop) comes out of the steps with their measured wait first, and the three parts
+    add up to the loop."""
+    wait = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.25, other_s=0.25, timed=1,
+                measure="fetch_timed", ticks=20, fetching_ticks=10).wait()
+    assert (wait.fraction, wait.measure, wait.wait_s, wait.loop_s) == (
+        0.5, "sampled_ticks", 0.5, 1.0)
+    assert (wait.compute_s, wait.other_s) == (0.25, 0.25)
+
+
+def test_steps_timed_on_the_training_thread_count_with_their_wait_compute_and_measure():
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    step_0 = Step(0, 0, 0.0, 1.0, None, None)
+    timed = Step(1, 2, 1.5, 2.5, 0.25, None, compute_s=0.75, other_s=0.25,
+                 measure="fetch_timed")
+    assert tl.add_steps([step_0, timed]) is step_0
+    assert tl.add_steps([]) is None
+    wait = tl.run_wait()
+    # The step's compute as timed (0.75 s), not its 1 s from begin to end.
+    assert (wait.fraction, wait.measure, wait.compute_s, wait.loop_s) == (
+        0.2, "fetch_timed", 0.75, 1.25)
+    assert tl.run_loop() == LoopTotals(3, 1.75, 0.25, 0.25, 0.2)
+
+
+def test_the_counters_split_a_sampled_loop_with_a_measured_wait_by_the_share():
+    """Step 0, a batch whose wait was timed and one whose was not, then ticks that found the
+    loop fetching half the time: half of all the loop's seconds are the wait, the steps and
+    their measured wait give up what it takes, the time between steps keeps the rest."""
+    tl = Timeline([], 10.0, 60.0, 0.2)
+    tl.begin_epoch(0)
+    tl.add_batch(0, 0, 1, 0.0, 1.0, None)
+    tl.add_batch(0, 1, 1, 1.0, 2.0, 0.5, other_s=0.25, measure="fetch_timed")
+    tl.add_batch(0, 2, 1, 2.5, 3.0, None, other_s=0.25)
+    for fetching in [True] * 10 + [False] * 10:
+        tl.add_data_tick(fetching)
+    # The loop: 2.5 s of steps, 0.5 s measured waiting, 0.5 s between: 3.5 s, 1.75 s waiting.
+    assert tl.run_loop() == LoopTotals(3, 1.25, 1.75, 0.5, 0.5)

@@ -93,6 +93,21 @@ def test_input_bound_explains_idle_above_the_wait_limit_only():
     assert codes(judge(ON_GPU, idle, wait_fraction=INPUT_BOUND_WAIT_FRACTION)) == []
 
 
+def test_slow_callbacks_says_where_the_time_between_steps_went_rounded_to_milliseconds():
+    idle = [busy(device_idle_fraction=0.9, util_mean=2.0)]
+    j = judge(ON_GPU, idle, 0.1, 0.612345, [("SlowLogger", 1.23456), ("Silent", 0.0)])
+    (found,) = j.causes
+    assert found.message == (
+        "The training loop spent 61% of its time after step 0 between steps, in callbacks and "
+        "Keras' bookkeeping: most in SlowLogger, leaving GPU 0 idle.")
+    assert found.evidence == {"other_fraction": 0.612,
+                              "callbacks": [{"name": "SlowLogger", "hook_s": 1.235}]}
+    (untimed,) = judge(ON_GPU, idle, 0.1, 0.6).causes
+    assert untimed.message == (
+        "The training loop spent 60% of its time after step 0 between steps, in callbacks and "
+        "Keras' bookkeeping (no callback's batch hooks were timed), leaving GPU 0 idle.")
+
+
 def test_one_idle_gpu_among_busy_ones_is_named():
     j = judge(ON_GPU, [busy(0), busy(1, device_idle_fraction=1.0, util_mean=0.0)], None)
     assert j.verdict == IDLE

@@ -381,6 +381,7 @@ def attach_loop_clock(fit_frame: Any, clock: LoopClock, attachment: Attachment,
                                  f"has no method {missing[0]!r}")
         listed = list(getattr(callbacks, "callbacks", None) or ())
         clock.device_done = _device_done()
+        clock.device_ready = _outputs_ready if clock.device_done is not None else None
         _wrap_list(callbacks, clock, attachment)
         for index, callback in enumerate(listed):
             if callback is not skip:
@@ -411,6 +412,15 @@ def _wait_for_one_output(logs: Any) -> None:
         if wait is not None:
             wait()
             return
+
+
+def _outputs_ready(logs: Any) -> bool:
+    """Whether a JAX step's outputs exist, at once (the array `_wait_for_one_output` waits
+    for); True where there is none to wait for."""
+    for value in (logs.values() if isinstance(logs, dict) else ()):
+        if getattr(value, "block_until_ready", None) is not None:
+            return value.is_ready()
+    return True
 
 
 def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None:
@@ -455,6 +465,7 @@ def _wrap_callback(callback: Any, name: str, index: int, clock: LoopClock,
         key = (index, name)
 
         def timed(batch, logs=None, _original=original, _key=key):
+            clock.hook_begins()
             start = now()
             try:
                 return _original(batch, logs=logs)
@@ -467,17 +478,21 @@ def _wrap_callback(callback: Any, name: str, index: int, clock: LoopClock,
 class _TimedIterator:
     """An iterator whose every `next` the training thread pays for is timed as a fetch."""
 
-    __slots__ = ("_iterator", "_clock", "_now")
+    __slots__ = ("_iterator", "_clock", "_now", "_begins")
 
     def __init__(self, iterator: Any, clock: LoopClock) -> None:
         self._iterator = iterator
         self._clock = clock
         self._now = clock.now
+        # Where the device's steps are looked at as fetches begin (JAX).
+        self._begins = clock.fetch_begins if clock.device_ready is not None else None
 
     def __iter__(self) -> _TimedIterator:
         return self
 
     def __next__(self) -> Any:
+        if self._begins is not None:
+            self._begins()
         start = self._now()
         try:
             return next(self._iterator)

@@ -45,6 +45,9 @@ READY_TIMED = "ready_timed"
 MAX_READY = 10_000
 STACK_HZ = 100.0  # the stack sampler's rate (see `StackSampler`)
 SETTLE_POLL_S = 0.001  # how often `LoopClock.settle` looks whether the device's steps are timed
+# A fetch at least this long: the fetches after it hand the device's running step to the waiting
+# thread as they start (the step's end falls inside them, and a look after one would be late).
+SLOW_FETCH_S = 0.001
 
 
 class LoopClock:
@@ -82,17 +85,25 @@ class LoopClock:
         # (asked, ready) per batch: the producer thread appends, the training thread pops.
         self._ready: deque[tuple[float, float]] = deque()
         # Where the framework dispatches steps ahead of the device (JAX): a function that
-        # blocks until a step's outputs exist, run on a thread of its own (`_watch`).
+        # blocks until a step's outputs exist, run on a thread of its own (`_watch`), and one
+        # that says at once whether they do (see `_look`).
         self.device_done: Callable[[Any], Any] | None = None
+        self.device_ready: Callable[[Any], bool] | None = None
         self.device_error: str | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._put_count = 0  # items handed to the waiting thread (training thread only)
         self._done_count = 0  # and dealt with (waiting thread only)
         self._watcher: threading.Thread | None = None
-        # What the waiting thread saw, in order: (step, when its outputs existed), or an epoch's
-        # begin. The training thread turns them into steps (`_drain`): the waiting thread takes
-        # Python's lock once a step, for a few lines, and the timeline is fed from one thread.
-        self._timed: deque[tuple[Any, float]] = deque()
+        self._issued = 0  # numbers given to dispatched steps and epoch begins, in order
+        # Dispatched steps the training thread looks at itself: (number, step), oldest first.
+        self._pending: deque[tuple[int, _Dispatched]] = deque()
+        self._slow_fetch = False  # the last fetch took SLOW_FETCH_S or more
+        self._training_thread: int | None = None  # the ident of the thread that runs the loop
+        # What either thread timed: number -> (step or epoch begin, when its outputs existed).
+        # The training thread turns them into steps in order (`_drain`), and the timeline is
+        # fed from one thread.
+        self._timed: dict[int, tuple[Any, float]] = {}
+        self._drained = 0  # the number of the next one to turn into a step
         self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
 
@@ -104,11 +115,31 @@ class LoopClock:
         self._begin = None
         self._fetches.clear()
         if self.device_done is not None:
-            self._put(_EpochBegin(t))
+            self._timed[self._number()] = (_EpochBegin(t), t)
+
+    def fetch_begins(self) -> None:
+        """The training thread starts to pull a batch (where the device's steps are looked
+        at): a step found done ended before the fetch; after a slow fetch, the running one is
+        handed to the waiting thread, whose stamp comes while the fetch goes on."""
+        if self._pending:
+            self._look()
+            if self._slow_fetch:
+                self._hand_over(0)
 
     def fetched(self, start: float, end: float) -> None:
         """The training thread pulled a batch from `start` to `end` (`FETCH_TIMED`)."""
         self._fetches.append((start, end))
+        if self.device_ready is not None:
+            self._slow_fetch = end - start >= SLOW_FETCH_S
+            if self._pending:
+                self._look()
+
+    def hook_begins(self) -> None:
+        """A callback's own batch hook starts: on the training thread, Keras has waited for the
+        step's logs (a callback not safe to run on its pool asks for them), so the step is
+        looked at before the hook's time passes."""
+        if self._pending and threading.get_ident() == self._training_thread:
+            self._look()
 
     def begin(self, batch: int, left_s: float) -> None:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""
@@ -126,7 +157,14 @@ class LoopClock:
         fetches, self._fetches = self._fetches, []
         if self.device_done is not None and outputs is not None:
             self._mark = entered_s
-            self._put(_Dispatched(first, batch, begin, entered_s, fetches, outputs))
+            item = _Dispatched(first, batch, begin, entered_s, fetches, outputs)
+            if self.device_ready is None:
+                self._put(self._number(), item)
+            else:
+                self._training_thread = threading.get_ident()
+                self._look()
+                self._pending.append((self._number(), item))
+                self._hand_over(1)  # the device is behind: its older steps are waited for
             self._drain()
             return None
         mark = self._mark
@@ -157,11 +195,44 @@ class LoopClock:
 
     # -- steps dispatched ahead of the device ------------------------------------------------------
 
-    def _put(self, item: Any) -> None:
+    def _number(self) -> int:
+        self._issued += 1
+        return self._issued - 1
+
+    def _look(self) -> None:
+        """Time the dispatched steps the device has finished, oldest first, as of now: the
+        training thread's own look costs a call, where each step handed to the waiting thread
+        costs a switch of Python's lock between threads (tens of microseconds on a small
+        machine). A step is looked at by the training thread only while the device keeps up
+        with it: at the next end hook, and as fetches and callbacks' hooks begin and fetches
+        end, so the stamp is at most that late."""
+        pending = self._pending
+        now = None
+        while pending:
+            number, item = pending[0]
+            try:
+                done = self.device_ready(item.outputs)
+            except Exception:  # the waiting thread's own wait says what went wrong
+                self._put(*pending.popleft())
+                continue
+            if not done:
+                return
+            pending.popleft()
+            if now is None:
+                now = self.now()
+            self._timed[number] = (item, now)
+
+    def _hand_over(self, keep: int) -> None:
+        """Hand the dispatched steps not yet timed to the waiting thread, all but the newest
+        `keep`."""
+        while len(self._pending) > keep:
+            self._put(*self._pending.popleft())
+
+    def _put(self, number: int, item: _Dispatched) -> None:
         # A C-level queue: the training thread pays a fraction of a microsecond a step, and the
         # waiting thread blocks without Python's lock.
         self._put_count += 1
-        self._queue.put(item)
+        self._queue.put((number, item))
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, daemon=True,
                                              name="gpu-watch-device-steps")
@@ -171,6 +242,9 @@ class LoopClock:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
+        if self._pending:
+            self._look()
+            self._hand_over(0)
         deadline = self._monotonic() + timeout_s
         while self._done_count < self._put_count:
             # A step was handed over, so the waiting thread exists; one that died times
@@ -184,39 +258,42 @@ class LoopClock:
 
     def close(self) -> None:
         """Time what is still waiting for the device (briefly), then end the waiting thread."""
+        self.settle()
         if self._watcher is None:
             return
-        self.settle()
         self._queue.put(_STOP)
         self._watcher.join(timeout=1.0)
 
     def _watch(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            handed = self._queue.get()
+            if handed is _STOP:
                 return
-            if isinstance(item, _EpochBegin):
-                self._timed.append((item, item.t))
-            else:
-                try:
-                    self.device_done(item.outputs)
-                except Exception as exc:  # a step that failed on the device: timed as dispatched
-                    self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
-                self._timed.append((item, self.now()))
+            number, item = handed
+            try:
+                self.device_done(item.outputs)
+            except Exception as exc:  # a step that failed on the device: timed as dispatched
+                self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
+            self._timed[number] = (item, self.now())
             self._done_count += 1
 
     def _drain(self) -> None:
-        """Turn what the waiting thread timed so far into steps, in order, and hand them on."""
-        if not self._timed:
+        """Turn what was timed so far into steps, in order, and hand them on: a step timed by
+        the training thread waits for the earlier ones the waiting thread times."""
+        if self._drained not in self._timed:
             return
         steps = []
         with self._drain_lock:
-            while self._timed:
-                item, done = self._timed.popleft()
+            while self._drained in self._timed:
+                item, done = self._timed.pop(self._drained)
+                self._drained += 1
                 if isinstance(item, _EpochBegin):
                     self._device_free = done
                 else:
-                    steps.append(self._device_step(item, max(done, item.entered)))
+                    # The device runs its steps in order: one is done no earlier than the one
+                    # before it, whichever thread stamped either, and late.
+                    free = self._device_free if self._device_free is not None else done
+                    steps.append(self._device_step(item, max(done, item.entered, free)))
         if steps:
             self._hand_on(steps)
 
@@ -235,9 +312,11 @@ class LoopClock:
         training thread spent fetching is the wait for data, the rest was spent elsewhere. A
         fetch that overlapped the device's work on earlier steps cost nothing.
 
-        The device's end is stamped when this thread gets to run after the outputs exist: on
-        a busy machine, or while the training thread holds Python's lock, a little late, which
-        makes the idle time look shorter, never longer: a wait may read low, none is invented.
+        The device's end is stamped when the training thread next looks (`_look`) or, for a
+        step handed over, when the waiting thread gets to run after the outputs exist: never
+        early, and a little late on a busy machine, or while the other thread holds Python's
+        lock. That makes the idle time look shorter, never longer: a wait may read low, none
+        is invented.
         """
         dispatch = max([item.begin] + [end for start, end in item.fetches
                                        if start >= item.begin])

@@ -287,6 +287,168 @@ def test_without_a_device_to_wait_for_a_step_with_outputs_is_timed_at_once():
     assert steps == [step] and (step.begin_s, step.end_s, step.compute_s) == (0.5, 1.0, 0.5)
 
 
+class _Outputs:
+    """A step's outputs as the training thread looks at them: done once the test says so; a
+    look or a wait on another thread is counted."""
+
+    def __init__(self, done=False):
+        self.done = done
+        self.looks = 0
+        self.waited_on: list[str] = []
+
+    def ready(self):
+        self.looks += 1
+        return self.done
+
+    def wait(self):
+        self.waited_on.append(threading.current_thread().name)
+        self.done = True
+
+
+def looked_at(device, measure=FETCH_TIMED):
+    """A clock whose dispatched steps the training thread looks at (JAX's `device_ready`)."""
+    steps: list[Step] = []
+    c = LoopClock(device.now, 0.0, steps.extend)
+    c.measure = measure
+    c.device_done = _Outputs.wait
+    c.device_ready = _Outputs.ready
+    return c, steps
+
+
+def test_a_device_that_keeps_up_is_timed_by_the_training_thread_alone():
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    outputs = [_Outputs() for _ in range(3)]
+    for batch, out in enumerate(outputs):
+        c.begin(batch, float(batch))
+        device.t = batch + 0.25
+        c.fetched(batch + 0.0, batch + 0.25)
+        device.t = batch + 0.5
+        c.end(batch, batch + 0.5, out)
+        out.done = True  # done before the next fetch ends: found then, at 1.25 and 2.25
+    device.t = 3.0
+    assert c.settle(10.0)
+    c.close()
+    assert c._watcher is None  # no thread, no switch of Python's lock between threads
+    assert [o.waited_on for o in outputs] == [[], [], []]
+    # Stamped when the training thread looked: as the next fetch ended, then in `settle`.
+    assert [(s.end_s, s.compute_s, s.wait_s) for s in steps] == [
+        (1.25, 1.0, 0.25), (2.25, 1.0, 0.0), (3.0, 0.75, 0.0)]
+
+
+def test_a_device_that_falls_behind_has_its_older_steps_waited_for_on_a_thread():
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    outputs = [_Outputs() for _ in range(3)]
+    for batch, out in enumerate(outputs):
+        c.begin(batch, float(batch))
+        c.end(batch, batch + 0.5, out)  # none done: the device is behind
+    assert c._pending and c._pending[0][1].outputs is outputs[2]  # the newest stays
+    assert c.settle(10.0)
+    c.close()
+    assert [o.waited_on for o in outputs] == [["gpu-watch-device-steps"]] * 3
+    assert [s.last_batch for s in steps] == [0, 1, 2]
+
+
+def test_a_step_found_done_as_a_fetch_begins_ended_before_the_fetch():
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    first, second = _Outputs(), _Outputs()
+    c.begin(0, 0.0)
+    c.end(0, 0.5, first)
+    first.done = True
+    device.t = 0.75
+    c.begin(1, 0.75)
+    c.fetch_begins()  # done by now: the device idles through the fetch
+    c.fetched(0.75, 1.75)
+    c.end(1, 2.0, second)
+    second.done, device.t = True, 2.5
+    assert c.settle(10.0)
+    assert [(s.end_s, s.wait_s) for s in steps] == [(0.75, 0.0), (2.5, 1.0)]
+
+
+def test_after_a_slow_fetch_the_running_step_is_waited_for_as_the_next_fetch_begins():
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    running = _Outputs()
+    c.fetched(0.0, 0.0009)  # just under SLOW_FETCH_S: the next fetch leaves the step alone
+    c.begin(0, 0.0)
+    c.end(0, 0.001, running)
+    c.fetch_begins()
+    assert len(c._pending) == 1 and c._put_count == 0
+    c.fetched(0.001, 0.002)  # 1 ms: slow
+    assert running.looks == 2  # looked at as the fetch began and as it ended
+    c.fetch_begins()
+    assert not c._pending and c._put_count == 1  # its end will fall inside the fetch
+    assert c.settle(10.0)
+    c.close()
+    assert running.waited_on == ["gpu-watch-device-steps"]
+
+
+def test_a_callback_s_hook_looks_at_the_step_on_the_training_thread_only():
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    out = _Outputs()
+    c.begin(0, 0.0)
+    c.end(0, 0.5, out)
+    out.done, device.t = True, 0.75
+    elsewhere = threading.Thread(target=c.hook_begins)
+    elsewhere.start()
+    elsewhere.join()
+    assert out.looks == 0 and c._pending  # a hook on Keras' pool leaves the step alone
+    c.hook_begins()  # a hook on the training thread: Keras has waited for the logs
+    assert out.looks == 1 and not c._pending
+    device.t = 5.0  # the hook took its time: the step was stamped before it
+    assert c.settle(10.0)
+    assert [s.end_s for s in steps] == [0.75]
+
+
+def test_a_look_that_fails_hands_the_step_to_the_waiting_thread():
+    c, steps = looked_at(_Device())
+
+    def ready(outputs):
+        raise RuntimeError("an array deleted under the look")
+
+    c.device_ready = ready
+    c.epoch_begin(0.0)
+    c.begin(0, 0.0)
+    c.end(0, 0.5, _Outputs())
+    c.begin(1, 0.5)
+    c.end(1, 1.0, _Outputs())
+    assert c.settle(10.0)
+    c.close()
+    assert [s.last_batch for s in steps] == [0, 1] and c._put_count == 2
+
+
+def test_steps_reach_the_sink_in_order_and_never_end_before_the_one_before():
+    device = _Device()
+    c, steps = looked_at(device)
+    released = threading.Event()
+
+    def late(outputs):  # the waiting thread gets to stamp only once the test lets it
+        released.wait(10.0)
+
+    c.device_done = late
+    c.epoch_begin(0.0)
+    first, second = _Outputs(), _Outputs()
+    c.begin(0, 0.0)
+    c.end(0, 0.5, first)
+    c.begin(1, 0.5)
+    c.end(1, 1.0, second)  # the device is behind: the first goes to the waiting thread
+    second.done, device.t = True, 2.0
+    c.hook_begins()  # the second is found done at 2.0 on the training thread
+    assert steps == []  # and waits for the first
+    device.t = 3.0
+    released.set()  # the first is stamped late, at 3.0
+    assert c.settle(10.0)
+    assert [(s.last_batch, s.end_s, s.compute_s) for s in steps] == [(0, 3.0, 3.0), (1, 3.0, 0.0)]
+    c.close()
+
+
 class _Polls:
     """`settle`'s clock and sleep: each sleep moves the clock on at once by what it asked."""
 
@@ -631,6 +793,38 @@ def test_each_pull_from_the_epoch_iterator_is_a_timed_fetch(backend):
     assert c._fetches == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0)]
     attachment.detach()
     assert iterator._get_iterator() == [10, 20]
+
+
+def test_on_jax_each_pull_first_looks_at_the_device_s_steps():
+    iterator = _EpochIterator([10])
+    ticking = _Ticking()
+    c = LoopClock(ticking, 0.0, lambda steps: None)
+    c.device_ready = lambda outputs: True
+    looks = []
+    c.fetch_begins = lambda: looks.append(ticking.t)
+    keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "jax", c,
+                                       keras_internals.Attachment())
+    source = iter(iterator._get_iterator())  # 1 to 2
+    next(source)  # looked at before the pull's start: 3 to 4
+    assert looks == [2.0] and c._fetches == [(1.0, 2.0), (3.0, 4.0)]
+
+
+class _Array:
+    def __init__(self, ready):
+        self.ready = ready
+
+    def block_until_ready(self):
+        return self
+
+    def is_ready(self):
+        return self.ready
+
+
+def test_a_jax_step_s_outputs_exist_when_its_first_array_of_logs_does():
+    ready = keras_internals._outputs_ready
+    assert ready({"epoch": 1, "loss": _Array(False), "acc": _Array(True)}) is False
+    assert ready({"loss": _Array(True), "acc": _Array(False)}) is True
+    assert ready({"loss": 0.5}) is True and ready(None) is True  # nothing to wait for
 
 
 def test_a_tf_data_pipeline_has_no_fetch_to_time_and_says_why():

@@ -671,7 +671,7 @@ class Timeline:
                                 self._run_energy)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per step: not frozen, which costs more to make
 class _BatchRow:
     """A batch hook's timing waiting for the reading that covers it (see `Timeline.drain`)."""
 

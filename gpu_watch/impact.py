@@ -327,9 +327,10 @@ def shared_impact(info: Mapping[str, Any], usage: RunUsage,
     return Impact(
         wall_lost_s=use.starved_s,
         gpu_idle_s=use.starved_s,
-        energy_lost_j=use.starved_energy_j if use.idle_power_s else None,
-        energy_method="power integrated over those seconds (whole GPU, their work included)"
-        if use.idle_power_s else "not measured: no power reading",
+        energy_lost_j=use.starved_energy_all_j,
+        energy_method="power integrated over those seconds (whole GPU, their work included; "
+        "seconds without a power reading at the mean of those with one)"
+        if use.starved_power_s else "not measured: no power reading",
         method=(f"seconds in which other processes were busy on GPU {gpu} while this "
                 "training's own use was under the idle threshold"),
         not_measured="how much faster it would run alone is not measured: their work and "

@@ -364,6 +364,7 @@ class BasisUse:
         idle_power_s: The idle seconds that had a power reading.
         starved_s: Idle seconds in which other processes were at or above the threshold.
         starved_energy_j: Power integrated over those of them that had a power reading, J.
+        starved_power_s: The starved seconds that had a power reading.
     """
 
     measured_s: float = 0.0
@@ -372,6 +373,7 @@ class BasisUse:
     idle_power_s: float = 0.0
     starved_s: float = 0.0
     starved_energy_j: float = 0.0
+    starved_power_s: float = 0.0
 
     @property
     def idle_fraction(self) -> float | None:
@@ -382,6 +384,14 @@ class BasisUse:
     def idle_power_w(self) -> float | None:
         """Mean power over the idle seconds, W."""
         return self.idle_energy_j / self.idle_power_s if self.idle_power_s > 0 else None
+
+    @property
+    def starved_energy_all_j(self) -> float | None:
+        """The energy of every starved second, J: the mean power of those with a reading over
+        all of them (a second without one is unknown, not 0 W); None with no reading at all."""
+        if self.starved_power_s <= 0:
+            return None
+        return self.starved_energy_j / self.starved_power_s * self.starved_s
 
 
 @dataclass(frozen=True)
@@ -511,6 +521,7 @@ class UsageMeter:
                     use.starved_s += seconds
                     if power is not None:  # a second without a reading is unknown, not 0 W
                         use.starved_energy_j += power * seconds
+                        use.starved_power_s += seconds
 
     def usage(self, duration_s: float | None) -> RunUsage:
         """The sums so far, for a run of `duration_s` seconds."""

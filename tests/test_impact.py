@@ -306,6 +306,16 @@ def test_a_shared_gpu_costs_the_time_this_training_was_starved():
     assert impact.wall_lost_s == 2.0 and impact.gpu_idle_s == 2.0
     assert impact.energy_lost_j == 400.0
     assert "overlap" in impact.not_measured
+    # Half the starved seconds without a power reading: at the others' mean, not 0 W.
+    rows[0]["power_w"] = rows[1]["power_w"] = None
+    [impact] = cause_impacts(info, usage(batches([1.0, 4.5], step_s=3.5), rows,
+                                         duration_s=4.5))
+    assert impact.energy_lost_j == 400.0 and "mean of those with one" in impact.energy_method
+    for row in rows[:4]:
+        row["power_w"] = None  # none while starved, though the later idle second has one
+    [impact] = cause_impacts(info, usage(batches([1.0, 4.5], step_s=3.5), rows,
+                                         duration_s=4.5))
+    assert impact.energy_lost_j is None and impact.energy_method.startswith("not measured")
     info["gpu_judged_by"] = {"0": "device"}  # no figure of its own: when starved is unknown
     [impact] = cause_impacts(info, usage(batches([1.0, 4.5]),
                                          samples(0, [2.0], 0.0, others=80.0), duration_s=4.5))

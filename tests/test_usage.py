@@ -193,8 +193,23 @@ def test_a_starved_second_without_a_power_reading_adds_no_energy():
          "power_w": 120.0},
     ])
     use = meter.usage(2.0).gpus[0]["judged"]
-    assert (use.starved_s, use.starved_energy_j) == (1.0, 60.0)
+    assert (use.starved_s, use.starved_energy_j, use.starved_power_s) == (1.0, 60.0, 0.5)
     assert (use.idle_s, use.idle_energy_j, use.idle_power_s) == (1.0, 60.0, 0.5)
+    # Every starved second at the mean power of those with a reading: 120 W for 1 s.
+    assert use.starved_energy_all_j == 120.0
+
+
+def test_starved_seconds_with_no_power_reading_at_all_have_no_energy():
+    meter = step_0_until(1.0)
+    meter.add_samples([
+        {"time_s": 1.5, "gpu": 0, "judged_util_pct": 0.0, "others_util_pct": 80.0,
+         "power_w": None},
+        {"time_s": 2.0, "gpu": 0, "judged_util_pct": 0.0, "others_util_pct": 0.0,
+         "power_w": 90.0},  # idle with a reading, but alone on the GPU: not starved
+    ])
+    use = meter.usage(2.0).gpus[0]["judged"]
+    assert (use.starved_s, use.starved_power_s, use.idle_power_s) == (0.5, 0.0, 0.5)
+    assert use.starved_energy_all_j is None  # unknown, never 0 J
 
 
 # -- a run read back -------------------------------------------------------------------------

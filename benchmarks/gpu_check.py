@@ -35,6 +35,11 @@ fixed when a process starts):
   as `idle`; with GPM, SM activity at most half of utilization; without GPM, never
   `low_sm_activity`.
 
+- ecc: NVML's ECC error counts on each GPU, read twice 1.5 s apart as GPUWatch reads them (the
+  counts behind OpenTelemetry's `hw.errors`). Expected: on a GPU with ECC on (data-centre
+  parts), both counts, never lower at the second read, and no NVML fault; without ECC, neither
+  count and no fault either (ECC is absent, as GPM is on older GPUs).
+
 On a GPU with GPM the healthy run must also keep its SMs busy (SM activity at least half of the
 utilization, no `low_sm_activity`); on any GPU from Volta on, each epoch's energy is positive.
 
@@ -466,7 +471,7 @@ def gpus_on_this_machine() -> tuple[list[str], str | None]:
     """The names of the GPUs NVML sees, and NVML's error when it sees none."""
     from gpu_watch.nvml import NVML
 
-    nvml = NVML()
+    nvml = NVML(lib)
     try:
         if not nvml.available:
             return [], nvml.error
@@ -480,7 +485,7 @@ def gpm_on_this_machine() -> bool:
     """Whether the first GPU supports GPM (NVML's own answer: Hopper and newer)."""
     from gpu_watch.nvml import NVML
 
-    nvml = NVML()
+    nvml = NVML(lib)
     try:
         devices = nvml.all_devices() if nvml.available else []
         if not devices:
@@ -619,6 +624,36 @@ def check_doctor(out_dir: Path, backends: list[str]) -> list[Row]:
     return rows
 
 
+def check_ecc(lib: Any = None) -> list[Row]:
+    """The ECC counts of every GPU, as the sampler reads them, twice."""
+    from gpu_watch.nvml import NVML
+
+    nvml = NVML(lib)
+    if not nvml.available:
+        return [Row("-", "ecc", "ECC counts", "NVML not available", "skipped: no NVIDIA driver")]
+    rows = []
+    try:
+        for device in nvml.all_devices():
+            first = nvml.read(device, 0.0)
+            time.sleep(1.5)
+            second = nvml.read(device, 1.5)
+            counts = [(r.ecc_corrected_errors, r.ecc_uncorrected_errors) for r in (first, second)]
+            faults = [f"{f.metric}: {f.error}" for f in nvml.faults if f.metric == "ecc"]
+            has = counts[0][0] is not None
+            expected = ("both counts, none lower later, no fault" if has
+                        else "no counts (no ECC), no fault")
+            passed = not faults and all((a is None) == (not has) for pair in counts
+                                        for a in pair)
+            if has and passed:
+                passed = all(b >= a for a, b in zip(counts[0], counts[1], strict=True))
+            seen = (f"{device.name}: corrected, uncorrected {counts[0]} then {counts[1]}; "
+                    f"faults {', '.join(faults) or 'none'}")
+            rows.append(Row("-", "ecc", expected, seen, "pass" if passed else "FAIL"))
+    finally:
+        nvml.shutdown()
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     headings = ("backend", "scenario", "expected", "seen", "result")
     cells = [[r.backend, r.scenario, r.expected, r.seen or "-", r.result] for r in rows]
@@ -656,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     rows = check(out_dir, backends, args.seconds)
     rows += check_doctor(out_dir, backends)
+    rows += check_ecc()
     elapsed_s = time.perf_counter() - start
     print()
     print(table(rows))

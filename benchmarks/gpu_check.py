@@ -471,7 +471,7 @@ def gpus_on_this_machine() -> tuple[list[str], str | None]:
     """The names of the GPUs NVML sees, and NVML's error when it sees none."""
     from gpu_watch.nvml import NVML
 
-    nvml = NVML(lib)
+    nvml = NVML()
     try:
         if not nvml.available:
             return [], nvml.error
@@ -485,7 +485,7 @@ def gpm_on_this_machine() -> bool:
     """Whether the first GPU supports GPM (NVML's own answer: Hopper and newer)."""
     from gpu_watch.nvml import NVML
 
-    nvml = NVML(lib)
+    nvml = NVML()
     try:
         devices = nvml.all_devices() if nvml.available else []
         if not devices:

@@ -95,10 +95,10 @@ class LoopClock:
         self._done_count = 0  # and dealt with (waiting thread only)
         self._watcher: threading.Thread | None = None
         self._issued = 0  # numbers given to dispatched steps and epoch begins, in order
-        # Dispatched steps the training thread looks at itself: (number, step), oldest first.
-        self._pending: deque[tuple[int, _Dispatched]] = deque()
-        self._slow_fetch = False  # the last fetch took SLOW_FETCH_S or more
-        self._training_thread: int | None = None  # the ident of the thread that runs the loop
+        # The newest dispatched step, which the training thread looks at itself: (number,
+        # step, the ident of the thread that runs the loop); None when there is none.
+        self._pending: tuple[int, _Dispatched, int] | None = None
+        self._last_fetch_s = 0.0  # how long the last fetch took
         # What either thread timed: number -> (step or epoch begin, when its outputs existed).
         # The training thread turns them into steps in order (`_drain`), and the timeline is
         # fed from one thread.
@@ -115,30 +115,28 @@ class LoopClock:
         self._begin = None
         self._fetches.clear()
         if self.device_done is not None:
-            self._timed[self._number()] = (_EpochBegin(t), t)
+            self._timed[self._number()] = (_EPOCH_BEGIN, t)
 
     def fetch_begins(self) -> None:
         """The training thread starts to pull a batch (where the device's steps are looked
         at): a step found done ended before the fetch; after a slow fetch, the running one is
         handed to the waiting thread, whose stamp comes while the fetch goes on."""
-        if self._pending:
-            self._look()
-            if self._slow_fetch:
-                self._hand_over(0)
+        self._look()
+        if self._last_fetch_s >= SLOW_FETCH_S:
+            self._hand_over()
 
     def fetched(self, start: float, end: float) -> None:
         """The training thread pulled a batch from `start` to `end` (`FETCH_TIMED`)."""
         self._fetches.append((start, end))
         if self.device_ready is not None:
-            self._slow_fetch = end - start >= SLOW_FETCH_S
-            if self._pending:
-                self._look()
+            self._last_fetch_s = end - start
+            self._look()
 
     def hook_begins(self) -> None:
         """A callback's own batch hook starts: on the training thread, Keras has waited for the
         step's logs (a callback not safe to run on its pool asks for them), so the step is
         looked at before the hook's time passes."""
-        if self._pending and threading.get_ident() == self._training_thread:
+        if self._pending is not None and threading.get_ident() == self._pending[2]:
             self._look()
 
     def begin(self, batch: int, left_s: float) -> None:
@@ -161,10 +159,9 @@ class LoopClock:
             if self.device_ready is None:
                 self._put(self._number(), item)
             else:
-                self._training_thread = threading.get_ident()
                 self._look()
-                self._pending.append((self._number(), item))
-                self._hand_over(1)  # the device is behind: its older steps are waited for
+                self._hand_over()  # not done yet: the device is behind, its step waited for
+                self._pending = (self._number(), item, threading.get_ident())
             self._drain()
             return None
         mark = self._mark
@@ -200,33 +197,30 @@ class LoopClock:
         return self._issued - 1
 
     def _look(self) -> None:
-        """Time the dispatched steps the device has finished, oldest first, as of now: the
-        training thread's own look costs a call, where each step handed to the waiting thread
-        costs a switch of Python's lock between threads (tens of microseconds on a small
-        machine). A step is looked at by the training thread only while the device keeps up
-        with it: at the next end hook, and as fetches and callbacks' hooks begin and fetches
-        end, so the stamp is at most that late."""
-        pending = self._pending
-        now = None
-        while pending:
-            number, item = pending[0]
-            try:
-                done = self.device_ready(item.outputs)
-            except Exception:  # the waiting thread's own wait says what went wrong
-                self._put(*pending.popleft())
-                continue
-            if not done:
-                return
-            pending.popleft()
-            if now is None:
-                now = self.now()
-            self._timed[number] = (item, now)
+        """Time the dispatched step the training thread holds, if the device has finished it,
+        as of now: the training thread's own look costs a call, where each step handed to the
+        waiting thread costs a switch of Python's lock between threads (tens of microseconds
+        on a small machine). The training thread holds a step only while the device keeps up
+        with it: it looks at the next end hook, and as fetches and callbacks' hooks begin and
+        fetches end, so the stamp is at most that late."""
+        if self._pending is None:
+            return
+        number, item, _ = self._pending
+        try:
+            done = self.device_ready(item.outputs)
+        except Exception:  # the waiting thread's own wait says what went wrong
+            self._hand_over()
+            return
+        if done:
+            self._pending = None
+            self._timed[number] = (item, self.now())
 
-    def _hand_over(self, keep: int) -> None:
-        """Hand the dispatched steps not yet timed to the waiting thread, all but the newest
-        `keep`."""
-        while len(self._pending) > keep:
-            self._put(*self._pending.popleft())
+    def _hand_over(self) -> None:
+        """Hand the step the training thread holds, if any, to the waiting thread."""
+        if self._pending is not None:
+            number, item, _ = self._pending
+            self._pending = None
+            self._put(number, item)
 
     def _put(self, number: int, item: _Dispatched) -> None:
         # A C-level queue: the training thread pays a fraction of a microsecond a step, and the
@@ -242,9 +236,8 @@ class LoopClock:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
-        if self._pending:
-            self._look()
-            self._hand_over(0)
+        self._look()
+        self._hand_over()
         deadline = self._monotonic() + timeout_s
         while self._done_count < self._put_count:
             # A step was handed over, so the waiting thread exists; one that died times
@@ -287,7 +280,7 @@ class LoopClock:
             while self._drained in self._timed:
                 item, done = self._timed.pop(self._drained)
                 self._drained += 1
-                if isinstance(item, _EpochBegin):
+                if item is _EPOCH_BEGIN:
                     self._device_free = done
                 else:
                     # The device runs its steps in order: one is done no earlier than the one
@@ -441,13 +434,7 @@ class StackSampler:
 
 
 _STOP = object()  # the waiting thread's last item
-
-
-@dataclass(frozen=True, slots=True)
-class _EpochBegin:
-    """An epoch began at `t` (the device had finished the last epoch: Keras waits for it)."""
-
-    t: float
+_EPOCH_BEGIN = object()  # an epoch began: the device had finished the last one (Keras waits)
 
 
 @dataclass(frozen=True, slots=True)

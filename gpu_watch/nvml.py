@@ -38,6 +38,9 @@ _ECC_UNCORRECTED = 1  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 # errors from long before this training.
 _ECC_VOLATILE = 0
 _MAX_FAULTS = 200
+# Metrics many GPUs lack by design (ECC: most GeForce cards): NotSupported switches them off
+# without a fault, as GPM is where a GPU has none, so no report notes their absence.
+ABSENT_WHEN_UNSUPPORTED = frozenset({"ecc"})
 # NVML samples utilization every 1/6 s to 1 s, by product (nvml.h, nvmlDeviceGetUtilizationRates).
 # With a process listed on a GPU, no sample of it for two of the longest periods means a whole
 # period ended in which it ran no kernels: 0 %. Before that, "no new sample" is unknown, not idle.
@@ -346,7 +349,7 @@ class NVML:
     # -- the one function every query goes through ------------------------------------------------
 
     def query(self, metric: str, gpu: int | None, func: str | tuple[str, ...], *args: Any,
-              not_found: Any = None, unsupported_is_fault: bool = True) -> Any:
+              not_found: Any = None) -> Any:
         """Call ``lib.<func>(*args)``; return its value, or None on any ``NVMLError``.
 
         `func` may name several versioned calls, newest first: a driver or binding without one
@@ -354,9 +357,9 @@ class NVML:
         ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, raised by an unversioned
         binding that wraps a versioned function the driver lacks) counts as ``FunctionNotFound``.
         ``NotFound`` returns `not_found` (NVML's way of saying "nothing to report").
-        ``NotSupported`` switches `metric` off for `gpu` for the rest of the session (a fault
-        unless `unsupported_is_fault` is False: a feature many GPUs lack), and ``GpuIsLost``
-        marks `gpu` lost; any other error leaves the next call free to succeed.
+        ``NotSupported`` switches `metric` off for `gpu` for the rest of the session (a fault,
+        unless the metric is one of `ABSENT_WHEN_UNSUPPORTED`), and ``GpuIsLost`` marks `gpu`
+        lost; any other error leaves the next call free to succeed.
         """
         if not self.available:
             return None
@@ -377,7 +380,7 @@ class NVML:
                 return not_found
             except pynvml.NVMLError as exc:
                 unsupported = isinstance(exc, pynvml.NVMLError_NotSupported)
-                if unsupported_is_fault or not unsupported:
+                if not (unsupported and metric in ABSENT_WHEN_UNSUPPORTED):
                     self._record_fault(metric, gpu, exc)
                 if unsupported:
                     self._disabled.add(key)
@@ -589,7 +592,7 @@ class NVML:
         not a fault: no report notes it); it never reads as 0 errors."""
         corrected, uncorrected = (
             self.query("ecc", device.nvml_index, "nvmlDeviceGetTotalEccErrors", device.handle,
-                       error_type, _ECC_VOLATILE, unsupported_is_fault=False)
+                       error_type, _ECC_VOLATILE)
             for error_type in (_ECC_CORRECTED, _ECC_UNCORRECTED))
         if corrected is None or uncorrected is None:
             return None

@@ -345,7 +345,7 @@ def test_a_device_that_falls_behind_has_its_older_steps_waited_for_on_a_thread()
     for batch, out in enumerate(outputs):
         c.begin(batch, float(batch))
         c.end(batch, batch + 0.5, out)  # none done: the device is behind
-    assert c._pending and c._pending[0][1].outputs is outputs[2]  # the newest stays
+    assert c._pending[1].outputs is outputs[2]  # the newest stays with the training thread
     assert c.settle(10.0)
     c.close()
     assert [o.waited_on for o in outputs] == [["gpu-watch-device-steps"]] * 3
@@ -372,20 +372,44 @@ def test_a_step_found_done_as_a_fetch_begins_ended_before_the_fetch():
 
 def test_after_a_slow_fetch_the_running_step_is_waited_for_as_the_next_fetch_begins():
     c, _ = looked_at(_Device())
-    c.epoch_begin(0.0)
+    c.epoch_begin(10.0)
     running = _Outputs()
-    c.fetched(0.0, 0.0009)  # just under SLOW_FETCH_S: the next fetch leaves the step alone
-    c.begin(0, 0.0)
-    c.end(0, 0.001, running)
+    c.begin(0, 10.0)
+    c.end(0, 10.001, running)
+    c.fetch_begins()  # no fetch yet: the step stays with the training thread
+    assert c._pending is not None and c._put_count == 0
+    c.fetched(10.001, 10.00195)  # just under SLOW_FETCH_S: the next fetch leaves it alone
     c.fetch_begins()
-    assert len(c._pending) == 1 and c._put_count == 0
-    c.fetched(0.001, 0.002)  # 1 ms: slow
-    assert running.looks == 2  # looked at as the fetch began and as it ended
+    assert c._pending is not None and c._put_count == 0
+    c.fetched(10.002, 10.00305)  # just over: slow
+    assert running.looks == 4  # looked at as each fetch began and as it ended
     c.fetch_begins()
-    assert not c._pending and c._put_count == 1  # its end will fall inside the fetch
+    assert c._pending is None and c._put_count == 1  # its end will fall inside the fetch
     assert c.settle(10.0)
     c.close()
     assert running.waited_on == ["gpu-watch-device-steps"]
+
+
+def test_a_fetch_of_exactly_a_millisecond_is_slow():
+    c, _ = looked_at(_Device())
+    c.begin(0, 0.0)
+    c.end(0, 0.0, _Outputs())
+    c.fetched(0.0, 0.001)
+    c.fetch_begins()
+    assert c._pending is None and c._put_count == 1
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_closing_ends_the_waiting_thread_cleanly(monkeypatch):
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    c, _ = looked_at(_Device())
+    c.device_ready = None  # every step to the waiting thread
+    c.begin(0, 0.0)
+    c.end(0, 0.5, _Outputs())
+    c.close()
+    assert not c._watcher.is_alive() and failures == []
 
 
 def test_a_callback_s_hook_looks_at_the_step_on_the_training_thread_only():
@@ -399,9 +423,9 @@ def test_a_callback_s_hook_looks_at_the_step_on_the_training_thread_only():
     elsewhere = threading.Thread(target=c.hook_begins)
     elsewhere.start()
     elsewhere.join()
-    assert out.looks == 0 and c._pending  # a hook on Keras' pool leaves the step alone
+    assert out.looks == 0 and c._pending is not None  # a hook on Keras' pool leaves it
     c.hook_begins()  # a hook on the training thread: Keras has waited for the logs
-    assert out.looks == 1 and not c._pending
+    assert out.looks == 1 and c._pending is None
     device.t = 5.0  # the hook took its time: the step was stamped before it
     assert c.settle(10.0)
     assert [s.end_s for s in steps] == [0.75]

@@ -10,6 +10,7 @@ without it the verdict is the truth of this machine: the training ran on the CPU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -19,8 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from on_gpu import step_0_on_a_gpu  # noqa: E402  (beside this script)
 
-from gpu_watch import GPUWatch, GPUWatchWarning, placement  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 
 
@@ -33,21 +35,11 @@ def main() -> None:
     parser.add_argument("--verbose", type=int, default=0)
     parser.add_argument("--on-gpu", action="store_true")
     args = parser.parse_args()
-    if args.on_gpu:
-        real = type(placement.probe_for(keras.backend.backend()))
+    with step_0_on_a_gpu() if args.on_gpu else contextlib.nullcontext():
+        train(args)
 
-        class OnGPU(real):
-            def framework_gpus(self):
-                return ["gpu:0"]
 
-            def cuda_build(self):
-                return True
-
-            def after_first_step(self, model, logs):
-                return {**super().after_first_step(model, logs), "compute_on_gpu": True}
-
-        placement.probe_for = lambda backend: OnGPU()
-
+def train(args: argparse.Namespace) -> None:
     # Busy for 8 s, then a stretch of idle, then busy again: the sparklines show the dip.
     util = [92, 95, 97, 90, 94, 96, 93, 95] + [3] * 4 + [88, 91, 94, 96] * 20
     gpu = FakeGPU(name="NVIDIA H100 80GB HBM3", util_pct=util,

@@ -60,6 +60,12 @@ class AsyncNoOp(NoOp):
         self.async_safe = True
 
 
+def watching(log_dir: str) -> GPUWatch:
+    """GPUWatch on a simulated GPU this process keeps busy, with no figures drawn."""
+    gpu = FakeGPU(util_pct=50, processes=[FakeProcess(used_mib=100)])
+    return GPUWatch(nvml=FakeNVML([gpu]), plot=False, verbose=0, log_dir=log_dir)
+
+
 class _Frame:
     """Stands for fit's frame: the callback list is what the loop clock wraps."""
 
@@ -139,16 +145,12 @@ def main() -> None:
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     with tempfile.TemporaryDirectory() as log_dir:
-        def watch():
-            gpu = FakeGPU(util_pct=50, processes=[FakeProcess(used_mib=100)])
-            return GPUWatch(nvml=FakeNVML([gpu]), plot=False, verbose=0, log_dir=log_dir)
-
         configs = {
             "no callback": (lambda: [], False),
             "no-op per-batch callback": (lambda: [NoOp()], False),
             "async-safe no-op per-batch callback": (lambda: [AsyncNoOp()], False),
-            "GPUWatch, its own hooks only": (lambda: [watch()], False),
-            "GPUWatch, loop clock attached (as in fit)": (lambda: [watch()], True),
+            "GPUWatch, its own hooks only": (lambda: [watching(log_dir)], False),
+            "GPUWatch, loop clock attached (as in fit)": (lambda: [watching(log_dir)], True),
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(args.rounds):
@@ -166,13 +168,9 @@ def main() -> None:
 
 def main_fit(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as log_dir:
-        def watch():
-            gpu = FakeGPU(util_pct=50, processes=[FakeProcess(used_mib=100)])
-            return GPUWatch(nvml=FakeNVML([gpu]), plot=False, verbose=0, log_dir=log_dir)
-
         configs = {
             "async-safe no-op per-batch callback": lambda: [AsyncNoOp()],
-            "GPUWatch": lambda: [watch()],
+            "GPUWatch": lambda: [watching(log_dir)],
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(args.rounds):

@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root.resolve()
     results = root / "mutants" / "gpu_watch"
-    modules = [Path(path).name for path in config(root)["only_mutate"]]
+    # Each module's path under gpu_watch/ (e.g. "judging/verdict.py"), as mutmut lays out its
+    # results.
+    modules = [Path(path).relative_to("gpu_watch").as_posix()
+               for path in config(root)["only_mutate"]]
     missing = [m for m in modules if not (results / f"{m}.meta").is_file()]
     if missing:
         print(f"no mutmut results for {', '.join(missing)} under mutants/: run `mutmut run`",
@@ -139,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     known = function_equivalents(root)
     matched: set[tuple[str, str]] = set()
     below, unfinished = [], []
-    print(f"{'module':14s} {'mutants':>7s} {'killed':>6s} {'equiv':>5s} {'survived':>8s} "
+    print(f"{'module':22s} {'mutants':>7s} {'killed':>6s} {'equiv':>5s} {'survived':>8s} "
           f"{'score':>6s} {'raw':>6s} {'target':>6s}")
     for module_file in modules:
-        module = f"gpu_watch.{module_file.removesuffix('.py')}"
+        module = "gpu_watch." + module_file.removesuffix(".py").replace("/", ".")
         codes = json.loads((results / f"{module_file}.meta").read_text())["exit_code_by_key"]
         texts = mutated_lines(results / module_file)
         tally: Counter = Counter()
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         counted = len(codes) - tally["equivalent"]
         score = 100.0 * tally["killed"] / counted if counted else 100.0
         raw = 100.0 * tally["killed"] / len(codes) if codes else 100.0
-        print(f"{module_file:14s} {len(codes):7d} {tally['killed']:6d} {tally['equivalent']:5d} "
+        print(f"{module_file:22s} {len(codes):7d} {tally['killed']:6d} {tally['equivalent']:5d} "
               f"{tally['survived']:8d} {score:5.1f}% {raw:5.1f}% {TARGET_PCT:5.0f}%")
         if score < TARGET_PCT:
             below.append(module_file)

@@ -174,7 +174,7 @@ def train(scenario: str, log_dir: str, seconds: float,
     fit_s = time.perf_counter() - start
 
     run = load_run(watch.run_dir)
-    placement = run.info.get("placement") or {}
+    placement = run.record.placement or {}
     util = run.epochs["gpu_util_mean"].dropna()
     proc_util = run.epochs["proc_util_mean"].dropna()
     proc_mem = run.samples["proc_mem_mib"].dropna()
@@ -190,14 +190,14 @@ def train(scenario: str, log_dir: str, seconds: float,
         "verdict": run.verdict,
         "causes": [c["code"] for c in run.causes],
         "remedies": {c["code"]: c["remedy"] for c in run.causes},
-        "data_source": (run.info.get("data") or {}).get("source"),
+        "data_source": (run.record.data or {}).get("source"),
         "device_scope": placement.get("device_scope"),
         "error": error,
         "compute_on_gpu": placement.get("compute_on_gpu"),
         "placement_devices": placement.get("variable_devices"),
         "default_backend": placement.get("default_backend"),
-        "framework_gpus": (run.info.get("framework") or {}).get("gpus"),
-        "nvml_gpus_seen": run.info["nvml"]["gpus_seen"],
+        "framework_gpus": (run.record.framework or {}).get("gpus"),
+        "nvml_gpus_seen": run.record.nvml["gpus_seen"],
         "watched_gpus": run.gpus,
         "util_mean_pct": float(util.mean()) if len(util) else None,
         "proc_util_mean_pct": float(proc_util.mean()) if len(proc_util) else None,
@@ -212,8 +212,8 @@ def train(scenario: str, log_dir: str, seconds: float,
         if run.samples["util_pct"].notna().any() else None,
         "tensor_active_mean_pct": float(tensor.mean()) if len(tensor) else None,
         "epoch_energy_min_j": float(energy.min()) if len(energy) else None,
-        "energy_total_j": (run.info.get("energy") or {}).get("total_j"),
-        "energy_method": (run.info.get("energy") or {}).get("method"),
+        "energy_total_j": (run.record.energy or {}).get("total_j"),
+        "energy_method": (run.record.energy or {}).get("method"),
     }
 
 

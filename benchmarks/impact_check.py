@@ -238,11 +238,11 @@ def predicted(run) -> tuple[str, float | None, float | None]:
     if item is not None:
         impact = item["impact"]
         return "input_bound", impact["wall_lost_s"], impact["speedup_bound_x"]
-    usage = usage_of_frames(run.info, run.samples, run.batches)
-    share = (run.info.get("wait") or {}).get("fraction")
+    usage = usage_of_frames(run.record, run.samples, run.batches)
+    share = (run.record.wait or {}).get("fraction")
     if share is None:
         share = _recorded_wait_share(run)
-    impact = input_bound_impact(run.info, usage, {"wait_fraction": share})
+    impact = input_bound_impact(run.record, usage, {"wait_fraction": share})
     return f"no ({run.verdict})", impact.wall_lost_s, impact.speedup_bound_x
 
 
@@ -251,8 +251,8 @@ def compare(case: str, problem: Fit, fixed: Fit) -> Row:
     wait GPUWatch still sees in the fixed run."""
     flagged, lost, bound = predicted(problem.run)
     _, fixed_lost, _ = predicted(fixed.run)
-    wall = float(problem.run.info["duration_s"])
-    fixed_wall = float(fixed.run.info["duration_s"])
+    wall = float(problem.run.record.duration_s)
+    fixed_wall = float(fixed.run.record.duration_s)
     wait = None if lost is None else 100 * lost / wall
     fixed_wait = None if fixed_lost is None else 100 * fixed_lost / fixed_wall
     return Row(case, flagged, wait, lost, wall - fixed_wall, bound, wall / fixed_wall,
@@ -352,7 +352,7 @@ def print_multi_gpu(logs: Path, steps: int) -> None:
     causes = {c["code"]: c for c in run_impacts(run)}
     item = causes.get("process_not_on_gpu")
     first_step_end = float(run.batches["time_s"].iloc[0])
-    truth = 3 * (float(run.info["duration_s"]) - first_step_end)
+    truth = 3 * (float(run.record.duration_s) - first_step_end)
     print(f"\n4 GPUs, training on GPU 0 (verdict {run.verdict}):")
     if item is None:
         print("  process_not_on_gpu not flagged: causes", list(causes))

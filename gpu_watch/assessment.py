@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpu_watch import runlog
@@ -17,7 +17,7 @@ from gpu_watch._version import __version__
 from gpu_watch.causes import Cause, RunFacts
 from gpu_watch.impact import with_impacts
 from gpu_watch.nvml import Reading
-from gpu_watch.runlog import Run
+from gpu_watch.runlog import Run, RunRecord
 from gpu_watch.timeline import (
     DataTick,
     EpochSpan,
@@ -33,30 +33,30 @@ from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 _BATCH, _TICK, _END, _BEGIN, _FIRST_BATCH = range(5)
 
 
-def setting_of(info: dict[str, Any], switched_off: Sequence[dict] | None = None) -> Setting:
+def setting_of(record: RunRecord, switched_off: Sequence[dict] | None = None) -> Setting:
     """The run's facts as the verdict rules take them, from its `run.json` record.
 
     Args:
-        info: The run's record (`Monitor.info`, or a loaded `run.json`).
+        record: The run's record (`Monitor.record`, or a loaded `run.json`).
         switched_off: NVML metrics switched off per GPU; default the record's own.
     """
-    placement = info.get("placement") or {}
-    framework = info.get("framework") or {}
-    nvml = info.get("nvml") or {}
+    placement = record.placement or {}
+    framework = record.framework or {}
+    nvml = record.nvml or {}
     gpus = framework.get("gpus")
     off = nvml.get("switched_off") if switched_off is None else switched_off
-    findings = (info.get("environment") or {}).get("findings") or []
+    findings = (record.environment or {}).get("findings") or []
     return Setting(
         compute_on_gpu=placement.get("compute_on_gpu"),
         framework_gpus=None if gpus is None else len(gpus),
         nvml_error=nvml.get("error"),
         nvml_gpus=int(nvml.get("gpus_seen") or 0),
-        visible_gpus=len(info.get("devices") or []),
-        cuda_visible_devices=info.get("cuda_visible_devices"),
+        visible_gpus=len(record.devices or []),
+        cuda_visible_devices=record.cuda_visible_devices,
         cuda_build=framework.get("cuda_build"),
         cpu_compute_examples=tuple(placement.get("cpu_compute_examples") or ()),
         environment=tuple(Cause.from_dict(f) for f in findings if isinstance(f, dict)),
-        facts=RunFacts.from_run(info),
+        facts=RunFacts.from_run(record),
         no_process_utilization=tuple(o["gpu"] for o in off or ()
                                      if isinstance(o, dict) and o.get("metric") == "proc_util"),
     )
@@ -119,28 +119,27 @@ def judged_record(stats: Sequence[GPUStats], judgement: Judgement) -> dict[str, 
             for s in stats}
 
 
-def run_record(timeline: Timeline, setting: Setting, hooks: Sequence[tuple[str, float]] = ()
-               ) -> tuple[Judgement, dict[str, Any]]:
-    """The run's verdict and the `run.json` fields it fills: verdict, causes, per-GPU
-    verdicts and bases, the judged figures, the wait for data and where the loop's time went,
-    step 0's duration, energy. `hooks`: the callbacks whose batch hooks took longest (class
-    name, seconds), slowest first."""
+def record_judgement(record: RunRecord, timeline: Timeline, setting: Setting,
+                     hooks: Sequence[tuple[str, float]] = ()) -> Judgement:
+    """Judge the run so far and fill the fields of `record` the judgement decides: verdict,
+    causes, per-GPU verdicts and bases, the judged figures, the wait for data and where the
+    loop's time went, step 0's duration, energy. `hooks`: the callbacks whose batch hooks
+    took longest (class name, seconds), slowest first. Returns the judgement."""
     stats = timeline.run_stats()
     wait = timeline.run_wait()
     judgement = judge(setting, stats, wait.fraction, wait.other_fraction, hooks)
-    return judgement, {
-        "verdict": judgement.verdict,
-        "causes": [c.to_dict() for c in judgement.causes],
-        "gpu_verdicts": {str(k): v for k, v in judgement.gpu_verdicts.items()},
-        "gpu_judged_by": {str(k): v for k, v in judgement.judged_by.items()},
-        "judged": judged_record(stats, judgement),
-        "wait": wait.to_dict(),
-        "breakdown": {**wait.breakdown(),
-                      "callbacks": [{"name": name, "hook_s": round(seconds, 4)}
-                                    for name, seconds in hooks]},
-        "first_step_s": _round(timeline.first_step_s, 4),
-        "energy": energy_summary(stats),
-    }
+    record.verdict = judgement.verdict
+    record.causes = [c.to_dict() for c in judgement.causes]
+    record.gpu_verdicts = {str(k): v for k, v in judgement.gpu_verdicts.items()}
+    record.gpu_judged_by = {str(k): v for k, v in judgement.judged_by.items()}
+    record.judged = judged_record(stats, judgement)
+    record.wait = wait.to_dict()
+    record.breakdown = {**wait.breakdown(),
+                        "callbacks": [{"name": name, "hook_s": round(seconds, 4)}
+                                      for name, seconds in hooks]}
+    record.first_step_s = _round(timeline.first_step_s, 4)
+    record.energy = energy_summary(stats)
+    return judgement
 
 
 def rejudge(path: str | os.PathLike | Run) -> Run:
@@ -150,7 +149,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     sampler and the training thread did, and judged with the run's own facts from `run.json`.
     The run comes back as today's code would have written it: verdict, causes, the judged
     figures, each sample's `judged_util_pct`, and the epoch rows (with their Keras logs). The
-    folder itself is left as it is. `run.info["rejudged"]` says which version judged it and
+    folder itself is left as it is. `run.record.rejudged` says which version judged it and
     what the recorded verdict was.
 
     Runs recorded before the per-tick `fetching_data` flag existed get each epoch's recorded
@@ -165,14 +164,14 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
     import pandas as pd
 
     run = path if isinstance(path, Run) else runlog.load_run(path)
-    info = dict(run.info)
-    config = info.get("config") or {}
-    gpus = [int(d["nvml_index"]) for d in info.get("devices") or []
+    record = replace(run.record)
+    config = record.config or {}
+    gpus = [int(d["nvml_index"]) for d in record.devices or []
             if isinstance(d, dict) and d.get("nvml_index") is not None]
     timeline = Timeline(gpus, recorded_threshold_pct(config),
                         float(config.get("idle_patience_s", 60.0)),
                         float(config.get("interval_s") or runlog.RECORDED_INTERVAL_S))
-    setting = setting_of(info)
+    setting = setting_of(record)
     samples = run.samples.copy() if run.samples is not None else pd.DataFrame()
     batches = run.batches if run.batches is not None else pd.DataFrame()
     epochs = run.epochs if run.epochs is not None else pd.DataFrame()
@@ -199,7 +198,7 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
                 tick.append(reading)
             events.append(_Event(float(time_s), _TICK, tick))
     logs = _keras_logs(epochs)
-    breakdown = info.get("breakdown") if isinstance(info.get("breakdown"), dict) else {}
+    breakdown = record.breakdown if isinstance(record.breakdown, dict) else {}
     timed = "other_s" in batches.columns if len(batches) else False
     measure = breakdown.get("wait_measure") if timed else None
     hooks = [(str(c.get("name")), float(c.get("hook_s") or 0.0))
@@ -225,17 +224,17 @@ def rejudge(path: str | os.PathLike | Run) -> Run:
             timeline.end_epoch(event.time_s, logs.get(event.payload, {}))
         rows += [epoch_row(span, setting, hooks)[1] for span in timeline.ready_epochs()]
     rows += [epoch_row(span, setting, hooks)[1] for span in timeline.ready_epochs(final=True)]
-    judgement, record = run_record(timeline, setting, hooks)
-    record["energy"] = info.get("energy", record["energy"])  # recorded from every reading
-    info.update(record)
+    record_judgement(record, timeline, setting, hooks)
+    if run.record.has("energy"):  # recorded from every reading
+        record.energy = run.record.energy
     if len(samples):
         samples["judged_util_pct"] = [readings_by_row[i].judged_util_pct for i in samples.index]
-    info["causes"] = with_impacts(info, usage_of_frames(info, samples, batches))
-    info["rejudged"] = {"gpu_watch_version": __version__,
-                        "recorded_verdict": run.info.get("verdict"),
-                        "recorded_causes": [c.get("code") for c in run.causes]}
+    record.causes = with_impacts(record, usage_of_frames(record, samples, batches))
+    record.rejudged = {"gpu_watch_version": __version__,
+                       "recorded_verdict": run.record.verdict,
+                       "recorded_causes": [c.get("code") for c in run.causes]}
     new_epochs = pd.DataFrame(rows) if rows else epochs.iloc[0:0].copy()
-    return Run(run.path, info, samples, run.batches, new_epochs, list(run.warnings))
+    return Run(run.path, record, samples, run.batches, new_epochs, list(run.warnings))
 
 
 @dataclass(frozen=True, slots=True)

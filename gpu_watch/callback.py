@@ -198,7 +198,7 @@ class GPUWatch(keras.callbacks.Callback):
             >>> model.fit(x, y, callbacks=[watch := GPUWatch()])
             >>> assert watch.verdict == "ok", watch.verdict
         """
-        return self.monitor.info.get("verdict") if self.monitor is not None else None
+        return self.monitor.record.verdict if self.monitor is not None else None
 
     def wait_for_report(self, timeout_s: float = 60.0) -> bool:
         """Wait until the last run's figures and `report.html` are in its run folder.
@@ -347,8 +347,8 @@ class GPUWatch(keras.callbacks.Callback):
         monitor.finish(runlog.STATUS_STOPPED_IDLE if self._stopped_idle
                        else runlog.STATUS_COMPLETED)
         if self.config.measure_gpu_speedup and any(
-                c["code"] == "forced_cpu_placement" for c in monitor.info["causes"]):
-            data = monitor.info.get("data") or {}
+                c["code"] == "forced_cpu_placement" for c in monitor.record.causes):
+            data = monitor.record.data or {}
             monitor.add_gpu_trial(gpu_trial(self._model, keras.backend.backend(),
                                             data.get("batch_size")))
         if self._line is not None:
@@ -383,7 +383,7 @@ class GPUWatch(keras.callbacks.Callback):
                 f"{cpu_banner(causes)} Run folder: {self.monitor.run_dir}", codes)
             self.monitor.finish(runlog.STATUS_FAILED, error)
             raise error
-        if not _gpu_on_machine(self.monitor.info):
+        if not _gpu_on_machine(self.monitor.record):
             # Nothing to be surprised about: the summary line says cpu_fallback and why. A
             # project whose tests turn warnings into errors keeps passing on CI without a GPU.
             return
@@ -491,13 +491,13 @@ def log_keys(first: dict[str, float | None], watching_gpus: bool) -> dict[str, s
 
 def _live_line(monitor: Monitor) -> str:
     """The notebook's live line for a run: its latest readings and current verdict."""
-    return live.live_line(monitor.live.values, monitor.info.get("verdict"), monitor.status,
+    return live.live_line(monitor.live.values, monitor.record.verdict, monitor.status,
                           monitor.elapsed_s(), len(monitor.devices))
 
 
 def _print_summary(monitor: Monitor) -> None:
     """Print the run's summary line (`gpu_watch.report.text.summary_line`)."""
-    print(summary_line(monitor.info, monitor.run_dir, monitor.batches.rows_written,
+    print(summary_line(monitor.record, monitor.run_dir, monitor.batches.rows_written,
                        monitor.epochs.rows_written), file=sys.stdout, flush=True)
 
 
@@ -517,8 +517,8 @@ def _monitor_in_temporary_folder(config: Config, args: tuple) -> Monitor | None:
         return None
 
 
-def _gpu_on_machine(info: dict[str, Any]) -> bool:
+def _gpu_on_machine(record: runlog.RunRecord) -> bool:
     """Whether NVML or the framework saw a GPU: training on the CPU is then a surprise."""
-    nvml = info.get("nvml") or {}
-    framework = info.get("framework") or {}
+    nvml = record.nvml or {}
+    framework = record.framework or {}
     return bool(nvml.get("gpus_seen") or framework.get("gpus"))

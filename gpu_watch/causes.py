@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpu_watch.runlog import RunRecord
 
 INSTALL = "install"
 DRIVER = "driver"
@@ -465,15 +468,15 @@ class RunFacts:
         return _cpu_scope(self)
 
     @classmethod
-    def from_run(cls, info: Mapping[str, Any]) -> RunFacts:
+    def from_run(cls, record: RunRecord) -> RunFacts:
         """The facts recorded in a run's `run.json` (its ``backend``, ``data``,
         ``distribution`` and ``placement`` sections)."""
-        placement = info.get("placement") or {}
-        data = dict(info.get("data") or {})
+        placement = record.placement or {}
+        data = dict(record.data or {})
         if data.get("source") not in DATA_SOURCES:
             data["source"] = "unknown"
-        return cls(backend=info.get("backend"), data=data,
-                   distribution=info.get("distribution") or None,
+        return cls(backend=record.backend, data=data,
+                   distribution=record.distribution or None,
                    device_scope=placement.get("device_scope"),
                    cpu_settings=dict(placement.get("cpu_settings") or {}),
                    cpu_variables=tuple(placement.get("cpu_variable_examples") or ()))

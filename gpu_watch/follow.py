@@ -74,7 +74,7 @@ class Snapshot:
     """What a poll found.
 
     Attributes:
-        info: `run.json`.
+        record: `run.json`.
         status: Its status, "incomplete" when its writer died without closing it.
         gpus: The watched GPUs.
         elapsed_s: Training time of the newest row (seconds since the run started).
@@ -90,7 +90,7 @@ class Snapshot:
         torn: Whether a file ended in an unfinished row at this poll (read at the next one).
     """
 
-    info: dict[str, Any]
+    record: runlog.RunRecord
     status: str
     gpus: list[GPUView]
     elapsed_s: float | None
@@ -124,7 +124,7 @@ class RunFollower:
         self.run_dir = Path(run_dir)
         self.window_s = window_s
         self.clock = clock
-        self.info: dict[str, Any] | None = None
+        self.record: runlog.RunRecord | None = None
         self._gpus: dict[int, GPUView] = {}
         self._samples = runlog.TailReader(self.run_dir / runlog.SAMPLES_CSV)
         self._batches = runlog.TailReader(self.run_dir / runlog.BATCHES_CSV)
@@ -135,7 +135,7 @@ class RunFollower:
 
     def poll(self) -> Snapshot:
         """Read what is new in the run folder."""
-        self._read_info()
+        self._read_record()
         try:
             samples = self._samples.read()
             batches = self._batches.read()
@@ -155,7 +155,7 @@ class RunFollower:
             self._steps.popleft()
         age = self._last_row_age()
         return Snapshot(
-            info=self.info or {},
+            record=self.record or runlog.RunRecord(),
             status=self._status(age),
             gpus=[self._gpus[g] for g in sorted(self._gpus)],
             elapsed_s=self._elapsed_s,
@@ -168,10 +168,10 @@ class RunFollower:
         )
 
     def _status(self, last_row_age_s: float | None) -> str:
-        info = self.info or {}
-        status = runlog.Run(self.run_dir, info, None, None, None).status
-        remote = (info.get("writer") or {}).get("host") != socket.gethostname()
-        if (status == runlog.STATUS_INCOMPLETE and info.get("status") == runlog.STATUS_RUNNING
+        record = self.record or runlog.RunRecord()
+        status = runlog.Run(self.run_dir, record, None, None, None).status
+        remote = (record.writer or {}).get("host") != socket.gethostname()
+        if (status == runlog.STATUS_INCOMPLETE and record.status == runlog.STATUS_RUNNING
                 and remote and last_row_age_s is not None
                 and last_row_age_s < REMOTE_QUIET_S):
             return runlog.STATUS_RUNNING
@@ -181,19 +181,19 @@ class RunFollower:
         return runlog.RunFolderError(
             f"{self.run_dir}: the run folder disappeared while being watched")
 
-    def _read_info(self) -> None:
+    def _read_record(self) -> None:
         try:
-            info = runlog.read_info(self.run_dir)
+            record = runlog.read_record(self.run_dir)
         except runlog.RunFolderError:
-            if self.info is None:
+            if self.record is None:
                 if not self.run_dir.is_dir():
                     raise runlog.RunFolderError(f"{self.run_dir}: no such folder") from None
                 raise
             if not (self.run_dir / runlog.RUN_JSON).exists():
                 raise self._gone() from None
             return  # replaced atomically, so not by its writer: keep the last one read
-        self.info = info
-        for device in info.get("devices") or []:
+        self.record = record
+        for device in record.devices or []:
             try:
                 index = int(device["nvml_index"])
             except (KeyError, TypeError, ValueError):
@@ -246,7 +246,7 @@ class RunFollower:
         return steps / span if span > 0 else None
 
     def _wait_fraction(self) -> float | None:
-        wait = (self.info or {}).get("wait")
+        wait = self.record.wait if self.record is not None else None
         if isinstance(wait, dict) and isinstance(wait.get("fraction"), (int, float)):
             return float(wait["fraction"])
         for row in reversed(self._epochs):
@@ -256,7 +256,7 @@ class RunFollower:
         return None
 
     def _other_fraction(self) -> float | None:
-        breakdown = (self.info or {}).get("breakdown")
+        breakdown = self.record.breakdown if self.record is not None else None
         if isinstance(breakdown, dict) and isinstance(breakdown.get("other_fraction"),
                                                       (int, float)):
             return float(breakdown["other_fraction"])

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.runlog import RunRecord
 from gpu_watch.usage import BasisUse, RunUsage, missing, usage_of_frames
 
 # Which figure decided a GPU's verdict (run.json `gpu_judged_by`, `judged[gpu].by`), and the
@@ -100,53 +101,53 @@ class Impact:
 # -- the rules ---------------------------------------------------------------------------------
 
 
-def _judged_record(info: Mapping[str, Any], gpu: int) -> Mapping[str, Any]:
-    judged = info.get("judged")
-    record = judged.get(str(gpu)) if isinstance(judged, Mapping) else None
-    return record if isinstance(record, Mapping) else {}
+def _judged_record(record: RunRecord, gpu: int) -> Mapping[str, Any]:
+    judged = record.judged
+    figures = judged.get(str(gpu)) if isinstance(judged, Mapping) else None
+    return figures if isinstance(figures, Mapping) else {}
 
 
-def _basis(info: Mapping[str, Any], usage: RunUsage, gpu: int) -> BasisUse | None:
+def _basis(record: RunRecord, usage: RunUsage, gpu: int) -> BasisUse | None:
     """The GPU's use by the figure that judged it: the verdict's own column where the run has
     it, else the basis `run.json` names (this process's own, or the device's)."""
     uses = usage.gpus.get(gpu) or {}
     if "judged" in uses:
         return uses["judged"]
-    by = _judged_record(info, gpu).get("by") or (info.get("gpu_judged_by") or {}).get(str(gpu))
+    by = _judged_record(record, gpu).get("by") or (record.gpu_judged_by or {}).get(str(gpu))
     return uses.get(by or "device")
 
 
-def _idle_seconds(info: Mapping[str, Any], usage: RunUsage, gpu: int) -> float | None:
+def _idle_seconds(record: RunRecord, usage: RunUsage, gpu: int) -> float | None:
     """Seconds after step 0 the GPU sat idle by the verdict's measure: the judged idle share
     (`run.json` `judged`) over the span, else the share of its readings' time."""
     span = usage.span_s
-    share = _judged_record(info, gpu).get("idle_fraction")
+    share = _judged_record(record, gpu).get("idle_fraction")
     if share is None:
-        use = _basis(info, usage, gpu)
+        use = _basis(record, usage, gpu)
         share = use.idle_fraction if use is not None else None
     if share is None or span is None:
         return None
     return float(share) * span
 
 
-def _idle_power(info: Mapping[str, Any], usage: RunUsage, gpu: int) -> tuple[float | None, str]:
+def _idle_power(record: RunRecord, usage: RunUsage, gpu: int) -> tuple[float | None, str]:
     """The GPU's power while idle, W, and where it came from."""
-    use = _basis(info, usage, gpu)
+    use = _basis(record, usage, gpu)
     if use is not None and use.idle_power_w is not None:
         return use.idle_power_w, "its mean power while idle"
-    record = ((info.get("energy") or {}).get("gpus") or {}).get(str(gpu)) or {}
-    power = record.get("power_mean_w")
+    energy = ((record.energy or {}).get("gpus") or {}).get(str(gpu)) or {}
+    power = energy.get("power_mean_w")
     if power is not None:
         return float(power), "its mean power over the run"
     return None, "no power reading"
 
 
-def _energy(info: Mapping[str, Any], usage: RunUsage, seconds: Mapping[int, float]
+def _energy(record: RunRecord, usage: RunUsage, seconds: Mapping[int, float]
             ) -> tuple[float | None, str]:
     """Energy the GPUs drew over their idle seconds, and the method, in words."""
     total, sources = 0.0, set()
     for gpu, idle_s in seconds.items():
-        power, source = _idle_power(info, usage, gpu)
+        power, source = _idle_power(record, usage, gpu)
         if power is None:
             return None, (f"not measured: GPU {gpu} has {source}")
         total += power * idle_s
@@ -163,22 +164,22 @@ def _bound(duration_s: float | None, lost_s: float) -> float | None:
     return duration_s / (duration_s - lost_s)
 
 
-def _watched(info: Mapping[str, Any]) -> list[int]:
-    return [int(d["nvml_index"]) for d in info.get("devices") or []
+def _watched(record: RunRecord) -> list[int]:
+    return [int(d["nvml_index"]) for d in record.devices or []
             if isinstance(d, Mapping) and d.get("nvml_index") is not None]
 
 
-def _idle_gpus(info: Mapping[str, Any]) -> list[int]:
-    verdicts = info.get("gpu_verdicts") or {}
+def _idle_gpus(record: RunRecord) -> list[int]:
+    verdicts = record.gpu_verdicts or {}
     idle = [int(g) for g, v in verdicts.items() if v == "idle"]
-    return sorted(idle) or _watched(info)
+    return sorted(idle) or _watched(record)
 
 
-def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
+def input_bound_impact(record: RunRecord, usage: RunUsage,
                        evidence: Mapping[str, Any]) -> Impact:
     """The waiting for data: the wait share times the loop's time, the idle GPUs idle
     meanwhile, and the wall time with the waiting removed as the bound."""
-    wait = info.get("wait") if isinstance(info.get("wait"), Mapping) else {}
+    wait = record.wait if isinstance(record.wait, Mapping) else {}
     fraction = wait.get("fraction")
     if fraction is None:
         fraction = evidence.get("wait_fraction")
@@ -193,8 +194,8 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
     mean_wait = lost / usage.batches if usage.batches else 0.0
     unseen = min(mean_wait, usage.step0_end_s or 0.0) + mean_wait * usage.epoch_starts
     lost += unseen
-    gpus = _idle_gpus(info)
-    energy, energy_method = _energy(info, usage, {g: lost for g in gpus})
+    gpus = _idle_gpus(record)
+    energy, energy_method = _energy(record, usage, {g: lost for g in gpus})
     bound = _bound(usage.duration_s, lost)
     return Impact(
         wall_lost_s=lost,
@@ -211,12 +212,12 @@ def input_bound_impact(info: Mapping[str, Any], usage: RunUsage,
     )
 
 
-def slow_callbacks_impact(info: Mapping[str, Any], usage: RunUsage,
+def slow_callbacks_impact(record: RunRecord, usage: RunUsage,
                           evidence: Mapping[str, Any]) -> Impact:
     """The time between steps spent in callbacks: the named callbacks' batch hooks, timed (at
     most the loop's time between steps, which Keras' own bookkeeping shares), the idle GPUs
     idle meanwhile, and the wall time with it removed as the bound."""
-    breakdown = info.get("breakdown") if isinstance(info.get("breakdown"), Mapping) else {}
+    breakdown = record.breakdown if isinstance(record.breakdown, Mapping) else {}
     other = breakdown.get("other_s")
     if other is None and evidence.get("other_fraction") is not None and usage.loop_s:
         other = float(evidence["other_fraction"]) * usage.loop_s
@@ -225,8 +226,8 @@ def slow_callbacks_impact(info: Mapping[str, Any], usage: RunUsage,
     hooks = sum(float(c.get("hook_s") or 0.0) for c in evidence.get("callbacks") or ()
                 if isinstance(c, Mapping))
     lost = min(float(other), hooks) if hooks > 0 else float(other)
-    gpus = _idle_gpus(info)
-    energy, energy_method = _energy(info, usage, {g: lost for g in gpus})
+    gpus = _idle_gpus(record)
+    energy, energy_method = _energy(record, usage, {g: lost for g in gpus})
     bound = _bound(usage.duration_s, lost)
     timed = ("the named callbacks' batch hooks, timed," if hooks > 0
              else "the loop's time between steps (no callback's hooks were timed),")
@@ -244,16 +245,16 @@ def slow_callbacks_impact(info: Mapping[str, Any], usage: RunUsage,
     )
 
 
-def idle_gpus_impact(info: Mapping[str, Any], usage: RunUsage,
+def idle_gpus_impact(record: RunRecord, usage: RunUsage,
                      evidence: Mapping[str, Any]) -> Impact:
     """GPUs of a multi-GPU training left idle while others worked: their idle GPU-seconds
     and energy; the bound is linear scaling over every GPU (data parallelism at best)."""
     idle = [int(g) for g in evidence.get("idle_gpus") or []]
     busy = [int(g) for g in evidence.get("busy_gpus") or []]
-    seconds = {g: _idle_seconds(info, usage, g) for g in idle}
+    seconds = {g: _idle_seconds(record, usage, g) for g in idle}
     if not idle or any(s is None for s in seconds.values()):
         return Impact(not_measured="the idle GPUs' time was not measured")
-    energy, energy_method = _energy(info, usage, seconds)
+    energy, energy_method = _energy(record, usage, seconds)
     span = usage.span_s or 0.0
     lost = span * (1 - len(busy) / (len(busy) + len(idle))) if busy else 0.0
     bound = _bound(usage.duration_s, lost) if busy else None
@@ -269,19 +270,19 @@ def idle_gpus_impact(info: Mapping[str, Any], usage: RunUsage,
     )
 
 
-def cpu_fallback_impact(info: Mapping[str, Any], usage: RunUsage) -> Impact:
+def cpu_fallback_impact(record: RunRecord, usage: RunUsage) -> Impact:
     """A training on the CPU with GPUs there: every GPU's whole run unused; the speed-up only
     where the GPU was timed on the same model (`run.json` ``gpu_trial``)."""
-    gpus = len(_watched(info)) or int((info.get("nvml") or {}).get("gpus_seen") or 0)
+    gpus = len(_watched(record)) or int((record.nvml or {}).get("gpus_seen") or 0)
     if not gpus or usage.duration_s is None:
         return Impact(not_measured="no GPU was seen")
-    energy_total = (info.get("energy") or {}).get("total_j")
+    energy_total = (record.energy or {}).get("total_j")
     if energy_total is not None:
         energy, energy_method = float(energy_total), (
             "the watched GPUs' energy over the run (whole GPUs, unused by this training)")
     else:
         energy, energy_method = None, "not measured: the GPUs' energy was not read"
-    trial = info.get("gpu_trial") if isinstance(info.get("gpu_trial"), Mapping) else {}
+    trial = record.gpu_trial if isinstance(record.gpu_trial, Mapping) else {}
     speedup = measured_speedup(trial.get("cpu_step_s"), trial.get("gpu_step_s"))
     lost = usage.loop_s * (1 - 1 / speedup) if speedup is not None and speedup > 1 else None
     why = None
@@ -309,7 +310,7 @@ def measured_speedup(cpu_step_s: float | None, gpu_step_s: float | None) -> floa
     return float(cpu_step_s) / float(gpu_step_s)
 
 
-def shared_impact(info: Mapping[str, Any], usage: RunUsage,
+def shared_impact(record: RunRecord, usage: RunUsage,
                   evidence: Mapping[str, Any]) -> Impact:
     """Other processes on a GPU: the seconds they were busy on it while this training sat idle
     there, by this training's own figure."""
@@ -319,7 +320,7 @@ def shared_impact(info: Mapping[str, Any], usage: RunUsage,
     gpu = int(gpu)
     uses = usage.gpus.get(gpu) or {}
     use = uses.get("judged")
-    if use is None and _basis(info, usage, gpu) is uses.get("process"):
+    if use is None and _basis(record, usage, gpu) is uses.get("process"):
         use = uses.get("process")
     if use is None or not use.measured_s:
         return Impact(not_measured="NVML gave no figure of this training's own on that GPU, "
@@ -338,52 +339,53 @@ def shared_impact(info: Mapping[str, Any], usage: RunUsage,
     )
 
 
-def cause_impacts(info: Mapping[str, Any], usage: RunUsage) -> list[Impact]:
-    """One `Impact` per cause of `info["causes"]`, in their order.
+def cause_impacts(record: RunRecord, usage: RunUsage) -> list[Impact]:
+    """One `Impact` per cause of `record.causes`, in their order.
 
     The GPU time of a training on the CPU is counted once, under the cause that explains the
     verdict (the first cause); the others say where it is counted, so totals never count it
     twice.
     """
-    causes = [c for c in info.get("causes") or [] if isinstance(c, Mapping)]
+    causes = [c for c in record.causes or [] if isinstance(c, Mapping)]
     impacts = []
-    lead = causes[0].get("code") if causes and info.get("verdict") == "cpu_fallback" else None
+    lead = causes[0].get("code") if causes and record.verdict == "cpu_fallback" else None
     for index, item in enumerate(causes):
         code = item.get("code")
         evidence = item.get("evidence") or {}
-        if info.get("verdict") == "cpu_fallback" and index > 0:
+        if record.verdict == "cpu_fallback" and index > 0:
             impact = Impact(not_measured=f"the GPU time left unused is counted once, under "
                                          f"{lead}")
         elif lead is not None and code in GPU_LEFT_UNUSED:
-            impact = cpu_fallback_impact(info, usage)
+            impact = cpu_fallback_impact(record, usage)
         elif code == "input_bound":
-            impact = input_bound_impact(info, usage, evidence)
+            impact = input_bound_impact(record, usage, evidence)
         elif code == "slow_callbacks":
-            impact = slow_callbacks_impact(info, usage, evidence)
+            impact = slow_callbacks_impact(record, usage, evidence)
         elif code == "process_not_on_gpu" and evidence.get("idle_gpus"):
-            impact = idle_gpus_impact(info, usage, evidence)
+            impact = idle_gpus_impact(record, usage, evidence)
         elif code == "gpu_shared":
-            impact = shared_impact(info, usage, evidence)
+            impact = shared_impact(record, usage, evidence)
         else:
             impact = Impact(not_measured=NOT_MEASURED_WHY.get(str(code), _NOTHING_MEASURES))
         impacts.append(impact)
     return impacts
 
 
-def with_impacts(info: Mapping[str, Any], usage: RunUsage) -> list[dict[str, Any]]:
-    """`info["causes"]` with each cause's ``impact`` record set (copies; `info` is unchanged)."""
-    causes = [c for c in info.get("causes") or [] if isinstance(c, Mapping)]
+def with_impacts(record: RunRecord, usage: RunUsage) -> list[dict[str, Any]]:
+    """`record.causes` with each cause's ``impact`` record set (copies; `record` is
+    unchanged)."""
+    causes = [c for c in record.causes or [] if isinstance(c, Mapping)]
     return [{**c, "impact": impact.to_dict()}
-            for c, impact in zip(causes, cause_impacts(info, usage), strict=True)]
+            for c, impact in zip(causes, cause_impacts(record, usage), strict=True)]
 
 
 def run_impacts(run: Any) -> list[dict[str, Any]]:
     """Each cause of a run read back (`runlog.Run`) with its ``impact``: the one `run.json`
     stores, else computed now from the run folder (runs written before impacts existed)."""
-    causes = [c for c in run.info.get("causes") or [] if isinstance(c, Mapping)]
+    causes = [c for c in run.record.causes or [] if isinstance(c, Mapping)]
     if all(isinstance(c.get("impact"), Mapping) for c in causes):
         return [dict(c) for c in causes]
-    return with_impacts(run.info, usage_of_frames(run.info, run.samples, run.batches))
+    return with_impacts(run.record, usage_of_frames(run.record, run.samples, run.batches))
 
 
 # -- words -------------------------------------------------------------------------------------

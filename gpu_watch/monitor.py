@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gpu_watch import drawing, runlog
-from gpu_watch.assessment import epoch_row, run_record, setting_of
+from gpu_watch.assessment import epoch_row, record_judgement, setting_of
 from gpu_watch.config import Config
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
@@ -122,7 +122,7 @@ class Monitor:
         self.run_dir = runlog.new_run_dir(config.log_dir, config.run_name, *rank)
         self.redraws = drawing.Redraws(self.run_dir) if config.plot else None
         job = find_job_id(config.job_id, config.run_name, self.run_dir.name)
-        self.info = runlog.new_run_info(
+        self.record = runlog.new_run_record(
             self.run_dir, rank, backend, framework, [d.to_dict() for d in self.devices], {
                 "available": nvml.available,
                 "error": nvml.error,
@@ -131,7 +131,7 @@ class Monitor:
                 "gpus_seen": len(nvml.all_devices()),
                 "simulated": nvml.simulated,
             }, environment, setup, asdict(config), job.value, job.source)
-        self.idle_events: list[dict] = self.info["idle"]["events"]
+        self.idle_events: list[dict] = self.record.idle["events"]
         gpus = [d.nvml_index for d in self.devices]
         self.timeline = Timeline(gpus, config.idle_threshold_pct, config.idle_patience_s,
                                  config.interval_s, steps_per_execution)
@@ -149,7 +149,7 @@ class Monitor:
                                        runlog.batch_columns(gpus))
         self.epochs = runlog.CsvTable(self.run_dir / runlog.EPOCHS_CSV,
                                       runlog.epoch_columns(gpus))
-        self.exports = Exports(config.export, self.info, self.devices)
+        self.exports = Exports(config.export, self.record, self.devices)
         # The latest readings for the live displays, deposited by the sampler thread.
         self.live = LiveFigures(config.interval_s)
         self.sampler = sampler(nvml, self.devices, self._on_tick, config.interval_s,
@@ -184,7 +184,7 @@ class Monitor:
     def record_probes(self, outcomes: dict[str, str]) -> None:
         """Add the outcomes of Keras probes attached after the run began to `keras_probes`."""
         # A new dict: a writer on another thread may be reading the old one.
-        self.info["keras_probes"] = {**self.info["keras_probes"], **outcomes}
+        self.record.keras_probes = {**self.record.keras_probes, **outcomes}
 
     def batch_begin(self, batch: int) -> None:
         """Keras' begin hook of `batch` (timed here only where the loop clock is not)."""
@@ -236,14 +236,14 @@ class Monitor:
         """Record step 0's placement; return the verdict it implies so far."""
         with self._lock:
             self.placement = placement
-            self.info["placement"] = placement
+            self.record.placement = placement
             verdict = judge(self.setting(), [], None)
             if self._finished:  # closed meanwhile: never overwrite the final run.json
                 return verdict
             if verdict.verdict == CPU_FALLBACK:
-                self.info["verdict"] = CPU_FALLBACK
-                self.info["causes"] = [c.to_dict() for c in verdict.causes]
-                self.exports.judged(self.info)
+                self.record.verdict = CPU_FALLBACK
+                self.record.causes = [c.to_dict() for c in verdict.causes]
+                self.exports.judged(self.record)
             self._write_json()
         return verdict
 
@@ -269,7 +269,7 @@ class Monitor:
             self.judgement = self._judge_run()
             self._write_json()
             self._export_tick([])
-            self.exports.judged(self.info)
+            self.exports.judged(self.record)
         self._render(final=False)
         if written is None:
             judgement, row = epoch_row(span, self.setting(), self.loop_clock.slowest_hooks())
@@ -329,14 +329,16 @@ class Monitor:
             if error is not None:
                 self.error = {"type": type(error).__name__, "message": str(error)[:2000]}
             attempt(lambda: self.flush(final=True))
-            self.info["duration_s"] = round(self.elapsed_s(), 3)  # the impacts' wall time too
+            self.record.duration_s = round(self.elapsed_s(), 3)  # the impacts' wall time too
             attempt(self._judge_final)
-            self.info.update(status=status, ended_at=runlog.now_iso(), error=self.error)
+            self.record.status = status
+            self.record.ended_at = runlog.now_iso()
+            self.record.error = self.error
             if failures:
-                self.info["close_errors"] = failures
+                self.record.close_errors = failures
             self._write_json()
             self._export_tick([])
-            self.exports.finish(self.info)
+            self.exports.finish(self.record)
         self._render(final=True)
 
     def _judge_final(self) -> None:
@@ -346,9 +348,9 @@ class Monitor:
         """Record, after `finish`, the GPU timed on this run's model (`gpu_watch.gpu_trial`),
         and the causes' impacts it completes; the figures are asked for again."""
         with self._lock:
-            self.info["gpu_trial"] = trial
-            self.info["causes"] = with_impacts(self.info,
-                                               self.usage.usage(self.info["duration_s"]))
+            self.record.gpu_trial = trial
+            self.record.causes = with_impacts(self.record,
+                                              self.usage.usage(self.record.duration_s))
             self._write_json()
         self._render(final=True)
 
@@ -393,7 +395,7 @@ class Monitor:
         if probed.reason is not None and not self._data_tick_failed:
             self._data_tick_failed = True
             # A new dict: a writer on another thread may be reading the old one.
-            self.info["keras_probes"] = {**self.info["keras_probes"], "data_ticks": probed.reason}
+            self.record.keras_probes = {**self.record.keras_probes, "data_ticks": probed.reason}
         return probed.value
 
     def flush(self, final: bool = False) -> None:
@@ -437,29 +439,27 @@ class Monitor:
 
     def setting(self) -> Setting:
         """The run's facts as the verdict rules take them."""
-        return setting_of(self.info, self.nvml.switched_off)
+        return setting_of(self.record, self.nvml.switched_off)
 
     def _judge_run(self) -> Judgement:
         """Judge the run so far and record the judgement in `run.json`'s record."""
-        judgement, record = run_record(self.timeline, self.setting(),
-                                       self.loop_clock.slowest_hooks())
-        self.info.update(record)
-        self.info["faults"] = [
+        judgement = record_judgement(self.record, self.timeline, self.setting(),
+                                     self.loop_clock.slowest_hooks())
+        self.record.faults = [
             {**asdict(f), "time_s": round(f.unix_time - self.t0_unix, 3)}
             for f in self.nvml.faults
         ]
-        self.info["nvml"]["switched_off"] = self.nvml.switched_off
-        self.info["sampler"] = {"ticks": self.sampler.ticks,
-                                "skipped_ticks": self.sampler.skipped_ticks,
-                                "errors": self.sampler.errors}
-        self.info["write_errors"] = self.write_errors
-        duration = self.info["duration_s"] if self._finished else round(self.elapsed_s(), 3)
-        self.info["causes"] = with_impacts({**self.info, "duration_s": duration},
-                                           self.usage.usage(duration))
+        self.record.nvml["switched_off"] = self.nvml.switched_off
+        self.record.sampler = {"ticks": self.sampler.ticks,
+                               "skipped_ticks": self.sampler.skipped_ticks,
+                               "errors": self.sampler.errors}
+        self.record.write_errors = self.write_errors
+        duration = self.record.duration_s if self._finished else round(self.elapsed_s(), 3)
+        self.record.causes = with_impacts(self.record, self.usage.usage(duration))
         return judgement
 
     def _write_json(self) -> None:
-        self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.info))
+        self._guard_write(lambda: runlog.write_run_json(self.run_dir, self.record))
 
     # -- plots -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import math
@@ -21,7 +22,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,10 @@ def replace_file(path: Path, data: bytes) -> None:
     _atomic_write(path, data)
 
 
-def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
-    """Replace `run.json` atomically: readers see the old file or the new one, never half."""
-    _atomic_write(run_dir / RUN_JSON, json.dumps(_jsonable(info), indent=2) + "\n")
+def write_run_json(run_dir: Path, record: RunRecord) -> None:
+    """Replace `run.json` with `record` atomically: readers see the old file or the new one,
+    never half."""
+    _atomic_write(run_dir / RUN_JSON, json.dumps(_jsonable(record.to_json()), indent=2) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -259,12 +261,162 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: dict[str, Any],
-                 devices: list[dict[str, Any]], nvml: dict[str, Any],
-                 environment: dict[str, Any] | None, setup: dict[str, Any] | None,
-                 config: dict[str, Any], job_id: str | None = None,
-                 job_id_from: str | None = None) -> dict[str, Any]:
-    """`run.json` as a run starts: every key it will have, the ones known later empty.
+_LATER_KEYS = frozenset({"energy", "sampler", "write_errors", "close_errors", "gpu_trial",
+                         "rejudged"})
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """`run.json`: what ran, where, and what was judged, one attribute per key.
+
+    Every key has its default for a `run.json` that lacks it (one written before the key
+    existed, or a run whose end has not come yet); `absent` remembers which keys the file
+    lacked, and `to_json` leaves them out until they are given a value, so a record read and
+    written back is the file it came from. Keys this version does not know are kept in
+    `unknown` and written back as they were. Sections that one part of gpu-watch fills and
+    the rest only reads stay plain dicts, as `run.json` holds them.
+
+    Attributes:
+        schema_version: The run folder's format (`SCHEMA_VERSION` when written).
+        gpu_watch_version: The gpu-watch that wrote the run.
+        run_name: The run folder's name.
+        job_id: The id every rank of one training shares (`gpu_watch.job.find_job_id`).
+        job_id_from: Where `job_id` came from (an environment variable, the option, ...).
+        rank: This process's rank in a multi-worker training.
+        world_size: The number of processes of the training.
+        writer: "host" and "pid" of the process that writes the run, so a reader can tell
+            a live run from a dead one.
+        status: `running`, `completed`, `stopped_idle`, `interrupted` or `failed`; a
+            `run.json` that does not say is `incomplete`.
+        started_at: When the run started (ISO 8601, UTC, to the second).
+        ended_at: When it ended; None while it runs.
+        duration_s: Seconds from start to end; None while it runs.
+        backend: The Keras backend's name.
+        framework: The framework's name, version, GPUs and build.
+        devices: The watched GPUs (`nvml.Device.to_dict`: NVML index, UUID, name, memory).
+        nvml: What NVML said: "available", "error", driver versions, "gpus_seen",
+            "simulated", and the metrics "switched_off" per GPU.
+        cuda_visible_devices: `CUDA_VISIBLE_DEVICES` as the run found it (None: unset).
+        environment: The doctor's report ("findings", "facts"), or None.
+        data: What feeds `fit` (`keras_internals.data_source`), or None.
+        distribution: The distribution strategy the training runs under, or None.
+        keras_probes: What each read of Keras' internals gave (`keras_internals.outcomes`).
+        placement: Where step 0 ran (`placement`'s report); None before step 0 ends.
+        verdict: The run verdict; None before one is decided.
+        causes: The causes of the verdict, as dicts (code, message, remedy, impact, ...).
+        gpu_verdicts: Per watched GPU (NVML index as text), its verdict.
+        gpu_judged_by: Per watched GPU, whose utilization judged it ("process", "device").
+        judged: Per watched GPU, the figures its verdict was judged by
+            (`assessment.judged_record`).
+        wait: The loop's wait for data (`timeline.LoopWait.to_dict`), None before a step.
+        breakdown: Where the loop's time went, and the slowest callbacks' hooks.
+        first_step_s: Step 0's duration, seconds (it compiles); None before it ends.
+        idle: "events": the idle stretches and what was done about each.
+        faults: The NVML faults seen, each with its time since the start.
+        error: "type" and "message" of the exception that ended `fit`, or None.
+        config: The options (`config.Config` as a dict).
+        energy: The watched GPUs' energy per GPU and in total (`timeline.energy_summary`).
+        sampler: The sampler's "ticks", "skipped_ticks" and "errors".
+        write_errors: How many writes to the run folder failed.
+        close_errors: The steps of closing the run that failed, one line each.
+        gpu_trial: The GPU timed on this run's model after a CPU fallback
+            (`gpu_watch.gpu_trial`), or None.
+        rejudged: Set by `gpu_watch.rejudge`: the version that judged the run again, and the
+            recorded verdict and causes; None for a run as recorded.
+        unknown: Keys this version does not know, with their values.
+        absent: The keys `run.json` does not hold (yet); giving one a value adds it.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    gpu_watch_version: str | None = None
+    run_name: str | None = None
+    job_id: str | None = None
+    job_id_from: str | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    writer: dict[str, Any] = field(default_factory=dict)
+    status: str = STATUS_INCOMPLETE
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    backend: str | None = None
+    framework: dict[str, Any] = field(default_factory=dict)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    nvml: dict[str, Any] = field(default_factory=dict)
+    cuda_visible_devices: str | None = None
+    environment: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    distribution: dict[str, Any] | None = None
+    keras_probes: dict[str, str] = field(default_factory=dict)
+    placement: dict[str, Any] | None = None
+    verdict: str | None = None
+    causes: list[dict[str, Any]] = field(default_factory=list)
+    gpu_verdicts: dict[str, str] = field(default_factory=dict)
+    gpu_judged_by: dict[str, str] = field(default_factory=dict)
+    judged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wait: dict[str, Any] | None = None
+    breakdown: dict[str, Any] | None = None
+    first_step_s: float | None = None
+    idle: dict[str, Any] = field(default_factory=lambda: {"events": []})
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    energy: dict[str, Any] | None = None
+    sampler: dict[str, Any] | None = None
+    write_errors: int = 0
+    close_errors: list[str] = field(default_factory=list)
+    gpu_trial: dict[str, Any] | None = None
+    rejudged: dict[str, Any] | None = None
+    unknown: dict[str, Any] = field(default_factory=dict)
+    absent: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Copies: a record made from another (`dataclasses.replace`) must not share them.
+        self.unknown = dict(self.unknown)
+        self.absent = set(self.absent)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        with contextlib.suppress(AttributeError):  # `absent` itself is not set yet
+            self.absent.discard(name)
+
+    def has(self, key: str) -> bool:
+        """Whether `run.json` holds `key` (a run written before the key existed does not)."""
+        return key in self.unknown if key not in _RECORD_KEYS else key not in self.absent
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        """The record of a `run.json` read back; a missing key gets its default.
+
+        Raises:
+            RunFolderError: Its schema is newer than this version reads.
+        """
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RunFolderError(f"schema version {version!r} is newer than this gpu-watch "
+                                 f"reads ({SCHEMA_VERSION}); upgrade gpu-watch")
+        known = {k: v for k, v in data.items() if k in _RECORD_KEYS}
+        return cls(**known, unknown={k: v for k, v in data.items() if k not in _RECORD_KEYS},
+                   absent={k for k in _RECORD_KEYS if k not in data})
+
+    def to_json(self) -> dict[str, Any]:
+        """`run.json`'s layout: the keys it holds in their order, then the unknown ones."""
+        out = {k: getattr(self, k) for k in _RECORD_KEYS if k not in self.absent}
+        out.update(self.unknown)
+        return out
+
+
+_RECORD_KEYS = tuple(f.name for f in fields(RunRecord) if f.name not in ("unknown", "absent"))
+
+
+def new_run_record(run_dir: Path, rank: tuple[int, int], backend: str,
+                   framework: dict[str, Any], devices: list[dict[str, Any]],
+                   nvml: dict[str, Any], environment: dict[str, Any] | None,
+                   setup: dict[str, Any] | None, config: dict[str, Any],
+                   job_id: str | None = None, job_id_from: str | None = None) -> RunRecord:
+    """`run.json` as a run starts: every key it holds from the start, the ones known later
+    empty; the keys that judging the run adds (`energy`, `sampler`, ...) are absent until
+    then.
 
     Args:
         run_dir: The run folder.
@@ -281,42 +433,29 @@ def new_run_info(run_dir: Path, rank: tuple[int, int], backend: str, framework: 
             None: the run folder's name.
         job_id_from: Where `job_id` came from.
     """
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "gpu_watch_version": __version__,
-        "run_name": run_dir.name,
-        "job_id": job_id if job_id is not None else run_dir.name,
-        "job_id_from": job_id_from,
-        "rank": rank[0],
-        "world_size": rank[1],
-        "writer": run_identity(),
-        "status": STATUS_RUNNING,
-        "started_at": now_iso(),
-        "ended_at": None,
-        "duration_s": None,
-        "backend": backend,
-        "framework": framework,
-        "devices": devices,
-        "nvml": nvml,
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "environment": environment,
-        "data": (setup or {}).get("data"),
-        "distribution": (setup or {}).get("distribution"),
-        "keras_probes": dict((setup or {}).get("keras_probes") or {}),
-        "placement": None,
-        "verdict": None,
-        "causes": [],
-        "gpu_verdicts": {},
-        "gpu_judged_by": {},
-        "judged": {},
-        "wait": None,
-        "breakdown": None,
-        "first_step_s": None,
-        "idle": {"events": []},
-        "faults": [],
-        "error": None,
-        "config": config,
-    }
+    setup = setup or {}
+    return RunRecord(
+        gpu_watch_version=__version__,
+        run_name=run_dir.name,
+        job_id=job_id if job_id is not None else run_dir.name,
+        job_id_from=job_id_from,
+        rank=rank[0],
+        world_size=rank[1],
+        writer=run_identity(),
+        status=STATUS_RUNNING,
+        started_at=now_iso(),
+        backend=backend,
+        framework=framework,
+        devices=devices,
+        nvml=nvml,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        environment=environment,
+        data=setup.get("data"),
+        distribution=setup.get("distribution"),
+        keras_probes=dict(setup.get("keras_probes") or {}),
+        config=config,
+        absent=set(_LATER_KEYS),
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -328,7 +467,7 @@ class Run:
 
     Attributes:
         path: The run folder.
-        info: The contents of `run.json`.
+        record: `run.json` (see `RunRecord`).
         samples: `samples.csv` as a DataFrame (one row per GPU per sampler tick).
         batches: `batches.csv` (one row per batch hook).
         epochs: `epochs.csv` (one row per epoch).
@@ -336,17 +475,23 @@ class Run:
     """
 
     path: Path
-    info: dict[str, Any]
+    record: RunRecord
     samples: Any
     batches: Any
     epochs: Any
     warnings: list[str] = field(default_factory=list)
 
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """`run.json` in its raw form, a plain dict keyed as the file is (`record.to_json()`,
+        taken once), for scripts that read the file's keys."""
+        return self.record.to_json()
+
     @property
     def status(self) -> str:
         """`run.json`'s status, or "incomplete" for a run whose writer died before finishing."""
-        status = self.info.get("status", STATUS_INCOMPLETE)
-        if status == STATUS_RUNNING and not _writer_alive(self.info):
+        status = self.record.status
+        if status == STATUS_RUNNING and not _writer_alive(self.record):
             return STATUS_INCOMPLETE
         return status
 
@@ -354,21 +499,21 @@ class Run:
     def verdict(self) -> str | None:
         """The run verdict (`ok`, `idle`, `cpu_fallback`, `unmonitored`, `unmeasured`), if
         decided."""
-        return self.info.get("verdict")
+        return self.record.verdict
 
     @property
     def causes(self) -> list[dict[str, Any]]:
         """The causes recorded for the verdict, as dicts (code, message, remedy, ...)."""
-        return list(self.info.get("causes") or [])
+        return list(self.record.causes or [])
 
     @property
     def gpus(self) -> list[int]:
         """NVML indices of the watched GPUs."""
-        return [int(d["nvml_index"]) for d in self.info.get("devices") or []]
+        return [int(d["nvml_index"]) for d in self.record.devices or []]
 
 
-def _writer_alive(info: dict[str, Any]) -> bool:
-    writer = info.get("writer") or {}
+def _writer_alive(record: RunRecord) -> bool:
+    writer = record.writer or {}
     if writer.get("host") != socket.gethostname() or not writer.get("pid"):
         return False
     pid = int(writer["pid"])
@@ -390,7 +535,7 @@ def load_run(path: str | os.PathLike) -> Run:
         path: The run folder (the one holding `run.json`).
 
     Returns:
-        A :class:`Run` with `info`, `samples`, `batches` and `epochs`.
+        A :class:`Run` with `record`, `samples`, `batches` and `epochs`.
 
     Raises:
         RunFolderError: The folder is missing, is not a gpu-watch run, or its files cannot be
@@ -407,7 +552,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunFolderError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: not a folder (expected a gpu-watch run folder)")
-    info = read_info(folder)
+    record = read_record(folder)
     warnings: list[str] = []
     frames = {}
     for name, columns in (
@@ -416,11 +561,11 @@ def load_run(path: str | os.PathLike) -> Run:
         (EPOCHS_CSV, EPOCH_COLUMNS),
     ):
         frames[name] = _read_csv(folder / name, columns, warnings, pd)
-    return Run(folder, info, frames[SAMPLES_CSV], frames[BATCHES_CSV], frames[EPOCHS_CSV],
+    return Run(folder, record, frames[SAMPLES_CSV], frames[BATCHES_CSV], frames[EPOCHS_CSV],
                warnings)
 
 
-def read_info(folder: Path) -> dict[str, Any]:
+def read_record(folder: Path) -> RunRecord:
     """`run.json` of the run folder `folder`, checked to be gpu-watch's, of a schema this
     version reads.
 
@@ -436,18 +581,15 @@ def read_info(folder: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RunFolderError(f"{meta}: cannot be read ({exc})") from None
     try:
-        info = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{meta}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or "schema_version" not in info:
+    if not isinstance(data, dict) or "schema_version" not in data:
         raise RunFolderError(f"{meta}: not written by gpu-watch (no schema_version)")
-    version = info["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise RunFolderError(
-            f"{meta}: schema version {version!r} is newer than this gpu-watch reads "
-            f"({SCHEMA_VERSION}); upgrade gpu-watch"
-        )
-    return info
+    try:
+        return RunRecord.from_json(data)
+    except RunFolderError as exc:
+        raise RunFolderError(f"{meta}: {exc}") from None
 
 
 TAIL_BYTES = 4 << 20  # a live run's long CSV files are first read from this far before their end

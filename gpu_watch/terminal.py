@@ -76,7 +76,7 @@ def _duration(seconds: float | None) -> str:
 
 def verdict_word(snap: Snapshot) -> str:
     """The run's verdict as `run.json` says it, or "not judged yet"."""
-    return str(snap.info.get("verdict") or "not judged yet")
+    return str(snap.record.verdict or "not judged yet")
 
 
 def gpu_facts(snap: Snapshot, gpu: GPUView) -> str:
@@ -89,10 +89,10 @@ def gpu_facts(snap: Snapshot, gpu: GPUView) -> str:
         parts.append(f"power {gpu.power_w:.0f} W")
     if not math.isnan(gpu.temp_c):
         parts.append(f"{gpu.temp_c:.0f} °C")
-    verdict = (snap.info.get("gpu_verdicts") or {}).get(str(gpu.index))
+    verdict = (snap.record.gpu_verdicts or {}).get(str(gpu.index))
     if verdict:
         parts.append(f"verdict {verdict}")
-    judged = (snap.info.get("judged") or {}).get(str(gpu.index)) or {}
+    judged = (snap.record.judged or {}).get(str(gpu.index)) or {}
     if isinstance(judged.get("idle_fraction"), (int, float)):
         parts.append(f"idle {judged['idle_fraction']:.0%} of readings")
     if gpu.lost:
@@ -115,7 +115,7 @@ def cause_lines(snap: Snapshot) -> list[tuple[str, str]]:
     """("First: code: message", the remedy's first line) per cause in `run.json`, worded and
     ordered as every other output does (`gpu_watch.report.advice`)."""
     lines = []
-    for fix in fixes(snap.info.get("causes") or []):
+    for fix in fixes(snap.record.causes or []):
         remedy = fix.remedy.strip().splitlines()
         lines.append((f"{fix.label}{fix.code}: {fix.message}", remedy[0] if remedy else ""))
     return lines
@@ -124,7 +124,7 @@ def cause_lines(snap: Snapshot) -> list[tuple[str, str]]:
 def header(snap: Snapshot) -> str:
     """Whether the run still runs, for how long, on which backend."""
     state = ("running" if snap.running else f"ended: {snap.status}")
-    backend = snap.info.get("backend") or "?"
+    backend = snap.record.backend or "?"
     return f"gpu-watch watch · {state} · {_duration(snap.elapsed_s)} · {backend}"
 
 
@@ -245,7 +245,7 @@ def _watch_plain(out: TextIO, follower: RunFollower, snap: Snapshot, refresh_s: 
     out.write(f"gpu-watch watch: following {follower.run_dir}\n")
     shown = None
     while True:
-        key = (snap.elapsed_s, snap.status, snap.info.get("verdict"), snap.epochs)
+        key = (snap.elapsed_s, snap.status, snap.record.verdict, snap.epochs)
         if key != shown:
             out.write(plain_line(snap) + "\n")
             out.flush()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_watch.nvml import Reading
-from gpu_watch.runlog import RECORDED_INTERVAL_S
+from gpu_watch.runlog import RECORDED_INTERVAL_S, RunRecord
 from gpu_watch.verdict import GPUStats, OtherUse
 
 DEFAULT_IDLE_THRESHOLD_PCT = 10.0  # GPUWatch's default; a run records the one it used
@@ -529,14 +529,14 @@ class UsageMeter:
                         {g: dict(uses) for g, uses in self._gpus.items()}, self.epoch_starts)
 
 
-def usage_of_frames(info: Mapping[str, Any], samples: Any, batches: Any) -> RunUsage:
-    """A `RunUsage` from a run read back (`runlog.Run`'s `info`, `samples`, `batches`)."""
-    config = info.get("config") or {}
+def usage_of_frames(record: RunRecord, samples: Any, batches: Any) -> RunUsage:
+    """A `RunUsage` from a run read back (`runlog.Run`'s `record`, `samples`, `batches`)."""
+    config = record.config or {}
     meter = UsageMeter(recorded_threshold_pct(config),
                        float(config.get("interval_s") or RECORDED_INTERVAL_S))
     meter.add_batches(_in_time_order(batches))
     meter.add_samples(_in_time_order(samples))
-    duration = info.get("duration_s")
+    duration = record.duration_s
     if duration is None and meter.step0_end_s is not None:  # step 0's row came: batches did
         duration = float(batches["time_s"].max())
     return meter.usage(None if duration is None else float(duration))

@@ -109,7 +109,7 @@ def write_run(log_dir: str | os.PathLike, name: str, info: dict[str, Any], *,
     for NaN. A table left as None is written as its header only.
     """
     run_dir = runlog.new_run_dir(log_dir, name)
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
     gpus = [int(d["nvml_index"]) for d in info.get("devices") or []]
     for file_name, columns, rows in (
         (runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS, samples),

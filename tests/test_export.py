@@ -23,6 +23,7 @@ from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
 from gpu_watch.export.figures import Snapshot, training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
 from gpu_watch.nvml import Device, Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import LoopTotals
 
@@ -81,7 +82,7 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
         later, _ = scrape(url)
     finally:
         monitor.finish("completed")
-    run = monitor.info["run_name"]
+    run = monitor.record.run_name
     assert all(name.startswith("gpu_watch_") for name in families)
 
     def one(name, fams=families, **labels):
@@ -98,7 +99,7 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
     assert util.labels["Hostname"] == socket.gethostname()
     assert util.labels["run"] == run and util.labels["rank"] == "0"
     # No launcher here: the job is the run itself.
-    assert util.labels["job_id"] == run == monitor.info["job_id"]
+    assert util.labels["job_id"] == run == monitor.record.job_id
     assert util.labels["backend"] == "tensorflow" and util.labels["host"] == socket.gethostname()
     assert (util.labels["namespace"], util.labels["pod"], util.labels["container"]) == ("",) * 3
     assert util.value == pytest.approx(0.9)
@@ -130,9 +131,9 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
     verdicts = {s.labels["gpu_watch_verdict"]: s.value
                 for s in families["gpu_watch_verdict"].samples}
     assert verdicts == {"ok": 1, "idle": 0, "cpu_fallback": 0, "unmonitored": 0, "unmeasured": 0}
-    assert monitor.info["verdict"] == "ok"
+    assert monitor.record.verdict == "ok"
     causes = {s.labels["cause"] for s in families["gpu_watch_cause"].samples}
-    assert causes == {c["code"] for c in monitor.info["causes"]} and "gpu_shared" in causes
+    assert causes == {c["code"] for c in monitor.record.causes} and "gpu_shared" in causes
     status = {s.labels["gpu_watch_run_status"]: s.value
               for s in families["gpu_watch_run_status"].samples}
     assert status["running"] == 1 and sum(status.values()) == 1
@@ -149,7 +150,7 @@ def test_linger_zero_closes_the_endpoint_when_the_run_ends(tmp_path):
     monitor.finish("completed")
     assert monitor.exports.wait(10)
     figures = monitor.exports.snapshot.figures()
-    assert figures.status == "completed" and figures.verdict == monitor.info["verdict"]
+    assert figures.status == "completed" and figures.verdict == monitor.record.verdict
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
 
@@ -349,7 +350,7 @@ def test_opentelemetry_names_gpu_figures_by_the_hardware_conventions(tmp_path):
     finally:
         monitor.finish("completed")
         assert monitor.exports.wait(10)
-    run = monitor.info["run_name"]
+    run = monitor.record.run_name
 
     def one(name, **attributes):
         found = [(m, p) for m, p in points[name]
@@ -468,7 +469,7 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
     from gpu_watch.export.figures import HOLD_S, Snapshot
     from gpu_watch.nvml import Device
 
-    info = {"run_name": "r", "rank": 0, "backend": "jax", "verdict": None, "causes": []}
+    info = RunRecord(run_name="r", rank=0, backend="jax", status="running")
     snapshot = Snapshot(info, [Device(0, 0, "GPU-a", "NVIDIA H100 80GB HBM3", 81559.0)])
 
     def tick(t, **fields):
@@ -495,7 +496,7 @@ def test_consecutive_runs_serve_on_the_same_port(tmp_path):
             url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
             families, _ = scrape(url)
             run = families["gpu_watch_steps"].samples[0].labels["run"]
-            assert run == monitor.info["run_name"]
+            assert run == monitor.record.run_name
             urls.append(url)
             monitor.end_epoch(0, {})
             monitor.finish("completed")  # the next run starts at once
@@ -569,7 +570,7 @@ def test_otlp_over_http_reaches_a_receiver_with_the_final_figures(tmp_path):
     loop = metrics["gpu_watch.loop.time"]
     assert loop.unit == "s" and loop.sum.is_monotonic
     assert {a.key: a.value.string_value for a in loop.sum.data_points[0].attributes
-            }["gpu_watch.job_id"] == monitor.info["job_id"]
+            }["gpu_watch.job_id"] == monitor.record.job_id
     status = {a.value.string_value: p.as_double
               for p in metrics["gpu_watch.run.status"].gauge.data_points
               for a in p.attributes if a.key == "gpu_watch.run.status"}
@@ -622,7 +623,7 @@ def test_one_meter_provider_serves_run_after_run(tmp_path):
                         export=OpenTelemetry(meter_provider=provider))
         wait_for(lambda m=monitor: m.exports.exporters)
         seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
-        runs.append(monitor.info["run_name"])
+        runs.append(monitor.record.run_name)
         assert seen == {runs[-1]}  # the last run, finished, is no longer observed
         monitor.end_epoch(0, {})
         monitor.finish("completed")
@@ -701,7 +702,7 @@ def test_two_trainings_on_one_gpu_report_one_device_and_energy_goes_on(tmp_path)
         assert [p.attributes["hw.id"] for _, p in points["hw.gpu.utilization"]] == [gpu.uuid]
         runs = {p.attributes["gpu_watch.run"] for _, p in
                 points["gpu_watch.training.gpu.utilization"]}
-        assert runs == {first.info["run_name"], second.info["run_name"]}
+        assert runs == {first.record.run_name, second.record.run_name}
         [(_, energy_second)] = otel_points(reader)["hw.energy"]  # the second run's alone
     finally:
         second.finish("completed")
@@ -720,10 +721,11 @@ def test_pcie_bytes_add_up_across_runs_of_one_process():
         gpu = snapshot.figures().gpus[0]
         return gpu.pcie_transmit_bytes, gpu.pcie_receive_bytes
 
-    first = Snapshot({"run_name": "a"}, [device])
+    first = Snapshot(RunRecord(run_name="a", status="running"), [device])
     assert tick(first, 0.0, None) == (None, None)  # no GPM yet: no series, not 0
     assert tick(first, 0.5, 100.0, 10.0) == (0.0, 0.0)  # a rate needs a span before it
     assert tick(first, 1.5, 100.0, 10.0) == (100 * MIB, 10 * MIB)
-    second = Snapshot({"run_name": "b"}, [device])  # the next run: its clock starts again
+    # the next run: its clock starts again
+    second = Snapshot(RunRecord(run_name="b", status="running"), [device])
     assert tick(second, 0.0, 50.0, 0.0) == (100 * MIB, 10 * MIB)
     assert tick(second, 2.0, 50.0, 0.0) == (200 * MIB, 10 * MIB)

@@ -28,7 +28,7 @@ from gpu_watch.cli import main as cli_main
 from gpu_watch.errors import take_swallowed
 from gpu_watch.nvml import NVML
 from gpu_watch.report import summary_text
-from gpu_watch.runlog import CsvTable, RunFolderError, write_run_json
+from gpu_watch.runlog import CsvTable, RunFolderError, RunRecord, write_run_json
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.watchdog import FitWatchdog
 
@@ -257,14 +257,14 @@ def test_a_real_full_filesystem_leaves_only_whole_rows(tmp_path):
 
 
 def test_run_json_is_replaced_atomically(tmp_path, monkeypatch):
-    write_run_json(tmp_path, {"schema_version": 1, "status": "running"})
+    write_run_json(tmp_path, RunRecord(status="running"))
 
     def fail_replace(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail_replace)
     with pytest.raises(OSError):
-        write_run_json(tmp_path, {"schema_version": 1, "status": "completed"})
+        write_run_json(tmp_path, RunRecord(status="completed"))
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
 

@@ -470,7 +470,8 @@ def test_the_text_and_html_reports_show_sm_activity_where_measured(runs):
 def test_runs_written_before_gpm_read_back_with_nan_columns(tmp_path):
     run_dir = tmp_path / "old"
     run_dir.mkdir()
-    runlog.write_run_json(run_dir, {"schema_version": 1, "status": "completed"})
+    old = {"schema_version": 1, "status": "completed"}  # the keys of a run long ago
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(old))
     newer = (*runlog.SAMPLE_ACTIVITY_COLUMNS, "others_util_pct", "others_mem_mib",
              "judged_util_pct", "fetching_data", "producing_data")
     old_samples = [c for c in runlog.SAMPLE_COLUMNS if c not in newer]

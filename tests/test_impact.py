@@ -34,6 +34,7 @@ from gpu_watch.impact import (
     with_impacts,
 )
 from gpu_watch.nvml import Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.usage import UsageMeter, usage_of_frames
 
@@ -64,10 +65,10 @@ def usage(batch_rows, sample_rows, duration_s, interval_s=0.5):
 
 
 def info_for(causes, verdict="idle", gpus=(0,), **extra):
-    return {"verdict": verdict, "causes": [c.to_dict() for c in causes],
+    return RunRecord.from_json({"verdict": verdict, "causes": [c.to_dict() for c in causes],
             "devices": [{"nvml_index": g} for g in gpus],
             "gpu_verdicts": {str(g): verdict for g in gpus if verdict in ("ok", "idle")},
-            "gpu_judged_by": {str(g): "device" for g in gpus}, **extra}
+            "gpu_judged_by": {str(g): "device" for g in gpus}, **extra})
 
 
 # -- the meter -------------------------------------------------------------------------------
@@ -236,9 +237,9 @@ def four_gpus_one_used(judged=None):
     use = usage(batches([2.0, 12.0], step_s=10.0), rows, duration_s=12.0)
     found = cause("process_not_on_gpu", idle_gpus=[1, 2, 3], busy_gpus=[0])
     info = info_for([found], gpus=(0, 1, 2, 3))
-    info["gpu_verdicts"] = {"0": "ok", "1": "idle", "2": "idle", "3": "idle"}
+    info.gpu_verdicts = {"0": "ok", "1": "idle", "2": "idle", "3": "idle"}
     if judged:
-        info["judged"] = judged
+        info.judged = judged
     return info, use
 
 
@@ -274,7 +275,7 @@ def test_training_on_the_cpu_leaves_every_gpu_unused():
     assert other.not_measured == "the GPU time left unused is counted once, under " \
                                  "forced_cpu_placement"
     # Timed on the GPU after training: a CPU step of 1.0 s against 0.1 s.
-    info["gpu_trial"] = {"cpu_step_s": 1.0, "gpu_step_s": 0.1, "steps": 5}
+    info.gpu_trial = {"cpu_step_s": 1.0, "gpu_step_s": 0.1, "steps": 5}
     lead, _ = cause_impacts(info, use)
     assert lead.speedup_measured_x == 10.0
     assert lead.wall_lost_s == pytest.approx(4.0 * 0.9)  # the loop's 4 s, a tenth of it left
@@ -301,7 +302,7 @@ def test_a_shared_gpu_costs_the_time_this_training_was_starved():
     rows += samples(0, [4.5], 0.0, others=0.0, column="proc_util_pct")
     use = usage(batches([1.0, 4.5], step_s=3.5), rows, duration_s=4.5)
     info = info_for([cause("gpu_shared", gpu=0)])
-    info["gpu_judged_by"] = {"0": "process"}
+    info.gpu_judged_by = {"0": "process"}
     [impact] = cause_impacts(info, use)
     assert impact.wall_lost_s == 2.0 and impact.gpu_idle_s == 2.0
     assert impact.energy_lost_j == 400.0
@@ -316,7 +317,7 @@ def test_a_shared_gpu_costs_the_time_this_training_was_starved():
     [impact] = cause_impacts(info, usage(batches([1.0, 4.5], step_s=3.5), rows,
                                          duration_s=4.5))
     assert impact.energy_lost_j is None and impact.energy_method.startswith("not measured")
-    info["gpu_judged_by"] = {"0": "device"}  # no figure of its own: when starved is unknown
+    info.gpu_judged_by = {"0": "device"}  # no figure of its own: when starved is unknown
     [impact] = cause_impacts(info, usage(batches([1.0, 4.5]),
                                          samples(0, [2.0], 0.0, others=80.0), duration_s=4.5))
     assert impact.gpu_idle_s is None and "no figure of this training's own" in \
@@ -440,9 +441,10 @@ def test_cause_totals_keep_unmeasured_causes_apart():
 
 def test_with_impacts_leaves_the_run_as_it_was():
     info = info_for([cause("input_bound", wait_fraction=0.5)])
-    before = json.dumps(info, sort_keys=True)
+    before = json.dumps(info.to_json(), sort_keys=True)
     [item] = with_impacts(info, usage(loop(batches_after=2), [], duration_s=3.0))
-    assert item["impact"]["wall_lost_s"] == 1.5 and json.dumps(info, sort_keys=True) == before
+    assert item["impact"]["wall_lost_s"] == 1.5
+    assert json.dumps(info.to_json(), sort_keys=True) == before
 
 
 # -- a Monitor on a fake GPU: run.json carries the same figures ------------------------------
@@ -484,7 +486,7 @@ def test_the_monitor_stores_each_causes_impact(tmp_path):
     assert all("impact" in c for c in info["causes"])
     # Read back, the run gives the same figures from its stored records.
     assert run_impacts(load_run(monitor.run_dir)) == info["causes"]
-    again = usage_of_frames(info, load_run(monitor.run_dir).samples,
+    again = usage_of_frames(RunRecord.from_json(info), load_run(monitor.run_dir).samples,
                             load_run(monitor.run_dir).batches)
     assert again.loop_s == 6.0 and again.gpus[0]["process"].idle_s == 6.0
 
@@ -504,7 +506,7 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
     t0 = monitor.t0
     monitor.clock = lambda: t0 + 4.0
     monitor.finish("completed")
-    lines = summary_line(monitor.info, monitor.run_dir).splitlines()
+    lines = summary_line(monitor.record, monitor.run_dir).splitlines()
     assert lines[0].startswith("gpu-watch: verdict idle")
     assert lines[1].startswith("  cost: input_bound: training waited for data ")
     assert "a pipeline that keeps up would make it up to" in lines[1]
@@ -542,7 +544,7 @@ def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     stored = {c["code"]: c["impact"] for c in run.causes}
     assert run.verdict == "idle" and "input_bound" in stored
     fresh = {c["code"]: c["impact"] for c in with_impacts(
-        run.info, usage_of_frames(run.info, run.samples, run.batches))}
+        run.record, usage_of_frames(run.record, run.samples, run.batches))}
     for field in ("wall_lost_s", "gpu_idle_s", "energy_lost_j", "speedup_bound_x"):
         assert stored["input_bound"][field] == pytest.approx(fresh["input_bound"][field],
                                                              rel=0.01), field

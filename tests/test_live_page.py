@@ -24,7 +24,7 @@ def set_status(run_dir, status, writer=None):
     info["status"] = status
     if writer is not None:
         info["writer"] = writer
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
 
 
 def test_a_running_run_reloads_and_says_so(tmp_path):

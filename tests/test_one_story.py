@@ -23,7 +23,7 @@ from monitors import monitor_on_gpu, run_for
 from runfolders import run_info, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, Run, load_run, rejudge
-from gpu_watch.assessment import epoch_row, run_record
+from gpu_watch.assessment import epoch_row, record_judgement
 from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
 from gpu_watch.monitor import _finish_open_runs
@@ -31,6 +31,7 @@ from gpu_watch.nvml import Reading
 from gpu_watch.report import summary_text
 from gpu_watch.report.figures import plot_epochs, plot_utilization
 from gpu_watch.report.view import banner_text
+from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import Timeline
 from gpu_watch.verdict import CPU_FALLBACK, GPUStats, Setting, judge
@@ -388,8 +389,10 @@ def test_generated_runs_never_disagree_with_themselves(values, lengths):
         rows += [epoch_row(span, ON_ONE_GPU)[1] for span in tl.ready_epochs()]
         start = end
     rows += [epoch_row(span, ON_ONE_GPU)[1] for span in tl.ready_epochs(final=True)]
-    judgement, record = run_record(tl, ON_ONE_GPU)
-    share = record["judged"]["0"]["idle_fraction"]
+    record = RunRecord(run_name="generated", status="completed",
+                       devices=[{"nvml_index": 0, "name": "GPU"}])
+    judgement = record_judgement(record, tl, ON_ONE_GPU)
+    share = record.judged["0"]["idle_fraction"]
     measured = [v for v in values if v is not None]
     assert share == (None if not measured else
                      pytest.approx(sum(v < 10.0 for v in measured) / len(measured), abs=1e-4))
@@ -402,9 +405,7 @@ def test_generated_runs_never_disagree_with_themselves(values, lengths):
             assert row["idle_fraction"] is None and row["gpu_util_mean"] is None
     if all(row["verdict"] == "idle" for row in rows) and measured:
         assert judgement.verdict == "idle"  # idle in every epoch: idle over the run
-    info = {"run_name": "generated", "status": "completed", "verdict": judgement.verdict,
-            "devices": [{"nvml_index": 0, "name": "GPU"}], **record}
-    run = Run(Path("generated"), info, pd.DataFrame({"time_s": [], "gpu": []}),
+    run = Run(Path("generated"), record, pd.DataFrame({"time_s": [], "gpu": []}),
               pd.DataFrame(), pd.DataFrame(rows))
     text = summary_text(run)
     if share is not None:

@@ -19,6 +19,7 @@ from prometheus_tools import free_port, library, program, serve, stop
 
 from gpu_watch import GPUWatch, GPUWatchWarning
 from gpu_watch.nvml import NVML, Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 from gpu_watch.timeline import LoopTotals
 
@@ -136,7 +137,7 @@ def test_a_real_prometheus_scrapes_a_real_fit(tmp_path):
             f'last_over_time(gpu_watch_verdict{{run="{run}",'
             f'gpu_watch_verdict="cpu_fallback"}}[1m])'))["result"]
         assert [float(v["value"][1]) for v in verdict] == [1.0]
-        assert watch.monitor.info["verdict"] == "cpu_fallback"
+        assert watch.monitor.record.verdict == "cpu_fallback"
         check = subprocess.run([promtool, "check", "metrics"], input=scrapes.text,
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
@@ -183,7 +184,7 @@ def exports_of(info: dict, devices, target) -> Exports:
     base = {"run_name": "exp1-rank0", "job_id": "exp1", "rank": 0, "world_size": 2,
             "backend": "torch", "status": "running", "gpu_watch_version": "test",
             "writer": {"host": "node-a"}}
-    return Exports([target], {**base, **info}, devices)
+    return Exports([target], RunRecord.from_json({**base, **info}), devices)
 
 
 def test_two_runs_of_one_name_on_two_hosts_stay_two_pushgateway_groups(tmp_path):
@@ -199,7 +200,7 @@ def test_two_runs_of_one_name_on_two_hosts_stay_two_pushgateway_groups(tmp_path)
             exports = exports_of({"writer": {"host": host}}, [], target)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                exports.finish({"status": "completed"})
+                exports.finish(RunRecord(status="completed"))
                 assert exports.wait(20)
             assert not caught, [str(w.message) for w in caught]
         groups = api(base, "/api/v1/metrics")
@@ -299,7 +300,7 @@ def test_a_dcgm_exporter_series_joins_gpu_watch_one_series_per_gpu(tmp_path, mon
         result = wait_for(joined, "both targets scraped and joined")
     finally:
         stop(server)
-        exports.finish({"status": "completed"})
+        exports.finish(RunRecord(status="completed"))
         dcgm.shutdown()
         dcgm.server_close()
     rows = sorted((r["metric"]["UUID"], r["metric"].get("GPU_I_ID"), r["metric"]["device"],

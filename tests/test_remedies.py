@@ -20,6 +20,7 @@ from gpu_watch.causes import (
     choose_remedy,
     framework_name,
 )
+from gpu_watch.runlog import RunRecord
 from gpu_watch.verdict import GPUStats, Setting, judge
 
 WAIT = 0.62  # share of training time spent waiting for data
@@ -278,13 +279,13 @@ def test_facts_are_read_back_from_run_json():
             "distribution": None,
             "placement": {"device_scope": "cpu", "cpu_settings": {},
                           "cpu_variable_examples": ["dense/kernel"]}}
-    facts = RunFacts.from_run(info)
+    facts = RunFacts.from_run(RunRecord.from_json(info))
     assert (facts.backend, facts.data_source, facts.device_scope, facts.cpu_variables) == \
         ("torch", "torch_dataloader", "cpu", ("dense/kernel",))
     assert facts.cpu_scope
-    assert RunFacts.from_run({"backend": "jax", "data": {"source": "sqlite"}}).data_source == \
+    assert RunFacts.from_run(RunRecord(backend="jax", data={"source": "sqlite"})).data_source == \
         "unknown"
-    assert RunFacts.from_run({}).data_source == "unknown"
+    assert RunFacts.from_run(RunRecord()).data_source == "unknown"
 
 
 # -- the verdict rules pass the facts on ------------------------------------------------------
@@ -430,7 +431,7 @@ def test_the_spread_remedy_names_a_distribution_only_with_its_replicas(distribut
 def test_the_distribution_and_the_settings_that_keep_the_cpu_are_read_back():
     info = {"backend": "tensorflow", "distribution": {"name": "MirroredStrategy", "replicas": 2},
             "placement": {"cpu_settings": {"CUDA_VISIBLE_DEVICES": "-1"}}}
-    facts = RunFacts.from_run(info)
+    facts = RunFacts.from_run(RunRecord.from_json(info))
     assert facts.distribution == {"name": "MirroredStrategy", "replicas": 2}
     assert facts.cpu_settings == {"CUDA_VISIBLE_DEVICES": "-1"}
-    assert RunFacts.from_run({"distribution": {}}).distribution is None
+    assert RunFacts.from_run(RunRecord(distribution={})).distribution is None

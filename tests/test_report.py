@@ -448,10 +448,10 @@ def test_the_loop_s_time_is_told_where_the_run_records_it(split_run, cpu_run):
     assert html.escape(line, quote=True) in report.report_html(split_run, None, None)
     from gpu_watch.report.text import summary_line
 
-    assert summary_line(split_run.info, split_run.path).splitlines()[1] == f"  time: {line}"
+    assert summary_line(split_run.record, split_run.path).splitlines()[1] == f"  time: {line}"
     # An older run (or one recorded without it) says nothing about it.
     assert "Time:" not in report.summary_text(cpu_run)
-    assert "time:" not in summary_line(cpu_run.info, cpu_run.path)
+    assert "time:" not in summary_line(cpu_run.record, cpu_run.path)
 
 
 def test_the_epoch_table_and_figure_split_each_epoch_s_time(split_run, cpu_run):

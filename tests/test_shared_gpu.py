@@ -239,7 +239,7 @@ def test_a_hostile_process_name_reaches_every_output_harmless(tmp_path, on_gpu, 
     assert "\\u001b" not in raw and "\\r" not in raw and "A" * 200 not in raw
     assert json.loads(raw)["causes"][0]["evidence"]["processes"][0]["name"] == name
 
-    line = summary_line(watch.monitor.info, watch.run_dir)
+    line = summary_line(watch.monitor.record, watch.run_dir)
     assert "\x1b" not in line and "\r" not in line and "\u202e" not in line
     assert "<script>alert" in line  # plain text in a terminal: shown, not interpreted
 

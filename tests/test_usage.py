@@ -12,6 +12,7 @@ import pytest
 
 from gpu_watch.config import Config
 from gpu_watch.nvml import Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.usage import (
     DEFAULT_IDLE_THRESHOLD_PCT,
     ReadingJudge,
@@ -224,11 +225,11 @@ def test_a_run_read_back_is_summed_by_the_threshold_and_interval_it_recorded():
                      {"epoch": 0, "time_s": 9.0, "step_s": 8.0, "wait_s": 0.0}])
     samples = frame([{"time_s": 4.0, "gpu": 0, "judged_util_pct": 20.0}])
     info = {"duration_s": 9.0, "config": {"idle_threshold_pct": 25.0, "interval_s": 2.0}}
-    use = usage_of_frames(info, samples, batches).gpus[0]["judged"]
+    use = usage_of_frames(RunRecord.from_json(info), samples, batches).gpus[0]["judged"]
     # The first reading stands for the recorded interval before it (2 s, not 0.2 s), idle
     # under the recorded 25 % (it is busy by the default 10 %).
     assert (use.measured_s, use.idle_s) == (2.0, 2.0)
-    use = usage_of_frames({"duration_s": 9.0}, samples, batches).gpus[0]["judged"]
+    use = usage_of_frames(RunRecord(duration_s=9.0), samples, batches).gpus[0]["judged"]
     assert (use.measured_s, use.idle_s) == (pytest.approx(0.2), 0.0)  # the defaults
 
 
@@ -236,15 +237,16 @@ def test_a_run_read_back_without_a_duration_lasts_until_its_last_batch():
     batches = frame([{"epoch": 0, "time_s": 1.0, "step_s": 1.0, "wait_s": None},
                      {"epoch": 0, "time_s": 3.5, "step_s": 2.5, "wait_s": 0.0},
                      {"epoch": 0, "time_s": float("nan"), "step_s": 1.0, "wait_s": 0.0}])
-    assert usage_of_frames({}, None, batches).duration_s == 3.5
-    assert usage_of_frames({"duration_s": 10}, None, batches).duration_s == 10.0
-    assert usage_of_frames({}, None, batches.iloc[0:0]).duration_s is None  # step 0 never ended
+    assert usage_of_frames(RunRecord(), None, batches).duration_s == 3.5
+    assert usage_of_frames(RunRecord(duration_s=10), None, batches).duration_s == 10.0
+    never = batches.iloc[0:0]  # step 0 never ended
+    assert usage_of_frames(RunRecord(), None, never).duration_s is None
 
 
 @pytest.mark.parametrize("empty", [None, pd.DataFrame(),
                                    pd.DataFrame(columns=["epoch", "time_s", "gpu"])])
 def test_a_run_read_back_without_rows_sums_nothing(empty):
-    assert usage_of_frames({}, empty, empty) == RunUsage(None, None, 0.0, 0, {}, 0)
+    assert usage_of_frames(RunRecord(), empty, empty) == RunUsage(None, None, 0.0, 0, {}, 0)
 
 
 def test_rows_read_back_count_in_time_order_and_rows_of_one_time_as_they_were_written():
@@ -256,7 +258,7 @@ def test_rows_read_back_count_in_time_order_and_rows_of_one_time_as_they_were_wr
         blocks.append([{"epoch": e, "time_s": epoch + 2.0, "step_s": 0.5, "wait_s": None,
                         "other_s": 0.25} for e in (epoch, epoch + 1)])
     batches = frame([row for block in reversed(blocks) for row in block])
-    run = usage_of_frames({}, None, batches)
+    run = usage_of_frames(RunRecord(), None, batches)
     # Each epoch's last batch: 1 s since the batch before it; each first: its 0.75 s, an
     # epoch start (its wait unmeasured).
     assert (run.loop_s, run.batches, run.epoch_starts) == (30 * 1.0 + 30 * 0.75, 60, 30)

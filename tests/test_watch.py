@@ -33,7 +33,7 @@ def mark_running(run_dir: Path) -> None:
     info = json.loads((run_dir / runlog.RUN_JSON).read_text())
     info.update(status=runlog.STATUS_RUNNING, writer=runlog.run_identity(), verdict=None,
                 ended_at=None)
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
 
 
 # -- the pieces ------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_the_runs_wait_share_comes_first_where_run_json_has_one(tmp_path):
     info = json.loads((run_dir / runlog.RUN_JSON).read_text())
     info["wait"] = {"fraction": 0.37, "wait_s": 1.0, "loop_s": 2.7, "measure": "batch_gaps",
                     "ticks": 40}
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
     assert RunFollower(run_dir).poll().wait_fraction == 0.37
 
 
@@ -122,12 +122,12 @@ def test_the_loop_line_shows_the_share_spent_between_steps_from_the_breakdown(tm
     info["wait"] = {"fraction": 0.1, "wait_s": 0.27, "loop_s": 2.7, "measure": "fetch_timed"}
     info["breakdown"] = {"compute_s": 0.81, "data_wait_s": 0.27, "other_s": 1.62,
                          "loop_s": 2.7, "other_fraction": 0.6, "data_wait_fraction": 0.1}
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
     snap = RunFollower(run_dir).poll()
     assert (snap.wait_fraction, snap.other_fraction) == (0.1, 0.6)
     assert "data wait 10% · between steps 60% · epochs done" in loop_line(snap)
     del info["breakdown"]  # an older run: no share between steps to show
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
     assert "between steps" not in loop_line(RunFollower(run_dir).poll())
 
 
@@ -135,7 +135,7 @@ def test_a_run_written_on_another_host_runs_while_its_rows_keep_coming(tmp_path)
     run_dir = synthetic_run(tmp_path, "remote", epochs=1)
     info = json.loads((run_dir / runlog.RUN_JSON).read_text())
     info.update(status=runlog.STATUS_RUNNING, writer={"host": "elsewhere", "pid": 4242})
-    runlog.write_run_json(run_dir, info)
+    runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
     assert RunFollower(run_dir, clock=lambda: time.time() + 5).poll().running
     quiet = RunFollower(run_dir, clock=lambda: time.time() + REMOTE_QUIET_S + 1).poll()
     assert quiet.status == runlog.STATUS_INCOMPLETE
@@ -189,7 +189,7 @@ def test_a_running_run_is_followed_until_it_ends(tmp_path):
         if len(polls) == 2:
             info = json.loads((run_dir / runlog.RUN_JSON).read_text())
             info.update(status=runlog.STATUS_COMPLETED, verdict="ok")
-            runlog.write_run_json(run_dir, info)
+            runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
 
     code, text = watch(run_dir, sleep)
     assert code == 0 and len(polls) == 2
@@ -245,7 +245,7 @@ def test_a_row_torn_while_the_command_reads_is_read_once_whole(tmp_path):
         if step == "finish":
             info = json.loads((run_dir / runlog.RUN_JSON).read_text())
             info.update(status=runlog.STATUS_COMPLETED, verdict="ok")
-            runlog.write_run_json(run_dir, info)
+            runlog.write_run_json(run_dir, runlog.RunRecord.from_json(info))
             return
         with open(samples, "a") as handle:
             handle.write(step)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, Snapshot
 from gpu_watch.nvml import Device, Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.timeline import LoopTotals
 
 __all__ = ["Exporter", "Exports", "Figures", "OpenTelemetry", "Prometheus", "check_targets"]
@@ -237,14 +238,14 @@ class Exports:
 
     Args:
         targets: Where to export (`Prometheus`, `OpenTelemetry`); none makes every call a no-op.
-        info: The run's record (`run.json`): its name, rank, backend, verdict and status.
+        record: The run's record (`run.json`): its name, rank, backend, verdict and status.
         devices: The watched GPUs.
     """
 
-    def __init__(self, targets: Sequence[Target], info: dict[str, Any],
+    def __init__(self, targets: Sequence[Target], record: RunRecord,
                  devices: Sequence[Device]) -> None:
         self.targets = tuple(targets)
-        self.snapshot = Snapshot(info, devices) if self.targets else None
+        self.snapshot = Snapshot(record, devices) if self.targets else None
         self._opened: list[tuple[Target, Exporter]] = []
         self._warned: set[str] = set()
         self._closed: threading.Event | None = None
@@ -262,16 +263,16 @@ class Exports:
         if self.snapshot is not None:
             self.snapshot.tick(readings, totals)
 
-    def judged(self, info: dict[str, Any]) -> None:
+    def judged(self, record: RunRecord) -> None:
         """The run's record changed: its verdict, causes or status."""
         if self.snapshot is not None:
-            self.snapshot.judged(info)
+            self.snapshot.judged(record)
 
-    def finish(self, info: dict[str, Any]) -> None:
+    def finish(self, record: RunRecord) -> None:
         """The run ended: take its final record, then push and close on the export thread."""
         if self.snapshot is None or self._closed is not None:
             return
-        self.snapshot.judged(info)
+        self.snapshot.judged(record)
         self._closed = self._submit(self._close, None) or threading.Event()
 
     def _close(self) -> None:

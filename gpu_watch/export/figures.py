@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gpu_watch.nvml import Device, Reading
+from gpu_watch.runlog import RunRecord
 from gpu_watch.timeline import LoopTotals
 from gpu_watch.usage import EnergyMeter
 
@@ -57,19 +58,19 @@ class RunLabels:
     container: str = ""
 
     @classmethod
-    def from_info(cls, info: dict[str, Any],
-                  environ: Mapping[str, str] | None = None) -> RunLabels:
+    def from_record(cls, record: RunRecord,
+                    environ: Mapping[str, str] | None = None) -> RunLabels:
         """The labels of a run from its `run.json` record and the environment."""
         environ = os.environ if environ is None else environ
-        host = (info.get("writer") or {}).get("host") or socket.gethostname()
+        host = (record.writer or {}).get("host") or socket.gethostname()
         # Every pod has KUBERNETES_SERVICE_HOST; outside one, names such as NODE_NAME or
         # CONTAINER_NAME may mean something else entirely.
         pod = environ if environ.get("KUBERNETES_SERVICE_HOST") else {}
-        return cls(run=str(info["run_name"]), rank=int(info.get("rank") or 0), host=host,
-                   backend=str(info.get("backend") or ""),
-                   job_id=str(info.get("job_id") or info["run_name"]),
-                   version=str(info.get("gpu_watch_version") or ""),
-                   world_size=int(info.get("world_size") or 1),
+        return cls(run=str(record.run_name), rank=int(record.rank or 0), host=host,
+                   backend=str(record.backend or ""),
+                   job_id=str(record.job_id or record.run_name),
+                   version=str(record.gpu_watch_version or ""),
+                   world_size=int(record.world_size or 1),
                    node=pod.get("NODE_NAME", "").strip() or host,
                    namespace=pod.get("POD_NAMESPACE", "").strip(),
                    pod=pod.get("POD_NAME", "").strip(),
@@ -170,15 +171,15 @@ def training_util_pct(reading: Reading) -> float | None:
 class Snapshot:
     """The latest `Figures` of one run, safe to update and read from any thread."""
 
-    def __init__(self, info: dict[str, Any], devices: Sequence[Device]) -> None:
+    def __init__(self, record: RunRecord, devices: Sequence[Device]) -> None:
         self._lock = threading.Lock()
         self._devices = {d.nvml_index: d for d in devices}
         self._energy = {d.nvml_index: EnergyMeter() for d in devices}
         self._gpus = {d.nvml_index: _gpu_figures(d) for d in devices}
         self._held: dict[tuple[int, str], tuple[float, float]] = {}
         self._pcie_last_s: dict[int, float] = {}
-        self._figures = Figures(labels=RunLabels.from_info(info))
-        self.judged(info)
+        self._figures = Figures(labels=RunLabels.from_record(record))
+        self.judged(record)
 
     def tick(self, readings: Sequence[Reading], totals: LoopTotals) -> None:
         """Take one sampler tick: the readings and the loop's totals at that moment."""
@@ -240,12 +241,12 @@ class Snapshot:
         held = self._held.get(key)
         return held[1] if held is not None and r.time_s - held[0] <= HOLD_S else None
 
-    def judged(self, info: dict[str, Any]) -> None:
+    def judged(self, record: RunRecord) -> None:
         """Take the run's record (`run.json`): its verdict, causes and status."""
-        causes = tuple(dict.fromkeys(c["code"] for c in info.get("causes") or ()))
+        causes = tuple(dict.fromkeys(c["code"] for c in record.causes or ()))
         with self._lock:
-            self._figures = replace(self._figures, verdict=info.get("verdict"), causes=causes,
-                                    status=str(info.get("status") or "running"))
+            self._figures = replace(self._figures, verdict=record.verdict, causes=causes,
+                                    status=str(record.status or "running"))
 
     def figures(self) -> Figures:
         """The latest figures (a frozen copy)."""

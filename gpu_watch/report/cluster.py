@@ -16,12 +16,11 @@ import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gpu_watch import runlog
 from gpu_watch.cluster import STRAGGLER, UNKNOWN, ClusterJudgement, RankFigures, judge_cluster
 from gpu_watch.job import SHARED_SOURCES
-from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
+from gpu_watch.runlog import Run, RunFolderError, RunRecord, find_runs, load_run
 
 RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 # Workers whose default names differ (each picks its own random suffix) belong to one run when
@@ -29,7 +28,7 @@ RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 WORKER_START_WINDOW_S = 60.0
 
 UNREADABLE = "unreadable"  # the status of a rank whose run folder cannot be read
-Member = tuple[int | None, Path, dict[str, Any]]  # rank (None: not a worker), folder, run.json
+Member = tuple[int | None, Path, RunRecord]  # rank (None: not a worker), folder, run.json
 
 
 def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
@@ -52,17 +51,17 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     bases: dict[str, set[str]] = {}
     for path in find_runs(log_dir):
         try:
-            info = runlog.read_info(path)
+            record = runlog.read_record(path)
         except runlog.RunFolderError:
-            info = {"verdict": "unreadable run.json"}
+            record = RunRecord.from_json({"verdict": "unreadable run.json"})
         match = RANK_NAME.fullmatch(path.name)
-        if match and (info.get("world_size") or 2) > 1:
-            job = shared_job_id(info)
+        if match and (record.world_size or 2) > 1:
+            job = shared_job_id(record)
             key = f"job:{job}" if job is not None else f"base:{match['base']}"
-            by_key.setdefault(key, []).append((int(match["rank"]), path, info))
+            by_key.setdefault(key, []).append((int(match["rank"]), path, record))
             bases.setdefault(key, set()).add(match["base"])
         else:
-            by_key[f"run:{path.name}"] = [(None, path, info)]
+            by_key[f"run:{path.name}"] = [(None, path, record)]
             bases[f"run:{path.name}"] = {path.name}
     groups: dict[str, list[Member]] = {}
     for key, members in by_key.items():
@@ -74,26 +73,26 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     return groups
 
 
-def shared_job_id(info: dict[str, Any]) -> str | None:
+def shared_job_id(record: RunRecord) -> str | None:
     """The job id of a rank's `run.json` when its launcher gives every rank the same one;
     None for a run from before job ids, or whose id is its own folder's name."""
-    job = info.get("job_id")
-    return str(job) if job and info.get("job_id_from") in SHARED_SOURCES else None
+    job = record.job_id
+    return str(job) if job and record.job_id_from in SHARED_SOURCES else None
 
 
 def _join_lone_workers(groups: dict[str, list[Member]]) -> None:
     lone = [(base, members[0]) for base, members in groups.items()
             if len(members) == 1 and members[0][0] is not None
             and shared_job_id(members[0][2]) is None]  # a shared job id already decided
-    lone.sort(key=lambda item: str(item[1][2].get("started_at") or ""))
+    lone.sort(key=lambda item: str(item[1][2].started_at or ""))
     jobs: list[list[Member]] = []
     for base, member in lone:
-        rank, _, info = member
-        start = _started(info)
+        rank, _, record = member
+        start = _started(record)
         for job in jobs:
             first = job[0][2]
             first_start = _started(first)
-            if (first.get("world_size") == info.get("world_size") and start and first_start
+            if (first.world_size == record.world_size and start and first_start
                     and abs((start - first_start).total_seconds()) <= WORKER_START_WINDOW_S
                     and rank not in {m[0] for m in job}):
                 job.append(member)
@@ -103,9 +102,9 @@ def _join_lone_workers(groups: dict[str, list[Member]]) -> None:
             jobs.append(groups[base])
 
 
-def _started(info: dict[str, Any]) -> dt.datetime | None:
+def _started(record: RunRecord) -> dt.datetime | None:
     try:
-        return dt.datetime.fromisoformat(str(info.get("started_at")).replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(str(record.started_at).replace("Z", "+00:00"))
     except ValueError:
         return None
 
@@ -147,7 +146,7 @@ class ClusterView:
 
 def rank_row(rank: int, run: Run) -> RankRow:
     """What the cluster table shows of one rank's run."""
-    return RankRow(rank, run.path, (run.info.get("writer") or {}).get("host"), run.status,
+    return RankRow(rank, run.path, (run.record.writer or {}).get("host"), run.status,
                    run.verdict, judged_util_pct(run), wait_fraction(run), step_time_s(run))
 
 
@@ -157,7 +156,7 @@ def judged_util_pct(run: Run) -> float | None:
     `run.json`'s ``judged`` (per GPU, step 0 left out) where the run has it; else the mean of
     `samples.csv`'s own utilization (``proc_util_pct``), else of the device's (``util_pct``).
     """
-    judged = run.info.get("judged")
+    judged = run.record.judged if run.record.has("judged") else None
     if isinstance(judged, dict):
         means = [g.get("util_mean_pct") for g in judged.values() if isinstance(g, dict)]
         means = [float(m) for m in means if m is not None]
@@ -174,7 +173,7 @@ def wait_fraction(run: Run) -> float | None:
     """The run's share of loop time spent waiting for data, 0-1: `run.json`'s
     ``wait.fraction`` where the run has it (None there means too few ticks to tell), else the
     mean of `epochs.csv`'s ``wait_fraction``."""
-    wait = run.info.get("wait")
+    wait = run.record.wait
     if isinstance(wait, dict):
         fraction = wait.get("fraction")
         return None if fraction is None else float(fraction)

@@ -367,7 +367,7 @@ def plot_utilization(run: Run) -> Figure:
                      and first_step[1] - first_step[0] >= 0.08 * (end_s - start_s))
     _mark_epochs(step_ax, epoch_starts)
     _label_epochs(step_ax, epochs, epoch_starts)
-    for event in ((run.info.get("idle") or {}).get("events") or [])[:20]:
+    for event in ((run.record.idle or {}).get("events") or [])[:20]:
         if isinstance(event, dict) and event.get("end_s") is not None:
             step_ax.axvline(float(event["end_s"]), color=VERDICT_COLOURS["idle"], linewidth=1.2)
             step_ax.text(float(event["end_s"]), 0.5, f" idle: {event.get('action', '')}",
@@ -606,7 +606,7 @@ def plot_epochs(run: Run) -> Figure:
 
 
 def _no_readings_text(run: Run) -> str:
-    error = (run.info.get("nvml") or {}).get("error")
+    error = (run.record.nvml or {}).get("error")
     if run.verdict == "cpu_fallback":
         return "No GPU readings: training ran on the CPU" + (
             " and NVML could not be used" if error else "")

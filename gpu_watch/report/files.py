@@ -53,7 +53,7 @@ def render(run_or_path: Run | str | os.PathLike) -> list[Path]:
 def _cluster_or_none(run: Run) -> ClusterView | None:
     """The multi-worker run that `run` is a rank of; None for a run of one process, or when
     the folders beside it cannot be listed (the rank's own report still gets written)."""
-    if (run.info.get("world_size") or 1) <= 1:
+    if (run.record.world_size or 1) <= 1:
         return None
     try:
         return cluster_of(run.path)
@@ -111,7 +111,7 @@ def run_report_command(path: str, plots: bool, out: TextIO, rejudge: bool = Fals
         return EXIT_ERROR
     try:
         run = load_run(folder)
-        if rejudge or "judged" not in run.info:
+        if rejudge or not run.record.has("judged"):
             from gpu_watch.assessment import rejudge as judge_again
 
             run = judge_again(run)

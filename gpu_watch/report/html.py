@@ -147,10 +147,10 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     title, colour = verdict_title(run)
     # The causes are listed below the banner: it says what happened, not the causes again.
     banner = banner_for(run, gpus, causes=False)
-    info = run.info
-    name = info.get("run_name") or run.path.name
-    nvml = info.get("nvml") or {}
-    writer = info.get("writer") or {}
+    record = run.record
+    name = record.run_name or run.path.name
+    nvml = record.nvml or {}
+    writer = record.writer or {}
     running = run.status == STATUS_RUNNING
     parts = [
         f'<p class="muted" id="live">This run is still running: this page reloads every '
@@ -161,13 +161,13 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         if banner else "",
         _facts([
             ("status", run.status),
-            ("started", info.get("started_at")),
-            ("ended", info.get("ended_at")),
+            ("started", record.started_at),
+            ("ended", record.ended_at),
             ("duration", None if duration_of(run) is None else f"{duration_of(run):,.1f} s"),
-            ("time", breakdown_text(info.get("breakdown"))),
-            ("backend", info.get("backend")),
-            ("worker", f"rank {info.get('rank')} of {info.get('world_size')}"
-             if (info.get("world_size") or 1) > 1 else None),
+            ("time", breakdown_text(record.breakdown)),
+            ("backend", record.backend),
+            ("worker", f"rank {record.rank} of {record.world_size}"
+             if (record.world_size or 1) > 1 else None),
             ("host", writer.get("host")),
             ("readings", "SIMULATED (FakeNVML), not from a real GPU"
              if is_simulated(run) else None),
@@ -179,7 +179,7 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
         ]),
         "</header>",
     ]
-    error = info.get("error") or {}
+    error = record.error or {}
     if error:
         parts.append(f"<h2>Error</h2><p><code>{_e(error.get('type', ''))}</code>: "
                      f"{_e(error.get('message', ''))}</p>")
@@ -206,7 +206,7 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
                  else '<p class="muted">No epoch finished.</p>')
     if any(str(cell).startswith(">=") for row in rows for cell in row):
         parts.append(f'<p class="muted">{_e(WAIT_LOWER_BOUND_NOTE)}</p>')
-    placement = info.get("placement") or {}
+    placement = record.placement or {}
     parts.append("<h2>Where the training step ran</h2>")
     if placement:
         parts.append(_facts([
@@ -223,18 +223,18 @@ def report_html(run: Run, utilization_png: bytes | None, epochs_png: bytes | Non
     else:
         parts.append('<p class="muted">Not checked.</p>')
     told = {c.get("code") for c in causes}
-    findings = [f for f in (info.get("environment") or {}).get("findings") or []
+    findings = [f for f in (record.environment or {}).get("findings") or []
                 if isinstance(f, dict) and f.get("code") not in told]
     if findings:
         parts.append("<h2>Also found before training</h2>" + _html_causes(findings))
     notes = [*run.warnings]
     notes += [f"idle event: {json.dumps(e, default=str)}"
-              for e in (info.get("idle") or {}).get("events") or []]
-    notes += [f"NVML fault: {json.dumps(f, default=str)}" for f in info.get("faults") or []]
+              for e in (record.idle or {}).get("events") or []]
+    notes += [f"NVML fault: {json.dumps(f, default=str)}" for f in record.faults or []]
     if notes:
         parts.append("<h2>Notes</h2>" + _html_list(notes))
-    parts.append(f'<p class="muted">gpu-watch {_e(info.get("gpu_watch_version", ""))}, '
-                 f"schema {_e(info.get('schema_version', ''))}</p>")
+    parts.append(f'<p class="muted">gpu-watch {_e(record.gpu_watch_version or "")}, '
+                 f"schema {_e(record.schema_version)}</p>")
     reload = f'<meta http-equiv="refresh" content="{RELOAD_S}">' if running else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{reload}'
             f"<title>gpu-watch: {_e(name)}: {_e(run.verdict or 'no verdict')}</title>"

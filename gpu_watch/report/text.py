@@ -31,7 +31,7 @@ from gpu_watch.report.view import (
     placement_line,
     verdict_title,
 )
-from gpu_watch.runlog import Run, RunFolderError, find_runs, load_run
+from gpu_watch.runlog import Run, RunFolderError, RunRecord, find_runs, load_run
 
 
 def text_table(headings: Sequence[str], rows: Sequence[Sequence[str]],
@@ -57,7 +57,7 @@ def summary_text(run: Run) -> str:
     """
     gpus = gpu_series(run)
     title, _ = verdict_title(run)
-    lines = [f"Run {run.info.get('run_name') or run.path.name}  ({run.path})",
+    lines = [f"Run {run.record.run_name or run.path.name}  ({run.path})",
              f"Verdict: {title}"]
     impact = impact_line(run)
     if impact:
@@ -69,22 +69,22 @@ def summary_text(run: Run) -> str:
     duration = duration_of(run)
     if duration is not None:
         status += f", {duration:,.1f} s"
-    if run.info.get("started_at"):
-        status += f", started {run.info['started_at']}"
-    if run.info.get("backend"):
-        status += f", backend {run.info['backend']}"
+    if run.record.started_at:
+        status += f", started {run.record.started_at}"
+    if run.record.backend:
+        status += f", backend {run.record.backend}"
     lines.append(status)
-    loop = breakdown_text(run.info.get("breakdown"))
+    loop = breakdown_text(run.record.breakdown)
     if loop:
         lines.append(f"Time: {loop}")
-    error = run.info.get("error") or {}
+    error = run.record.error or {}
     if error:
         lines.append(f"Error: {error.get('type', '')}: {error.get('message', '')}")
     if gpus:
         lines.append("GPUs:")
         lines += [f"  {gpu_line(g)}" for g in gpus]
     else:
-        nvml_error = None if nvml_error_told(run) else (run.info.get("nvml") or {}).get("error")
+        nvml_error = None if nvml_error_told(run) else (run.record.nvml or {}).get("error")
         lines.append("GPUs: none watched" + (f" (NVML: {nvml_error})" if nvml_error else ""))
     energy = energy_line(run)
     if energy:
@@ -112,7 +112,7 @@ def summary_text(run: Run) -> str:
         lines += [f"  and {text}" for text in unfinished_text(run)]
     else:
         lines.append("; ".join(["Epochs: none finished", *unfinished_text(run)]))
-    rejudged = run.info.get("rejudged")
+    rejudged = run.record.rejudged
     if isinstance(rejudged, dict):
         lines.append(f"Note: judged again with the rules of gpu-watch "
                      f"{rejudged.get('gpu_watch_version')}; the run recorded the verdict "
@@ -138,14 +138,14 @@ def list_runs_text(log_dir: str | os.PathLike) -> str:
     rows = []
     for base, members in groups.items():
         if len(members) > 1 or members[0][0] is not None:
-            started = min(str(info.get("started_at") or "") for _, _, info in members)
+            started = min(str(record.started_at or "") for _, _, record in members)
             noun = "worker" if len(members) == 1 else "workers"
             rows.append([started, f"{base} ({len(members)} {noun})", "", "", ""])
-            for rank, path, info in sorted(members, key=lambda m: m[0] or 0):
-                rows.append(["", f"  rank{rank}", *_run_cells(path, info)])
+            for rank, path, record in sorted(members, key=lambda m: m[0] or 0):
+                rows.append(["", f"  rank{rank}", *_run_cells(path, record)])
         else:
-            _, path, info = members[0]
-            rows.append([str(info.get("started_at") or ""), path.name, *_run_cells(path, info)])
+            _, path, record = members[0]
+            rows.append([str(record.started_at or ""), path.name, *_run_cells(path, record)])
     noun = "run" if count == 1 else "runs"
     lines = [f"{count} {noun} in {log_dir}, newest first:"]
     lines += text_table(["started", "run", "status", "verdict", "duration"], rows,
@@ -170,10 +170,10 @@ def cluster_text(view: ClusterView) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_cells(path: Path, info: dict[str, Any]) -> list[str]:
-    status = Run(path, info, None, None, None).status if "schema_version" in info else "?"
-    duration = info.get("duration_s")
-    return [status, str(info.get("verdict") or "pending"),
+def _run_cells(path: Path, record: RunRecord) -> list[str]:
+    status = Run(path, record, None, None, None).status if record.has("schema_version") else "?"
+    duration = record.duration_s
+    return [status, str(record.verdict or "pending"),
             "" if duration is None else f"{float(duration):,.1f} s"]
 
 
@@ -249,14 +249,14 @@ def unfinished_batches(run: Run) -> dict[int, int]:
     return {int(e): int(n) for e, n in counts.items() if int(e) not in finished}
 
 
-def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None = None,
+def summary_line(record: RunRecord, run_dir: Path | None, batches: int | None = None,
                  epochs: int | None = None) -> str:
     """What `GPUWatch` prints when a run ends, however it ends: the verdict, the status, the
     run folder, what was measured, what the costliest cause cost, where the loop's time went
     (where the run records it), then each cause in the order to fix it with its remedy.
 
     Args:
-        info: The run's `run.json` record as it stands at the end.
+        record: The run's `run.json` record as it stands at the end.
         run_dir: Its run folder.
         batches: Training batches measured (rows of `batches.csv`), None when unknown.
         epochs: Epochs that finished (rows of `epochs.csv`), None when unknown.
@@ -264,17 +264,17 @@ def summary_line(info: dict[str, Any], run_dir: Path | None, batches: int | None
     Returns:
         Lines joined by newlines, without a final one.
     """
-    head = f"gpu-watch: verdict {info.get('verdict') or 'none'} ({info.get('status')})"
+    head = f"gpu-watch: verdict {record.verdict or 'none'} ({record.status})"
     if batches is not None:
         head += f"; measured {batches:,} batch{'es' if batches != 1 else ''}"
         if epochs is not None:
             head += f" in {epochs:,} finished epoch{'s' if epochs != 1 else ''}"
     lines = [f"{head}; run folder {run_dir}"]
-    causes = info.get("causes") or []
-    impact = first_impact_line(causes, info.get("duration_s"))
+    causes = record.causes or []
+    impact = first_impact_line(causes, record.duration_s)
     if impact:  # what it cost comes first: it decides whether the fix is worth the time
         lines.append(f"  cost: {impact}")
-    loop = breakdown_text(info.get("breakdown"))
+    loop = breakdown_text(record.breakdown)
     if loop:
         lines.append(f"  time: {loop}")
     for fix in fixes(causes):

@@ -56,7 +56,7 @@ def floats(frame: pd.DataFrame | None, column: str) -> np.ndarray:
 
 
 def config_of(run: Run) -> dict[str, Any]:
-    return run.info.get("config") or {}
+    return run.record.config or {}
 
 
 def threshold_pct(run: Run) -> float:
@@ -160,15 +160,15 @@ def _others_util(columns: dict[str, np.ndarray], procs: np.ndarray) -> np.ndarra
 
 def gpu_series(run: Run) -> list[GPUSeries]:
     devices = {}
-    for device in run.info.get("devices") or []:
+    for device in run.record.devices or []:
         if isinstance(device, dict) and device.get("nvml_index") is not None:
             devices[int(device["nvml_index"])] = device
     samples = run.samples
     sample_gpu = floats(samples, "gpu")
     seen = {int(g) for g in np.unique(sample_gpu[~np.isnan(sample_gpu)])}
-    verdicts = run.info.get("gpu_verdicts") or {}
-    judged_by = run.info.get("gpu_judged_by") or {}
-    judged = run.info.get("judged") or {}
+    verdicts = run.record.gpu_verdicts or {}
+    judged_by = run.record.gpu_judged_by or {}
+    judged = run.record.judged or {}
     threshold = threshold_pct(run)
     compiled_s = first_step_end_s(run)  # readings until then are not judged: not shaded
     interval_s = float(config_of(run).get("interval_s") or runlog.RECORDED_INTERVAL_S)
@@ -234,8 +234,8 @@ def first_step_end_s(run: Run) -> float:
 
 def energy_of(run: Run) -> dict[str, Any]:
     """`run.json`'s energy per GPU (NVML index as text -> energy_j, method, power_mean_w)."""
-    record = run.info.get("energy")
-    gpus = record.get("gpus") if isinstance(record, dict) else None
+    energy = run.record.energy
+    gpus = energy.get("gpus") if isinstance(energy, dict) else None
     return gpus if isinstance(gpus, dict) else {}
 
 
@@ -259,11 +259,11 @@ def energy_text(joules: float) -> str:
 
 def energy_line(run: Run) -> str | None:
     """The run's energy in one line, with its method and scope; None when not measured."""
-    record = run.info.get("energy")
-    total = runlog.number(record.get("total_j")) if isinstance(record, dict) else None
+    energy = run.record.energy
+    total = runlog.number(energy.get("total_j")) if isinstance(energy, dict) else None
     if total is None:
         return None
-    method = ENERGY_METHODS.get(str(record.get("method")), str(record.get("method")))
+    method = ENERGY_METHODS.get(str(energy.get("method")), str(energy.get("method")))
     powers = [runlog.number(g.get("power_mean_w")) for g in energy_of(run).values()
               if isinstance(g, dict)]
     known = [w for w in powers if w is not None]
@@ -371,7 +371,7 @@ def _cause_banner(run: Run, gpus: Sequence[GPUSeries], causes: bool) -> str | No
                else None)
         return _sentences(text, why, shared) if why or shared else text
     if verdict == "unmonitored":
-        error = (run.info.get("nvml") or {}).get("error")
+        error = (run.record.nvml or {}).get("error")
         if error is None and lead is not None:
             return _sentences("This training's own GPU utilization is unknown",
                               cause_message(lead) if causes else None, shared)
@@ -421,7 +421,7 @@ def verdict_title(run: Run) -> tuple[str, str]:
 
 
 def duration_of(run: Run) -> float | None:
-    duration = run.info.get("duration_s")
+    duration = run.record.duration_s
     if duration is not None:
         return float(duration)
     times = floats(run.batches, "time_s")
@@ -429,7 +429,7 @@ def duration_of(run: Run) -> float | None:
 
 
 def placement_line(run: Run) -> str:
-    placement = run.info.get("placement") or {}
+    placement = run.record.placement or {}
     if not placement:
         return "placement: not checked"
     on_gpu = placement.get("compute_on_gpu")
@@ -443,22 +443,22 @@ def placement_line(run: Run) -> str:
 
 def is_simulated(run: Run) -> bool:
     """Whether the readings came from a scripted NVML (`FakeNVML`), not a real GPU."""
-    return bool((run.info.get("nvml") or {}).get("simulated"))
+    return bool((run.record.nvml or {}).get("simulated"))
 
 
 def subtitle_for(run: Run, gpus: Sequence[GPUSeries]) -> str:
-    parts = [str(run.info.get("run_name") or run.path.name), f"status {run.status}"]
+    parts = [str(run.record.run_name or run.path.name), f"status {run.status}"]
     if is_simulated(run):
         parts.insert(0, "SIMULATED GPU readings (FakeNVML)")
     duration = duration_of(run)
     if duration is not None:
         parts.append(f"{duration:,.1f} s")
-    if run.info.get("backend"):
-        parts.append(f"backend {run.info['backend']}")
+    if run.record.backend:
+        parts.append(f"backend {run.record.backend}")
     if gpus:
         parts.append(f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} watched")
     else:
-        error = None if nvml_error_told(run) else (run.info.get("nvml") or {}).get("error")
+        error = None if nvml_error_told(run) else (run.record.nvml or {}).get("error")
         parts.append("no GPU watched" + (f" (NVML: {error})" if error else ""))
     parts.append(placement_line(run))
     return "  ·  ".join(parts)

@@ -14,18 +14,13 @@ from typing import Any
 
 from gpu_watch import runlog
 from gpu_watch._version import __version__
+from gpu_watch.activity import activity_row, energy_summary, known_mean
 from gpu_watch.causes import Cause, RunFacts
+from gpu_watch.data_wait import DataTick
 from gpu_watch.impact import with_impacts
 from gpu_watch.nvml import Reading
 from gpu_watch.runlog import Run, RunRecord
-from gpu_watch.timeline import (
-    DataTick,
-    EpochSpan,
-    Timeline,
-    activity_row,
-    energy_summary,
-    known_mean,
-)
+from gpu_watch.timeline import EpochSpan, Timeline
 from gpu_watch.usage import recorded_threshold_pct, usage_of_frames
 from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
 

@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.data_wait import DataTick
 from gpu_watch.errors import swallowed
 from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock
-from gpu_watch.timeline import DataTick
 
 OK = "ok"
 # Reasons that are no failure: without a `fit` call there is nothing to read.

@@ -14,7 +14,7 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
   thread of tf.data's: `ready` gets the moment each batch left it, and the step that took the
   batch waited from its begin until then, if it began earlier (`READY_TIMED`);
 - elsewhere (a `tf.data` pipeline, a source of another kind) no batch is seen: the
-  `StackSampler` looks at the threads' stacks 100 times a second instead (see `timeline.Loop`).
+  `StackSampler` looks at the threads' stacks 100 times a second instead (see `data_wait.Loop`).
 
 A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
 (entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
@@ -375,7 +375,7 @@ class LoopClock:
 class StackSampler:
     """A daemon thread that looks at the threads' stacks `STACK_HZ` times a second, where no
     fetch of a batch can be timed: `look` returns what the input pipeline is doing (a
-    `timeline.DataTick`, or None when it cannot tell) and `sink` counts it.
+    `data_wait.DataTick`, or None when it cannot tell) and `sink` counts it.
 
     The look compares file names on the stacks and costs tens of microseconds; its cost beside
     a training is measured by `benchmarks/wait_accuracy.py`. A look that raises (a bug: the

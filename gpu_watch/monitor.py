@@ -26,15 +26,17 @@ from typing import Any
 from gpu_watch import drawing, runlog
 from gpu_watch.assessment import epoch_row, record_judgement, setting_of
 from gpu_watch.config import Config
+from gpu_watch.data_wait import DataTick
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
+from gpu_watch.idle_watch import IdleEvent
 from gpu_watch.impact import with_impacts
 from gpu_watch.job import find_job_id
 from gpu_watch.live import LiveFigures
 from gpu_watch.loop_clock import LoopClock, StackSampler
 from gpu_watch.nvml import NVML
 from gpu_watch.sampler import Sampler
-from gpu_watch.timeline import DataTick, EpochSpan, IdleEvent, Timeline
+from gpu_watch.timeline import EpochSpan, Timeline
 from gpu_watch.usage import UsageMeter, busy
 from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
 from gpu_watch.watchdog import FitWatchdog

@@ -143,7 +143,7 @@ class Reading:
     None when unknown. `judged_util_pct` is not NVML's: the timeline sets it to this training's
     utilization of the GPU as the verdicts judge it (see `usage.ReadingJudge`), and
     `fetching_data` and `producing_data` to what the input pipeline was doing at that tick
-    (see `timeline.DataTick`). `ecc_corrected_errors` and `ecc_uncorrected_errors` are the whole
+    (see `data_wait.DataTick`). `ecc_corrected_errors` and `ecc_uncorrected_errors` are the whole
     GPU's ECC error counts since its driver loaded, read every `NVML.ecc_interval_s` (the
     readings between carry the last counts read); None on a GPU without ECC.
     """
@@ -271,11 +271,12 @@ class NVML:
         self._util_read_s: dict[int, float] = {}
         self._quiet_s: dict[int, dict[int, float]] = {}
         self._names: dict[int, str | None] = {}
-        # Per device (NVML index, UUID): when its process list was last read (the reading's
-        # time) and the list.
-        self._listed: dict[tuple[int, str], tuple[float, list[GPUProcess]]] = {}
-        # Likewise its ECC error counts: (corrected, uncorrected).
-        self._ecc: dict[tuple[int, str], tuple[float, tuple[int, int]]] = {}
+        # Per device (NVML index, UUID): its process list, and its ECC error counts
+        # (corrected, uncorrected), as last read (see `_recent`).
+        self._listed: dict[tuple[int, str], _Kept] = {}
+        self._ecc: dict[tuple[int, str], _Kept] = {}
+        # Whether NVML has listed this process's PID on any GPU in this session: until it does
+        # (in a container's PID namespace it never does) its PIDs cannot be told from ours.
         self._pid_listed = False
         self._all_devices: list[Device] | None = None
 
@@ -315,10 +316,6 @@ class NVML:
         with self._lock:
             self._faults.clear()
             self._fault_keys.clear()
-
-    def is_lost(self, device: Device) -> bool:
-        """Whether NVML reported the device as lost (``GpuIsLost``)."""
-        return device.nvml_index in self._lost
 
     def _ensure_init(self) -> None:
         if self._initialised:
@@ -808,13 +805,6 @@ class NVML:
         if self._pid_listed and None not in utils:
             reading.others_util_pct = min(100.0, sum(utils))
 
-    @property
-    def pid_listed(self) -> bool:
-        """Whether NVML has listed this process's PID on any GPU in this session. Until it
-        does (in a container's PID namespace it never does) NVML's PIDs cannot be told from
-        this process's own."""
-        return self._pid_listed
-
     def process_name(self, pid: int) -> str | None:
         """`pid`'s name as NVML reports it (``nvmlSystemGetProcessName``), made safe to print
         (see :func:`printable`), or None when NVML cannot read it (``NoPermission`` for
@@ -895,7 +885,15 @@ def _switched_off(disabled: set[tuple[str, int | None]],
     return off + [{"metric": "*", "gpu": gpu, "lost": True} for gpu in sorted(lost)]
 
 
-def _recent(kept: dict[tuple[int, str], tuple[float, Any]], device: Device, time_s: float,
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A slow read's last value (see `_recent`) and the reading's time it was read at."""
+
+    time_s: float
+    value: Any
+
+
+def _recent(kept: dict[tuple[int, str], _Kept], device: Device, time_s: float,
             interval_s: float, read: Callable[[], Any]) -> Any:
     """A slow read of `device`: `read()` anew every `interval_s` seconds, its last value, kept
     in `kept` by device, reused between (None when it failed).
@@ -906,13 +904,13 @@ def _recent(kept: dict[tuple[int, str], tuple[float, Any]], device: Device, time
     """
     key = (device.nvml_index, device.uuid)
     last = kept.get(key)
-    if last is not None and 0 <= time_s - last[0] < 0.95 * interval_s:
-        return last[1]
+    if last is not None and 0 <= time_s - last.time_s < 0.95 * interval_s:
+        return last.value
     value = read()
     if value is None:
         kept.pop(key, None)
     else:
-        kept[key] = (time_s, value)
+        kept[key] = _Kept(time_s, value)
     return value
 
 

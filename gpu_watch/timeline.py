@@ -1,9 +1,11 @@
-"""Where batches meet readings: per-batch rows, per-span statistics and the idle detector.
+"""Where batches meet readings: per-batch rows and the epochs' spans.
 
-The training thread adds batch timings (a tuple append); the sampler thread adds NVML readings.
-`drain` pairs each batch with the readings that overlap it and hands back rows ready to write.
-Statistics are kept as running sums and 0-100 % histograms (the device's utilization and this
-process's own) per GPU and span, so memory stays flat over days.
+The training thread adds batch timings (a row appended per step); the sampler thread adds NVML
+readings. `drain` pairs each batch with the readings that overlap it and hands back rows ready
+to write. Each epoch's span, and the run's, keeps its GPUs' running statistics
+(`usage.SpanStats`: sums and 0-100 % histograms, so memory stays flat over days), its energy
+(`usage.EnergyMeter`) and its loop's counts (`data_wait.Loop`); the idle detector
+(`idle_watch.IdleWatch`) watches the same judged readings.
 """
 
 from __future__ import annotations
@@ -13,265 +15,16 @@ import dataclasses
 import math
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.data_wait import SAMPLED_TICKS, DataTick, Loop, LoopTotals, Wait
+from gpu_watch.idle_watch import IdleEvent, IdleWatch
 from gpu_watch.nvml import Reading
 from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.usage import EnergyMeter, ReadingJudge, SpanStats, idle
+from gpu_watch.usage import EnergyMeter, ReadingJudge, SpanStats
 from gpu_watch.verdict import GPUStats
-
-
-@dataclass(frozen=True)
-class IdleEvent:
-    """This training left every watched GPU under the threshold from `start_s` to `end_s`
-    (seconds since training started).
-
-    `util_mean_pct` is each GPU's mean utilization over that stretch as judged: this process's
-    own where NVML attributes it, else the device's (see `Timeline`). `device_util_mean_pct`
-    is the device's, whoever used it: far above the other when another process kept the GPU
-    busy meanwhile.
-    """
-
-    start_s: float
-    end_s: float
-    util_mean_pct: dict[int, float]
-    device_util_mean_pct: dict[int, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """The JSON-ready record written to `run.json` and carried by `GPUIdleError`."""
-        return {
-            "start_s": round(self.start_s, 3),
-            "end_s": round(self.end_s, 3),
-            "duration_s": round(self.end_s - self.start_s, 3),
-            "util_mean_pct": {str(k): round(v, 1) for k, v in self.util_mean_pct.items()},
-            "device_util_mean_pct": {str(k): round(v, 1)
-                                     for k, v in self.device_util_mean_pct.items()},
-        }
-
-
-def known_mean(values: Iterable[float | None]) -> float | None:
-    """The mean of the values that are known (not None); None when none is."""
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known else None
-
-
-def activity_row(stats: Sequence[GPUStats]) -> dict[str, Any]:
-    """The GPM and energy cells of an `epochs.csv` row (see `runlog.EPOCH_ACTIVITY_COLUMNS`):
-    percentages averaged over the GPUs that have them, energy and power summed, each GPU's own;
-    None where no GPU measured it."""
-    def total(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return sum(known) if known else None
-
-    row: dict[str, Any] = {
-        "gpu_sm_active_mean": known_mean([s.sm_active_mean for s in stats]),
-        "gpu_tensor_active_mean": known_mean([s.tensor_active_mean for s in stats]),
-        "gpu_dram_bw_mean": known_mean([s.dram_bw_mean for s in stats]),
-        "gpu_energy_j": total([s.energy_j for s in stats]),
-        "gpu_power_mean_w": total([s.power_mean_w for s in stats]),
-    }
-    for s in stats:
-        row[f"gpu{s.gpu}_sm_active_mean"] = s.sm_active_mean
-        row[f"gpu{s.gpu}_energy_j"] = s.energy_j
-        row[f"gpu{s.gpu}_power_mean_w"] = s.power_mean_w
-    return row
-
-
-def energy_summary(stats: Sequence[GPUStats]) -> dict[str, Any]:
-    """The run's energy as `run.json` records it: the total over the watched GPUs, how it was
-    measured, and each GPU's share. It is the whole GPUs' energy, whoever used them."""
-    known = [s for s in stats if s.energy_j is not None]
-    methods = sorted({s.energy_method for s in known})
-    return {
-        "total_j": round(sum(s.energy_j for s in known), 3) if known else None,
-        "method": None if not methods else methods[0] if len(methods) == 1 else "mixed",
-        "scope": "whole GPU: NVML does not measure energy per process",
-        "gpus": {str(s.gpu): {"energy_j": None if s.energy_j is None else round(s.energy_j, 3),
-                              "method": s.energy_method,
-                              "power_mean_w": None if s.power_mean_w is None
-                              else round(s.power_mean_w, 2)}
-                 for s in stats},
-    }
-
-
-# A share of stack samples is a sample: from n samples its standard error is at most
-# 0.5 / sqrt(n), 11 points at 20 samples (0.2 s at the stack sampler's 100 per second). Fewer
-# give no sampled wait share.
-MIN_WAIT_TICKS = 20
-# The measure of waiting for data where no fetch was timed (see `Loop.wait`): the share of the
-# stack sampler's looks that found the input pipeline busy.
-SAMPLED_TICKS = "sampled_ticks"
-
-
-# A Python producer behind `tf.data` (a `tf.py_function` in a `map`, or a generator that could
-# not be timed) runs on a thread of its own, ahead of the step: busy in fewer samples than this
-# share, it keeps up and delays nothing. Busier, it is the bottleneck, and the share of samples
-# it was busy bounds the wait from above (the step's own work overlapped it). A producer that is
-# the bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs between its items:
-# the threshold sits under that range.
-PRODUCER_SATURATED = 0.8
-
-
-@dataclass(frozen=True, slots=True)
-class DataTick:
-    """What the input pipeline was doing at one look at the threads' stacks: the training
-    thread fetching data (it waits meanwhile), or another thread producing it (Python code
-    behind tf.data)."""
-
-    fetching: bool
-    producing: bool = False
-
-
-def _share(part: float, whole: float) -> float | None:
-    return part / whole if whole > 0 else None
-
-
-@dataclass(frozen=True)
-class Wait:
-    """How a span of the training loop spent its time: computing, waiting for data, elsewhere.
-
-    Attributes:
-        fraction: The share of the loop's time spent waiting for data, 0-1; None when it was
-            not measured.
-        measure: How: `loop_clock.FETCH_TIMED` (each fetch on the training thread, timed),
-            `loop_clock.READY_TIMED` (each batch timed as it left a Python source behind
-            tf.data, against the step that took it) or `SAMPLED_TICKS` (the share of the stack
-            sampler's looks that found the pipeline busy); None with no fraction.
-        wait_s: Seconds spent waiting for data (for `SAMPLED_TICKS`, the share times the loop).
-        loop_s: Seconds of the loop: the steps and the time between them, step 0 left out.
-        ticks: Stack samples counted, of which `fetching_ticks` found the training thread
-            fetching data and `producing_ticks` another thread producing it.
-        compute_s: Seconds of the steps themselves, their wait for data left out.
-        other_s: Seconds between steps spent neither computing nor fetching: the callbacks'
-            hooks, Keras' own bookkeeping.
-    """
-
-    fraction: float | None
-    measure: str | None
-    wait_s: float
-    loop_s: float
-    ticks: int
-    fetching_ticks: int
-    producing_ticks: int
-    compute_s: float
-    other_s: float
-
-    @property
-    def other_fraction(self) -> float | None:
-        """The share of the loop spent between steps elsewhere, 0-1; None without a loop."""
-        return _share(self.other_s, self.loop_s)
-
-    @property
-    def compute_fraction(self) -> float | None:
-        """The share of the loop spent in the steps themselves, 0-1; None without a loop."""
-        return _share(self.compute_s, self.loop_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready record written to `run.json` as "wait"."""
-        return {"fraction": _round4(self.fraction), "measure": self.measure,
-                "wait_s": round(self.wait_s, 4), "loop_s": round(self.loop_s, 4),
-                "ticks": self.ticks, "fetching_ticks": self.fetching_ticks,
-                "producing_ticks": self.producing_ticks, "min_ticks": MIN_WAIT_TICKS}
-
-    def breakdown(self) -> dict[str, Any]:
-        """The JSON-ready record written to `run.json` as "breakdown": the loop's seconds by
-        where they went, each as a share of the loop too."""
-        known = self.fraction is not None
-        return {"compute_s": round(self.compute_s, 4),
-                "data_wait_s": round(self.wait_s, 4) if known else None,
-                "other_s": round(self.other_s, 4), "loop_s": round(self.loop_s, 4),
-                "compute_fraction": _round4(self.compute_fraction),
-                "data_wait_fraction": _round4(self.fraction),
-                "other_fraction": _round4(self.other_fraction),
-                "wait_measure": self.measure}
-
-
-def _round4(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-@dataclass(slots=True)
-class Loop:
-    """The training loop's counts over a span, step 0 left out (it compiles).
-
-    `step_s` is the steps' compute, `wait_s` the measured wait for data, `other_s` the time
-    between steps spent elsewhere; `timed` counts the batches whose wait was measured, by
-    `measure`.
-    """
-
-    batches: int = 0
-    steps: int = 0
-    step_s: float = 0.0
-    wait_s: float = 0.0
-    other_s: float = 0.0
-    timed: int = 0
-    measure: str | None = None
-    ticks: int = 0
-    fetching_ticks: int = 0
-    producing_ticks: int = 0
-
-    def add_batch(self, steps: int, step_s: float, wait_s: float | None,
-                  other_s: float | None = None, measure: str | None = None) -> None:
-        self.batches += 1
-        self.steps += steps
-        self.step_s += step_s
-        self.other_s += other_s or 0.0
-        if wait_s is not None:
-            self.wait_s += wait_s
-            self.timed += 1
-            self.measure = measure or self.measure
-
-    def add_tick(self, tick: DataTick) -> None:
-        self.ticks += 1
-        self.fetching_ticks += tick.fetching
-        self.producing_ticks += tick.producing and not tick.fetching
-
-    def wait(self) -> Wait:
-        """Where the loop's time went, and the share spent waiting for data.
-
-        Where every batch's fetch was timed, the wait is their sum: exact. Where none was, the
-        stack samples give a share from `MIN_WAIT_TICKS` on: of the looks, those that found the
-        training thread fetching, or, with a Python producer behind tf.data busy in at least
-        `PRODUCER_SATURATED` of them, those that found it busy (the wait then sits inside the
-        steps, and comes out of their compute). The time between steps is never taken for a
-        wait: the callbacks and Keras' own bookkeeping spend it too.
-        """
-        loop_s = self.step_s + self.wait_s + self.other_s
-        if self.batches and self.timed == self.batches:
-            return Wait(_share(self.wait_s, loop_s), self.measure, self.wait_s, loop_s,
-                        self.ticks, self.fetching_ticks, self.producing_ticks, self.step_s,
-                        self.other_s)
-        if self.ticks < MIN_WAIT_TICKS:
-            return Wait(None, None, 0.0, loop_s, self.ticks, self.fetching_ticks,
-                        self.producing_ticks, self.step_s + self.wait_s, self.other_s)
-        sampled = self.fetching_ticks / self.ticks
-        producing = (self.fetching_ticks + self.producing_ticks) / self.ticks
-        if producing >= PRODUCER_SATURATED:
-            sampled = producing
-        wait_s = sampled * loop_s
-        # The sampled wait sits inside the steps (tf.data fetches there) or between them:
-        # either way it is neither compute nor other work, taken from the steps first.
-        compute_s = self.step_s + self.wait_s
-        from_compute = min(compute_s, wait_s)
-        other_s = max(0.0, self.other_s - (wait_s - from_compute))
-        return Wait(sampled, SAMPLED_TICKS, wait_s, loop_s, self.ticks, self.fetching_ticks,
-                    self.producing_ticks, compute_s - from_compute, other_s)
-
-
-@dataclass(frozen=True, slots=True)
-class LoopTotals:
-    """The run's loop so far as a counter wants it: every step, step 0 included, their summed
-    seconds (the compute), the seconds spent waiting for data, the seconds between steps spent
-    elsewhere (other callbacks, Keras' own bookkeeping), and the run's judged share of its
-    loop spent waiting for data (0-1, step 0 left out; None while unknown)."""
-
-    steps: int
-    step_s: float
-    wait_s: float
-    other_s: float = 0.0
-    wait_fraction: float | None = None
 
 
 class EpochSpan:
@@ -315,7 +68,8 @@ class Timeline:
     Args:
         gpus: NVML indices of the watched GPUs (the per-GPU columns of `batches.csv`).
         idle_threshold_pct: Utilization under this counts as idle, percent.
-        idle_patience_s: Seconds all GPUs must stay idle before an `IdleEvent` fires.
+        idle_patience_s: Seconds all GPUs must stay idle before an `IdleEvent` fires (see
+            `idle_watch.IdleWatch`).
         interval_s: The sampler's interval, seconds (how far after a batch a reading may lie
             and still describe it: NVML's utilization covers the period before the reading).
     """
@@ -324,7 +78,6 @@ class Timeline:
                  interval_s: float, steps_per_execution: int = 1) -> None:
         self.gpus = list(gpus)
         self.threshold = idle_threshold_pct
-        self.patience = idle_patience_s
         self.interval = interval_s
         self._lock = threading.Lock()
         self._batches: deque[_BatchRow] = deque()
@@ -339,19 +92,20 @@ class Timeline:
         self._open: EpochSpan | None = None
         self._closing: list[EpochSpan] = []  # ended, waiting for a reading that covers them
         self._last_batch_end_s = -math.inf
-        self._idle_since: float | None = None
-        self._idle_sums: dict[int, _IdleSums] = {}
         self._judge = ReadingJudge(idle_threshold_pct)
-        self._last_judged: dict[int, float] = {}  # each GPU's latest judged utilization
-        self.idle_event: IdleEvent | None = None
+        self._idle = IdleWatch(self.gpus, idle_threshold_pct, idle_patience_s)
         self.idle_paused = False  # set while validation runs (it compiles and loads data too)
         self._run_loop = Loop()
-        self._steps = 0  # every step, step 0 included
         self._every_step = Loop()  # every step, step 0 included: the counters' sums
         self._last_totals: LoopTotals | None = None  # what run_loop returned last
         self._pairing = BatchPairing(steps_per_execution)
         self._pairing_lock = threading.Lock()  # batch hooks may run on several threads at once
         self._epoch_number = 0  # the epoch the batch hooks belong to
+
+    @property
+    def idle_event(self) -> IdleEvent | None:
+        """The idle stretch that lasted the patience, once it happened (once per run)."""
+        return self._idle.event
 
     @property
     def epoch(self) -> int | None:
@@ -438,7 +192,6 @@ class Timeline:
         self._batches.append(_BatchRow(epoch, batch, steps, begin_s, end_s, compute, wait_s,
                                        other_s))
         self._last_batch_end_s = max(self._last_batch_end_s, end_s)
-        self._steps += steps
         self._every_step.add_batch(steps, compute, wait_s, other_s)  # the measure is run_wait's
         span = self._open
         if self.first_step_end_s is None:
@@ -465,22 +218,9 @@ class Timeline:
         span.loop.add_tick(tick)
         self._run_loop.add_tick(tick)
 
-    def epoch_wait(self) -> Wait:
-        """How long the running epoch has waited for data so far (see `Loop.wait`)."""
-        span = self._open
-        return (span.loop if span is not None else Loop()).wait()
-
     def run_wait(self) -> Wait:
         """How long the run has waited for data so far, step 0 left out (see `Loop.wait`)."""
         return self._run_loop.wait()
-
-    def epoch_wait_fraction(self) -> float | None:
-        """Share of the running epoch's loop spent waiting for data, 0-1."""
-        return self.epoch_wait().fraction
-
-    def run_wait_fraction(self) -> float | None:
-        """Share of the run's loop spent waiting for data, 0-1."""
-        return self.run_wait().fraction
 
     def run_loop(self) -> LoopTotals:
         """The run's loop so far as counters want it: every step, step 0 included, and its
@@ -500,14 +240,9 @@ class Timeline:
             if last is not None:
                 compute, data = max(last.step_s, compute), max(last.wait_s, data)
                 other = max(last.other_s, other)
-            totals = LoopTotals(self._steps, compute, data, other, wait.fraction)
+            totals = LoopTotals(every.steps, compute, data, other, wait.fraction)
             self._last_totals = totals
         return totals
-
-    def epoch_loop(self) -> Loop:
-        """The running epoch's loop counts so far, step 0 left out (a copy)."""
-        span = self._open
-        return dataclasses.replace(span.loop) if span is not None else Loop()
 
     # -- sampler thread --------------------------------------------------------------------------
 
@@ -521,10 +256,7 @@ class Timeline:
             spans = self._spans_for(readings[0].time_s) if readings and counted else []
             for r in readings:
                 r.judged_util_pct = self.judge_reading(r)
-                if r.judged_util_pct is not None and r.gpu in self._run_stats:
-                    # Before step 0 ends too: what a GPU was last seen doing stands until the
-                    # loop brings a new figure of it (see `_track_idle`).
-                    self._last_judged[r.gpu] = r.judged_util_pct
+                self._idle.see(r)
                 if data is not None:
                     r.fetching_data, r.producing_data = data.fetching, data.producing
                 self._samples.append(r)
@@ -542,7 +274,7 @@ class Timeline:
             if readings:
                 self._last_tick_s = readings[0].time_s
                 self._settle_closing(self._last_tick_s)
-                return self._track_idle(readings) if counted else None
+                return self._idle.track(readings, self.idle_paused) if counted else None
             return None
 
     def _spans_for(self, time_s: float) -> list[EpochSpan]:
@@ -567,41 +299,6 @@ class Timeline:
             meter = self._open.energy.get(r.gpu)
             if meter is not None:
                 meter.add(r)
-
-    def _track_idle(self, readings: Sequence[Reading]) -> IdleEvent | None:
-        now = readings[0].time_s
-        # A GPU without a judged value this tick (no new NVML sample of this process yet,
-        # unsupported, lost, a failed read, busy with work that may be someone else's) keeps
-        # its latest one (`add_readings` keeps them, from the run's first reading on): NVML
-        # samples processes every 1/6 s to 1 s, so most ticks bring no new figure of a busy
-        # training, and a GPU that last worked, even just before step 0 ended, must not let the
-        # others' idleness stand for all. A GPU never judged is not evidence either way; at
-        # least one GPU must have been judged idle this tick.
-        measured = [r for r in readings
-                    if r.gpu in self._run_stats and r.judged_util_pct is not None]
-        all_idle = (not self.idle_paused and bool(measured)
-                    and all(idle(u, self.threshold) for u in self._last_judged.values()))
-        if not all_idle:
-            self._idle_since = None
-            self._idle_sums = {}
-            return None
-        if self._idle_since is None:
-            self._idle_since = now
-        for r in measured:
-            sums = self._idle_sums.setdefault(r.gpu, _IdleSums())
-            sums.judged_pct += r.judged_util_pct
-            sums.judged_n += 1
-            if r.util_pct is not None:
-                sums.device_pct += r.util_pct
-                sums.device_n += 1
-        if self.idle_event is None and now - self._idle_since >= self.patience:
-            means = {g: s.judged_pct / s.judged_n for g, s in self._idle_sums.items()
-                     if s.judged_n}
-            device = {g: s.device_pct / s.device_n for g, s in self._idle_sums.items()
-                      if s.device_n}
-            self.idle_event = IdleEvent(self._idle_since, now, means, device)
-            return self.idle_event
-        return None
 
     def judge_reading(self, r: Reading) -> float | None:
         """This training's utilization of a GPU in one reading, percent; None when the reading
@@ -656,14 +353,6 @@ class Timeline:
             while len(recent) > 1 and recent[1].time_s <= horizon:
                 recent.popleft()
 
-    def epoch_stats(self) -> list[GPUStats]:
-        """Each watched GPU's statistics over the running epoch so far, step 0 left out."""
-        with self._lock:
-            span = self._open
-            if span is None:
-                return [SpanStats().stats(g) for g in self.gpus]
-            return span.gpu_stats()
-
     def run_stats(self) -> list[GPUStats]:
         """Each watched GPU's statistics over the run so far, step 0 left out."""
         with self._lock:
@@ -683,16 +372,6 @@ class _BatchRow:
     compute_s: float
     wait_s: float | None
     other_s: float | None
-
-
-@dataclass(slots=True)
-class _IdleSums:
-    """Running sums of an idle stretch on one GPU: the judged figure and the device's."""
-
-    judged_pct: float = 0.0
-    judged_n: int = 0
-    device_pct: float = 0.0
-    device_n: int = 0
 
 
 def _with_energy(stats: list[GPUStats], meters: dict[int, EnergyMeter]) -> list[GPUStats]:

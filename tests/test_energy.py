@@ -8,12 +8,13 @@ import pynvml
 import pytest
 
 from gpu_watch import report, runlog
+from gpu_watch.activity import activity_row, energy_summary
 from gpu_watch.config import Config
 from gpu_watch.monitor import Monitor
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.report import figures
 from gpu_watch.testing import DrivenSampler, FakeGPU, FakeNVML, FakeProcess, ManualClock
-from gpu_watch.timeline import Timeline, activity_row, energy_summary
+from gpu_watch.timeline import Timeline
 from gpu_watch.usage import EnergyMeter
 from gpu_watch.verdict import GPUStats
 
@@ -104,7 +105,7 @@ def test_epochs_add_up_to_the_run_with_nothing_counted_twice():
         for k in range(4):
             counter += 1000 * (epoch + 1)
             tl.add_readings([reading(0.5 + epoch * 2 + k * 0.5, counter)])
-        (stats,) = tl.epoch_stats()
+        (stats,) = tl.end_epoch(2.0 + epoch * 2).gpu_stats()
         assert stats.energy_j == pytest.approx(4 * (epoch + 1))  # 4 readings of (e+1) J
     (run,) = tl.run_stats()
     assert run.energy_j == pytest.approx(4 + 8 + 12)

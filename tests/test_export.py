@@ -18,6 +18,7 @@ from monitors import monitor_on_gpu, run_for
 from prometheus_tools import free_port, free_ports_in_a_row, library
 
 from gpu_watch import load_run
+from gpu_watch.data_wait import LoopTotals
 from gpu_watch.errors import GPUWatchWarning, take_swallowed
 from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
 from gpu_watch.export.figures import Snapshot, training_util_pct
@@ -25,7 +26,6 @@ from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
 from gpu_watch.nvml import Device, Reading
 from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import LoopTotals
 
 library("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

@@ -70,7 +70,8 @@ def test_a_gpu_without_handle_reads_as_unmeasured_and_a_lost_one_as_lost():
         None, None, None, None, False)
     lost_nvml = NVML(three_gpus(error=pynvml.NVMLError_GpuIsLost))
     (lost,) = lost_nvml.devices(visible="1")
-    assert lost_nvml.read(lost, 0.0).lost and lost_nvml.is_lost(lost)
+    assert lost_nvml.read(lost, 0.0).lost
+    assert {"metric": "*", "gpu": 1, "lost": True} in lost_nvml.switched_off
 
 
 def test_gpuwatch_watches_the_gpu_cuda_visible_devices_names_when_another_is_refused(

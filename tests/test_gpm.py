@@ -291,7 +291,7 @@ def test_span_means_skip_missing_readings():
     for t, sm in [(0.2, None), (0.4, 10.0), (0.6, 30.0), (0.8, None)]:
         tl.add_readings([Reading(time_s=t, gpu=0, util_pct=90.0, sm_active_pct=sm,
                                  tensor_active_pct=None)])
-    (stats,) = tl.epoch_stats()
+    (stats,) = tl.end_epoch(1.0).gpu_stats()
     assert stats.sm_active_mean == pytest.approx(20.0)  # not 10: None is not 0
     assert stats.tensor_active_mean is None
 

@@ -51,7 +51,10 @@ def test_the_import_graph_is_read_from_every_module():
       for module in ("gpu_watch.report", "gpu_watch.report.view", "gpu_watch.report.figures",
                      "gpu_watch.report.text", "gpu_watch.report.html", "gpu_watch.live",
                      "gpu_watch.follow", "gpu_watch.terminal")
-      for layer in ("gpu_watch.sampler", "gpu_watch.timeline")],
+      for layer in ("gpu_watch.sampler", "gpu_watch.timeline", "gpu_watch.data_wait",
+                    "gpu_watch.idle_watch")],
+    *[(module, "gpu_watch.timeline", "the timeline feeds its parts: they sit below it")
+      for module in ("gpu_watch.data_wait", "gpu_watch.idle_watch", "gpu_watch.activity")],
 ])
 def test_a_layer_does_not_import_what_it_must_not(module, forbidden, why):
     offending = {name for name in IMPORTS[module]

@@ -135,7 +135,8 @@ def test_a_lost_gpu_is_flagged_while_the_other_keeps_reporting(clock):
     assert nvml.read(a, 0).util_pct == 90
     clock.advance(1)
     r_lost, r_fine = nvml.read(a, 1), nvml.read(b, 1)
-    assert r_lost.lost and r_lost.util_pct is None and nvml.is_lost(a)
+    assert r_lost.lost and r_lost.util_pct is None
+    assert nvml.switched_off == [{"metric": "*", "gpu": 0, "lost": True}]
     assert not r_fine.lost and r_fine.util_pct == 60
     clock.advance(5)
     assert nvml.read(a, 6).lost  # stays lost
@@ -405,16 +406,16 @@ def test_names_are_read_once_per_pid_and_unreadable_names_are_none():
     named = FakeProcess(pid=OTHER_PID + 1, used_mib=20, sm_util_pct=5, name="train\x1b.py")
     fake = FakeNVML([FakeGPU(util_pct=5, processes=[FakeProcess(used_mib=1), other, named])])
     nvml = NVML(fake)
-    assert nvml.pid_listed is False
     (device,) = nvml.devices()
-    for t in range(3):
-        reading = nvml.read(device, t)
+    readings = [nvml.read(device, t) for t in range(3)]
+    for reading in readings:
         assert [(o.pid, o.name) for o in reading.others] == [(OTHER_PID, None),
                                                              (OTHER_PID + 1, "train?.py")]
+    # This PID is listed, so the rest are the others': their share is known.
+    assert readings[0].others_util_pct == 10.0
     assert fake.calls[("nvmlSystemGetProcessName", "MainThread")] == 2
     assert [(f.metric, f.error, f.gpu) for f in nvml.faults] == [
         ("process_name", "NVMLError_NoPermission", None)]
-    assert nvml.pid_listed is True
 
 
 def test_names_are_remembered_for_at_most_1024_pids():

@@ -18,10 +18,10 @@ import numpy as np
 from prometheus_tools import free_port, library, program, serve, stop
 
 from gpu_watch import GPUWatch, GPUWatchWarning
+from gpu_watch.data_wait import LoopTotals
 from gpu_watch.nvml import NVML, Reading
 from gpu_watch.runlog import RunRecord
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import LoopTotals
 
 library("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402

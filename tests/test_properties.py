@@ -86,7 +86,7 @@ def test_each_epoch_s_figures_lie_within_its_own_readings(step_0, epochs):
         own = batch
         own_utils = [u for u, _ in own if u is not None]
         own_mems = [m for _, m in own if m is not None]
-        (stats,) = tl.epoch_stats()
+        (stats,) = tl.end_epoch(t).gpu_stats()
         if stats.util_mean is None:
             assert stats.util_samples == 0 and stats.util_p95 is None
         else:

@@ -74,7 +74,8 @@ def test_another_process_never_makes_this_training_ok(world):
                                 others_util_pct=0.0))
         timeline.add_readings(tick)
 
-    for stats in (timeline.run_stats(), timeline.epoch_stats()):
+    epoch = timeline.end_epoch(0.2 * (len(readings) + 1))
+    for stats in (timeline.run_stats(), epoch.gpu_stats()):
         judgement = judge(ON_GPU, stats, wait_fraction=None)
         assert judgement.gpu_verdicts[0] != OK, (mode, readings)
         if judgement.verdict == OK:

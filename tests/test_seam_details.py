@@ -95,7 +95,7 @@ def test_a_lost_gpu_is_asked_nothing_more():
     fake = FakeNVML([FakeGPU().fail("*", pynvml.NVMLError_GpuIsLost, from_s=0.0)])
     nvml = NVML(fake)
     (device,) = nvml.devices()
-    assert nvml.is_lost(device)
+    assert nvml.switched_off == [{"metric": "*", "gpu": 0, "lost": True}]
     asked = sum(fake.calls.values())
     assert nvml.query("power", 0, "nvmlDeviceGetPowerUsage", device.handle) is None
     assert sum(fake.calls.values()) == asked

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch.assessment import epoch_row
+from gpu_watch.data_wait import DataTick
 from gpu_watch.nvml import Reading
-from gpu_watch.timeline import DataTick, EpochSpan, Timeline
+from gpu_watch.timeline import EpochSpan, Timeline
 from gpu_watch.usage import EnergyMeter
 from gpu_watch.verdict import Setting
 
@@ -129,7 +130,7 @@ def test_a_stack_sample_is_counted_and_a_reading_s_data_state_written(tick, coun
     tl = after_step_0()
     tl.add_data_tick(tick.fetching, tick.producing)  # the stack sampler's look
     tl.add_readings([reading(0.75, 50.0)], data=tick)  # the NVML tick's: written, not counted
-    loop = tl.epoch_loop()
+    loop = tl.end_epoch(1.0).loop
     assert (loop.ticks, loop.fetching_ticks, loop.producing_ticks) == counted
     wait = tl.run_wait()
     assert (wait.ticks, wait.fetching_ticks, wait.producing_ticks) == counted
@@ -140,7 +141,7 @@ def test_a_stack_sample_is_counted_and_a_reading_s_data_state_written(tick, coun
 def test_a_tick_without_a_data_state_counts_no_tick():
     tl = after_step_0()
     tl.add_readings([reading(0.75, 50.0)])
-    assert tl.epoch_loop().ticks == 0
+    assert tl.end_epoch(1.0).loop.ticks == tl.run_wait().ticks == 0
     (sample,), _ = tl.drain()
     assert (sample.fetching_data, sample.producing_data) == (None, None)
 

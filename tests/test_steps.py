@@ -13,8 +13,9 @@ import threading
 
 import pytest
 
+from gpu_watch.data_wait import LoopTotals
 from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.timeline import LoopTotals, Timeline
+from gpu_watch.timeline import Timeline
 from gpu_watch.watchdog import FitWatchdog
 
 
@@ -141,7 +142,7 @@ def test_the_timeline_counts_what_the_hooks_pair_and_names_step_0():
     # Step 0's 2 s count as compute; the 0.5 s between the steps are spent elsewhere, and no
     # wait for data was measured.
     assert tl.run_loop() == LoopTotals(steps=2, step_s=2.5, wait_s=0.0, other_s=0.5)
-    loop = tl.epoch_loop()
+    loop = tl.end_epoch(3.0).loop
     assert (loop.batches, loop.steps) == (1, 1)  # step 0 stays out of the epoch's loop
     rows = tl.drain(final=True)[1]
     assert [(r["epoch"], r["batch"]) for r in rows] == [(0, 0), (0, 1)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpu_watch.data_wait import Loop, LoopTotals
 from gpu_watch.nvml import Reading
-from gpu_watch.timeline import Loop, LoopTotals, Timeline
+from gpu_watch.timeline import Timeline
 
 
 def tick(t, *utils, mem=1000.0):
@@ -53,7 +54,7 @@ def test_missing_readings_do_not_count_as_idle():
     for t in range(10):
         tl.add_readings(tick(0.2 + t, None))
     tl.add_readings(tick(20.0, 90))
-    (stats,) = tl.epoch_stats()
+    (stats,) = tl.end_epoch(20.0).gpu_stats()
     assert stats.util_samples == 1 and stats.device_idle_fraction == 0.0
     assert stats.util_mean == 90
 
@@ -75,7 +76,7 @@ def test_statistics_mean_p95_and_threshold_edge():
     tl.add_batch(0, 0, 1, 0.0, 0.01, None)
     for i, u in enumerate([10] * 10 + [9.6] * 10):  # 10 is not under 10; 9.6 is
         tl.add_readings(tick(0.2 * (i + 1), u))
-    (stats,) = tl.epoch_stats()
+    (stats,) = tl.end_epoch(4.0).gpu_stats()
     assert stats.device_idle_fraction == 0.5
     assert stats.util_p95 == 10
     assert stats.util_mean == pytest.approx(9.8, abs=0.11)
@@ -110,8 +111,8 @@ def test_wait_fraction_over_the_run_leaves_step_0_out():
     tl.begin_epoch(0)
     tl.add_batch(0, 0, 1, 0.0, 1.0, None)  # step 0: compiling, not the loop
     tl.add_batch(0, 1, 1, 4.0, 5.0, 3.0)
-    assert tl.run_wait_fraction() == pytest.approx(0.75)
-    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=1.0, wait_s=3.0, timed=1)
+    assert tl.run_wait().fraction == pytest.approx(0.75)
+    assert tl.end_epoch(5.0).loop == Loop(batches=1, steps=1, step_s=1.0, wait_s=3.0, timed=1)
     assert tl.first_step_s == 1.0
 
 
@@ -124,7 +125,7 @@ def test_the_run_loop_counts_steps_across_epochs():
     tl.add_batch(1, 0, 1, 2.0, 2.5, 1.0)
     tl.add_batch(1, 1, 1, 3.0, 3.25, 0.5)
     assert tl.run_loop() == LoopTotals(steps=6, step_s=1.75, wait_s=1.5, wait_fraction=1.5 / 2.25)
-    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5, timed=2)
+    assert tl.end_epoch(3.25).loop == Loop(batches=2, steps=2, step_s=0.75, wait_s=1.5, timed=2)
 
 
 def test_a_batch_longer_than_a_flush_keeps_all_its_readings():
@@ -147,9 +148,9 @@ def test_readings_during_step_0_count_for_no_span_and_the_next_one_does():
     tl.add_readings(tick(0.4, 95))
     tl.add_batch(0, 0, 1, 0.0, 0.5, None)  # step 0 compiled while the GPU read 95 %
     (run,) = tl.run_stats()
-    (epoch,) = tl.epoch_stats()
-    assert (run.readings, run.util_samples, epoch.readings) == (0, 0, 0)
+    assert (run.readings, run.util_samples) == (0, 0)
     span = tl.end_epoch(0.55)
+    assert span.readings == 0 and span.gpu_stats()[0].readings == 0
     assert not span.ready  # shorter than the interval after step 0: waits for its reading
     tl.add_readings(tick(0.6, 40))
     (ready,) = tl.ready_epochs()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from gpu_watch.data_wait import Loop, LoopTotals, Wait
+from gpu_watch.idle_watch import IdleEvent
 from gpu_watch.nvml import OtherProcess, Reading
 from gpu_watch.steps import Step
-from gpu_watch.timeline import IdleEvent, Loop, LoopTotals, Timeline, Wait
+from gpu_watch.timeline import Timeline
 from gpu_watch.usage import SpanStats
 from gpu_watch.verdict import OtherUse
 
@@ -88,35 +90,34 @@ def test_readings_of_a_batch_still_running_survive_a_flush():
 
 def test_waiting_for_data_adds_up_over_batches_and_ticks():
     tl = Timeline([0], 10.0, 60.0, 0.25)
-    assert tl.epoch_loop() == Loop()
-    assert (tl.epoch_wait_fraction(), tl.run_wait_fraction()) == (None, None)
+    assert tl.run_wait().fraction is None
     tl.add_data_tick(True)  # before the first step: compiling, not waiting
     tl.begin_epoch(0)
-    assert tl.epoch_wait_fraction() is None
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0
     tl.add_batch(0, 1, 1, 0.375, 0.5, 0.125, other_s=0.0, measure="fetch_timed")
     tl.add_batch(0, 2, 1, 0.625, 0.75, 0.125, other_s=0.125, measure="fetch_timed")
-    assert tl.epoch_loop() == Loop(batches=2, steps=2, step_s=0.25, wait_s=0.25, other_s=0.125,
-                                   timed=2, measure="fetch_timed")
-    assert tl.run_wait_fraction() == pytest.approx(0.4)  # 0.25 of 0.625
+    assert tl.run_wait().fraction == pytest.approx(0.4)  # 0.25 of 0.625
     for fetching in [True] * 19:  # every batch's wait was timed: the samples do not count
         tl.add_data_tick(fetching)
     wait = tl.run_wait()
     assert (wait.fraction, wait.measure, wait.ticks, wait.fetching_ticks) == (
         pytest.approx(0.4), "fetch_timed", 19, 19)
     assert (wait.compute_s, wait.other_s, wait.loop_s) == (0.25, 0.125, 0.625)
-    tl.begin_epoch(1)
-    assert tl.epoch_wait_fraction() is None
+    assert tl.end_epoch(0.875).loop == Loop(
+        batches=2, steps=2, step_s=0.25, wait_s=0.25, other_s=0.125, timed=2,
+        measure="fetch_timed", ticks=19, fetching_ticks=19)
+    tl.begin_epoch(1, 1.0)
     tl.add_batch(1, 0, 1, 1.0, 1.25, None, other_s=0.25)  # no wait timed: samples decide
     for fetching in [True] * 14 + [False] * 6:
         tl.add_data_tick(fetching)
-    epoch = tl.epoch_wait()
+    span = tl.end_epoch(1.5)
+    epoch = span.loop.wait()
     assert (epoch.fraction, epoch.measure, epoch.ticks) == (0.7, "sampled_ticks", 20)
     # 0.7 of the epoch's 0.5 s loop: the whole step's 0.25 s, then 0.1 of the 0.25 s between.
     assert (epoch.wait_s, epoch.compute_s, epoch.other_s) == (
         pytest.approx(0.35), 0.0, pytest.approx(0.15))
-    assert tl.epoch_loop() == Loop(batches=1, steps=1, step_s=0.25, other_s=0.25, ticks=20,
-                                   fetching_ticks=14)
+    assert span.loop == Loop(batches=1, steps=1, step_s=0.25, other_s=0.25, ticks=20,
+                             fetching_ticks=14)
     # Over the run one batch of three was not timed: the samples (33 of 39) stand for all.
     assert tl.run_wait().to_dict() == {"fraction": 0.8462, "measure": "sampled_ticks",
                                        "wait_s": 0.9519, "loop_s": 1.125, "ticks": 39,
@@ -158,7 +159,7 @@ def test_a_tick_share_counts_from_20_ticks_on(ticks, fraction):
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
     for _ in range(ticks):
         tl.add_data_tick(True)
-    assert tl.epoch_wait_fraction() == fraction == tl.run_wait_fraction()
+    assert tl.end_epoch(1.0).loop.wait().fraction == fraction == tl.run_wait().fraction
 
 
 @pytest.mark.parametrize(("producing", "fraction"), [(15, 0.0), (16, 0.8), (20, 1.0)])
@@ -167,7 +168,7 @@ def test_a_generator_thread_counts_only_once_it_is_the_bottleneck(producing, fra
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
     for i in range(20):  # busy in under 80 % of the ticks, it runs ahead and delays nothing
         tl.add_data_tick(False, producing=i < producing)
-    wait = tl.epoch_wait()
+    wait = tl.run_wait()
     assert (wait.fraction, wait.producing_ticks) == (fraction, producing)
     tl.add_data_tick(True, producing=True)  # the training thread itself waits: counted once
     assert tl.run_wait().fetching_ticks == 1 and tl.run_wait().producing_ticks == producing
@@ -196,15 +197,15 @@ def test_the_judged_figure_is_the_process_s_own_else_the_device_s_where_it_can_t
 
 
 def test_epoch_figures_before_step_0_ended_are_empty():
-    tl = Timeline([0], 10.0, 60.0, 0.25)
+    tl = timeline()
     tl.add_readings([reading(0.25, 40.0)])
-    (stats,) = tl.epoch_stats()
+    (stats,) = tl.end_epoch(0.3).gpu_stats()
     assert (stats.readings, stats.util_samples, stats.util_mean) == (0, 0, None)
 
 
-def test_epoch_figures_between_epochs_name_every_watched_gpu():
-    tl = Timeline([0, 3], 10.0, 60.0, 0.25)
-    assert [(s.gpu, s.readings) for s in tl.epoch_stats()] == [(0, 0), (3, 0)]
+def test_an_epoch_without_readings_names_every_watched_gpu():
+    tl = timeline(gpus=(0, 3))
+    assert [(s.gpu, s.readings) for s in tl.end_epoch(1.0).gpu_stats()] == [(0, 0), (3, 0)]
 
 
 def test_readings_during_step_0_are_written_for_every_gpu_and_judged_by_none():
@@ -302,10 +303,12 @@ def test_ticks_outside_the_loop_count_for_nothing():
     for _ in range(20):
         tl.add_data_tick(True)  # validation
     tl.idle_paused = False
-    assert (tl.run_wait().ticks, tl.epoch_wait().ticks) == (0, 0)
+    assert tl.run_wait().ticks == 0
     for _ in range(20):
         tl.add_data_tick(False)
-    assert (tl.run_wait_fraction(), tl.epoch_wait_fraction()) == (0.0, 0.0)
+    span = tl.end_epoch(2.0)
+    assert (span.loop.ticks, tl.run_wait().ticks) == (20, 20)
+    assert (tl.run_wait().fraction, span.loop.wait().fraction) == (0.0, 0.0)
 
 
 def test_a_gpu_last_seen_working_before_step_0_ended_keeps_the_idle_stop_away():

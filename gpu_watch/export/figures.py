@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gpu_watch.data_wait import LoopTotals
 from gpu_watch.nvml import Device, Reading
 from gpu_watch.runlog import RunRecord
-from gpu_watch.timeline import LoopTotals
 from gpu_watch.usage import EnergyMeter
 
 _BYTES_PER_MIB = 1024 * 1024

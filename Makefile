@@ -102,8 +102,9 @@ test-keras-oldest: $(OLDEST_STAMP)
 demo: $(DEMO_STAMP)
 	@$(PY) -m gpu_watch demo
 
-# Mutation testing of verdict.py, timeline.py, nvml.py and causes.py with the fast tests that
-# cover them, always from scratch: mutmut for the code in functions, then
+# Mutation testing of the rules and the readings they stand on (pyproject.toml's
+# [tool.mutmut] only_mutate: the judging/ and sensing/ modules listed there) with the fast tests
+# that cover them, always from scratch: mutmut for the code in functions, then
 # tests/mutation_constants.py for the numbers outside functions (see docs/mutation.md). Fails
 # when mutmut fails, or a score is under the one docs/mutation.md states.
 mutate: $(STAMP)

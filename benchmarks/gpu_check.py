@@ -469,7 +469,7 @@ def activity_text(seen: dict[str, Any]) -> str:
 
 def gpus_on_this_machine() -> tuple[list[str], str | None]:
     """The names of the GPUs NVML sees, and NVML's error when it sees none."""
-    from gpu_watch.nvml import NVML
+    from gpu_watch.sensing.nvml import NVML
 
     nvml = NVML()
     try:
@@ -483,7 +483,7 @@ def gpus_on_this_machine() -> tuple[list[str], str | None]:
 
 def gpm_on_this_machine() -> bool:
     """Whether the first GPU supports GPM (NVML's own answer: Hopper and newer)."""
-    from gpu_watch.nvml import NVML
+    from gpu_watch.sensing.nvml import NVML
 
     nvml = NVML()
     try:
@@ -626,7 +626,7 @@ def check_doctor(out_dir: Path, backends: list[str]) -> list[Row]:
 
 def check_ecc(lib: Any = None) -> list[Row]:
     """The ECC counts of every GPU, as the sampler reads them, twice."""
-    from gpu_watch.nvml import NVML
+    from gpu_watch.sensing.nvml import NVML
 
     nvml = NVML(lib)
     if not nvml.available:

@@ -2,7 +2,7 @@
 trained twice with real Keras: once with the problem, once fixed.
 
 For each input-bound case the table puts the bound GPUWatch predicted from the problem run
-(its wall time over the wall time with the waiting removed, `gpu_watch.impact`) beside the
+(its wall time over the wall time with the waiting removed, `gpu_watch.judging.impact`) beside the
 speed-up measured when the fixed pipeline trained the same model for the same steps, and the
 wall seconds it said the waiting cost beside the seconds the fix removed. The goal: the bound
 within 15 % of the measured speed-up, and never below it by more than noise.
@@ -56,10 +56,10 @@ import pynvml  # noqa: E402
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run  # noqa: E402
 from gpu_watch import placement as placement_module  # noqa: E402
-from gpu_watch.impact import input_bound_impact, run_impacts  # noqa: E402
-from gpu_watch.placement import Probe  # noqa: E402
+from gpu_watch.judging.impact import input_bound_impact, run_impacts  # noqa: E402
+from gpu_watch.judging.usage import usage_of_frames  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
-from gpu_watch.usage import usage_of_frames  # noqa: E402
+from gpu_watch.training.placement import Probe  # noqa: E402
 
 BATCH = 256
 FEATURES = 32

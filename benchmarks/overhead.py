@@ -66,10 +66,10 @@ import tensorflow as tf  # noqa: E402
 import gpu_watch  # noqa: E402
 from gpu_watch import GPUWatch, GPUWatchWarning, drawing  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
-from gpu_watch.nvml import NVML, Reading  # noqa: E402
-from gpu_watch.process_facts import PROCESS_FACTS  # noqa: E402
-from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
+from gpu_watch.sensing.nvml import NVML, Reading  # noqa: E402
+from gpu_watch.sensing.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+from gpu_watch.training.process_facts import PROCESS_FACTS  # noqa: E402
 
 SAMPLER_THREAD = "gpu-watch-sampler"
 
@@ -747,7 +747,7 @@ def live_keys_cost(batches: int, root: Path, rounds: int = 5) -> None:
     (medians of `rounds`), and the copy of the keys alone."""
     import timeit
 
-    from gpu_watch.live import LiveFigures
+    from gpu_watch.views.live import LiveFigures
 
     per_batch: dict[bool, list[float]] = {True: [], False: []}
     for r in range(rounds):

@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_watch.nvml import NVML  # noqa: E402
-from gpu_watch.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
+from gpu_watch.sensing.nvml import NVML  # noqa: E402
+from gpu_watch.sensing.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 
 BUDGET_PCT_OF_CORE = 1.0  # per GPU, at default settings

@@ -230,8 +230,8 @@ def _probe_costs(n: int = 200_000, looks: int = 2_000) -> dict[str, float]:
     import statistics
     import threading
 
-    from gpu_watch import keras_internals
-    from gpu_watch.loop_clock import STACK_HZ, LoopClock
+    from gpu_watch.sensing.loop_clock import STACK_HZ, LoopClock
+    from gpu_watch.training import keras_internals
 
     data = list(range(n))
 

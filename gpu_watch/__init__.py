@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING
 from gpu_watch._version import __version__
 
 if TYPE_CHECKING:
-    from gpu_watch.assessment import rejudge
-    from gpu_watch.callback import GPUWatch
     from gpu_watch.doctor import doctor
     from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, GPUWatchWarning
+    from gpu_watch.judging.assessment import rejudge
     from gpu_watch.runlog import Run, RunFolderError, load_run
+    from gpu_watch.training.callback import GPUWatch
 
 _EXPORTS = {
-    "GPUWatch": "gpu_watch.callback",
+    "GPUWatch": "gpu_watch.training.callback",
     "doctor": "gpu_watch.doctor",
     "GPUIdleError": "gpu_watch.errors",
     "GPUIdleWarning": "gpu_watch.errors",
     "GPUNotUsedError": "gpu_watch.errors",
     "GPUWatchWarning": "gpu_watch.errors",
     "load_run": "gpu_watch.runlog",
-    "rejudge": "gpu_watch.assessment",
+    "rejudge": "gpu_watch.judging.assessment",
     "Run": "gpu_watch.runlog",
     "RunFolderError": "gpu_watch.runlog",
 }

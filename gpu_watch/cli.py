@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return run_report_command(args.path, plots=not args.no_plots, out=out,
                                   rejudge=args.rejudge)
     if args.command == "watch":
-        from gpu_watch.terminal import run_watch_command
+        from gpu_watch.views.terminal import run_watch_command
 
         return run_watch_command(args.path, out=out, refresh_s=args.refresh,
                                  window_s=args.window)

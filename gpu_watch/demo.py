@@ -77,7 +77,7 @@ def run_demo(epochs: int = 3, log_dir: str = "gpu_watch_logs", out: TextIO | Non
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_logs_held_back():
         try:  # the callback imports Keras, and names the extra when its framework is missing
-            from gpu_watch.callback import CPU_FALLBACK_WARNING, GPUWatch
+            from gpu_watch.training.callback import CPU_FALLBACK_WARNING, GPUWatch
         except ModuleNotFoundError as exc:
             print(f"gpu-watch demo: {exc}", file=out)
             return 2

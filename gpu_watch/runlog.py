@@ -280,7 +280,7 @@ class RunRecord:
         schema_version: The run folder's format (`SCHEMA_VERSION` when written).
         gpu_watch_version: The gpu-watch that wrote the run.
         run_name: The run folder's name.
-        job_id: The id every rank of one training shares (`gpu_watch.job.find_job_id`).
+        job_id: The id every rank of one training shares (`gpu_watch.sensing.job.find_job_id`).
         job_id_from: Where `job_id` came from (an environment variable, the option, ...).
         rank: This process's rank in a multi-worker training.
         world_size: The number of processes of the training.
@@ -320,7 +320,7 @@ class RunRecord:
         write_errors: How many writes to the run folder failed.
         close_errors: The steps of closing the run that failed, one line each.
         gpu_trial: The GPU timed on this run's model after a CPU fallback
-            (`gpu_watch.gpu_trial`), or None.
+            (`gpu_watch.training.gpu_trial`), or None.
         rejudged: Set by `gpu_watch.rejudge`: the version that judged the run again, and the
             recorded verdict and causes; None for a run as recorded.
         unknown: Keys this version does not know, with their values.
@@ -429,7 +429,7 @@ def new_run_record(run_dir: Path, rank: tuple[int, int], backend: str,
         setup: "data" and "distribution": what the training is set up with; "keras_probes":
             what each read of Keras' internals gave (`keras_internals.outcomes`).
         config: The options.
-        job_id: The id every rank of the training shares (`gpu_watch.job.find_job_id`);
+        job_id: The id every rank of the training shares (`gpu_watch.sensing.job.find_job_id`);
             None: the run folder's name.
         job_id_from: Where `job_id` came from.
     """

@@ -49,7 +49,7 @@ from typing import Any
 import pynvml
 
 from gpu_watch.errors import take_swallowed
-from gpu_watch.sampler import Sampler
+from gpu_watch.sensing.sampler import Sampler
 
 Timeline = float | int | None | Sequence[float] | Callable[[float], float]
 

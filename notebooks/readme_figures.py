@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import NVML
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
 
 FIGURES = Path(__file__).parent / "figures"
 

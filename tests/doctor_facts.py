@@ -7,10 +7,10 @@ import copy
 import json
 from pathlib import Path
 
-from gpu_watch.causes import Cause
 from gpu_watch.doctor import ENV_VARS, ProbeResult
 from gpu_watch.doctor.facts_system import cuda_wheel_status
 from gpu_watch.doctor.probe import MARKER, READERS
+from gpu_watch.judging.causes import Cause
 from gpu_watch.testing import FakeGPU, FakeNVML
 
 DATA = Path(__file__).parent / "data"

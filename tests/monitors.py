@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gpu_watch import load_run
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import NVML
-from gpu_watch.placement import Probe
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import DrivenSampler, ManualClock
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
+from gpu_watch.training.placement import Probe
 
 
 def monitor_on_gpu(tmp_path, fake, driven=True, data_tick=None, **config):

@@ -13,7 +13,7 @@ Each mutant runs mutmut's test selection (``pytest_add_cli_args_test_selection``
 the first failure, against a copy of the repository with the one number changed. A mutant is
 killed when a test fails, when pytest cannot import the tests, or when the tests run past the
 timeout; it survives when they pass. A number whose change is harmless is listed, with the
-reason, in tests/mutation_equivalents.txt under its file (``gpu_watch/verdict.py | <the line
+reason, in tests/mutation_equivalents.txt under its file (``gpu_watch/judging/verdict.py | <the line
 as mutated> | <why>``). The exit status is 1 when a mutant survives that is not listed there,
 or a listed one is not a surviving mutant, and 2 when the tests fail without any mutant.
 

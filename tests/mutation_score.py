@@ -68,7 +68,7 @@ def function_equivalents(root: Path = ROOT) -> dict[tuple[str, str], str]:
 
 
 def readable(module: str, mutant: str) -> str:
-    """"xǁNVMLǁ_read_gpm__mutmut_6" -> "gpu_watch.nvml.NVML._read_gpm"."""
+    """"xǁNVMLǁ_read_gpm__mutmut_6" -> "gpu_watch.sensing.nvml.NVML._read_gpm"."""
     base = mutant.rsplit("__mutmut_", 1)[0]
     if base.startswith("xǁ"):
         _, cls, method = base.split("ǁ", 2)

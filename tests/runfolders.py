@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.causes import cause
+from gpu_watch.judging.causes import cause
 
 Rows = pd.DataFrame | Iterable[dict[str, Any]] | None
 UtilFunction = Callable[[np.ndarray, int], np.ndarray]

@@ -3,7 +3,7 @@ over the causes `run.json` records, so every output that reads them says the sam
 
 from __future__ import annotations
 
-from gpu_watch.causes import cause
+from gpu_watch.judging.causes import cause
 from gpu_watch.report.advice import (
     FIRST,
     THEN,

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpu_watch.placement import JaxProbe, TorchProbe
+from gpu_watch.training.placement import JaxProbe, TorchProbe
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "scripts" / "backend_fit.py"
@@ -298,7 +298,7 @@ def test_torch_placement_and_rank(monkeypatch):
 
 
 def test_a_torch_device_scope_that_cannot_be_read_says_why_in_the_step_0_report(monkeypatch):
-    from gpu_watch import keras_internals
+    from gpu_watch.training import keras_internals
 
     reason = "torch_device_scope: Keras' torch_device attribute raised ImportError: gone"
     monkeypatch.setattr(keras_internals, "torch_device_scope",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from gpu_watch import load_run
-from gpu_watch.causes import cause
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import NVML, Reading
+from gpu_watch.judging.causes import cause
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.verdict import IDLE, OK, GPUStats, Setting, judge
+from gpu_watch.sensing.nvml import NVML, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML
-from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import IDLE, OK, GPUStats, Setting, judge
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
 
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
                  cuda_build=True)

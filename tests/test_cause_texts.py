@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.causes import (
+from gpu_watch.judging.causes import (
     CATALOGUE,
     CODES,
     FIX_ORDER,
@@ -16,7 +16,7 @@ from gpu_watch.causes import (
     cause,
     fix_rank,
 )
-from gpu_watch.verdict import (
+from gpu_watch.judging.verdict import (
     CPU_FALLBACK,
     IDLE,
     OK,

@@ -9,7 +9,7 @@ import io
 import pytest
 from runfolders import run_info, write_run
 
-from gpu_watch.cluster import BALANCED, STRAGGLER, UNKNOWN
+from gpu_watch.judging.cluster import BALANCED, STRAGGLER, UNKNOWN
 from gpu_watch.report import run_report_command
 from gpu_watch.report.cluster import (
     UNREADABLE,

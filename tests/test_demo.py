@@ -73,7 +73,7 @@ def test_native_output_is_held_back_and_written_out_when_the_block_fails():
 def test_a_missing_backend_framework_names_the_extra_to_install():
     # `None` in sys.modules makes `import jax` fail as it does where JAX is not installed.
     done = run_python("import sys; sys.modules['jax'] = None; "
-                      "from gpu_watch.callback import GPUWatch", KERAS_BACKEND="jax")
+                      "from gpu_watch.training.callback import GPUWatch", KERAS_BACKEND="jax")
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         "ModuleNotFoundError: Keras is set to use the jax backend (KERAS_BACKEND=jax), but JAX "
@@ -83,7 +83,8 @@ def test_a_missing_backend_framework_names_the_extra_to_install():
 
 def test_another_missing_module_is_left_as_python_said_it():
     done = run_python("import sys; sys.modules['ml_dtypes'] = None; "
-                      "from gpu_watch.callback import GPUWatch", KERAS_BACKEND="tensorflow")
+                      "from gpu_watch.training.callback import GPUWatch",
+                      KERAS_BACKEND="tensorflow")
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         "ModuleNotFoundError: import of ml_dtypes halted; None in sys.modules")

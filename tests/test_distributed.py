@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpu_watch import report
-from gpu_watch.cluster import BALANCED, STRAGGLER, UNKNOWN
+from gpu_watch.judging.cluster import BALANCED, STRAGGLER, UNKNOWN
 from gpu_watch.report.cluster import clusters
 from gpu_watch.runlog import REPORT_HTML, find_runs
 

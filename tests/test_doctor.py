@@ -36,7 +36,6 @@ from doctor_facts import (
 )
 
 import gpu_watch.doctor as doctor_module
-from gpu_watch.causes import CATALOGUE, ERROR, WARNING, Cause
 from gpu_watch.doctor import (
     CONTENTION_SHARE_PCT,
     DoctorReport,
@@ -54,7 +53,8 @@ from gpu_watch.doctor.rules_common import (
     check_gpus_hidden,
     check_no_nvidia_driver,
 )
-from gpu_watch.nvml import NVML
+from gpu_watch.judging.causes import CATALOGUE, ERROR, WARNING, Cause
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,6 @@ from doctor_facts import (
     set_framework,
 )
 
-from gpu_watch.causes import ERROR, WARNING
 from gpu_watch.doctor import MEMORY_LIMIT_SHARE_PCT, DoctorReport, diagnose, doctor
 from gpu_watch.doctor.facts_jax import parse_messages
 from gpu_watch.doctor.rules_jax import (
@@ -27,6 +26,7 @@ from gpu_watch.doctor.rules_jax import (
     check_memory_settings,
     plugin_cuda_version,
 )
+from gpu_watch.judging.causes import ERROR, WARNING
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 JAX_ENV = {"KERAS_BACKEND": "jax"}

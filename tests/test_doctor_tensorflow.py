@@ -17,7 +17,6 @@ from doctor_facts import (
     without_driver,
 )
 
-from gpu_watch.causes import ERROR, WARNING
 from gpu_watch.doctor import MEMORY_LIMIT_SHARE_PCT, DoctorReport, ProbeResult, diagnose, doctor
 from gpu_watch.doctor.facts_system import and_cuda_requirements, cuda_wheel_status
 from gpu_watch.doctor.facts_tensorflow import parse_messages
@@ -32,6 +31,7 @@ from gpu_watch.doctor.rules_tensorflow import (
     check_native_windows,
     check_visible_devices_in_process,
 )
+from gpu_watch.judging.causes import ERROR, WARNING
 from gpu_watch.testing import FakeGPU, FakeNVML
 
 NO_DRIVER = read_data("tf-2.21-no-driver.stderr")

@@ -15,7 +15,6 @@ from doctor_facts import (
     torch_framework,
 )
 
-from gpu_watch.causes import ERROR
 from gpu_watch.doctor import DoctorReport, ProbeResult, diagnose, doctor
 from gpu_watch.doctor.facts_torch import parse_messages
 from gpu_watch.doctor.rules_common import torch_cuda_index
@@ -25,6 +24,7 @@ from gpu_watch.doctor.rules_torch import (
     check_driver_too_old,
     check_gpu_not_supported,
 )
+from gpu_watch.judging.causes import ERROR
 
 TORCH_ENV = {"KERAS_BACKEND": "torch"}
 DRIVER_TOO_OLD = read_data("assembled-torch-driver-too-old.stderr")

@@ -20,12 +20,13 @@ import pytest
 
 import gpu_watch.report
 import gpu_watch.report.files
-from gpu_watch import GPUWatch, GPUWatchWarning, drawing, load_run
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import NVML
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.report import list_runs_text, run_report_command
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
+from gpu_watch.views import drawing
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("utilization.png", "epochs.png", "report.html")
@@ -96,10 +97,10 @@ def test_python_waits_for_the_figures_when_it_exits(tmp_path):
     when the process is gone, though neither was waited for."""
     script = textwrap.dedent("""
         import sys
-        from gpu_watch import drawing
-        from gpu_watch.config import Config
-        from gpu_watch.monitor import Monitor
-        from gpu_watch.nvml import NVML
+        from gpu_watch.views import drawing
+        from gpu_watch.training.config import Config
+        from gpu_watch.training.monitor import Monitor
+        from gpu_watch.sensing.nvml import NVML
         from gpu_watch.testing import FakeGPU, FakeNVML
 
         def run(log_dir):
@@ -356,9 +357,9 @@ def test_at_exit_only_the_last_short_run_has_its_figures_drawn(tmp_path):
     for, but the last run's are drawn as Python exits: the ones a script looks at."""
     script = textwrap.dedent("""
         import sys
-        from gpu_watch.config import Config
-        from gpu_watch.monitor import Monitor
-        from gpu_watch.nvml import NVML
+        from gpu_watch.training.config import Config
+        from gpu_watch.training.monitor import Monitor
+        from gpu_watch.sensing.nvml import NVML
         from gpu_watch.testing import FakeGPU, FakeNVML
 
         for name in ("first", "second", "last"):

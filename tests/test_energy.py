@@ -8,15 +8,15 @@ import pynvml
 import pytest
 
 from gpu_watch import report, runlog
-from gpu_watch.activity import activity_row, energy_summary
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import NVML, Reading
+from gpu_watch.judging.activity import activity_row, energy_summary
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.usage import EnergyMeter
+from gpu_watch.judging.verdict import GPUStats
 from gpu_watch.report import figures
+from gpu_watch.sensing.nvml import NVML, Reading
 from gpu_watch.testing import DrivenSampler, FakeGPU, FakeNVML, FakeProcess, ManualClock
-from gpu_watch.timeline import Timeline
-from gpu_watch.usage import EnergyMeter
-from gpu_watch.verdict import GPUStats
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
 
 
 def reading(t: float, counter_mj: int | None = None, power_w: float | None = None) -> Reading:

@@ -18,13 +18,13 @@ from monitors import monitor_on_gpu, run_for
 from prometheus_tools import free_port, free_ports_in_a_row, library
 
 from gpu_watch import load_run
-from gpu_watch.data_wait import LoopTotals
 from gpu_watch.errors import GPUWatchWarning, take_swallowed
 from gpu_watch.export import OpenTelemetry, Prometheus, check_targets
 from gpu_watch.export.figures import Snapshot, training_util_pct
 from gpu_watch.export.prometheus import GPU_LABELS, RUN_LABELS, local_port
-from gpu_watch.nvml import Device, Reading
+from gpu_watch.judging.data_wait import LoopTotals
 from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import Device, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 library("prometheus_client")
@@ -310,7 +310,7 @@ def test_bad_opentelemetry_settings_name_the_value():
 
 
 def test_the_base_install_never_imports_the_exporters_libraries():
-    code = ("import sys, gpu_watch.monitor, gpu_watch.callback; "
+    code = ("import sys, gpu_watch.training.monitor, gpu_watch.training.callback; "
             "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', "
             "'opentelemetry'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -467,7 +467,7 @@ def test_an_unreachable_otlp_endpoint_is_one_warning(tmp_path):
 
 def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_series():
     from gpu_watch.export.figures import HOLD_S, Snapshot
-    from gpu_watch.nvml import Device
+    from gpu_watch.sensing.nvml import Device
 
     info = RunRecord(run_name="r", rank=0, backend="jax", status="running")
     snapshot = Snapshot(info, [Device(0, 0, "GPU-a", "NVIDIA H100 80GB HBM3", 81559.0)])
@@ -647,10 +647,10 @@ def test_an_exporter_without_its_library_names_the_install_line():
 def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypatch):
     """Ranks 0 and 1 of one run on this host, both asked for the same base port: each serves
     on port + its rank, and each endpoint carries its own rank."""
-    from gpu_watch.config import Config
     from gpu_watch.export.prometheus import LOCAL_RANK_VARIABLES
-    from gpu_watch.monitor import Monitor
-    from gpu_watch.nvml import NVML
+    from gpu_watch.sensing.nvml import NVML
+    from gpu_watch.training.config import Config
+    from gpu_watch.training.monitor import Monitor
 
     for name in LOCAL_RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)

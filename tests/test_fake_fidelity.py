@@ -10,10 +10,10 @@ import pynvml
 import pytest
 from monitors import monitor_on_gpu, run_monitor
 
-from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S
+from gpu_watch.judging.timeline import Timeline
 from gpu_watch.runlog import SAMPLE_COLUMNS
+from gpu_watch.sensing.nvml import NVML, PROC_UTIL_QUIET_S
 from gpu_watch.testing import MIG_SLOTS, PROC_SAMPLE_BUFFER, FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
 
 UUIDS = [f"GPU-{i}{i}{i}{i}{i}{i}{i}{i}-aaaa-4000-8000-000000000000" for i in range(1, 4)]
 MIG_UUID = "MIG-99999999-1111-5000-8000-000000000000"

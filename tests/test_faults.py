@@ -23,14 +23,14 @@ import pytest
 from monitors import monitor_on_gpu, run_monitor
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
-from gpu_watch import watchdog as watchdog_module
 from gpu_watch.cli import main as cli_main
 from gpu_watch.errors import take_swallowed
-from gpu_watch.nvml import NVML
 from gpu_watch.report import summary_text
 from gpu_watch.runlog import CsvTable, RunFolderError, RunRecord, write_run_json
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.watchdog import FitWatchdog
+from gpu_watch.training import watchdog as watchdog_module
+from gpu_watch.training.watchdog import FitWatchdog
 
 CHILD = Path(__file__).parent / "scripts" / "train_child.py"
 FAILING_FITS = Path(__file__).parent / "scripts" / "failing_fits.py"

@@ -10,9 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement, process_facts
-from gpu_watch.nvml import NVML
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.sensing.nvml import NVML
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training import placement, process_facts
 
 
 def fit(watch: GPUWatch) -> None:

@@ -16,13 +16,14 @@ import pytest
 from matplotlib.text import Text
 
 from gpu_watch import report, runlog
-from gpu_watch.causes import RunFacts
-from gpu_watch.config import Config
-from gpu_watch.monitor import Monitor
-from gpu_watch.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
+from gpu_watch.judging.causes import RunFacts
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.usage import SpanStats
+from gpu_watch.judging.verdict import OK, GPUStats, Setting, judge
 from gpu_watch.report import figures
 from gpu_watch.report.view import epoch_table
-from gpu_watch.sampler import Sampler
+from gpu_watch.sensing.nvml import GPM_INTERVAL_S, GPM_METRICS, GPM_MIN_GAP_S, NVML, Reading
+from gpu_watch.sensing.sampler import Sampler
 from gpu_watch.testing import (
     DrivenSampler,
     FakeGPU,
@@ -31,9 +32,8 @@ from gpu_watch.testing import (
     ManualClock,
     architecture_of,
 )
-from gpu_watch.timeline import Timeline
-from gpu_watch.usage import SpanStats
-from gpu_watch.verdict import OK, GPUStats, Setting, judge
+from gpu_watch.training.config import Config
+from gpu_watch.training.monitor import Monitor
 
 SCRIPT = {"sm_active_pct": 12.0, "sm_occupancy_pct": 9.0, "tensor_active_pct": 0.5,
           "dram_bw_pct": 21.0, "fp32_active_pct": 4.0, "fp16_active_pct": 0.0,

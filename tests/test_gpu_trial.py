@@ -12,9 +12,9 @@ import pytest
 from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning
-from gpu_watch import placement as placement_module
-from gpu_watch.gpu_trial import batch_for, gpu_trial, step_seconds, usable_gpu
 from gpu_watch.testing import FakeGPU, FakeNVML
+from gpu_watch.training import placement as placement_module
+from gpu_watch.training.gpu_trial import batch_for, gpu_trial, step_seconds, usable_gpu
 
 
 def small_model():

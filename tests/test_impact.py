@@ -20,10 +20,9 @@ from monitors import FrameworkWithGPUs, monitor_on_gpu
 from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
-from gpu_watch import placement as placement_module
-from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
-from gpu_watch.impact import (
+from gpu_watch.judging.causes import cause
+from gpu_watch.judging.impact import (
     Impact,
     cause_impacts,
     cause_totals,
@@ -33,10 +32,11 @@ from gpu_watch.impact import (
     run_impacts,
     with_impacts,
 )
-from gpu_watch.nvml import Reading
+from gpu_watch.judging.usage import UsageMeter, usage_of_frames
 from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.usage import UsageMeter, usage_of_frames
+from gpu_watch.training import placement as placement_module
 
 THRESHOLD = 10.0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpu_watch import GPUWatch, GPUWatchWarning
-from gpu_watch.job import (
+from gpu_watch.sensing.job import (
     FROM_JOBSET,
     FROM_KUBERNETES_JOB,
     FROM_OPTION,

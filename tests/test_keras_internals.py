@@ -21,11 +21,12 @@ from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from monitors import monitor_on_gpu, run_monitor
 
-from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
-from gpu_watch.data_wait import DataTick
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.errors import take_swallowed
-from gpu_watch.keras_internals import NO_FIT, Probed
+from gpu_watch.judging.data_wait import DataTick
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training import keras_internals
+from gpu_watch.training.keras_internals import NO_FIT, Probed
 
 UNKNOWN = {"source": "unknown", "adapter": None}
 X = np.random.default_rng(0).random((64, 8), dtype=np.float32)

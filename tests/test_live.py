@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import pytest
 
-from gpu_watch import GPUWatch, GPUWatchWarning, keras_internals, load_run
-from gpu_watch.live import HOLD_S, LIVE_KEYS, LiveFigures, live_line
-from gpu_watch.nvml import Reading
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.sensing.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training import keras_internals
+from gpu_watch.views.live import HOLD_S, LIVE_KEYS, LiveFigures, live_line
 
 STEPS = 10
 BATCH_S = 0.1

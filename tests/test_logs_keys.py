@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
-from gpu_watch.callback import LOG_KEYS, VERDICT_CODES, log_keys, log_values
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training.callback import LOG_KEYS, VERDICT_CODES, log_keys, log_values
 
 KEYS = ("gpu_util", "gpu_proc_util", "gpu_mem_peak_gib", "gpu_idle_frac", "gpu_verdict",
         "gpu_sm_active", "gpu_energy_kj")

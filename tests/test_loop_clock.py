@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from gpu_watch import keras_internals
-from gpu_watch.data_wait import DataTick
 from gpu_watch.errors import take_swallowed
-from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock, StackSampler
-from gpu_watch.steps import Step
+from gpu_watch.judging.data_wait import DataTick
+from gpu_watch.sensing.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock, StackSampler
+from gpu_watch.sensing.steps import Step
 from gpu_watch.testing import ManualClock
+from gpu_watch.training import keras_internals
 
 
 def clock(measure=None, t0=0.0):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
-from gpu_watch import placement as placement_module
-from gpu_watch.placement import Probe
 from gpu_watch.runlog import BATCH_COLUMNS, EPOCH_COLUMNS
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training import placement as placement_module
+from gpu_watch.training.placement import Probe
 
 UUIDS = [f"GPU-{i}{i}{i}{i}{i}{i}{i}{i}-aaaa-bbbb-cccc-dddddddddddd" for i in range(4)]
 STEPS = 8

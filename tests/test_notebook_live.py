@@ -16,7 +16,7 @@ import pytest
 from nbclient import NotebookClient
 
 from gpu_watch.errors import take_swallowed
-from gpu_watch.live import NOTEBOOK_PERIOD_S, NotebookLine
+from gpu_watch.views.live import NOTEBOOK_PERIOD_S, NotebookLine
 from tests.test_notebook import this_python_kernel
 
 SETUP = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices, printable
+from gpu_watch.sensing.nvml import NVML, PROC_UTIL_QUIET_S, parse_visible_devices, printable
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 UUIDS = [

@@ -23,18 +23,18 @@ from monitors import monitor_on_gpu, run_for
 from runfolders import run_info, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, Run, load_run, rejudge
-from gpu_watch.assessment import epoch_row, record_judgement
-from gpu_watch.causes import cause
 from gpu_watch.cli import main as cli_main
-from gpu_watch.monitor import _finish_open_runs
-from gpu_watch.nvml import Reading
+from gpu_watch.judging.assessment import epoch_row, record_judgement
+from gpu_watch.judging.causes import cause
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.verdict import CPU_FALLBACK, GPUStats, Setting, judge
 from gpu_watch.report import summary_text
 from gpu_watch.report.figures import plot_epochs, plot_utilization
 from gpu_watch.report.view import banner_text
 from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import CPU_FALLBACK, GPUStats, Setting, judge
+from gpu_watch.training.monitor import _finish_open_runs
 
 DATA = Path(__file__).parent / "data"
 REAL_RUNS = sorted(p.parent for p in DATA.glob("**/run.json"))

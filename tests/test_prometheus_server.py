@@ -18,9 +18,9 @@ import numpy as np
 from prometheus_tools import free_port, library, program, serve, stop
 
 from gpu_watch import GPUWatch, GPUWatchWarning
-from gpu_watch.data_wait import LoopTotals
-from gpu_watch.nvml import NVML, Reading
+from gpu_watch.judging.data_wait import LoopTotals
 from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import NVML, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 library("prometheus_client")

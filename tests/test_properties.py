@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from gpu_watch import GPUWatch, load_run
 from gpu_watch.errors import GPUWatchWarning
-from gpu_watch.nvml import Reading
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.verdict import IDLE, UNMEASURED, UNMONITORED, Setting, judge
+from gpu_watch.sensing.nvml import Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import IDLE, UNMEASURED, UNMONITORED, Setting, judge
 
 THRESHOLD = 10.0
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,

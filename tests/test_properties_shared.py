@@ -14,9 +14,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_watch.nvml import OtherProcess, Reading
-from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import OK, UNMONITORED, Setting, judge
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.verdict import OK, UNMONITORED, Setting, judge
+from gpu_watch.sensing.nvml import OtherProcess, Reading
 
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=2, nvml_gpus=2, visible_gpus=2,
                  cuda_build=True)

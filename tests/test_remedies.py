@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.causes import (
+from gpu_watch.judging.causes import (
     BACKENDS,
     CATALOGUE,
     DATA_SOURCES,
@@ -20,8 +20,8 @@ from gpu_watch.causes import (
     choose_remedy,
     framework_name,
 )
+from gpu_watch.judging.verdict import GPUStats, Setting, judge
 from gpu_watch.runlog import RunRecord
-from gpu_watch.verdict import GPUStats, Setting, judge
 
 WAIT = 0.62  # share of training time spent waiting for data
 STAKES = "62% of training time went to waiting for data"

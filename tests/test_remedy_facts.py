@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 from monitors import FrameworkWithGPUs
 
-from gpu_watch import GPUWatch, GPUWatchWarning, load_run, placement
-from gpu_watch.causes import RunFacts, choose_remedy
-from gpu_watch.keras_internals import NO_FRAME, data_source, tf_data_transformations
+from gpu_watch import GPUWatch, GPUWatchWarning, load_run
+from gpu_watch.judging.causes import RunFacts, choose_remedy
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
+from gpu_watch.training import placement
+from gpu_watch.training.keras_internals import NO_FRAME, data_source, tf_data_transformations
 
 WAIT = 0.62  # share of training time spent waiting for data
 

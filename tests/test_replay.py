@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from gpu_watch import load_run, rejudge
+from gpu_watch.judging.verdict import OK
 from gpu_watch.report import summary_text
 from gpu_watch.runlog import SAMPLE_COLUMNS
-from gpu_watch.verdict import OK
 
 H200 = Path(__file__).parent / "data" / "h200"
 # run folder -> (status, verdict, cause codes, batch rows, sample rows, epochs), as recorded

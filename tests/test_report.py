@@ -21,7 +21,7 @@ from matplotlib.text import Text
 from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import cli, report, runlog
-from gpu_watch.causes import CATALOGUE
+from gpu_watch.judging.causes import CATALOGUE
 from gpu_watch.report import figures, view
 from gpu_watch.runlog import load_run
 

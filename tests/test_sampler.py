@@ -8,8 +8,8 @@ import time
 import pytest
 
 from gpu_watch.errors import take_swallowed
-from gpu_watch.nvml import NVML
-from gpu_watch.sampler import Sampler
+from gpu_watch.sensing.nvml import NVML
+from gpu_watch.sensing.sampler import Sampler
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 

@@ -8,7 +8,7 @@ import types
 import pynvml
 import pytest
 
-from gpu_watch.nvml import NVML, Device, parse_visible_devices
+from gpu_watch.sensing.nvml import NVML, Device, parse_visible_devices
 from gpu_watch.testing import FIELDS, MIG_SLOTS, FakeGPU, FakeNVML, FakeProcess
 
 UNKNOWN = pynvml.NVMLError_Unknown

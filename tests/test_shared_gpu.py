@@ -20,13 +20,13 @@ import pytest
 from monitors import FrameworkWithGPUs
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
-from gpu_watch import placement as placement_module
 from gpu_watch.cli import main as cli_main
-from gpu_watch.nvml import PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.verdict import IDLE, OK, UNMONITORED, Setting, judge
 from gpu_watch.report.text import summary_line
+from gpu_watch.sensing.nvml import PROC_UTIL_QUIET_S, PROCESS_NAME_MAX_CHARS, Reading
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
-from gpu_watch.verdict import IDLE, OK, UNMONITORED, Setting, judge
+from gpu_watch.training import placement as placement_module
 
 OTHER = 4242
 STEPS = 10

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.assessment import epoch_row
-from gpu_watch.data_wait import DataTick
-from gpu_watch.nvml import Reading
-from gpu_watch.timeline import EpochSpan, Timeline
-from gpu_watch.usage import EnergyMeter
-from gpu_watch.verdict import Setting
+from gpu_watch.judging.assessment import epoch_row
+from gpu_watch.judging.data_wait import DataTick
+from gpu_watch.judging.timeline import EpochSpan, Timeline
+from gpu_watch.judging.usage import EnergyMeter
+from gpu_watch.judging.verdict import Setting
+from gpu_watch.sensing.nvml import Reading
 
 INTERVAL_S = 0.25
 

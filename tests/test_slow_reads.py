@@ -8,7 +8,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch.nvml import ECC_INTERVAL_S, GPM_INTERVAL_S, NVML, PROCESS_LIST_INTERVAL_S
+from gpu_watch.sensing.nvml import ECC_INTERVAL_S, GPM_INTERVAL_S, NVML, PROCESS_LIST_INTERVAL_S
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 LIST = "nvmlDeviceGetComputeRunningProcesses_v3"

@@ -1,4 +1,5 @@
-"""Pairing Keras' batch hooks into steps (`gpu_watch.steps`), and the timeline that counts them.
+"""Pairing Keras' batch hooks into steps (`gpu_watch.sensing.steps`), and the timeline that counts
+them.
 
 No framework: the hooks' calls are played by hand, in the orders Keras makes them (in order on
 TensorFlow, from a thread pool on JAX and torch, several batch indices per call under
@@ -13,10 +14,10 @@ import threading
 
 import pytest
 
-from gpu_watch.data_wait import LoopTotals
-from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.timeline import Timeline
-from gpu_watch.watchdog import FitWatchdog
+from gpu_watch.judging.data_wait import LoopTotals
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.sensing.steps import BatchPairing, Step
+from gpu_watch.training.watchdog import FitWatchdog
 
 
 def test_hooks_in_order_give_one_step_each_with_the_time_between_them():

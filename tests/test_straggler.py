@@ -1,11 +1,11 @@
-"""The straggler rule (`gpu_watch.cluster.judge_cluster`): each threshold pinned at and beside
-its boundary, and the figures it reports."""
+"""The straggler rule (`gpu_watch.judging.cluster.judge_cluster`): each threshold pinned at and
+beside its boundary, and the figures it reports."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpu_watch.cluster import (
+from gpu_watch.judging.cluster import (
     BALANCED,
     STRAGGLER,
     STRAGGLER_HELD_STEP_RATIO,

@@ -7,13 +7,10 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from gpu_watch import nvml as nvml_module
-from gpu_watch.causes import RunFacts
-from gpu_watch.nvml import NVML, OtherProcess, Reading
-from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
-from gpu_watch.timeline import Timeline
-from gpu_watch.usage import SpanStats
-from gpu_watch.verdict import (
+from gpu_watch.judging.causes import RunFacts
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.usage import SpanStats
+from gpu_watch.judging.verdict import (
     BY_DEVICE,
     BY_PROCESS,
     OK,
@@ -25,6 +22,9 @@ from gpu_watch.verdict import (
     judge,
     judged_util_mean,
 )
+from gpu_watch.sensing import nvml as nvml_module
+from gpu_watch.sensing.nvml import NVML, OtherProcess, Reading
+from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 ON_GPU = Setting(compute_on_gpu=True, framework_gpus=1, nvml_gpus=1, visible_gpus=1,
                  cuda_build=True)
@@ -200,7 +200,7 @@ def test_gpm_is_sampled_once_a_second_by_default():
 
 
 def test_the_nvml_ids_are_those_of_nvml_h():
-    # Spelled out in gpu_watch.nvml so a stand-in library need not define them; the bindings
+    # Spelled out in gpu_watch.sensing.nvml so a stand-in library need not define them; the bindings
     # carry nvml.h's values.
     ours = (nvml_module._TEMPERATURE_GPU, nvml_module._CLOCK_SM,
             nvml_module._CLOCK_EVENT_GPU_IDLE, nvml_module.GPM_METRICS_GET_VERSION)

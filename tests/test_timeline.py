@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.data_wait import Loop, LoopTotals
-from gpu_watch.nvml import Reading
-from gpu_watch.timeline import Timeline
+from gpu_watch.judging.data_wait import Loop, LoopTotals
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.sensing.nvml import Reading
 
 
 def tick(t, *utils, mem=1000.0):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.data_wait import Loop, LoopTotals, Wait
-from gpu_watch.idle_watch import IdleEvent
-from gpu_watch.nvml import OtherProcess, Reading
-from gpu_watch.steps import Step
-from gpu_watch.timeline import Timeline
-from gpu_watch.usage import SpanStats
-from gpu_watch.verdict import OtherUse
+from gpu_watch.judging.data_wait import Loop, LoopTotals, Wait
+from gpu_watch.judging.idle_watch import IdleEvent
+from gpu_watch.judging.timeline import Timeline
+from gpu_watch.judging.usage import SpanStats
+from gpu_watch.judging.verdict import OtherUse
+from gpu_watch.sensing.nvml import OtherProcess, Reading
+from gpu_watch.sensing.steps import Step
 
 
 def reading(t, util=None, gpu=0, **kw):

@@ -1,4 +1,4 @@
-"""The one usage rule (`gpu_watch.usage`): the threshold, its default, idle and busy at and
+"""The one usage rule (`gpu_watch.judging.usage`): the threshold, its default, idle and busy at and
 beside it, and the figure a reading is judged by."""
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gpu_watch.config import Config
-from gpu_watch.nvml import Reading
-from gpu_watch.runlog import RunRecord
-from gpu_watch.usage import (
+from gpu_watch.judging.usage import (
     DEFAULT_IDLE_THRESHOLD_PCT,
     ReadingJudge,
     RunUsage,
@@ -25,10 +22,13 @@ from gpu_watch.usage import (
     unjudged_fallback_pct,
     usage_of_frames,
 )
+from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import Reading
+from gpu_watch.training.config import Config
 
 
 def test_the_default_threshold_is_one_value_everywhere_it_is_given():
-    from gpu_watch.callback import GPUWatch
+    from gpu_watch.training.callback import GPUWatch
 
     signature = inspect.signature(GPUWatch).parameters["idle_threshold_pct"].default
     assert DEFAULT_IDLE_THRESHOLD_PCT == 10.0

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from gpu_watch.causes import CATALOGUE, cause
-from gpu_watch.verdict import (
+from gpu_watch.judging.causes import CATALOGUE, cause
+from gpu_watch.judging.verdict import (
     BUSY_UTIL_PCT,
     BY_DEVICE,
     CPU_FALLBACK,

@@ -19,9 +19,9 @@ import pytest
 
 from gpu_watch import runlog
 from gpu_watch.cli import main
-from gpu_watch.follow import REMOTE_QUIET_S, RunFollower, find_run, judged_util
 from gpu_watch.runlog import TailReader
-from gpu_watch.terminal import loop_line, run_watch_command, sparkline
+from gpu_watch.views.follow import REMOTE_QUIET_S, RunFollower, find_run, judged_util
+from gpu_watch.views.terminal import loop_line, run_watch_command, sparkline
 from tests.runfolders import synthetic_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ Three steps, kept apart so that each can be tested on its own, one module per pa
    (:mod:`messages`); :mod:`facts_system` reads NVML, the environment, the platform and the
    installed distributions.
 2. Diagnose (:func:`diagnose`, :mod:`rules`): pure rules from facts to
-   :class:`~gpu_watch.causes.Cause` findings, shared ones in :mod:`rules_common`, each backend's
-   in :mod:`rules_tensorflow`, :mod:`rules_jax` and :mod:`rules_torch`. No I/O.
+   :class:`~gpu_watch.judging.causes.Cause` findings, shared ones in :mod:`rules_common`, each
+   backend's in :mod:`rules_tensorflow`, :mod:`rules_jax` and :mod:`rules_torch`. No I/O.
 3. Report (:class:`DoctorReport`, :mod:`report`): one status per backend, and from the deciding
    backend's status the first line, ``gpu_usable`` and the exit code a job script can gate on.
 
@@ -86,7 +86,7 @@ from gpu_watch.doctor.rules_common import (
     Facts,
     resolve_visible_gpus,
 )
-from gpu_watch.nvml import NVML
+from gpu_watch.sensing.nvml import NVML
 
 __all__ = [
     "ALL",
@@ -117,7 +117,7 @@ def doctor(nvml: Any = None, *, backend: str | None = None, in_process: bool = F
     """Find out why the Keras backend would not use the GPU here.
 
     Args:
-        nvml: An :class:`~gpu_watch.nvml.NVML` session, or the library to open one with (the
+        nvml: An :class:`~gpu_watch.sensing.nvml.NVML` session, or the library to open one with (the
             ``pynvml`` module or a :class:`~gpu_watch.testing.FakeNVML`). Default: a new session
             on the real NVML, shut down when done; a session passed in is left open.
         backend: The backend to diagnose: None (default) for the one Keras will use

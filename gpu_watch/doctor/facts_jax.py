@@ -24,7 +24,7 @@ from typing import Any
 
 from gpu_watch.doctor import messages
 from gpu_watch.errors import swallowed
-from gpu_watch.nvml import MIB
+from gpu_watch.sensing.nvml import MIB
 
 NAME = "jax"
 MODULE = "jax"

@@ -1,7 +1,7 @@
 """The facts every backend shares: NVML, the environment, the platform, what is installed.
 
 None of these import a framework: distributions are read from their metadata, NVML through
-:class:`~gpu_watch.nvml.NVML`, the rest from the environment and the standard library.
+:class:`~gpu_watch.sensing.nvml.NVML`, the rest from the environment and the standard library.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion
 
-from gpu_watch.nvml import MIB, NVML
+from gpu_watch.sensing.nvml import MIB, NVML
 
 # The environment variables the rules read, and that the report shows when they are set.
 ENV_VARS = (

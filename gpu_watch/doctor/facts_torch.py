@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpu_watch.doctor import messages
-from gpu_watch.nvml import MIB
+from gpu_watch.sensing.nvml import MIB
 
 NAME = "torch"
 MODULE = "torch"

@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_watch.causes import ERROR, Cause, blocks_gpu
 from gpu_watch.doctor import facts_jax, facts_tensorflow, facts_torch
 from gpu_watch.doctor.backends import title
 from gpu_watch.doctor.rules_common import Facts, framework, mib_text, shorten
 from gpu_watch.errors import EXIT_ERROR, EXIT_NO_GPU, EXIT_OK
+from gpu_watch.judging.causes import ERROR, Cause, blocks_gpu
 
 USABLE = "usable"
 NO_GPU = "no_gpu"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from gpu_watch.causes import ERROR, INFO, WARNING, Cause
 from gpu_watch.doctor import rules_common, rules_jax, rules_tensorflow, rules_torch
 from gpu_watch.doctor.rules_common import Facts, checked
+from gpu_watch.judging.causes import ERROR, INFO, WARNING, Cause
 
 Rule = Callable[[Facts], list[Cause]]
 

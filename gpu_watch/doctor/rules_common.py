@@ -2,7 +2,7 @@
 and memory held by other processes; and the helpers the backends' rules use.
 
 A rule is a pure function from the facts (see :mod:`gpu_watch.doctor`) to a list of
-:class:`~gpu_watch.causes.Cause` findings: no I/O, so each one is tested from facts alone.
+:class:`~gpu_watch.judging.causes.Cause` findings: no I/O, so each one is tested from facts alone.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from gpu_watch.causes import ERROR, WARNING, Cause, cause
 from gpu_watch.doctor.backends import BACKENDS, install_extra, source_text, title
-from gpu_watch.nvml import parse_visible_devices
+from gpu_watch.judging.causes import ERROR, WARNING, Cause, cause
+from gpu_watch.sensing.nvml import parse_visible_devices
 
 Facts = dict[str, Any]
 

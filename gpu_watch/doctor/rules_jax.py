@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gpu_watch.causes import ERROR, WARNING, Cause, cause
 from gpu_watch.doctor.rules_common import (
     MEMORY_LIMIT_SHARE_PCT,
     Facts,
@@ -23,6 +22,7 @@ from gpu_watch.doctor.rules_common import (
     other_processes,
     visible_gpus,
 )
+from gpu_watch.judging.causes import ERROR, WARNING, Cause, cause
 
 # XLA's client reserves this share of each GPU's memory at start-up unless told otherwise
 # (jax docs: "GPU memory allocation").

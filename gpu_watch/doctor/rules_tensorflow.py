@@ -7,7 +7,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gpu_watch.causes import ERROR, WARNING, Cause, cause
 from gpu_watch.doctor.rules_common import (
     MEMORY_LIMIT_SHARE_PCT,
     Facts,
@@ -18,6 +17,7 @@ from gpu_watch.doctor.rules_common import (
     resolve_visible_gpus,
     shorten,
 )
+from gpu_watch.judging.causes import ERROR, WARNING, Cause, cause
 
 # CUDA library (as dlopen names it, without "lib" and the version) -> the pip wheel that ships it,
 # without its "-cuXX" suffix.

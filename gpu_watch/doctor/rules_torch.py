@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpu_watch.causes import ERROR, Cause, cause
 from gpu_watch.doctor.rules_common import (
     Facts,
     base_version,
@@ -17,6 +16,7 @@ from gpu_watch.doctor.rules_common import (
     major_minor,
     torch_cuda_index,
 )
+from gpu_watch.judging.causes import ERROR, Cause, cause
 
 _INDEX = "https://download.pytorch.org/whl"
 

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any, Protocol
 
-from gpu_watch.data_wait import LoopTotals
 from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, Snapshot
-from gpu_watch.nvml import Device, Reading
+from gpu_watch.judging.data_wait import LoopTotals
 from gpu_watch.runlog import RunRecord
+from gpu_watch.sensing.nvml import Device, Reading
 
 __all__ = ["Exporter", "Exports", "Figures", "OpenTelemetry", "Prometheus", "check_targets"]
 

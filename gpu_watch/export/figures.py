@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gpu_watch.data_wait import LoopTotals
-from gpu_watch.nvml import Device, Reading
+from gpu_watch.judging.data_wait import LoopTotals
+from gpu_watch.judging.usage import EnergyMeter
 from gpu_watch.runlog import RunRecord
-from gpu_watch.usage import EnergyMeter
+from gpu_watch.sensing.nvml import Device, Reading
 
 _BYTES_PER_MIB = 1024 * 1024
 # Not every tick brings every figure: NVML samples processes every 1/6 s to 1 s, GPM is read

@@ -20,7 +20,7 @@ from gpu_watch import runlog
 from gpu_watch._version import __version__
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export.figures import Figures, GPUFigures, Snapshot
-from gpu_watch.verdict import VERDICTS
+from gpu_watch.judging.verdict import VERDICTS
 
 EXPORT_TIMEOUT_S = 5.0
 STATUSES = (runlog.STATUS_RUNNING, runlog.STATUS_COMPLETED, runlog.STATUS_STOPPED_IDLE,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from gpu_watch import runlog
 from gpu_watch.errors import GPUWatchWarning, swallowed
 from gpu_watch.export.figures import Figures, GPUFigures, RunLabels, Snapshot
-from gpu_watch.verdict import VERDICTS
+from gpu_watch.judging.verdict import VERDICTS
 
 PATH = "/metrics"
 JOB = "gpu_watch"

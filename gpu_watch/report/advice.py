@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gpu_watch.causes import Cause, blocks_gpu
+from gpu_watch.judging.causes import Cause, blocks_gpu
 
 FIRST = "First"
 THEN = "Then"

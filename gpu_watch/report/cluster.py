@@ -2,9 +2,9 @@
 
 Each worker of a multi-worker run writes its own run folder, named ``<run>-rank<N>`` (see
 `gpu_watch.runlog.new_run_dir`). This module finds the folders that belong together, reads from
-each what the straggler rule needs (`gpu_watch.cluster.judge_cluster`) and what a reader compares
-(host, verdict, this training's utilization, data-wait share, step time), and lays it out as one
-table that `gpu-watch report` prints and every rank's `report.html` shows.
+each what the straggler rule needs (`gpu_watch.judging.cluster.judge_cluster`) and what a reader
+compares (host, verdict, this training's utilization, data-wait share, step time), and lays it out
+as one table that `gpu-watch report` prints and every rank's `report.html` shows.
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpu_watch import runlog
-from gpu_watch.cluster import STRAGGLER, UNKNOWN, ClusterJudgement, RankFigures, judge_cluster
-from gpu_watch.job import SHARED_SOURCES
+from gpu_watch.judging.cluster import (
+    STRAGGLER,
+    UNKNOWN,
+    ClusterJudgement,
+    RankFigures,
+    judge_cluster,
+)
 from gpu_watch.runlog import Run, RunFolderError, RunRecord, find_runs, load_run
+from gpu_watch.sensing.job import SHARED_SOURCES
 
 RANK_NAME = re.compile(r"(?P<base>.+)-rank(?P<rank>\d+)(?:-\d+)?")
 # Workers whose default names differ (each picks its own random suffix) belong to one run when
@@ -35,7 +41,7 @@ def run_groups(log_dir: str | os.PathLike) -> dict[str, list[Member]]:
     """The runs in `log_dir`, newest first, with the workers of one multi-worker run together.
 
     Rank folders (``<base>-rank<N>`` of a run with more than one worker) whose `run.json`
-    names a job id its launcher shares with every rank (`gpu_watch.job`) are grouped by it;
+    names a job id its launcher shares with every rank (`gpu_watch.sensing.job`) are grouped by it;
     rank folders from before job ids, or without a shared one, by `base`, and lone workers
     whose names differ are joined by their start times (see `WORKER_START_WINDOW_S`). A run
     of one process is a group of one, with rank None. A group is named by its ranks' common

@@ -112,7 +112,7 @@ def run_report_command(path: str, plots: bool, out: TextIO, rejudge: bool = Fals
     try:
         run = load_run(folder)
         if rejudge or not run.record.has("judged"):
-            from gpu_watch.assessment import rejudge as judge_again
+            from gpu_watch.judging.assessment import rejudge as judge_again
 
             run = judge_again(run)
     except RunFolderError as exc:

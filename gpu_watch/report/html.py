@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from gpu_watch.impact import run_impacts
+from gpu_watch.judging.impact import run_impacts
 from gpu_watch.report.advice import fixes, remedy_parts
 from gpu_watch.report.cluster import CLUSTER_HEADINGS, ClusterView, cluster_table, verdict_line
 from gpu_watch.report.view import (

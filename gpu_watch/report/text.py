@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpu_watch.impact import cause_totals, first_impact_line, joules_text, run_cost, run_impacts
+from gpu_watch.judging.impact import (
+    cause_totals,
+    first_impact_line,
+    joules_text,
+    run_cost,
+    run_impacts,
+)
 from gpu_watch.report.advice import fixes
 from gpu_watch.report.cluster import (
     CLUSTER_HEADINGS,

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from gpu_watch import runlog
-from gpu_watch.impact import Impact, first_impact_line, impact_sentence, run_impacts
+from gpu_watch.judging.impact import Impact, first_impact_line, impact_sentence, run_impacts
+from gpu_watch.judging.usage import busy, idle, recorded_threshold_pct
 from gpu_watch.report.advice import cpu_banner
 from gpu_watch.runlog import Run
-from gpu_watch.usage import busy, idle, recorded_threshold_pct
 
 VERDICT_COLOURS = {
     "ok": "#2e7d32",
@@ -336,7 +336,7 @@ def banner_for(run: Run, gpus: Sequence[GPUSeries], causes: bool = True,
 
 def impact_line(run: Run) -> str | None:
     """The costliest cause's cost and the speed-up a fix could bring at most, in one sentence
-    (see `gpu_watch.impact`); None where no cost was measured."""
+    (see `gpu_watch.judging.impact`); None where no cost was measured."""
     return first_impact_line(run_impacts(run), duration_of(run))
 
 

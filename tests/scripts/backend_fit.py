@@ -42,7 +42,7 @@ SAMPLES, BATCH, EPOCHS = 128, 16, 2
 
 # The wrappers `keras_internals.on_fit_error` puts around what fit calls: they pass each call
 # through (to the other callbacks too), so a frame of theirs says nothing of who asked.
-PASS_THROUGH = (os.path.join(PACKAGE_DIR, "keras_internals.py"), ("call", "watched"))
+PASS_THROUGH = (os.path.join(PACKAGE_DIR, "training", "keras_internals.py"), ("call", "watched"))
 
 
 def from_gpu_watch() -> bool:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import keras
 
-from gpu_watch import placement
+from gpu_watch.training import placement
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from gpu_watch.errors import swallowed
-from gpu_watch.nvml import NVML, Device, Reading
+from gpu_watch.sensing.nvml import NVML, Device, Reading
 
 DEFAULT_INTERVAL_S = 0.2
 MIN_INTERVAL_S = 0.02

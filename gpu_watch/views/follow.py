@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_watch import runlog
-from gpu_watch.usage import unjudged_fallback_pct
+from gpu_watch.judging.usage import unjudged_fallback_pct
 
 WINDOW_S = 120.0  # seconds of readings kept per GPU, for the sparklines
 RATE_WINDOW_S = 20.0  # steps per second: over this much training time

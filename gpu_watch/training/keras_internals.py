@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpu_watch.data_wait import DataTick
 from gpu_watch.errors import swallowed
-from gpu_watch.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock
+from gpu_watch.judging.data_wait import DataTick
+from gpu_watch.sensing.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock
 
 OK = "ok"
 # Reasons that are no failure: without a `fit` call there is nothing to read.
@@ -219,7 +219,7 @@ def data_source(fit_frame: Any) -> Probed:
         fit_frame: The frame of Keras' `fit` call, or None.
 
     Returns:
-        ``source`` (see `gpu_watch.causes.DATA_SOURCES`), ``adapter`` (the adapter's class
+        ``source`` (see `gpu_watch.judging.causes.DATA_SOURCES`), ``adapter`` (the adapter's class
         name, None when unknown) and the source's settings, e.g. ``workers`` of a PyDataset.
         The settings sharpen a remedy; without them (a reason says why) the source alone
         still picks one.

@@ -14,16 +14,16 @@ training's session: Linux schedules each session's processes as one group agains
 ("autogroup"), and a session of its own would make the worker an equal of the training whatever
 its priority.
 
-It is started as ``python -m gpu_watch.drawing``, never through `multiprocessing`, whose "spawn"
-start would run the user's training script again as ``__mp_main__``. It reads one request per line
-on stdin, keeps them in a queue (so the training process never blocks on a full pipe), draws each
-run folder with :func:`gpu_watch.report.render` (every file is replaced atomically: no reader ever
-sees half a PNG) and answers each request with a line on stdout. The training process keeps no
-thread for this: it reads the answers when it next asks, waits or exits, and turns a failed
-drawing into a `GPUWatchWarning` then. At a normal exit it waits, up to :data:`EXIT_WAIT_S`, for
-the drawings still pending. Where no worker can run (no ``sys.executable``, a frozen application,
-an OS without ``select`` on pipes, an interpreter whose workers end before drawing anything), the
-figures are drawn on a thread of the training process instead, with a warning.
+It is started as ``python -m gpu_watch.views.drawing``, never through `multiprocessing`, whose
+"spawn" start would run the user's training script again as ``__mp_main__``. It reads one request
+per line on stdin, keeps them in a queue (so the training process never blocks on a full pipe),
+draws each run folder with :func:`gpu_watch.report.render` (every file is replaced atomically: no
+reader ever sees half a PNG) and answers each request with a line on stdout. The training process
+keeps no thread for this: it reads the answers when it next asks, waits or exits, and turns a
+failed drawing into a `GPUWatchWarning` then. At a normal exit it waits, up to :data:`EXIT_WAIT_S`,
+for the drawings still pending. Where no worker can run (no ``sys.executable``, a frozen
+application, an OS without ``select`` on pipes, an interpreter whose workers end before drawing
+anything), the figures are drawn on a thread of the training process instead, with a warning.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from gpu_watch.errors import GPUWatchWarning
 DRAWING_NICE = 10
 EXIT_WAIT_S = 60.0
 # Workers that end this many times in a row without answering (an interpreter that cannot run
-# ``-m gpu_watch.drawing``, say) make the figures be drawn on a thread instead.
+# ``-m gpu_watch.views.drawing``, say) make the figures be drawn on a thread instead.
 _SILENT_ENDS = 2
 _READ_BYTES = 65536
 
@@ -308,10 +308,10 @@ def _why_no_worker() -> str | None:
 def _start_worker() -> subprocess.Popen:
     env = dict(os.environ)
     # The worker must import this very gpu_watch, wherever it was imported from.
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_watch.drawing"],
+        [sys.executable, "-m", "gpu_watch.views.drawing"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env=env, close_fds=True,
     )
@@ -446,9 +446,9 @@ class Redraws:
             return True
         return painter().wait([last], timeout_s) and last.error is None
 
-# Registered when this module is imported, which `gpu_watch.monitor` does before it registers
-# its own handler: handlers run last-registered first, so runs that die are closed (and their
-# drawings asked for) before this waits for the drawings.
+# Registered when this module is imported, which `gpu_watch.training.monitor` does before it
+# registers its own handler: handlers run last-registered first, so runs that die are closed (and
+# their drawings asked for) before this waits for the drawings.
 @atexit.register
 def _finish_drawings() -> None:
     last = _left_for_later  # a script's last run: the one its figures are looked for in

@@ -5,7 +5,7 @@ share, each GPU's judged idle share, the energy) and the rows of `samples.csv` a
 `batches.csv`. The same code serves a run while it is written (`Monitor` feeds a
 `usage.UsageMeter` the rows it writes) and a run folder read back (`run_impacts`), so a recorded
 run can be re-judged and runs can be totalled across a log folder. How much the training used
-each GPU (idle seconds, idle GPU-seconds, the energy drawn meanwhile) is `gpu_watch.usage`'s
+each GPU (idle seconds, idle GPU-seconds, the energy drawn meanwhile) is `gpu_watch.judging.usage`'s
 rule; this module only turns those sums into costs.
 
 Each cause gets one `Impact`: the wall seconds it cost, the GPU-seconds the watched GPUs sat
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_watch.judging.usage import BasisUse, RunUsage, missing, usage_of_frames
 from gpu_watch.runlog import RunRecord
-from gpu_watch.usage import BasisUse, RunUsage, missing, usage_of_frames
 
 # Which figure decided a GPU's verdict (run.json `gpu_judged_by`, `judged[gpu].by`), and the
 # samples.csv column that holds it. "judged" is the column the verdict itself writes.

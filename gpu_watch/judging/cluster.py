@@ -7,8 +7,8 @@ for data of their own, as their time goes to waiting at the collective. The rank
 them waits for its data much more than they do. A run whose ranks all wait alike (all input
 bound, or none) has no straggler: speeding one rank up would not speed the run up.
 
-A pure function over plain records, like `gpu_watch.verdict`: no I/O, so every boundary can be
-pinned by a test.
+A pure function over plain records, like `gpu_watch.judging.verdict`: no I/O, so every boundary
+can be pinned by a test.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gpu_watch.nvml import Reading
-from gpu_watch.usage import idle
+from gpu_watch.judging.usage import idle
+from gpu_watch.sensing.nvml import Reading
 
 
 @dataclass(frozen=True)

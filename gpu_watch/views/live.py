@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpu_watch.errors import swallowed
-from gpu_watch.nvml import Reading
+from gpu_watch.sensing.nvml import Reading
 
 # Batch logs key -> the reading it shows, with the epoch keys' names and units (see
 # `callback.LOG_KEYS`): at batch level each is the latest reading, and a peak over one reading

@@ -2,8 +2,8 @@
 
 Built on `rich` (a dependency of Keras 3 already): in a terminal one screen redrawn in place;
 when the output is not a terminal (a pipe, a log file, CI) plain lines, one per refresh that
-brought something new. It reads only the run folder (`gpu_watch.follow`), so it works over ssh on
-the training node, on a run another process or user writes, and on a finished run.
+brought something new. It reads only the run folder (`gpu_watch.views.follow`), so it works over
+ssh on the training node, on a run another process or user writes, and on a finished run.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import TextIO
 
 from gpu_watch import runlog
 from gpu_watch.errors import EXIT_ERROR, EXIT_OK
-from gpu_watch.follow import WINDOW_S, GPUView, RunFollower, Snapshot, find_run
 from gpu_watch.report.advice import fixes
+from gpu_watch.views.follow import WINDOW_S, GPUView, RunFollower, Snapshot, find_run
 
 REFRESH_S = 1.0
 SPARK_WIDTH = 60

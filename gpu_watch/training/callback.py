@@ -23,16 +23,18 @@ except ModuleNotFoundError as exc:  # Keras imports its backend's framework, an 
     raise ModuleNotFoundError(missing_framework_message(missing, os.environ),
                               name=exc.name) from exc
 
-from gpu_watch import keras_internals, live, placement, runlog
-from gpu_watch.config import Config
+from gpu_watch import runlog
 from gpu_watch.errors import GPUIdleError, GPUIdleWarning, GPUNotUsedError, user_site, warn
-from gpu_watch.gpu_trial import gpu_trial
-from gpu_watch.monitor import IdleEvent, Monitor, idle_message
-from gpu_watch.nvml import NVML
-from gpu_watch.process_facts import PROCESS_FACTS
+from gpu_watch.judging.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
 from gpu_watch.report.advice import cause_codes_in_order, cpu_banner
 from gpu_watch.report.text import no_run_line, summary_line
-from gpu_watch.verdict import CPU_FALLBACK, IDLE, OK, UNMONITORED
+from gpu_watch.sensing.nvml import NVML
+from gpu_watch.training import keras_internals, placement
+from gpu_watch.training.config import Config
+from gpu_watch.training.gpu_trial import gpu_trial
+from gpu_watch.training.monitor import IdleEvent, Monitor, idle_message
+from gpu_watch.training.process_facts import PROCESS_FACTS
+from gpu_watch.views import live
 
 # What GPUWatch adds to the epoch `logs` that Keras hands every callback after it (the progress
 # bar, History, CSVLogger, TensorBoard, trackers' callbacks): logs key -> the epochs.csv column
@@ -131,7 +133,7 @@ class GPUWatch(keras.callbacks.Callback):
             `run.json` and exported as the `job_id` label, so the ranks are judged together.
             Default None: the launcher's (torchrun's `TORCHELASTIC_RUN_ID`, Slurm's
             `SLURM_JOB_ID` and step, a Kubernetes JobSet or Job name, TensorFlow's `TF_CONFIG`
-            cluster), else `run_name`, else the run folder's name (see `gpu_watch.job`).
+            cluster), else `run_name`, else the run folder's name (see `gpu_watch.sensing.job`).
 
     Example:
         >>> model.fit(x, y, epochs=3, callbacks=[GPUWatch(), keras.callbacks.CSVLogger("log.csv")])
@@ -169,7 +171,7 @@ class GPUWatch(keras.callbacks.Callback):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
         if nvml is not None and not isinstance(nvml, NVML) and not hasattr(nvml, "nvmlInit"):
             raise ValueError(
-                f"nvml must be None, a gpu_watch.nvml.NVML, or NVML bindings such as "
+                f"nvml must be None, a gpu_watch.sensing.nvml.NVML, or NVML bindings such as "
                 f"gpu_watch.testing.FakeNVML, got {nvml!r}"
             )
         self.verbose = verbose

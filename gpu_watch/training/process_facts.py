@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from gpu_watch.nvml import NVML
-from gpu_watch.placement import Probe
+from gpu_watch.sensing.nvml import NVML
+from gpu_watch.training.placement import Probe
 
 
 class ProcessFacts:

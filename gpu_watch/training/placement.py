@@ -10,7 +10,7 @@ model's arrays and tensors. After step 0 a probe costs nothing.
 As training begins, on the training thread (device scopes are per thread), a probe also records
 what decides which remedy fits the user: the device scope fit runs in, settings that keep the
 framework on the CPU and the distribution setup. (What feeds `fit` is read from Keras' private
-state: `gpu_watch.keras_internals`.)
+state: `gpu_watch.training.keras_internals`.)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import warnings
 from collections import Counter
 from typing import Any
 
-from gpu_watch import keras_internals
 from gpu_watch.errors import GPUWatchWarning, swallowed
+from gpu_watch.training import keras_internals
 
 # Nodes that move or hold data rather than compute: their device says nothing about where the
 # model's math ran (variables and the input pipeline live on the CPU in healthy GPU runs too).

@@ -23,23 +23,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpu_watch import drawing, runlog
-from gpu_watch.assessment import epoch_row, record_judgement, setting_of
-from gpu_watch.config import Config
-from gpu_watch.data_wait import DataTick
+from gpu_watch import runlog
 from gpu_watch.errors import GPUWatchWarning
 from gpu_watch.export import Exports
-from gpu_watch.idle_watch import IdleEvent
-from gpu_watch.impact import with_impacts
-from gpu_watch.job import find_job_id
-from gpu_watch.live import LiveFigures
-from gpu_watch.loop_clock import LoopClock, StackSampler
-from gpu_watch.nvml import NVML
-from gpu_watch.sampler import Sampler
-from gpu_watch.timeline import EpochSpan, Timeline
-from gpu_watch.usage import UsageMeter, busy
-from gpu_watch.verdict import CPU_FALLBACK, Judgement, Setting, judge
-from gpu_watch.watchdog import FitWatchdog
+from gpu_watch.judging.assessment import epoch_row, record_judgement, setting_of
+from gpu_watch.judging.data_wait import DataTick
+from gpu_watch.judging.idle_watch import IdleEvent
+from gpu_watch.judging.impact import with_impacts
+from gpu_watch.judging.timeline import EpochSpan, Timeline
+from gpu_watch.judging.usage import UsageMeter, busy
+from gpu_watch.judging.verdict import CPU_FALLBACK, Judgement, Setting, judge
+from gpu_watch.sensing.job import find_job_id
+from gpu_watch.sensing.loop_clock import LoopClock, StackSampler
+from gpu_watch.sensing.nvml import NVML
+from gpu_watch.sensing.sampler import Sampler
+from gpu_watch.training.config import Config
+from gpu_watch.training.watchdog import FitWatchdog
+from gpu_watch.views import drawing
+from gpu_watch.views.live import LiveFigures
 
 # The idle stretch `Monitor.take_idle_event` hands out, for the callback to act on.
 __all__ = ["EpochEnd", "IdleEvent", "Monitor", "idle_message"]
@@ -143,7 +144,7 @@ class Monitor:
         self.stacks: StackSampler | None = None
         self._detach: Any = None
         self._first_end_seen = False
-        # The rows written, summed for what each cause cost (`gpu_watch.impact`).
+        # The rows written, summed for what each cause cost (`gpu_watch.judging.impact`).
         self.usage = UsageMeter(config.idle_threshold_pct, config.interval_s)
         self._write_json()
         self.samples = runlog.CsvTable(self.run_dir / runlog.SAMPLES_CSV, runlog.SAMPLE_COLUMNS)
@@ -347,8 +348,9 @@ class Monitor:
         self.judgement = self._judge_run()
 
     def add_gpu_trial(self, trial: dict[str, Any]) -> None:
-        """Record, after `finish`, the GPU timed on this run's model (`gpu_watch.gpu_trial`),
-        and the causes' impacts it completes; the figures are asked for again."""
+        """Record, after `finish`, the GPU timed on this run's model
+        (`gpu_watch.training.gpu_trial`), and the causes' impacts it completes; the figures are
+        asked for again."""
         with self._lock:
             self.record.gpu_trial = trial
             self.record.causes = with_impacts(self.record,

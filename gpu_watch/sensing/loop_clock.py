@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_watch.errors import swallowed
-from gpu_watch.steps import Step
+from gpu_watch.sensing.steps import Step
 
 # How a step's wait for data was measured (`Wait.measure`, `epochs.csv` `wait_measure`).
 FETCH_TIMED = "fetch_timed"

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gpu_watch.data_wait import SAMPLED_TICKS, DataTick, Loop, LoopTotals, Wait
-from gpu_watch.idle_watch import IdleEvent, IdleWatch
-from gpu_watch.nvml import Reading
-from gpu_watch.steps import BatchPairing, Step
-from gpu_watch.usage import EnergyMeter, ReadingJudge, SpanStats
-from gpu_watch.verdict import GPUStats
+from gpu_watch.judging.data_wait import SAMPLED_TICKS, DataTick, Loop, LoopTotals, Wait
+from gpu_watch.judging.idle_watch import IdleEvent, IdleWatch
+from gpu_watch.judging.usage import EnergyMeter, ReadingJudge, SpanStats
+from gpu_watch.judging.verdict import GPUStats
+from gpu_watch.sensing.nvml import Reading
+from gpu_watch.sensing.steps import BatchPairing, Step
 
 
 class EpochSpan:

@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpu_watch.causes import WARNING, Cause, RunFacts, blocks_gpu, cause, fix_rank, framework_name
+from gpu_watch.judging.causes import (
+    WARNING,
+    Cause,
+    RunFacts,
+    blocks_gpu,
+    cause,
+    fix_rank,
+    framework_name,
+)
 
 OK = "ok"
 IDLE = "idle"
@@ -109,7 +117,7 @@ class GPUStats:
         lost: NVML reported the GPU lost.
         sm_active_mean: Mean share of SMs busy (GPM), percent; None where GPM is unsupported.
         sm_occupancy_mean, tensor_active_mean, dram_bw_mean, fp32_active_mean,
-            fp16_active_mean: Means of the other GPM percentages (see `gpu_watch.nvml`).
+            fp16_active_mean: Means of the other GPM percentages (see `gpu_watch.sensing.nvml`).
         energy_j: Energy the whole GPU used over the span, joules (NVML has no per-process
             energy); None when neither the counter nor power readings allow it.
         energy_method: "counter" (NVML's energy counter) or "power" (power readings integrated
@@ -461,7 +469,7 @@ def attribution_causes(setting: Setting, gpus: Sequence[GPUStats]) -> list[Cause
     its PID is not listed (a container's PID namespace, where NVML reports host PIDs), the
     process list could not be read, the GPU does not report per-process utilization (MIG
     instances, some drivers), or NVML had no sample of it yet (a process listed without running
-    kernels reads 0 % only after a quiet period, see `gpu_watch.nvml.PROC_UTIL_QUIET_S`)."""
+    kernels reads 0 % only after a quiet period, see `gpu_watch.sensing.nvml.PROC_UTIL_QUIET_S`)."""
     fallback = [s for s in gpus if not s.proc_util_samples and s.util_samples and not s.lost]
     if setting.nvml_error is not None or not fallback:
         return []

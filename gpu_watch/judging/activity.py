@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gpu_watch.verdict import GPUStats
+from gpu_watch.judging.verdict import GPUStats
 
 
 def known_mean(values: Iterable[float | None]) -> float | None:

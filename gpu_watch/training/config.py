@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_watch.export import check_targets
-from gpu_watch.job import check_job_id
-from gpu_watch.sampler import DEFAULT_INTERVAL_S, check_interval
-from gpu_watch.usage import DEFAULT_IDLE_THRESHOLD_PCT
+from gpu_watch.judging.usage import DEFAULT_IDLE_THRESHOLD_PCT
+from gpu_watch.sensing.job import check_job_id
+from gpu_watch.sensing.sampler import DEFAULT_INTERVAL_S, check_interval
 
 ON_IDLE = ("warn", "stop", "raise")
 ON_LOG_ERROR = ("raise", "warn")

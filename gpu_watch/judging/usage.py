@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_watch.nvml import Reading
+from gpu_watch.judging.verdict import GPUStats, OtherUse
 from gpu_watch.runlog import RECORDED_INTERVAL_S, RunRecord
-from gpu_watch.verdict import GPUStats, OtherUse
+from gpu_watch.sensing.nvml import Reading
 
 DEFAULT_IDLE_THRESHOLD_PCT = 10.0  # GPUWatch's default; a run records the one it used
 

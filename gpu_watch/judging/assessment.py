@@ -14,15 +14,15 @@ from typing import Any
 
 from gpu_watch import runlog
 from gpu_watch._version import __version__
-from gpu_watch.activity import activity_row, energy_summary, known_mean
-from gpu_watch.causes import Cause, RunFacts
-from gpu_watch.data_wait import DataTick
-from gpu_watch.impact import with_impacts
-from gpu_watch.nvml import Reading
+from gpu_watch.judging.activity import activity_row, energy_summary, known_mean
+from gpu_watch.judging.causes import Cause, RunFacts
+from gpu_watch.judging.data_wait import DataTick
+from gpu_watch.judging.impact import with_impacts
+from gpu_watch.judging.timeline import EpochSpan, Timeline
+from gpu_watch.judging.usage import recorded_threshold_pct, usage_of_frames
+from gpu_watch.judging.verdict import GPUStats, Judgement, Setting, judge
 from gpu_watch.runlog import Run, RunRecord
-from gpu_watch.timeline import EpochSpan, Timeline
-from gpu_watch.usage import recorded_threshold_pct, usage_of_frames
-from gpu_watch.verdict import GPUStats, Judgement, Setting, judge
+from gpu_watch.sensing.nvml import Reading
 
 # The order of a replay's events at one instant (see `rejudge`).
 _BATCH, _TICK, _END, _BEGIN, _FIRST_BATCH = range(5)

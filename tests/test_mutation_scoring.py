@@ -49,7 +49,7 @@ def test_equivalents_are_matched_by_the_mutated_line_whatever_mutmut_numbers_the
         root = scored_repo(tmp_path / str(number), {number: ("return v >= LIMIT", 0),
                                                     number + 1: ("return v > None", 1)}, listed)
         assert mutation_score.main(["--root", str(root)]) == 0
-        assert "limits.py            2      1     1        0 100.0%  50.0%   100%" \
+        assert "limits.py                    2      1     1        0 100.0%  50.0%   100%" \
             in capsys.readouterr().out
 
 

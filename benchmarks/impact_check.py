@@ -55,10 +55,10 @@ import numpy as np  # noqa: E402
 import pynvml  # noqa: E402
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run  # noqa: E402
-from gpu_watch import placement as placement_module  # noqa: E402
 from gpu_watch.judging.impact import input_bound_impact, run_impacts  # noqa: E402
 from gpu_watch.judging.usage import usage_of_frames  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+from gpu_watch.training import placement as placement_module  # noqa: E402
 from gpu_watch.training.placement import Probe  # noqa: E402
 
 BATCH = 256

@@ -64,12 +64,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gpu_watch  # noqa: E402
-from gpu_watch import GPUWatch, GPUWatchWarning, drawing  # noqa: E402
+from gpu_watch import GPUWatch, GPUWatchWarning  # noqa: E402
 from gpu_watch.demo import build_model, make_images  # noqa: E402
 from gpu_watch.sensing.nvml import NVML, Reading  # noqa: E402
 from gpu_watch.sensing.sampler import DEFAULT_INTERVAL_S, Sampler  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
 from gpu_watch.training.process_facts import PROCESS_FACTS  # noqa: E402
+from gpu_watch.views import drawing  # noqa: E402
 
 SAMPLER_THREAD = "gpu-watch-sampler"
 

@@ -36,8 +36,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
-from gpu_watch import GPUWatch, keras_internals  # noqa: E402
+from gpu_watch import GPUWatch  # noqa: E402
 from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess  # noqa: E402
+from gpu_watch.training import keras_internals  # noqa: E402
 
 
 class NoOp(keras.callbacks.Callback):

@@ -8,11 +8,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 DEBIAN_PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus",
                    "prometheus-pushgateway": "prometheus-pushgateway"}
@@ -71,19 +71,24 @@ def serve(args: list[str], ready_url: str, log_path, timeout_s: float = 60.0
     """Start a server and wait (bounded) until `ready_url` answers 200."""
     log = open(log_path, "wb")  # noqa: SIM115 (the server writes to it until it stops)
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if process.poll() is not None:
             output = Path(log_path).read_text(errors="replace")[-2000:]
             raise AssertionError(f"{args[0]} exited with {process.returncode}: {output}")
         try:
             with urllib.request.urlopen(ready_url, timeout=2) as response:
-                if response.status == 200:
-                    return process
+                return response.status == 200
         except OSError:
-            time.sleep(0.2)
-    stop(process)
-    raise AssertionError(f"{args[0]} did not answer {ready_url} within {timeout_s} s")
+            return False
+
+    try:
+        wait_until(answers, f"{args[0]} to answer {ready_url}", timeout_s=timeout_s,
+                   every_s=0.2)
+    except AssertionError:
+        stop(process)
+        raise
+    return process
 
 
 def stop(process: subprocess.Popen) -> None:

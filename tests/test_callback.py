@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from pacing import Pause
 
 from gpu_watch import GPUIdleError, GPUNotUsedError, GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.report.advice import cpu_banner
@@ -113,21 +114,13 @@ def test_hidden_gpus_are_named(tmp_path, monkeypatch):
     assert run.info["devices"] == []
 
 
-def slow_batches(seconds):
-    class Slow(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            time.sleep(seconds)
-
-    return Slow()
-
-
 @pytest.mark.parametrize("action", ["stop", "raise"])
 def test_an_idle_gpu_ends_training_early(tmp_path, action):
     fake = FakeNVML([FakeGPU(util_pct=0, processes=[FakeProcess(used_mib=500)])])
     cb = watch(tmp_path, nvml=fake, interval_s=0.02, idle_patience_s=0.3, on_idle=action)
     x, y = data()
     model = make_model()
-    callbacks = [cb, slow_batches(0.02)]
+    callbacks = [cb, Pause(0.02)]
     if action == "raise":
         with pytest.raises(GPUIdleError) as raised:
             model.fit(x, y, epochs=20, batch_size=BATCH, verbose=0, callbacks=callbacks)
@@ -151,7 +144,7 @@ def test_idle_warns_once_by_default(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_model().fit(x, y, epochs=4, batch_size=BATCH, verbose=0,
-                         callbacks=[cb, slow_batches(0.02)])
+                         callbacks=[cb, Pause(0.02)])
     idle = [w for w in caught if w.category.__name__ == "GPUIdleWarning"]
     assert len(idle) == 1 and "under 10%" in str(idle[0].message)
     assert load_run(cb.run_dir).status == "completed"

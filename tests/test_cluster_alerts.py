@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_tools import free_port, free_ports_in_a_row, library, program, serve, stop
+from waiting import wait_until
 
 library("prometheus_client")
 
@@ -91,23 +91,27 @@ def test_the_straggler_alert_names_the_slow_rank_and_a_balanced_pair_raises_none
                + start_pair(log_dir, tmp_path, "balanced", balanced_job, balanced_port, "0,0"))
     seen: dict[str, set[tuple[str, str, str]]] = {straggler_job: set(), balanced_job: set()}
     balanced_ranks_rated: set[str] = set()
+
+    def finished() -> bool:
+        """True once every worker has exited; until then, what Prometheus shows is noted."""
+        if all(w.poll() is not None for w in workers):
+            return True
+        for worker in workers:
+            if worker.poll() not in (None, 0):
+                pytest.fail(f"a worker exited with {worker.returncode}: "
+                            f"{(tmp_path / 'prometheus.log').read_text()[-500:]}")
+        for alert in api(base, "/api/v1/alerts")["alerts"]:
+            labels = alert["labels"]
+            if labels.get("job_id") in seen:
+                seen[labels["job_id"]].add((labels["alertname"], labels.get("rank", ""),
+                                            alert["state"]))
+        rated = api(base, "/api/v1/query", query=(
+            f'gpu_watch:data_wait:ratio_rate5m{{job_id="{balanced_job}"}}'))["result"]
+        balanced_ranks_rated.update(r["metric"]["rank"] for r in rated)
+        return False
+
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while any(w.poll() is None for w in workers):
-            assert time.monotonic() < deadline, f"workers still running after {TIMEOUT_S} s"
-            for worker in workers:
-                if worker.poll() not in (None, 0):
-                    pytest.fail(f"a worker exited with {worker.returncode}: "
-                                f"{(tmp_path / 'prometheus.log').read_text()[-500:]}")
-            for alert in api(base, "/api/v1/alerts")["alerts"]:
-                labels = alert["labels"]
-                if labels.get("job_id") in seen:
-                    seen[labels["job_id"]].add((labels["alertname"], labels.get("rank", ""),
-                                                alert["state"]))
-            rated = api(base, "/api/v1/query", query=(
-                f'gpu_watch:data_wait:ratio_rate5m{{job_id="{balanced_job}"}}'))["result"]
-            balanced_ranks_rated |= {r["metric"]["rank"] for r in rated}
-            time.sleep(0.25)
+        wait_until(finished, "the workers to finish", timeout_s=TIMEOUT_S, every_s=0.25)
     finally:
         for worker in workers:
             if worker.poll() is None:

@@ -12,10 +12,10 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from gpu_watch import report
 from gpu_watch.judging.cluster import BALANCED, STRAGGLER, UNKNOWN
@@ -71,19 +71,18 @@ class Child:
 def collect(children: list[Child]) -> dict[str, dict]:
     """Each child's RESULT, once all have finished; on the first failure or at the deadline,
     every child still running is killed."""
-    deadline = time.monotonic() + TIMEOUT_S
+
+    def all_done() -> bool:
+        codes = [child.process.poll() for child in children]
+        for child, code in zip(children, codes, strict=True):
+            if code not in (None, 0):
+                pytest.fail(f"{child.name} exited with {code}:\n"
+                            f"{child.stderr.read_text()[-4000:]}")
+        return all(code == 0 for code in codes)
+
     try:
-        while True:
-            codes = [child.process.poll() for child in children]
-            for child, code in zip(children, codes, strict=True):
-                if code not in (None, 0):
-                    pytest.fail(f"{child.name} exited with {code}:\n"
-                                f"{child.stderr.read_text()[-4000:]}")
-            if all(code == 0 for code in codes):
-                return {child.name: child.result() for child in children}
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {TIMEOUT_S} s")
-            time.sleep(0.1)
+        wait_until(all_done, "every child to finish", timeout_s=TIMEOUT_S)
+        return {child.name: child.result() for child in children}
     finally:
         for child in children:
             if child.process.poll() is None:

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +15,7 @@ import warnings
 import pytest
 from monitors import monitor_on_gpu, run_for
 from prometheus_tools import free_port, free_ports_in_a_row, library
+from waiting import wait_until
 
 from gpu_watch import load_run
 from gpu_watch.errors import GPUWatchWarning, take_swallowed
@@ -51,14 +51,15 @@ def start(tmp_path, gpu, **config):
     return monitor
 
 
-def wait_for(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s")
+def endpoint_url(monitor) -> str:
+    """The URL of `monitor`'s Prometheus endpoint, once its exporter thread has bound it."""
+    return wait_until(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url,
+                      "the endpoint's URL", every_s=0.05)
+
+
+def exporters_started(monitor) -> list:
+    """`monitor`'s exporters, once its export thread has started them."""
+    return wait_until(lambda: monitor.exports.exporters, "the exporters", every_s=0.05)
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -71,7 +72,7 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
     gpu = busy_shared_gpu()
     monitor = start(tmp_path, gpu, export=Prometheus(port=0))
     try:
-        url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+        url = endpoint_url(monitor)
         assert url.startswith("http://127.0.0.1:")
         run_for(monitor, 1.2)  # NVML's process samples and GPM need a period or two
         monitor.end_epoch(0, {})
@@ -145,7 +146,7 @@ def test_a_scrape_parses_back_with_prometheus_names_units_and_labels(tmp_path, m
 
 def test_linger_zero_closes_the_endpoint_when_the_run_ends(tmp_path):
     monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=0))
-    url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+    url = endpoint_url(monitor)
     monitor.end_epoch(0, {})
     monitor.finish("completed")
     assert monitor.exports.wait(10)
@@ -157,7 +158,7 @@ def test_linger_zero_closes_the_endpoint_when_the_run_ends(tmp_path):
 
 def test_the_endpoint_serves_the_final_status_while_it_lingers_then_closes(tmp_path):
     monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0, linger_s=5.0))
-    url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+    url = endpoint_url(monitor)
     monitor.end_epoch(0, {})
     monitor.finish("completed")
     assert monitor.exports.wait(10)
@@ -173,13 +174,13 @@ def test_the_endpoint_serves_the_final_status_while_it_lingers_then_closes(tmp_p
             return True
         return False
 
-    wait_for(closed, timeout_s=30.0)
+    wait_until(closed, "the lingering endpoint to close", every_s=0.05)
 
 
 def test_the_endpoint_serves_metrics_and_nothing_else(tmp_path):
     monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=0))
     try:
-        url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url)
+        url = endpoint_url(monitor)
         root = url.removesuffix("/metrics")
         for path in ("/", "/metrics/../run.json", "/favicon.ico"):
             with pytest.raises(urllib.error.HTTPError) as err:
@@ -221,7 +222,7 @@ def test_a_port_in_use_is_one_warning_and_the_run_goes_on(tmp_path):
         port = taken.getsockname()[1]
         with pytest.warns(GPUWatchWarning, match=f"127.0.0.1:{port}.*Training goes on"):
             monitor = start(tmp_path, busy_shared_gpu(), export=Prometheus(port=port))
-            wait_for(lambda: monitor.exports.exporters)
+            exporters_started(monitor)
         assert monitor.exports.exporters[0].url is None
         run_for(monitor, 0.3)
         monitor.end_epoch(0, {})
@@ -493,7 +494,7 @@ def test_consecutive_runs_serve_on_the_same_port(tmp_path):
         for attempt in range(2):
             monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
                             export=Prometheus(port=port))
-            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            url = endpoint_url(monitor)
             families, _ = scrape(url)
             run = families["gpu_watch_steps"].samples[0].labels["run"]
             assert run == monitor.record.run_name
@@ -621,7 +622,7 @@ def test_one_meter_provider_serves_run_after_run(tmp_path):
     for attempt in range(2):
         monitor = start(tmp_path / str(attempt), busy_shared_gpu(),
                         export=OpenTelemetry(meter_provider=provider))
-        wait_for(lambda m=monitor: m.exports.exporters)
+        exporters_started(monitor)
         seen = {p.attributes["gpu_watch.run"] for _, p in otel_points(reader)["gpu_watch.steps"]}
         runs.append(monitor.record.run_name)
         assert seen == {runs[-1]}  # the last run, finished, is no longer observed
@@ -662,7 +663,7 @@ def test_two_workers_on_one_host_serve_on_neighbouring_ports(tmp_path, monkeypat
                         (rank, 2), framework, None) for rank in (0, 1)]
     try:
         for rank, monitor in enumerate(monitors):
-            url = wait_for(lambda m=monitor: m.exports.exporters and m.exports.exporters[0].url)
+            url = endpoint_url(monitor)
             assert url == f"http://127.0.0.1:{base + rank}/metrics"
             families, _ = scrape(url)
             labels = families["gpu_watch_steps"].samples[0].labels

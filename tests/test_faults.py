@@ -21,6 +21,7 @@ import numpy as np
 import pynvml
 import pytest
 from monitors import monitor_on_gpu, run_monitor
+from waiting import wait_until
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.cli import main as cli_main
@@ -281,11 +282,17 @@ def start_child(log_dir, *args):
     return proc, Path(line.split(" ", 1)[1].strip())
 
 
+def flushed_batch_rows(run_dir: Path) -> int:
+    """The whole rows `batches.csv` holds so far (a flush may be under way)."""
+    path = run_dir / "batches.csv"
+    return max(path.read_text().count("\n") - 1, 0) if path.exists() else 0
+
+
 def test_ctrl_c_marks_the_run_interrupted(tmp_path):
-    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first.
+    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first, three batches
+    # after it began.
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
-                                "0.05", "--verbose")
-    time.sleep(0.5)
+                                "0.05", "--started-after", "3", "--verbose")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -329,7 +336,7 @@ def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):
 
 def test_sigkill_leaves_a_readable_incomplete_run(tmp_path, capsys):
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--sleep", "0.05")
-    time.sleep(3.0)  # past one flush
+    wait_until(lambda: flushed_batch_rows(run_dir), "a flush of batch rows", timeout_s=60.0)
     proc.kill()
     proc.wait(timeout=30)
     run = load_run(run_dir)

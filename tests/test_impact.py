@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 from monitors import FrameworkWithGPUs, monitor_on_gpu
+from pacing import Pause
 from runfolders import run_info, synthetic_run, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
@@ -515,13 +516,6 @@ def test_the_summary_names_the_cost_after_the_verdict(tmp_path):
 # -- a real Keras fit: the live record and the run folder read back agree --------------------
 
 
-class Compute(keras.callbacks.Callback):
-    """Placed before GPUWatch: its pause counts as step time (the GPU at work)."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.05)
-
-
 def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     monkeypatch.setattr(placement_module, "probe_for", lambda backend: FrameworkWithGPUs())
     fake = FakeNVML([FakeGPU(util_pct=0, power_w=75.0,
@@ -539,7 +533,7 @@ def test_a_starved_keras_fit_records_what_its_files_give(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GPUWatchWarning)
         model.fit(starved(), steps_per_epoch=8, epochs=2, verbose=0,
-                  callbacks=[Compute(), watch])
+                  callbacks=[Pause(0.05), watch])
     run = load_run(watch.run_dir)
     stored = {c["code"]: c["impact"] for c in run.causes}
     assert run.verdict == "idle" and "input_bound" in stored

@@ -10,7 +10,6 @@ import io
 import os
 import sys
 import threading
-import time
 import warnings
 from types import SimpleNamespace
 
@@ -20,6 +19,7 @@ import pytest
 from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from monitors import monitor_on_gpu, run_monitor
+from pacing import Pause
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.errors import take_swallowed
@@ -77,15 +77,11 @@ class Failing:
 
 
 def test_a_real_fit_records_every_probe_as_ok(tmp_path):
-    class Slow(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            time.sleep(0.02)  # a few sampler ticks while batches run
-
     watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02, nvml=fake_gpu())
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", GPUWatchWarning)
         # verbose=2: fit's callback list holds a progress bar for the probe to find
-        make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Slow()])
+        make_model().fit(X, Y, batch_size=16, epochs=2, verbose=2, callbacks=[watch, Pause(0.02)])
     run = load_run(watch.run_dir)
     assert run.info["keras_probes"] == {
         "fit_frame": "ok", "data_source": "ok", "progress_bars": "ok", "fit_errors": "ok",

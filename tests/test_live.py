@@ -11,12 +11,12 @@ import io
 import math
 import re
 import threading
-import time
 import warnings
 
 import keras
 import numpy as np
 import pytest
+from pacing import Pause
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run
 from gpu_watch.sensing.nvml import Reading
@@ -34,13 +34,6 @@ def climbing_gpu() -> FakeNVML:
                              processes=[FakeProcess(used_mib=1000,
                                                     sm_util_pct=[u - 5 for u in CLIMB])])],
                     step_s=0.2)
-
-
-class Slow(keras.callbacks.Callback):
-    """Slows each batch, so the readings change between batches."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(BATCH_S)
 
 
 class Recorder(keras.callbacks.Callback):
@@ -75,7 +68,7 @@ def trained(tmp_path_factory):
                                         write_graph=False, profile_batch=0)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        history = fit([watch, recorder, board, Slow()], verbose=1)
+        history = fit([watch, recorder, board, Pause(BATCH_S)], verbose=1)
     return {"batches": recorder.batches, "printed": printed.getvalue(), "folder": folder,
             "history": history.history, "run": load_run(watch.run_dir)}
 
@@ -150,7 +143,7 @@ def test_tensorboard_writes_the_readings_per_batch(trained):
 def test_log_metrics_false_adds_no_batch_keys(tmp_path):
     recorder = Recorder()
     fit([GPUWatch(log_dir=tmp_path, nvml=climbing_gpu(), interval_s=0.05, plot=False,
-                  verbose=0, log_metrics=False), recorder, Slow()])
+                  verbose=0, log_metrics=False), recorder, Pause(BATCH_S)])
     assert recorder.batches == [{}] * STEPS
 
 
@@ -194,7 +187,7 @@ def test_the_batch_hook_never_calls_nvml_on_the_training_thread(tmp_path):
 
     recorder = Recorder()
     fit([Watched(log_dir=tmp_path, nvml=Spy(), interval_s=0.02, plot=False, verbose=0),
-         recorder, Slow()])
+         recorder, Pause(BATCH_S)])
     assert any(not math.isnan(b["gpu_util"]) for b in recorder.batches)
     assert any(ident != in_hook[0][0] for _, ident in calls)  # the sampler thread reads NVML
     for ident, start, end in in_hook:

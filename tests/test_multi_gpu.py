@@ -4,12 +4,12 @@ this machine's CPU; four GPUs from FakeNVML."""
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import keras
 import numpy as np
 import pytest
+from pacing import Pause
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
 from gpu_watch.runlog import BATCH_COLUMNS, EPOCH_COLUMNS
@@ -37,13 +37,6 @@ def make_model():
     return model
 
 
-class SlowBatches(keras.callbacks.Callback):
-    """Placed before GPUWatch, so the pause counts as step time, not as waiting for data."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.03)
-
-
 def fit(callbacks, epochs=EPOCHS):
     rng = np.random.default_rng(0)
     x = rng.random((STEPS * 16, 8), dtype=np.float32)
@@ -56,7 +49,7 @@ def fit(callbacks, epochs=EPOCHS):
 def test_visible_gpus_are_watched_in_cuda_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
     watch = GPUWatch(log_dir=tmp_path, nvml=four_gpus(), interval_s=0.02, plot=False, verbose=0)
-    fit([SlowBatches(), watch])
+    fit([Pause(0.03), watch])
     run = load_run(watch.run_dir)
 
     assert run.gpus == [2, 0]
@@ -128,7 +121,7 @@ def idle_second_gpu(tmp_path_factory):
         watch = GPUWatch(log_dir=tmp_path_factory.mktemp("idle"),
                          nvml=four_gpus(util_pct=(2, 90, 85, 90)), interval_s=0.02,
                          idle_patience_s=0.1, plot=True, verbose=0)
-        fit([SlowBatches(), watch])
+        fit([Pause(0.03), watch])
     assert watch.wait_for_report(60.0)
     return load_run(watch.run_dir)
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from monitors import monitor_on_gpu, run_for
+from pacing import Pause
 from runfolders import run_info, write_run
 
 from gpu_watch import GPUWatch, GPUWatchWarning, Run, load_run, rejudge
@@ -165,17 +166,13 @@ def test_a_generator_behind_tf_data_counts_only_when_it_holds_training_up(
             time.sleep(generator_s)
             yield np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32")
 
-    class Compute(keras.callbacks.Callback):  # the step's own work, inside GPUWatch's hooks
-        def on_train_batch_end(self, batch, logs=None):
-            time.sleep(compute_s)
-
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0, interval_s=0.02)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(batches(), steps_per_epoch=25, epochs=1, verbose=0,
-                  callbacks=[Compute(), watch])
+                  callbacks=[Pause(compute_s), watch])
     wait = load_run(watch.run_dir).info["wait"]
     assert wait["measure"] == "ready_timed"  # each batch stamped as it left the generator
     assert low <= wait["fraction"] <= high, wait

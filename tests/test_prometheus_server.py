@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -16,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import keras
 import numpy as np
 from prometheus_tools import free_port, library, program, serve, stop
+from waiting import wait_until
 
 from gpu_watch import GPUWatch, GPUWatchWarning
 from gpu_watch.judging.data_wait import LoopTotals
@@ -53,16 +53,6 @@ def api(base: str, path: str, **params) -> dict:
     return body["data"]
 
 
-def wait_for(predicate, what: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 class WhilePrometheusScrapes(keras.callbacks.Callback):
     """Placed after GPUWatch: at each epoch end, waits until Prometheus has scraped the figures
     of that epoch, and keeps the endpoint's text."""
@@ -77,8 +67,8 @@ class WhilePrometheusScrapes(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         monitor = self.watch.monitor
         run = monitor.run_dir.name
-        url = wait_for(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url,
-                       "the endpoint")
+        url = wait_until(lambda: monitor.exports.exporters and monitor.exports.exporters[0].url,
+                         "the endpoint", every_s=0.2)
         with urllib.request.urlopen(url, timeout=5) as response:
             self.text = response.read().decode()
         steps = (epoch + 1) * STEPS
@@ -88,7 +78,8 @@ class WhilePrometheusScrapes(keras.callbacks.Callback):
                         query=f'gpu_watch_steps_total{{run="{run}"}}')["result"]
             return found and float(found[0]["value"][1]) >= steps and found
 
-        self.seen.append(float(wait_for(scraped, f"a scrape after epoch {epoch}")[0]["value"][1]))
+        scrape = wait_until(scraped, f"a scrape after epoch {epoch}", every_s=0.2)
+        self.seen.append(float(scrape[0]["value"][1]))
 
 
 def test_a_real_prometheus_scrapes_a_real_fit(tmp_path):
@@ -297,7 +288,7 @@ def test_a_dcgm_exporter_series_joins_gpu_watch_one_series_per_gpu(tmp_path, mon
             return len(up) == 2 and all(u["value"][1] == "1" for u in up) and api(
                 base, "/api/v1/query", query=join)["result"]
 
-        result = wait_for(joined, "both targets scraped and joined")
+        result = wait_until(joined, "both targets scraped and joined", every_s=0.2)
     finally:
         stop(server)
         exports.finish(RunRecord(status="completed"))

@@ -18,6 +18,7 @@ import pandas as pd
 import pynvml
 import pytest
 from monitors import FrameworkWithGPUs
+from pacing import Pause
 
 from gpu_watch import GPUWatch, GPUWatchWarning, load_run, report
 from gpu_watch.cli import main as cli_main
@@ -48,13 +49,6 @@ def make_model():
     return model
 
 
-class Pause(keras.callbacks.Callback):
-    """Placed before GPUWatch: the pause counts as step time (the GPU at work)."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.02)
-
-
 def train(fake, epochs=2, starved=False, **options):
     """Fit a small model with GPUWatch on `fake`; return the loaded run and the history."""
     options = {"interval_s": 0.02, "plot": False, "verbose": 0, **options}
@@ -75,7 +69,7 @@ def train(fake, epochs=2, starved=False, **options):
                                        verbose=0, callbacks=[watch])
         else:
             history = make_model().fit(x, y, batch_size=8, epochs=epochs, verbose=0,
-                                       callbacks=[Pause(), watch])
+                                       callbacks=[Pause(0.02), watch])
     return load_run(watch.run_dir), history, watch
 
 

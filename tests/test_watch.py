@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from gpu_watch import runlog
 from gpu_watch.cli import main
@@ -290,15 +291,19 @@ def screen(tmux: str, socket: str) -> str:
                           capture_output=True, text=True, timeout=10).stdout
 
 
-def wait_for(tmux: str, socket: str, check, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = screen(tmux, socket)
-        if check(text):
-            return text
-        time.sleep(0.5)
-    raise AssertionError(f"the screen never showed what was expected; last screen:\n{text}")
+def wait_for_screen(tmux: str, socket: str, check, timeout_s: float) -> str:
+    """The screen once `check` accepts it; a timeout fails showing the last screen read."""
+    last = [""]
+
+    def shown():
+        last[0] = screen(tmux, socket)
+        return check(last[0]) and last[0]
+
+    try:
+        return wait_until(shown, "the screen to show what was expected", timeout_s=timeout_s,
+                          every_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last screen:\n{last[0]}") from None
 
 
 def test_watch_in_tmux_follows_a_training_another_process_runs(tmp_path):
@@ -318,15 +323,15 @@ def test_watch_in_tmux_follows_a_training_another_process_runs(tmp_path):
         subprocess.run([tmux, "-L", socket, "-f", "/dev/null", "new-session", "-d", "-s",
                         "watch", "-x", "120", "-y", "40", "-c", str(ROOT), command],
                        env=child_env(), check=True, timeout=20)
-        live = wait_for(tmux, socket, lambda s: "running" in s and "this training │" in s
-                        and any(c in s for c in "▅▆▇█"), 90)
+        live = wait_for_screen(tmux, socket, lambda s: "running" in s and "this training │" in s
+                               and any(c in s for c in "▅▆▇█"), 90)
         assert "gpu-watch watch · running · 0:" in live and f"run folder {run_dir}" in live
         assert "GPU 0 NVIDIA H100 80GB HBM3" in live
         assert "memory " in live and "/ 79.6 GiB" in live and "power " in live
         assert "steps/s" in live and "last row " in live
         assert trainer.stdout.readline().startswith("DONE "), "the training did not finish"
         assert trainer.wait(timeout=60) == 0
-        final = wait_for(tmux, socket, lambda s: "EXIT=" in s, 30)
+        final = wait_for_screen(tmux, socket, lambda s: "EXIT=" in s, 30)
         assert "gpu-watch watch · ended: completed · 0:" in final
         assert "verdict: ok  (final)" in final
         assert "epochs done: 3" in final

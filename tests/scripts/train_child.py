@@ -1,9 +1,10 @@
 """Train a tiny model with GPUWatch in a child process, for tests that signal or kill it.
 
 Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--batches N]
-    [--sleep SECONDS] [--verbose]
-Prints "STARTED <run dir>" once the first batch ended, then trains `--batches` batches an epoch
-(default 8); `--sleep` slows each batch; `--verbose` lets GPUWatch print its summary line.
+    [--sleep SECONDS] [--started-after N] [--verbose]
+Prints "STARTED <run dir>" once the first `--started-after` batches (default 1) ended, and
+trains `--batches` batches an epoch (default 8); `--sleep` slows each batch; `--verbose` lets
+GPUWatch print its summary line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--started-after", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
 
@@ -36,7 +38,7 @@ def main() -> None:
 
     class Pace(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if batch == 0 and self.params.get("started") is None:
+            if batch + 1 == args.started_after and self.params.get("started") is None:
                 self.params["started"] = True
                 print(f"STARTED {watch.run_dir}", flush=True)
             time.sleep(args.sleep)

@@ -289,10 +289,10 @@ def flushed_batch_rows(run_dir: Path) -> int:
 
 
 def test_ctrl_c_marks_the_run_interrupted(tmp_path):
-    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first, three batches
+    # 100 batches of 0.05 s an epoch: Ctrl-C lands in the middle of the first, ten batches
     # after it began.
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
-                                "0.05", "--started-after", "3", "--verbose")
+                                "0.05", "--started-after", "10", "--verbose")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0

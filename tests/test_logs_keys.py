@@ -48,8 +48,9 @@ def fit(callbacks, epochs=EPOCHS, verbose=0, quiet=True):
 
 
 def busy_gpu() -> FakeNVML:
-    """A GPU at 42 % with 2 GiB held by this process (training itself runs on the CPU)."""
-    return FakeNVML([FakeGPU(util_pct=42, mem_used_mib=2048 + 512,
+    """A GPU at 42 % with 2 GiB held by this process (training itself runs on the CPU); an
+    A100, which has no GPM, so no epoch measures SM activity however long it runs."""
+    return FakeNVML([FakeGPU(name="NVIDIA A100-SXM4-40GB", util_pct=42, mem_used_mib=2048 + 512,
                              processes=[FakeProcess(used_mib=2048, sm_util_pct=40)])])
 
 
@@ -69,8 +70,8 @@ def logged(tmp_path_factory):
             "run": load_run(watch.run_dir)}
 
 
-# What the fake GPU measures in every epoch; never SM activity (it has no GPM), so its key is
-# left out. This process's own utilization depends on when NVML's first per-process sample
+# What the fake GPU measures in every epoch; never SM activity (an A100 has no GPM), so its key
+# is left out. This process's own utilization depends on when NVML's first per-process sample
 # came: its key is there when the first epoch measured it (`logged_keys`).
 MEASURED = ("gpu_util", "gpu_mem_peak_gib", "gpu_idle_frac", "gpu_verdict", "gpu_energy_kj")
 

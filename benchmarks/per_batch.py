@@ -3,9 +3,10 @@
 (on a simulated GPU) with its loop clock attached as `fit` attaches it (the callback list's
 hooks wrapped, the steps timed on the calling thread) and without it (its own hooks only).
 
-The configurations are interleaved, round after round, so that drift in the machine's speed
-hits them alike; each figure is the median over the rounds of microseconds per batch. The target
-(docs/performance.md): GPUWatch at most 5 µs above the no-op callback. GPUWatch is
+The configurations are interleaved, round after round and in rotated order, so that drift in the
+machine's speed hits them alike; each figure is the median over the rounds of microseconds per
+batch, and each difference the median (with its quartiles) of the differences within each round.
+The target (docs/performance.md): GPUWatch at most 5 µs above the no-op callback. GPUWatch is
 `async_safe`, so it is also set beside a no-op callback that is: on JAX, Keras runs the end
 hooks of such callbacks on its thread pool, a cost of Keras' own that a callback that is not
 async-safe avoids only by making Keras wait for each step's logs (a sync with the device).
@@ -23,7 +24,7 @@ timed call adds about 0.3 µs of its own.
 
 Usage:
     python benchmarks/per_batch.py                 # TensorFlow
-    KERAS_BACKEND=jax python benchmarks/per_batch.py --batches 20000 --rounds 7
+    KERAS_BACKEND=jax python benchmarks/per_batch.py              # 15 rounds of 10,000 batches
     KERAS_BACKEND=jax python benchmarks/per_batch.py --fit --rounds 9
     KERAS_BACKEND=jax python benchmarks/per_batch.py --fit --where
 """
@@ -145,8 +146,8 @@ def fit_step_us(callbacks: list, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--fit", action="store_true", help="time real fits of a tiny MLP")
     parser.add_argument("--steps", type=int, default=1000, help="steps an epoch with --fit")
     parser.add_argument("--where", action="store_true",
@@ -169,17 +170,31 @@ def main() -> None:
             "GPUWatch, loop clock attached (as in fit)": (lambda: [watching(log_dir)], True),
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
-        for _ in range(args.rounds):
-            for name, (make, clock) in configs.items():
+        names = list(configs)
+        for round_ in range(args.rounds):
+            for i in range(len(names)):  # rotated each round: no configuration always first
+                name = names[(i + round_) % len(names)]
+                make, clock = configs[name]
                 times[name].append(per_batch_us(make(), model, args.batches, clock))
-    noop = statistics.median(times["no-op per-batch callback"])
-    async_noop = statistics.median(times["async-safe no-op per-batch callback"])
+    noop = times["no-op per-batch callback"]
+    async_noop = times["async-safe no-op per-batch callback"]
     print(f"Keras {keras.__version__} on {keras.backend.backend()}: microseconds per batch "
-          f"through a CallbackList (median of {args.rounds} rounds of {args.batches} batches)")
-    print(f"  {'':<44} {'':>7}   {'vs no-op':>8}   {'vs async-safe no-op':>19}")
+          f"through a CallbackList (median of {args.rounds} rounds of {args.batches} batches; "
+          "the differences are paired within each round, median [quartiles])")
+    print(f"  {'':<44} {'':>7}   {'vs no-op':>20}   {'vs async-safe no-op':>20}")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:<44} {median:7.2f}   {median - noop:+8.2f}   {median - async_noop:+19.2f}")
+        print(f"  {name:<44} {statistics.median(values):7.2f}   {paired(values, noop):>20}   "
+              f"{paired(values, async_noop):>20}")
+
+
+def paired(values: list[float], base: list[float]) -> str:
+    """The median and quartiles of the per-round differences: the machine's drift between
+    rounds (large on a shared VM, and larger through Keras' thread pool) cancels out."""
+    differences = sorted(v - b for v, b in zip(values, base, strict=True))
+    if len(differences) < 2:
+        return f"{differences[0]:+.2f}"
+    low, _, high = statistics.quantiles(differences, n=4)
+    return f"{statistics.median(differences):+.2f} [{low:+.1f}, {high:+.1f}]"
 
 
 def main_fit(args: argparse.Namespace) -> None:

@@ -346,7 +346,7 @@ def test_a_device_that_falls_behind_has_its_older_steps_waited_for_on_a_thread()
     for batch, out in enumerate(outputs):
         c.begin(batch, float(batch))
         c.end(batch, batch + 0.5, out)  # none done: the device is behind
-    assert c._pending[1].outputs is outputs[2]  # the newest stays with the training thread
+    assert c._pending.outputs is outputs[2]  # the newest stays with the training thread
     assert c.settle(10.0)
     c.close()
     assert [o.waited_on for o in outputs] == [["gpu-watch-device-steps"]] * 3
@@ -912,3 +912,53 @@ def test_a_pydataset_with_workers_is_stamped_where_tf_data_takes_from_their_queu
     assert list(c._ready) == [(1.0, 2.0), (3.0, 4.0)]
     attachment.detach()
     assert "get" not in vars(adapter.enqueuer)
+
+
+# -- steps handed on in bunches ------------------------------------------------------------------
+
+
+def test_steps_go_on_in_bunches_of_64_or_every_50_ms_and_an_epoch_s_first_at_once():
+    c, steps = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    c.end(0, 0.0)
+    assert len(steps) == 1  # an epoch's first step: at once
+    for batch in range(1, 64):  # 63 more, 1 µs apart: under 50 ms since the last hand-on
+        c.end(batch, batch * 1e-6)
+    assert len(steps) == 1
+    c.end(64, 64e-6)  # the 64th waiting
+    assert [s.last_batch for s in steps] == list(range(65))
+    c.end(65, 64e-6 + 0.049)  # 49 ms after the last hand-on: kept
+    assert len(steps) == 65
+    c.end(66, 64e-6 + 0.05)  # 50 ms: handed on
+    assert [s.last_batch for s in steps[65:]] == [65, 66]
+    c.end(67, 0.06)
+    c.epoch_begin(0.07)
+    c.end(0, 0.08)  # a new epoch's first step goes at once, the one before it too
+    assert [s.last_batch for s in steps[67:]] == [67, 0]
+    c.end(1, 0.081)
+    assert c.settle(1.0) and [s.last_batch for s in steps[69:]] == [1]  # the epoch's end
+
+
+def test_steps_timed_from_the_device_side_go_on_in_the_same_bunches():
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    outputs = [_Outputs() for _ in range(70)]
+    for batch, out in enumerate(outputs[:66]):
+        t = batch * 1e-6
+        device.t = t
+        c.begin(batch, t)
+        c.end(batch, t, out)  # the step before it is looked at here: done, timed
+        out.done = True
+    # Step 0 went at the first end that found it timed; 64 timed steps go together.
+    assert [s.last_batch for s in steps] == list(range(65))
+    device.t = 0.049
+    c.end(66, 64e-6 + 0.049, outputs[66])  # 49 ms after the last step handed on: kept
+    outputs[66].done = True
+    assert len(steps) == 65
+    device.t = 0.05
+    c.end(67, 64e-6 + 0.05, outputs[67])
+    assert [s.last_batch for s in steps[65:]] == [65, 66]
+    outputs[67].done = True
+    assert c.settle(1.0) and [s.last_batch for s in steps[67:]] == [67]
+    c.close()

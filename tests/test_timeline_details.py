@@ -434,3 +434,37 @@ def test_the_counters_split_a_sampled_loop_with_a_measured_wait_by_the_share():
         tl.add_data_tick(fetching)
     # The loop: 2.5 s of steps, 0.5 s measured waiting, 0.5 s between: 3.5 s, 1.75 s waiting.
     assert tl.run_loop() == LoopTotals(3, 1.25, 1.75, 0.5, 0.5)
+
+
+def test_a_bunch_of_steps_counts_as_each_of_them_would_alone():
+    """The loop clock hands steps on in bunches: every figure is what the same steps added one
+    at a time give (rows, last end, the epoch's loop, the run's, every step's)."""
+    steps = [Step(0, 0, 0.0, 1.0, None, None),
+             Step(1, 1, 1.5, 2.5, 0.25, None, compute_s=0.75, other_s=0.25,
+                  measure="fetch_timed"),
+             Step(2, 3, 2.75, 3.0, None, None, other_s=None),
+             Step(4, 4, 3.0, 3.5, 0.125, None, compute_s=0.25, other_s=0.5,
+                  measure="ready_timed")]
+    bunched, alone = timeline(interval_s=0.2), timeline(interval_s=0.2)
+    assert bunched.add_steps(steps) is steps[0]
+    for step in steps:
+        alone.add_batch(0, step.last_batch, step.steps, step.begin_s, step.end_s,
+                        step.wait_s, step.compute_s, step.other_s, step.measure)
+    assert bunched.run_loop() == alone.run_loop() == LoopTotals(5, 2.25, 0.375, 0.75, None)
+    assert bunched.run_wait() == alone.run_wait()
+    assert bunched.end_epoch(4.0).loop == alone.end_epoch(4.0).loop == Loop(
+        batches=3, steps=4, step_s=1.25, wait_s=0.375, other_s=0.75, timed=2,
+        measure="ready_timed")
+    assert bunched.drain(final=True)[1] == alone.drain(final=True)[1]
+    assert bunched._last_batch_end_s == alone._last_batch_end_s == 3.5
+
+
+def test_a_loop_adds_another_s_counts_and_keeps_its_measure_where_the_other_has_none():
+    loop = Loop(batches=1, steps=2, step_s=0.5, wait_s=0.25, other_s=0.125, timed=1,
+                measure="fetch_timed", ticks=3)
+    loop.add_loop(Loop(batches=2, steps=3, step_s=1.0, wait_s=0.5, other_s=0.25, timed=1,
+                       ticks=7))
+    assert loop == Loop(batches=3, steps=5, step_s=1.5, wait_s=0.75, other_s=0.375, timed=2,
+                        measure="fetch_timed", ticks=3)
+    loop.add_loop(Loop(measure="ready_timed"))
+    assert loop.measure == "ready_timed"

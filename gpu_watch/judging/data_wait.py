@@ -140,6 +140,16 @@ class Loop:
             self.timed += 1
             self.measure = measure or self.measure
 
+    def add_loop(self, other: Loop) -> None:
+        """Count the batches another `Loop` counted (its ticks are not counted)."""
+        self.batches += other.batches
+        self.steps += other.steps
+        self.step_s += other.step_s
+        self.other_s += other.other_s
+        self.wait_s += other.wait_s
+        self.timed += other.timed
+        self.measure = other.measure or self.measure
+
     def add_tick(self, tick: DataTick) -> None:
         """Count one look at the input pipeline; a thread producing data counts only while the
         training thread is not fetching (that look is a wait already)."""

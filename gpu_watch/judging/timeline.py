@@ -174,11 +174,30 @@ class Timeline:
 
     def _add_steps(self, steps: Sequence[Step]) -> Step | None:
         first = None
+        if steps and self.first_step_end_s is None:
+            first = steps[0]
+            self.add_batch(self._epoch_number, first.last_batch, first.steps, first.begin_s,
+                           first.end_s, first.wait_s, first.compute_s, first.other_s,
+                           first.measure)
+            steps = steps[1:]
+        if not steps:
+            return first
+        # What `add_batch` does for each, with the loop's counts summed over the bunch first:
+        # the clock hands steps on in bunches, and this runs for every step of the training.
+        bunch = Loop()
+        epoch, rows, last_end = self._epoch_number, self._batches, self._last_batch_end_s
         for step in steps:
-            if self.first_step_end_s is None:
-                first = step
-            self.add_batch(self._epoch_number, step.last_batch, step.steps, step.begin_s,
-                           step.end_s, step.wait_s, step.compute_s, step.other_s, step.measure)
+            compute = step.step_s
+            rows.append(_BatchRow(epoch, step.last_batch, step.steps, step.begin_s, step.end_s,
+                                  compute, step.wait_s, step.other_s))
+            last_end = max(last_end, step.end_s)
+            bunch.add_batch(step.steps, compute, step.wait_s, step.other_s, step.measure)
+        self._last_batch_end_s = last_end
+        self._every_step.add_loop(bunch)
+        span = self._open
+        if span is not None:
+            span.loop.add_loop(bunch)
+        self._run_loop.add_loop(bunch)
         return first
 
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,

@@ -48,6 +48,10 @@ SETTLE_POLL_S = 0.001  # how often `LoopClock.settle` looks whether the device's
 # A fetch at least this long: the fetches after it hand the device's running step to the waiting
 # thread as they start (the step's end falls inside them, and a look after one would be late).
 SLOW_FETCH_S = 0.001
+# Steps timed from the device's side are handed on once this many wait, or this long (the
+# clock's seconds) after the last hand-on, whichever comes first (see `LoopClock.end`).
+DRAIN_STEPS = 64
+DRAIN_S = 0.05
 
 
 class LoopClock:
@@ -95,15 +99,20 @@ class LoopClock:
         self._done_count = 0  # and dealt with (waiting thread only)
         self._watcher: threading.Thread | None = None
         self._issued = 0  # numbers given to dispatched steps and epoch begins, in order
-        # The newest dispatched step, which the training thread looks at itself: (number,
-        # step, the ident of the thread that runs the loop); None when there is none.
-        self._pending: tuple[int, _Dispatched, int] | None = None
+        # The newest dispatched step, which the training thread looks at itself; None when
+        # there is none. The thread that runs the loop (its ident) holds it.
+        self._pending: _Dispatched | None = None
+        self._loop_thread: int | None = None
         self._last_fetch_s = 0.0  # how long the last fetch took
         # What either thread timed: number -> (step or epoch begin, when its outputs existed).
         # The training thread turns them into steps in order (`_drain`), and the timeline is
         # fed from one thread.
         self._timed: dict[int, tuple[Any, float]] = {}
         self._drained = 0  # the number of the next one to turn into a step
+        # When steps were last handed on (the last one's end hooks entered, on the clock), and
+        # the steps timed here since, waiting to be (see `end`).
+        self._drained_at = -math.inf
+        self._ended: list[Step] = []
         self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
 
@@ -114,6 +123,7 @@ class LoopClock:
         self._mark = t
         self._begin = None
         self._fetches.clear()
+        self._drained_at = -math.inf  # the epoch's first step is handed on at once
         if self.device_done is not None:
             self._timed[self._number()] = (_EPOCH_BEGIN, t)
 
@@ -136,7 +146,7 @@ class LoopClock:
         """A callback's own batch hook starts: on the training thread, Keras has waited for the
         step's logs (a callback not safe to run on its pool asks for them), so the step is
         looked at before the hook's time passes."""
-        if self._pending is not None and threading.get_ident() == self._pending[2]:
+        if self._pending is not None and threading.get_ident() == self._loop_thread:
             self._look()
 
     def begin(self, batch: int, left_s: float) -> None:
@@ -155,14 +165,21 @@ class LoopClock:
         fetches, self._fetches = self._fetches, []
         if self.device_done is not None and outputs is not None:
             self._mark = entered_s
-            item = _Dispatched(first, batch, begin, entered_s, fetches, outputs)
+            item = _Dispatched(self._issued, first, batch, begin, entered_s, fetches, outputs)
+            self._issued += 1
             if self.device_ready is None:
-                self._put(self._number(), item)
+                self._put(item)
             else:
-                self._look()
-                self._hand_over()  # not done yet: the device is behind, its step waited for
-                self._pending = (self._number(), item, threading.get_ident())
-            self._drain()
+                if self._pending is not None:
+                    self._look()
+                    self._hand_over()  # not done yet: the device is behind, its step waited for
+                else:
+                    self._loop_thread = threading.get_ident()
+                self._pending = item
+            # Steps go on in bunches, as below.
+            if self._drained in self._timed and (
+                    len(self._timed) >= DRAIN_STEPS or entered_s - self._drained_at >= DRAIN_S):
+                self._drain()
             return None
         mark = self._mark
         inside = outside = 0.0
@@ -187,7 +204,13 @@ class LoopClock:
         step = Step(first, batch, begin - self.t0, entered_s - self.t0, wait, None,
                     compute_s=compute, other_s=other,
                     measure=self.measure if wait is not None else None)
-        self._hand_on([step])
+        # Steps go on in bunches: a hand-on costs more than a step's own arithmetic. An
+        # epoch's first step goes at once, the rest once `DRAIN_STEPS` wait or `DRAIN_S` of
+        # the loop's time passed since the last hand-on, and all by `settle` at the epoch's end.
+        self._ended.append(step)
+        if len(self._ended) >= DRAIN_STEPS or entered_s - self._drained_at >= DRAIN_S:
+            self._drained_at = entered_s
+            self._hand_on_ended()
         return step
 
     # -- steps dispatched ahead of the device ------------------------------------------------------
@@ -205,7 +228,7 @@ class LoopClock:
         fetches end, so the stamp is at most that late."""
         if self._pending is None:
             return
-        number, item, _ = self._pending
+        item = self._pending
         try:
             done = self.device_ready(item.outputs)
         except Exception:  # the waiting thread's own wait says what went wrong
@@ -213,20 +236,19 @@ class LoopClock:
             return
         if done:
             self._pending = None
-            self._timed[number] = (item, self.now())
+            self._timed[item.number] = (item, self.now())
 
     def _hand_over(self) -> None:
         """Hand the step the training thread holds, if any, to the waiting thread."""
         if self._pending is not None:
-            number, item, _ = self._pending
-            self._pending = None
-            self._put(number, item)
+            item, self._pending = self._pending, None
+            self._put(item)
 
-    def _put(self, number: int, item: _Dispatched) -> None:
+    def _put(self, item: _Dispatched) -> None:
         # A C-level queue: the training thread pays a fraction of a microsecond a step, and the
         # waiting thread blocks without Python's lock.
         self._put_count += 1
-        self._queue.put((number, item))
+        self._queue.put(item)
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, daemon=True,
                                              name="gpu-watch-device-steps")
@@ -236,6 +258,7 @@ class LoopClock:
         """Wait until every step handed to the device is timed (Keras waits for the device at
         each epoch's end, so this is quick there); at most `timeout_s`. Returns whether all
         are."""
+        self._hand_on_ended()
         self._look()
         self._hand_over()
         deadline = self._monotonic() + timeout_s
@@ -259,15 +282,14 @@ class LoopClock:
 
     def _watch(self) -> None:
         while True:
-            handed = self._queue.get()
-            if handed is _STOP:
+            item = self._queue.get()
+            if item is _STOP:
                 return
-            number, item = handed
             try:
                 self.device_done(item.outputs)
             except Exception as exc:  # a step that failed on the device: timed as dispatched
                 self.device_error = self.device_error or f"{type(exc).__name__}: {exc}"
-            self._timed[number] = (item, self.now())
+            self._timed[item.number] = (item, self.now())
             self._done_count += 1
 
     def _drain(self) -> None:
@@ -287,7 +309,14 @@ class LoopClock:
                     # before it, whichever thread stamped either, and late.
                     free = self._device_free if self._device_free is not None else done
                     steps.append(self._device_step(item, max(done, item.entered, free)))
+                    self._drained_at = item.entered
         if steps:
+            self._hand_on(steps)
+
+    def _hand_on_ended(self) -> None:
+        """Hand on the steps `end` timed and kept, if any."""
+        if self._ended:
+            steps, self._ended = self._ended, []
             self._hand_on(steps)
 
     def _hand_on(self, steps: list[Step]) -> None:
@@ -311,15 +340,18 @@ class LoopClock:
         lock. That makes the idle time look shorter, never longer: a wait may read low, none
         is invented.
         """
-        dispatch = max([item.begin] + [end for start, end in item.fetches
-                                       if start >= item.begin])
+        dispatch = item.begin
+        for fetch_start, fetch_end in item.fetches:  # loops, not lists: this runs every step
+            if fetch_start >= item.begin:
+                dispatch = max(dispatch, fetch_end)
         free = self._device_free
         start = dispatch if free is None else max(free, dispatch)
         wait: float | None = None
         if self.measure == FETCH_TIMED:
             idle_from = -math.inf if free is None else free
-            wait = sum(max(0.0, min(end, dispatch) - max(begin, idle_from))
-                       for begin, end in item.fetches)
+            wait = 0.0
+            for fetch_start, fetch_end in item.fetches:
+                wait += max(0.0, min(fetch_end, dispatch) - max(fetch_start, idle_from))
         compute = max(0.0, done - start)
         other = None
         if free is not None:
@@ -437,10 +469,12 @@ _STOP = object()  # the waiting thread's last item
 _EPOCH_BEGIN = object()  # an epoch began: the device had finished the last one (Keras waits)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per step: not frozen, which costs more to make
 class _Dispatched:
-    """A step the training thread handed to the device, waiting for its outputs."""
+    """A step the training thread handed to the device, waiting for its outputs: the
+    `number`-th thing to time (steps and epoch begins, in order)."""
 
+    number: int
     first: int
     last: int
     begin: float

@@ -185,6 +185,7 @@ class GPUWatch(keras.callbacks.Callback):
         self._bars: list[Any] = []
         self._unwatch: Any = None  # takes off what on_fit_error wrapped
         self._line: live.NotebookLine | None = None
+        self._begin_done = False  # the batch begin hook has nothing left to do in this fit
 
     @property
     def run_dir(self) -> Path | None:
@@ -240,6 +241,7 @@ class GPUWatch(keras.callbacks.Callback):
         self._unwatch_fit()
         self.monitor = None
         self._live = None
+        self._begin_done = False
         self._probe = placement.probe_for(keras.backend.backend())
         self._nvml = self._nvml or (NVML(self._lib) if self._lib is not None
                                     else PROCESS_FACTS.nvml())
@@ -298,7 +300,7 @@ class GPUWatch(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         monitor = self.monitor
-        if monitor is None:
+        if monitor is None or self._begin_done:
             return
         monitor.batch_begin(batch)
         if self.config.check_placement and monitor.in_first_step:
@@ -308,7 +310,10 @@ class GPUWatch(keras.callbacks.Callback):
         monitor = self.monitor
         if monitor is None:
             return
-        self._after_steps(monitor.batch_end(batch, logs), logs)
+        # Once step 0 is acted on and the loop clock times the steps, only an idle stretch is
+        # left to act on here: a look at one attribute per batch.
+        if not self._begin_done or monitor.idle_happened:
+            self._after_steps(monitor.batch_end(batch, logs), logs)
         if self._live is not None and logs is not None:
             for key, value in self._live.values.items():
                 logs.setdefault(key, value)  # never overwrite what another callback put there
@@ -369,6 +374,8 @@ class GPUWatch(keras.callbacks.Callback):
             self._act_on_idle(event)
 
     def _after_first_step(self, logs) -> None:
+        # From now on the begin hook has nothing to do where the loop clock times the steps.
+        self._begin_done = self.monitor.loop_clock.attached
         report = None
         if self.config.check_placement:
             try:

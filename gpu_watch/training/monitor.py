@@ -214,6 +214,11 @@ class Monitor:
         """Whether step 0 (the one that compiles) has not ended yet."""
         return self.timeline.first_step_end_s is None
 
+    @property
+    def idle_happened(self) -> bool:
+        """Whether an idle stretch lasted `idle_patience_s` (taken or not): cheap to ask."""
+        return self.timeline.idle_event is not None
+
     def take_idle_event(self) -> IdleEvent | None:
         """The idle stretch that lasted `idle_patience_s`, the first time it is asked for after
         it happened (it is acted on once per run); None otherwise."""

@@ -314,6 +314,18 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
             "finish") in summary_text(run)
 
 
+def test_a_ctrl_c_that_code_inside_fit_swallowed_still_ends_training(tmp_path):
+    # The child's callback catches the first KeyboardInterrupt that lands in its sleep, where
+    # it spends most of each batch: the signal sent again half a second later ends training.
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
+                                "0.05", "--started-after", "10", "--swallow-first-interrupt")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr, stderr[-3000:]
+    run = load_run(run_dir)
+    assert run.status == "interrupted" and 1 < len(run.batches) < 100
+
+
 def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):
     def batches():
         for i in range(100):
@@ -592,6 +604,7 @@ def test_a_noted_ctrl_c_is_delivered_again_once(monkeypatch, python_s_sigint_han
     and leaves the KeyboardInterrupt to a delivery from outside its frame, exactly once."""
     delivered = []
     monkeypatch.setattr(watchdog_module, "_interrupt_main", lambda: delivered.append("SIGINT"))
+    monkeypatch.setattr(watchdog_module, "_later", lambda *call: None)  # no timer runs
 
     watchdog = FitWatchdog()
     watchdog.watch(sys._getframe())  # this test's frame stands for fit's
@@ -621,3 +634,41 @@ def test_a_noted_ctrl_c_is_delivered_again_once(monkeypatch, python_s_sigint_han
     closed._redeliver()
     closed.deliver_pending_interrupt()
     assert delivered == ["SIGINT"]
+
+
+def test_a_keyboard_interrupt_lost_inside_fit_is_sent_again_at_most_twice(
+        monkeypatch, python_s_sigint_handler):
+    """Driven directly: where the KeyboardInterrupt did not end `fit` (code inside it caught
+    it), the signal goes again 0.5 s later, and once more, while the same `fit` runs."""
+    delivered, timers = [], []
+    monkeypatch.setattr(watchdog_module, "_interrupt_main", lambda: delivered.append("SIGINT"))
+    monkeypatch.setattr(watchdog_module, "_later", lambda *call: timers.append(call))
+    watchdog = FitWatchdog()
+    watchdog.watch(sys._getframe())  # this test's frame stands for fit's: still running
+    watchdog._on_sigint(signal.SIGINT, None)
+    assert timers == [(0.05, watchdog._redeliver)]
+    watchdog._redeliver()
+    assert delivered == ["SIGINT"] and timers[1:] == [(0.5, watchdog._retry, 1)]
+    watchdog._retry(1)
+    assert delivered == ["SIGINT"] * 2 and timers[2:] == [(0.5, watchdog._retry, 2)]
+    watchdog._retry(2)  # the third time in all: the last
+    assert delivered == ["SIGINT"] * 3 and len(timers) == 3
+
+    # The KeyboardInterrupt ended fit and the run closed: nothing more is sent.
+    closed = FitWatchdog()
+    closed.watch(sys._getframe())
+    closed._on_sigint(signal.SIGINT, None)
+    closed._redeliver()
+    closed.release()
+    closed._retry(1)
+    assert delivered == ["SIGINT"] * 4 and len(timers) == 5
+
+    # Fit left the stack (the frame watched is not on it) before the run closed: nothing either.
+    left = FitWatchdog()
+    left.watch(_finished_frame())
+    left._retry(1)
+    assert delivered == ["SIGINT"] * 4
+
+
+def _finished_frame():
+    return sys._getframe()  # returned: on no stack any more

@@ -301,6 +301,7 @@ class Monitor:
             if self._finished:
                 return
             self._finished = True
+        self.watchdog.release()  # first: a Ctrl-C still being sent again stops here
         try:
             self._close(status, error)
         finally:
@@ -330,7 +331,6 @@ class Monitor:
         self._sampling_closed = True
         if self.stacks is not None:
             attempt(self.stacks.stop)
-        self.watchdog.release()
         attempt(self.watchdog.restore_sigint)
         with self._lock:
             self.status = status

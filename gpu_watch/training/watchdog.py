@@ -96,9 +96,7 @@ class FitWatchdog:
         self._previous_sigint = None
         with self._redelivery_lock:
             self._redelivery_due = True
-        again = threading.Timer(REDELIVER_S, self._redeliver)
-        again.daemon = True
-        again.start()
+        _later(REDELIVER_S, self._redeliver)
 
     def deliver_pending_interrupt(self) -> None:
         """Raise the KeyboardInterrupt of a Ctrl-C not yet delivered again (`fit` ended within
@@ -110,6 +108,18 @@ class FitWatchdog:
         # A second Ctrl-C may have ended `fit` already: one KeyboardInterrupt is enough.
         if self._take_redelivery() and not self.fit_left():
             _interrupt_main()
+            _later(RETRY_S, self._retry, 1)
+
+    def _retry(self, tries: int) -> None:
+        """The KeyboardInterrupt was raised `RETRY_S` ago and the same `fit` still runs: raised
+        inside code that catches every exception, it was lost there. Keras' `pythonify_logs`,
+        run in every batch hook, does so around turning each log value into a float, where a
+        step's result is waited for. Send it again, at most `REDELIVER_TRIES` times in all."""
+        if self._watched is None or self.fit_left():  # it ended `fit`: the run is closing
+            return
+        _interrupt_main()
+        if tries + 1 < REDELIVER_TRIES:
+            _later(RETRY_S, self._retry, tries + 1)
 
     def _take_redelivery(self) -> bool:
         with self._redelivery_lock:
@@ -120,6 +130,17 @@ class FitWatchdog:
 # How long after Ctrl-C the signal is delivered again (see `FitWatchdog._on_sigint`): ample
 # time for the handler's frame to return, short next to a person's reaction.
 REDELIVER_S = 0.05
+# How long after that a `fit` that still runs has lost its KeyboardInterrupt, and how many times
+# in all the signal is sent (see `FitWatchdog._retry`): a second Ctrl-C, pressed for the user.
+RETRY_S = 0.5
+REDELIVER_TRIES = 3
+
+
+def _later(seconds: float, function: Any, *args: Any) -> None:
+    """Call `function(*args)` on a daemon thread, `seconds` from now."""
+    timer = threading.Timer(seconds, function, args)
+    timer.daemon = True
+    timer.start()
 
 
 def _interrupt_main() -> None:

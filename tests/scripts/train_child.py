@@ -1,10 +1,12 @@
 """Train a tiny model with GPUWatch in a child process, for tests that signal or kill it.
 
 Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--batches N]
-    [--sleep SECONDS] [--started-after N] [--verbose]
+    [--sleep SECONDS] [--started-after N] [--verbose] [--swallow-first-interrupt]
 Prints "STARTED <run dir>" once the first `--started-after` batches (default 1) ended, and
 trains `--batches` batches an epoch (default 8); `--sleep` slows each batch; `--verbose` lets
-GPUWatch print its summary line.
+GPUWatch print its summary line; `--swallow-first-interrupt` catches the first
+KeyboardInterrupt that lands in that sleep and trains on, as code that catches every exception
+does (Keras' `pythonify_logs`, in every batch hook).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--started-after", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--swallow-first-interrupt", action="store_true")
     args = parser.parse_args()
 
     watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False,
@@ -41,7 +44,13 @@ def main() -> None:
             if batch + 1 == args.started_after and self.params.get("started") is None:
                 self.params["started"] = True
                 print(f"STARTED {watch.run_dir}", flush=True)
-            time.sleep(args.sleep)
+            try:
+                time.sleep(args.sleep)
+            except KeyboardInterrupt:
+                if not args.swallow_first_interrupt or self.params.get("swallowed"):
+                    raise
+                self.params["swallowed"] = True
+                print("SWALLOWED", file=sys.stderr, flush=True)
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")

@@ -273,10 +273,26 @@ def test_run_json_is_replaced_atomically(tmp_path, monkeypatch):
 # -- interruptions --------------------------------------------------------------------------
 
 
+_children: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """A test that failed while its child trained on (a lost signal) must not leave it
+    running: it would slow every test after it."""
+    yield
+    while _children:
+        proc = _children.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def start_child(log_dir, *args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     proc = subprocess.Popen([sys.executable, str(CHILD), str(log_dir), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _children.append(proc)
     line = proc.stdout.readline()
     assert line.startswith("STARTED"), proc.stderr.read()
     return proc, Path(line.split(" ", 1)[1].strip())

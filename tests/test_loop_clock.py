@@ -962,3 +962,40 @@ def test_steps_timed_from_the_device_side_go_on_in_the_same_bunches():
     outputs[67].done = True
     assert c.settle(1.0) and [s.last_batch for s in steps[67:]] == [67]
     c.close()
+
+
+def test_a_second_epoch_on_the_device_side_numbers_on_from_the_first():
+    device = _Device()
+    c, steps = looked_at(device)
+    for epoch_start in (0.0, 10.0):
+        c.epoch_begin(epoch_start)
+        for batch in range(3):
+            out = _Outputs()
+            c.begin(batch, epoch_start + batch)
+            c.end(batch, epoch_start + batch + 0.5, out)
+            out.done, device.t = True, epoch_start + batch + 0.75
+        assert c.settle(10.0)
+    c.close()
+    assert [(s.last_batch, s.end_s) for s in steps] == [
+        (0, 0.75), (1, 1.75), (2, 2.75), (0, 10.75), (1, 11.75), (2, 12.75)]
+
+
+def test_every_fetch_a_device_step_waited_for_counts():
+    """Two fetches while the device sat idle (a step of two batches): both are its wait."""
+    device = _Device()
+    c, steps = looked_at(device)
+    c.epoch_begin(0.0)
+    first = _Outputs()
+    c.begin(0, 0.0)
+    c.end(0, 0.25, first)
+    first.done, device.t = True, 0.5
+    c.fetch_begins()  # found done: the device is free from 0.5
+    c.fetched(0.5, 1.0)
+    c.fetched(1.0, 1.25)
+    c.begin(1, 1.25)
+    second = _Outputs(done=True)
+    device.t = 2.0
+    c.end(2, 1.5, second)
+    assert c.settle(10.0)
+    c.close()
+    assert steps[-1].wait_s == 0.75

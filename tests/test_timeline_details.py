@@ -439,7 +439,7 @@ def test_the_counters_split_a_sampled_loop_with_a_measured_wait_by_the_share():
 def test_a_bunch_of_steps_counts_as_each_of_them_would_alone():
     """The loop clock hands steps on in bunches: every figure is what the same steps added one
     at a time give (rows, last end, the epoch's loop, the run's, every step's)."""
-    steps = [Step(0, 0, 0.0, 1.0, None, None),
+    steps = [Step(0, 0, 0.0, 1.0, 0.125, None, compute_s=0.5, other_s=0.375),
              Step(1, 1, 1.5, 2.5, 0.25, None, compute_s=0.75, other_s=0.25,
                   measure="fetch_timed"),
              Step(2, 3, 2.75, 3.0, None, None, other_s=None),
@@ -450,12 +450,20 @@ def test_a_bunch_of_steps_counts_as_each_of_them_would_alone():
     for step in steps:
         alone.add_batch(0, step.last_batch, step.steps, step.begin_s, step.end_s,
                         step.wait_s, step.compute_s, step.other_s, step.measure)
-    assert bunched.run_loop() == alone.run_loop() == LoopTotals(5, 2.25, 0.375, 0.75, None)
+    # Every step's counts take step 0's timed compute, wait and time elsewhere.
+    assert bunched.run_loop() == alone.run_loop() == LoopTotals(5, 1.75, 0.5, 1.125, None)
     assert bunched.run_wait() == alone.run_wait()
     assert bunched.end_epoch(4.0).loop == alone.end_epoch(4.0).loop == Loop(
         batches=3, steps=4, step_s=1.25, wait_s=0.375, other_s=0.75, timed=2,
         measure="ready_timed")
-    assert bunched.drain(final=True)[1] == alone.drain(final=True)[1]
+    # Readings at distinct moments: each row's utilization is that of its own span.
+    for t, util in ((0.5, 10.0), (2.0, 20.0), (2.9, 30.0), (3.25, 40.0)):
+        bunched.add_readings([reading(t, util)])
+        alone.add_readings([reading(t, util)])
+    rows = bunched.drain(final=True)[1]
+    assert rows == alone.drain(final=True)[1]
+    assert [r["gpu0_util_pct"] for r in rows] == [10.0, 20.0, 30.0, 40.0]
+    assert [r["step_s"] for r in rows] == [0.5, 0.75, 0.25, 0.25]
     assert bunched._last_batch_end_s == alone._last_batch_end_s == 3.5
 
 

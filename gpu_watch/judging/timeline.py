@@ -175,10 +175,9 @@ class Timeline:
     def _add_steps(self, steps: Sequence[Step]) -> Step | None:
         first = None
         if steps and self.first_step_end_s is None:
-            first = steps[0]
+            first = steps[0]  # step 0: in no loop's counts, so its measure counts for nothing
             self.add_batch(self._epoch_number, first.last_batch, first.steps, first.begin_s,
-                           first.end_s, first.wait_s, first.compute_s, first.other_s,
-                           first.measure)
+                           first.end_s, first.wait_s, first.compute_s, first.other_s)
             steps = steps[1:]
         if not steps:
             return first

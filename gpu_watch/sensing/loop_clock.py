@@ -100,9 +100,9 @@ class LoopClock:
         self._watcher: threading.Thread | None = None
         self._issued = 0  # numbers given to dispatched steps and epoch begins, in order
         # The newest dispatched step, which the training thread looks at itself; None when
-        # there is none. The thread that runs the loop (its ident) holds it.
+        # there is none. The thread that runs the loop holds it: its ident, set with the first.
         self._pending: _Dispatched | None = None
-        self._loop_thread: int | None = None
+        self._loop_thread = None
         self._last_fetch_s = 0.0  # how long the last fetch took
         # What either thread timed: number -> (step or epoch begin, when its outputs existed).
         # The training thread turns them into steps in order (`_drain`), and the timeline is

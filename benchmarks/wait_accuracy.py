@@ -23,6 +23,7 @@ Usage:
     python benchmarks/wait_accuracy.py               # every backend installed, a table
     python benchmarks/wait_accuracy.py --busy        # the same, with one core kept busy
     python benchmarks/wait_accuracy.py --backends jax --inputs arrays generator
+    python benchmarks/wait_accuracy.py --markdown    # also the table as docs/judging.md has it
 """
 
 from __future__ import annotations
@@ -292,11 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the table as docs/judging.md shows it")
+    parser.add_argument("--from-json", help="print the table of rows written by --json, "
+                        "without fitting anything")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--log-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print("ROWS " + json.dumps(_child(args.child, args.inputs, args.log_dir)))
+        return 0
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        print("\n".join(markdown_table(rows)))
         return 0
     hog = multiprocessing.Process(target=_busy, daemon=True) if args.busy else None
     if hog is not None:
@@ -343,7 +352,38 @@ def main(argv: list[str] | None = None) -> int:
           + (" with one core kept busy" if args.busy else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.markdown:
+        print()
+        print("\n".join(markdown_table(rows)))
     return 0
+
+
+INPUT_NAMES = {"arrays": "arrays", "tf_data": "`tf.data`, slow `map`", "generator": "generator",
+               "py_dataset_0": "`PyDataset`, `workers=0`",
+               "py_dataset_4": "`PyDataset`, `workers=4`",
+               "torch_dataloader": "torch `DataLoader`",
+               "slow_callback": "arrays + slow callback"}
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The rows as docs/judging.md shows them."""
+    lines = ["| backend | input | aim | measure | true wait, epochs 1, 2 | reported | run: true "
+             "| run: reported | within |", "| --- " * 9 + "|"]
+
+    def pair(values: list) -> str:
+        return _cells(values).replace(" ", " / ", 1) if len(values) == 2 else _cells(values)
+
+    for row in rows:
+        truth, reported = pair(row["truth"]), pair(row["reported"])
+        if row["figure"] == "other":
+            truth += " (of the time: the callback's)"
+            reported += f" elsewhere; wait {pair(row['data_wait'])}"
+        run_reported = "-" if row["run_reported"] is None else f"{row['run_reported']:.2f}"
+        within = {"ok": "ok", "FAIL": "no"}.get(_judge(row), "n/a")
+        lines.append(f"| {row['backend']} | {INPUT_NAMES[row['input']]} | {row['target']:.0%} | "
+                     f"`{row['measure']}` | {truth} | {reported} | {row['run_truth']:.2f} | "
+                     f"{run_reported} | {within} |")
+    return lines
 
 
 if __name__ == "__main__":

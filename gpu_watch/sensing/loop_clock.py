@@ -48,8 +48,8 @@ SETTLE_POLL_S = 0.001  # how often `LoopClock.settle` looks whether the device's
 # A fetch at least this long: the fetches after it hand the device's running step to the waiting
 # thread as they start (the step's end falls inside them, and a look after one would be late).
 SLOW_FETCH_S = 0.001
-# Steps timed from the device's side are handed on once this many wait, or this long (the
-# clock's seconds) after the last hand-on, whichever comes first (see `LoopClock.end`).
+# Steps are handed on to the sink once this many wait, or this long (the clock's seconds) after
+# the last hand-on, whichever comes first; an epoch's first step at once (see `LoopClock.end`).
 DRAIN_STEPS = 64
 DRAIN_S = 0.05
 

@@ -172,26 +172,29 @@ class Timeline:
         with self._pairing_lock:
             return self._add_steps(steps)
 
-    def _add_steps(self, steps: Sequence[Step]) -> Step | None:
+    def _add_steps(self, steps: Sequence[Step], epoch: int | None = None) -> Step | None:
+        """Record `steps` (of the open epoch, or of `epoch`) in order: a row each, and their
+        loop figures counted once per bunch (the clock hands steps on in bunches, and this runs
+        for every step of the training). Step 0 is in no loop's counts but the counters' sums:
+        it compiles, and its measure counts for nothing. Return step 0 when it is one of them."""
+        epoch = self._epoch_number if epoch is None else epoch
         first = None
         if steps and self.first_step_end_s is None:
-            first = steps[0]  # step 0: in no loop's counts, so its measure counts for nothing
-            self.add_batch(self._epoch_number, first.last_batch, first.steps, first.begin_s,
-                           first.end_s, first.wait_s, first.compute_s, first.other_s)
+            first = steps[0]
+            self._every_step.add_batch(first.steps, self._row(epoch, first), first.wait_s,
+                                       first.other_s)
+            with self._lock:
+                self.first_step_s = first.end_s - first.begin_s
+                self.first_step_end_s = first.end_s
+                if self._open is not None:
+                    self._open.first_step_s = self.first_step_s
             steps = steps[1:]
         if not steps:
             return first
-        # What `add_batch` does for each, with the loop's counts summed over the bunch first:
-        # the clock hands steps on in bunches, and this runs for every step of the training.
         bunch = Loop()
-        epoch, rows, last_end = self._epoch_number, self._batches, self._last_batch_end_s
         for step in steps:
-            compute = step.step_s
-            rows.append(_BatchRow(epoch, step.last_batch, step.steps, step.begin_s, step.end_s,
-                                  compute, step.wait_s, step.other_s))
-            last_end = max(last_end, step.end_s)
-            bunch.add_batch(step.steps, compute, step.wait_s, step.other_s, step.measure)
-        self._last_batch_end_s = last_end
+            bunch.add_batch(step.steps, self._row(epoch, step), step.wait_s, step.other_s,
+                            step.measure)
         self._every_step.add_loop(bunch)
         span = self._open
         if span is not None:
@@ -199,29 +202,23 @@ class Timeline:
         self._run_loop.add_loop(bunch)
         return first
 
+    def _row(self, epoch: int, step: Step) -> float:
+        """Add `step`'s `batches.csv` row; return its compute."""
+        compute = step.step_s
+        self._batches.append(_BatchRow(epoch, step.last_batch, step.steps, step.begin_s,
+                                       step.end_s, compute, step.wait_s, step.other_s))
+        self._last_batch_end_s = max(self._last_batch_end_s, step.end_s)
+        return compute
+
     def add_batch(self, epoch: int, batch: int, steps: int, begin_s: float, end_s: float,
                   wait_s: float | None, compute_s: float | None = None,
                   other_s: float | None = None, measure: str | None = None) -> None:
-        """Record one batch hook's timing (seconds since training started): the step from
-        `begin_s` to `end_s`, its compute (default all of it), its measured wait for data
-        (None when not measured) and the time since the step before spent elsewhere (see
-        `steps.Step`). Cheap: no lock but the first time."""
-        compute = end_s - begin_s if compute_s is None else compute_s
-        self._batches.append(_BatchRow(epoch, batch, steps, begin_s, end_s, compute, wait_s,
-                                       other_s))
-        self._last_batch_end_s = max(self._last_batch_end_s, end_s)
-        self._every_step.add_batch(steps, compute, wait_s, other_s)  # the measure is run_wait's
-        span = self._open
-        if self.first_step_end_s is None:
-            with self._lock:
-                self.first_step_s = end_s - begin_s
-                self.first_step_end_s = end_s
-                if span is not None:
-                    span.first_step_s = self.first_step_s
-            return
-        if span is not None:
-            span.loop.add_batch(steps, compute, wait_s, other_s, measure)
-        self._run_loop.add_batch(steps, compute, wait_s, other_s, measure)
+        """Record one batch hook's timing (seconds since training started): the `steps` steps
+        up to `batch`, from `begin_s` to `end_s`, their compute (default all of it), their
+        measured wait for data (None when not measured) and the time since the row before
+        spent elsewhere (see `steps.Step`). Cheap: no lock but the first time."""
+        self._add_steps((Step(batch - steps + 1, batch, begin_s, end_s, wait_s, None, compute_s,
+                              other_s, measure),), epoch)
 
     def add_data_tick(self, fetching: bool, producing: bool = False) -> None:
         """Count one sampler tick inside the training loop (an epoch open, after its first

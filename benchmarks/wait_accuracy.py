@@ -64,11 +64,20 @@ ZERO_TOLERANCE = 0.05
 # -- the child: one backend -------------------------------------------------------------------
 
 
-def _child(backend: str, inputs: list[str], log_dir: str) -> list[dict]:
+def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False) -> list[dict]:
     import statistics
 
     import keras
     import numpy as np
+
+    if busy and backend == "torch":
+        # torch's intra-op threads, one per core by default, fight the busy loop: each op waits
+        # at a barrier for the thread that shares its core, and an epoch without any sleep took
+        # 11-15 s against 1.6 s quiet. As PyTorch advises on a shared machine, one thread per
+        # core left free.
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
     from gpu_watch import GPUWatch, load_run
 
@@ -357,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("ROWS " + json.dumps(_child(args.child, args.inputs, args.log_dir)))
+        print("ROWS " + json.dumps(_child(args.child, args.inputs, args.log_dir, args.busy)))
         return 0
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())
@@ -376,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                    os.environ.get("PYTHONPATH")]))}
                 done = subprocess.run(
                     [sys.executable, __file__, "--child", backend, "--log-dir", log_dir,
-                     "--inputs", *args.inputs], env=env, capture_output=True, text=True,
+                     *(["--busy"] if args.busy else []), "--inputs", *args.inputs], env=env,
+                    capture_output=True, text=True,
                     check=False)
                 lines = [x for x in done.stdout.splitlines() if x.startswith("ROWS ")]
                 if done.returncode or not lines:

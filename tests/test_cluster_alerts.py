@@ -27,6 +27,9 @@ RULES = ROOT / "deploy" / "prometheus" / "gpu-watch-rules.yml"
 # The documented shortening: every 5-minute window to 4 s, every hold to 1 s.
 SHORTEN = r"s/\[5m\]/[4s]/g; s/for: [0-9]+m/for: 1s/"
 STEPS = 40
+# The balanced pair trains as long as the straggler pair (40 steps of 0.35 s): 40 steps of 0.1 s
+# left Prometheus, on a loaded machine, too few scrapes of one rank to rate its wait.
+BALANCED_STEPS = 120
 COMPUTE_S = 0.1  # each step's own work, on every rank
 SLOW_INPUT_S = 0.25  # the slow rank's input per batch: it waits most of its loop
 TIMEOUT_S = 240
@@ -41,7 +44,7 @@ def api(base: str, path: str, **params) -> dict:
 
 
 def start_pair(log_dir: Path, logs: Path, name: str, job_id: str, port: int,
-               delays: str) -> list[subprocess.Popen]:
+               delays: str, steps: int = STEPS) -> list[subprocess.Popen]:
     """Two workers of one job, with the environment torchrun gives its workers."""
     import os
 
@@ -55,7 +58,7 @@ def start_pair(log_dir: Path, logs: Path, name: str, job_id: str, port: int,
                 (logs / f"{name}{rank}.err").open("w") as err:
             workers.append(subprocess.Popen(
                 [sys.executable, str(SCRIPT), "torch_worker", str(log_dir), str(port),
-                 str(STEPS), str(COMPUTE_S), delays],
+                 str(steps), str(COMPUTE_S), delays],
                 cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                 stdout=out, stderr=err))
     return workers
@@ -88,7 +91,8 @@ def test_the_straggler_alert_names_the_slow_rank_and_a_balanced_pair_raises_none
     log_dir = tmp_path / "runs"
     workers = (start_pair(log_dir, tmp_path, "straggler", straggler_job, straggler_port,
                           f"0,{SLOW_INPUT_S}")
-               + start_pair(log_dir, tmp_path, "balanced", balanced_job, balanced_port, "0,0"))
+               + start_pair(log_dir, tmp_path, "balanced", balanced_job, balanced_port, "0,0",
+                            BALANCED_STEPS))
     seen: dict[str, set[tuple[str, str, str]]] = {straggler_job: set(), balanced_job: set()}
     balanced_ranks_rated: set[str] = set()
 

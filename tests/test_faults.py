@@ -342,6 +342,22 @@ def test_a_ctrl_c_that_code_inside_fit_swallowed_still_ends_training(tmp_path):
     assert run.status == "interrupted" and 1 < len(run.batches) < 100
 
 
+def test_a_ctrl_c_whose_every_keyboard_interrupt_was_swallowed_stops_fit_and_raises(tmp_path):
+    # The child's callback catches every KeyboardInterrupt that lands in its sleep, as Keras'
+    # `pythonify_logs` can on a loaded machine, where a batch hook waits for the step most of
+    # the time: after the third, fit stops at the end of its batch and raises the
+    # KeyboardInterrupt as it returns. The sleep is the batch but for a millisecond or two, so
+    # each lands there (one that lands in the step ends training by itself).
+    proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
+                                "0.2", "--started-after", "5", "--swallow-every-interrupt")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr, stderr[-3000:]
+    assert "DONE" not in stdout and stderr.count("SWALLOWED") <= 3, stderr[-3000:]
+    run = load_run(run_dir)
+    assert run.status == "interrupted" and 5 <= len(run.batches) < 100
+
+
 def test_a_failing_data_generator_closes_the_run_as_failed(tmp_path):
     def batches():
         for i in range(100):
@@ -652,15 +668,17 @@ def test_a_noted_ctrl_c_is_delivered_again_once(monkeypatch, python_s_sigint_han
     assert delivered == ["SIGINT"]
 
 
-def test_a_keyboard_interrupt_lost_inside_fit_is_sent_again_at_most_twice(
+def test_a_keyboard_interrupt_lost_inside_fit_is_sent_again_twice_then_fit_is_stopped(
         monkeypatch, python_s_sigint_handler):
     """Driven directly: where the KeyboardInterrupt did not end `fit` (code inside it caught
-    it), the signal goes again 0.5 s later, and once more, while the same `fit` runs."""
-    delivered, timers = [], []
+    it), the signal goes again 0.5 s later, and once more, while the same `fit` runs; 0.5 s
+    after the third, `fit` is stopped and the KeyboardInterrupt raised as it returns."""
+    delivered, timers, stopped = [], [], []
     monkeypatch.setattr(watchdog_module, "_interrupt_main", lambda: delivered.append("SIGINT"))
     monkeypatch.setattr(watchdog_module, "_later", lambda *call: timers.append(call))
     watchdog = FitWatchdog()
-    watchdog.watch(sys._getframe())  # this test's frame stands for fit's: still running
+    # This test's frame stands for fit's: still running.
+    watchdog.watch(sys._getframe(), lambda: stopped.append("stop"))
     watchdog._on_sigint(signal.SIGINT, None)
     assert timers == [(0.05, watchdog._redeliver)]
     watchdog._redeliver()
@@ -668,7 +686,13 @@ def test_a_keyboard_interrupt_lost_inside_fit_is_sent_again_at_most_twice(
     watchdog._retry(1)
     assert delivered == ["SIGINT"] * 2 and timers[2:] == [(0.5, watchdog._retry, 2)]
     watchdog._retry(2)  # the third time in all: the last
-    assert delivered == ["SIGINT"] * 3 and len(timers) == 3
+    assert delivered == ["SIGINT"] * 3 and timers[3:] == [(0.5, watchdog._retry, 3)]
+    assert stopped == []
+    watchdog._retry(3)  # lost too: fit is stopped, and raises as it returns
+    assert delivered == ["SIGINT"] * 3 and len(timers) == 4 and stopped == ["stop"]
+    with pytest.raises(KeyboardInterrupt):
+        watchdog.deliver_pending_interrupt()
+    watchdog.deliver_pending_interrupt()  # once
 
     # The KeyboardInterrupt ended fit and the run closed: nothing more is sent.
     closed = FitWatchdog()
@@ -677,13 +701,14 @@ def test_a_keyboard_interrupt_lost_inside_fit_is_sent_again_at_most_twice(
     closed._redeliver()
     closed.release()
     closed._retry(1)
-    assert delivered == ["SIGINT"] * 4 and len(timers) == 5
+    assert delivered == ["SIGINT"] * 4 and len(timers) == 6
 
     # Fit left the stack (the frame watched is not on it) before the run closed: nothing either.
     left = FitWatchdog()
-    left.watch(_finished_frame())
+    left.watch(_finished_frame(), lambda: stopped.append("stop"))
     left._retry(1)
-    assert delivered == ["SIGINT"] * 4
+    left._retry(3)
+    assert delivered == ["SIGINT"] * 4 and stopped == ["stop"]
 
 
 def _finished_frame():

@@ -274,7 +274,7 @@ class GPUWatch(keras.callbacks.Callback):
                  site=self._site)
         if self.verbose:  # a run closed without `on_train_end` (Ctrl-C, an error) still says so
             self.monitor.on_close = _print_summary
-        self.monitor.watch_thread(frame.value)
+        self.monitor.watch_thread(frame.value, self._stop_training)
         self._time_loop(frame.value)
         # Wrapped over the loop clock's wrappers, and taken off before them (`on_train_end`,
         # `_fit_raised`): each puts back what it found.
@@ -456,6 +456,10 @@ class GPUWatch(keras.callbacks.Callback):
                        else runlog.STATUS_FAILED, error)
         if self._line is not None:
             self._line.stop()
+
+    def _stop_training(self) -> None:
+        """End `fit` at the end of its batch (Keras looks after each one)."""
+        self._model.stop_training = True
 
     def _unwatch_fit(self) -> None:
         """Take off what `keras_internals.on_fit_error` wrapped: the model and a callback list

@@ -168,10 +168,12 @@ class Monitor:
         """Seconds since the run started (the time axis of every file)."""
         return self.clock() - self.t0
 
-    def watch_thread(self, frame: Any) -> None:
+    def watch_thread(self, frame: Any, stop: Any = None) -> None:
         """Close the run as `failed`/`interrupted` if `frame` (the `fit` call on the current
-        thread) leaves the stack without `finish` being called (see `watchdog.FitWatchdog`)."""
-        self.watchdog.watch(frame)
+        thread) leaves the stack without `finish` being called; `stop` ends that `fit` at the
+        end of its batch, where a Ctrl-C's KeyboardInterrupt was swallowed inside it (see
+        `watchdog.FitWatchdog`)."""
+        self.watchdog.watch(frame, stop)
 
     def time_loop(self, detach: Any, look: Any = None) -> None:
         """The loop is timed on the training thread (`loop_clock` gets the stamps); `detach`

@@ -6,7 +6,10 @@ call and its thread; the sampler thread asks it on each tick whether that frame 
 thread's stack, so the run is closed, as `failed` or `interrupted`, within one tick of the end.
 To tell those two apart it wraps the SIGINT handler of the main thread, noting a Ctrl-C before
 passing it on (Python's own handler is put back and the signal delivered again, so that the
-traceback ends in the code that was interrupted, not in gpu-watch).
+traceback ends in the code that was interrupted, not in gpu-watch). A KeyboardInterrupt that
+code inside `fit` swallowed is sent again; where every one was swallowed, `fit` is stopped at
+the end of its batch and the KeyboardInterrupt raised as it returns: a Ctrl-C always ends
+training.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -27,14 +31,18 @@ class FitWatchdog:
         self.interrupted = False
         self._redelivery_lock = threading.Lock()
         self._redelivery_due = False  # a Ctrl-C noted, not yet delivered again
+        self._stop: Callable[[], None] | None = None  # ends the watched `fit` at a batch's end
 
-    def watch(self, frame: Any) -> None:
-        """Watch `frame`, the `fit` call running on the current thread. Without a frame (hooks
-        called directly), nothing is watched and only the end of the interpreter closes an
-        unfinished run. On the main thread, SIGINT is wrapped until `restore_sigint`."""
+    def watch(self, frame: Any, stop: Callable[[], None] | None = None) -> None:
+        """Watch `frame`, the `fit` call running on the current thread; `stop` (any thread)
+        ends it at the end of its batch, where every KeyboardInterrupt sent was swallowed.
+        Without a frame (hooks called directly), nothing is watched and only the end of the
+        interpreter closes an unfinished run. On the main thread, SIGINT is wrapped until
+        `restore_sigint`."""
         if frame is None:
             return
         self._watched = (threading.get_ident(), frame)
+        self._stop = stop
         if threading.current_thread() is threading.main_thread():
             installed = signal.getsignal(signal.SIGINT)
             previous = _unwrapped(installed)
@@ -69,6 +77,7 @@ class FitWatchdog:
         A Ctrl-C not yet delivered again is dropped: the run closes because `fit` has ended,
         by that Ctrl-C (pressed twice) or with its KeyboardInterrupt already raised."""
         self._watched = None
+        self._stop = None
         self._take_redelivery()
 
     def restore_sigint(self) -> None:
@@ -114,12 +123,19 @@ class FitWatchdog:
         """The KeyboardInterrupt was raised `RETRY_S` ago and the same `fit` still runs: raised
         inside code that catches every exception, it was lost there. Keras' `pythonify_logs`,
         run in every batch hook, does so around turning each log value into a float, where a
-        step's result is waited for. Send it again, at most `REDELIVER_TRIES` times in all."""
+        step's result is waited for (most of the time, on a loaded machine). Send it again,
+        `REDELIVER_TRIES` times in all; after the last, stop `fit` at the end of its batch and
+        have `deliver_pending_interrupt` raise the KeyboardInterrupt as it returns."""
+        stop = self._stop
         if self._watched is None or self.fit_left():  # it ended `fit`: the run is closing
             return
-        _interrupt_main()
-        if tries + 1 < REDELIVER_TRIES:
+        if tries < REDELIVER_TRIES:
+            _interrupt_main()
             _later(RETRY_S, self._retry, tries + 1)
+        elif stop is not None:
+            with self._redelivery_lock:
+                self._redelivery_due = True
+            stop()
 
     def _take_redelivery(self) -> bool:
         with self._redelivery_lock:

@@ -1,12 +1,14 @@
 """Train a tiny model with GPUWatch in a child process, for tests that signal or kill it.
 
 Usage: python train_child.py LOG_DIR [--run-name NAME] [--epochs N] [--batches N]
-    [--sleep SECONDS] [--started-after N] [--verbose] [--swallow-first-interrupt]
+    [--sleep SECONDS] [--started-after N] [--verbose]
+    [--swallow-first-interrupt | --swallow-every-interrupt]
 Prints "STARTED <run dir>" once the first `--started-after` batches (default 1) ended, and
 trains `--batches` batches an epoch (default 8); `--sleep` slows each batch; `--verbose` lets
 GPUWatch print its summary line; `--swallow-first-interrupt` catches the first
 KeyboardInterrupt that lands in that sleep and trains on, as code that catches every exception
-does (Keras' `pythonify_logs`, in every batch hook).
+does (Keras' `pythonify_logs`, in every batch hook); `--swallow-every-interrupt` catches every
+one, where the sleep and the hook are the whole batch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--started-after", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--swallow-first-interrupt", action="store_true")
+    parser.add_argument("--swallow-every-interrupt", action="store_true")
     args = parser.parse_args()
 
     watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False,
@@ -47,9 +50,10 @@ def main() -> None:
             try:
                 time.sleep(args.sleep)
             except KeyboardInterrupt:
-                if not args.swallow_first_interrupt or self.params.get("swallowed"):
+                if not args.swallow_every_interrupt and (
+                        not args.swallow_first_interrupt or self.params.get("swallowed")):
                     raise
-                self.params["swallowed"] = True
+                self.params["swallowed"] = self.params.get("swallowed", 0) + 1
                 print("SWALLOWED", file=sys.stderr, flush=True)
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])

@@ -298,6 +298,17 @@ def start_child(log_dir, *args):
     return proc, Path(line.split(" ", 1)[1].strip())
 
 
+def interrupted_child_output(proc: subprocess.Popen, timeout_s: float = 60) -> tuple[str, str]:
+    """The stdout and stderr of a child sent Ctrl-C; one still training after `timeout_s` is
+    killed and fails the test with its stderr, where it wrote its threads' stacks at 50 s."""
+    try:
+        return proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"still training {timeout_s:.0f} s after Ctrl-C:\n{stderr[-6000:]}")
+
+
 def flushed_batch_rows(run_dir: Path) -> int:
     """The whole rows `batches.csv` holds so far (a flush may be under way)."""
     path = run_dir / "batches.csv"
@@ -310,7 +321,7 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
                                 "0.05", "--started-after", "10", "--verbose")
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = interrupted_child_output(proc)
     assert proc.returncode != 0
     run = load_run(run_dir)
     assert run.status == "interrupted"
@@ -336,7 +347,7 @@ def test_a_ctrl_c_that_code_inside_fit_swallowed_still_ends_training(tmp_path):
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
                                 "0.05", "--started-after", "10", "--swallow-first-interrupt")
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = interrupted_child_output(proc)
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr, stderr[-3000:]
     run = load_run(run_dir)
     assert run.status == "interrupted" and 1 < len(run.batches) < 100
@@ -351,7 +362,7 @@ def test_a_ctrl_c_whose_every_keyboard_interrupt_was_swallowed_stops_fit_and_rai
     proc, run_dir = start_child(tmp_path, "--epochs", "50", "--batches", "100", "--sleep",
                                 "0.2", "--started-after", "5", "--swallow-every-interrupt")
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = interrupted_child_output(proc)
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr, stderr[-3000:]
     assert "DONE" not in stdout and stderr.count("SWALLOWED") <= 3, stderr[-3000:]
     run = load_run(run_dir)

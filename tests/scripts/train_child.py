@@ -14,6 +14,7 @@ one, where the sleep and the hook are the whole batch.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import time
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--swallow-first-interrupt", action="store_true")
     parser.add_argument("--swallow-every-interrupt", action="store_true")
     args = parser.parse_args()
+    # A child that outlives its test's 60 s wait has its threads' stacks on stderr first.
+    faulthandler.dump_traceback_later(50, exit=False)
 
     watch = GPUWatch(log_dir=args.log_dir, run_name=args.run_name, plot=False,
                      verbose=int(args.verbose))

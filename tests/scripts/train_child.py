@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import os
+import signal
 import sys
 import time
 
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--swallow-first-interrupt", action="store_true")
     parser.add_argument("--swallow-every-interrupt", action="store_true")
     args = parser.parse_args()
+    # As in a terminal's foreground, where Ctrl-C reaches Python's own handler: a child of a
+    # test suite run as a background job inherits SIGINT ignored, and Ctrl-C would not exist.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # A child that outlives its test's 60 s wait has its threads' stacks on stderr first.
     faulthandler.dump_traceback_later(50, exit=False)
 

@@ -24,7 +24,7 @@ path (the problem runs are serial, so that is when the training waits), and a pl
 reports the first step on the GPU, as on a machine where the framework trains there. The time
 measures are real: Keras `fit`, the batch hooks and GPUWatch's sampler.
 
-It runs on the JAX backend (on the CPU), where Keras fetches every input on the training
+It runs on the torch backend (on the CPU), where Keras fetches every input on the training
 thread, as it does on a GPU; TensorFlow's `fit` wraps a generator in a prefetching `tf.data`
 pipeline, which already overlaps a cost under one step.
 
@@ -105,7 +105,7 @@ def fake_machine(gpus: int = 1) -> FakeNVML:
     # The fake's utilization is the state at the moment of the reading, not a period's mean:
     # its per-process samples would read only the busy moments (NVML has no sample of a
     # process that ran no kernels), so the device's figure, read at every tick, decides.
-    first.fail("process_utilization", pynvml.NVMLError_NotSupported)
+    first.fail("proc_util", pynvml.NVMLError_NotSupported)
     rest = [FakeGPU(util_pct=0.0, power_w=70.0) for _ in range(gpus - 1)]
     return FakeNVML([first, *rest])
 

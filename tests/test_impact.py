@@ -576,3 +576,29 @@ def test_a_wall_time_cost_reads_in_seconds_where_the_run_s_duration_is_unknown()
         "hooks would make it up to 1.5x faster.")
     assert impact_sentence("input_bound", impact, 4.0).startswith(
         "input_bound: training waited for data 50% of the run's time (2.0 of 4.0 s) with")
+
+
+def test_the_impact_benchmark_s_simulated_machines_build():
+    """`benchmarks/impact_check.py` runs for minutes and outside CI: the machines it simulates
+    are built here, so a renamed FakeNVML fault or figure fails the suite, not the benchmark."""
+    import importlib.util
+
+    import pynvml
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "impact_check.py"
+    spec = importlib.util.spec_from_file_location("impact_check", script)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(bench)
+        for gpus in (1, 4):
+            nvml = bench.fake_machine(gpus)
+            nvml.nvmlInit()
+            assert nvml.nvmlDeviceGetCount() == gpus
+            first = nvml.nvmlDeviceGetHandleByIndex(0)
+            with pytest.raises(pynvml.NVMLError_NotSupported):  # no per-process samples
+                nvml.nvmlDeviceGetProcessUtilization(first, 0)
+    finally:
+        sys.modules.pop(spec.name, None)

@@ -848,18 +848,87 @@ def test_a_jax_step_s_outputs_exist_when_its_first_array_of_logs_does():
     assert ready({"loss": 0.5}) is True and ready(None) is True  # nothing to wait for
 
 
-def test_a_tf_data_pipeline_has_no_fetch_to_time_and_says_why():
-    class TFDatasetAdapter:
-        pass
+def _tf_data(*steps):
+    """A tf.data pipeline of 32 rows in batches of 8, with `steps` (a name each) after its
+    source: "batch", "numpy" or "py" (a map of a `tf.numpy_function` or `tf.py_function`),
+    "prefetch", "shuffle"."""
+    import numpy as np
+    import tensorflow as tf
 
-    iterator = _EpochIterator(None)
-    iterator.data_adapter = TFDatasetAdapter()
-    c, _ = clock()
-    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
-                                                c, keras_internals.Attachment())
+    def same(x):
+        return x
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.arange(32, dtype="float32"))
+    for step in steps:
+        if step == "batch":
+            dataset = dataset.batch(8)
+        elif step in ("numpy", "py"):
+            call = tf.numpy_function if step == "numpy" else tf.py_function
+            dataset = dataset.map(lambda x, call=call: call(same, [x], tf.float32))
+        elif step == "prefetch":
+            dataset = dataset.prefetch(2)
+        else:
+            dataset = dataset.shuffle(4)
+    return dataset
+
+
+def _attach_to(dataset, validation=None):
+    from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
+
+    class EpochIterator:
+        def __init__(self):
+            self.data_adapter = TFDatasetAdapter(dataset)
+
+        def _get_iterator(self):
+            return self.data_adapter.get_tf_dataset()
+
+    iterator = EpochIterator()
+    c = LoopClock(_Ticking(), 0.0, lambda steps: None)
+    attachment = keras_internals.Attachment()
+    probed = keras_internals.attach_fetch_timer(
+        _Frame(epoch_iterator=iterator, validation_data=validation), "tensorflow", c,
+        attachment)
+    return probed, iterator, c, attachment
+
+
+@pytest.mark.parametrize("call", ["numpy", "py"])
+def test_a_python_function_mapped_over_batches_stamps_each_batch_as_it_returns(call):
+    probed, iterator, c, attachment = _attach_to(_tf_data("batch", call, "prefetch"))
+    assert probed.value == READY_TIMED == c.measure
+    c.ready(99.0)  # left over from an earlier pass: dropped when a new one starts
+    assert len(list(iterator._get_iterator())) == 4
+    assert list(c._ready) == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0)]  # (asked, ready)
+    attachment.detach()
+    assert "_get_iterator" not in vars(iterator)
+    c._ready.clear()
+    assert len(list(iterator._get_iterator())) == 4 and not c._ready  # the function as it was
+
+
+@pytest.mark.parametrize(("steps", "why"), [
+    (("batch",), "TensorFlow reads the TFDatasetAdapter's batches inside the step, out of "
+                 "Python's sight"),
+    (("numpy", "batch"), "the tf.data pipeline calls Python (pyfunc_"),  # once per element
+    (("batch", "numpy", "shuffle"), "the tf.data pipeline calls Python (pyfunc_"),
+    (("batch", "numpy", "py"), "the tf.data pipeline calls 2 Python functions (pyfunc_"),
+])
+def test_a_tf_data_pipeline_not_calling_python_once_per_batch_is_sampled_and_says_why(
+        steps, why):
+    probed, iterator, c, attachment = _attach_to(_tf_data(*steps))
     assert probed.value is None and c.measure is None  # the monitor samples stacks instead
-    assert probed.reason.startswith("data_fetch: TensorFlow reads the TFDatasetAdapter's "
-                                    "batches inside the step")
+    assert probed.reason.startswith(f"data_fetch: {why}")
+    assert probed.reason.endswith("the wait is sampled from the threads' stacks")
+    list(iterator._get_iterator())
+    assert not c._ready and "_get_iterator" not in vars(iterator)  # nothing was wrapped
+
+
+def test_a_python_function_that_validation_calls_too_is_not_taken_for_the_training_s():
+    dataset = _tf_data("batch", "numpy")
+    probed, _, c, _ = _attach_to(dataset, validation=dataset)
+    assert probed.value is None and c.measure is None
+    assert probed.reason.startswith("data_fetch: validation reads the same tf.data pipeline's "
+                                    "Python function (pyfunc_")
+    probed, _, c, _ = _attach_to(dataset, validation=_tf_data("batch", "numpy"))
+    assert probed.value == READY_TIMED  # a pipeline of its own: its own function
 
 
 def test_a_generator_behind_tf_data_stamps_each_batch_as_it_leaves():

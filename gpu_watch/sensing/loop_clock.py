@@ -10,11 +10,13 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 
 - on JAX and torch the training thread pulls each batch from the epoch's iterator: `fetched`
   gets the start and end of each pull, the exact wait (`FETCH_TIMED`);
-- on TensorFlow a Python source (a generator, a `PyDataset`, a torch `DataLoader`) runs on a
-  thread of tf.data's: `ready` gets the moment each batch left it, and the step that took the
-  batch waited from its begin until then, if it began earlier (`READY_TIMED`);
-- elsewhere (a `tf.data` pipeline, a source of another kind) no batch is seen: the
-  `StackSampler` looks at the threads' stacks 100 times a second instead (see `data_wait.Loop`).
+- on TensorFlow a Python source (a generator, a `PyDataset`, a torch `DataLoader`, or a
+  `tf.data` pipeline's one Python function mapped over its batches) runs on a thread of
+  tf.data's: `ready` gets the moment each batch left it, and the step that took the batch
+  waited from its begin until then, if it began earlier (`READY_TIMED`);
+- elsewhere (a `tf.data` pipeline of TensorFlow ops, or one that calls Python per element; a
+  source of another kind) no batch is seen: the `StackSampler` looks at the threads' stacks
+  100 times a second instead (see `data_wait.Loop`).
 
 A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
 (entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step

@@ -278,14 +278,18 @@ def tf_data_transformations(dataset: Any) -> list[str]:
     flat map that `Dataset.from_generator` builds is "from_generator"."""
     steps: list[str] = []
     while dataset is not None and len(steps) < _MAX_PIPELINE:
-        name = type(dataset).__name__.lstrip("_")
-        name = re.sub(r"Dataset(V\d)?$", "", name) or name
-        step = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
         func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
                        "__qualname__", "")
-        steps.append("from_generator" if "from_generator" in func else step)
+        steps.append("from_generator" if "from_generator" in func else _step_name(dataset))
         dataset = getattr(dataset, "_input_dataset", None)
     return steps
+
+
+def _step_name(dataset: Any) -> str:
+    """A tf.data transformation's name: "_ParallelMapDataset" -> "parallel_map"."""
+    name = type(dataset).__name__.lstrip("_")
+    name = re.sub(r"Dataset(V\d)?$", "", name) or name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 # -- the sampler's look at the stacks ----------------------------------------------------------
@@ -332,27 +336,43 @@ def _runs(frame: Any, markers: tuple[str, ...]) -> bool:
 
 class Attachment:
     """Wrappers set on Keras' objects for one `fit`, as instance attributes over the class's
-    methods; `detach` takes them off (a callback list or adapter the user keeps is left as it
-    was)."""
+    methods (or as a mapping's entries); `detach` takes them off (a callback list or adapter
+    the user keeps is left as it was)."""
 
     def __init__(self) -> None:
-        self._set: list[tuple[Any, str, bool, Any]] = []
+        self._undo: list[Callable[[], None]] = []
 
     def wrap(self, owner: Any, name: str, value: Any) -> None:
         """Set `owner.name` to `value`, remembering what was there."""
         own = vars(owner)
-        self._set.append((owner, name, name in own, own.get(name)))
+        had, old = name in own, own.get(name)
+
+        def put_back() -> None:
+            if had:
+                setattr(owner, name, old)
+            else:
+                delattr(owner, name)
+
+        self._undo.append(put_back)
         setattr(owner, name, value)
+
+    def wrap_item(self, mapping: Any, key: Any, value: Any) -> None:
+        """Set `mapping[key]` to `value` (held here until `detach`: the mapping may keep weak
+        references only), remembering what was there."""
+        old = mapping[key]
+
+        def put_back() -> None:
+            if mapping.get(key) is value:  # replaced since: what is there now is not ours
+                mapping[key] = old
+
+        self._undo.append(put_back)
+        mapping[key] = value
 
     def detach(self) -> None:
         """Put back what each wrapper replaced, last first."""
-        while self._set:
-            owner, name, had, old = self._set.pop()
+        while self._undo:
             try:
-                if had:
-                    setattr(owner, name, old)
-                else:
-                    delattr(owner, name)
+                self._undo.pop()()
             except Exception:  # an object gone odd keeps its wrapper: it only times, and calls on
                 continue
 
@@ -566,9 +586,10 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
     (`READY_TIMED`), and, where it can be seen, when tf.data asked for it: a generator
     (`GeneratorDataAdapter.generator`), a `PyDataset` (with workers, the queue they fill,
     `enqueuer.get`; without, the adapter's `_standardize_batch`, which every batch passes on
-    its way out) or a torch `DataLoader` (the adapter's `_dataloader`). A `tf.data` pipeline or
-    arrays (made into one) run out of Python's sight: no probe, and the reason says so (the
-    stack sampler stands in).
+    its way out), a torch `DataLoader` (the adapter's `_dataloader`) or a `tf.data` pipeline's
+    one Python function run once per batch (`_time_python_function`). Arrays (made into a
+    `tf.data` pipeline) and other pipelines run out of Python's sight: no probe, and the reason
+    says so (the stack sampler stands in).
 
     Returns:
         The measure (`FETCH_TIMED` or `READY_TIMED`, also set on `clock.measure`), or None
@@ -610,14 +631,138 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
         elif "TorchDataLoaderAdapter" in classes:
             attachment.wrap(adapter, "_dataloader",
                             _ReadyStampedLoader(adapter._dataloader, clock))
+        elif "TFDatasetAdapter" in classes:
+            unseen = _time_python_function(fit_frame, iterator, adapter, clock, attachment)
+            if unseen is not None:
+                return Probed(None, f"data_fetch: {unseen}")
         else:
-            return Probed(None, f"data_fetch: TensorFlow reads the {type(adapter).__name__}'s "
-                                "batches inside the step, out of Python's sight: the wait is "
-                                "sampled from the threads' stacks")
+            return Probed(None, f"data_fetch: {_out_of_sight(adapter)}")
     except Exception as exc:  # each branch wraps last: nothing was set
         return Probed(None, _failure("data_fetch", "wrapping the epoch iterator's source", exc))
     clock.measure = READY_TIMED
     return Probed(READY_TIMED)
+
+
+def _out_of_sight(adapter: Any) -> str:
+    return (f"TensorFlow reads the {type(adapter).__name__}'s batches inside the step, out of "
+            f"Python's sight: {SAMPLED}")
+
+
+# -- a Python function inside a tf.data pipeline -------------------------------------------------
+
+SAMPLED = "the wait is sampled from the threads' stacks"
+# tf.data transformations (by `_step_name`) that give one element for each of their input's, in
+# order: a Python function in a `map` reached from the pipeline's end through these alone runs
+# once per batch.
+_ONE_TO_ONE = frozenset({"map", "parallel_map", "prefetch", "options", "repeat", "take",
+                         "private_thread_pool", "max_intra_op_parallelism",
+                         "assert_cardinality"})
+# The graph ops that call Python: `tf.numpy_function`, `tf.py_function`, `tf.compat.v1.py_func`.
+_PY_FUNC_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: LoopClock,
+                          attachment: Attachment) -> str | None:
+    """Stamp each batch as the Python function in the training's tf.data pipeline returns it
+    (`READY_TIMED`), where there is exactly one and it runs once per batch: a `map` of a
+    `tf.numpy_function` or `tf.py_function` after `batch`.
+
+    tf.data calls it on a thread of its own, through TensorFlow's registry of Python functions
+    (`script_ops._py_funcs`, by the token the graph op carries): the registry's entry (or, for
+    a `tf.py_function`, the function its entry calls) is wrapped, and each pass over the
+    dataset (`_get_iterator`) drops the batches the last one made ready and no step took.
+
+    Returns:
+        None when attached; else why not (no Python function, one per element, several, one
+        that validation calls too), and the stack sampler stands in.
+    """
+    from tensorflow.python.ops import script_ops
+
+    per_batch, every = _pipeline_python_functions(adapter.get_tf_dataset())
+    if every is None:
+        return (f"the tf.data pipeline has over {_MAX_PIPELINE} transformations to look "
+                f"through for Python functions: {SAMPLED}")
+    if not every:
+        return _out_of_sight(adapter)
+    if len(every) > 1:
+        return (f"the tf.data pipeline calls {len(every)} Python functions "
+                f"({', '.join(sorted(every))}), not one per batch: {SAMPLED}")
+    if not per_batch:
+        return (f"the tf.data pipeline calls Python ({', '.join(every)}) before `batch` or "
+                f"another transformation that does not give one element per input: {SAMPLED}")
+    validation = fit_frame.f_locals.get("validation_data")
+    if hasattr(validation, "_functions"):
+        _, checked = _pipeline_python_functions(validation)
+        if checked is None or checked & every:
+            return (f"validation reads the same tf.data pipeline's Python function "
+                    f"({', '.join(every)}), so its calls are not the training's alone: "
+                    f"{SAMPLED}")
+    (token,) = every
+    registry = script_ops._py_funcs
+    function = registry.get(token)
+    if function is None:
+        return f"TensorFlow has no Python function registered as {token!r}: {SAMPLED}"
+    make = iterator._get_iterator
+
+    def new_pass() -> Any:
+        clock.source_restarted()
+        return make()
+
+    attachment.wrap(iterator, "_get_iterator", new_pass)
+    if isinstance(function, script_ops.EagerFunc):
+        attachment.wrap(function, "_func", _ready_timed_call(function._func, clock))
+    else:
+        attachment.wrap_item(registry._funcs, token, _ready_timed_call(function, clock))
+    return None
+
+
+def _pipeline_python_functions(dataset: Any) -> tuple[set[str], set[str] | None]:
+    """The tokens of a tf.data pipeline's Python functions: those run once per batch (in a
+    transformation reached from the end through `_ONE_TO_ONE` ones alone), and all of them
+    (None when the pipeline is too big to look through)."""
+    per_batch: set[str] = set()
+    step, count = dataset, 0
+    while step is not None and count < _MAX_PIPELINE and _step_name(step) in _ONE_TO_ONE:
+        per_batch |= _python_functions(step)
+        step, count = getattr(step, "_input_dataset", None), count + 1
+    every: set[str] = set()
+    pending, count = [dataset], 0
+    while pending:
+        if count == _MAX_PIPELINE:
+            return per_batch, None
+        step, count = pending.pop(), count + 1
+        every |= _python_functions(step)
+        pending.extend(step._inputs())
+    return per_batch, every
+
+
+def _python_functions(dataset: Any) -> set[str]:
+    """The tokens of the Python functions that a tf.data transformation's own functions call,
+    those of the `tf.function`s they call included."""
+    tokens: set[str] = set()
+    for wrapper in dataset._functions():
+        graph = wrapper.function.graph.as_graph_def()
+        nodes = [*graph.node, *(node for function in graph.library.function
+                                for node in function.node_def)]
+        tokens.update(node.attr["token"].s.decode() for node in nodes
+                      if node.op in _PY_FUNC_OPS)
+    return tokens
+
+
+def _ready_timed_call(function: Callable[..., Any], clock: LoopClock) -> Callable[..., Any]:
+    """`function`, each call stamped when it began (tf.data asked) and as it returned (the
+    batch was ready), on tf.data's thread."""
+    now, ready = clock.now, clock.ready
+
+    def call(*args: Any) -> Any:
+        asked = now()
+        result = function(*args)
+        ready(now(), asked)
+        return result
+
+    return call
+
+
 # -- a fit that raises -------------------------------------------------------------------------
 
 # The hooks of fit's callback list that an error of a callback passes through (`on_train_end`

@@ -582,10 +582,10 @@ def test_the_impact_benchmark_s_simulated_machines_build():
     """`benchmarks/impact_check.py` runs for minutes and outside CI: the machines it simulates
     are built here, so a renamed FakeNVML fault or figure fails the suite, not the benchmark."""
     import importlib.util
-
-    import pynvml
     import sys
     from pathlib import Path
+
+    import pynvml
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "impact_check.py"
     spec = importlib.util.spec_from_file_location("impact_check", script)

@@ -849,19 +849,30 @@ def test_a_jax_step_s_outputs_exist_when_its_first_array_of_logs_does():
 
 
 def _tf_data(*steps):
-    """A tf.data pipeline of 32 rows in batches of 8, with `steps` (a name each) after its
-    source: "batch", "numpy" or "py" (a map of a `tf.numpy_function` or `tf.py_function`),
-    "prefetch", "shuffle"."""
+    """A tf.data pipeline of 32 rows, with `steps` (a name each) after its source: "batch" (of
+    8), "numpy" or "py" (a map of a `tf.numpy_function` or `tf.py_function`), "prefetch",
+    "shuffle", "unbatch". A first step "generator" makes the source a
+    `Dataset.from_generator` of 4 batches of 8."""
     import numpy as np
     import tensorflow as tf
 
     def same(x):
         return x
 
-    dataset = tf.data.Dataset.from_tensor_slices(np.arange(32, dtype="float32"))
+    def batches():
+        yield from np.arange(32, dtype="float32").reshape(4, 8)
+
+    if steps[:1] == ("generator",):
+        dataset = tf.data.Dataset.from_generator(
+            batches, output_signature=tf.TensorSpec((8,), tf.float32))
+        steps = steps[1:]
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(np.arange(32, dtype="float32"))
     for step in steps:
         if step == "batch":
             dataset = dataset.batch(8)
+        elif step == "unbatch":
+            dataset = dataset.unbatch()
         elif step in ("numpy", "py"):
             call = tf.numpy_function if step == "numpy" else tf.py_function
             dataset = dataset.map(lambda x, call=call: call(same, [x], tf.float32))
@@ -891,9 +902,10 @@ def _attach_to(dataset, validation=None):
     return probed, iterator, c, attachment
 
 
-@pytest.mark.parametrize("call", ["numpy", "py"])
-def test_a_python_function_mapped_over_batches_stamps_each_batch_as_it_returns(call):
-    probed, iterator, c, attachment = _attach_to(_tf_data("batch", call, "prefetch"))
+@pytest.mark.parametrize("steps", [("batch", "numpy", "prefetch"), ("batch", "py", "prefetch"),
+                                   ("generator", "prefetch")])
+def test_a_python_function_run_once_per_batch_stamps_each_batch_as_it_returns(steps):
+    probed, iterator, c, attachment = _attach_to(_tf_data(*steps))
     assert probed.value == READY_TIMED == c.measure
     c.ready(99.0)  # left over from an earlier pass: dropped when a new one starts
     assert len(list(iterator._get_iterator())) == 4
@@ -910,6 +922,7 @@ def test_a_python_function_mapped_over_batches_stamps_each_batch_as_it_returns(c
     (("numpy", "batch"), "the tf.data pipeline calls Python (pyfunc_"),  # once per element
     (("batch", "numpy", "shuffle"), "the tf.data pipeline calls Python (pyfunc_"),
     (("batch", "numpy", "py"), "the tf.data pipeline calls 2 Python functions (pyfunc_"),
+    (("generator", "unbatch", "batch"), "the tf.data pipeline calls 3 Python functions ("),
 ])
 def test_a_tf_data_pipeline_not_calling_python_once_per_batch_is_sampled_and_says_why(
         steps, why):

@@ -21,11 +21,12 @@ SAMPLED_TICKS = "sampled_ticks"
 
 
 # A Python producer behind `tf.data` that could not be timed (a `tf.py_function` mapped over
-# elements rather than batches, a `Dataset.from_generator`) runs on a thread of its own, ahead
-# of the step: busy in fewer samples than this share, it keeps up and delays nothing. Busier,
-# it is the bottleneck, and the share of samples it was busy bounds the wait from above (the
-# step's own work overlapped it). A producer that is the bottleneck reads 0.85-0.9 busy, not
-# 1, because tf.data's own code runs between its items: the threshold sits under that range.
+# elements rather than batches, a `Dataset.from_generator` whose items tf.data batches) runs
+# on a thread of its own, ahead of the step: busy in fewer samples than this share, it keeps
+# up and delays nothing. Busier, it is the bottleneck, and the share of samples it was busy
+# bounds the wait from above (the step's own work overlapped it). A producer that is the
+# bottleneck reads 0.85-0.9 busy, not 1, because tf.data's own code runs between its items:
+# the threshold sits under that range.
 PRODUCER_SATURATED = 0.8
 
 
@@ -52,8 +53,8 @@ class Wait:
             not measured.
         measure: How: `loop_clock.FETCH_TIMED` (each fetch on the training thread, timed),
             `loop_clock.READY_TIMED` (each batch timed as it left a Python source behind
-            tf.data, or the Python function a tf.data pipeline maps over its batches, against
-            the step that took it) or `SAMPLED_TICKS` (the share of the stack
+            tf.data, or from the one Python function a tf.data pipeline runs per batch,
+            against the step that took it) or `SAMPLED_TICKS` (the share of the stack
             sampler's looks that found the pipeline busy); None with no fraction.
         wait_s: Seconds spent waiting for data (for `SAMPLED_TICKS`, the share times the loop).
         loop_s: Seconds of the loop: the steps and the time between them, step 0 left out.

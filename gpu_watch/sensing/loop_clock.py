@@ -11,7 +11,7 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 - on JAX and torch the training thread pulls each batch from the epoch's iterator: `fetched`
   gets the start and end of each pull, the exact wait (`FETCH_TIMED`);
 - on TensorFlow a Python source (a generator, a `PyDataset`, a torch `DataLoader`, or a
-  `tf.data` pipeline's one Python function mapped over its batches) runs on a thread of
+  `tf.data` pipeline's one Python function run per batch) runs on a thread of
   tf.data's: `ready` gets the moment each batch left it, and the step that took the batch
   waited from its begin until then, if it began earlier (`READY_TIMED`);
 - elsewhere (a `tf.data` pipeline of TensorFlow ops, or one that calls Python per element; a

@@ -278,11 +278,16 @@ def tf_data_transformations(dataset: Any) -> list[str]:
     flat map that `Dataset.from_generator` builds is "from_generator"."""
     steps: list[str] = []
     while dataset is not None and len(steps) < _MAX_PIPELINE:
-        func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
-                       "__qualname__", "")
-        steps.append("from_generator" if "from_generator" in func else _step_name(dataset))
+        steps.append("from_generator" if _from_generator(dataset) else _step_name(dataset))
         dataset = getattr(dataset, "_input_dataset", None)
     return steps
+
+
+def _from_generator(dataset: Any) -> bool:
+    """Whether a tf.data transformation is the flat map that `Dataset.from_generator` builds."""
+    func = getattr(getattr(getattr(dataset, "_map_func", None), "_func", None),
+                   "__qualname__", "")
+    return "from_generator" in func
 
 
 def _step_name(dataset: Any) -> str:
@@ -587,7 +592,8 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
     (`GeneratorDataAdapter.generator`), a `PyDataset` (with workers, the queue they fill,
     `enqueuer.get`; without, the adapter's `_standardize_batch`, which every batch passes on
     its way out), a torch `DataLoader` (the adapter's `_dataloader`) or a `tf.data` pipeline's
-    one Python function run once per batch (`_time_python_function`). Arrays (made into a
+    one Python function run once per batch (`_time_python_function`: a function mapped over
+    batches, a `Dataset.from_generator` of batches). Arrays (made into a
     `tf.data` pipeline) and other pipelines run out of Python's sight: no probe, and the reason
     says so (the stack sampler stands in).
 
@@ -661,11 +667,17 @@ _ONE_TO_ONE = frozenset({"map", "parallel_map", "prefetch", "options", "repeat",
 _PY_FUNC_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 
 
+# The Python function `Dataset.from_generator` calls for each item its generator yields, by the
+# end of its qualified name; the dataset's other two run once per pass over it.
+_GENERATOR_NEXT = "generator_next_fn.<locals>.generator_py_func"
+
+
 def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: LoopClock,
                           attachment: Attachment) -> str | None:
     """Stamp each batch as the Python function in the training's tf.data pipeline returns it
-    (`READY_TIMED`), where there is exactly one and it runs once per batch: a `map` of a
-    `tf.numpy_function` or `tf.py_function` after `batch`.
+    (`READY_TIMED`), where there is exactly one run per element and each element it gives is a
+    batch: a `map` of a `tf.numpy_function` or `tf.py_function` after `batch`, or a
+    `Dataset.from_generator` whose generator yields batches.
 
     tf.data calls it on a thread of its own, through TensorFlow's registry of Python functions
     (`script_ops._py_funcs`, by the token the graph op carries): the registry's entry (or, for
@@ -678,7 +690,8 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
     """
     from tensorflow.python.ops import script_ops
 
-    per_batch, every = _pipeline_python_functions(adapter.get_tf_dataset())
+    registry = script_ops._py_funcs
+    per_batch, every = _pipeline_python_functions(adapter.get_tf_dataset(), registry)
     if every is None:
         return (f"the tf.data pipeline has over {_MAX_PIPELINE} transformations to look "
                 f"through for Python functions: {SAMPLED}")
@@ -692,13 +705,12 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
                 f"another transformation that does not give one element per input: {SAMPLED}")
     validation = fit_frame.f_locals.get("validation_data")
     if hasattr(validation, "_functions"):
-        _, checked = _pipeline_python_functions(validation)
+        _, checked = _pipeline_python_functions(validation, registry)
         if checked is None or checked & every:
             return (f"validation reads the same tf.data pipeline's Python function "
                     f"({', '.join(every)}), so its calls are not the training's alone: "
                     f"{SAMPLED}")
     (token,) = every
-    registry = script_ops._py_funcs
     function = registry.get(token)
     if function is None:
         return f"TensorFlow has no Python function registered as {token!r}: {SAMPLED}"
@@ -716,14 +728,25 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
     return None
 
 
-def _pipeline_python_functions(dataset: Any) -> tuple[set[str], set[str] | None]:
-    """The tokens of a tf.data pipeline's Python functions: those run once per batch (in a
-    transformation reached from the end through `_ONE_TO_ONE` ones alone), and all of them
-    (None when the pipeline is too big to look through)."""
+def _pipeline_python_functions(dataset: Any, registry: Any
+                               ) -> tuple[set[str], set[str] | None]:
+    """The tokens of a tf.data pipeline's Python functions run per element: those run once per
+    batch (in a transformation reached from the end through `_ONE_TO_ONE` ones alone, or the
+    generator of a `Dataset.from_generator` reached so), and all of them (None when the
+    pipeline is too big to look through). `registry` holds the functions by token."""
     per_batch: set[str] = set()
+    per_pass: set[str] = set()  # a generator's start and end
     step, count = dataset, 0
-    while step is not None and count < _MAX_PIPELINE and _step_name(step) in _ONE_TO_ONE:
-        per_batch |= _python_functions(step)
+    while step is not None and count < _MAX_PIPELINE:
+        if _step_name(step) in _ONE_TO_ONE:
+            per_batch |= _python_functions(step)
+        elif _from_generator(step):
+            tokens = _python_functions(step)
+            per_batch |= {token for token in tokens if _generator_next(registry.get(token))}
+            per_pass |= tokens - per_batch
+            break
+        else:
+            break
         step, count = getattr(step, "_input_dataset", None), count + 1
     every: set[str] = set()
     pending, count = [dataset], 0
@@ -733,7 +756,14 @@ def _pipeline_python_functions(dataset: Any) -> tuple[set[str], set[str] | None]
         step, count = pending.pop(), count + 1
         every |= _python_functions(step)
         pending.extend(step._inputs())
-    return per_batch, every
+    return per_batch, every - per_pass
+
+
+def _generator_next(function: Any) -> bool:
+    """Whether a registered Python function is `Dataset.from_generator`'s call of its generator
+    (a `tf.py_function`'s registered object holds the function as `_func`)."""
+    function = getattr(function, "_func", function)
+    return getattr(function, "__qualname__", "").endswith(_GENERATOR_NEXT)
 
 
 def _python_functions(dataset: Any) -> set[str]:

@@ -850,9 +850,9 @@ def test_a_jax_step_s_outputs_exist_when_its_first_array_of_logs_does():
 
 def _tf_data(*steps):
     """A tf.data pipeline of 32 rows, with `steps` (a name each) after its source: "batch" (of
-    8), "numpy" or "py" (a map of a `tf.numpy_function` or `tf.py_function`), "prefetch",
-    "shuffle", "unbatch". A first step "generator" makes the source a
-    `Dataset.from_generator` of 4 batches of 8."""
+    8), "numpy" or "py" (a map of a `tf.numpy_function` or `tf.py_function`), "ops" (a map of
+    TensorFlow ops alone), "prefetch", "shuffle", "unbatch". A first step "generator" makes
+    the source a `Dataset.from_generator` of 4 batches of 8."""
     import numpy as np
     import tensorflow as tf
 
@@ -873,6 +873,8 @@ def _tf_data(*steps):
             dataset = dataset.batch(8)
         elif step == "unbatch":
             dataset = dataset.unbatch()
+        elif step == "ops":
+            dataset = dataset.map(lambda x: x + 1)  # TensorFlow ops alone
         elif step in ("numpy", "py"):
             call = tf.numpy_function if step == "numpy" else tf.py_function
             dataset = dataset.map(lambda x, call=call: call(same, [x], tf.float32))
@@ -922,7 +924,9 @@ def test_a_python_function_run_once_per_batch_stamps_each_batch_as_it_returns(st
     (("numpy", "batch"), "the tf.data pipeline calls Python (pyfunc_"),  # once per element
     (("batch", "numpy", "shuffle"), "the tf.data pipeline calls Python (pyfunc_"),
     (("batch", "numpy", "py"), "the tf.data pipeline calls 2 Python functions (pyfunc_"),
-    (("generator", "unbatch", "batch"), "the tf.data pipeline calls 3 Python functions ("),
+    (("generator", "unbatch", "batch"), "the tf.data pipeline calls Python (pyfunc_"),
+    (("batch", "numpy", *["ops"] * 50), "the tf.data pipeline has over 50 transformations to "
+                                        "look through"),
 ])
 def test_a_tf_data_pipeline_not_calling_python_once_per_batch_is_sampled_and_says_why(
         steps, why):

@@ -649,14 +649,10 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
     return Probed(READY_TIMED)
 
 
-def _out_of_sight(adapter: Any) -> str:
-    return (f"TensorFlow reads the {type(adapter).__name__}'s batches inside the step, out of "
-            f"Python's sight: {SAMPLED}")
-
 
 # -- a Python function inside a tf.data pipeline -------------------------------------------------
 
-SAMPLED = "the wait is sampled from the threads' stacks"
+_SAMPLED = "the wait is sampled from the threads' stacks"
 # tf.data transformations (by `_step_name`) that give one element for each of their input's, in
 # order: a Python function in a `map` reached from the pipeline's end through these alone runs
 # once per batch.
@@ -665,8 +661,6 @@ _ONE_TO_ONE = frozenset({"map", "parallel_map", "prefetch", "options", "repeat",
                          "assert_cardinality"})
 # The graph ops that call Python: `tf.numpy_function`, `tf.py_function`, `tf.compat.v1.py_func`.
 _PY_FUNC_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
-
-
 # The Python function `Dataset.from_generator` calls for each item its generator yields, by the
 # end of its qualified name; the dataset's other two run once per pass over it.
 _GENERATOR_NEXT = "generator_next_fn.<locals>.generator_py_func"
@@ -694,26 +688,26 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
     per_batch, every = _pipeline_python_functions(adapter.get_tf_dataset(), registry)
     if every is None:
         return (f"the tf.data pipeline has over {_MAX_PIPELINE} transformations to look "
-                f"through for Python functions: {SAMPLED}")
+                f"through for Python functions: {_SAMPLED}")
     if not every:
         return _out_of_sight(adapter)
     if len(every) > 1:
         return (f"the tf.data pipeline calls {len(every)} Python functions "
-                f"({', '.join(sorted(every))}), not one per batch: {SAMPLED}")
+                f"({', '.join(sorted(every))}), not one per batch: {_SAMPLED}")
     if not per_batch:
         return (f"the tf.data pipeline calls Python ({', '.join(every)}) before `batch` or "
-                f"another transformation that does not give one element per input: {SAMPLED}")
+                f"another transformation that does not give one element per input: {_SAMPLED}")
     validation = fit_frame.f_locals.get("validation_data")
     if hasattr(validation, "_functions"):
         _, checked = _pipeline_python_functions(validation, registry)
         if checked is None or checked & every:
             return (f"validation reads the same tf.data pipeline's Python function "
                     f"({', '.join(every)}), so its calls are not the training's alone: "
-                    f"{SAMPLED}")
+                    f"{_SAMPLED}")
     (token,) = every
     function = registry.get(token)
     if function is None:
-        return f"TensorFlow has no Python function registered as {token!r}: {SAMPLED}"
+        return f"TensorFlow has no Python function registered as {token!r}: {_SAMPLED}"
     make = iterator._get_iterator
 
     def new_pass() -> Any:
@@ -728,22 +722,25 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
     return None
 
 
+def _out_of_sight(adapter: Any) -> str:
+    return (f"TensorFlow reads the {type(adapter).__name__}'s batches inside the step, out of "
+            f"Python's sight: {_SAMPLED}")
+
+
 def _pipeline_python_functions(dataset: Any, registry: Any
                                ) -> tuple[set[str], set[str] | None]:
     """The tokens of a tf.data pipeline's Python functions run per element: those run once per
     batch (in a transformation reached from the end through `_ONE_TO_ONE` ones alone, or the
     generator of a `Dataset.from_generator` reached so), and all of them (None when the
-    pipeline is too big to look through). `registry` holds the functions by token."""
+    pipeline is too big to look through). `registry` holds the functions by token; a
+    generator's start and end, once per pass, are not counted."""
     per_batch: set[str] = set()
-    per_pass: set[str] = set()  # a generator's start and end
     step, count = dataset, 0
     while step is not None and count < _MAX_PIPELINE:
         if _step_name(step) in _ONE_TO_ONE:
             per_batch |= _python_functions(step)
         elif _from_generator(step):
-            tokens = _python_functions(step)
-            per_batch |= {token for token in tokens if _generator_next(registry.get(token))}
-            per_pass |= tokens - per_batch
+            per_batch |= _generator_items(step, registry)
             break
         else:
             break
@@ -754,16 +751,20 @@ def _pipeline_python_functions(dataset: Any, registry: Any
         if count == _MAX_PIPELINE:
             return per_batch, None
         step, count = pending.pop(), count + 1
-        every |= _python_functions(step)
+        every |= (_generator_items(step, registry) if _from_generator(step)
+                  else _python_functions(step))
         pending.extend(step._inputs())
-    return per_batch, every - per_pass
+    return per_batch, every
 
 
-def _generator_next(function: Any) -> bool:
-    """Whether a registered Python function is `Dataset.from_generator`'s call of its generator
-    (a `tf.py_function`'s registered object holds the function as `_func`)."""
-    function = getattr(function, "_func", function)
-    return getattr(function, "__qualname__", "").endswith(_GENERATOR_NEXT)
+def _generator_items(dataset: Any, registry: Any) -> set[str]:
+    """The token of the Python function that a `Dataset.from_generator` calls for each item
+    of its generator (a `tf.py_function`'s registered object holds it as `_func`)."""
+    def items(function: Any) -> bool:
+        function = getattr(function, "_func", function)
+        return getattr(function, "__qualname__", "").endswith(_GENERATOR_NEXT)
+
+    return {token for token in _python_functions(dataset) if items(registry.get(token))}
 
 
 def _python_functions(dataset: Any) -> set[str]:

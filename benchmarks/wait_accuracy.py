@@ -263,8 +263,9 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False) ->
 
 
 def _probe_costs(n: int = 200_000, looks: int = 2_000) -> dict[str, float]:
-    """What the probes cost: a timed fetch per batch beside a plain `next` (microseconds), and
-    one look at the threads' stacks (microseconds; the stack sampler takes 100 a second),
+    """What the probes cost: a timed fetch per batch beside a plain `next`, a batch stamped as
+    it leaves a Python source behind tf.data beside a plain call (microseconds), and one look
+    at the threads' stacks (microseconds; the stack sampler takes 100 a second),
     with this process's threads (the framework's among them) as they are."""
     import statistics
     import threading
@@ -289,14 +290,35 @@ def _probe_costs(n: int = 200_000, looks: int = 2_000) -> dict[str, float]:
                 clock._fetches.clear()  # as each step's end does
         return time.perf_counter() - start
 
+    def call(*batch):
+        return batch
+
+    def calls(function) -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            function(i)
+        return time.perf_counter() - start
+
+    def stamped() -> float:
+        clock = LoopClock(time.perf_counter, 0.0, lambda steps: None)
+        wrapped = keras_internals._ready_timed_call(call, clock)
+        start = time.perf_counter()
+        for i in range(n):
+            wrapped(i)
+            if i % 64 == 0:
+                clock._ready.clear()  # as the steps that take the batches do
+        return time.perf_counter() - start
+
     fetch_us = (statistics.median(timed() for _ in range(5))
                 - statistics.median(plain() for _ in range(5))) / n * 1e6
+    ready_us = (statistics.median(stamped() for _ in range(5))
+                - statistics.median(calls(call) for _ in range(5))) / n * 1e6
     ident = threading.get_ident()
     start = time.perf_counter()
     for _ in range(looks):
         keras_internals.data_tick(ident)
     look_us = (time.perf_counter() - start) / looks * 1e6
-    return {"fetch_us": fetch_us, "look_us": look_us,
+    return {"fetch_us": fetch_us, "ready_us": ready_us, "look_us": look_us,
             "sampler_core_pct": look_us * STACK_HZ / 1e4}
 
 
@@ -400,9 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in rows if "costs" not in r]
     for row in costs:
         c = row["costs"]
-        print(f"{row['backend']}: a timed fetch costs {c['fetch_us']:.2f} us a batch; a look at "
-              f"the stacks {c['look_us']:.1f} us ({c['sampler_core_pct']:.2f} % of a core at "
-              f"100 a second, only where no fetch is timed)")
+        print(f"{row['backend']}: a timed fetch costs {c['fetch_us']:.2f} us a batch, a batch "
+              f"stamped as ready {c.get('ready_us', float('nan')):.2f} us (on tf.data's "
+              f"thread); a look at the stacks {c['look_us']:.1f} us ({c['sampler_core_pct']:.2f} "
+              f"% of a core at 100 a second, only where no fetch is timed)")
     print()
     print(f"{'backend':<11}{'input':<23}{'aim':>4}  {'measure':<14}{'truth, epochs':<19}"
           f"{'reported, epochs':<19}{'run truth':>9}{'reported':>9}  epoch / run")

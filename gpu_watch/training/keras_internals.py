@@ -7,7 +7,9 @@ figures as they are), and, on every sampler tick, whether the training thread ru
 adapters (read from the file names of its stack); and, for the placement probes, the arrays
 Keras' JAX trainer carries from step to step and the device a `keras.device` scope set on torch.
 It also wraps what an error passes through on its way out of `fit` (`on_fit_error`), so that a
-`fit` that raises closes its run at once.
+`fit` that raises closes its run at once. Behind a `tf.data` pipeline it reads TensorFlow's own
+private state too: the pipeline's transformations and their functions, and the registry through
+which tf.data calls Python (`_time_python_function`).
 
 Checked against Keras 3.11.0, the oldest that `pyproject.toml` allows (`make test-keras-oldest`),
 and Keras 3.15, the one `make test` installs, on TensorFlow; the JAX and torch trainers build
@@ -593,9 +595,9 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
     `enqueuer.get`; without, the adapter's `_standardize_batch`, which every batch passes on
     its way out), a torch `DataLoader` (the adapter's `_dataloader`) or a `tf.data` pipeline's
     one Python function run once per batch (`_time_python_function`: a function mapped over
-    batches, a `Dataset.from_generator` of batches). Arrays (made into a
-    `tf.data` pipeline) and other pipelines run out of Python's sight: no probe, and the reason
-    says so (the stack sampler stands in).
+    batches, a `Dataset.from_generator` of batches). Arrays (made into a `tf.data` pipeline)
+    and other pipelines run out of Python's sight: no probe, and the reason says so (the stack
+    sampler stands in).
 
     Returns:
         The measure (`FETCH_TIMED` or `READY_TIMED`, also set on `clock.measure`), or None
@@ -647,7 +649,6 @@ def attach_fetch_timer(fit_frame: Any, backend: str, clock: LoopClock,
         return Probed(None, _failure("data_fetch", "wrapping the epoch iterator's source", exc))
     clock.measure = READY_TIMED
     return Probed(READY_TIMED)
-
 
 
 # -- a Python function inside a tf.data pipeline -------------------------------------------------

@@ -938,6 +938,25 @@ def test_a_tf_data_pipeline_not_calling_python_once_per_batch_is_sampled_and_say
     assert not c._ready and "_get_iterator" not in vars(iterator)  # nothing was wrapped
 
 
+def test_a_distributed_dataset_is_not_looked_through_and_says_why():
+    class DistributedDataset:  # what a strategy's experimental_distribute_dataset gives
+        pass
+
+    class TFDatasetAdapter:
+        def get_tf_dataset(self):
+            return DistributedDataset()
+
+    iterator = _EpochIterator(None)
+    iterator.data_adapter = TFDatasetAdapter()
+    c, _ = clock()
+    probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "tensorflow",
+                                                c, keras_internals.Attachment())
+    assert probed.value is None and c.measure is None
+    assert probed.reason == ("data_fetch: the DistributedDataset is not a tf.data pipeline to "
+                             "look through for Python functions: the wait is sampled from the "
+                             "threads' stacks")
+
+
 def test_a_python_function_that_validation_calls_too_is_not_taken_for_the_training_s():
     dataset = _tf_data("batch", "numpy")
     probed, _, c, _ = _attach_to(dataset, validation=dataset)

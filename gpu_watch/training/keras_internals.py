@@ -686,7 +686,11 @@ def _time_python_function(fit_frame: Any, iterator: Any, adapter: Any, clock: Lo
     from tensorflow.python.ops import script_ops
 
     registry = script_ops._py_funcs
-    per_batch, every = _pipeline_python_functions(adapter.get_tf_dataset(), registry)
+    dataset = adapter.get_tf_dataset()
+    if not hasattr(dataset, "_inputs"):  # e.g. a strategy's DistributedDataset
+        return (f"the {type(dataset).__name__} is not a tf.data pipeline to look through for "
+                f"Python functions: {_SAMPLED}")
+    per_batch, every = _pipeline_python_functions(dataset, registry)
     if every is None:
         return (f"the tf.data pipeline has over {_MAX_PIPELINE} transformations to look "
                 f"through for Python functions: {_SAMPLED}")

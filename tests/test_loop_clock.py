@@ -119,13 +119,26 @@ def test_a_ready_stamp_never_gives_a_wait_longer_than_the_step():
     assert c.end(0, 3.0).wait_s == 1.0
 
 
-def test_a_step_of_several_batches_waits_for_the_last_of_them():
+@pytest.mark.parametrize(("readies", "begin", "end", "wait"), [
+    # Made one by one as the step asks (no prefetch): 0.25 s each, 0.25 s of compute each.
+    ((1.25, 1.75, 2.25), 1.0, 2.5, 0.75),
+    ((1.25, 1.75), 1.0, 2.0, 0.5),
+    # A source that keeps up: every batch ready before the step needs it.
+    ((0.0, 0.5, 1.5), 1.0, 2.0, 0.0),
+    # A prefetching source that is the bottleneck: one batch every 0.5 s, 0.25 s of compute.
+    ((1.0, 1.5, 2.0), 0.75, 2.25, 0.75),
+    # Stamps later than the step's end (never so in a fit): all of the step, never more.
+    ((1.0, 3.0, 4.0), 0.0, 2.0, 2.0),
+])
+def test_a_step_of_several_batches_waits_for_those_not_ready_when_it_needs_them(
+        readies, begin, end, wait):
     c, _ = clock(READY_TIMED)
-    for t in (0.0, 0.5, 1.5):
-        c.ready(t)
-    c.begin(0, 1.0)
-    step = c.end(2, 2.0)  # steps_per_execution=3: one end hook for batches 0-2
-    assert (step.steps, step.wait_s, step.compute_s) == (3, 0.5, 0.5)
+    for t in readies:
+        c.ready(t, asked=t)  # asked counts for one batch alone
+    c.begin(0, begin)
+    step = c.end(len(readies) - 1, end)  # steps_per_execution=3: one end hook for batches 0-2
+    assert (step.steps, step.wait_s, step.compute_s) == (len(readies), wait, end - begin - wait)
+    assert not c._ready  # the step took each of its batches
 
 
 def test_an_end_that_names_an_earlier_batch_than_its_begin_takes_no_ready_batch():

@@ -219,6 +219,24 @@ def test_python_inside_a_tf_data_pipeline_counts_only_when_it_holds_training_up(
     assert low <= info["wait"]["fraction"] <= high, info["wait"]
 
 
+def test_a_generator_that_holds_training_up_reads_so_under_steps_per_execution(tmp_path):
+    def batches():
+        while True:
+            time.sleep(0.02)  # the step itself takes about 1 ms a batch
+            yield np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32")
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    watch = GPUWatch(log_dir=tmp_path, plot=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(batches(), steps_per_epoch=40, epochs=2, verbose=0, callbacks=[watch])
+    run = load_run(watch.run_dir)
+    assert set(run.batches["steps"]) == {4}  # one hook for four batches
+    assert run.info["wait"]["measure"] == "ready_timed"
+    assert 0.6 <= run.info["wait"]["fraction"] <= 1.0, run.info["wait"]  # not the last batch's
+
+
 # -- causes, once each and in the order to fix them ------------------------------------------
 
 

@@ -13,7 +13,8 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 - on TensorFlow a Python source (a generator, a `PyDataset`, a torch `DataLoader`, or a
   `tf.data` pipeline's one Python function run per batch) runs on a thread of
   tf.data's: `ready` gets the moment each batch left it, and the step that took the batch
-  waited from its begin until then, if it began earlier (`READY_TIMED`);
+  waited from its begin until then, if it began earlier (`READY_TIMED`; a step of several
+  batches, see `_ready_wait`);
 - elsewhere (a `tf.data` pipeline of TensorFlow ops, or one that calls Python per element; a
   source of another kind) no batch is seen: the `StackSampler` looks at the threads' stacks
   100 times a second instead (see `data_wait.Loop`).
@@ -372,20 +373,34 @@ class LoopClock:
         return [(name, seconds) for (_, name), seconds in ranked]
 
     def _ready_wait(self, batches: int, begin: float, end: float) -> float | None:
-        """The wait of a step that took `batches` batches made ready by another thread: from its
-        begin, or from when the source was asked for the last of them if that came later (the
-        time tf.data took to ask is its own, not the source's), until that batch was ready,
-        within the step."""
+        """The wait of a step that took `batches` batches made ready by another thread.
+
+        One batch: from the step's begin, or from when the source was asked for it if that
+        came later (the time tf.data took to ask is its own, not the source's), until it was
+        ready, within the step. Several (`steps_per_execution`): the step asks for each batch
+        inside one call, out of Python's sight, so it is taken to compute each for the same
+        time and wait for any batch not ready when it finished the one before; the one time
+        per batch that makes the step end when it did gives the wait (the step's time less
+        its batches' compute). A batch made ready before the step needed it adds nothing.
+        """
         ready = self._ready
         if self.ready_lost is not None or len(ready) < batches:
             if self.ready_lost is None:
                 self.ready_lost = ("a step took a batch its source had not made ready: the "
                                    "source seen is not the one the training reads")
             return None
-        asked = last = begin  # no batch taken (an end that names an earlier batch): no wait
-        for _ in range(batches):
-            asked, last = ready.popleft()
-        return min(max(0.0, last - max(begin, asked)), end - begin)
+        if batches < 2:
+            asked = last = begin  # no batch taken (an end that names an earlier batch): no wait
+            if batches:
+                asked, last = ready.popleft()
+            return min(max(0.0, last - max(begin, asked)), end - begin)
+        # The step's end is the latest of: its begin plus every batch's compute, and each
+        # batch's ready time plus its own compute and that of the batches after it. Each is a
+        # line in the time per batch; the step ended at `end`, where the first of them meets it.
+        per_batch = (end - begin) / batches
+        for left in range(batches, 0, -1):
+            per_batch = min(per_batch, (end - ready.popleft()[1]) / left)
+        return end - begin - batches * max(0.0, per_batch)
 
     # -- the producer's thread ---------------------------------------------------------------------
 

@@ -127,6 +127,8 @@ def test_a_ready_stamp_never_gives_a_wait_longer_than_the_step():
     ((0.0, 0.5, 1.5), 1.0, 2.0, 0.0),
     # A prefetching source that is the bottleneck: one batch every 0.5 s, 0.25 s of compute.
     ((1.0, 1.5, 2.0), 0.75, 2.25, 0.75),
+    # A slow first batch, the others ready with it: the step waits for the first alone.
+    ((1.0, 1.0, 1.0), 0.0, 1.75, 1.0),
     # Stamps later than the step's end (never so in a fit): all of the step, never more.
     ((1.0, 3.0, 4.0), 0.0, 2.0, 2.0),
 ])

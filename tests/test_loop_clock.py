@@ -148,6 +148,8 @@ def test_an_end_that_names_an_earlier_batch_than_its_begin_takes_no_ready_batch(
     c.ready(1.5)
     c.begin(1, 0.5)
     assert c.end(0, 1.0).wait_s == 0.0  # hooks out of order: no batch taken, nothing raised
+    c.begin(3, 1.0)
+    assert c.end(1, 1.5).wait_s == 0.0  # two batches earlier: still none taken
     c.begin(2, 1.0)
     assert c.end(2, 2.0).wait_s == 0.5  # the batch made ready is the next step's
 

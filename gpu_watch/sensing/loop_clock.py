@@ -391,7 +391,7 @@ class LoopClock:
             return None
         if batches < 2:
             asked = last = begin  # no batch taken (an end that names an earlier batch): no wait
-            if batches:
+            if batches > 0:
                 asked, last = ready.popleft()
             return min(max(0.0, last - max(begin, asked)), end - begin)
         # The step's end is the latest of: its begin plus every batch's compute, and each

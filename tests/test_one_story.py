@@ -180,9 +180,11 @@ def test_a_generator_behind_tf_data_counts_only_when_it_holds_training_up(
 
 @pytest.mark.parametrize(("call", "python_s", "compute_s", "low", "high"), [
     ("numpy_function", 0.01, 0.03, 0.0, 0.2),  # it keeps up: tf.data runs it ahead of the step
-    ("numpy_function", 0.06, 0.01, 0.6, 1.0),  # it cannot: the step waits for it
-    ("py_function", 0.06, 0.01, 0.6, 1.0),
-    ("from_generator", 0.06, 0.01, 0.6, 1.0),
+    # It cannot: the step waits for it, about 0.8 of the loop on a quiet machine. Beside two
+    # busy processes the step itself runs slower (a `tf.py_function` read 0.597 there).
+    ("numpy_function", 0.06, 0.01, 0.5, 1.0),
+    ("py_function", 0.06, 0.01, 0.5, 1.0),
+    ("from_generator", 0.06, 0.01, 0.5, 1.0),
 ])
 def test_python_inside_a_tf_data_pipeline_counts_only_when_it_holds_training_up(
         tmp_path, call, python_s, compute_s, low, high):

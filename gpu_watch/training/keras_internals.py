@@ -547,20 +547,31 @@ class _TimedSource:
         return len(self._source)
 
 
+def _ready_timed_call(function: Callable[..., Any], clock: LoopClock) -> Callable[..., Any]:
+    """`function`, each call stamped when it began (tf.data asked) and as it returned (the
+    batch was ready), on tf.data's thread."""
+    now, ready = clock.now, clock.ready
+
+    def call(*args: Any) -> Any:
+        asked = now()
+        result = function(*args)
+        ready(now(), asked)
+        return result
+
+    return call
+
+
 def _ready_stamped(source: Any, clock: LoopClock) -> Any:
     """A generator over `source` that stamps each batch when it is asked for and as it leaves
     (on tf.data's thread); a new pass drops the batches the last one made ready and no step
     took."""
     clock.source_restarted()
-    now, ready = clock.now, clock.ready
-    iterator = iter(source)
+    pull = _ready_timed_call(iter(source).__next__, clock)
     while True:
-        asked = now()
         try:
-            item = next(iterator)
+            item = pull()
         except StopIteration:
             return
-        ready(now(), asked)
         yield item
 
 
@@ -739,15 +750,21 @@ def _pipeline_python_functions(dataset: Any, registry: Any
     generator of a `Dataset.from_generator` reached so), and all of them (None when the
     pipeline is too big to look through). `registry` holds the functions by token; a
     generator's start and end, once per pass, are not counted."""
+    found: dict[int, set[str]] = {}  # each transformation's, looked up once
+
+    def called(step: Any) -> set[str]:
+        if id(step) not in found:
+            found[id(step)] = (_generator_items(step, registry) if _from_generator(step)
+                               else _python_functions(step))
+        return found[id(step)]
+
     per_batch: set[str] = set()
     step, count = dataset, 0
     while step is not None and count < _MAX_PIPELINE:
-        if _step_name(step) in _ONE_TO_ONE:
-            per_batch |= _python_functions(step)
-        elif _from_generator(step):
-            per_batch |= _generator_items(step, registry)
-            break
-        else:
+        one_to_one = _step_name(step) in _ONE_TO_ONE
+        if one_to_one or _from_generator(step):  # a generator's items: the last step looked at
+            per_batch |= called(step)
+        if not one_to_one:
             break
         step, count = getattr(step, "_input_dataset", None), count + 1
     every: set[str] = set()
@@ -756,8 +773,7 @@ def _pipeline_python_functions(dataset: Any, registry: Any
         if count == _MAX_PIPELINE:
             return per_batch, None
         step, count = pending.pop(), count + 1
-        every |= (_generator_items(step, registry) if _from_generator(step)
-                  else _python_functions(step))
+        every |= called(step)
         pending.extend(step._inputs())
     return per_batch, every
 
@@ -783,20 +799,6 @@ def _python_functions(dataset: Any) -> set[str]:
         tokens.update(node.attr["token"].s.decode() for node in nodes
                       if node.op in _PY_FUNC_OPS)
     return tokens
-
-
-def _ready_timed_call(function: Callable[..., Any], clock: LoopClock) -> Callable[..., Any]:
-    """`function`, each call stamped when it began (tf.data asked) and as it returned (the
-    batch was ready), on tf.data's thread."""
-    now, ready = clock.now, clock.ready
-
-    def call(*args: Any) -> Any:
-        asked = now()
-        result = function(*args)
-        ready(now(), asked)
-        return result
-
-    return call
 
 
 # -- a fit that raises -------------------------------------------------------------------------

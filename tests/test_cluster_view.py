@@ -15,6 +15,7 @@ from gpu_watch.report.cluster import (
     UNREADABLE,
     cluster_of,
     clusters,
+    input_fraction,
     judged_util_pct,
     step_time_s,
     wait_fraction,
@@ -62,6 +63,37 @@ def test_the_wait_share_is_the_runs_where_run_json_has_it(tmp_path):
     assert wait_fraction(load_run(path)) is None
     path = write_run(tmp_path, "d", run_info("d"), epochs=epochs(None))
     assert wait_fraction(load_run(path)) is None
+
+
+def test_the_input_seen_at_work_is_the_share_of_the_sampler_s_looks(tmp_path):
+    info = run_info("a")
+    info["wait"] = {"fraction": 0.0, "wait_s": 0.0, "loop_s": 4.0, "measure": "sampled_ticks",
+                    "ticks": 40, "fetching_ticks": 2, "producing_ticks": 28, "min_ticks": 20}
+    assert input_fraction(load_run(write_run(tmp_path, "a", info))) == pytest.approx(0.75)
+    info["wait"].update(ticks=19, fetching_ticks=0, producing_ticks=19)  # too few looks
+    assert input_fraction(load_run(write_run(tmp_path, "b", info))) is None
+    info["wait"].update(ticks=0, producing_ticks=0, min_ticks=0)  # every fetch timed, no look
+    assert input_fraction(load_run(write_run(tmp_path, "c", info))) is None
+    del info["wait"]
+    assert input_fraction(load_run(write_run(tmp_path, "d", info))) is None
+
+
+def test_held_ranks_whose_inputs_were_busy_as_long_make_a_balanced_run(tmp_path):
+    # Two ranks fed alike by slow producers that read ahead: rank 0 waited for its data, rank 1
+    # found each batch ready while held at the collective, its producer at work 80% of the time.
+    for rank, (wait, producing) in enumerate(((0.9, 36), (0.0, 32))):
+        info = run_info("exp", rank=rank, world_size=2)
+        info["wait"] = {"fraction": wait, "wait_s": 4 * wait, "loop_s": 4.0,
+                        "measure": "sampled_ticks", "ticks": 40, "fetching_ticks": 0,
+                        "producing_ticks": producing, "min_ticks": 20}
+        write_run(tmp_path, f"exp-rank{rank}", info, batches=batches(0.1, 0.0))
+    [view] = clusters(tmp_path)
+    assert (view.judgement.verdict, view.judgement.straggler) == (BALANCED, None)
+    out = io.StringIO()
+    assert run_report_command(str(tmp_path), plots=False, out=out) == 0
+    assert ("Run exp (2 workers): balanced, no straggler (the rank that waits most waits 90%; "
+            "the other ranks wait 0% and take 1.00x its time per step; their own inputs were "
+            "seen at work 80% of their loop's time)") in out.getvalue()
 
 
 def test_utilization_is_the_judged_one_where_run_json_has_it(tmp_path):

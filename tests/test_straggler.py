@@ -75,6 +75,31 @@ def test_medians_of_the_others_decide():
                          ).verdict == BALANCED
 
 
+@pytest.mark.parametrize(("busy", "verdict"), [(0.3, STRAGGLER), (0.30001, BALANCED)])
+def test_held_ranks_whose_own_inputs_are_busy_as_long_name_none(busy, verdict):
+    # Rank 0's input reads ahead: held at the collective, it finds its batch ready and waits
+    # for no data, yet the sampler saw its producer at work `busy` of its loop. Up to half the
+    # straggler's wait it is the straggler alone that holds the run; past it, both inputs are
+    # slow and speeding up rank 1's would barely speed the run up.
+    judgement = judge_cluster([RankFigures(0, 0.0, 1.0, busy), RankFigures(1, 0.6, 1.0, 0.62)])
+    assert (judgement.verdict, judgement.straggler) == (
+        verdict, 1 if verdict == STRAGGLER else None)
+    assert judgement.others_wait_fraction == 0.0
+    assert judgement.others_input_fraction == busy
+
+
+def test_an_input_share_is_the_wait_or_the_time_seen_at_work_whichever_is_more():
+    assert RankFigures(0, 0.4, 1.0, 0.1).input_share == 0.4
+    assert RankFigures(0, 0.1, 1.0, 0.4).input_share == 0.4
+    assert RankFigures(0, 0.1, 1.0).input_share == 0.1  # not sampled: the wait alone
+    assert RankFigures(0, None, 1.0, 0.4).input_share is None  # no wait share: not judged
+    # The others' median takes each rank's larger figure: 0.1 (wait), 0.4 (seen) and 0.2.
+    judgement = judge_cluster([RankFigures(0, 0.9, 1.0), RankFigures(1, 0.1, 1.0, 0.05),
+                               RankFigures(2, 0.0, 1.0, 0.4), RankFigures(3, 0.2, 1.0)])
+    assert judgement.others_input_fraction == pytest.approx(0.2)
+    assert judgement.others_wait_fraction == pytest.approx(0.1)
+
+
 def test_every_rank_input_bound_names_none():
     judgement = judge_cluster(ranks((0.7, 0.1), (0.75, 0.1)))
     assert (judgement.verdict, judgement.straggler) == (BALANCED, None)
@@ -116,5 +141,6 @@ def test_a_straggler_without_step_time_is_not_named():
 
 
 def test_a_judgement_built_without_figures_judged_no_rank():
-    assert ClusterJudgement(UNKNOWN) == ClusterJudgement(UNKNOWN, None, 0, None, None, None)
+    assert ClusterJudgement(UNKNOWN) == ClusterJudgement(UNKNOWN, None, 0, None, None, None,
+                                                         None)
     assert judge_cluster([]) == ClusterJudgement(UNKNOWN)

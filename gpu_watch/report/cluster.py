@@ -129,6 +129,8 @@ class RankRow:
         util_pct: This training's mean utilization of its GPUs, percent; None when unknown.
         wait_fraction: Share of its loop's time spent waiting for data, 0-1; None when unknown.
         step_s: Its loop's time per step, seconds (see `step_time_s`); None when unknown.
+        input_fraction: Share of its loop's time the sampler saw its input at work (see
+            `input_fraction`); None when the sampler did not judge it.
     """
 
     rank: int
@@ -139,6 +141,7 @@ class RankRow:
     util_pct: float | None
     wait_fraction: float | None
     step_s: float | None
+    input_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,8 @@ class ClusterView:
 def rank_row(rank: int, run: Run) -> RankRow:
     """What the cluster table shows of one rank's run."""
     return RankRow(rank, run.path, (run.record.writer or {}).get("host"), run.status,
-                   run.verdict, judged_util_pct(run), wait_fraction(run), step_time_s(run))
+                   run.verdict, judged_util_pct(run), wait_fraction(run), step_time_s(run),
+                   input_fraction(run))
 
 
 def judged_util_pct(run: Run) -> float | None:
@@ -189,6 +193,19 @@ def wait_fraction(run: Run) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+def input_fraction(run: Run) -> float | None:
+    """The share of the sampler's looks (`run.json` ``wait``) that found the run's input at
+    work: the training thread fetching, or a Python producer behind tf.data running. None with
+    fewer looks than a sampled wait needs (``min_ticks``), or none recorded."""
+    wait = run.record.wait
+    if not isinstance(wait, dict):
+        return None
+    ticks = wait.get("ticks") or 0
+    if not ticks or ticks < (wait.get("min_ticks") or 0):
+        return None
+    return ((wait.get("fetching_ticks") or 0) + (wait.get("producing_ticks") or 0)) / ticks
+
+
 def step_time_s(run: Run) -> float | None:
     """The training loop's pace: seconds per step, the time before each step included, over
     every step but each epoch's first (step 0 compiles; an epoch's first step also waits for
@@ -218,7 +235,8 @@ def cluster_view(name: str, members: list[Member]) -> ClusterView:
             # One rank's folder that cannot be read (or holds what gpu-watch never writes)
             # must not take the others' table, or a rank's own report, down with it.
             rows.append(RankRow(rank or 0, path, None, UNREADABLE, None, None, None, None))
-    judgement = judge_cluster([RankFigures(r.rank, r.wait_fraction, r.step_s) for r in rows])
+    judgement = judge_cluster([RankFigures(r.rank, r.wait_fraction, r.step_s, r.input_fraction)
+                               for r in rows])
     return ClusterView(name, tuple(rows), judgement)
 
 
@@ -255,8 +273,13 @@ def verdict_line(view: ClusterView) -> str:
         return head + (f"straggler rank{judgement.straggler}: it waits for data "
                        f"{_pct(judgement.wait_fraction)} of its loop's time, while {others}, "
                        "held at the collective step; speeding up its input speeds up the run")
+    inputs = ""
+    if (judgement.others_input_fraction is not None
+            and judgement.others_input_fraction > (judgement.others_wait_fraction or 0.0)):
+        inputs = (f"; their own inputs were seen at work {_pct(judgement.others_input_fraction)}"
+                  " of their loop's time")
     return head + (f"balanced, no straggler (the rank that waits most waits "
-                   f"{_pct(judgement.wait_fraction)}; {others})")
+                   f"{_pct(judgement.wait_fraction)}; {others}{inputs})")
 
 
 CLUSTER_HEADINGS = ("rank", "host", "status", "verdict", "util %", "data wait %", "step ms")

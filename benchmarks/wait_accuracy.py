@@ -18,6 +18,10 @@ A slow callback (arrays, a callback sleeping in each batch's end hook) has a tru
 its time is the loop's time spent elsewhere, reported as `other_fraction`, beside the true
 share of the time it cost.
 
+With `--producer work` each batch's making keeps the CPU busy in Python for that time instead of
+sleeping (a producer that decodes or augments, not one that waits for a disk): its thread holds
+Python's lock and a core, which the step may need.
+
 Epoch 0 is left out (it compiles). The target: the median epoch's reported share within 0.10 of
 the median epoch's truth, and the run's of the run's, and no epoch's wait above 0.05 where the
 truth is 0 by construction (no sleep in the data, a slow callback).
@@ -25,6 +29,7 @@ truth is 0 by construction (no sleep in the data, a slow callback).
 Usage:
     python benchmarks/wait_accuracy.py               # every backend installed, a table
     python benchmarks/wait_accuracy.py --busy        # the same, with one core kept busy
+    python benchmarks/wait_accuracy.py --producer work  # batches made by busy Python, no sleep
     python benchmarks/wait_accuracy.py --backends jax --inputs arrays generator
     python benchmarks/wait_accuracy.py --markdown    # also the table as docs/judging.md has it
 """
@@ -46,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("tensorflow", "jax", "torch")
 INPUTS = ("arrays", "tf_data", "generator", "py_dataset_0", "py_dataset_4", "torch_dataloader")
 SHARES = (0.0, 0.3, 0.8)
+PRODUCERS = ("sleep", "work")
 # Each fit's epochs, by the share of its time each aims to sleep: epoch 0 compiles, epoch 1 times
 # the step (the sleeps are set from it), and each epoch that sleeps sits between two that do not,
 # the truth's reference, on the same model and machine a second away. Each sleep comes
@@ -64,7 +70,8 @@ ZERO_TOLERANCE = 0.05
 # -- the child: one backend -------------------------------------------------------------------
 
 
-def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False) -> list[dict]:
+def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
+           producer: str = "sleep") -> list[dict]:
     import statistics
 
     import keras
@@ -116,8 +123,14 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False) ->
                 time.sleep(knob["callback"])
 
     def nap() -> None:
-        if knob["sleep"]:
+        if not knob["sleep"]:
+            return
+        if producer == "sleep":
             time.sleep(knob["sleep"])
+            return
+        end = time.perf_counter() + knob["sleep"]
+        while time.perf_counter() < end:  # Python at work, holding its lock
+            pass
 
     def batch_of(i):
         return x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
@@ -379,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
+    parser.add_argument("--producer", choices=PRODUCERS, default="sleep",
+                        help="how the making of each batch takes its time: asleep (waiting "
+                        "for a disk or the network) or at work in Python (decoding, augmenting)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as docs/judging.md shows it")
@@ -388,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("ROWS " + json.dumps(_child(args.child, args.inputs, args.log_dir, args.busy)))
+        print("ROWS " + json.dumps(_child(args.child, args.inputs, args.log_dir, args.busy,
+                                          args.producer)))
         return 0
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())
@@ -407,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                    os.environ.get("PYTHONPATH")]))}
                 done = subprocess.run(
                     [sys.executable, __file__, "--child", backend, "--log-dir", log_dir,
-                     *(["--busy"] if args.busy else []), "--inputs", *args.inputs], env=env,
+                     *(["--busy"] if args.busy else []), "--producer", args.producer,
+                     "--inputs", *args.inputs], env=env,
                     capture_output=True, text=True,
                     check=False)
                 lines = [x for x in done.stdout.splitlines() if x.startswith("ROWS ")]
@@ -436,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['measure'] or '-':<14}{_spread(row['truth']):<19}"
               f"{_spread(row['reported']):<19}{row['run_truth']:>9.2f}{run_reported:>9}  "
               f"{_judge(row)} / {_judge(row, run=True)}")
-    print("\n" + _tally(rows) + (" with one core kept busy" if args.busy else ""))
+    print("\n" + _tally(rows) + (" with one core kept busy" if args.busy else "")
+          + (", each batch made by Python at work" if args.producer == "work" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.markdown:

@@ -10,6 +10,7 @@ import pytest
 from runfolders import run_info, write_run
 
 from gpu_watch.judging.cluster import BALANCED, STRAGGLER, UNKNOWN
+from gpu_watch.judging.data_wait import MIN_WAIT_TICKS
 from gpu_watch.report import run_report_command
 from gpu_watch.report.cluster import (
     UNREADABLE,
@@ -74,6 +75,12 @@ def test_the_input_seen_at_work_is_the_share_of_the_sampler_s_looks(tmp_path):
     assert input_fraction(load_run(write_run(tmp_path, "b", info))) is None
     info["wait"].update(ticks=0, producing_ticks=0, min_ticks=0)  # every fetch timed, no look
     assert input_fraction(load_run(write_run(tmp_path, "c", info))) is None
+    # A run that does not say how many looks a share needs: the sampled wait's own minimum.
+    info["wait"] = {"ticks": MIN_WAIT_TICKS - 1, "producing_ticks": 5}
+    assert input_fraction(load_run(write_run(tmp_path, "e", info))) is None
+    info["wait"]["ticks"] = MIN_WAIT_TICKS
+    assert input_fraction(load_run(write_run(tmp_path, "f", info))) == pytest.approx(
+        5 / MIN_WAIT_TICKS)
     del info["wait"]
     assert input_fraction(load_run(write_run(tmp_path, "d", info))) is None
 

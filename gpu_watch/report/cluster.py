@@ -25,6 +25,7 @@ from gpu_watch.judging.cluster import (
     RankFigures,
     judge_cluster,
 )
+from gpu_watch.judging.data_wait import MIN_WAIT_TICKS
 from gpu_watch.runlog import Run, RunFolderError, RunRecord, find_runs, load_run
 from gpu_watch.sensing.job import SHARED_SOURCES
 
@@ -196,12 +197,13 @@ def wait_fraction(run: Run) -> float | None:
 def input_fraction(run: Run) -> float | None:
     """The share of the sampler's looks (`run.json` ``wait``) that found the run's input at
     work: the training thread fetching, or a Python producer behind tf.data running. None with
-    fewer looks than a sampled wait needs (``min_ticks``), or none recorded."""
+    fewer looks than a sampled wait needs (``min_ticks``, `MIN_WAIT_TICKS` where the run does
+    not say), or none recorded."""
     wait = run.record.wait
     if not isinstance(wait, dict):
         return None
     ticks = wait.get("ticks") or 0
-    if not ticks or ticks < (wait.get("min_ticks") or 0):
+    if not ticks or ticks < wait.get("min_ticks", MIN_WAIT_TICKS):
         return None
     return ((wait.get("fetching_ticks") or 0) + (wait.get("producing_ticks") or 0)) / ticks
 

@@ -101,6 +101,17 @@ def test_held_ranks_whose_inputs_were_busy_as_long_make_a_balanced_run(tmp_path)
     assert ("Run exp (2 workers): balanced, no straggler (the rank that waits most waits 90%; "
             "the other ranks wait 0% and take 1.00x its time per step; their own inputs were "
             "seen at work 80% of their loop's time)") in out.getvalue()
+    # Where the inputs show no busier than the ranks wait (to the percent), the line says it once.
+    for rank, (wait, producing) in enumerate(((0.9, 36), (0.8512, 34))):
+        info = run_info("exp2", rank=rank, world_size=2)
+        info["wait"] = {"fraction": wait, "wait_s": 4 * wait, "loop_s": 4.0,
+                        "measure": "sampled_ticks", "ticks": 40, "fetching_ticks": 0,
+                        "producing_ticks": producing, "min_ticks": 20}
+        write_run(tmp_path, f"exp2-rank{rank}", info, batches=batches(0.1, 0.0))
+    out = io.StringIO()
+    assert run_report_command(str(tmp_path), plots=False, out=out) == 0
+    assert ("Run exp2 (2 workers): balanced, no straggler (the rank that waits most waits 90%; "
+            "the other ranks wait 85% and take 1.00x its time per step)\n") in out.getvalue()
 
 
 def test_utilization_is_the_judged_one_where_run_json_has_it(tmp_path):

@@ -25,7 +25,7 @@ from gpu_watch.judging.cluster import (
     RankFigures,
     judge_cluster,
 )
-from gpu_watch.judging.data_wait import MIN_WAIT_TICKS
+from gpu_watch.judging.data_wait import MIN_WAIT_TICKS, seen_at_work
 from gpu_watch.runlog import Run, RunFolderError, RunRecord, find_runs, load_run
 from gpu_watch.sensing.job import SHARED_SOURCES
 
@@ -202,10 +202,8 @@ def input_fraction(run: Run) -> float | None:
     wait = run.record.wait
     if not isinstance(wait, dict):
         return None
-    ticks = wait.get("ticks") or 0
-    if not ticks or ticks < wait.get("min_ticks", MIN_WAIT_TICKS):
-        return None
-    return ((wait.get("fetching_ticks") or 0) + (wait.get("producing_ticks") or 0)) / ticks
+    return seen_at_work(wait.get("ticks") or 0, wait.get("fetching_ticks") or 0,
+                        wait.get("producing_ticks") or 0, wait.get("min_ticks", MIN_WAIT_TICKS))
 
 
 def step_time_s(run: Run) -> float | None:
@@ -277,7 +275,7 @@ def verdict_line(view: ClusterView) -> str:
                        "held at the collective step; speeding up its input speeds up the run")
     inputs = ""
     if (judgement.others_input_fraction is not None
-            and judgement.others_input_fraction > (judgement.others_wait_fraction or 0.0)):
+            and _pct(judgement.others_input_fraction) != _pct(judgement.others_wait_fraction)):
         inputs = (f"; their own inputs were seen at work {_pct(judgement.others_input_fraction)}"
                   " of their loop's time")
     return head + (f"balanced, no straggler (the rank that waits most waits "

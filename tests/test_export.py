@@ -484,6 +484,25 @@ def test_a_figure_missing_from_a_tick_stands_for_a_few_seconds_then_has_no_serie
     assert tick(HOLD_S + 0.2, judged_util_pct=0.0).training_util_ratio == 0.0
 
 
+def test_the_input_seen_at_work_is_a_counter_of_its_own_beside_the_wait():
+    from gpu_watch.export.otel import observations
+    from gpu_watch.export.prometheus import families
+
+    info = RunRecord(run_name="r", rank=1, backend="tensorflow", status="running")
+    snapshot = Snapshot(info, [])
+    # A rank held at the collective: its input, reading ahead, was at work 0.7 s of the loop's
+    # 1.2 s and the loop waited for none of it.
+    snapshot.tick([], LoopTotals(10, 1.0, 0.0, 0.2, 0.0, 0.7))
+    figures = snapshot.figures()
+    [busy] = [f for f in families(figures) if f.name == "gpu_watch_input_busy_seconds"]
+    assert busy.type == "counter"
+    assert [(s.name, s.value, s.labels["rank"]) for s in busy.samples] == [
+        ("gpu_watch_input_busy_seconds_total", 0.7, "1")]
+    [(value, attributes)] = observations(figures)["gpu_watch.input_busy.time"]
+    assert value == 0.7 and attributes["gpu_watch.rank"] == 1
+    assert figures.loop_seconds == pytest.approx(1.2)  # not a part of the loop's seconds
+
+
 def test_consecutive_runs_serve_on_the_same_port(tmp_path):
     """The next run's endpoint takes the port over from the last one, lingering or not: a
     training script that calls `fit` again (one epoch at a time, tuners) keeps its port."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.judging.data_wait import Loop, LoopTotals, Wait
+from gpu_watch.judging.data_wait import MIN_WAIT_TICKS, Loop, LoopTotals, Wait, seen_at_work
 from gpu_watch.judging.idle_watch import IdleEvent
 from gpu_watch.judging.timeline import Timeline
 from gpu_watch.judging.usage import SpanStats
@@ -362,10 +362,14 @@ def test_the_counters_count_step_0_and_split_a_sampled_loop_by_its_share():
     for fetching in [True] * 10 + [False] * 10:
         sampled.add_data_tick(fetching)
     # Half of the 3 s the steps took, step 0's included, went to waiting: out of the compute.
-    assert sampled.run_loop() == LoopTotals(2, 0.5, 1.5, 1.0, 0.5)
+    # The input was seen at work (fetching) in half the looks: half of the 3 s loop.
+    assert sampled.run_loop() == LoopTotals(2, 0.5, 1.5, 1.0, 0.5, 1.5)
     for _ in range(20):  # the share falls to a quarter: no counter goes down
         sampled.add_data_tick(False)
-    assert sampled.run_loop() == LoopTotals(2, 1.25, 1.5, 1.0, 0.25)
+    assert sampled.run_loop() == LoopTotals(2, 1.25, 1.5, 1.0, 0.25, 1.5)
+    for _ in range(40):  # a producer at work behind the loop: 50 of 80 looks found the input
+        sampled.add_data_tick(False, producing=True)
+    assert sampled.run_loop().input_s == pytest.approx(50 / 80 * 3.0)
 
 
 def test_the_breakdown_rounds_each_figure_to_four_places():
@@ -383,6 +387,17 @@ def test_a_timed_wait_keeps_the_ticks_that_found_a_producer_busy():
                 measure="ready_timed", ticks=5, fetching_ticks=1, producing_ticks=3).wait()
     assert (wait.fraction, wait.ticks, wait.fetching_ticks, wait.producing_ticks) == (
         0.25, 5, 1, 3)
+    assert wait.input_fraction is None  # 5 looks are too few to tell a share
+
+
+def test_the_input_seen_at_work_is_a_share_of_enough_looks():
+    assert seen_at_work(MIN_WAIT_TICKS, 3, 5) == 8 / MIN_WAIT_TICKS
+    assert seen_at_work(MIN_WAIT_TICKS - 1, 3, 5) is None
+    assert seen_at_work(4, 1, 1, min_ticks=4) == 0.5
+    assert seen_at_work(0, 0, 0, min_ticks=0) is None
+    wait = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.0, other_s=0.0, timed=2,
+                measure="ready_timed", ticks=40, fetching_ticks=2, producing_ticks=30).wait()
+    assert wait.input_fraction == 0.8 and wait.fraction == 0.0
 
 
 def test_an_unmeasured_wait_leaves_the_loop_to_the_steps_and_the_time_between_them():
@@ -432,8 +447,9 @@ def test_the_counters_split_a_sampled_loop_with_a_measured_wait_by_the_share():
     tl.add_batch(0, 2, 1, 2.5, 3.0, None, other_s=0.25)
     for fetching in [True] * 10 + [False] * 10:
         tl.add_data_tick(fetching)
-    # The loop: 2.5 s of steps, 0.5 s measured waiting, 0.5 s between: 3.5 s, 1.75 s waiting.
-    assert tl.run_loop() == LoopTotals(3, 1.25, 1.75, 0.5, 0.5)
+    # The loop: 2.5 s of steps, 0.5 s measured waiting, 0.5 s between: 3.5 s, 1.75 s waiting,
+    # and as long with the input seen at work.
+    assert tl.run_loop() == LoopTotals(3, 1.25, 1.75, 0.5, 0.5, 1.75)
 
 
 def test_a_bunch_of_steps_counts_as_each_of_them_would_alone():

@@ -141,6 +141,8 @@ class Figures:
         wait_ratio: The run's judged share of the loop's time spent waiting for data, 0-1,
             cumulative since the run began (step 0 left out); a rate of `wait_seconds` over
             `loop_seconds` shows a recent window.
+        input_seconds: Seconds of the loop the stack sampler saw the input at work (0 where
+            every fetch is timed and it does not look).
         verdict: The run's verdict so far (None before any). causes: Its cause codes.
         status: `running`, then how the run ended (`completed`, `failed`, ...).
     """
@@ -152,6 +154,7 @@ class Figures:
     wait_seconds: float = 0.0
     other_seconds: float = 0.0
     wait_ratio: float | None = None
+    input_seconds: float = 0.0
     verdict: str | None = None
     causes: tuple[str, ...] = ()
     status: str = "running"
@@ -216,7 +219,8 @@ class Snapshot:
                                     steps=totals.steps, step_seconds=totals.step_s,
                                     wait_seconds=totals.wait_s,
                                     other_seconds=totals.other_s,
-                                    wait_ratio=totals.wait_fraction)
+                                    wait_ratio=totals.wait_fraction,
+                                    input_seconds=totals.input_s)
 
     def _pcie_bytes(self, r: Reading) -> dict[str, float | None]:
         """GPM's PCIe throughput (MiB/s since the previous sample) over the time since this

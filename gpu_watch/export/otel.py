@@ -106,6 +106,7 @@ def observations(figures: Figures) -> dict[str, list[tuple[float, dict[str, Any]
     out["gpu_watch.data_wait.time"] = [(figures.wait_seconds, run)]
     out["gpu_watch.other.time"] = [(figures.other_seconds, run)]
     out["gpu_watch.loop.time"] = [(figures.loop_seconds, run)]
+    out["gpu_watch.input_busy.time"] = [(figures.input_seconds, run)]
     out["gpu_watch.data_wait"] = ([] if figures.wait_ratio is None
                                   else [(figures.wait_ratio, run)])
     out["gpu_watch.run.info"] = [(1.0, {**run, "gpu_watch.version": figures.labels.version,
@@ -128,6 +129,8 @@ RUN_INSTRUMENTS = (
      "Time between steps spent neither computing nor waiting for data so far."),
     ("gpu_watch.loop.time", "counter", "s",
      "The training loop's time so far: compute, data wait and other time together."),
+    ("gpu_watch.input_busy.time", "counter", "s",
+     "Time of the loop the stack sampler saw the input pipeline at work so far."),
     ("gpu_watch.data_wait", "gauge", "1",
      "Share of the training loop's time spent waiting for data, 0-1, cumulative since the run "
      "began."),

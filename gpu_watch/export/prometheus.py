@@ -117,7 +117,11 @@ def families(figures: Figures) -> Iterator[Any]:
              "waiting for data (other callbacks, Keras' own bookkeeping) so far.",
              figures.other_seconds),
             ("gpu_watch_loop_seconds", "The training loop's time so far: compute, data wait "
-             "and other seconds together.", figures.loop_seconds)):
+             "and other seconds together.", figures.loop_seconds),
+            ("gpu_watch_input_busy_seconds", "Time of the loop the stack sampler saw the input "
+             "pipeline at work so far (fetching, or a Python producer behind tf.data "
+             "running); 0 where every fetch is timed. Not a wait: a pipeline that reads ahead "
+             "works while the loop does not wait for it.", figures.input_seconds)):
         counter = CounterMetricFamily(name, text, labels=RUN_LABELS)
         counter.add_metric(run, value)
         yield counter

@@ -44,6 +44,18 @@ def _share(part: float, whole: float) -> float | None:
     return part / whole if whole > 0 else None
 
 
+def seen_at_work(ticks: int, fetching_ticks: int, producing_ticks: int,
+                 min_ticks: int = MIN_WAIT_TICKS) -> float | None:
+    """The share of the stack sampler's looks that found the input pipeline at work (the
+    training thread fetching, or another thread producing), 0-1; None under `min_ticks` looks.
+
+    It is not a wait: a pipeline that reads ahead works while the loop computes, or waits at a
+    collective step for other ranks. Beside the wait it tells how slow the input itself is."""
+    if ticks <= 0 or ticks < min_ticks:
+        return None
+    return (fetching_ticks + producing_ticks) / ticks
+
+
 @dataclass(frozen=True)
 class Wait:
     """How a span of the training loop spent its time: computing, waiting for data, elsewhere.
@@ -74,6 +86,11 @@ class Wait:
     producing_ticks: int
     compute_s: float
     other_s: float
+
+    @property
+    def input_fraction(self) -> float | None:
+        """The share of the sampler's looks that found the input at work (`seen_at_work`)."""
+        return seen_at_work(self.ticks, self.fetching_ticks, self.producing_ticks)
 
     @property
     def other_fraction(self) -> float | None:
@@ -195,11 +212,14 @@ class Loop:
 class LoopTotals:
     """The run's loop so far as a counter wants it: every step, step 0 included, their summed
     seconds (the compute), the seconds spent waiting for data, the seconds between steps spent
-    elsewhere (other callbacks, Keras' own bookkeeping), and the run's judged share of its
-    loop spent waiting for data (0-1, step 0 left out; None while unknown)."""
+    elsewhere (other callbacks, Keras' own bookkeeping), the run's judged share of its
+    loop spent waiting for data (0-1, step 0 left out; None while unknown), and the seconds
+    the stack sampler saw the input at work (`Wait.input_fraction` of the loop; 0 where it
+    does not look)."""
 
     steps: int
     step_s: float
     wait_s: float
     other_s: float = 0.0
     wait_fraction: float | None = None
+    input_s: float = 0.0

@@ -250,12 +250,14 @@ class Timeline:
             data = wait.fraction * loop
             compute = max(0.0, every.step_s + every.wait_s - data)
             other = max(0.0, loop - compute - data)
+        seen = wait.input_fraction
+        seen_s = 0.0 if seen is None else seen * (compute + data + other)
         with self._lock:
             last = self._last_totals
             if last is not None:
                 compute, data = max(last.step_s, compute), max(last.wait_s, data)
-                other = max(last.other_s, other)
-            totals = LoopTotals(every.steps, compute, data, other, wait.fraction)
+                other, seen_s = max(last.other_s, other), max(last.input_s, seen_s)
+            totals = LoopTotals(every.steps, compute, data, other, wait.fraction, seen_s)
             self._last_totals = totals
         return totals
 

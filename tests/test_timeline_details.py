@@ -395,6 +395,7 @@ def test_the_input_seen_at_work_is_a_share_of_enough_looks():
     assert seen_at_work(MIN_WAIT_TICKS - 1, 3, 5) is None
     assert seen_at_work(4, 1, 1, min_ticks=4) == 0.5
     assert seen_at_work(0, 0, 0, min_ticks=0) is None
+    assert seen_at_work(1, 0, 1, min_ticks=1) == 1.0  # one look, where one is enough
     wait = Loop(batches=2, steps=2, step_s=0.5, wait_s=0.0, other_s=0.0, timed=2,
                 measure="ready_timed", ticks=40, fetching_ticks=2, producing_ticks=30).wait()
     assert wait.input_fraction == 0.8 and wait.fraction == 0.0

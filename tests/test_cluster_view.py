@@ -85,15 +85,21 @@ def test_the_input_seen_at_work_is_the_share_of_the_sampler_s_looks(tmp_path):
     assert input_fraction(load_run(write_run(tmp_path, "d", info))) is None
 
 
-def test_held_ranks_whose_inputs_were_busy_as_long_make_a_balanced_run(tmp_path):
-    # Two ranks fed alike by slow producers that read ahead: rank 0 waited for its data, rank 1
-    # found each batch ready while held at the collective, its producer at work 80% of the time.
-    for rank, (wait, producing) in enumerate(((0.9, 36), (0.0, 32))):
-        info = run_info("exp", rank=rank, world_size=2)
+def sampled_ranks(log_dir, name: str, *ranks: tuple[float, int]) -> None:
+    """A two-rank run whose waits were sampled: each rank's wait share, and of 40 looks, how
+    many found its producer at work."""
+    for rank, (wait, producing) in enumerate(ranks):
+        info = run_info(name, rank=rank, world_size=len(ranks))
         info["wait"] = {"fraction": wait, "wait_s": 4 * wait, "loop_s": 4.0,
                         "measure": "sampled_ticks", "ticks": 40, "fetching_ticks": 0,
                         "producing_ticks": producing, "min_ticks": 20}
-        write_run(tmp_path, f"exp-rank{rank}", info, batches=batches(0.1, 0.0))
+        write_run(log_dir, f"{name}-rank{rank}", info, batches=batches(0.1, 0.0))
+
+
+def test_held_ranks_whose_inputs_were_busy_as_long_make_a_balanced_run(tmp_path):
+    # Two ranks fed alike by slow producers that read ahead: rank 0 waited for its data, rank 1
+    # found each batch ready while held at the collective, its producer at work 80% of the time.
+    sampled_ranks(tmp_path, "exp", (0.9, 36), (0.0, 32))
     [view] = clusters(tmp_path)
     assert (view.judgement.verdict, view.judgement.straggler) == (BALANCED, None)
     out = io.StringIO()
@@ -102,12 +108,7 @@ def test_held_ranks_whose_inputs_were_busy_as_long_make_a_balanced_run(tmp_path)
             "the other ranks wait 0% and take 1.00x its time per step; their own inputs were "
             "seen at work 80% of their loop's time)") in out.getvalue()
     # Where the inputs show no busier than the ranks wait (to the percent), the line says it once.
-    for rank, (wait, producing) in enumerate(((0.9, 36), (0.8512, 34))):
-        info = run_info("exp2", rank=rank, world_size=2)
-        info["wait"] = {"fraction": wait, "wait_s": 4 * wait, "loop_s": 4.0,
-                        "measure": "sampled_ticks", "ticks": 40, "fetching_ticks": 0,
-                        "producing_ticks": producing, "min_ticks": 20}
-        write_run(tmp_path, f"exp2-rank{rank}", info, batches=batches(0.1, 0.0))
+    sampled_ranks(tmp_path, "exp2", (0.9, 36), (0.8512, 34))
     out = io.StringIO()
     assert run_report_command(str(tmp_path), plots=False, out=out) == 0
     assert ("Run exp2 (2 workers): balanced, no straggler (the rank that waits most waits 90%; "

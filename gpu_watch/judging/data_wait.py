@@ -191,13 +191,13 @@ class Loop:
             return Wait(_share(self.wait_s, loop_s), self.measure, self.wait_s, loop_s,
                         self.ticks, self.fetching_ticks, self.producing_ticks, self.step_s,
                         self.other_s)
-        if self.ticks < MIN_WAIT_TICKS:
+        at_work = seen_at_work(self.ticks, self.fetching_ticks, self.producing_ticks)
+        if at_work is None:
             return Wait(None, None, 0.0, loop_s, self.ticks, self.fetching_ticks,
                         self.producing_ticks, self.step_s + self.wait_s, self.other_s)
         sampled = self.fetching_ticks / self.ticks
-        producing = (self.fetching_ticks + self.producing_ticks) / self.ticks
-        if producing >= PRODUCER_SATURATED:
-            sampled = producing
+        if at_work >= PRODUCER_SATURATED:
+            sampled = at_work
         wait_s = sampled * loop_s
         # The sampled wait sits inside the steps (tf.data fetches there) or between them:
         # either way it is neither compute nor other work, taken from the steps first.

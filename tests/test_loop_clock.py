@@ -99,6 +99,92 @@ def test_each_fetch_counts_in_the_wait_whether_before_the_step_or_inside_it():
     assert (step.wait_s, step.compute_s, step.other_s) == (1.0, 0.5, 0.5)
 
 
+# -- a step after a pause ----------------------------------------------------------------------
+
+
+def _steps_straight_after_another(c, computes, t=0.0):
+    """Steps with no gap between them, each of the given compute; returns the last end."""
+    for batch, compute in enumerate(computes):
+        c.begin(batch, t)
+        t += compute
+        c.end(batch, t)
+    return t
+
+
+def test_what_a_step_after_a_pause_takes_over_one_after_another_goes_to_the_pause():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    t = _steps_straight_after_another(c, [0.5, 0.5])  # each 0.5 s, straight after another
+    c.fetched(t + 0.25, t + 1.0)  # 0.75 s of fetch, 0.25 s elsewhere before it
+    c.begin(2, t + 1.0)
+    step = c.end(2, t + 2.0)  # a second of compute where a step takes 0.5 s
+    # The 0.5 s it lost restarting goes to the pause, by the pause's shares: 3/4 to the wait.
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.5, 1.125, 0.375)
+    assert step.compute_s + step.wait_s + step.other_s == 2.0
+
+
+def test_a_step_after_time_elsewhere_alone_gets_no_wait_for_what_it_lost():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    t = _steps_straight_after_another(c, [0.5])
+    c.begin(1, t + 1.0)  # a slow callback: a second between the steps, no fetch
+    step = c.end(1, t + 2.0)
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.5, 0.0, 1.5)
+
+
+def test_a_step_after_a_pause_that_took_no_longer_than_one_after_another_keeps_its_time():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    t = _steps_straight_after_another(c, [0.5])
+    c.fetched(t, t + 1.0)
+    c.begin(1, t + 1.0)
+    step = c.end(1, t + 1.25)  # quicker than the steps before: nothing to move
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.25, 1.0, 0.0)
+
+
+def test_before_any_step_straight_after_another_nothing_moves():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    c.fetched(0.0, 1.0)
+    c.begin(0, 1.0)
+    first = c.end(0, 3.0)
+    c.fetched(3.0, 4.0)
+    c.begin(1, 4.0)
+    second = c.end(1, 5.0)
+    assert [(s.compute_s, s.wait_s) for s in (first, second)] == [(2.0, 1.0), (1.0, 1.0)]
+
+
+def test_without_a_wait_measured_per_step_nothing_moves_and_no_step_is_taken_as_warm():
+    c, _ = clock(None)  # no fetch probe: the gap is elsewhere, and stays as it is
+    c.epoch_begin(0.0)
+    t = _steps_straight_after_another(c, [0.5])
+    c.begin(1, t + 1.0)
+    step = c.end(1, t + 3.0)
+    assert (step.compute_s, step.wait_s, step.other_s) == (2.0, None, 1.0)
+    c.measure = FETCH_TIMED  # measured from here: the step above was never taken as warm
+    c.fetched(t + 3.0, t + 4.0)
+    c.begin(2, t + 4.0)
+    assert c.end(2, t + 6.0).compute_s == 2.0
+
+
+@pytest.mark.parametrize(("pause", "moved"), [(0.00095, False), (0.001, True)])
+def test_a_pause_is_a_millisecond_or_more(pause, moved):
+    c, _ = clock(FETCH_TIMED)
+    c._after_pause(0.5, 0.0, 0.0)  # a step straight after another: the mean is 0.5
+    compute, wait, other = c._after_pause(1.5, pause, 0.0)
+    assert (compute, wait) == ((0.5, pause + 1.0) if moved else (1.5, pause))
+    assert other == 0.0
+
+
+def test_the_steps_straight_after_another_are_the_latest_sixty_four():
+    c, _ = clock(FETCH_TIMED)
+    for compute in [10.0, 2.0] + [1.0] * 63:  # 65 steps: the first drops out of the mean
+        c._after_pause(compute, 0.0, 0.0)
+    compute, wait, other = c._after_pause(5.0, 1.0, 1.0)
+    assert compute == 65 / 64
+    assert (wait, other) == ((5.0 - 65 / 64) / 2 + 1.0, (5.0 - 65 / 64) / 2 + 1.0)
+
+
 def test_a_batch_made_ready_after_the_step_began_is_waited_for_inside_it():
     c, _ = clock(READY_TIMED)
     c.epoch_begin(0.0)
@@ -244,6 +330,30 @@ def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
     assert [(s.begin_s, s.end_s, s.compute_s, s.wait_s, s.other_s) for s in steps] == [
         (0.5, 1.0, 0.5, 0.5, 0.0), (1.0, 1.5, 0.5, 0.0, 0.0), (2.0, 2.5, 0.5, 0.5, 0.0)]
     assert c.device_error is None and not c._watcher.is_alive()
+
+
+def test_a_step_the_device_ran_after_sitting_idle_gives_what_it_lost_to_the_wait():
+    device = _Device()
+    steps: list[Step] = []
+    c = LoopClock(device.now, 0.0, steps.extend)
+    c.measure = FETCH_TIMED
+    c.device_done = threading.Event.wait
+    c.epoch_begin(0.0)
+    outputs = [threading.Event() for _ in range(3)]
+    c.begin(0, 0.0)
+    c.end(0, 0.25, outputs[0])
+    device.finish(c, outputs[0], at=0.5)
+    c.begin(1, 0.25)  # dispatched while the device ran step 0: straight after it, 0.5 s
+    c.end(1, 0.5, outputs[1])
+    device.finish(c, outputs[1], at=1.0)
+    # Step 2: fetched from 0.5 to 2.0, idle from 1.0; then 1.0 s on the device, not 0.5.
+    c.begin(2, 0.5)
+    c.fetched(0.5, 2.0)
+    c.end(2, 2.1, outputs[2])
+    device.finish(c, outputs[2], at=3.0)
+    c.close()
+    assert [(s.begin_s, s.end_s, s.compute_s, s.wait_s, s.other_s) for s in steps][1:] == [
+        (0.5, 1.0, 0.5, 0.0, 0.0), (2.0, 3.0, 0.5, 1.5, 0.0)]
 
 
 def test_a_step_dispatched_before_any_epoch_begin_is_timed_from_its_dispatch():
@@ -847,6 +957,75 @@ def test_on_jax_each_pull_first_looks_at_the_device_s_steps():
     assert looks == [2.0] and c._fetches == [(1.0, 2.0), (3.0, 4.0)]
 
 
+class _Pass:
+    """One pass's iterator whose end takes `end_s` on the clock, as a tf.data iterator's does
+    (it waits for its threads)."""
+
+    def __init__(self, clock, items, end_s):
+        self.clock, self.items, self.end_s = clock, list(items), end_s
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.items:
+            raise StopIteration
+        return self.items.pop(0)
+
+    def __del__(self):
+        self.clock.t += self.end_s
+
+
+class _Passes:
+    """An epoch iterator that makes a new pass each time, held by nothing else."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def _get_iterator(self):
+        return self.make()
+
+
+def _attached(backend="jax"):
+    ticking = _Ticking()
+    iterator = _Passes(lambda: _Pass(ticking, [10], end_s=100.0))
+    c = LoopClock(ticking, 0.0, lambda steps: None)
+    keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), backend, c,
+                                       keras_internals.Attachment())
+    return iterator, c
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_end_of_a_pass_is_timed_as_a_fetch_where_the_training_thread_drops_it(backend):
+    iterator, c = _attached(backend)
+    source = iter(iterator._get_iterator())  # 1 to 2
+    assert next(source) == 10  # 3 to 4
+    del source  # JAX's fit as the next epoch asks for a batch: 5, then the end's 100 s, to 106
+    assert c._fetches == [(1.0, 2.0), (3.0, 4.0), (5.0, 106.0)]
+
+
+def test_the_end_of_a_pass_dropped_on_another_thread_is_not_the_loop_s_time():
+    iterator, c = _attached()
+    held = [iter(iterator._get_iterator())]  # 1 to 2, on this thread: the training thread
+    dropper = threading.Thread(target=held.clear)
+    dropper.start()
+    dropper.join()
+    assert c._fetches == [(1.0, 2.0)]
+    assert not held
+
+
+def test_a_pass_end_that_fails_to_be_timed_is_recorded_and_never_raises():
+    iterator, c = _attached()
+    source = iter(iterator._get_iterator())
+
+    def broken(start, end):
+        raise RuntimeError("no room")
+
+    c.fetched = broken
+    del source
+    assert [s.place for s in take_swallowed()] == ["keras_internals.pass_end"]
+
+
 class _Array:
     def __init__(self, ready):
         self.ready = ready
@@ -1116,7 +1295,7 @@ def test_every_fetch_a_device_step_waited_for_counts():
     c.fetched(1.0, 1.25)
     c.begin(1, 1.25)
     second = _Outputs(done=True)
-    device.t = 2.0
+    device.t = 1.75  # as long as the step before: it lost nothing to the pause
     c.end(2, 1.5, second)
     assert c.settle(10.0)
     c.close()

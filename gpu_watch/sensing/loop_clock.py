@@ -23,7 +23,10 @@ A step's loop time runs from the end of the step before (or the epoch's begin) t
 (entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
 itself (from leaving the begin hooks to entering the end hooks) less the wait inside it; the
 rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. The three add
-up to the loop time, and the loop times of one epoch to no more than its duration.
+up to the loop time, and the loop times of one epoch to no more than its duration. A step that
+follows a pause (a wait for data, time elsewhere) and runs slower than steps straight after
+another gives what it lost to that pause (`LoopClock._after_pause`): removing the pause would
+buy it back too.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ SLOW_FETCH_S = 0.001
 # the last hand-on, whichever comes first; an epoch's first step at once (see `LoopClock.end`).
 DRAIN_STEPS = 64
 DRAIN_S = 0.05
+# A step that follows a pause at least this long (its device idle: waiting for data, or for work
+# elsewhere) has restarted, and what it took over a step straight after another is the pause's
+# cost (see `LoopClock._after_pause`). Shorter gaps are a loop's own bookkeeping.
+PAUSE_S = 0.001
+# The steps straight after another whose mean compute is what such a step takes (`_warm`):
+# the latest this many. A step's own time varies by half either way, and an epoch's first steps
+# run longer than its last; the mean of many is what an epoch's wall time is made of.
+WARM_STEPS = 64
 
 
 class LoopClock:
@@ -118,6 +129,8 @@ class LoopClock:
         self._ended: list[Step] = []
         self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
+        # The compute of the latest steps straight after another (see `_after_pause`).
+        self._warm: deque[float] = deque(maxlen=WARM_STEPS)
 
     # -- the training thread ---------------------------------------------------------------------
 
@@ -203,6 +216,7 @@ class LoopClock:
         if mark is not None:
             loop = max(entered_s - mark, step_s)
             other = max(0.0, loop - compute - (wait or 0.0))
+            compute, wait, other = self._after_pause(compute, wait, other)
         self._mark = entered_s
         # Positional: keywords cost a step 0.2 µs more.
         step = Step(first, batch, begin - self.t0, entered_s - self.t0, wait, None, compute, other,
@@ -359,9 +373,37 @@ class LoopClock:
         other = None
         if free is not None:
             other = max(0.0, (done - free) - compute - (wait or 0.0))
+            compute, wait, other = self._after_pause(compute, wait, other)
         self._device_free = done
         return Step(item.first, item.last, start - self.t0, done - self.t0, wait, None, compute,
                     other, self.measure if wait is not None else None)  # positional: see `end`
+
+    def _after_pause(self, compute: float, wait: float | None, other: float
+                     ) -> tuple[float, float | None, float]:
+        """A step's compute, wait for data and time elsewhere, with what the step lost to the
+        pause before it counted with that pause.
+
+        A step that follows a pause of at least `PAUSE_S` (the training thread fetching data,
+        or running callbacks, while the device had nothing to do) runs slower than one straight
+        after another: its dispatch and the copy of its batch no longer overlap the step before,
+        and a CPU that computes it has parked its threads and cooled its caches. The time it
+        takes over the mean of the latest `WARM_STEPS` steps straight after another is what
+        the pause cost beyond its own length, and what removing it would buy too: it goes to
+        the wait and to the time elsewhere, each by its share of the pause. Before the first
+        step straight after another, nothing moves. Where the wait is not measured per step
+        (None), nothing is taken for one, and nothing moves.
+        """
+        if wait is None:
+            return compute, wait, other
+        pause = wait + other
+        if pause < PAUSE_S:
+            self._warm.append(compute)  # a paused step pays for the mean; this one, an append
+            return compute, wait, other
+        if not self._warm:
+            return compute, wait, other
+        excess = max(0.0, compute - sum(self._warm) / len(self._warm))
+        to_wait = excess * wait / pause
+        return compute - excess, wait + to_wait, other + excess - to_wait
 
     def add_hook_time(self, key: tuple[int, str], seconds: float) -> None:
         """A callback's batch hook took `seconds` (on whichever thread Keras ran it)."""

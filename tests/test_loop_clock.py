@@ -126,20 +126,30 @@ def test_what_a_step_after_a_pause_takes_over_one_after_another_goes_to_the_paus
 def test_a_step_after_time_elsewhere_alone_gets_no_wait_for_what_it_lost():
     c, _ = clock(FETCH_TIMED)
     c.epoch_begin(0.0)
-    t = _steps_straight_after_another(c, [0.5])
-    c.begin(1, t + 1.0)  # a slow callback: a second between the steps, no fetch
-    step = c.end(1, t + 2.0)
+    t = _steps_straight_after_another(c, [0.5, 0.5])  # the first compiles
+    c.begin(2, t + 1.0)  # a slow callback: a second between the steps, no fetch
+    step = c.end(2, t + 2.0)
     assert (step.compute_s, step.wait_s, step.other_s) == (0.5, 0.0, 1.5)
 
 
-def test_a_step_after_a_pause_that_took_no_longer_than_one_after_another_keeps_its_time():
+def test_a_step_after_a_pause_quicker_than_one_after_another_gives_the_difference_back():
     c, _ = clock(FETCH_TIMED)
     c.epoch_begin(0.0)
-    t = _steps_straight_after_another(c, [0.5])
-    c.fetched(t, t + 1.0)
-    c.begin(1, t + 1.0)
-    step = c.end(1, t + 1.25)  # quicker than the steps before: nothing to move
-    assert (step.compute_s, step.wait_s, step.other_s) == (0.25, 1.0, 0.0)
+    t = _steps_straight_after_another(c, [0.5, 0.5])
+    c.fetched(t + 0.5, t + 1.0)  # half a second of fetch, half a second elsewhere
+    c.begin(2, t + 1.0)
+    step = c.end(2, t + 1.25)  # 0.25 s quicker than the steps before: the noise of its time
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.5, 0.375, 0.375)
+
+
+def test_a_step_after_a_pause_gives_back_no_more_than_the_pause():
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(0.0)
+    t = _steps_straight_after_another(c, [1.0, 1.0])
+    c.fetched(t, t + 0.25)
+    c.begin(2, t + 0.25)
+    step = c.end(2, t + 0.5)  # 0.75 s quicker, after a pause of 0.25 s
+    assert (step.compute_s, step.wait_s, step.other_s) == (0.5, 0.0, 0.0)
 
 
 def test_before_any_step_straight_after_another_nothing_moves():
@@ -157,20 +167,22 @@ def test_before_any_step_straight_after_another_nothing_moves():
 def test_without_a_wait_measured_per_step_nothing_moves_and_no_step_is_taken_as_warm():
     c, _ = clock(None)  # no fetch probe: the gap is elsewhere, and stays as it is
     c.epoch_begin(0.0)
-    t = _steps_straight_after_another(c, [0.5])
-    c.begin(1, t + 1.0)
-    step = c.end(1, t + 3.0)
+    t = _steps_straight_after_another(c, [0.5, 0.5])
+    c.begin(2, t + 1.0)
+    step = c.end(2, t + 3.0)
     assert (step.compute_s, step.wait_s, step.other_s) == (2.0, None, 1.0)
-    c.measure = FETCH_TIMED  # measured from here: the step above was never taken as warm
+    c.measure = FETCH_TIMED  # measured from here: the steps above were never taken as warm
+    c._after_pause(7.0, 0.0, 0.0)  # the run's first measured step: it compiles
     c.fetched(t + 3.0, t + 4.0)
-    c.begin(2, t + 4.0)
-    assert c.end(2, t + 6.0).compute_s == 2.0
+    c.begin(3, t + 4.0)
+    assert c.end(3, t + 6.0).compute_s == 2.0
 
 
 @pytest.mark.parametrize(("pause", "moved"), [(0.00095, False), (0.001, True)])
 def test_a_pause_is_a_millisecond_or_more(pause, moved):
     c, _ = clock(FETCH_TIMED)
-    c._after_pause(0.5, 0.0, 0.0)  # a step straight after another: the mean is 0.5
+    c._after_pause(9.0, 0.0, 0.0)  # the run's first step: it compiles
+    c._after_pause(0.5, 0.0, 0.0)  # a step straight after another: the median is 0.5
     compute, wait, other = c._after_pause(1.5, pause, 0.0)
     assert (compute, wait) == ((0.5, pause + 1.0) if moved else (1.5, pause))
     assert other == 0.0
@@ -178,11 +190,33 @@ def test_a_pause_is_a_millisecond_or_more(pause, moved):
 
 def test_the_steps_straight_after_another_are_the_latest_sixty_four():
     c, _ = clock(FETCH_TIMED)
-    for compute in [10.0, 2.0] + [1.0] * 63:  # 65 steps: the first drops out of the mean
+    c._after_pause(50.0, 0.0, 0.0)  # the run's first step: it compiles, and is none of them
+    # 65 steps, each taking 1.0 s but 8 quick and 8 slow ones; the oldest, 100 s, drops out.
+    for compute in [100.0] + [0.0] * 8 + [1.0] * 48 + [10.0] * 8:
         c._after_pause(compute, 0.0, 0.0)
-    compute, wait, other = c._after_pause(5.0, 1.0, 1.0)
-    assert compute == 65 / 64
-    assert (wait, other) == ((5.0 - 65 / 64) / 2 + 1.0, (5.0 - 65 / 64) / 2 + 1.0)
+    compute, wait, other = c._after_pause(6.0, 1.0, 1.0)
+    assert (compute, wait, other) == (1.0, 3.5, 3.5)
+
+
+@pytest.mark.parametrize(("quick", "typical", "slow", "mean"), [
+    (8, 48, 8, 1.0),  # one in eight at each end left out: the 1.0 s steps alone
+    (9, 46, 9, (0.0 + 46 + 10.0) / 48),  # one more at each end: one of each in the mean
+    (1, 5, 1, 15 / 7),  # under eight steps: all of them
+])
+def test_the_mean_leaves_out_one_step_in_eight_at_each_end(quick, typical, slow, mean):
+    c, _ = clock(FETCH_TIMED)
+    c._after_pause(50.0, 0.0, 0.0)
+    for compute in [0.0] * quick + [1.0] * typical + [10.0] * slow:
+        c._after_pause(compute, 0.0, 0.0)
+    assert c._after_pause(6.0, 2.0, 0.0) == pytest.approx((mean, 2.0 + 6.0 - mean, 0.0))
+
+
+def test_the_run_s_first_step_compiles_and_is_neither_measured_nor_a_measure():
+    c, _ = clock(FETCH_TIMED)
+    assert c._after_pause(9.0, 1.0, 0.0) == (9.0, 1.0, 0.0)  # after a pause: left alone
+    assert c._after_pause(2.0, 1.0, 0.0) == (2.0, 1.0, 0.0)  # no step straight after another
+    c._after_pause(0.5, 0.0, 0.0)
+    assert c._after_pause(1.5, 1.0, 0.0) == (0.5, 2.0, 0.0)
 
 
 def test_a_batch_made_ready_after_the_step_began_is_waited_for_inside_it():
@@ -402,8 +436,8 @@ def test_a_step_without_outputs_is_timed_at_once_from_the_dispatched_step_s_end(
     c.begin(0, 0.0)
     assert c.end(0, 1.0, object()) is None  # dispatched: timed on the device's side
     c.begin(1, 1.25)
-    step = c.end(1, 2.0)  # no outputs to wait for (no logs): timed on the training thread
-    assert (step.compute_s, step.wait_s, step.other_s) == (0.75, 0.0, 0.25)
+    step = c.end(1, 2.25)  # no outputs to wait for (no logs): timed on the training thread
+    assert (step.compute_s, step.wait_s, step.other_s) == (1.0, 0.0, 0.25)
     assert c.settle(10.0)
     c.close()
 

@@ -64,8 +64,11 @@ DRAIN_S = 0.05
 PAUSE_S = 0.001
 # The steps straight after another whose mean compute is what such a step takes (`_warm`):
 # the latest this many. A step's own time varies by half either way, and an epoch's first steps
-# run longer than its last; the mean of many is what an epoch's wall time is made of.
+# run longer than its last: the mean of many is what an epoch's wall time is made of. A few take
+# a hundred times as long (a new batch shape compiles, the garbage collector runs): the mean
+# leaves out one in this many of them at each end, the quickest and the slowest.
 WARM_STEPS = 64
+WARM_TRIM = 8
 
 
 class LoopClock:
@@ -129,8 +132,10 @@ class LoopClock:
         self._ended: list[Step] = []
         self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
-        # The compute of the latest steps straight after another (see `_after_pause`).
+        # The compute of the latest steps straight after another (see `_after_pause`), from
+        # the run's second step on: its first compiles.
         self._warm: deque[float] = deque(maxlen=WARM_STEPS)
+        self._compiled = False
 
     # -- the training thread ---------------------------------------------------------------------
 
@@ -387,13 +392,21 @@ class LoopClock:
         or running callbacks, while the device had nothing to do) runs slower than one straight
         after another: its dispatch and the copy of its batch no longer overlap the step before,
         and a CPU that computes it has parked its threads and cooled its caches. The time it
-        takes over the mean of the latest `WARM_STEPS` steps straight after another is what
-        the pause cost beyond its own length, and what removing it would buy too: it goes to
-        the wait and to the time elsewhere, each by its share of the pause. Before the first
-        step straight after another, nothing moves. Where the wait is not measured per step
-        (None), nothing is taken for one, and nothing moves.
+        takes over the mean of the latest `WARM_STEPS` steps straight after another (less one
+        in `WARM_TRIM` at each end, the quickest and the slowest) is what the pause cost beyond
+        its own length, and what removing it would buy too: it goes to the wait and to the
+        time elsewhere, each by its share of the pause. A step quicker than that mean gives
+        the difference back to its compute, at most the pause: one step's figure is an
+        estimate either way, and over an epoch the noise of steps' times cancels instead of
+        adding up to a wait. The run's first step compiles: it is neither measured against the
+        others nor one of them. Before the first step straight after another, nothing moves.
+        Where the wait is not measured per step (None), nothing is taken for one, and nothing
+        moves.
         """
         if wait is None:
+            return compute, wait, other
+        if not self._compiled:
+            self._compiled = True
             return compute, wait, other
         pause = wait + other
         if pause < PAUSE_S:
@@ -401,7 +414,12 @@ class LoopClock:
             return compute, wait, other
         if not self._warm:
             return compute, wait, other
-        excess = max(0.0, compute - sum(self._warm) / len(self._warm))
+        # Signed: a step's time varies either way, and one after a pause that was quicker than
+        # the mean gives time back, at most the pause, or the noise would add up to a wait.
+        warm = sorted(self._warm)
+        cut = len(warm) // WARM_TRIM
+        warm = warm[cut:len(warm) - cut]
+        excess = max(-pause, compute - sum(warm) / len(warm))
         to_wait = excess * wait / pause
         return compute - excess, wait + to_wait, other + excess - to_wait
 

@@ -337,14 +337,19 @@ class _Device:
         assert clock.settle(10.0)
 
 
-def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
+def _three_steps_on_a_device():
+    """A clock whose steps a `_Device` finishes, an epoch begun at 0, and three steps' outputs."""
     device = _Device()
     steps: list[Step] = []
     c = LoopClock(device.now, 0.0, steps.extend)
     c.measure = FETCH_TIMED
     c.device_done = threading.Event.wait
     c.epoch_begin(0.0)
-    outputs = [threading.Event() for _ in range(3)]
+    return device, c, steps, [threading.Event() for _ in range(3)]
+
+
+def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
+    device, c, steps, outputs = _three_steps_on_a_device()
     # Step 0: the device waits while the batch is fetched (0 to 0.5), then runs to 1.0.
     c.begin(0, 0.0)
     c.fetched(0.0, 0.5)
@@ -367,24 +372,17 @@ def test_a_step_dispatched_ahead_is_timed_from_the_device_s_side():
 
 
 def test_a_step_the_device_ran_after_sitting_idle_gives_what_it_lost_to_the_wait():
-    device = _Device()
-    steps: list[Step] = []
-    c = LoopClock(device.now, 0.0, steps.extend)
-    c.measure = FETCH_TIMED
-    c.device_done = threading.Event.wait
-    c.epoch_begin(0.0)
-    outputs = [threading.Event() for _ in range(3)]
-    c.begin(0, 0.0)
-    c.end(0, 0.25, outputs[0])
-    device.finish(c, outputs[0], at=0.5)
-    c.begin(1, 0.25)  # dispatched while the device ran step 0: straight after it, 0.5 s
-    c.end(1, 0.5, outputs[1])
-    device.finish(c, outputs[1], at=1.0)
-    # Step 2: fetched from 0.5 to 2.0, idle from 1.0; then 1.0 s on the device, not 0.5.
-    c.begin(2, 0.5)
-    c.fetched(0.5, 2.0)
-    c.end(2, 2.1, outputs[2])
-    device.finish(c, outputs[2], at=3.0)
+    device, c, steps, outputs = _three_steps_on_a_device()
+    # (begin, fetch, dispatched, done): step 0 compiles; step 1 is dispatched while the device
+    # runs step 0, straight after it, 0.5 s; step 2 is fetched from 0.5 to 2.0, the device
+    # idle from 1.0, then takes 1.0 s on the device, not 0.5.
+    timeline = [(0.0, None, 0.25, 0.5), (0.25, None, 0.5, 1.0), (0.5, (0.5, 2.0), 2.1, 3.0)]
+    for batch, (begin, fetch, dispatched, done) in enumerate(timeline):
+        c.begin(batch, begin)
+        if fetch is not None:
+            c.fetched(*fetch)
+        c.end(batch, dispatched, outputs[batch])
+        device.finish(c, outputs[batch], at=done)
     c.close()
     assert [(s.begin_s, s.end_s, s.compute_s, s.wait_s, s.other_s) for s in steps][1:] == [
         (0.5, 1.0, 0.5, 0.0, 0.0), (2.0, 3.0, 0.5, 1.5, 0.0)]

@@ -132,10 +132,9 @@ class LoopClock:
         self._ended: list[Step] = []
         self._drain_lock = threading.Lock()
         self._device_free: float | None = None  # when the device finished the last step
-        # The compute of the latest steps straight after another (see `_after_pause`), from
-        # the run's second step on: its first compiles.
-        self._warm: deque[float] = deque(maxlen=WARM_STEPS)
-        self._compiled = False
+        # The compute of the latest steps straight after another (see `_after_pause`); None
+        # until the run's first step, which compiles, has passed.
+        self._warm: deque[float] | None = None
 
     # -- the training thread ---------------------------------------------------------------------
 
@@ -405,8 +404,8 @@ class LoopClock:
         """
         if wait is None:
             return compute, wait, other
-        if not self._compiled:
-            self._compiled = True
+        if self._warm is None:  # the run's first step: it compiles
+            self._warm = deque(maxlen=WARM_STEPS)
             return compute, wait, other
         pause = wait + other
         if pause < PAUSE_S:

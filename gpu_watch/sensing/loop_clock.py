@@ -100,6 +100,10 @@ class LoopClock:
         self.attached: bool = False  # the callback list's hooks are wrapped: stamps come from here
         self.measure: str | None = None  # FETCH_TIMED or READY_TIMED once a fetch probe attached
         self.ready_lost: str | None = None  # why the ready stamps stopped matching the steps
+        # From an epoch's begin until its first batch's begin hooks are entered, Keras' fit runs
+        # its epoch iterator alone: the input pipeline starts its pass (see `pass_started`).
+        self.starting_pass = False
+        self._pass_s = 0.0  # `READY_TIMED`: how long the epoch's pass took to start
         self._mark: float | None = None  # end of the last step, or the epoch's begin
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
@@ -143,6 +147,8 @@ class LoopClock:
         self._mark = t
         self._begin = None
         self._fetches.clear()
+        self.starting_pass = True
+        self._pass_s = 0.0
         self._drained_at = -math.inf  # the epoch's first step is handed on at once
         if self.device_done is not None:
             self._timed[self._number()] = (_EPOCH_BEGIN, t)
@@ -168,6 +174,27 @@ class LoopClock:
         looked at before the hook's time passes."""
         if self._pending is not None and threading.get_ident() == self._loop_thread:
             self._look()
+
+    def pass_started(self, t: float) -> None:
+        """The begin hooks of the epoch's first batch were entered at `t`.
+
+        Since the epoch's begin hooks were left, Keras' `fit` ran its epoch iterator alone
+        (and, on torch, switched the model to training mode, a walk over its layers): the data
+        adapter's start of an epoch (a `PyDataset`'s `on_epoch_begin`, its workers' start), a
+        new pass over the input (on TensorFlow a new tf.data iterator, which starts its
+        threads), and, as `fit`'s loop variable lets go of it, the end of the last pass (a
+        tf.data iterator waits for its threads: 0.2-0.6 s in some epochs on two cores). All of
+        it is the input pipeline's time, the epoch's first step's wait: one fetch in place of
+        those timed in it (`FETCH_TIMED`), or added to the wait of the batch
+        (`READY_TIMED`). Where the wait is sampled, a look meanwhile counts as fetching
+        (`starting_pass`)."""
+        self.starting_pass = False
+        if self._mark is None:
+            return
+        if self.measure == READY_TIMED:
+            self._pass_s = max(0.0, t - self._mark)
+        elif self.measure == FETCH_TIMED:
+            self._fetches = [(self._mark, t)]
 
     def begin(self, batch: int, left_s: float) -> None:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""
@@ -214,6 +241,9 @@ class LoopClock:
         elif self.measure == READY_TIMED:
             wait = self._ready_wait(batch - first + 1, begin, entered_s)
             inside = wait or 0.0
+            if wait is not None:  # the epoch's first step: its pass's start too
+                wait += self._pass_s
+            self._pass_s = 0.0
         step_s = entered_s - begin
         compute = max(0.0, step_s - inside)
         other = None

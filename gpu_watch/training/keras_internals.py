@@ -32,7 +32,6 @@ import contextlib
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -461,6 +460,8 @@ def _wrap_list(callbacks: Any, clock: LoopClock, attachment: Attachment) -> None
         clock.epoch_begin(now())
 
     def on_train_batch_begin(batch, logs=None):
+        if clock.starting_pass:
+            clock.pass_started(now())
         batch_begin(batch, logs)
         clock.begin(batch, now())
 
@@ -504,10 +505,9 @@ def _wrap_callback(callback: Any, name: str, index: int, clock: LoopClock,
 
 
 class _TimedIterator:
-    """An iterator whose every `next` the training thread pays for is timed as a fetch, and
-    so is its end, where the training thread drops it."""
+    """An iterator whose every `next` the training thread pays for is timed as a fetch."""
 
-    __slots__ = ("_iterator", "_clock", "_now", "_begins", "_thread")
+    __slots__ = ("_iterator", "_clock", "_now", "_begins")
 
     def __init__(self, iterator: Any, clock: LoopClock) -> None:
         self._iterator = iterator
@@ -515,23 +515,6 @@ class _TimedIterator:
         self._now = clock.now
         # Where the device's steps are looked at as fetches begin (JAX).
         self._begins = clock.fetch_begins if clock.device_ready is not None else None
-        self._thread = threading.get_ident()  # the training thread: it starts each pass
-
-    def __del__(self) -> None:
-        # The pass is over: the source's iterator goes with this one, unless something else
-        # holds it, and ending it can take time: a tf.data iterator waits for its threads
-        # (0.2-0.6 s on two cores, at random). JAX's fit drops the pass's iterator as the next
-        # epoch asks for its first batch (the loop's variable holds it until then), where the
-        # loop waits for the input pipeline as it does in a fetch. Dropped on another thread
-        # (a garbage collection there), it is not the loop's time.
-        try:
-            if threading.get_ident() != self._thread:
-                return
-            start = self._now()
-            self._iterator = None
-            self._clock.fetched(start, self._now())
-        except Exception as exc:  # never out of a finalizer, where nobody can catch it
-            swallowed("keras_internals.pass_end", exc)
 
     def __iter__(self) -> _TimedIterator:
         return self

@@ -20,7 +20,8 @@ machine's state of the moment. Beside it, the share gpu-watch reported per epoch
 
 A slow callback (arrays, a callback sleeping in each batch's end hook) adds no wait: its time is
 the loop's time spent elsewhere, reported as `other_fraction`, beside the true share of the time
-it cost, and its epochs' wait is their passes' start alone.
+it cost, and its epochs' true wait is their passes' start alone (on torch, with what making the
+arrays' batches takes, as in the other rows).
 
 With `--producer work` each batch's making keeps the CPU busy in Python for that time instead of
 sleeping (a producer that decodes or augments, not one that waits for a disk): its thread holds
@@ -276,8 +277,7 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
                 "run_truth": max(0.0, 1 - sum(free) / sum(seconds[e] for e in chosen)),
                 "run_reported": waited / loop if loop else None,
                 "data_wait": [run["wait"][e] for e in chosen], "seconds": seconds,
-                "starts": run["starts"],
-                "wait_truth": [run["starts"][e] / seconds[e] for e in chosen]}
+                "starts": run["starts"]}
 
     rows = []
     warm = fit("arrays", 3)  # warm up (imports, the first compile), and count the batches
@@ -371,6 +371,16 @@ def _median(values: list) -> float | None:
     return statistics.median(known) if known else None
 
 
+def _wait_truth(row: dict) -> list[float]:
+    """A slow callback's epochs' true wait: their passes' start and, on torch, what making their
+    batches takes (`fetch_alone`), as shares of each epoch's time; 0 for rows written before
+    the passes' start was timed."""
+    if "starts" not in row:
+        return [0.0] * len(row["epochs"])
+    fetch = row.get("fetch_alone") or 0.0
+    return [(row["starts"][e] + fetch) / row["seconds"][e] for e in row["epochs"]]
+
+
 def _judge(row: dict, run: bool = False) -> str:
     """Where nothing sleeps in the data (no sleep, a slow callback), every epoch's reported
     wait no more than `ZERO_TOLERANCE` above its truth, and the run's; a slow callback's row
@@ -380,9 +390,8 @@ def _judge(row: dict, run: bool = False) -> str:
         waits = row["data_wait"]
         if any(w is None for w in waits):
             return "n/a"
-        truths = row.get("wait_truth") or [0.0] * len(waits)  # rows written before it came
         return "ok" if all(w <= t + ZERO_TOLERANCE
-                           for w, t in zip(waits, truths, strict=True)) else "FAIL"
+                           for w, t in zip(waits, _wait_truth(row), strict=True)) else "FAIL"
     if row["target"] == 0.0 and not row.get("fetch_alone"):  # no sleep, no fetch counted
         reported = row["reported"] + [row["run_reported"]]
         if any(r is None for r in reported):
@@ -507,7 +516,7 @@ def markdown_table(rows: list[dict]) -> list[str]:
     for row in rows:
         truth = _spread(row["truth"])
         if row["figure"] == "other":
-            truth = f"{_spread(row.get('wait_truth') or [0.0])} (the callback's time: {truth})"
+            truth = f"{_spread(_wait_truth(row))} (the callback's time: {truth})"
             reported = _spread(row["data_wait"])
         else:
             reported = _spread(row["reported"])

@@ -1078,27 +1078,28 @@ def test_the_end_of_the_last_pass_is_the_next_epoch_s_first_wait(backend):
 
 def test_a_pass_s_start_is_the_epoch_s_first_wait_where_batches_are_stamped_as_ready():
     c, steps = clock(READY_TIMED)
-    c.epoch_begin(0.0)
+    assert not c.starting_pass  # no epoch has begun
+    c.epoch_begin(8.0)
     assert c.starting_pass
-    c.ready(0.25)  # tf.data's thread: the batch was ready during the pass's start
-    c.pass_started(0.5)  # TensorFlow ended the last pass's iterator and started a new one
+    c.ready(8.25)  # tf.data's thread: the batch was ready during the pass's start
+    c.pass_started(8.5)  # TensorFlow ended the last pass's iterator and started a new one
     assert not c.starting_pass
-    c.begin(0, 0.75)
-    first = c.end(0, 1.0)
+    c.begin(0, 8.75)
+    first = c.end(0, 9.0)
     assert (first.wait_s, first.compute_s, first.other_s) == (0.5, 0.25, 0.25)
-    c.ready(1.0)
-    c.begin(1, 1.25)
-    second = c.end(1, 1.5)  # the pass started once: no more of it
+    c.ready(9.0)
+    c.begin(1, 9.25)
+    second = c.end(1, 9.5)  # the pass started once: no more of it
     assert (second.wait_s, second.compute_s, second.other_s) == (0.0, 0.25, 0.25)
 
 
 def test_a_pass_s_start_replaces_the_fetches_timed_in_it():
     c, _ = clock(FETCH_TIMED)
-    c.epoch_begin(0.0)
-    c.fetched(0.125, 0.25)  # the new pass's iterator
-    c.pass_started(0.5)  # the rest, untimed: a PyDataset's on_epoch_begin, the last pass's end
-    c.begin(0, 0.75)
-    step = c.end(0, 1.0)
+    c.epoch_begin(8.0)
+    c.fetched(8.125, 8.25)  # the new pass's iterator
+    c.pass_started(8.5)  # the rest, untimed: a PyDataset's on_epoch_begin, the last pass's end
+    c.begin(0, 8.75)
+    step = c.end(0, 9.0)
     assert (step.wait_s, step.compute_s, step.other_s) == (0.5, 0.25, 0.25)
 
 
@@ -1116,15 +1117,15 @@ def test_where_the_wait_is_sampled_a_pass_s_start_stays_with_the_time_elsewhere(
 def test_a_ready_stamped_step_that_lost_its_stamps_keeps_its_pass_start_elsewhere():
     c, _ = clock(READY_TIMED)
     c.ready_lost = "a source not the training's"
-    c.epoch_begin(0.0)
-    c.pass_started(0.5)
-    c.begin(0, 0.75)
-    step = c.end(0, 1.0)
+    c.epoch_begin(8.0)
+    c.pass_started(8.5)
+    c.begin(0, 8.75)
+    step = c.end(0, 9.0)
     assert (step.wait_s, step.other_s) == (None, 0.75)
     c.ready_lost = None
-    c.ready(1.0)
-    c.begin(1, 1.25)
-    assert c.end(1, 1.5).wait_s == 0.0  # the pass's start was not kept for a later step
+    c.ready(9.0)
+    c.begin(1, 9.25)
+    assert c.end(1, 9.5).wait_s == 0.0  # the pass's start was not kept for a later step
 
 
 def test_a_pass_started_without_an_epoch_begin_changes_nothing():

@@ -22,11 +22,12 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
 (entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
 itself (from leaving the begin hooks to entering the end hooks) less the wait inside it; the
-rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. The three add
-up to the loop time, and the loop times of one epoch to no more than its duration. A step that
-follows a pause (a wait for data, time elsewhere) and runs slower than steps straight after
-another gives what it lost to that pause (`LoopClock._after_pause`): removing the pause would
-buy it back too.
+rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`; an epoch's
+first step also waited for the epoch's pass over the input to start (`pass_started`). The
+three add up to the loop time, and the loop times of one epoch to no more than its duration.
+A step that follows a pause (a wait for data, time elsewhere) and runs slower than steps
+straight after another gives what it lost to that pause (`LoopClock._after_pause`): removing
+the pause would buy it back too.
 """
 
 from __future__ import annotations
@@ -148,7 +149,6 @@ class LoopClock:
         self._begin = None
         self._fetches.clear()
         self.starting_pass = True
-        self._pass_s = 0.0
         self._drained_at = -math.inf  # the epoch's first step is handed on at once
         if self.device_done is not None:
             self._timed[self._number()] = (_EPOCH_BEGIN, t)

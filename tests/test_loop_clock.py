@@ -7,14 +7,13 @@ import threading
 import time
 
 import pytest
-from monitors import monitor_on_gpu
 from waiting import wait_until
 
 from gpu_watch.errors import take_swallowed
 from gpu_watch.judging.data_wait import DataTick
 from gpu_watch.sensing.loop_clock import FETCH_TIMED, READY_TIMED, LoopClock, StackSampler
 from gpu_watch.sensing.steps import Step
-from gpu_watch.testing import FakeGPU, FakeNVML, ManualClock
+from gpu_watch.testing import ManualClock
 from gpu_watch.training import keras_internals
 
 
@@ -871,32 +870,6 @@ def test_a_look_that_fails_ends_the_sampling_and_is_recorded_as_a_bug():
     assert looks == [1] and sampler.samples == 0
 
 
-def test_the_stack_sampler_s_looks_as_an_epoch_s_pass_starts_count_as_fetching(tmp_path):
-    """Keras' fit runs nothing but its epoch iterator from an epoch's begin to its first
-    batch's: a look then finds the training thread fetching, whatever its stack showed (here
-    another thread producing), and says the pass was starting."""
-    monitor = monitor_on_gpu(tmp_path, FakeNVML([FakeGPU()]), driven=False, interval_s=60.0)
-    monitor.timeline.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0: the loop has begun
-    monitor.begin_epoch(1)
-    clock = monitor.loop_clock
-    clock.epoch_begin(clock.now())
-    monitor.time_loop(lambda: None, lambda: DataTick(False, producing=True))
-    try:
-        span = monitor.timeline._open
-        wait_until(lambda: span.loop.ticks >= 3, "three looks", timeout_s=10.0, every_s=0.005)
-        clock.pass_started(clock.now())
-        ticks = span.loop.ticks
-        wait_until(lambda: span.loop.ticks >= ticks + 3, "three more", timeout_s=10.0,
-                   every_s=0.005)
-    finally:
-        monitor.stacks.stop()
-    loop = span.loop
-    assert 3 <= loop.starting_ticks <= ticks + 1 < loop.ticks  # one look may straddle the start
-    assert loop.fetching_ticks == loop.starting_ticks
-    assert loop.producing_ticks == loop.ticks - loop.starting_ticks
-    monitor.finish("completed")
-
-
 # -- the wrappers ----------------------------------------------------------------------------
 
 
@@ -953,13 +926,13 @@ def test_the_list_s_hooks_are_wrapped_timed_and_taken_off_again():
     assert "on_train_batch_end" in vars(own) and "on_train_batch_end" not in vars(plain)
     callbacks.on_epoch_begin(0)  # left at 1
     assert c.starting_pass
-    callbacks.on_train_batch_begin(0)  # entered at 2 (the pass started), left at 3
+    callbacks.on_train_batch_begin(0)  # entered at 2 (the loop begins), left at 3
     assert not c.starting_pass
     callbacks.on_train_batch_end(0, {"loss": 1.0})  # entered at 4; Own's hook 5 to 6
     callbacks.on_train_batch_begin(1)  # the epoch's second batch: left at 7, one stamp
     callbacks.on_train_batch_end(1, {"loss": 1.0})  # entered at 8; Own's hook 9 to 10
     assert callbacks.calls[:3] == [("epoch", 0), ("begin", 0), ("end", 0, {"loss": 1.0})]
-    assert steps == [Step(0, 0, 3.0, 4.0, None, None, compute_s=1.0, other_s=2.0),
+    assert steps == [Step(0, 0, 3.0, 4.0, None, None, compute_s=1.0, other_s=1.0),
                      Step(1, 1, 7.0, 8.0, None, None, compute_s=1.0, other_s=3.0)]
     assert c.slowest_hooks() == [("Own", 2.0)]
     attachment.detach()
@@ -1051,10 +1024,10 @@ class _Passes:
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_the_end_of_the_last_pass_is_the_next_epoch_s_first_wait(backend):
+def test_the_end_of_the_last_pass_is_the_epoch_s_setup_and_no_step_s(backend):
     """Keras' fit holds the last pass's iterator in its loop variable until the next epoch
     asks for its first batch: ending it there (100 s, as a tf.data iterator waits for its
-    threads) is the input pipeline's time, before the epoch's first begin hooks."""
+    threads) and starting the new pass come before the epoch's loop begins."""
     ticking = _Ticking()
     iterator = _Passes(lambda: _Pass(ticking, [10], end_s=100.0))
     callbacks = _List()
@@ -1065,76 +1038,48 @@ def test_the_end_of_the_last_pass_is_the_next_epoch_s_first_wait(backend):
     keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), backend, c, attachment)
     c.device_done = c.device_ready = None  # the steps timed where they end, as on torch
     for epoch in range(2):
-        callbacks.on_epoch_begin(epoch)  # left at 1 / 9
-        source = iter(iterator._get_iterator())  # 2 to 3 / 10 to 111, the last pass ended
-        next(source)  # 4 to 5 / 112 to 113
-        callbacks.on_train_batch_begin(0)  # entered at 6 / 114, left at 7 / 115
-        callbacks.on_train_batch_end(0, {})  # entered at 8 / 116
+        callbacks.on_epoch_begin(epoch)  # left at 1 (the second epoch: 9)
+        source = iter(iterator._get_iterator())  # 2 to 3 (10 to 111: the last pass ended)
+        if backend == "torch":
+            next(source)  # torch's epoch iterator fetches the batch before the begin hooks
+        callbacks.on_train_batch_begin(0)  # the loop begins: entered, left a second later
+        if backend == "jax":
+            next(source)  # JAX's step fetches inside itself: a second, its wait
+        callbacks.on_train_batch_end(0, {})
     first, second = steps
-    assert (first.wait_s, first.compute_s, first.other_s) == (5.0, 1.0, 1.0)
-    # 107 s from the epoch's begin: the last pass's end, the new one's start and first batch.
-    assert (second.wait_s, second.compute_s, second.other_s) == (105.0, 1.0, 1.0)
+    # From the begin hooks' entry: a second in them, the step, and JAX's fetch inside it.
+    expected = (1.0, 2.0, 1.0) if backend == "jax" else (0.0, 1.0, 1.0)
+    assert (first.wait_s, first.compute_s, first.other_s) == expected
+    assert (second.wait_s, second.compute_s, second.other_s) == expected
 
 
-def test_a_pass_s_start_is_the_epoch_s_first_wait_where_batches_are_stamped_as_ready():
-    c, steps = clock(READY_TIMED)
+@pytest.mark.parametrize("measure", [READY_TIMED, FETCH_TIMED, None])
+def test_an_epoch_s_loop_begins_as_its_first_batch_s_begin_hooks_are_entered(measure):
+    c, steps = clock(measure)
     assert not c.starting_pass  # no epoch has begun
     c.epoch_begin(8.0)
     assert c.starting_pass
-    c.ready(8.25)  # tf.data's thread: the batch was ready during the pass's start
-    c.pass_started(8.5)  # TensorFlow ended the last pass's iterator and started a new one
+    c.ready(8.25)  # tf.data's thread: the batch was ready as the pass started
+    c.fetched(8.125, 8.25)  # the new pass's iterator
+    c.pass_started(8.5)  # and the last pass's end, untimed
     assert not c.starting_pass
     c.begin(0, 8.75)
     first = c.end(0, 9.0)
-    assert (first.wait_s, first.compute_s, first.other_s) == (0.5, 0.25, 0.25)
+    waited = None if measure is None else 0.0
+    assert (first.wait_s, first.compute_s, first.other_s) == (waited, 0.25, 0.25)
     c.ready(9.0)
     c.begin(1, 9.25)
-    second = c.end(1, 9.5)  # the pass started once: no more of it
-    assert (second.wait_s, second.compute_s, second.other_s) == (0.0, 0.25, 0.25)
-
-
-def test_a_pass_s_start_replaces_the_fetches_timed_in_it():
-    c, _ = clock(FETCH_TIMED)
-    c.epoch_begin(8.0)
-    c.fetched(8.125, 8.25)  # the new pass's iterator
-    c.pass_started(8.5)  # the rest, untimed: a PyDataset's on_epoch_begin, the last pass's end
-    c.begin(0, 8.75)
-    step = c.end(0, 9.0)
-    assert (step.wait_s, step.compute_s, step.other_s) == (0.5, 0.25, 0.25)
-
-
-def test_where_the_wait_is_sampled_a_pass_s_start_stays_with_the_time_elsewhere():
-    """No step's wait is measured: the stack sampler's looks, marked as fetching meanwhile
-    (`Monitor._starting_pass`), say what it was."""
-    c, _ = clock(None)
-    c.epoch_begin(0.0)
-    c.pass_started(0.5)
-    c.begin(0, 0.75)
-    step = c.end(0, 1.0)
-    assert (step.wait_s, step.compute_s, step.other_s) == (None, 0.25, 0.75)
-
-
-def test_a_ready_stamped_step_that_lost_its_stamps_keeps_its_pass_start_elsewhere():
-    c, _ = clock(READY_TIMED)
-    c.ready_lost = "a source not the training's"
-    c.epoch_begin(8.0)
-    c.pass_started(8.5)
-    c.begin(0, 8.75)
-    step = c.end(0, 9.0)
-    assert (step.wait_s, step.other_s) == (None, 0.75)
-    c.ready_lost = None
-    c.ready(9.0)
-    c.begin(1, 9.25)
-    assert c.end(1, 9.5).wait_s == 0.0  # the pass's start was not kept for a later step
+    second = c.end(1, 9.5)
+    assert (second.wait_s, second.compute_s, second.other_s) == (waited, 0.25, 0.25)
 
 
 def test_a_pass_started_without_an_epoch_begin_changes_nothing():
-    c, _ = clock(READY_TIMED)
+    c, _ = clock(FETCH_TIMED)
+    c.fetched(0.125, 0.25)
     c.pass_started(0.5)
-    c.ready(0.0)
     c.begin(0, 0.75)
     step = c.end(0, 1.0)
-    assert (step.wait_s, step.other_s) == (0.0, None)
+    assert (step.wait_s, step.other_s) == (0.125, None)
 
 
 class _Array:
@@ -1392,20 +1337,22 @@ def test_a_second_epoch_on_the_device_side_numbers_on_from_the_first():
         (0, 0.75), (1, 1.75), (2, 2.75), (0, 10.75), (1, 11.75), (2, 12.75)]
 
 
-def test_on_the_device_side_a_pass_s_start_is_the_epoch_s_first_wait():
+def test_on_the_device_side_the_device_is_free_for_the_loop_once_the_pass_started():
     device = _Device()
     c, steps = looked_at(device)
-    c.epoch_begin(10.0)  # Keras waited for the device at the last epoch's end: free from 10
+    c.epoch_begin(10.0)  # Keras waited for the device at the last epoch's end
     c.fetched(10.125, 10.25)  # the new pass's iterator; its start and the last's end, untimed
     c.pass_started(10.5)
     out = _Outputs()
     c.begin(0, 10.5)
+    c.fetched(10.5, 10.625)  # the step's own fetch, with the device idle
     c.end(0, 10.75, out)
     out.done, device.t = True, 11.0
     assert c.settle(10.0)
     c.close()
     (step,) = steps
-    assert (step.begin_s, step.wait_s, step.compute_s, step.other_s) == (10.5, 0.5, 0.5, 0.0)
+    assert (step.begin_s, step.wait_s, step.compute_s, step.other_s) == (
+        10.625, 0.125, 0.375, 0.0)
 
 
 def test_every_fetch_a_device_step_waited_for_counts():

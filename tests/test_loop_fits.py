@@ -78,12 +78,7 @@ def test_a_starved_pipeline_reads_as_a_wait_timed_where_the_batch_is_fetched(run
 def test_a_slow_callback_is_time_between_steps_and_the_cause_of_the_idle_gpu(run):
     slow = run["slow_callback"]
     breakdown = slow["breakdown"]
-    # No wait but the input pipeline's own: each epoch's pass over the arrays starts before its
-    # first batch (TensorFlow makes a new tf.data iterator, tens of milliseconds).
-    pass_start = slow["pass_start_s"] / breakdown["loop_s"]
-    assert pass_start < 0.2, slow
-    assert breakdown["data_wait_fraction"] is None or (
-        breakdown["data_wait_fraction"] <= pass_start + 0.05), (pass_start, breakdown)
+    assert breakdown["data_wait_fraction"] is None or breakdown["data_wait_fraction"] <= 0.05
     assert breakdown["other_fraction"] >= 0.5, breakdown
     assert breakdown["callbacks"][0]["name"] == "SlowCallback"
     (found,) = slow["causes"]  # not input_bound: the pipeline kept up

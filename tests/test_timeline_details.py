@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_watch.judging.data_wait import (
-    MIN_WAIT_TICKS,
-    DataTick,
-    Loop,
-    LoopTotals,
-    Wait,
-    seen_at_work,
-)
+from gpu_watch.judging.data_wait import MIN_WAIT_TICKS, Loop, LoopTotals, Wait, seen_at_work
 from gpu_watch.judging.idle_watch import IdleEvent
 from gpu_watch.judging.timeline import Timeline
 from gpu_watch.judging.usage import SpanStats
@@ -299,15 +292,13 @@ def test_a_span_without_utilization_keeps_its_flags(listed, procs, lost):
 
 def test_ticks_outside_the_loop_count_for_nothing():
     tl = Timeline([0], 10.0, 60.0, 0.25)
-    tl.begin_epoch(0, 0.0)
-    for _ in range(20):
-        tl.add_data_tick(True, starting=True)  # step 0 compiles: the loop has not begun
     tl.add_batch(0, 0, 1, 0.0, 0.25, None)
-    tl.end_epoch(0.5)
     for _ in range(20):
         tl.add_data_tick(True)  # no epoch open: between epochs
     tl.begin_epoch(1, 1.0)
-    tl.add_batch(1, 0, 1, 1.0, 1.25, None, other_s=0.0)
+    for _ in range(20):
+        tl.add_data_tick(True)  # the epoch sets up its data before its first batch
+    tl.add_batch(1, 0, 1, 1.5, 1.75, None)
     tl.idle_paused = True
     for _ in range(20):
         tl.add_data_tick(True)  # validation
@@ -318,27 +309,6 @@ def test_ticks_outside_the_loop_count_for_nothing():
     span = tl.end_epoch(2.0)
     assert (span.loop.ticks, tl.run_wait().ticks) == (20, 20)
     assert (tl.run_wait().fraction, span.loop.wait().fraction) == (0.0, 0.0)
-
-
-def test_an_epoch_s_start_before_its_first_batch_is_the_loop_s_and_between_steps():
-    """The epoch's first batch's loop time counts from the epoch's begin: the looks while the
-    pass over the input starts are the loop's, and their share of the wait comes out of the
-    time between steps, not out of the steps."""
-    tl = Timeline([0], 10.0, 60.0, 0.25)
-    tl.add_batch(0, 0, 1, 0.0, 0.25, None)  # step 0, before any epoch: the loop begins
-    tl.begin_epoch(1, 1.0)
-    for _ in range(10):
-        tl.add_data_tick(True, starting=True)  # the pass starts, 0.5 s
-    tl.add_batch(1, 0, 1, 1.5, 2.0, None, other_s=0.5)
-    for fetching in [True] * 5 + [False] * 5:
-        tl.add_data_tick(fetching)  # inside the steps, tf.data fetches half of the time
-    tl.add_batch(1, 1, 1, 2.0, 2.5, None, other_s=0.0)
-    span = tl.end_epoch(2.5)
-    assert (span.loop.ticks, span.loop.fetching_ticks, span.loop.starting_ticks) == (20, 15, 10)
-    wait = span.loop.wait()
-    assert (wait.fraction, wait.wait_s, wait.loop_s) == (0.75, 1.125, 1.5)
-    # 0.5 s of it between steps (10 of 20 looks), the other 0.625 s out of the steps' 1 s.
-    assert (wait.other_s, wait.compute_s) == (0.0, pytest.approx(0.375))
 
 
 def test_a_gpu_last_seen_working_before_step_0_ended_keeps_the_idle_stop_away():
@@ -450,31 +420,6 @@ def test_a_sampled_wait_takes_its_seconds_from_the_steps_and_their_measured_wait
     assert (wait.fraction, wait.measure, wait.wait_s, wait.loop_s) == (
         0.5, "sampled_ticks", 0.5, 1.0)
     assert (wait.compute_s, wait.other_s) == (0.25, 0.25)
-
-
-def test_a_look_that_found_no_fetch_counts_as_no_pass_start():
-    loop = Loop()
-    loop.add_tick(DataTick(False, producing=True, starting=True))
-    loop.add_tick(DataTick(True, starting=True))
-    assert (loop.ticks, loop.fetching_ticks, loop.producing_ticks, loop.starting_ticks) == (
-        2, 1, 1, 1)
-
-
-@pytest.mark.parametrize(("starting", "other_s", "fetching", "split"), [
-    (4, 0.5, 10, (0.3, 0.2)),  # 4 of 20 looks as the pass started: 0.2 s of the 1 s loop
-    (12, 0.25, 14, (0.0, 0.3)),  # 0.6 s, but only 0.25 s was spent between steps
-    (0, 0.5, 10, (0.5, 0.0)),  # no pass started: the whole wait out of the steps
-])
-def test_a_sampled_wait_takes_a_pass_s_start_from_the_time_between_steps(
-        starting, other_s, fetching, split):
-    """Looks as an epoch's pass starts found the loop between steps: that share of the wait
-    comes out of the time elsewhere (at most all of it), the rest out of the steps first. The
-    three parts add up to the loop."""
-    wait = Loop(batches=2, steps=2, step_s=1.0 - other_s, other_s=other_s, ticks=20,
-                fetching_ticks=fetching, starting_ticks=starting).wait()
-    assert wait.wait_s == pytest.approx(fetching / 20)
-    assert (wait.other_s, wait.compute_s) == pytest.approx(split)
-    assert wait.compute_s + wait.wait_s + wait.other_s == pytest.approx(1.0)
 
 
 def test_steps_timed_on_the_training_thread_count_with_their_wait_compute_and_measure():

@@ -38,9 +38,6 @@ class DataTick:
 
     fetching: bool
     producing: bool = False
-    # The training thread fetching as an epoch's pass over the input starts, before its first
-    # batch: between steps, not inside one (`loop_clock.LoopClock.pass_started`).
-    starting: bool = False
 
 
 def _share(part: float, whole: float) -> float | None:
@@ -148,7 +145,6 @@ class Loop:
     ticks: int = 0
     fetching_ticks: int = 0
     producing_ticks: int = 0
-    starting_ticks: int = 0
 
     def add_batch(self, steps: int, step_s: float, wait_s: float | None,
                   other_s: float | None = None, measure: str | None = None) -> None:
@@ -179,7 +175,6 @@ class Loop:
         self.ticks += 1
         self.fetching_ticks += tick.fetching
         self.producing_ticks += tick.producing and not tick.fetching
-        self.starting_ticks += tick.starting and tick.fetching
 
     def wait(self) -> Wait:
         """Where the loop's time went, and the share spent waiting for data.
@@ -204,15 +199,11 @@ class Loop:
         if at_work >= PRODUCER_SATURATED:
             sampled = at_work
         wait_s = sampled * loop_s
-        # A pass's start runs between steps (the looks then are `starting_ticks`, fetching
-        # ones, so no more than the wait): its share of the wait is taken from the time
-        # elsewhere. The rest of the sampled wait sits inside the steps (tf.data fetches there)
-        # or between them: either way it is neither compute nor other work, taken from the
-        # steps first.
-        between = min(self.other_s, self.starting_ticks / self.ticks * loop_s)
+        # The sampled wait sits inside the steps (tf.data fetches there) or between them:
+        # either way it is neither compute nor other work, taken from the steps first.
         compute_s = self.step_s + self.wait_s
-        from_compute = min(compute_s, wait_s - between)
-        other_s = max(0.0, self.other_s - between - (wait_s - between - from_compute))
+        from_compute = min(compute_s, wait_s)
+        other_s = max(0.0, self.other_s - (wait_s - from_compute))
         return Wait(sampled, SAMPLED_TICKS, wait_s, loop_s, self.ticks, self.fetching_ticks,
                     self.producing_ticks, compute_s - from_compute, other_s)
 

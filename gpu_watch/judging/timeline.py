@@ -220,19 +220,16 @@ class Timeline:
         self._add_steps((Step(batch - steps + 1, batch, begin_s, end_s, wait_s, None, compute_s,
                               other_s, measure),), epoch)
 
-    def add_data_tick(self, fetching: bool, producing: bool = False,
-                      starting: bool = False) -> None:
-        """Count one sampler tick inside the training loop (an epoch open, the run's step 0
-        over, not validating): whether the training thread was fetching data at that moment,
-        as the epoch's pass over the input started (`starting`) or later, and whether another
-        thread was producing it."""
+    def add_data_tick(self, fetching: bool, producing: bool = False) -> None:
+        """Count one sampler tick inside the training loop (an epoch open, after its first
+        batch, not validating): whether the training thread was fetching data at that moment,
+        and whether another thread was producing it."""
         span = self._open
-        if span is None or self.idle_paused or self.first_step_end_s is None:
-            # Outside the loop: step 0 compiling, validation, the time between epochs. Waiting
-            # there is not the loop's. An epoch's start before its first batch is: the loop
-            # time of that batch counts from the epoch's begin.
+        if span is None or self.idle_paused or not (span.loop.batches or span.first_step_s):
+            # Outside the loop: step 0 compiling, an epoch setting up its data before its first
+            # batch, validation, the time between epochs. Waiting there is not the loop's.
             return
-        tick = DataTick(fetching, producing, starting)
+        tick = DataTick(fetching, producing)
         span.loop.add_tick(tick)
         self._run_loop.add_tick(tick)
 

@@ -22,9 +22,10 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
 A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
 (entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
 itself (from leaving the begin hooks to entering the end hooks) less the wait inside it; the
-rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`; an epoch's
-first step also waited for the epoch's pass over the input to start (`pass_started`). The
-three add up to the loop time, and the loop times of one epoch to no more than its duration.
+rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. An epoch's
+loop begins with its first batch: the pass over the input starting before it is not the loop's
+(`pass_started`). The three add up to the loop time, and the loop times of one epoch to no
+more than its duration.
 A step that follows a pause (a wait for data, time elsewhere) and runs slower than steps
 straight after another gives what it lost to that pause (`LoopClock._after_pause`): removing
 the pause would buy it back too.
@@ -104,7 +105,7 @@ class LoopClock:
         # From an epoch's begin until its first batch's begin hooks are entered, Keras' fit runs
         # its epoch iterator alone: the input pipeline starts its pass (see `pass_started`).
         self.starting_pass = False
-        self._pass_s = 0.0  # `READY_TIMED`: how long the epoch's pass took to start
+        self._epoch_number: int | None = None  # the epoch's begin among the things to time
         self._mark: float | None = None  # end of the last step, or the epoch's begin
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
@@ -151,7 +152,8 @@ class LoopClock:
         self.starting_pass = True
         self._drained_at = -math.inf  # the epoch's first step is handed on at once
         if self.device_done is not None:
-            self._timed[self._number()] = (_EPOCH_BEGIN, t)
+            self._epoch_number = self._number()
+            self._timed[self._epoch_number] = (_EPOCH_BEGIN, t)
 
     def fetch_begins(self) -> None:
         """The training thread starts to pull a batch (where the device's steps are looked
@@ -176,25 +178,27 @@ class LoopClock:
             self._look()
 
     def pass_started(self, t: float) -> None:
-        """The begin hooks of the epoch's first batch were entered at `t`.
+        """The begin hooks of the epoch's first batch were entered at `t`: the epoch's loop
+        begins.
 
         Since the epoch's begin hooks were left, Keras' `fit` ran its epoch iterator alone
-        (and, on torch, switched the model to training mode, a walk over its layers): the data
-        adapter's start of an epoch (a `PyDataset`'s `on_epoch_begin`, its workers' start), a
-        new pass over the input (on TensorFlow a new tf.data iterator, which starts its
-        threads), and, as `fit`'s loop variable lets go of it, the end of the last pass (a
-        tf.data iterator waits for its threads: 0.2-0.6 s in some epochs on two cores). All of
-        it is the input pipeline's time, the epoch's first step's wait: one fetch in place of
-        those timed in it (`FETCH_TIMED`), or added to the wait of the batch
-        (`READY_TIMED`). Where the wait is sampled, a look meanwhile counts as fetching
-        (`starting_pass`)."""
+        (and, on torch, switched the model to training mode): the data adapter's start of an
+        epoch (a `PyDataset`'s `on_epoch_begin`, its workers' start), a new pass over the input
+        (on TensorFlow a new tf.data iterator, which starts its threads) and, as `fit`'s loop
+        variable lets go of it, the end of the last pass (a tf.data iterator waits for its
+        threads: 0.2-0.6 s in some epochs on two cores, for arrays in memory too). That is the
+        epoch's setup, as its tail after the last batch is (the pass's end, validation): in
+        the epoch's duration, and in none of its steps. Counted as a wait, the arrays of a
+        short epoch would read as input-bound; as time elsewhere, as slow callbacks. So the
+        first step's loop time starts here, fetches timed since are dropped, and, where the
+        device's steps are timed from its side, the device is free for the loop from here."""
         self.starting_pass = False
         if self._mark is None:
             return
-        if self.measure == READY_TIMED:
-            self._pass_s = max(0.0, t - self._mark)
-        elif self.measure == FETCH_TIMED:
-            self._fetches = [(self._mark, t)]
+        self._mark = t
+        self._fetches.clear()
+        if self._epoch_number in self._timed:  # not turned into steps yet: none came since
+            self._timed[self._epoch_number] = (_EPOCH_BEGIN, t)
 
     def begin(self, batch: int, left_s: float) -> None:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""
@@ -241,9 +245,6 @@ class LoopClock:
         elif self.measure == READY_TIMED:
             wait = self._ready_wait(batch - first + 1, begin, entered_s)
             inside = wait or 0.0
-            if wait is not None:  # the epoch's first step: its pass's start too
-                wait += self._pass_s
-            self._pass_s = 0.0
         step_s = entered_s - begin
         compute = max(0.0, step_s - inside)
         other = None

@@ -179,14 +179,11 @@ class Monitor:
         """The loop is timed on the training thread (`loop_clock` gets the stamps); `detach`
         takes the wrappers off when the run ends. Where no fetch of a batch is timed
         (`loop_clock.measure` is None), `look` (what the input pipeline is doing, a `DataTick`
-        or None) is sampled `loop_clock.STACK_HZ` times a second instead (see
-        `_starting_pass`)."""
+        or None) is sampled `loop_clock.STACK_HZ` times a second instead."""
         self._detach = detach
         if look is not None and self.loop_clock.measure is None:
             self.stacks = StackSampler(
-                lambda: self._starting_pass(look()),
-                lambda tick: self.timeline.add_data_tick(tick.fetching, tick.producing,
-                                                         tick.starting))
+                look, lambda tick: self.timeline.add_data_tick(tick.fetching, tick.producing))
             self.stacks.start()
 
     def record_probes(self, outcomes: dict[str, str]) -> None:
@@ -410,15 +407,7 @@ class Monitor:
             self._data_tick_failed = True
             # A new dict: a writer on another thread may be reading the old one.
             self.record.keras_probes = {**self.record.keras_probes, "data_ticks": probed.reason}
-        return self._starting_pass(probed.value)
-
-    def _starting_pass(self, tick: DataTick | None) -> DataTick | None:
-        """A look at the input pipeline, as fetching while an epoch's pass over it starts
-        (`LoopClock.starting_pass`: Keras' `fit` runs nothing else then, whatever the
-        training thread's stack shows)."""
-        if tick is not None and self.loop_clock.starting_pass:
-            return DataTick(True, tick.producing, starting=True)
-        return tick
+        return probed.value
 
     def flush(self, final: bool = False) -> None:
         """Write the readings, batch rows and epoch rows that are ready, a bounded chunk at a

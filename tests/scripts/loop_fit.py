@@ -48,25 +48,6 @@ class SlowCallback(keras.callbacks.Callback):
         time.sleep(SLEEP_S)
 
 
-class PassStarts(keras.callbacks.Callback):
-    """Times, by this script's own clock, each epoch's begin to its first batch's after the
-    first epoch (whose first step compiles and is left out of the loop): Keras' `fit` runs
-    nothing but the input pipeline's new pass there, the data's own time."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = 0.0
-        self._start = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter() if epoch else None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
-
-
 def build() -> keras.Model:
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1)])
@@ -76,12 +57,11 @@ def build() -> keras.Model:
 
 def fit(log_dir: str, data: dict, callbacks=(), nvml=None) -> dict:
     watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0, nvml=nvml)
-    starts = PassStarts()
     model = build()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        model.fit(**data, epochs=EPOCHS, verbose=0, callbacks=[watch, starts, *callbacks])
+        model.fit(**data, epochs=EPOCHS, verbose=0, callbacks=[watch, *callbacks])
         wall_s = time.perf_counter() - start
     run = load_run(watch.run_dir)
     rows = run.batches.fillna({"wait_s": 0.0, "other_s": 0.0})
@@ -94,7 +74,6 @@ def fit(log_dir: str, data: dict, callbacks=(), nvml=None) -> dict:
         "rows_step_s": float(rows["step_s"].sum()),
         "epochs_over": [(int(e), float(s), float(durations[e])) for e, s in per_epoch.items()
                         if s > durations[e]],
-        "pass_start_s": starts.seconds,
         "wait": run.info["wait"],
         "breakdown": run.info["breakdown"],
         "causes": [{"code": c["code"], "evidence": c["evidence"]} for c in run.causes],

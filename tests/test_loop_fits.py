@@ -56,7 +56,7 @@ def run(request, runs) -> dict:
     return runs[request.param]
 
 
-@pytest.mark.parametrize("fit", ["starved", "slow_callback", "arrays"])
+@pytest.mark.parametrize("fit", ["starved", "slow_callback", "arrays", "slow_setup"])
 def test_the_batch_rows_add_up_to_no_more_than_the_fit_and_each_epoch(run, fit):
     result = run[fit]
     assert result["probes"]["loop_clock"] == "ok"
@@ -73,6 +73,17 @@ def test_a_starved_pipeline_reads_as_a_wait_timed_where_the_batch_is_fetched(run
     assert starved["wait"]["measure"] == MEASURE[run["backend"]]
     assert starved["wait"]["fraction"] >= 0.6, starved["wait"]
     assert starved["breakdown"]["data_wait_fraction"] == starved["wait"]["fraction"]
+
+
+def test_an_epoch_s_setup_before_its_first_batch_is_in_its_duration_and_no_step(run):
+    """A `PyDataset.on_epoch_begin` of 0.3 s (as the end of a tf.data pass, which TensorFlow
+    makes of arrays too): the epoch's setup, neither a wait nor time elsewhere."""
+    later = run["slow_setup"]["epochs"][1:]  # epoch 0's setup comes with step 0
+    assert len(later) == 2
+    for epoch in later:
+        loop = epoch["compute_s"] + epoch["wait_s"] + epoch["other_s"]
+        assert epoch["duration_s"] - loop >= 0.3, epoch
+        assert epoch["wait_s"] <= 0.1 and epoch["other_s"] <= 0.1, epoch
 
 
 def test_a_slow_callback_is_time_between_steps_and_the_cause_of_the_idle_gpu(run):

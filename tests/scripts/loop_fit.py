@@ -3,10 +3,11 @@ fit's own wall time, as one line: "RESULT {json}".
 
 Usage: KERAS_BACKEND=jax python loop_fit.py LOG_DIR
 
-Three fits with known ground truth: a `keras.utils.PyDataset` that sleeps 50 ms a batch (a
+Four fits with known ground truth: a `keras.utils.PyDataset` that sleeps 50 ms a batch (a
 starved input pipeline, on the training thread); in-memory arrays with a callback that sleeps
 50 ms a batch (no wait for data at all, time lost between steps) while a simulated GPU sits
-idle under a training whose step 0 ran on it; and plain in-memory arrays.
+idle under a training whose step 0 ran on it; plain in-memory arrays; and a `PyDataset` whose
+`on_epoch_begin` sleeps 0.3 s (an epoch's setup, before its first batch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gpu_watch.testing import FakeGPU, FakeNVML, FakeProcess
 
 SAMPLES, BATCH, EPOCHS = 128, 16, 3
 SLEEP_S = 0.05  # far longer than a step of this model, even on a loaded machine
+SETUP_S = 0.3
 
 
 class Sleepy(keras.utils.PyDataset):
@@ -41,6 +43,17 @@ class Sleepy(keras.utils.PyDataset):
         time.sleep(SLEEP_S)
         batch = slice(index * BATCH, (index + 1) * BATCH)
         return self.x[batch], self.y[batch]
+
+
+class SlowSetup(Sleepy):
+    """Batches that cost nothing to make, and an epoch's start that takes `SETUP_S`."""
+
+    def __getitem__(self, index):
+        batch = slice(index * BATCH, (index + 1) * BATCH)
+        return self.x[batch], self.y[batch]
+
+    def on_epoch_begin(self):
+        time.sleep(SETUP_S)
 
 
 class SlowCallback(keras.callbacks.Callback):
@@ -68,7 +81,11 @@ def fit(log_dir: str, data: dict, callbacks=(), nvml=None) -> dict:
     rows["loop_s"] = rows["step_s"] + rows["wait_s"] + rows["other_s"]
     per_epoch = rows.groupby("epoch")["loop_s"].sum()
     durations = dict(zip(run.epochs["epoch"], run.epochs["duration_s"], strict=True))
+    epochs = run.epochs.fillna({"data_wait_s": 0.0})
     return {
+        "epochs": [{"duration_s": float(e.duration_s), "compute_s": float(e.compute_s),
+                    "wait_s": float(e.data_wait_s), "other_s": float(e.other_s)}
+                   for e in epochs.itertuples()],
         "wall_s": wall_s,
         "rows_loop_s": float(rows["loop_s"].sum()),
         "rows_step_s": float(rows["step_s"].sum()),
@@ -96,6 +113,7 @@ def main(log_dir: str) -> dict:
         "starved": fit(log_dir, {"x": Sleepy(x, y)}),
         "slow_callback": slow_callback,
         "arrays": fit(log_dir, arrays),
+        "slow_setup": fit(log_dir, {"x": SlowSetup(x, y)}),
     }
 
 

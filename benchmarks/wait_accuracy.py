@@ -48,6 +48,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -101,6 +102,10 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
     # hook after each batch. `Schedule` sets it as each epoch begins, before its first batch is
     # asked for.
     knob = {"sleep": 0.0, "callback": 0.0}
+    # When the training thread first asked for a batch in the epoch running now (torch's epoch
+    # iterator pulls each batch before the begin hooks): where the epoch's setup ends, if that
+    # comes before its first batch's begin hooks.
+    first_pull: list[float] = []
 
     class Schedule(keras.callbacks.Callback):
         """Sets each epoch's sleep by `PLAN` (aimed by the step time of epoch 1, which sleeps
@@ -110,7 +115,9 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
             super().__init__()
             self.what = what
             self.seconds: list[float] = []
-            self.starts: list[float] = []  # each epoch's setup: its begin to its first batch's
+            # Each epoch's setup: from its begin to its first batch's begin hooks, or to the
+            # first pull of a batch on the training thread if that came first.
+            self.starts: list[float] = []
             self.slept: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -118,12 +125,14 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
             step_s = self.seconds[1] / batches if len(self.seconds) > 1 else 0.0
             knob[self.what] = step_s * share / (1 - share)
             self.slept.append(knob[self.what])
+            first_pull.clear()
             self._start = time.perf_counter()
             self._first = True
 
         def on_train_batch_begin(self, batch, logs=None):
             if self._first:
-                self.starts.append(time.perf_counter() - self._start)
+                end = min([time.perf_counter(), *first_pull])
+                self.starts.append(end - self._start)
                 self._first = False
 
         def on_epoch_end(self, epoch, logs=None):
@@ -135,6 +144,8 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
                 time.sleep(knob["callback"])
 
     def nap() -> None:
+        if not first_pull and threading.current_thread() is threading.main_thread():
+            first_pull.append(time.perf_counter())
         if not knob["sleep"]:
             return
         if producer == "sleep":

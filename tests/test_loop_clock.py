@@ -971,11 +971,11 @@ def test_each_pull_from_the_epoch_iterator_is_a_timed_fetch(backend):
     probed = keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), backend, c,
                                                 attachment)
     assert probed.value == FETCH_TIMED == c.measure
-    source = iter(iterator._get_iterator())  # starting the pass is a fetch too: 1 to 2
-    assert [next(source), next(source)] == [10, 20]  # 3 to 4, 5 to 6
+    source = iter(iterator._get_iterator())  # a pass starts in an epoch's setup: not timed
+    assert [next(source), next(source)] == [10, 20]  # 1 to 2, 3 to 4
     with pytest.raises(StopIteration):
-        next(source)  # 7 to 8: the pull that finds the end is timed as well
-    assert c._fetches == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0)]
+        next(source)  # 5 to 6: the pull that finds the end is timed as well
+    assert c._fetches == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
     attachment.detach()
     assert iterator._get_iterator() == [10, 20]
 
@@ -989,9 +989,9 @@ def test_on_jax_each_pull_first_looks_at_the_device_s_steps():
     c.fetch_begins = lambda: looks.append(ticking.t)
     keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), "jax", c,
                                        keras_internals.Attachment())
-    source = iter(iterator._get_iterator())  # 1 to 2
-    next(source)  # looked at before the pull's start: 3 to 4
-    assert looks == [2.0] and c._fetches == [(1.0, 2.0), (3.0, 4.0)]
+    source = iter(iterator._get_iterator())
+    next(source)  # looked at before the pull's start: 1 to 2
+    assert looks == [0.0] and c._fetches == [(1.0, 2.0)]
 
 
 class _Pass:
@@ -1038,17 +1038,17 @@ def test_the_end_of_the_last_pass_is_the_epoch_s_setup_and_no_step_s(backend):
     keras_internals.attach_fetch_timer(_Frame(epoch_iterator=iterator), backend, c, attachment)
     c.device_done = c.device_ready = None  # the steps timed where they end, as on torch
     for epoch in range(2):
-        callbacks.on_epoch_begin(epoch)  # left at 1 (the second epoch: 9)
-        source = iter(iterator._get_iterator())  # 2 to 3 (10 to 111: the last pass ended)
+        callbacks.on_epoch_begin(epoch)
+        source = iter(iterator._get_iterator())  # the second epoch: the last pass ends, 100 s
         if backend == "torch":
-            next(source)  # torch's epoch iterator fetches the batch before the begin hooks
-        callbacks.on_train_batch_begin(0)  # the loop begins: entered, left a second later
+            next(source)  # torch's epoch iterator pulls the batch before the begin hooks
+        callbacks.on_train_batch_begin(0)  # the loop begins, at the pull if one came before
         if backend == "jax":
-            next(source)  # JAX's step fetches inside itself: a second, its wait
+            next(source)  # JAX's step pulls inside itself
         callbacks.on_train_batch_end(0, {})
     first, second = steps
-    # From the begin hooks' entry: a second in them, the step, and JAX's fetch inside it.
-    expected = (1.0, 2.0, 1.0) if backend == "jax" else (0.0, 1.0, 1.0)
+    # The pull took a second, the begin hooks one (torch: from the pull on), the step two.
+    expected = (1.0, 2.0, 1.0) if backend == "jax" else (1.0, 1.0, 2.0)
     assert (first.wait_s, first.compute_s, first.other_s) == expected
     assert (second.wait_s, second.compute_s, second.other_s) == expected
 
@@ -1059,9 +1059,8 @@ def test_an_epoch_s_loop_begins_as_its_first_batch_s_begin_hooks_are_entered(mea
     assert not c.starting_pass  # no epoch has begun
     c.epoch_begin(8.0)
     assert c.starting_pass
-    c.ready(8.25)  # tf.data's thread: the batch was ready as the pass started
-    c.fetched(8.125, 8.25)  # the new pass's iterator
-    c.pass_started(8.5)  # and the last pass's end, untimed
+    c.ready(8.25)  # tf.data's thread: the batch was ready during the setup
+    c.pass_started(8.5)  # the last pass ended, a new one started: untimed
     assert not c.starting_pass
     c.begin(0, 8.75)
     first = c.end(0, 9.0)
@@ -1071,6 +1070,18 @@ def test_an_epoch_s_loop_begins_as_its_first_batch_s_begin_hooks_are_entered(mea
     c.begin(1, 9.25)
     second = c.end(1, 9.5)
     assert (second.wait_s, second.compute_s, second.other_s) == (waited, 0.25, 0.25)
+
+
+def test_a_pull_before_the_first_begin_hooks_starts_the_loop_and_is_its_wait():
+    """torch's epoch iterator pulls each batch before its begin hooks: the epoch's loop begins
+    with the first pull (a `DataLoader`'s workers making their first batch is a wait)."""
+    c, _ = clock(FETCH_TIMED)
+    c.epoch_begin(8.0)
+    c.fetched(8.25, 8.375)  # the pull of batch 0
+    c.pass_started(8.5)
+    c.begin(0, 8.75)
+    step = c.end(0, 9.0)
+    assert (step.wait_s, step.compute_s, step.other_s) == (0.125, 0.25, 0.375)
 
 
 def test_a_pass_started_without_an_epoch_begin_changes_nothing():
@@ -1341,8 +1352,7 @@ def test_on_the_device_side_the_device_is_free_for_the_loop_once_the_pass_starte
     device = _Device()
     c, steps = looked_at(device)
     c.epoch_begin(10.0)  # Keras waited for the device at the last epoch's end
-    c.fetched(10.125, 10.25)  # the new pass's iterator; its start and the last's end, untimed
-    c.pass_started(10.5)
+    c.pass_started(10.5)  # the last pass ended and a new one started: untimed
     out = _Outputs()
     c.begin(0, 10.5)
     c.fetched(10.5, 10.625)  # the step's own fetch, with the device idle

@@ -19,16 +19,15 @@ leaving the list's hook. The fetch of each batch is timed where Keras makes it
   source of another kind) no batch is seen: the `StackSampler` looks at the threads' stacks
   100 times a second instead (see `data_wait.Loop`).
 
-A step's loop time runs from the end of the step before (or the epoch's begin) to its own end
-(entering its end hooks). Of it, the data wait is what the fetch took; the compute is the step
-itself (from leaving the begin hooks to entering the end hooks) less the wait inside it; the
-rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. An epoch's
-loop begins with its first batch: the pass over the input starting before it is not the loop's
-(`pass_started`). The three add up to the loop time, and the loop times of one epoch to no
-more than its duration.
-A step that follows a pause (a wait for data, time elsewhere) and runs slower than steps
-straight after another gives what it lost to that pause (`LoopClock._after_pause`): removing
-the pause would buy it back too.
+A step's loop time runs from the end of the step before (or the start of the epoch's loop) to
+its own end (entering its end hooks). Of it, the data wait is what the fetch took; the compute
+is the step itself (from leaving the begin hooks to entering the end hooks) less the wait inside
+it; the rest (the callbacks' hooks, Keras' own bookkeeping between steps) is `other_s`. An
+epoch's loop begins with its first batch: the pass over the input starting before it is not the
+loop's (`pass_started`). The three add up to the loop time, and the loop times of one epoch to
+no more than its duration. A step that follows a pause (a wait for data, time elsewhere) and
+runs slower than steps straight after another gives what it lost to that pause
+(`LoopClock._after_pause`): removing the pause would buy it back too.
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ class LoopClock:
         # its epoch iterator alone: the input pipeline starts its pass (see `pass_started`).
         self.starting_pass = False
         self._epoch_number: int | None = None  # the epoch's begin among the things to time
-        self._mark: float | None = None  # end of the last step, or the epoch's begin
+        self._mark: float | None = None  # end of the last step, or the epoch's loop's start
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step
         # (asked, ready) per batch: the producer thread appends, the training thread pops.
@@ -145,7 +144,8 @@ class LoopClock:
     # -- the training thread ---------------------------------------------------------------------
 
     def epoch_begin(self, t: float) -> None:
-        """The epoch's begin hooks were left at `t`: its first step's loop time starts here."""
+        """The epoch's begin hooks were left at `t`: its setup starts, and its first step's
+        loop time counts from here until `pass_started` says when the loop began."""
         self._mark = t
         self._begin = None
         self._fetches.clear()
@@ -179,26 +179,26 @@ class LoopClock:
 
     def pass_started(self, t: float) -> None:
         """The begin hooks of the epoch's first batch were entered at `t`: the epoch's loop
-        begins.
+        begins, at the first pull of a batch if one came before (torch's epoch iterator pulls
+        each batch before the begin hooks).
 
         Since the epoch's begin hooks were left, Keras' `fit` ran its epoch iterator alone
         (and, on torch, switched the model to training mode): the data adapter's start of an
-        epoch (a `PyDataset`'s `on_epoch_begin`, its workers' start), a new pass over the input
-        (on TensorFlow a new tf.data iterator, which starts its threads) and, as `fit`'s loop
-        variable lets go of it, the end of the last pass (a tf.data iterator waits for its
-        threads: 0.2-0.6 s in some epochs on two cores, for arrays in memory too). That is the
-        epoch's setup, as its tail after the last batch is (the pass's end, validation): in
-        the epoch's duration, and in none of its steps. Counted as a wait, the arrays of a
-        short epoch would read as input-bound; as time elsewhere, as slow callbacks. So the
-        first step's loop time starts here, fetches timed since are dropped, and, where the
-        device's steps are timed from its side, the device is free for the loop from here."""
+        epoch (a `PyDataset`'s `on_epoch_begin`, its workers' start), a new pass's iterator
+        (a torch `DataLoader` starts its workers there; the wait for them to make a first batch
+        is in its pull) and, as `fit` lets go of it, the end of the last pass (a tf.data
+        iterator waits for its threads: 0.2-0.6 s in some epochs on two cores, for arrays in
+        memory too). That is the epoch's setup, as its tail after the last batch is (the
+        pass's end, validation): in the epoch's duration, and in none of its steps. Counted as
+        a wait, the arrays of a short epoch would read as input-bound; as time elsewhere, as
+        slow callbacks. Where the device's steps are timed from its side, the device is free
+        for the loop from its start."""
         self.starting_pass = False
         if self._mark is None:
             return
-        self._mark = t
-        self._fetches.clear()
+        self._mark = min(t, self._fetches[0][0]) if self._fetches else t
         if self._epoch_number in self._timed:  # not turned into steps yet: none came since
-            self._timed[self._epoch_number] = (_EPOCH_BEGIN, t)
+            self._timed[self._epoch_number] = (_EPOCH_BEGIN, self._mark)
 
     def begin(self, batch: int, left_s: float) -> None:
         """The begin hooks of `batch` were left at `left_s`: the step starts."""

@@ -530,8 +530,9 @@ class _TimedIterator:
 
 
 class _TimedSource:
-    """What the epoch iterator iterates, made to time its fetches: starting a pass (a torch
-    DataLoader starts its workers there) and each batch."""
+    """What the epoch iterator iterates, made to time each pull of a batch. A pass starts (a
+    torch `DataLoader` starts its workers) in an epoch's setup or tail, outside its loop
+    (`LoopClock.pass_started`): that is not timed."""
 
     __slots__ = ("_source", "_clock")
 
@@ -540,10 +541,7 @@ class _TimedSource:
         self._clock = clock
 
     def __iter__(self) -> _TimedIterator:
-        start = self._clock.now()
-        iterator = iter(self._source)
-        self._clock.fetched(start, self._clock.now())
-        return _TimedIterator(iterator, self._clock)
+        return _TimedIterator(iter(self._source), self._clock)
 
     def __len__(self) -> int:
         return len(self._source)

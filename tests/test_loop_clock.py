@@ -1056,12 +1056,12 @@ def test_the_end_of_the_last_pass_is_the_epoch_s_setup_and_no_step_s(backend):
 @pytest.mark.parametrize("measure", [READY_TIMED, FETCH_TIMED, None])
 def test_an_epoch_s_loop_begins_as_its_first_batch_s_begin_hooks_are_entered(measure):
     c, steps = clock(measure)
-    assert not c.starting_pass  # no epoch has begun
+    assert c.starting_pass is False  # no epoch has begun
     c.epoch_begin(8.0)
     assert c.starting_pass
     c.ready(8.25)  # tf.data's thread: the batch was ready during the setup
     c.pass_started(8.5)  # the last pass ended, a new one started: untimed
-    assert not c.starting_pass
+    assert c.starting_pass is False
     c.begin(0, 8.75)
     first = c.end(0, 9.0)
     waited = None if measure is None else 0.0

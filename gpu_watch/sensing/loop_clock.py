@@ -104,7 +104,7 @@ class LoopClock:
         # From an epoch's begin until its first batch's begin hooks are entered, Keras' fit runs
         # its epoch iterator alone: the input pipeline starts its pass (see `pass_started`).
         self.starting_pass = False
-        self._epoch_number: int | None = None  # the epoch's begin among the things to time
+        self._epoch_number = None  # the epoch's begin among the things to time (an int)
         self._mark: float | None = None  # end of the last step, or the epoch's loop's start
         self._begin: tuple[int, float] | None = None  # batch, when the begin hooks were left
         self._fetches: list[tuple[float, float]] = []  # training thread: since the last step

@@ -83,7 +83,10 @@ def test_an_epoch_s_setup_before_its_first_batch_is_in_its_duration_and_no_step(
     for epoch in later:
         loop = epoch["compute_s"] + epoch["wait_s"] + epoch["other_s"]
         assert epoch["duration_s"] - loop >= 0.3, epoch
-        assert epoch["wait_s"] <= 0.1 and epoch["other_s"] <= 0.1, epoch
+        # Under 0.2 s each, with room for tf.data's lazy start of its threads inside the first
+        # step on a loaded machine, and under the 0.3 s setup that either part would hold if
+        # it were counted there.
+        assert epoch["wait_s"] < 0.2 and epoch["other_s"] < 0.2, epoch
 
 
 def test_a_slow_callback_is_time_between_steps_and_the_cause_of_the_idle_gpu(run):

@@ -29,31 +29,25 @@ SLEEP_S = 0.05  # far longer than a step of this model, even on a loaded machine
 SETUP_S = 0.3
 
 
-class Sleepy(keras.utils.PyDataset):
-    """Batches that take `SLEEP_S` each to make, on the thread that asks for them."""
+class Batches(keras.utils.PyDataset):
+    """Batches that take `batch_s` each to make, on the thread that asks for them, in epochs
+    whose start takes `setup_s`."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, batch_s=0.0, setup_s=0.0):
         super().__init__(workers=0)
         self.x, self.y = x, y
+        self.batch_s, self.setup_s = batch_s, setup_s
 
     def __len__(self):
         return len(self.x) // BATCH
 
     def __getitem__(self, index):
-        time.sleep(SLEEP_S)
-        batch = slice(index * BATCH, (index + 1) * BATCH)
-        return self.x[batch], self.y[batch]
-
-
-class SlowSetup(Sleepy):
-    """Batches that cost nothing to make, and an epoch's start that takes `SETUP_S`."""
-
-    def __getitem__(self, index):
+        time.sleep(self.batch_s)
         batch = slice(index * BATCH, (index + 1) * BATCH)
         return self.x[batch], self.y[batch]
 
     def on_epoch_begin(self):
-        time.sleep(SETUP_S)
+        time.sleep(self.setup_s)
 
 
 class SlowCallback(keras.callbacks.Callback):
@@ -110,10 +104,10 @@ def main(log_dir: str) -> dict:
         slow_callback = fit(log_dir, arrays, [SlowCallback()], nvml=idle_gpu)
     return {
         "backend": keras.backend.backend(),
-        "starved": fit(log_dir, {"x": Sleepy(x, y)}),
+        "starved": fit(log_dir, {"x": Batches(x, y, batch_s=SLEEP_S)}),
         "slow_callback": slow_callback,
         "arrays": fit(log_dir, arrays),
-        "slow_setup": fit(log_dir, {"x": SlowSetup(x, y)}),
+        "slow_setup": fit(log_dir, {"x": Batches(x, y, setup_s=SETUP_S)}),
     }
 
 

@@ -11,7 +11,9 @@ this script's own, not by gpu-watch) and over the epochs of one sleep (the run).
 is its wall time less its setup, from its begin hooks to its first batch's, where Keras' `fit`
 starts a pass over the input and ends the last (a tf.data iterator's end waits for its threads,
 0-0.6 s at random): gpu-watch leaves that setup out of the loop too.
-The sleep is set from the step time of an epoch without it, to aim at about 30 % and 80 % of
+A new epoch ends the sleeps the last one began, so an epoch set to sleep nowhere does not
+wait for one (a producer on a thread of its own runs ahead into it). The sleep is set from the
+step time of an epoch without it, to aim at about 30 % and 80 % of
 the epoch; what it really cost is measured, not assumed (a pipeline that runs ahead of the step
 hides part of it). Neighbouring epochs of one fit share the model, its compiled step and the
 machine's state of the moment. Beside it, the share gpu-watch reported per epoch
@@ -102,6 +104,11 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
     # hook after each batch. `Schedule` sets it as each epoch begins, before its first batch is
     # asked for.
     knob = {"sleep": 0.0, "callback": 0.0}
+    # A new epoch ends the naps the last one began: a producer running ahead on a thread of its
+    # own (tf.data's, a PyDataset's workers) would otherwise carry the last epoch's sleep into
+    # the first batches of one that sleeps nowhere, whose true wait is taken to be 0.
+    epoch_begun = threading.Condition()
+    epoch_count = [0]
     # When the training thread first asked for a batch in the epoch running now (torch's epoch
     # iterator pulls each batch before the begin hooks): where the epoch's setup ends, if that
     # comes before its first batch's begin hooks.
@@ -125,6 +132,9 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
             step_s = self.seconds[1] / batches if len(self.seconds) > 1 else 0.0
             knob[self.what] = step_s * share / (1 - share)
             self.slept.append(knob[self.what])
+            with epoch_begun:
+                epoch_count[0] += 1
+                epoch_begun.notify_all()
             first_pull.clear()
             self._start = time.perf_counter()
             self._first = True
@@ -146,13 +156,16 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
     def nap() -> None:
         if not first_pull and threading.current_thread() is threading.main_thread():
             first_pull.append(time.perf_counter())
-        if not knob["sleep"]:
+        epoch = epoch_count[0]  # before the sleep: an epoch sets its sleep, then counts itself
+        seconds = knob["sleep"]
+        if not seconds:
             return
         if producer == "sleep":
-            time.sleep(knob["sleep"])
+            with epoch_begun:
+                epoch_begun.wait_for(lambda: epoch_count[0] != epoch, timeout=seconds)
             return
-        end = time.perf_counter() + knob["sleep"]
-        while time.perf_counter() < end:  # Python at work, holding its lock
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and epoch_count[0] == epoch:  # Python at work
             pass
 
     def batch_of(i):

@@ -3,7 +3,8 @@
 For each Keras backend (TensorFlow, JAX, torch; one child process each, as Keras picks its
 backend once) and each input (in-memory arrays, a `tf.data` pipeline with a slow `map`, a
 Python generator, a `keras.utils.PyDataset` with `workers=0` and with 4 worker threads, a torch
-`DataLoader`), one small model is fitted with GPUWatch for 22 epochs of about 1 s, some of them
+`DataLoader`), one small model is fitted with GPUWatch for 22 epochs of about 1 s (42 on torch,
+see below), some of them
 with a known sleep in the making of each batch (`PLAN`): each epoch that sleeps sits between two
 that do not, and each sleep comes five times. The true wait is what the sleep cost: (the epoch's
 loop - the mean of its two neighbours') / the epoch's loop, per epoch (timed by a callback of
@@ -19,10 +20,18 @@ hides part of it). Neighbouring epochs of one fit share the model, its compiled 
 machine's state of the moment. Beside it, the share gpu-watch reported per epoch
 (`epochs.csv` `wait_fraction`) and over the same epochs (their data wait over their loop).
 
+On torch the training thread makes each batch in order with the step, so making the batches is
+a wait even where nothing sleeps. There each epoch, with a sleep or without, sits between two
+epochs whose batches come free (the first batch the input made, handed over again;
+`TORCH_PLAN`, 42 epochs), and its truth is what the making of its batches and its sleep cost
+together: 1 - (the mean of its free neighbours' loops) / its own. Pulls timed alone, with no
+step between them, cost half or less of what they cost between steps on this machine (the
+step's threads, tf.data's and Python's lock share its cores), too little for a truth.
+
 A slow callback (arrays, a callback sleeping in each batch's end hook) adds no wait: its time is
 the loop's time spent elsewhere, reported as `other_fraction`, beside the true share of the time
-it cost; its epochs' true wait is 0 (on torch, what making the arrays' batches takes, as in the
-other rows).
+it cost (against neighbours that pulled their batches); its epochs' true wait is 0 (on torch,
+what making the arrays' batches costs, from a fit of them with free epochs).
 
 With `--producer work` each batch's making keeps the CPU busy in Python for that time instead of
 sleeping (a producer that decodes or augments, not one that waits for a disk): its thread holds
@@ -30,8 +39,8 @@ Python's lock and a core, which the step may need.
 
 Epoch 0 is left out (it compiles). The target: the median epoch's reported share within 0.10 of
 the median epoch's truth, and the run's of the run's, and no epoch's wait above 0.05 where the
-truth is 0 by construction (no sleep in the data, a slow callback; on torch, no more than that
-above what making the batches takes).
+truth is 0 by construction (no sleep in the data on TensorFlow and JAX, a slow callback; on
+torch, no more than that above what making the arrays' batches costs).
 
 Usage:
     python benchmarks/wait_accuracy.py               # every backend installed, a table
@@ -68,6 +77,13 @@ PRODUCERS = ("sleep", "work")
 # about 0.25; the median of five is not.
 REPEATS = 5
 PLAN = (0.0, 0.0) + (0.3, 0.0, 0.8, 0.0) * REPEATS
+# On torch the training thread makes each batch in order with the step, so making the batches
+# is a wait even where nothing sleeps, and the truth's reference is an epoch whose batches come
+# free (`FREE`: the first batch the input made, handed over again): each epoch that sleeps, and
+# each that does not, sits between two of them. Pulls timed alone, with no step between them,
+# cost half or less of what they cost between steps on this VM, too little for a reference.
+FREE = "free"
+TORCH_PLAN = (0.0, FREE) + (0.3, FREE, 0.0, FREE, 0.8, FREE, 0.0, FREE) * REPEATS
 BATCH, FEATURES = 128, 64
 EPOCH_S = 1.0  # the fit without a sleep: about this long an epoch (the batches are counted so)
 MIN_BATCHES, MAX_BATCHES = 40, 1000
@@ -80,7 +96,6 @@ ZERO_TOLERANCE = 0.05
 
 def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
            producer: str = "sleep") -> list[dict]:
-    import statistics
 
     import keras
     import numpy as np
@@ -113,14 +128,40 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
     # iterator pulls each batch before the begin hooks): where the epoch's setup ends, if that
     # comes before its first batch's begin hooks.
     first_pull: list[float] = []
+    # Whether the epoch running now gets its batches free (`FREE`, torch), and the batch it
+    # gets.
+    free, made = [False], []
+
+    class Switch:
+        """What torch's epoch iterator iterates: the input's batches, or, in a free epoch, the
+        first one the input made, at the cost of a generator's step."""
+
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            batches_ = iter(self.loader)
+            while True:
+                if not first_pull:
+                    first_pull.append(time.perf_counter())
+                if free[0] and made:
+                    yield made[0]
+                    continue
+                try:
+                    batch = next(batches_)
+                except StopIteration:
+                    return
+                made[:] = made or [batch]
+                yield batch
 
     class Schedule(keras.callbacks.Callback):
-        """Sets each epoch's sleep by `PLAN` (aimed by the step time of epoch 1, which sleeps
+        """Sets each epoch's sleep by its plan (aimed by the step time of epoch 1, which sleeps
         nowhere), and times each epoch: the ground truth's clock, this script's own."""
 
-        def __init__(self, what: str):
+        def __init__(self, what: str, plan: tuple):
             super().__init__()
             self.what = what
+            self.plan = plan
             self.seconds: list[float] = []
             # Each epoch's setup: from its begin to its first batch's begin hooks, or to the
             # first pull of a batch on the training thread if that came first.
@@ -128,7 +169,9 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
             self.slept: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None):
-            share = PLAN[epoch]
+            share = self.plan[epoch]
+            free[0] = share == FREE
+            share = 0.0 if free[0] else share
             step_s = self.seconds[1] / batches if len(self.seconds) > 1 else 0.0
             knob[self.what] = step_s * share / (1 - share)
             self.slept.append(knob[self.what])
@@ -226,19 +269,30 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
             return {"x": torch.utils.data.DataLoader(Batches(), batch_size=None)}
         raise ValueError(kind)
 
-    def fit(kind: str, epochs: int, what: str = "sleep") -> dict:
+    def fit(kind: str, plan: tuple, what: str = "sleep") -> dict:
         model = keras.Sequential([keras.Input((FEATURES,)),
                                   keras.layers.Dense(512, activation="relu"),
                                   keras.layers.Dense(512, activation="relu"),
                                   keras.layers.Dense(1)])
         model.compile(optimizer="adam", loss="mse")
-        schedule = Schedule(what)
+        schedule = Schedule(what, plan)
         watch = GPUWatch(log_dir=log_dir, plot=False, verbose=0)
         callbacks = [watch, schedule] + ([SlowCallback()] if what == "callback" else [])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(**source(kind), epochs=epochs, verbose=0, callbacks=callbacks)
+        made.clear()
+        if FREE in plan:
+            from keras.src.backend.torch.trainer import TorchEpochIterator
+
+            make = TorchEpochIterator._get_iterator
+            TorchEpochIterator._get_iterator = lambda self: Switch(make(self))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(**source(kind), epochs=len(plan), verbose=0, callbacks=callbacks)
+        finally:
+            if FREE in plan:
+                TorchEpochIterator._get_iterator = make
         knob.update(sleep=0.0, callback=0.0)
+        free[0] = False
         epochs = load_run(watch.run_dir).epochs
         return {"seconds": schedule.seconds, "starts": schedule.starts, "slept": schedule.slept,
                 "wait": [None if v != v else float(v) for v in epochs["wait_fraction"]],
@@ -250,68 +304,55 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
                            zip(epochs["compute_s"], epochs["data_wait_s"], epochs["other_s"],
                                strict=True)]}
 
-    def fetch_alone(kind: str) -> float:
-        """On torch, which runs each step in order with the fetch of its batch on the training
-        thread: the seconds an epoch's batches take to make with no model and no sleep, through
-        the iterator Keras' torch `fit` reads (the median of three passes, after one to warm
-        up). 0 elsewhere, where the fetch runs beside the step (tf.data's threads on TensorFlow,
-        the device's dispatched work on JAX) and a fetch timed alone says nothing of its cost."""
-        if backend != "torch":
-            return 0.0
-        from keras.src.backend.torch.trainer import TorchEpochIterator
-
-        seconds = []
-        for _ in range(4):
-            iterator = iter(TorchEpochIterator(**source(kind), shuffle=kind == "arrays")
-                            ._get_iterator())
-            start = time.perf_counter()
-            for _ in range(batches):
-                next(iterator)
-            seconds.append(time.perf_counter() - start)
-        return statistics.median(seconds[1:])
-
-    def compare(kind: str, target: float, run: dict, figure: str, fetch: float) -> dict:
-        """The row of the epochs that slept `target` of their time, each beside the mean of the
-        two epochs around it, which slept nowhere: less what making their batches took where
-        that adds to the loop (`fetch_alone`, torch), what the epoch would take with batches
-        that cost nothing to make. A slow callback's row keeps the fetch in: its truth is the
-        callback's cost. The row of `target` 0 is the epochs that slept nowhere, after the
-        first. Each epoch is its loop: its wall time less its setup (`starts`)."""
+    def compare(kind: str, target: float, run: dict, figure: str, plan: tuple,
+                fetch_share: float | None = None) -> dict:
+        """The row of the epochs after epoch 1 that slept `target` of their time, each beside
+        the mean of the two epochs around it: on torch's plan epochs whose batches came free
+        (what the epoch would take with batches that cost nothing to make, so its truth counts
+        their making as well as the sleep), elsewhere epochs that slept nowhere (the row of
+        `target` 0 is then 0 by construction). A slow callback's row compares with epochs
+        that slept nowhere (its truth is the callback's cost), and its epochs' true wait is
+        `fetch_share` (torch: what making the arrays' batches cost, measured with free epochs).
+        Each epoch is its loop: its wall time less its setup (`starts`)."""
         loops = [s - start for s, start in zip(run["seconds"], run["starts"], strict=True)]
-        if target:
-            chosen = [e for e, share in enumerate(PLAN) if share == target]
-            free = [(loops[e - 1] + loops[e + 1]) / 2 for e in chosen]
+        chosen = [e for e, share in enumerate(plan) if share == target and e > 1]
+        if target or FREE in plan:
+            free_ = [(loops[e - 1] + loops[e + 1]) / 2 for e in chosen]
         else:
-            chosen = [e for e, share in enumerate(PLAN) if share == 0.0 and e > 1]
-            free = [loops[e] for e in chosen]
-        free = [f - (fetch if figure == "wait" else 0.0) for f in free]
-        truth = [max(0.0, 1 - f / loops[e]) for f, e in zip(free, chosen, strict=True)]
+            free_ = [loops[e] for e in chosen]
+        truth = [max(0.0, 1 - f / loops[e]) for f, e in zip(free_, chosen, strict=True)]
         loop = sum(run["loop_s"][e] for e in chosen)
         waited = sum(run["wait_s" if figure == "wait" else "other_s"][e] for e in chosen)
         return {"backend": backend, "input": kind, "target": target, "figure": figure,
                 "batches": batches, "epochs": chosen, "slept": [run["slept"][e] for e in chosen],
                 "other": [run["other"][e] for e in chosen], "measure": run["measure"],
                 "truth": truth, "reported": [run[figure][e] for e in chosen],
-                "fetch_alone": fetch or None,
-                "run_truth": max(0.0, 1 - sum(free) / sum(loops[e] for e in chosen)),
+                "reference": "free" if FREE in plan else "slept nowhere",
+                "fetch_share": fetch_share,
+                "run_truth": max(0.0, 1 - sum(free_) / sum(loops[e] for e in chosen)),
                 "run_reported": waited / loop if loop else None,
                 "data_wait": [run["wait"][e] for e in chosen], "seconds": run["seconds"],
                 "starts": run["starts"]}
 
     rows = []
-    warm = fit("arrays", 3)  # warm up (imports, the first compile), and count the batches
+    warm = fit("arrays", (0.0, 0.0, 0.0))  # warm up (imports, the first compile), count batches
     rows.append({"backend": backend, "costs": _probe_costs()})
     batches = int(min(MAX_BATCHES, max(MIN_BATCHES, MIN_BATCHES * EPOCH_S / warm["seconds"][-1])))
+    plan = TORCH_PLAN if backend == "torch" else PLAN
     for kind in inputs:
-        what = "callback" if kind == "arrays" else "sleep"
-        run = fit(kind, len(PLAN), what)
-        fetch = fetch_alone(kind)
-        rows.append(compare(kind, 0.0, run, "wait", fetch))
-        for share in SHARES[1:]:
-            if what == "callback":
-                rows.append(compare("slow_callback", share, run, "other", fetch))
-            else:
-                rows.append(compare(kind, share, run, "wait", fetch))
+        if kind != "arrays":
+            run = fit(kind, plan)
+            rows.extend(compare(kind, share, run, "wait", plan) for share in SHARES)
+            continue
+        run = fit(kind, PLAN, "callback")
+        fetch_share = None
+        if FREE in plan:  # the arrays' own wait: what making their batches costs
+            rows.append(compare(kind, 0.0, fit(kind, plan), "wait", plan))
+            fetch_share = _median(rows[-1]["truth"])
+        else:
+            rows.append(compare(kind, 0.0, run, "wait", PLAN))
+        rows.extend(compare("slow_callback", share, run, "other", PLAN, fetch_share)
+                    for share in SHARES[1:])
     return rows
 
 
@@ -391,11 +432,9 @@ def _median(values: list) -> float | None:
 
 
 def _wait_truth(row: dict) -> list[float]:
-    """A slow callback's epochs' true wait: 0, and on torch what making their batches takes
-    (`fetch_alone`), as shares of each epoch's loop."""
-    fetch = row.get("fetch_alone") or 0.0
-    starts = row.get("starts") or [0.0] * len(row["seconds"])
-    return [fetch / (row["seconds"][e] - starts[e]) for e in row["epochs"]]
+    """A slow callback's epochs' true wait: 0, and on torch what making their batches costs
+    (`fetch_share`, a share of the loop)."""
+    return [row.get("fetch_share") or 0.0] * len(row["epochs"])
 
 
 def _judge(row: dict, run: bool = False) -> str:
@@ -409,7 +448,7 @@ def _judge(row: dict, run: bool = False) -> str:
             return "n/a"
         return "ok" if all(w <= t + ZERO_TOLERANCE
                            for w, t in zip(waits, _wait_truth(row), strict=True)) else "FAIL"
-    if row["target"] == 0.0 and not row.get("fetch_alone"):  # no sleep, no fetch counted
+    if row["target"] == 0.0 and row.get("reference") != "free":  # 0 by construction
         reported = row["reported"] + [row["run_reported"]]
         if any(r is None for r in reported):
             return "n/a"

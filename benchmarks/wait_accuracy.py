@@ -152,7 +152,8 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
                     batch = next(batches_)
                 except StopIteration:
                     return
-                made[:] = made or [batch]
+                if not made:
+                    made.append(batch)
                 yield batch
 
     class Schedule(keras.callbacks.Callback):
@@ -313,7 +314,7 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
         `target` 0 is then 0 by construction). A slow callback's row compares with epochs
         that slept nowhere (its truth is the callback's cost), and its epochs' true wait is 0,
         on torch the wait reported in those neighbours, which pull the same batches with no
-        callback (`fetch_share`; the arrays' own wait is checked against free epochs in their
+        callback (`neighbour_wait`; the arrays' own wait is checked against free epochs in their
         row, a truth too noisy for a bound of 0.05). Each epoch is its loop: its wall time less
         its setup (`starts`)."""
         loops = [s - start for s, start in zip(run["seconds"], run["starts"], strict=True)]
@@ -323,9 +324,9 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
         else:
             free_ = [loops[e] for e in chosen]
         truth = [max(0.0, 1 - f / loops[e]) for f, e in zip(free_, chosen, strict=True)]
-        fetch_share = None
+        neighbour_wait = None
         if figure == "other" and backend == "torch":
-            fetch_share = [(run["wait_s"][e - 1] + run["wait_s"][e + 1]) / 2 / run["loop_s"][e]
+            neighbour_wait = [(run["wait_s"][e - 1] + run["wait_s"][e + 1]) / 2 / run["loop_s"][e]
                            for e in chosen]
         loop = sum(run["loop_s"][e] for e in chosen)
         waited = sum(run["wait_s" if figure == "wait" else "other_s"][e] for e in chosen)
@@ -334,7 +335,7 @@ def _child(backend: str, inputs: list[str], log_dir: str, busy: bool = False,
                 "other": [run["other"][e] for e in chosen], "measure": run["measure"],
                 "truth": truth, "reported": [run[figure][e] for e in chosen],
                 "reference": "free" if FREE in plan else "slept nowhere",
-                "fetch_share": fetch_share,
+                "neighbour_wait": neighbour_wait,
                 "run_truth": max(0.0, 1 - sum(free_) / sum(loops[e] for e in chosen)),
                 "run_reported": waited / loop if loop else None,
                 "data_wait": [run["wait"][e] for e in chosen], "seconds": run["seconds"],
@@ -434,8 +435,9 @@ def _median(values: list) -> float | None:
 
 def _wait_truth(row: dict) -> list[float]:
     """A slow callback's epochs' true wait: 0, and on torch the wait its neighbours reported,
-    which pull the same batches with no callback (`fetch_share`, shares of each epoch's loop)."""
-    return row.get("fetch_share") or [0.0] * len(row["epochs"])
+    which pull the same batches with no callback (`neighbour_wait`, a share of each epoch's
+    loop)."""
+    return row.get("neighbour_wait") or [0.0] * len(row["epochs"])
 
 
 def _judge(row: dict, run: bool = False) -> str:

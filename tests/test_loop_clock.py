@@ -538,10 +538,10 @@ def test_after_a_slow_fetch_the_running_step_is_waited_for_as_the_next_fetch_beg
     c.end(0, 10.001, running)
     c.fetch_begins()  # no fetch yet: the step stays with the training thread
     assert c._pending is not None and c._put_count == 0
-    c.fetched(10.001, 10.00195)  # just under SLOW_FETCH_S: the next fetch leaves it alone
+    c.fetched(10.001, 10.001245)  # just under SLOW_FETCH_S: the next fetch leaves it alone
     c.fetch_begins()
     assert c._pending is not None and c._put_count == 0
-    c.fetched(10.002, 10.00305)  # just over: slow
+    c.fetched(10.002, 10.002255)  # just over: slow
     assert running.looks == 4  # looked at as each fetch began and as it ended
     c.fetch_begins()
     assert c._pending is None and c._put_count == 1  # its end will fall inside the fetch
@@ -550,13 +550,52 @@ def test_after_a_slow_fetch_the_running_step_is_waited_for_as_the_next_fetch_beg
     assert running.waited_on == ["gpu-watch-device-steps"]
 
 
-def test_a_fetch_of_exactly_a_millisecond_is_slow():
+def test_a_fetch_of_exactly_a_quarter_of_a_millisecond_is_slow():
     c, _ = looked_at(_Device())
     c.begin(0, 0.0)
     c.end(0, 0.0, _Outputs())
-    c.fetched(0.0, 0.001)
+    c.fetched(0.0, 0.00025)
     c.fetch_begins()
     assert c._pending is None and c._put_count == 1
+    assert c.settle(10.0)
+    c.close()
+
+
+def _fetch_with_a_step_running(c, batch, start, end):
+    """A step dispatched and still running as a fetch begins, then the fetch: whether the fetch
+    handed the step to the waiting thread."""
+    c.begin(batch, start)
+    c.end(batch, start, _Outputs())
+    handed = c._put_count
+    c.fetch_begins()
+    handed = c._put_count > handed
+    c.fetched(start, end)
+    return handed
+
+
+def test_for_fifty_times_a_slow_fetch_s_length_each_fetch_hands_the_running_step_over():
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    # Times a float holds exactly: a slow fetch of 2/4096 s reaches 100/4096 s past its end;
+    # one of 1/4096 s (just under a quarter of a millisecond) is quick.
+    u = 1 / 4096
+    assert not _fetch_with_a_step_running(c, 0, 0 * u, 2 * u)  # nothing slow before it
+    assert _fetch_with_a_step_running(c, 1, 2 * u, 3 * u)  # the last fetch was slow
+    assert _fetch_with_a_step_running(c, 2, 100 * u, 101 * u)  # quick ones since
+    assert _fetch_with_a_step_running(c, 3, 101 * u, 102 * u)  # the last ended in reach
+    assert not _fetch_with_a_step_running(c, 4, 102 * u, 103 * u)  # ended at its end
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_a_shorter_slow_fetch_never_cuts_the_reach_of_a_longer_one_and_a_fast_one_adds_none():
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    _fetch_with_a_step_running(c, 0, 0.0, 0.01)  # reaches to 0.51
+    _fetch_with_a_step_running(c, 1, 0.01, 0.011)  # slow, reaching to 0.061 alone
+    _fetch_with_a_step_running(c, 2, 0.2, 0.2001)  # quick: no reach of its own
+    assert _fetch_with_a_step_running(c, 3, 0.3, 0.3001)  # the last ended within 0.51 only
+    assert c._hand_over_until == pytest.approx(0.51)
     assert c.settle(10.0)
     c.close()
 

@@ -206,6 +206,8 @@ def test_two_runs_of_one_name_on_two_hosts_stay_two_pushgateway_groups(tmp_path)
             method="DELETE")
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 202
+        # 202: the Pushgateway deletes the group after it answers, in its own time.
+        wait_until(lambda: len(api(base, "/api/v1/metrics")) < 2, "the group's deletion")
         assert [g["labels"]["host"] for g in api(base, "/api/v1/metrics")] == ["node-b"]
     finally:
         stop(server)

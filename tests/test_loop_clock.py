@@ -554,6 +554,7 @@ def test_a_fetch_of_exactly_a_quarter_of_a_millisecond_is_slow():
     c, _ = looked_at(_Device())
     c.begin(0, 0.0)
     c.end(0, 0.0, _Outputs())
+    c.fetch_begins()  # the step runs on
     c.fetched(0.0, 0.00025)
     c.fetch_begins()
     assert c._pending is None and c._put_count == 1
@@ -588,14 +589,52 @@ def test_for_fifty_times_a_slow_fetch_s_length_each_fetch_hands_the_running_step
     c.close()
 
 
-def test_a_shorter_slow_fetch_never_cuts_the_reach_of_a_longer_one_and_a_fast_one_adds_none():
+def test_a_shorter_slow_fetch_never_cuts_the_reach_of_a_longer_one():
     c, _ = looked_at(_Device())
     c.epoch_begin(0.0)
     _fetch_with_a_step_running(c, 0, 0.0, 0.01)  # reaches to 0.51
     _fetch_with_a_step_running(c, 1, 0.01, 0.011)  # slow, reaching to 0.061 alone
-    _fetch_with_a_step_running(c, 2, 0.2, 0.2001)  # quick: no reach of its own
-    assert _fetch_with_a_step_running(c, 3, 0.3, 0.3001)  # the last ended within 0.51 only
+    _fetch_with_a_step_running(c, 2, 0.3, 0.3001)
+    assert _fetch_with_a_step_running(c, 3, 0.4, 0.4001)  # the last ended within 0.51 only
     assert c._hand_over_until == pytest.approx(0.51)
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_a_quick_fetch_reaches_nothing():
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    _fetch_with_a_step_running(c, 0, 0.0, 0.01)  # reaches to 0.51
+    _fetch_with_a_step_running(c, 1, 0.6, 0.6001)  # ends out of reach: would reach 0.6051
+    assert not _fetch_with_a_step_running(c, 2, 0.6001, 0.6002)
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_a_slow_fetch_with_no_step_running_is_timed_whole_and_reaches_nothing():
+    """An epoch's first pull, the device idle: the look as it began found no step, so the wait
+    is the fetch's own, and a slow one hands nothing over after it."""
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    done = _Outputs(done=True)
+    c.begin(0, 0.0)
+    c.end(0, 0.0, done)
+    c.fetch_begins()  # found done: nothing runs
+    assert c._pending is None
+    c.fetched(0.0, 0.5)
+    assert not _fetch_with_a_step_running(c, 1, 0.5, 0.5001)
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_a_fetch_timed_with_no_look_as_it_began_reaches_nothing():
+    c, _ = looked_at(_Device())
+    c.epoch_begin(0.0)
+    c.begin(0, 0.0)
+    c.end(0, 0.0, _Outputs())
+    c.fetched(0.0, 0.5)  # no `fetch_begins`: whether a step ran as it began is unknown
+    c.fetch_begins()
+    assert c._pending is not None and c._put_count == 0
     assert c.settle(10.0)
     c.close()
 

@@ -52,14 +52,17 @@ READY_TIMED = "ready_timed"
 MAX_READY = 10_000
 STACK_HZ = 100.0  # the stack sampler's rate (see `StackSampler`)
 SETTLE_POLL_S = 0.001  # how often `LoopClock.settle` looks whether the device's steps are timed
-# A fetch at least this long is slow: for this many times its length after it ends, each fetch
-# that begins while the device still runs a step hands that step to the waiting thread, which
-# stamps its end inside the fetch (the training thread, pulling, would only look once the fetch
-# is over, and its wait would read 0). A stall that comes back within that time is caught from
-# its second on; one that comes back later costs at most 1/50 of the loop, unmeasured. A pull of
-# a batch that is ready takes 40-150 µs on two cores (arrays, a generator, a `PyDataset`, with
-# workers or without): such an input pays nothing, where handing each step over costs one about
-# 20 µs (a tiny MLP's fit on JAX), a switch of Python's lock between threads.
+# A fetch at least this long that began while the device ran a step is slow. Until this many
+# times its length after it ended, each fetch that follows one that ended by then hands the
+# device's running step to the waiting thread as it begins, which stamps the step's end inside
+# the fetch (the training thread, pulling, would only look once the fetch is over, and its wait
+# would read 0). A stall that comes back within that time is caught from its second on; one of
+# the same length that comes back later is at most 1/50 of the loop, unmeasured. A pull of a
+# batch that is ready takes 40-150 µs on two cores (arrays, a generator, a `PyDataset`, with
+# workers or without) and hands nothing over; a `tf.data` iterator's 0.6 ms does, each step,
+# where handing each step over costs about 20 µs (a tiny MLP's fit on JAX), a switch of
+# Python's lock between threads. A slow pull with no step running (an epoch's first, waiting
+# for a `PyDataset`'s workers to start) is timed whole, and reaches nothing.
 SLOW_FETCH_S = 0.00025
 SLOW_FETCH_REACH = 50
 # Steps are handed on to the sink once this many wait, or this long (the clock's seconds) after
@@ -133,9 +136,11 @@ class LoopClock:
         self._pending: _Dispatched | None = None
         self._loop_thread = None
         # Until when (the clock's seconds) a fetch hands the running step over as it begins
-        # (see `SLOW_FETCH_REACH`), and whether the last fetch ended before then.
+        # (see `SLOW_FETCH_REACH`), whether the last fetch ended before then, and whether the
+        # device ran a step as the fetch going on began.
         self._hand_over_until = -math.inf
         self._in_reach = False
+        self._fetch_overlaps = False
         # What either thread timed: number -> (step or epoch begin, when its outputs existed).
         # The training thread turns them into steps in order (`_drain`), and the timeline is
         # fed from one thread.
@@ -167,10 +172,11 @@ class LoopClock:
 
     def fetch_begins(self) -> None:
         """The training thread starts to pull a batch (where the device's steps are looked
-        at): a step found done ended before the fetch; within the reach of a slow fetch
-        (`SLOW_FETCH_REACH`), the running one is handed to the waiting thread, whose stamp
-        comes while the fetch goes on."""
+        at): a step found done ended before the fetch; after a fetch that ended within the
+        reach of a slow one (`SLOW_FETCH_REACH`), the running one is handed to the waiting
+        thread, whose stamp comes while the fetch goes on."""
         self._look()
+        self._fetch_overlaps = self._pending is not None
         if self._in_reach:
             self._hand_over()
 
@@ -178,7 +184,7 @@ class LoopClock:
         """The training thread pulled a batch from `start` to `end` (`FETCH_TIMED`)."""
         self._fetches.append((start, end))
         if self.device_ready is not None:
-            if end - start >= SLOW_FETCH_S:
+            if self._fetch_overlaps and end - start >= SLOW_FETCH_S:
                 self._hand_over_until = max(self._hand_over_until,
                                             end + SLOW_FETCH_REACH * (end - start))
             self._in_reach = end < self._hand_over_until

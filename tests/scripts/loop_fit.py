@@ -4,7 +4,7 @@ fit's own wall time, as one line: "RESULT {json}".
 Usage: KERAS_BACKEND=jax python loop_fit.py LOG_DIR
 
 Five fits with known ground truth: a `keras.utils.PyDataset` that sleeps 50 ms a batch (a
-starved input pipeline, on the training thread); one that sleeps 100 ms in every second batch
+starved input pipeline, on the training thread); one that sleeps 200 ms in every second batch
 only, for a model whose step takes milliseconds (a pipeline that stalls now and then, the
 batches between quick); in-memory arrays with a callback that sleeps
 50 ms a batch (no wait for data at all, time lost between steps) while a simulated GPU sits
@@ -31,7 +31,7 @@ SLEEP_S = 0.05  # far longer than a step of this model, even on a loaded machine
 SETUP_S = 0.3
 # A stall now and then: long enough that what a step after it gives back to the noise of steps'
 # times on a loaded machine (tens of milliseconds) leaves most of it (`LoopClock._after_pause`).
-STALL_S = 0.1
+STALL_S = 0.2
 WIDE_BATCH, WIDE_FEATURES = 128, 64
 
 

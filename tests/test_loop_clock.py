@@ -574,9 +574,19 @@ def _fetch_with_a_step_running(c, batch, start, end):
     return handed
 
 
-def test_for_fifty_times_a_slow_fetch_s_length_each_fetch_hands_the_running_step_over():
+@pytest.fixture
+def reaching():
+    """A clock whose dispatched steps the training thread looks at, in its first epoch; after
+    the test, every step handed to the waiting thread is waited for and the thread ended."""
     c, _ = looked_at(_Device())
     c.epoch_begin(0.0)
+    yield c
+    assert c.settle(10.0)
+    c.close()
+
+
+def test_for_fifty_times_a_slow_fetch_s_length_each_fetch_hands_the_running_step_over(reaching):
+    c = reaching
     # Times a float holds exactly: a slow fetch of 2/4096 s reaches 100/4096 s past its end;
     # one of 1/4096 s (just under a quarter of a millisecond) is quick.
     u = 1 / 4096
@@ -585,37 +595,28 @@ def test_for_fifty_times_a_slow_fetch_s_length_each_fetch_hands_the_running_step
     assert _fetch_with_a_step_running(c, 2, 100 * u, 101 * u)  # quick ones since
     assert _fetch_with_a_step_running(c, 3, 101 * u, 102 * u)  # the last ended in reach
     assert not _fetch_with_a_step_running(c, 4, 102 * u, 103 * u)  # ended at its end
-    assert c.settle(10.0)
-    c.close()
 
 
-def test_a_shorter_slow_fetch_never_cuts_the_reach_of_a_longer_one():
-    c, _ = looked_at(_Device())
-    c.epoch_begin(0.0)
+def test_a_shorter_slow_fetch_never_cuts_the_reach_of_a_longer_one(reaching):
+    c = reaching
     _fetch_with_a_step_running(c, 0, 0.0, 0.01)  # reaches to 0.51
     _fetch_with_a_step_running(c, 1, 0.01, 0.011)  # slow, reaching to 0.061 alone
     _fetch_with_a_step_running(c, 2, 0.3, 0.3001)
     assert _fetch_with_a_step_running(c, 3, 0.4, 0.4001)  # the last ended within 0.51 only
     assert c._hand_over_until == pytest.approx(0.51)
-    assert c.settle(10.0)
-    c.close()
 
 
-def test_a_quick_fetch_reaches_nothing():
-    c, _ = looked_at(_Device())
-    c.epoch_begin(0.0)
+def test_a_quick_fetch_reaches_nothing(reaching):
+    c = reaching
     _fetch_with_a_step_running(c, 0, 0.0, 0.01)  # reaches to 0.51
     _fetch_with_a_step_running(c, 1, 0.6, 0.6001)  # ends out of reach: would reach 0.6051
     assert not _fetch_with_a_step_running(c, 2, 0.6001, 0.6002)
-    assert c.settle(10.0)
-    c.close()
 
 
-def test_a_slow_fetch_with_no_step_running_is_timed_whole_and_reaches_nothing():
+def test_a_slow_fetch_with_no_step_running_is_timed_whole_and_reaches_nothing(reaching):
     """An epoch's first pull, the device idle: the look as it began found no step, so the wait
     is the fetch's own, and a slow one hands nothing over after it."""
-    c, _ = looked_at(_Device())
-    c.epoch_begin(0.0)
+    c = reaching
     done = _Outputs(done=True)
     c.begin(0, 0.0)
     c.end(0, 0.0, done)
@@ -623,20 +624,15 @@ def test_a_slow_fetch_with_no_step_running_is_timed_whole_and_reaches_nothing():
     assert c._pending is None
     c.fetched(0.0, 0.5)
     assert not _fetch_with_a_step_running(c, 1, 0.5, 0.5001)
-    assert c.settle(10.0)
-    c.close()
 
 
-def test_a_fetch_timed_with_no_look_as_it_began_reaches_nothing():
-    c, _ = looked_at(_Device())
-    c.epoch_begin(0.0)
+def test_a_fetch_timed_with_no_look_as_it_began_reaches_nothing(reaching):
+    c = reaching
     c.begin(0, 0.0)
     c.end(0, 0.0, _Outputs())
     c.fetched(0.0, 0.5)  # no `fetch_begins`: whether a step ran as it began is unknown
     c.fetch_begins()
     assert c._pending is not None and c._put_count == 0
-    assert c.settle(10.0)
-    c.close()
 
 
 def test_closing_ends_the_waiting_thread_cleanly(monkeypatch):
